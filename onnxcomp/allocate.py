@@ -1,0 +1,159 @@
+"""Byte-budget allocation: per-layer sparsity, bit-width and encoding under a size target.
+
+Each layer gets a list of candidate settings priced by the real encoder's byte model and by
+the squared error they cause (relative to the layer's energy, scaled by the layer's measured
+sensitivity). A Lagrangian relaxation picks, for a multiplier lambda, each layer's setting that
+minimises distortion + lambda * bytes; bisection on lambda meets the budget, and a greedy
+knapsack step then spends the slack the convex hull leaves on the best distortion-per-byte
+upgrades.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from onnxcomp import encoding
+from onnxcomp.quantize import Quantization, SortedWeights
+
+logger = logging.getLogger(__name__)
+
+SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
+BITS = (1, 2, 3, 4, 5, 6, 7, 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One way to store one weight: dense, or pruned + clustered + encoded."""
+
+    kind: str  # dense | lookup | sparse
+    bytes: int
+    distortion: float  # squared error / weight energy
+    sparsity: float = 0.0
+    bits: int = 32
+    quant: Quantization | None = None
+
+
+@dataclasses.dataclass
+class LayerOptions:
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    candidates: list[Candidate]  # Pareto front, ascending bytes, descending distortion
+    sensitivity: float = 1.0
+
+    @property
+    def dense(self) -> Candidate:
+        return self.candidates[-1]
+
+    @property
+    def smallest(self) -> Candidate:
+        return self.candidates[0]
+
+
+def layer_options(name: str, values: np.ndarray, role: str) -> LayerOptions:
+    """Price every (sparsity, bits) setting of one weight; keep the Pareto front."""
+    values = np.asarray(values, dtype=np.float32)
+    rank = values.ndim
+    count = values.size
+    sorted_weights = SortedWeights(values)
+    energy = max(sorted_weights.energy, 1e-30)
+    dense = Candidate("dense", encoding.dense_bytes(count, rank), 0.0)
+    candidates = [dense]
+    flat_abs = np.abs(values.ravel())
+    sparsities = SPARSITIES if role != "bias" else (0.0,)
+    for sparsity in sparsities:
+        lo, hi, threshold = sorted_weights.prune_band(sparsity)
+        has_zero = hi > lo
+        positions = np.flatnonzero(flat_abs >= threshold) if has_zero and sparsity >= 0.3 else None
+        for bits in BITS:
+            levels = (1 << bits) - (1 if has_zero else 0)
+            if levels < 1:
+                continue
+            quant = sorted_weights.quantize(sparsity, levels)
+            distortion = quant.sse / energy
+            table = quant.codebook.size + (1 if has_zero else 0)
+            best = Candidate("lookup", encoding.lookup_bytes(count, encoding.bits_for(table), table, rank),
+                             distortion, sparsity, encoding.bits_for(table), quant)
+            if positions is not None and positions.size:
+                price = encoding.price_sparse(positions, quant.codebook.size, rank)
+                if price is not None and price.bytes < best.bytes:
+                    best = Candidate("sparse", price.bytes, distortion, sparsity, price.value_bits, quant)
+            candidates.append(best)
+    return LayerOptions(name, tuple(values.shape), role, pareto(candidates))
+
+
+def pareto(candidates: list[Candidate]) -> list[Candidate]:
+    """Keep candidates not beaten on both bytes and distortion; ascending bytes."""
+    front: list[Candidate] = []
+    for candidate in sorted(candidates, key=lambda c: (c.bytes, c.distortion)):
+        if not front or candidate.distortion < front[-1].distortion:
+            front.append(candidate)
+    return front
+
+
+@dataclasses.dataclass
+class Allocation:
+    choices: dict[str, Candidate]
+    estimated_bytes: int
+    distortion: float
+
+
+def _pick(layers: list[LayerOptions], lam: float) -> list[Candidate]:
+    return [min(layer.candidates, key=lambda c: layer.sensitivity * c.distortion + lam * c.bytes) for layer in layers]
+
+
+def allocate(layers: list[LayerOptions], budget: int) -> Allocation | None:
+    """Choose one candidate per layer minimising weighted distortion with total bytes <= budget.
+
+    Returns None when even the smallest candidates exceed the budget.
+    """
+    if not layers:
+        return Allocation({}, 0, 0.0)
+    minimum = sum(layer.smallest.bytes for layer in layers)
+    if minimum > budget:
+        return None
+    picks = _pick(layers, 0.0)
+    if sum(c.bytes for c in picks) > budget:
+        low, high = 0.0, 1.0
+        while sum(c.bytes for c in _pick(layers, high)) > budget:
+            high *= 4
+            if high > 1e30:
+                picks = [layer.smallest for layer in layers]
+                break
+        else:
+            for _ in range(60):
+                middle = (low + high) / 2
+                if sum(c.bytes for c in _pick(layers, middle)) > budget:
+                    low = middle
+                else:
+                    high = middle
+            picks = _pick(layers, high)
+    picks = _spend_slack(layers, picks, budget)
+    total = sum(c.bytes for c in picks)
+    distortion = sum(layer.sensitivity * c.distortion for layer, c in zip(layers, picks))
+    return Allocation({layer.name: c for layer, c in zip(layers, picks)}, total, distortion)
+
+
+def _spend_slack(layers: list[LayerOptions], picks: list[Candidate], budget: int) -> list[Candidate]:
+    """Greedy knapsack: take the upgrade with the best distortion saved per byte that still fits."""
+    picks = list(picks)
+    slack = budget - sum(c.bytes for c in picks)
+    while slack > 0:
+        best = None
+        for index, (layer, current) in enumerate(zip(layers, picks)):
+            for candidate in layer.candidates:
+                extra = candidate.bytes - current.bytes
+                gain = layer.sensitivity * (current.distortion - candidate.distortion)
+                if 0 < extra <= slack and gain > 0:
+                    score = gain / extra
+                    if best is None or score > best[0]:
+                        best = (score, index, candidate)
+        if best is None:
+            break
+        _, index, candidate = best
+        slack -= candidate.bytes - picks[index].bytes
+        picks[index] = candidate
+    return picks

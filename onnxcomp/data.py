@@ -1,0 +1,135 @@
+"""Sample inputs: user data from .npz (arrays named after graph inputs) or seeded generated data."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcomp.errors import OnnxcompError
+
+logger = logging.getLogger(__name__)
+
+LABELS = "labels"
+DEFAULT_DYNAMIC_DIM = 1
+
+
+@dataclasses.dataclass
+class Samples:
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    generated: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def head(self, count: int) -> "Samples":
+        labels = None if self.labels is None else self.labels[:count]
+        return Samples({k: v[:count] for k, v in self.inputs.items()}, labels, self.generated)
+
+
+def _numpy_dtype(value: ir.Value) -> np.dtype:
+    return value.dtype.numpy()  # type: ignore[union-attr]
+
+
+def load_samples(path: str | Path, model: ir.Model) -> Samples:
+    """Read an .npz whose arrays are named after the model's inputs (+ optional `labels`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxcompError(f"data file {path}: no such file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        arrays = {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        raise OnnxcompError(f"data file {path}: not a readable .npz ({error})") from None
+    names = [v.name for v in model.graph.inputs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise OnnxcompError(
+            f"data file {path}: no array for model input(s) {', '.join(missing)}; it has {', '.join(sorted(arrays)) or 'no arrays'}"
+        )
+    extra = [k for k in arrays if k not in names and k != LABELS]
+    if extra:
+        logger.warning("data file %s: ignoring arrays %s (not model inputs)", path, ", ".join(extra))
+    inputs: dict[str, np.ndarray] = {}
+    count = None
+    for value in model.graph.inputs:
+        array = arrays[value.name]
+        expected = _numpy_dtype(value)
+        if array.dtype != expected:
+            if np.can_cast(array.dtype, expected, casting="same_kind"):
+                array = array.astype(expected)
+            else:
+                raise OnnxcompError(f"data file {path}: array {value.name!r} has dtype {array.dtype}, the model expects {expected}")
+        shape = value.shape
+        if shape is not None:
+            if array.ndim != len(shape):
+                raise OnnxcompError(
+                    f"data file {path}: array {value.name!r} has shape {array.shape}, the model expects rank {len(shape)} ({_shape_text(shape)})"
+                )
+            for axis, dim in enumerate(shape):
+                if isinstance(dim, int) and axis > 0 and array.shape[axis] != dim:
+                    raise OnnxcompError(
+                        f"data file {path}: array {value.name!r} has shape {array.shape}, the model expects {_shape_text(shape)}"
+                    )
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise OnnxcompError(f"data file {path}: array {value.name!r} contains NaN or inf")
+        if count is not None and len(array) != count:
+            raise OnnxcompError(f"data file {path}: inputs have different sample counts ({count} vs {len(array)})")
+        count = len(array)
+        inputs[value.name] = array
+    if not count:
+        raise OnnxcompError(f"data file {path}: contains no samples")
+    labels = arrays.get(LABELS)
+    if labels is not None:
+        if labels.ndim != 1 or len(labels) != count:
+            raise OnnxcompError(f"data file {path}: 'labels' must be one integer per sample ({count}), got shape {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            raise OnnxcompError(f"data file {path}: 'labels' must be integers, got {labels.dtype}")
+    return Samples(inputs, labels)
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else str(d) for d in shape) + "]"
+
+
+def generate_samples(model: ir.Model, count: int = 64, seed: int = 0) -> Samples:
+    """Seeded inputs from the declared shapes and dtypes (symbolic dims: batch = count, else 1).
+
+    Integer inputs (token ids, masks) are drawn small and non-negative; masks named like
+    '*mask*' are all ones, so generated inputs stay valid for embedding lookups.
+    """
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for value in model.graph.inputs:
+        dtype = _numpy_dtype(value)
+        shape = value.shape
+        if shape is None:
+            raise OnnxcompError(f"model input {value.name!r} has no shape; pass --data with sample inputs")
+        dims = [count] + [d if isinstance(d, int) else 16 for d in list(shape)[1:]] if len(shape) else []
+        if dtype.kind == "f":
+            array = rng.standard_normal(dims).astype(dtype)
+        elif dtype.kind == "b":
+            array = np.ones(dims, dtype=dtype)
+        elif "mask" in (value.name or "").lower():
+            array = np.ones(dims, dtype=dtype)
+        else:
+            array = rng.integers(0, _integer_bound(model, value), size=dims).astype(dtype)
+        inputs[value.name] = array
+    return Samples(inputs, None, generated=True)
+
+
+def _integer_bound(model: ir.Model, value: ir.Value) -> int:
+    """Upper bound for generated integer inputs: the smallest table they index, else 2."""
+    bound = None
+    for node, index in value.uses():
+        if node.op_type == "Gather" and index == 1 and node.inputs[0] is not None:
+            data = node.inputs[0]
+            if data.shape is not None and isinstance(data.shape[0], int):
+                bound = data.shape[0] if bound is None else min(bound, data.shape[0])
+    return bound or 2

@@ -1,0 +1,153 @@
+"""Loading models safely and saving them atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxcomp.errors import OnnxcompError
+
+logger = logging.getLogger(__name__)
+
+MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit: larger models keep weights in external data
+# Saved IR version: ONNX Runtime 1.19 loads IR <= 10; onnx >= 1.23 writes 11+ by default.
+MAX_IR_VERSION = 10
+
+
+def _external_tensors(proto: onnx.ModelProto):
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):  # noqa: SLF001 - onnx's own walker
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse external-data paths that leave the model's folder, or files that are missing/short."""
+    root = base_dir.resolve()
+    for tensor in _external_tensors(proto):
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        target = (root / location).resolve()
+        if not location or Path(location).is_absolute() or root not in target.parents:
+            raise OnnxcompError(
+                f"tensor {tensor.name!r} points to external data {location!r} outside the model's folder; refusing to read it"
+            )
+        if not target.is_file():
+            raise OnnxcompError(f"missing external data file {location!r} for tensor {tensor.name!r} (expected next to the model)")
+        needed = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        if needed > target.stat().st_size:
+            raise OnnxcompError(f"external data file {location!r} is too short for tensor {tensor.name!r}")
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Read an .onnx file (external data memory-mapped, never modified) into onnx_ir.
+
+    Raises OnnxcompError with one line that names the problem for anything that is not a
+    loadable ONNX model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise OnnxcompError(f"{path}: no such file")
+    if not path.is_file():
+        raise OnnxcompError(f"{path}: not a file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as error:
+        raise OnnxcompError(f"{path}: not a readable ONNX model (corrupt or truncated protobuf: {_first_line(error)})") from None
+    except Exception as error:  # protobuf raises assorted errors on garbage input
+        raise OnnxcompError(f"{path}: not a readable ONNX model ({type(error).__name__}: {_first_line(error)})") from None
+    if not proto.HasField("graph") or len(proto.graph.node) == 0:
+        raise OnnxcompError(f"{path}: not an ONNX model (no graph nodes found)")
+    check_external_data(proto, path.parent)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as error:
+        raise OnnxcompError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
+    except Exception as error:
+        raise OnnxcompError(f"{path}: invalid ONNX model ({type(error).__name__}: {_first_line(error)})") from None
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as error:
+        raise OnnxcompError(f"{path}: cannot import the graph ({type(error).__name__}: {_first_line(error)})") from None
+    ir.external_data.set_base_dir(model.graph, str(path.parent))
+    return model
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    proto = ir.serde.serialize_model(model)
+    proto.ir_version = min(proto.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    return proto
+
+
+def serialized_bytes(model: ir.Model) -> bytes:
+    """The exact bytes `save_model` writes for a model that fits in one protobuf."""
+    return to_proto(model).SerializeToString()
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, *, overwrite: bool = False) -> int:
+    """Write the model atomically (temp file + rename); return bytes on disk (.onnx + data).
+
+    Models over protobuf's 2 GB limit get their weights in `<name>.data` beside the file.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OnnxcompError(f"{path} exists; pass --force to overwrite it")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise OnnxcompError(f"output folder {directory} does not exist")
+    proto = to_proto(model)
+    if proto.ByteSize() < MAX_PROTO_BYTES:
+        data = proto.SerializeToString()
+        atomic_write(path, lambda handle: handle.write(data))
+        return len(data)
+    data_name = path.name + ".data"
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".onnxcomp-") as staging:
+        staged = Path(staging) / path.name
+        ir.save(model, staged, external_data=data_name)
+        os.replace(Path(staging) / data_name, directory / data_name)
+        os.replace(staged, path)
+    return path.stat().st_size + (directory / data_name).stat().st_size
+
+
+def atomic_write(path: Path, write) -> None:
+    handle = tempfile.NamedTemporaryFile(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handle.name)
+        raise
+
+
+def file_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of a model: the .onnx plus every external data file it references."""
+    path = Path(path)
+    total = path.stat().st_size
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return total
+    seen = set()
+    for tensor in _external_tensors(proto):
+        location = {e.key: e.value for e in tensor.external_data}.get("location")
+        if location and location not in seen:
+            seen.add(location)
+            data = path.parent / location
+            if data.is_file():
+                total += data.stat().st_size
+    return total

@@ -1,0 +1,71 @@
+"""ClusterWeightsPass: per-layer 1-D k-means weight sharing (Han et al. 2016, Deep Compression)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcomp.passes._stats import StatsPassResult
+from onnxcomp.quantize import SortedWeights, snap_to_codebook
+from onnxcomp.weights import find_weights
+
+logger = logging.getLogger(__name__)
+
+
+class ClusterWeightsPass(ir.passes.InPlacePass):
+    """Replace each weight's values by their nearest of a few shared values (a codebook).
+
+    Args:
+        bits: codes per weight are `bits` wide: 2**bits shared values, one of them exact zero
+            when the weight has zeros (pruned entries stay exactly zero). One number for all
+            weights or per weight name; weights not named are left alone.
+        codebooks: per weight name, an explicit sorted codebook of non-zero values to snap to
+            (the allocator's k-means result); wins over `bits`.
+
+    Centres are initialised linearly over the weight range (Deep Compression found linear
+    initialisation best). Idempotent: a weight that already has at most 2**bits distinct
+    values is left unchanged. Preserves graph structure; only initializer values change.
+    """
+
+    def __init__(self, bits: int | Mapping[str, int] | None = 4,
+                 codebooks: Mapping[str, np.ndarray] | None = None):
+        super().__init__()
+        if isinstance(bits, int) and not 1 <= bits <= 8:
+            raise ValueError(f"bits must be in 1..8, got {bits}")
+        self.bits = bits
+        self.codebooks = dict(codebooks or {})
+
+    def _bits(self, name: str) -> int | None:
+        if isinstance(self.bits, Mapping):
+            return self.bits.get(name)
+        return self.bits
+
+    def call(self, model: ir.Model) -> StatsPassResult:
+        rows = []
+        for weight in find_weights(model):
+            values = weight.numpy().astype(np.float32)
+            zeros = values == 0
+            codebook = self.codebooks.get(weight.name)
+            bits = self._bits(weight.name)
+            if codebook is None:
+                if bits is None:
+                    continue
+                has_zero = bool(zeros.any())
+                levels = (1 << bits) - (1 if has_zero else 0)
+                if np.unique(values).size <= (1 << bits):
+                    logger.debug("%s already has <= %d distinct values", weight.name, 1 << bits)
+                    continue
+                nonzero = values[~zeros]
+                codebook = SortedWeights(nonzero).quantize(0.0, levels).codebook
+            codebook = np.sort(np.asarray(codebook, np.float32))
+            clustered = snap_to_codebook(values, codebook)
+            clustered[zeros] = 0.0
+            if np.array_equal(clustered, values):
+                continue
+            weight.value.const_value = ir.tensor(clustered, name=weight.name)
+            rows.append({"name": weight.name, "clusters": int(codebook.size),
+                         "sse": float(np.sum((clustered.astype(np.float64) - values) ** 2))})
+        return StatsPassResult(model, modified=bool(rows), rows=rows)

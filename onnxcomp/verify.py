@@ -1,0 +1,58 @@
+"""Fidelity of a compressed model against the original, measured in ONNX Runtime."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def looks_like_class_scores(output: np.ndarray) -> bool:
+    return output.ndim == 2 and 2 <= output.shape[1] <= 100_000 and output.dtype.kind == "f"
+
+
+def fidelity(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict:
+    """Compare every output: max/mean abs error, cosine similarity (per sample, averaged) and
+    top-1 agreement where an output looks like class scores ([N, C] floats)."""
+    report: dict = {"outputs": {}}
+    cosines, agreements = [], []
+    for index, (a, b) in enumerate(zip(original, compressed)):
+        a64 = np.asarray(a, dtype=np.float64)
+        b64 = np.asarray(b, dtype=np.float64)
+        entry: dict = {}
+        if a64.size:
+            diff = np.abs(a64 - b64)
+            entry["max_abs_error"] = float(diff.max())
+            entry["mean_abs_error"] = float(diff.mean())
+            flat_a = a64.reshape(len(a64), -1) if a64.ndim > 1 else a64.reshape(1, -1)
+            flat_b = b64.reshape(len(b64), -1) if b64.ndim > 1 else b64.reshape(1, -1)
+            norms = np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_b, axis=1)
+            cos = np.where(norms > 0, np.sum(flat_a * flat_b, axis=1) / np.maximum(norms, 1e-300), 1.0)
+            entry["cosine"] = float(np.mean(cos))
+            cosines.append(entry["cosine"])
+        if looks_like_class_scores(np.asarray(a)):
+            entry["top1_agreement"] = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+            agreements.append(entry["top1_agreement"])
+        report["outputs"][f"output_{index}"] = entry
+    report["cosine"] = float(min(cosines)) if cosines else None
+    report["top1_agreement"] = float(min(agreements)) if agreements else None
+    report["max_abs_error"] = max((e.get("max_abs_error", 0.0) for e in report["outputs"].values()), default=0.0)
+    report["mean_abs_error"] = float(np.mean([e.get("mean_abs_error", 0.0) for e in report["outputs"].values()])) if report["outputs"] else 0.0
+    return report
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(scores, axis=1) == labels))
+
+
+def output_distortion(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """Relative squared error of all outputs (the sensitivity measure of the allocator)."""
+    error = 0.0
+    energy = 0.0
+    for a, b in zip(reference, candidate):
+        a64 = np.asarray(a, np.float64)
+        error += float(np.sum((a64 - np.asarray(b, np.float64)) ** 2))
+        energy += float(np.sum(a64 * a64))
+    return error / max(energy, 1e-30)

@@ -1,0 +1,99 @@
+"""Which initializers are compressible weights, and what role each plays."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+logger = logging.getLogger(__name__)
+
+# op_type -> {input index: role}. "weight" may be pruned and clustered; "bias" is only clustered
+# (pruning a bias shifts every activation) and only when encoding it saves bytes.
+WEIGHT_SLOTS: dict[str, dict[int, str]] = {
+    "Conv": {1: "weight", 2: "bias"},
+    "ConvTranspose": {1: "weight", 2: "bias"},
+    "Gemm": {0: "weight", 1: "weight", 2: "bias"},
+    "MatMul": {0: "weight", 1: "weight"},
+    "Gather": {0: "embedding"},
+    "LSTM": {1: "weight", 2: "weight", 3: "bias"},
+    "GRU": {1: "weight", 2: "weight", 3: "bias"},
+    "RNN": {1: "weight", 2: "weight", 3: "bias"},
+    "Einsum": {0: "weight", 1: "weight"},
+}
+FLOAT_TYPES = (ir.DataType.FLOAT,)  # float16/bfloat16 weights are left as they are for now
+# Codebooks (<= 256 entries) feed Gather too; embedding tables are far larger than that.
+MIN_EMBEDDING_ELEMENTS = 257
+MIN_WEIGHT_ELEMENTS = 16
+
+
+@dataclasses.dataclass
+class Weight:
+    """A compressible initializer and the roles it plays (it may be shared by several nodes)."""
+
+    value: ir.Value
+    role: str  # "weight" | "embedding" | "bias"
+    consumers: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.value.name or ""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.value.const_value.shape)  # type: ignore[union-attr]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def prunable(self) -> bool:
+        return self.role != "bias"
+
+    def numpy(self) -> np.ndarray:
+        return self.value.const_value.numpy()  # type: ignore[union-attr]
+
+
+def _role(node: ir.Node, index: int) -> str | None:
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    return WEIGHT_SLOTS.get(node.op_type, {}).get(index)
+
+
+def find_weights(model: ir.Model) -> list[Weight]:
+    """Float initializers of the main graph consumed in weight/bias slots of compute ops.
+
+    A weight used anywhere else as well (e.g. also as a graph output, or in a non-weight slot)
+    keeps its role as long as every use is a recognised slot; otherwise it is left alone, since
+    the decoded tensor must be identical for every consumer anyway.
+    """
+    found: list[Weight] = []
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or value.is_graph_output() or value.is_graph_input():
+            continue
+        if tensor.dtype not in FLOAT_TYPES:
+            continue
+        roles: set[str] = set()
+        consumers: list[str] = []
+        unknown = False
+        for node, index in value.uses():
+            role = _role(node, index)
+            if role is None:
+                unknown = True
+                break
+            roles.add(role)
+            consumers.append(node.name or node.op_type)
+        if unknown or not roles:
+            continue
+        role = "weight" if "weight" in roles else ("embedding" if "embedding" in roles else "bias")
+        size = int(np.prod([int(d) for d in tensor.shape])) if len(tensor.shape) else 1
+        if role == "embedding" and size < MIN_EMBEDDING_ELEMENTS:
+            continue
+        if size < MIN_WEIGHT_ELEMENTS:
+            continue
+        found.append(Weight(value, role, consumers))
+    return found
