@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     train(model, torch.from_numpy(train_images), torch.from_numpy(train_labels), recipe, args.seed)
     train_seconds = time.perf_counter() - started
 
-    torch_correct = int((torch_predictions(model, torch.from_numpy(test_images)) == test_labels).sum())
+    torch_predicted = torch_predictions(model, torch.from_numpy(test_images))
+    torch_correct = int((torch_predicted == test_labels).sum())
     export_onnx(model, output)
     onnx_correct = int((onnx_predictions(output, test_images) == test_labels).sum())
     torch_accuracy = torch_correct / test_labels.shape[0]

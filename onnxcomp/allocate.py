@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from onnxcomp import encoding
-from onnxcomp.quantize import Quantization, SortedWeights
+from onnxcomp.quantize import Quantization, SortedWeights, prune_mask
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class LayerOptions:
     role: str
     candidates: list[Candidate]  # Pareto front, ascending bytes, descending distortion
     sensitivity: float = 1.0
+    importance: np.ndarray | None = None
 
     @property
     def dense(self) -> Candidate:
@@ -53,36 +54,40 @@ class LayerOptions:
         return self.candidates[0]
 
 
-def layer_options(name: str, values: np.ndarray, role: str) -> LayerOptions:
-    """Price every (sparsity, bits) setting of one weight; keep the Pareto front."""
+def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarray | None = None) -> LayerOptions:
+    """Price every (sparsity, bits) setting of one weight; keep the Pareto front.
+
+    `importance` (broadcastable to the weight) weights squared errors, e.g. the mean squared
+    input activation per input feature; None means plain squared error.
+    """
     values = np.asarray(values, dtype=np.float32)
     rank = values.ndim
     count = values.size
-    sorted_weights = SortedWeights(values)
+    sorted_weights = SortedWeights(values, importance)
     energy = max(sorted_weights.energy, 1e-30)
     dense = Candidate("dense", encoding.dense_bytes(count, rank), 0.0)
     candidates = [dense]
-    flat_abs = np.abs(values.ravel())
     sparsities = SPARSITIES if role != "bias" else (0.0,)
     for sparsity in sparsities:
-        lo, hi, threshold = sorted_weights.prune_band(sparsity)
-        has_zero = hi > lo
-        positions = np.flatnonzero(flat_abs >= threshold) if has_zero and sparsity >= 0.3 else None
+        threshold = sorted_weights.saliency_threshold(sparsity)
+        positions = None
         for bits in BITS:
-            levels = (1 << bits) - (1 if has_zero else 0)
-            if levels < 1:
-                continue
-            quant = sorted_weights.quantize(sparsity, levels)
+            quant = sorted_weights.quantize(sparsity, 1 << bits)
+            has_zero = quant.nonzeros < count
+            if has_zero and bits > 1:
+                quant = sorted_weights.quantize(sparsity, (1 << bits) - 1)
             distortion = quant.sse / energy
             table = quant.codebook.size + (1 if has_zero else 0)
             best = Candidate("lookup", encoding.lookup_bytes(count, encoding.bits_for(table), table, rank),
                              distortion, sparsity, encoding.bits_for(table), quant)
-            if positions is not None and positions.size:
-                price = encoding.price_sparse(positions, quant.codebook.size, rank)
+            if has_zero and sparsity >= 0.3:
+                if positions is None:
+                    positions = np.flatnonzero(prune_mask(values, importance, threshold).ravel())
+                price = encoding.price_sparse(positions, quant.codebook.size, rank) if positions.size else None
                 if price is not None and price.bytes < best.bytes:
                     best = Candidate("sparse", price.bytes, distortion, sparsity, price.value_bits, quant)
             candidates.append(best)
-    return LayerOptions(name, tuple(values.shape), role, pareto(candidates))
+    return LayerOptions(name, tuple(values.shape), role, pareto(candidates), importance=importance)
 
 
 def pareto(candidates: list[Candidate]) -> list[Candidate]:

@@ -28,15 +28,17 @@ from onnxcomp.passes.prune_weights import PruneWeightsPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
 from onnxcomp.report import layer_rows
 from onnxcomp.runtime.inference import run_batches, session
-from onnxcomp.sensitivity import measure_sensitivity
+from onnxcomp.sensitivity import activation_importance, measure_sensitivity
 from onnxcomp.sizes import format_size
 from onnxcomp.verify import accuracy, fidelity
+from onnxcomp.quantize import prune_mask
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 SENSITIVITY_SAMPLES = 64
+IMPORTANCE_SAMPLES = 256
 VERIFY_SAMPLES = 2000
 
 
@@ -90,7 +92,8 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     _log(progress, f"price {len(weights)} weights")
     tick = time.perf_counter()
     values = {w.name: w.numpy().astype(np.float32) for w in weights}
-    layers = [layer_options(w.name, values[w.name], w.role) for w in weights]
+    importances = activation_importance(model, weights, samples.head(IMPORTANCE_SAMPLES).inputs, batch_size)
+    layers = [layer_options(w.name, values[w.name], w.role, importances.get(w.name)) for w in weights]
     timings["price"] = time.perf_counter() - tick
 
     if options.sensitivity:
@@ -111,7 +114,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         allocation = allocate(layers, budget)
         if allocation is None:
             break
-        compressed = _build(model, allocation, options.keep_metadata)
+        compressed = _build(model, allocation, options.keep_metadata, importances)
         attempt_data = io.serialized_bytes(compressed)
         _log(progress, f"attempt {attempt}: {format_size(len(attempt_data))} (target {format_size(options.target_bytes)})")
         if len(attempt_data) <= options.target_bytes:
@@ -121,7 +124,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     timings["allocate_and_encode"] = time.perf_counter() - tick
     if attempt_data is None:
         assert smallest is not None
-        floor_model = _build(model, smallest, options.keep_metadata)
+        floor_model = _build(model, smallest, options.keep_metadata, importances)
         floor_bytes = len(io.serialized_bytes(floor_model))
         raise TargetUnreachableError(
             f"target {format_size(options.target_bytes)} ({options.target_bytes} B) is below the smallest size onnxcomp can reach for this model: {format_size(floor_bytes)} ({floor_bytes} B)",
@@ -176,13 +179,17 @@ def _batch_size(model: ir.Model) -> int:
     return 256
 
 
-def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool) -> ir.Model:
+def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importances: dict) -> ir.Model:
     """Apply an allocation to a copy of the canonical model: prune, cluster, encode, clean up."""
     work = model.clone()
-    thresholds = {name: c.quant.threshold for name, c in allocation.choices.items() if c.quant is not None and c.quant.threshold > 0}
+    masks = {}
+    for weight in find_weights(work):
+        choice = allocation.choices.get(weight.name)
+        if choice is not None and choice.quant is not None and choice.quant.nonzeros < weight.size:
+            masks[weight.name] = prune_mask(weight.numpy(), importances.get(weight.name), choice.quant.saliency_threshold)
     codebooks = {name: c.quant.codebook for name, c in allocation.choices.items() if c.quant is not None}
     passes = ir.passes.Sequential(
-        PruneWeightsPass(thresholds=thresholds),
+        PruneWeightsPass(masks=masks),
         ClusterWeightsPass(bits=None, codebooks=codebooks),
         SubstituteSparseOpsPass(),
         InsertDequantizeLookupPass(),

@@ -1,9 +1,14 @@
-"""Magnitude pruning and 1-D k-means weight sharing on sorted weights.
+"""Magnitude pruning and 1-D k-means weight sharing, optionally importance-weighted.
 
-One sort per tensor serves every (sparsity, bits) candidate: magnitude pruning removes a
-contiguous band of the sorted values around zero, and Lloyd iterations on sorted data need only
-prefix sums (O(K log n) per iteration), so the allocator can price dozens of candidates per layer
-cheaply, even for embedding tables with millions of entries.
+One sort per tensor serves every (sparsity, bits) candidate: Lloyd iterations on sorted data need
+only prefix sums (O(K log n) per iteration), so the allocator can price dozens of candidates per
+layer cheaply, even for embedding tables with millions of entries.
+
+Importance (optional, same shape as the weight) weights each entry's squared error: with the
+mean squared input activation of the entry's input feature it turns squared weight error into
+the expected squared output error of the layer (the diagonal approximation used by Optimal Brain
+Damage). Pruning then removes the entries with the smallest saliency importance * w**2, which
+for uniform importance is plain magnitude pruning (Han et al. 2015).
 """
 
 from __future__ import annotations
@@ -20,102 +25,114 @@ KMEANS_ITERATIONS = 30
 
 @dataclasses.dataclass(frozen=True)
 class Quantization:
-    """How one tensor is pruned and clustered, and what that costs in squared error."""
+    """How one tensor is pruned and clustered, and what that costs in (weighted) squared error."""
 
-    threshold: float  # |w| < threshold -> exact zero
+    saliency_threshold: float  # entries with importance * w**2 < threshold -> exact zero
     codebook: np.ndarray  # float32 non-zero cluster centres, sorted
-    sse: float  # sum of squared errors against the original weight
+    sse: float
     nonzeros: int
 
 
 class SortedWeights:
-    """A weight tensor sorted once, with prefix sums for fast range statistics."""
+    """A weight tensor sorted once, with importance-weighted prefix sums per sparsity level."""
 
-    def __init__(self, values: np.ndarray):
-        flat = np.asarray(values, dtype=np.float64).ravel()
+    def __init__(self, values: np.ndarray, importance: np.ndarray | None = None):
+        flat = np.asarray(values, dtype=np.float32).ravel()
         self.size = flat.size
-        self.sorted = np.sort(flat)
-        self._sum = np.concatenate([[0.0], np.cumsum(self.sorted)])
-        self._sum2 = np.concatenate([[0.0], np.cumsum(self.sorted * self.sorted)])
-        self.energy = float(self._sum2[-1])
-        # Exact zeros stay zero whatever the sparsity (they cost nothing to keep as zeros).
-        self._zero_lo = int(np.searchsorted(self.sorted, 0.0, side="left"))
-        self._zero_hi = int(np.searchsorted(self.sorted, 0.0, side="right"))
+        order = np.argsort(flat, kind="stable")
+        self.sorted = flat[order].astype(np.float64)
+        if importance is None:
+            self.importance = np.ones(self.size)
+        else:
+            self.importance = np.broadcast_to(np.asarray(importance, np.float64), np.shape(values)).ravel()[order]
+            self.importance = np.maximum(self.importance, 1e-12 * max(float(self.importance.max()), 1e-30))
+        self.saliency = self.importance * self.sorted * self.sorted
+        self.energy = float(self.saliency.sum())
+        self._sorted_saliency = np.sort(self.saliency)
+        self._cache: dict[float, tuple] = {}
 
-    def prune_band(self, sparsity: float) -> tuple[int, int, float]:
-        """Index band [lo, hi) of the sorted values that magnitude pruning zeroes, and the threshold."""
+    def saliency_threshold(self, sparsity: float) -> float:
+        """Entries with saliency below this are pruned (exact zeros always are)."""
         count = int(round(sparsity * self.size))
-        count = max(count, self._zero_hi - self._zero_lo)
         if count <= 0:
-            return self._zero_lo, self._zero_lo, 0.0
+            return float(np.nextafter(0.0, 1.0))
         if count >= self.size:
-            return 0, self.size, float(np.abs(self.sorted).max()) * 2 + 1.0
-        magnitudes = np.abs(self.sorted)
-        # The band of the `count` smallest magnitudes is contiguous in sorted order.
-        threshold = float(np.partition(magnitudes, count - 1)[count - 1])
-        lo = int(np.searchsorted(self.sorted, -threshold, side="left"))
-        hi = int(np.searchsorted(self.sorted, threshold, side="right"))
-        # Strict '<' keeps ties at the threshold; use the next representable value.
-        return lo, hi, float(np.nextafter(np.float32(threshold), np.float32(np.inf)))
+            return float(self._sorted_saliency[-1]) * 2 + 1.0
+        return float(np.nextafter(self._sorted_saliency[count - 1], np.inf))
 
-    def _range(self, prefix: np.ndarray, a: np.ndarray, b: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        inner_a = np.clip(a, lo, hi)
-        inner_b = np.clip(b, lo, hi)
-        return (prefix[b] - prefix[a]) - (prefix[inner_b] - prefix[inner_a])
+    def _prefix(self, threshold: float):
+        cached = self._cache.get(threshold)
+        if cached is None:
+            keep = self.saliency >= threshold
+            weight = np.where(keep, self.importance, 0.0)
+            cached = (
+                keep,
+                np.concatenate([[0.0], np.cumsum(keep)]),
+                np.concatenate([[0.0], np.cumsum(weight)]),
+                np.concatenate([[0.0], np.cumsum(weight * self.sorted)]),
+                np.concatenate([[0.0], np.cumsum(weight * self.sorted * self.sorted)]),
+            )
+            self._cache = {threshold: cached}  # one level at a time keeps memory flat
+        return cached
 
     def quantize(self, sparsity: float, clusters: int) -> Quantization:
-        """Prune the smallest `sparsity` fraction, then k-means the rest into `clusters` centres."""
-        lo, hi, threshold = self.prune_band(sparsity)
-        x = self.sorted
-        pruned_sse = float(self._sum2[hi] - self._sum2[lo])
-        nonzeros = self.size - (hi - lo)
+        """Prune the `sparsity` fraction of least salient entries, k-means the rest into `clusters`."""
+        threshold = self.saliency_threshold(sparsity)
+        keep, count_prefix, w_prefix, wx_prefix, wxx_prefix = self._prefix(threshold)
+        pruned_sse = float(np.sum(self.saliency[~keep]))
+        nonzeros = int(count_prefix[-1])
         if nonzeros == 0:
             return Quantization(threshold, np.zeros(0, np.float32), pruned_sse, 0)
-        survivors_min = x[0] if lo > 0 else x[hi]
-        survivors_max = x[-1] if hi < self.size else x[lo - 1]
+        survivors = self.sorted[keep]
+        low, high = float(survivors[0]), float(survivors[-1])
         k = max(1, min(clusters, nonzeros))
+        gap_low = float(survivors[survivors < 0].max()) if np.any(survivors < 0) else None
+        gap_high = float(survivors[survivors > 0].min()) if np.any(survivors > 0) else None
         # Linear initialisation over the surviving range (Han et al. 2016 found it best: it keeps
-        # centres on the rare large weights that matter most).
-        centres = _linear_init(survivors_min, survivors_max, k, threshold if hi > lo else None)
+        # centres on the rare large weights that matter most), skipping the pruned gap.
+        centres = _linear_init(low, high, k, gap_low, gap_high)
         for _ in range(KMEANS_ITERATIONS):
             a, b = self._cluster_ranges(centres)
-            counts = self._range_count(a, b, lo, hi)
-            sums = self._range(self._sum, a, b, lo, hi)
-            filled = counts > 0
+            weights = w_prefix[b] - w_prefix[a]
+            sums = wx_prefix[b] - wx_prefix[a]
+            counts = count_prefix[b] - count_prefix[a]
+            filled = (counts > 0) & (weights > 0)
             updated = centres.copy()
-            updated[filled] = sums[filled] / counts[filled]
+            updated[filled] = sums[filled] / weights[filled]
             updated = np.sort(updated)
-            if np.allclose(updated, centres, rtol=0, atol=1e-12):
-                centres = updated
-                break
+            converged = np.allclose(updated, centres, rtol=0, atol=1e-12)
             centres = updated
+            if converged:
+                break
         a, b = self._cluster_ranges(centres)
-        counts = self._range_count(a, b, lo, hi)
-        sums = self._range(self._sum, a, b, lo, hi)
-        sums2 = self._range(self._sum2, a, b, lo, hi)
+        counts = count_prefix[b] - count_prefix[a]
+        weights = w_prefix[b] - w_prefix[a]
+        sums = wx_prefix[b] - wx_prefix[a]
+        sums2 = wxx_prefix[b] - wxx_prefix[a]
         centres32 = centres.astype(np.float32).astype(np.float64)
-        sse = float(np.sum(sums2 - 2 * centres32 * sums + counts * centres32 * centres32))
-        used = counts > 0
-        codebook = np.unique(centres[used].astype(np.float32))
+        sse = float(np.sum(sums2 - 2 * centres32 * sums + weights * centres32 * centres32))
+        codebook = np.unique(centres[counts > 0].astype(np.float32))
         return Quantization(threshold, codebook, max(sse, 0.0) + pruned_sse, nonzeros)
 
     def _cluster_ranges(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bounds = (centres[1:] + centres[:-1]) / 2
         cuts = np.searchsorted(self.sorted, bounds, side="left")
-        a = np.concatenate([[0], cuts])
-        b = np.concatenate([cuts, [self.size]])
-        return a, b
-
-    @staticmethod
-    def _range_count(a: np.ndarray, b: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        return (b - a) - (np.clip(b, lo, hi) - np.clip(a, lo, hi))
+        return np.concatenate([[0], cuts]), np.concatenate([cuts, [self.size]])
 
 
-def apply_quantization(values: np.ndarray, quant: Quantization) -> np.ndarray:
-    """Snap every weight to its nearest codebook centre; weights under the threshold become 0."""
+def prune_mask(values: np.ndarray, importance: np.ndarray | None, saliency_threshold: float) -> np.ndarray:
+    """Boolean keep-mask (same shape as values): saliency >= threshold and not already zero."""
+    values = np.asarray(values, dtype=np.float64)
+    weight = np.ones_like(values) if importance is None else np.broadcast_to(importance, values.shape)
+    weight = np.maximum(weight, 1e-12 * max(float(np.max(weight)), 1e-30))
+    return (weight * values * values >= saliency_threshold) & (values != 0)
+
+
+def apply_quantization(values: np.ndarray, quant: Quantization, importance: np.ndarray | None = None) -> np.ndarray:
+    """Prune by saliency, then snap every kept weight to its nearest codebook centre."""
     values = np.asarray(values, dtype=np.float32)
     result = snap_to_codebook(values, quant.codebook)
-    result[np.abs(values) < quant.threshold] = 0.0
+    result[~prune_mask(values, importance, quant.saliency_threshold)] = 0.0
     return result
 
 
@@ -131,12 +148,12 @@ def snap_to_codebook(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     return codebook[index].astype(np.float32)
 
 
-def _linear_init(low: float, high: float, k: int, gap: float | None) -> np.ndarray:
-    """Linearly spaced centres over [low, high], skipping the pruned gap (-gap, gap)."""
-    if gap is None or gap <= 0 or low >= 0 or high <= 0 or k < 2:
+def _linear_init(low: float, high: float, k: int, gap_low: float | None, gap_high: float | None) -> np.ndarray:
+    """Linearly spaced centres over [low, high], skipping the pruned gap (gap_low, gap_high)."""
+    if gap_low is None or gap_high is None or k < 2 or gap_high - gap_low <= 0:
         return np.linspace(low, high, k)
-    negative_span = -gap - low
-    positive_span = high - gap
+    negative_span = gap_low - low
+    positive_span = high - gap_high
     negative = int(round(k * negative_span / max(negative_span + positive_span, 1e-30)))
     negative = min(max(negative, 1), k - 1)
-    return np.concatenate([np.linspace(low, -gap, negative), np.linspace(gap, high, k - negative)])
+    return np.concatenate([np.linspace(low, gap_low, negative), np.linspace(gap_high, high, k - negative)])

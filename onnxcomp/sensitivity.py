@@ -47,7 +47,7 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
         if probe is None or probe.quant is None or probe.distortion <= 0:
             continue
         perturbed = dict(values)
-        perturbed[layer.name] = apply_quantization(values[layer.name], probe.quant)
+        perturbed[layer.name] = apply_quantization(values[layer.name], probe.quant, layer.importance)
         outputs = run_batches_with_weights(sess, inputs, perturbed, batch_size)
         sensitivities[layer.name] = output_distortion(reference, outputs) / probe.distortion
     if sensitivities:
@@ -80,3 +80,77 @@ def _probe(layer: LayerOptions):
 
 
 __all__ = ["measure_sensitivity", "run_batches"]
+
+
+def _activation_axis(node: ir.Node, weight: ir.Value):
+    """(activation value, function mapping per-feature mean squares to weight importance)."""
+    index = next(i for i, v in enumerate(node.inputs) if v is weight)
+    shape = weight.const_value.shape if weight.const_value is not None else None
+    rank = len(shape) if shape is not None else 0
+    attrs = {k: a.value for k, a in node.attributes.items()}
+    if node.op_type == "Gemm" and index == 1 and rank == 2 and not attrs.get("transA", 0):
+        if attrs.get("transB", 0):
+            return node.inputs[0], -1, lambda h: h[None, :]
+        return node.inputs[0], -1, lambda h: h[:, None]
+    if node.op_type == "MatMul" and index == 1 and rank == 2:
+        return node.inputs[0], -1, lambda h: h[:, None]
+    if node.op_type == "Conv" and index == 1 and rank >= 3 and attrs.get("group", 1) == 1:
+        expand = (None,) * (rank - 2)
+        return node.inputs[0], 1, lambda h: h[(slice(None), *expand)][None]
+    return None
+
+
+def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Per weight, the mean squared input activation of each input feature, shaped to broadcast
+    against the weight: squared weight error times this is the expected squared output error."""
+    wanted = {}
+    for weight in weights:
+        if weight.role == "bias":
+            continue
+        uses = list(weight.value.uses())
+        if len(uses) != 1:
+            continue
+        found = _activation_axis(uses[0][0], weight.value)
+        if found is None or found[0] is None or not found[0].name:
+            continue
+        wanted[weight.name] = found
+    if not wanted:
+        return {}
+    proto = to_proto(model)
+    existing = {o.name for o in proto.graph.output}
+    for activation, _, _ in wanted.values():
+        if activation.name not in existing and activation.name not in {i.name for i in proto.graph.input}:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(activation.name, onnx.TensorProto.FLOAT, None))
+            existing.add(activation.name)
+    feeds_inputs = {i.name for i in proto.graph.input}
+    sess = session(proto)
+    names = sorted({a.name for a, _, _ in wanted.values()})
+    output_names = [n for n in names if n not in feeds_inputs]
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    axis_of = {a.name: axis for a, axis, _ in wanted.values()}
+    count = len(next(iter(inputs.values())))
+    for start in range(0, count, batch_size):
+        feed = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        results = dict(zip(output_names, sess.run(output_names, feed))) if output_names else {}
+        results.update({n: feed[n] for n in names if n in feed})
+        for name in names:
+            array = np.asarray(results[name], np.float64)
+            moved = np.moveaxis(array, axis_of[name], -1).reshape(-1, array.shape[axis_of[name]])
+            sums[name] = sums.get(name, 0) + np.sum(moved * moved, axis=0)
+            counts[name] = counts.get(name, 0) + moved.shape[0]
+    importances = {}
+    for weight_name, (activation, _, shape_fn) in wanted.items():
+        mean_square = sums[activation.name] / max(counts[activation.name], 1)
+        try:
+            importance = shape_fn(mean_square)
+            np.broadcast_to(importance, values_shape(weights, weight_name))
+        except (ValueError, IndexError):
+            logger.debug("%s: activation statistics do not match the weight shape", weight_name)
+            continue
+        importances[weight_name] = importance
+    return importances
+
+
+def values_shape(weights, name: str) -> tuple[int, ...]:
+    return next(w.shape for w in weights if w.name == name)

@@ -20,15 +20,18 @@ class PruneWeightsPass(ir.passes.InPlacePass):
     Args:
         sparsity: fraction of entries to zero, one number for all weights or per weight name.
         thresholds: per weight name, zero every entry with |w| < threshold (wins over sparsity).
+        masks: per weight name, a boolean keep-mask of the weight's shape (wins over both); the
+            allocator uses it for importance-weighted (saliency) pruning.
 
     Biases are never pruned. Weights not named in a mapping are left alone. Preserves the
     graph structure; only initializer values change. Idempotent for a given setting.
     """
 
     def __init__(self, sparsity: float | Mapping[str, float] | None = None,
-                 thresholds: Mapping[str, float] | None = None):
+                 thresholds: Mapping[str, float] | None = None, masks: Mapping[str, np.ndarray] | None = None):
         super().__init__()
-        if sparsity is None and thresholds is None:
+        self.masks = dict(masks or {})
+        if sparsity is None and thresholds is None and masks is None:
             raise ValueError("PruneWeightsPass needs sparsity or thresholds")
         if isinstance(sparsity, (int, float)) and not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
@@ -56,10 +59,14 @@ class PruneWeightsPass(ir.passes.InPlacePass):
             if not weight.prunable:
                 continue
             values = weight.numpy()
-            threshold = self._threshold(weight.name, values)
-            if threshold is None:
-                continue
-            small = np.abs(values) < threshold
+            if weight.name in self.masks:
+                threshold = None
+                small = ~np.asarray(self.masks[weight.name], dtype=bool).reshape(values.shape)
+            else:
+                threshold = self._threshold(weight.name, values)
+                if threshold is None:
+                    continue
+                small = np.abs(values) < threshold
             newly = int(np.count_nonzero(small & (values != 0)))
             if newly == 0:
                 logger.debug("%s: nothing under threshold %g", weight.name, threshold)

@@ -157,7 +157,8 @@ class GaussianMixturePrior(Regularizer):
         difference = graph.op("Sub", weights, all_means)
         squared = graph.op("Mul", graph.op("Mul", difference, difference), precision)
         joint = graph.op("Sub", offset, graph.scale(squared, 0.5))
-        log_prior = graph.reduce("ReduceSum", graph.reduce("ReduceLogSumExp", joint, axes=[1]))
+        # keepdims: ORT 1.19's ReduceLogSumExp gradient emits an invalid Unsqueeze without it.
+        log_prior = graph.reduce("ReduceSum", graph.reduce("ReduceLogSumExp", joint, axes=[1], keepdims=True))
 
         # Gamma(alpha, beta) on each precision: -log p = (1 - alpha) log(prec) + beta prec + const
         alpha = np.array([self.zero_gamma[0]] + [self.gamma[0]] * (components - 1), np.float32)

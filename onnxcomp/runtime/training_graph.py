@@ -204,7 +204,7 @@ def build_training_graph(
     feature_values = [v for v in graph.inputs if not v.is_initializer()]
     graph.inputs.clear()
     graph.inputs.extend(feature_values)
-    _free_batch_dimension(graph)
+    free_batch_dimension(graph)
 
     logits = graph.outputs[0]
     if logits.dtype not in (None, ir.DataType.FLOAT):
@@ -212,6 +212,11 @@ def build_training_graph(
     num_classes = _num_classes(logits)
 
     effective, weight_parameters = _effective_weights(builder, trainable, masks, codebooks)
+    # Drop what only the other outputs needed. Before the loss is added: the pass would also
+    # drop SoftmaxCrossEntropyLoss's unused log_prob output, which its gradient needs.
+    graph.outputs.clear()
+    graph.outputs.append(logits)
+    common_passes.RemoveUnusedNodesPass()(model_ir)
     graph.outputs.clear()
 
     terms = []
@@ -253,8 +258,6 @@ def build_training_graph(
     total.dtype = ir.DataType.FLOAT
     total.shape = ir.Shape([])
     graph.outputs.extend([total, logits])
-
-    common_passes.RemoveUnusedNodesPass()(model_ir)
     graph.sort()
     model_ir.ir_version = min(model_ir.ir_version, MAX_IR_VERSION)
     return TrainingGraph(
@@ -304,7 +307,7 @@ def _validate_weights(graph, trainable, masks, codebooks) -> None:
             raise OnnxcompError(f"codebook for '{name}' contains NaN or inf")
 
 
-def _free_batch_dimension(graph: ir.Graph) -> None:
+def free_batch_dimension(graph: ir.Graph) -> None:
     """Makes the first input axis symbolic and forgets inferred shapes that may pin it.
 
     Exporters often fix the batch size (e.g. 1); the training batch differs. The artifact
