@@ -82,8 +82,8 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
                              distortion, sparsity, encoding.bits_for(table), quant)
             if has_zero and sparsity >= 0.3:
                 if positions is None:
-                    positions = np.flatnonzero(prune_mask(values, importance, threshold).ravel())
-                price = encoding.price_sparse(positions, quant.codebook.size, rank) if positions.size else None
+                    positions = encoding.gap_histogram(np.flatnonzero(prune_mask(values, importance, threshold).ravel()))
+                price = encoding.price_sparse(positions, quant.codebook.size, rank)
                 if price is not None and price.bytes < best.bytes:
                     best = Candidate("sparse", price.bytes, distortion, sparsity, price.value_bits, quant)
             candidates.append(best)

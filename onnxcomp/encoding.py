@@ -167,17 +167,23 @@ class SparsePrice:
     fillers: bool
 
 
-def price_sparse(positions: np.ndarray, nonzero_levels: int, rank: int) -> SparsePrice | None:
-    """Cheapest delta width for these flat non-zero positions (None if there are none)."""
-    if positions.size == 0:
-        return None
+def gap_histogram(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct gaps between consecutive flat non-zero positions (from 0), with their counts."""
     gaps = np.diff(np.asarray(positions, dtype=np.int64), prepend=0)
-    unique_gaps, gap_counts = np.unique(gaps, return_counts=True)
+    return np.unique(gaps, return_counts=True)
+
+
+def price_sparse(positions: np.ndarray | tuple[np.ndarray, np.ndarray], nonzero_levels: int, rank: int) -> SparsePrice | None:
+    """Cheapest delta width for these flat non-zero positions (or their gap histogram)."""
+    unique_gaps, gap_counts = positions if isinstance(positions, tuple) else gap_histogram(positions)
+    if gap_counts.size == 0:
+        return None
+    count = int(gap_counts.sum())
     best = None
     for delta_bits in range(1, 9):
         max_delta = (1 << delta_bits) - 1
         entries = int(np.sum(gap_counts * np.maximum(1, -(-unique_gaps // max_delta))))
-        fillers = entries > positions.size
+        fillers = entries > count
         value_bits = bits_for(nonzero_levels + (1 if fillers else 0))
         size = sparse_bytes(entries, value_bits, delta_bits, nonzero_levels + (1 if fillers else 0), rank)
         if best is None or size < best.bytes:

@@ -65,7 +65,17 @@ class SortedWeights:
         if cached is None:
             keep = self.saliency >= threshold
             weight = np.where(keep, self.importance, 0.0)
+            survivors = self.sorted[keep]
+            negative = survivors[survivors < 0]
+            positive = survivors[survivors > 0]
+            bounds = (
+                (float(survivors[0]), float(survivors[-1])) if survivors.size else (0.0, 0.0),
+                float(negative[-1]) if negative.size else None,
+                float(positive[0]) if positive.size else None,
+                float(np.sum(self.saliency[~keep])),
+            )
             cached = (
+                bounds,
                 keep,
                 np.concatenate([[0.0], np.cumsum(keep)]),
                 np.concatenate([[0.0], np.cumsum(weight)]),
@@ -78,16 +88,12 @@ class SortedWeights:
     def quantize(self, sparsity: float, clusters: int) -> Quantization:
         """Prune the `sparsity` fraction of least salient entries, k-means the rest into `clusters`."""
         threshold = self.saliency_threshold(sparsity)
-        keep, count_prefix, w_prefix, wx_prefix, wxx_prefix = self._prefix(threshold)
-        pruned_sse = float(np.sum(self.saliency[~keep]))
+        bounds, keep, count_prefix, w_prefix, wx_prefix, wxx_prefix = self._prefix(threshold)
         nonzeros = int(count_prefix[-1])
         if nonzeros == 0:
-            return Quantization(threshold, np.zeros(0, np.float32), pruned_sse, 0)
-        survivors = self.sorted[keep]
-        low, high = float(survivors[0]), float(survivors[-1])
+            return Quantization(threshold, np.zeros(0, np.float32), self.energy, 0)
+        (low, high), gap_low, gap_high, pruned_sse = bounds
         k = max(1, min(clusters, nonzeros))
-        gap_low = float(survivors[survivors < 0].max()) if np.any(survivors < 0) else None
-        gap_high = float(survivors[survivors > 0].min()) if np.any(survivors > 0) else None
         # Linear initialisation over the surviving range (Han et al. 2016 found it best: it keeps
         # centres on the rare large weights that matter most), skipping the pruned gap.
         centres = _linear_init(low, high, k, gap_low, gap_high)
@@ -100,7 +106,7 @@ class SortedWeights:
             updated = centres.copy()
             updated[filled] = sums[filled] / weights[filled]
             updated = np.sort(updated)
-            converged = np.allclose(updated, centres, rtol=0, atol=1e-12)
+            converged = bool(np.max(np.abs(updated - centres)) <= 1e-12)
             centres = updated
             if converged:
                 break

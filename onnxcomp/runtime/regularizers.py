@@ -101,6 +101,10 @@ class GaussianMixturePrior(Regularizer):
     selected weights (all trainable ones by default), i.e. the paper's ``tau`` relative to a
     data term summed over the training set. Snap the result with `snap_to_mixture`.
 
+    The optimizer has one learning rate; ``lr_scale`` multiplies it per mixture parameter
+    group (the paper's Adam rates relative to the weights': means 0.2, log-variances and mixing
+    logits 6) by training ``value / scale`` and using ``scale * trained`` in the graph.
+
     `report` gives ``means``, ``log_variances`` and ``log_mixing`` (normalised log
     proportions), each of length ``num_components``, component 0 first.
     """
@@ -117,6 +121,7 @@ class GaussianMixturePrior(Regularizer):
         zero_gamma: tuple[float, float] = (5e3, 2.0),
         gamma: tuple[float, float] = (2.5e2, 0.1),
         names: Sequence[str] | None = None,
+        lr_scale: Mapping[str, float] | None = None,
     ):
         if num_components < 2:
             raise OnnxcompError("GaussianMixturePrior needs at least 2 components")
@@ -129,6 +134,11 @@ class GaussianMixturePrior(Regularizer):
         self.zero_gamma = zero_gamma
         self.gamma = gamma
         self.names = names
+        self.lr_scale = {"means": 0.2, "log_variances": 6.0, "logits": 6.0, **(lr_scale or {})}
+
+    def _parameter(self, graph: GraphBuilder, key: str, initial: np.ndarray) -> ir.Value:
+        scale = float(self.lr_scale[key])
+        return graph.scale(graph.parameter(np.asarray(initial) / scale, key), scale)
 
     def add_penalty(self, graph: GraphBuilder, inputs: PenaltyInputs) -> ir.Value:
         names = _selected(inputs, self.names)
@@ -137,9 +147,9 @@ class GaussianMixturePrior(Regularizer):
         components = self.num_components
         spacing = max((high - low) / (components - 1), 1e-3)
         init_std = self.init_std if self.init_std is not None else spacing
-        means = graph.parameter(np.linspace(low, high, components - 1), "means")
-        log_variances = graph.parameter(np.full(components, 2 * math.log(init_std)), "log_variances")
-        logits = graph.parameter(np.zeros(components - 1), "logits")
+        means = self._parameter(graph, "means", np.linspace(low, high, components - 1))
+        log_variances = self._parameter(graph, "log_variances", np.full(components, 2 * math.log(init_std)))
+        logits = self._parameter(graph, "logits", np.zeros(components - 1))
 
         all_means = graph.op("Concat", graph.constant(np.zeros(1, np.float32), "gmm_zero_mean"), means, axis=0)
         log_mixing = graph.op(
@@ -175,11 +185,12 @@ class GaussianMixturePrior(Regularizer):
         return graph.scale(negative_log_prior, self.tau / inputs.num_samples)
 
     def report(self, parameters: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        logits = np.asarray(parameters["logits"], np.float64)
+        values = {key: np.asarray(parameters[key], np.float64) * self.lr_scale[key] for key in parameters}
+        logits = values["logits"]
         log_softmax = logits - np.logaddexp.reduce(logits)
         return {
-            "means": np.concatenate([[0.0], parameters["means"]]).astype(np.float32),
-            "log_variances": np.asarray(parameters["log_variances"], np.float32),
+            "means": np.concatenate([[0.0], values["means"]]).astype(np.float32),
+            "log_variances": values["log_variances"].astype(np.float32),
             "log_mixing": np.concatenate(
                 [[math.log(self.pi_zero)], math.log1p(-self.pi_zero) + log_softmax]
             ).astype(np.float32),

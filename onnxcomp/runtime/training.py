@@ -468,9 +468,10 @@ class _TrainingSession:
         if error is not None:
             match = _NO_GRADIENT.search(str(error))
             if match:
+                node = f" (node '{match.group(2)}')" if match.group(2) else ""
                 raise OnnxcompError(
-                    f"cannot fine-tune: ONNX Runtime training has no gradient for {match.group(1)} "
-                    f"(node '{match.group(2)}'); data-free compression (without fine-tuning) still works"
+                    f"cannot fine-tune: ONNX Runtime training has no gradient for {match.group(1)}{node}; "
+                    "data-free compression (without fine-tuning) still works"
                 ) from error
             raise OnnxcompError(f"cannot build the training graph: {_one_line(error)}") from error
 
@@ -497,6 +498,9 @@ class _TrainingSession:
 def _one_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = lines[-1] if lines else type(error).__name__
+    # Drop ORT's C++ source location and status code prefix.
+    text = re.split(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", text)[-1]
+    text = re.sub(r"^/onnxruntime_src/\S+ .*?(?:was false\.|\)) ", "", text) or text
     return text if len(text) <= 300 else text[:297] + "..."
 
 

@@ -199,6 +199,9 @@ def build_training_graph(
         )
     builder = GraphBuilder(graph, opset)
     _validate_weights(graph, trainable, masks, codebooks)
+    for index, node in enumerate(graph):
+        if not node.name:  # so that ORT's errors can point at the node
+            node.name = builder.fresh_name(f"{node.op_type}_{index}")
 
     # Initializers listed as graph inputs would be duplicated when ORT moves parameters to inputs.
     feature_values = [v for v in graph.inputs if not v.is_initializer()]

@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny seeded models built from ONNX text, and running models in ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO / "models"
+LENET300 = MODELS_DIR / "lenet300.onnx"
+LENET5 = MODELS_DIR / "lenet5.onnx"
+TEST_DATA = MODELS_DIR / "data" / "mnist_test_1k.npz"
+TRAIN_DATA = MODELS_DIR / "data" / "mnist_train_2k.npz"
+
+# Gemm with a bias, then a plain MatMul: two prunable weights and one bias.
+MLP_TEXT = """
+<ir_version: 10, opset_import: ["" : 17]>
+mlp (float[N, 16] x) => (float[N, 8] y) {
+  h = Gemm(x, w1, b1)
+  r = Relu(h)
+  y = MatMul(r, w2)
+}
+"""
+MLP_SHAPES = {"w1": (16, 32), "b1": (32,), "w2": (32, 8)}
+
+# One weight shared by two MatMuls.
+SHARED_TEXT = """
+<ir_version: 10, opset_import: ["" : 17]>
+shared (float[N, 64] x) => (float[N, 64] y) {
+  h = MatMul(x, w)
+  r = Relu(h)
+  y = MatMul(r, w)
+}
+"""
+
+# A single MatMul: the weight's effect on the output is easy to bound.
+SINGLE_TEXT = """
+<ir_version: 10, opset_import: ["" : 17]>
+single (float[N, {rows}] x) => (float[N, {cols}] y) {{
+  y = MatMul(x, w)
+}}
+"""
+
+
+def build_model(text: str, initializers: dict[str, np.ndarray]) -> ir.Model:
+    """Parse an ONNX text model, attach the given arrays as initializers, import into onnx_ir."""
+    proto = onnx.parser.parse_model(text)
+    for name, array in initializers.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(array), name))
+    onnx.checker.check_model(proto, full_check=True)
+    return ir.serde.deserialize_model(proto)
+
+
+def single_matmul(weight: np.ndarray) -> ir.Model:
+    rows, cols = weight.shape
+    return build_model(SINGLE_TEXT.format(rows=rows, cols=cols), {"w": weight.astype(np.float32)})
+
+
+def to_proto(model: ir.Model | onnx.ModelProto) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return ir.serde.serialize_model(model)
+
+
+def run(model: ir.Model | onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray],
+        extra_outputs: dict[str, int] | list[str] = ()) -> list[np.ndarray]:
+    """Run a model once in ONNX Runtime (CPU).
+
+    `extra_outputs` names intermediate values to return after the graph outputs (float unless
+    given as a mapping name -> onnx.TensorProto element type).
+    """
+    import onnxruntime
+
+    if isinstance(model, (bytes, str)):
+        source = model
+    else:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(to_proto(model))
+        types = extra_outputs if isinstance(extra_outputs, dict) else dict.fromkeys(extra_outputs, onnx.TensorProto.FLOAT)
+        for name, elem_type in types.items():
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+        source = proto.SerializeToString()
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240607)
+
+
+@pytest.fixture
+def mlp_model(rng) -> ir.Model:
+    arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in MLP_SHAPES.items()}
+    return build_model(MLP_TEXT, arrays)
+
+
+@pytest.fixture
+def shared_model(rng) -> ir.Model:
+    return build_model(SHARED_TEXT, {"w": (0.2 * rng.standard_normal((64, 64))).astype(np.float32)})

@@ -1,0 +1,281 @@
+"""Fine-tuning on ONNX Runtime's training API: losses, constraints, regularizers, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+pytest.importorskip(
+    "onnxruntime.training", reason="fine-tuning needs onnxruntime-training (pip install 'onnxcomp[train]')"
+)
+
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from onnxcomp.errors import OnnxcompError  # noqa: E402
+from onnxcomp.runtime.training import (  # noqa: E402
+    ADMMPenalty,
+    GaussianMixturePrior,
+    TrainConfig,
+    finetune,
+    model_forward_logits,
+    snap_to_mixture,
+)
+
+FEATURES, HIDDEN, CLASSES = 64, 32, 10
+WEIGHTS = ["W1", "b1", "W2", "b2"]
+
+
+def make_mlp(seed: int = 0, weights: dict[str, np.ndarray] | None = None, hidden_op: str = "Relu"):
+    """A 64-32-10 MLP classifier (Gemm-Relu-Gemm) with seeded weights."""
+    rng = np.random.default_rng(seed)
+    values = {
+        "W1": rng.normal(0, 1 / np.sqrt(FEATURES), (FEATURES, HIDDEN)),
+        "b1": np.zeros(HIDDEN),
+        "W2": rng.normal(0, 1 / np.sqrt(HIDDEN), (HIDDEN, CLASSES)),
+        "b2": np.zeros(CLASSES),
+    }
+    values.update(weights or {})
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1"),
+            helper.make_node(hidden_op, ["h"], ["a"], name="act"),
+            helper.make_node("Gemm", ["a", "W2", "b2"], ["logits"], name="fc2"),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in values.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def blobs(count: int, seed: int):
+    """Ten overlapping Gaussian classes in 64 dimensions (same centres for every seed)."""
+    centres = np.random.default_rng(1234).normal(0, 1, (CLASSES, FEATURES))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, count)
+    return (centres[labels] + rng.normal(0, 3.0, (count, FEATURES))).astype(np.float32), labels
+
+
+def initializers(model) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def accuracy(model, x, y) -> float:
+    return float(np.mean(model_forward_logits(model, {"x": x}).argmax(1) == y))
+
+
+@pytest.fixture(scope="module")
+def data():
+    (x, y), (x_eval, y_eval) = blobs(2048, seed=0), blobs(512, seed=1)
+    return x, y, x_eval, y_eval
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """A model fine-tuned from random weights; the starting point of the compression tests."""
+    x, y, x_eval, y_eval = data
+    result = finetune(
+        make_mlp(), WEIGHTS, {"x": x}, y, eval_inputs={"x": x_eval}, eval_labels=y_eval,
+        config=TrainConfig(epochs=5, lr=1e-2),
+    )  # fmt: skip
+    return make_mlp(weights=result.weights), result
+
+
+def test_training_lowers_loss_and_raises_accuracy(data, trained):
+    x, y, x_eval, y_eval = data
+    model, result = trained
+    before = accuracy(make_mlp(), x_eval, y_eval)
+    losses = [h["loss"] for h in result.history]
+    assert len(result.history) == 5 and losses[-1] < 0.6 * losses[0]
+    assert result.best_metric > before + 0.4
+    assert result.best_metric == pytest.approx(accuracy(model, x_eval, y_eval))
+    assert set(result.weights) == set(WEIGHTS) and result.extra == {}
+    assert not result.diverged and not result.stopped_early
+    assert [h["lr"] for h in result.history] == sorted((h["lr"] for h in result.history), reverse=True)
+
+
+def test_input_model_is_not_modified(data):
+    x, y, _, _ = data
+    model = make_mlp()
+    model.ir_version = 11  # onnx's default writes newer IRs than ORT 1.19 loads
+    original = copy.deepcopy(model)
+    finetune(model, ["W2"], {"x": x}, y, config=TrainConfig(epochs=1))
+    assert model == original
+
+
+def test_masked_weights_stay_zero_and_unmasked_weights_train(data, trained):
+    x, y, x_eval, y_eval = data
+    model, _ = trained
+    w1 = initializers(model)["W1"]
+    mask = (np.abs(w1) > np.quantile(np.abs(w1), 0.8)).astype(np.float32)
+    result = finetune(
+        model, ["W1", "W2"], {"x": x}, y, masks={"W1": mask},
+        eval_inputs={"x": x_eval}, eval_labels=y_eval, config=TrainConfig(epochs=3),
+    )  # fmt: skip
+    trained_w1 = result.weights["W1"]
+    assert np.all(trained_w1[mask == 0] == 0.0)
+    assert np.mean(trained_w1[mask == 1] != w1[mask == 1]) > 0.9
+    # retraining recovers from pruning 80% of W1
+    pruned = make_mlp(weights={**initializers(model), "W1": w1 * mask})
+    assert result.best_metric > accuracy(pruned, x_eval, y_eval)
+
+
+def test_codebook_training_keeps_weights_on_the_codebook(data, trained):
+    x, y, _, _ = data
+    model, _ = trained
+    w1 = initializers(model)["W1"]
+    codebook = np.linspace(w1.min(), w1.max(), 8).astype(np.float32)
+    indices = np.abs(w1[..., None] - codebook).argmin(-1).astype(np.int32)
+    result = finetune(model, ["W1"], {"x": x}, y, codebooks={"W1": (codebook, indices)}, config=TrainConfig(epochs=2))
+    trained_codebook = result.codebooks["W1"]
+    assert trained_codebook.shape == codebook.shape
+    assert not np.allclose(trained_codebook, codebook)
+    np.testing.assert_array_equal(result.weights["W1"], trained_codebook[indices])
+
+
+def test_gaussian_mixture_prior_pulls_weights_to_zero(data, trained):
+    x, y, _, _ = data
+    model, _ = trained
+    config = TrainConfig(epochs=6)
+    plain = finetune(model, ["W1", "W2"], {"x": x}, y, config=config)
+    prior = GaussianMixturePrior(num_components=9, tau=5.0)
+    regularized = finetune(model, ["W1", "W2"], {"x": x}, y, regularizer=prior, config=config)
+
+    def near_zero(weights):
+        return np.mean(np.abs(np.concatenate([w.ravel() for w in weights.values()])) < 0.02)
+
+    assert near_zero(regularized.weights) > 2 * near_zero(plain.weights)
+    assert set(regularized.weights) == {"W1", "W2"}
+    assert set(regularized.extra) == {"gmm.means", "gmm.log_variances", "gmm.log_mixing"}
+    assert regularized.extra["gmm.means"].shape == (9,) and regularized.extra["gmm.means"][0] == 0
+    assert np.exp(regularized.extra["gmm.log_mixing"]).sum() == pytest.approx(1.0, rel=1e-5)
+
+    snapped = snap_to_mixture(regularized.weights, regularized.extra, merge_threshold=0.5)
+    allowed = np.concatenate([[0.0], regularized.extra["gmm.means"]]).astype(np.float32)
+    for name, values in snapped.items():
+        assert values.shape == regularized.weights[name].shape
+        assert np.all(np.isin(values, allowed))
+        assert np.mean(values == 0.0) > 0.3
+
+
+def test_snap_to_mixture_merges_close_components():
+    extra = {
+        "gmm.means": np.array([0.0, 0.5, 0.52, -0.5, 0.01], np.float32),
+        "gmm.log_variances": np.full(5, np.log(0.02**2), np.float32),
+        "gmm.log_mixing": np.log(np.array([0.9, 0.03, 0.03, 0.02, 0.02], np.float32)),
+    }
+    weights = {"w": np.array([0.003, -0.004, 0.49, 0.53, -0.48, 0.012], np.float32)}
+    unmerged = snap_to_mixture(weights, extra)["w"]
+    assert unmerged[0] == 0.0 and unmerged[1] == 0.0
+    merged = snap_to_mixture(weights, extra, merge_threshold=0.05, distance="abs")["w"]
+    np.testing.assert_allclose(merged, [0.0, 0.0, 0.51, 0.51, -0.5, 0.0], atol=1e-6)
+    # symmetric KL: 0.5 for the pair 0.02 apart, 0.125 for 0.01 apart, over 600 for 0.5 apart
+    np.testing.assert_array_equal(snap_to_mixture(weights, extra, merge_threshold=1.0)["w"], merged)
+    assert snap_to_mixture(weights, extra, merge_threshold=1e6)["w"].tolist() == [0.0] * 6
+
+
+def test_distillation_without_labels_raises_agreement_with_teacher(data, trained):
+    x, _, x_eval, _ = data
+    teacher, _ = trained
+    student = make_mlp(seed=7)
+    teacher_eval = model_forward_logits(teacher, {"x": x_eval})
+    before = np.mean(model_forward_logits(student, {"x": x_eval}).argmax(1) == teacher_eval.argmax(1))
+    result = finetune(
+        student, WEIGHTS, {"x": x}, teacher_logits=model_forward_logits(teacher, {"x": x}), temperature=2.0,
+        eval_inputs={"x": x_eval}, eval_teacher_logits=teacher_eval, config=TrainConfig(epochs=4, lr=1e-2),
+    )  # fmt: skip
+    after = np.mean(model_forward_logits(make_mlp(weights=result.weights), {"x": x_eval}).argmax(1) == teacher_eval.argmax(1))
+    assert after == pytest.approx(result.best_metric)
+    assert after > before + 0.4
+
+
+def test_labels_and_teacher_mix(data, trained):
+    x, y, _, _ = data
+    teacher, _ = trained
+    result = finetune(
+        make_mlp(seed=3), WEIGHTS, {"x": x}, y, teacher_logits=model_forward_logits(teacher, {"x": x}),
+        distill_weight=0.3, config=TrainConfig(epochs=2, lr=1e-2),
+    )  # fmt: skip
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_huge_learning_rate_diverges_and_keeps_finite_weights(data, trained):
+    x, y, x_eval, y_eval = data
+    model, _ = trained
+    result = finetune(
+        model, WEIGHTS, {"x": x}, y, eval_inputs={"x": x_eval}, eval_labels=y_eval,
+        config=TrainConfig(epochs=3, lr=1e30, lr_schedule="constant"),
+    )  # fmt: skip
+    assert result.diverged
+    assert all(np.all(np.isfinite(w)) for w in result.weights.values())
+    np.testing.assert_array_equal(result.weights["W1"], initializers(model)["W1"])
+
+
+def test_admm_penalty_pulls_weights_to_targets(data, trained):
+    x, y, _, _ = data
+    model, _ = trained
+    w1 = initializers(model)["W1"]
+    target = np.where(np.abs(w1) > np.median(np.abs(w1)), w1, 0.0).astype(np.float32)
+    small = target == 0
+    config = TrainConfig(epochs=3)
+    plain = finetune(model, ["W1"], {"x": x}, y, config=config)
+    admm = finetune(model, ["W1"], {"x": x}, y, regularizer=ADMMPenalty({"W1": target}, rho=10.0), config=config)
+    assert np.abs(admm.weights["W1"][small]).mean() < 0.5 * np.abs(plain.weights["W1"][small]).mean()
+
+
+def test_weight_decay_shrinks_weights(data, trained):
+    x, y, _, _ = data
+    model, _ = trained
+    plain = finetune(model, ["W1"], {"x": x}, y, config=TrainConfig(epochs=2))
+    decayed = finetune(model, ["W1"], {"x": x}, y, config=TrainConfig(epochs=2, weight_decay=1.0))
+    assert np.linalg.norm(decayed.weights["W1"]) < 0.9 * np.linalg.norm(plain.weights["W1"])
+
+
+def test_patience_stops_early_and_max_steps_caps_training(data, trained):
+    x, y, x_eval, y_eval = data
+    model, _ = trained
+    lines = []
+    stalled = finetune(
+        model, ["W2"], {"x": x}, y, eval_inputs={"x": x_eval}, eval_labels=y_eval,
+        config=TrainConfig(epochs=10, lr=1e-12, lr_schedule="constant", patience=2, log=lines.append),
+    )  # fmt: skip
+    assert stalled.stopped_early and len(stalled.history) == 3
+    assert len(lines) == 3 and "epoch 1/10" in lines[0] and "held-out" in lines[0]
+    capped = finetune(model, ["W2"], {"x": x}, y, config=TrainConfig(epochs=10, max_steps=5))
+    assert capped.history[-1]["steps"] == 5 and len(capped.history) == 1
+
+
+def test_unlabelled_eval_measures_agreement_with_the_input_model(data, trained):
+    x, y, x_eval, _ = data
+    model, _ = trained
+    result = finetune(model, ["W2"], {"x": x}, y, eval_inputs={"x": x_eval}, config=TrainConfig(epochs=1, lr=1e-6))
+    assert result.best_metric > 0.95
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(labels=a["labels"][:100]), "labels has 100 entries"),
+        (lambda a: a.update(labels=a["labels"] + 5), r"lie in \[0, 10\)"),
+        (lambda a: a.update(inputs={"x": a["inputs"]["x"][:40]}, labels=a["labels"][:40]), "only 40 training samples"),
+        (lambda a: a["inputs"]["x"].__setitem__((3, 4), np.nan), "NaN/inf"),
+        (lambda a: a.update(labels=None), "needs labels or teacher_logits"),
+        (lambda a: a.update(trainable=["W1", "missing"]), "no initializer named 'missing'"),
+        (lambda a: a.update(inputs={"image": a["inputs"]["x"]}), "lacks graph input"),
+        (lambda a: a.update(masks={"W1": np.ones((2, 2))}), "mask for 'W1' has shape"),
+        (lambda a: a.update(teacher_logits=np.zeros((256, 3))), "teacher_logits has shape"),
+        (lambda a: a.update(model=make_mlp(hidden_op="Round")), r"no gradient for Round \(node 'act'\).*data-free"),
+    ],
+)
+def test_bad_input_raises_a_helpful_error(change, message):
+    x, y = blobs(256, seed=5)
+    arguments = {"model": make_mlp(), "trainable": WEIGHTS, "inputs": {"x": x}, "labels": y}
+    change(arguments)
+    with pytest.raises(OnnxcompError, match=message):
+        finetune(**arguments, config=TrainConfig(epochs=1))
