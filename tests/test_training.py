@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,17 +114,17 @@ def test_masked_weights_stay_zero_and_unmasked_weights_train(data, trained):
     x, y, x_eval, y_eval = data
     model, _ = trained
     w1 = initializers(model)["W1"]
-    mask = (np.abs(w1) > np.quantile(np.abs(w1), 0.8)).astype(np.float32)
+    mask = (np.abs(w1) > np.quantile(np.abs(w1), 0.9)).astype(np.float32)
     result = finetune(
         model, ["W1", "W2"], {"x": x}, y, masks={"W1": mask},
-        eval_inputs={"x": x_eval}, eval_labels=y_eval, config=TrainConfig(epochs=3),
+        eval_inputs={"x": x_eval}, eval_labels=y_eval, config=TrainConfig(epochs=3, lr=3e-3),
     )  # fmt: skip
     trained_w1 = result.weights["W1"]
     assert np.all(trained_w1[mask == 0] == 0.0)
     assert np.mean(trained_w1[mask == 1] != w1[mask == 1]) > 0.9
-    # retraining recovers from pruning 80% of W1
+    # retraining recovers part of what pruning 90% of W1 lost (0.55 -> 0.62 when written)
     pruned = make_mlp(weights={**initializers(model), "W1": w1 * mask})
-    assert result.best_metric > accuracy(pruned, x_eval, y_eval)
+    assert result.best_metric > accuracy(pruned, x_eval, y_eval) + 0.03
 
 
 def test_codebook_training_keeps_weights_on_the_codebook(data, trained):
@@ -150,7 +151,7 @@ def test_gaussian_mixture_prior_pulls_weights_to_zero(data, trained):
     def near_zero(weights):
         return np.mean(np.abs(np.concatenate([w.ravel() for w in weights.values()])) < 0.02)
 
-    assert near_zero(regularized.weights) > 2 * near_zero(plain.weights)
+    assert near_zero(regularized.weights) > 1.8 * near_zero(plain.weights)  # 0.10 -> 0.25 when written
     assert set(regularized.weights) == {"W1", "W2"}
     assert set(regularized.extra) == {"gmm.means", "gmm.log_variances", "gmm.log_mixing"}
     assert regularized.extra["gmm.means"].shape == (9,) and regularized.extra["gmm.means"][0] == 0
@@ -279,3 +280,29 @@ def test_bad_input_raises_a_helpful_error(change, message):
     change(arguments)
     with pytest.raises(OnnxcompError, match=message):
         finetune(**arguments, config=TrainConfig(epochs=1))
+
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+@pytest.mark.skipif(
+    not (MODELS_DIR / "lenet300.onnx").exists() or not (MODELS_DIR / "data" / "mnist_train_2k.npz").exists(),
+    reason="shipped LeNet-300-100 / MNIST sample not present",
+)
+def test_shipped_lenet300_recovers_from_pruning():
+    """Han et al. prune/retrain on a torch-exported model: 90% of each weight matrix pruned."""
+    model = onnx.load(MODELS_DIR / "lenet300.onnx")
+    train = np.load(MODELS_DIR / "data" / "mnist_train_2k.npz")
+    test = np.load(MODELS_DIR / "data" / "mnist_test_1k.npz")
+    weights = initializers(model)
+    masks = {
+        name: (np.abs(w) > np.quantile(np.abs(w), 0.9)).astype(np.float32)
+        for name, w in weights.items() if w.ndim == 2
+    }  # fmt: skip
+    result = finetune(
+        model, list(weights), {"input": train["input"]}, train["labels"], masks=masks,
+        eval_inputs={"input": test["input"]}, eval_labels=test["labels"], config=TrainConfig(epochs=3, lr=3e-3),
+    )  # fmt: skip
+    assert result.best_metric > 0.9  # 0.46 pruned, 0.94 retrained when written
+    for name, mask in masks.items():
+        assert np.all(result.weights[name][mask == 0] == 0.0)

@@ -28,6 +28,7 @@ from onnxcomp.channels import (
     ChannelAnalysis,
     ChannelGroup,
     Layout,
+    Segment,
     Tracked,
     analyze_channels,
     constant,
@@ -92,7 +93,8 @@ class EliminateNeuronsPass(ir.passes.InPlacePass):
         select: ``"dead"`` (lossless: channels whose outgoing weights are all zero or whose
             activation is a constant that can be folded into the next layer) or ``"norm"``
             (also channels whose outgoing weights have an L2 norm at most ``threshold``, and
-            channels whose incoming weights do, treated as their constant bias).
+            channels whose incoming-norm times outgoing-norm is at most ``threshold``: their
+            activation is taken as the constant the bias gives and folded like a dead one).
         threshold: Norm threshold for ``select="norm"``.
         max_rounds: Removing channels can make others dead; selection repeats until nothing
             changes or this many rounds ran.
@@ -136,10 +138,10 @@ class EliminateNeuronsPass(ir.passes.InPlacePass):
         for _ in range(self.max_rounds if self.keep is None else 1):
             analysis = analyze_channels(model)
             first = first or analysis
-            masks = self._masks(analysis)
+            masks, consts = self._masks(analysis)
             if not masks:
                 break
-            _remove_channels(analysis, masks, self.threshold)
+            _remove_channels(analysis, masks, consts)
             for group_id, mask in masks.items():
                 removed[analysis.groups[group_id].name] += int((~mask).sum())
             result.rounds += 1
@@ -166,18 +168,20 @@ class EliminateNeuronsPass(ir.passes.InPlacePass):
 
     # -- selection ---------------------------------------------------------------------------
 
-    def _masks(self, analysis: ChannelAnalysis) -> dict[int, np.ndarray]:
-        """Keep masks of the groups that lose channels this round."""
+    def _masks(self, analysis: ChannelAnalysis):
+        """Keep masks of the groups that lose channels this round, and channel constants."""
+        out_norms = _outgoing_norms(analysis)
+        zero_in = _zero_incoming(analysis, out_norms, self.threshold)
+        consts = _channel_constants(analysis, zero_in)
         if self.keep is not None:
             masks = self._explicit_masks(analysis)
         else:
-            zero_in = _zero_incoming(analysis, self.threshold)
-            consts = _channel_constants(analysis, zero_in)
-            masks = {}
-            for group in analysis.groups:
-                if not group.blocked:
-                    masks[group.id] = _select(analysis, group, consts, self.threshold)
-        return {g: m for g, m in masks.items() if not m.all()}
+            masks = {
+                group.id: _select(analysis, group, consts, out_norms[group.id], self.threshold)
+                for group in analysis.groups
+                if not group.blocked
+            }
+        return {g: m for g, m in masks.items() if not m.all()}, consts
 
     def _explicit_masks(self, analysis: ChannelAnalysis) -> dict[int, np.ndarray]:
         masks = {}
@@ -211,8 +215,28 @@ def _channel_blocks(array: np.ndarray, axis: int, offset: int, size: int, inner:
     return moved.reshape(size, -1)
 
 
-def _zero_incoming(analysis: ChannelAnalysis, threshold: float) -> dict[int, np.ndarray]:
-    """Per producer origin: channels whose incoming weights count as zero."""
+def _outgoing_norms(analysis: ChannelAnalysis) -> dict[int, np.ndarray]:
+    """Per group: L2 norm of each channel's weights in all layers that read it."""
+    norms2 = {group.id: np.zeros(group.size) for group in analysis.groups}
+    for edit in analysis.tensor_edits:
+        if edit.role != "consumer":
+            continue
+        weight = constant(edit.node.inputs[edit.input_index]).astype(np.float64)
+        for segment, offset, _ in segment_offsets(edit.layout):
+            if segment.origin is not None:
+                rows = _channel_blocks(weight, edit.axis, offset, segment.size, segment.inner)
+                norms2[analysis.group_of_origin[segment.origin]] += (rows**2).sum(axis=1)
+    return {group_id: np.sqrt(n) for group_id, n in norms2.items()}
+
+
+def _zero_incoming(
+    analysis: ChannelAnalysis, out_norms: dict[int, np.ndarray], threshold: float
+) -> dict[int, np.ndarray]:
+    """Per producer origin: channels whose incoming weights count as zero.
+
+    Exactly zero, or (with a threshold) so small that incoming norm times outgoing norm, a
+    bound on the signal the channel passes per unit of input, is at most the threshold.
+    """
     zero: dict[int, np.ndarray] = {}
     for edit in analysis.tensor_edits:
         if edit.role != "weight":
@@ -220,7 +244,11 @@ def _zero_incoming(analysis: ChannelAnalysis, threshold: float) -> dict[int, np.
         (segment,) = edit.layout
         weight = constant(edit.node.inputs[edit.input_index]).astype(np.float64)
         rows = _channel_blocks(weight, edit.axis, 0, segment.size, 1)
-        zero[segment.origin] = np.sqrt((rows**2).sum(axis=1)) <= threshold
+        in_norm = np.sqrt((rows**2).sum(axis=1))
+        zero[segment.origin] = in_norm == 0
+        if threshold > 0:
+            out_norm = out_norms[analysis.group_of_origin[segment.origin]]
+            zero[segment.origin] |= in_norm * out_norm <= threshold
     return zero
 
 
@@ -345,7 +373,7 @@ def _node_constants(
     if op in _BINARY or op in ("Sum", "Mean", "Where", "Concat"):
         operands = [_operand(node, i, tracked, consts, analysis) for i in range(len(node.inputs))]
         if op in _BINARY:
-            return _keep_nan(operands[0] + operands[1], _BINARY[op](operands[0], operands[1]))
+            return _BINARY[op](operands[0], operands[1])
         if op == "Where":
             cond, a, b = operands
             return np.where(np.isnan(cond), np.nan, np.where(cond != 0, a, b))
@@ -401,8 +429,6 @@ def _concat_axis(node: ir.Node, analysis: ChannelAnalysis) -> int | None:
 
 
 def _width_layout(value: ir.Value, tracked: Tracked, analysis: ChannelAnalysis) -> Layout:
-    from onnxcomp.channels import Segment
-
     dims = analysis.dims(value)
     return (Segment(None, int(dims[tracked.axis])),)  # type: ignore[index]
 
@@ -463,26 +489,25 @@ def _select(
     analysis: ChannelAnalysis,
     group: ChannelGroup,
     consts: dict[ir.Value, np.ndarray],
+    out_norm: np.ndarray,
     threshold: float,
 ) -> np.ndarray:
     """Keep mask of one group under the dead/norm rules."""
     removable = np.ones(group.size, dtype=bool)
-    out_norm2 = np.zeros(group.size)
     for edit in analysis.tensor_edits:
         if edit.role != "consumer":
             continue
         weight = constant(edit.node.inputs[edit.input_index])
         data = consts[edit.node.inputs[0]]
         for offset, unit, inner in _occurrences(analysis, group, edit.layout):
-            rows = _channel_blocks(weight.astype(np.float64), edit.axis, offset, group.size, inner)
-            out_norm2 += (rows**2).sum(axis=1)
+            rows = _channel_blocks(weight, edit.axis, offset, group.size, inner)
             value = data[unit : unit + group.size]
             foldable = np.isfinite(value) & _foldable(edit.node)
             removable &= (rows == 0).all(axis=1) | (value == 0) | foldable
     if threshold > 0:
-        removable |= np.sqrt(out_norm2) <= threshold
+        removable |= out_norm <= threshold
     if removable.all():
-        removable[int(np.argmax(out_norm2))] = False
+        removable[int(np.argmax(out_norm))] = False
     return ~removable
 
 
@@ -564,13 +589,14 @@ def _keep_indices(layout: Layout, masks: dict[int, np.ndarray]) -> np.ndarray | 
 
 
 def _remove_channels(
-    analysis: ChannelAnalysis, group_masks: dict[int, np.ndarray], threshold: float
+    analysis: ChannelAnalysis,
+    group_masks: dict[int, np.ndarray],
+    consts: dict[ir.Value, np.ndarray],
 ) -> None:
     """Cut the masked-out channels everywhere the analysis found them."""
     graph = analysis.model.graph
     namer = _Namer(graph)
     masks = {o: group_masks[g] for o, g in analysis.group_of_origin.items() if g in group_masks}
-    consts = _channel_constants(analysis, _zero_incoming(analysis, threshold))
     _fold_constants(analysis, group_masks, consts, namer)
 
     for edit in analysis.tensor_edits:

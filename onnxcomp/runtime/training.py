@@ -26,7 +26,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.runtime import training_graph
+from onnxcomp.runtime import inference, training_graph
 from onnxcomp.runtime.regularizers import (  # re-exported: the fine-tuning API in one place
     L2,
     ADMMPenalty,
@@ -269,24 +269,16 @@ def finetune(
 
 def model_forward_logits(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
                          batch_size: int = 256) -> np.ndarray:
-    """Runs the model's first output over ``inputs`` in batches with onnxruntime."""
-    import onnxruntime
+    """The model's first output over ``inputs``, run in batches with onnxruntime.
 
+    The first input axis is freed first, so models exported with a fixed batch size run too.
+    """
     model_ir = ir.serde.deserialize_model(model)
     training_graph.free_batch_dimension(model_ir.graph)
     model_ir.ir_version = min(model_ir.ir_version, training_graph.MAX_IR_VERSION)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(
-        ir.serde.serialize_model(model_ir).SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    output = session.get_outputs()[0].name
-    count = len(next(iter(inputs.values())))
-    chunks = [
-        session.run([output], {k: v[start : start + batch_size] for k, v in inputs.items()})[0]
-        for start in range(0, count, batch_size)
-    ]
-    return np.concatenate(chunks, axis=0)
+    del model_ir.graph.outputs[1:]
+    session = inference.session(ir.serde.serialize_model(model_ir))
+    return inference.run_batches(session, dict(inputs), batch_size)[0]
 
 
 # ---------------------------------------------------------------------------------------------

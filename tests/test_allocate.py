@@ -1,0 +1,182 @@
+"""Quantization search, byte allocation and size parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from onnxcomp import encoding
+from onnxcomp.allocate import Allocation, Candidate, allocate, layer_options, pareto
+from onnxcomp.errors import OnnxcompError
+from onnxcomp.quantize import SortedWeights, apply_quantization
+from onnxcomp.sizes import parse_size
+
+SPARSITIES = (0.0, 0.3, 0.5, 0.9, 0.97)
+
+
+def direct_sse(values: np.ndarray, quantized: np.ndarray, importance: np.ndarray | None) -> float:
+    weight = 1.0 if importance is None else np.broadcast_to(importance, values.shape)
+    return float(np.sum(weight * (quantized.astype(np.float64) - values) ** 2))
+
+
+@pytest.fixture
+def layers(rng):
+    shapes = {"conv": (8, 4, 3, 3), "fc1": (64, 32), "fc2": (10, 100)}
+    found = [layer_options(name, (rng.standard_normal(shape) * scale).astype(np.float32), "weight")
+             for (name, shape), scale in zip(shapes.items(), (0.3, 1.0, 0.05))]
+    found.append(layer_options("fc1.bias", rng.standard_normal(64).astype(np.float32), "bias"))
+    return found
+
+
+# -- SortedWeights --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "importance"])
+def test_kmeans_sse_matches_applied_quantization(rng, weighted):
+    values = (0.4 * rng.standard_normal((40, 50))).astype(np.float32)
+    importance = rng.uniform(0.1, 5.0, (1, 50)) if weighted else None
+    weights = SortedWeights(values, importance)
+    for sparsity in SPARSITIES:
+        for bits in range(1, 9):
+            quant = weights.quantize(sparsity, 1 << bits)
+            applied = apply_quantization(values, quant, importance)
+            assert quant.sse == pytest.approx(direct_sse(values, applied, importance), rel=1e-6, abs=1e-12)
+            assert quant.codebook.dtype == np.float32
+            assert np.all(np.diff(quant.codebook) > 0)
+            assert quant.codebook.size <= 1 << bits
+            assert set(np.unique(applied[applied != 0])) <= set(quant.codebook)
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_more_bits_never_increase_sse(rng, sparsity):
+    values = rng.standard_t(3, (60, 70)).astype(np.float32)  # heavy tails, as trained weights have
+    weights = SortedWeights(values)
+    errors = [weights.quantize(sparsity, 1 << bits).sse for bits in range(1, 9)]
+    assert all(later <= earlier * (1 + 1e-9) for earlier, later in zip(errors, errors[1:])), errors
+    assert errors[-1] < errors[0]
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_sparsity_fraction_respected(rng, sparsity):
+    values = rng.standard_normal((33, 31)).astype(np.float32)  # odd size: rounding of the count
+    weights = SortedWeights(values)
+    pruned_count = int(round(sparsity * values.size))
+    for clusters in (2, 15, 255):
+        quant = weights.quantize(sparsity, clusters)
+        applied = apply_quantization(values, quant)
+        assert quant.nonzeros == values.size - pruned_count
+        assert np.count_nonzero(applied == 0) == pruned_count
+        # The entries pruned are the smallest in magnitude.
+        if pruned_count:
+            assert np.abs(values[applied == 0]).max() < np.abs(values[applied != 0]).min()
+
+
+def test_enough_clusters_is_lossless(rng):
+    values = rng.choice(np.array([-1.5, -0.25, 0.5, 2.0], np.float32), size=(20, 20))
+    quant = SortedWeights(values).quantize(0.0, 4)
+    assert quant.sse == pytest.approx(0.0, abs=1e-9)
+    assert np.array_equal(apply_quantization(values, quant), values)
+
+
+def test_existing_zeros_stay_zero(rng):
+    values = rng.standard_normal((30, 30)).astype(np.float32)
+    values[rng.random(values.shape) < 0.4] = 0.0
+    quant = SortedWeights(values).quantize(0.0, 7)
+    applied = apply_quantization(values, quant)
+    assert np.array_equal(applied == 0, values == 0)
+
+
+# -- pareto and allocate --------------------------------------------------------------------
+
+
+def test_layer_options_front_is_monotone(layers):
+    for layer in layers:
+        front = layer.candidates
+        assert len(front) >= 2 or layer.role == "bias"
+        assert all(a.bytes < b.bytes for a, b in zip(front, front[1:])), layer.name
+        assert all(a.distortion > b.distortion for a, b in zip(front, front[1:])), layer.name
+        assert layer.dense.kind == "dense" and layer.dense.distortion == 0.0
+        assert layer.dense.bytes == encoding.dense_bytes(int(np.prod(layer.shape)), len(layer.shape))
+        assert layer.smallest is front[0]
+    bias = next(layer for layer in layers if layer.role == "bias")
+    assert all(candidate.sparsity == 0.0 for candidate in bias.candidates)
+
+
+def test_pareto_drops_dominated_candidates():
+    candidates = [Candidate("lookup", 100, 0.5), Candidate("lookup", 120, 0.6), Candidate("sparse", 90, 0.7),
+                  Candidate("dense", 400, 0.0), Candidate("lookup", 100, 0.4), Candidate("lookup", 300, 0.0)]
+    front = pareto(candidates)
+    assert [(c.bytes, c.distortion) for c in front] == [(90, 0.7), (100, 0.4), (300, 0.0)]
+
+
+def test_allocate_meets_every_budget_and_distortion_falls(layers):
+    smallest = sum(layer.smallest.bytes for layer in layers)
+    dense = sum(layer.dense.bytes for layer in layers)
+    assert allocate(layers, smallest - 1) is None
+    previous = None
+    for budget in np.linspace(smallest, dense + 100, 120).astype(int):
+        allocation = allocate(layers, int(budget))
+        assert allocation is not None
+        assert set(allocation.choices) == {layer.name for layer in layers}
+        assert allocation.estimated_bytes == sum(c.bytes for c in allocation.choices.values()) <= budget
+        assert allocation.distortion == pytest.approx(
+            sum(layer.sensitivity * allocation.choices[layer.name].distortion for layer in layers))
+        for layer in layers:
+            assert allocation.choices[layer.name] in layer.candidates
+        if previous is not None:
+            assert allocation.distortion <= previous + 1e-12, budget
+        previous = allocation.distortion
+    at_smallest = allocate(layers, smallest)
+    assert all(at_smallest.choices[layer.name] == layer.smallest for layer in layers)
+    at_dense = allocate(layers, dense)
+    assert at_dense.distortion == 0.0
+
+
+def test_allocate_gives_sensitive_layers_more_bytes(rng):
+    values = rng.standard_normal((64, 64)).astype(np.float32)
+    twin = layer_options("robust", values, "weight")
+    sensitive = dataclasses.replace(twin, name="sensitive", sensitivity=100.0)
+    budget = 2 * twin.smallest.bytes + (twin.dense.bytes - twin.smallest.bytes) // 4
+    allocation = allocate([twin, sensitive], budget)
+    assert allocation.choices["sensitive"].bytes > allocation.choices["robust"].bytes
+    assert allocation.choices["sensitive"].distortion < allocation.choices["robust"].distortion
+
+
+def test_allocate_without_layers():
+    assert allocate([], 0) == Allocation({}, 0, 0.0)
+
+
+# -- parse_size -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("12345", 12345),
+    ("100B", 100),
+    ("1KB", 1000),
+    ("1MB", 1000**2),
+    ("2GB", 2 * 1000**3),
+    ("1KiB", 1024),
+    ("1MiB", 1024**2),
+    ("1GiB", 1024**3),
+    ("1.5MB", 1_500_000),
+    ("0.5KiB", 512),
+    (".25MB", 250_000),
+    ("500 KiB", 512_000),
+    ("  90 kb  ", 90_000),
+    ("10mb", 10_000_000),
+    ("10Mb", 10_000_000),
+    ("3mIb", 3 * 1024**2),
+    ("1e3", 1000),
+    ("2.5e-3GB", 2_500_000),
+    ("1.0009KB", 1000),  # rounded down
+])
+def test_parse_size_accepts(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "   ", "abc", "-5MB", "1XB", "MB", "1.2.3MB", "1 M B", "0", "0.4B", "5 MBs"])
+def test_parse_size_rejects(text):
+    with pytest.raises(OnnxcompError, match=r"size"):
+        parse_size(text)

@@ -1,0 +1,471 @@
+"""Structural neuron/channel elimination: analysis, removal, numerics, idempotence, validity."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxcomp.channels import analyze_channels
+from onnxcomp.errors import OnnxcompError
+from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass
+
+ort = pytest.importorskip("onnxruntime")
+
+FLOAT = TensorProto.FLOAT
+
+
+def _model(nodes, inputs, outputs, weights: dict[str, np.ndarray], opset: int = 17) -> ir.Model:
+    initializers = [numpy_helper.from_array(array, name) for name, array in weights.items()]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10
+    )
+    return ir.from_proto(proto)
+
+
+def _input(name: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, FLOAT, shape)
+
+
+def _run(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    proto = ir.to_proto(model)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _eliminate(model: ir.Model, feeds: dict[str, np.ndarray], atol: float = 1e-5, **options):
+    """Run the pass; check validity, identical outputs and idempotence."""
+    before = _run(model, feeds)
+    interface = [(v.name, v.dtype, v.shape) for v in [*model.graph.inputs, *model.graph.outputs]]
+    result = EliminateNeuronsPass(**options)(model)
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    after = _run(model, feeds)
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(a, b, atol=atol, rtol=0)
+    assert interface == [
+        (v.name, v.dtype, v.shape) for v in [*model.graph.inputs, *model.graph.outputs]
+    ]
+    again = EliminateNeuronsPass(**options)(model)
+    assert not again.modified and again.neurons_removed == 0
+    return result
+
+
+def _weight(model: ir.Model, name: str) -> tuple[int, ...]:
+    return model.graph.initializers[name].const_value.shape.numpy()
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _randn(rng, *shape) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def _mlp(rng) -> ir.Model:
+    w1, b1 = _randn(rng, 32, 16), _randn(rng, 32)
+    w2, b2 = _randn(rng, 24, 32), _randn(rng, 24)
+    w3, b3 = _randn(rng, 10, 24), _randn(rng, 10)
+    w2[:, [3, 7]] = 0  # hidden 3 and 7 are never read
+    w1[11], b1[11] = 0, -1.0  # ReLU(-1) = 0: dead
+    w1[12], b1[12] = 0, 0.5  # constant 0.5: folded into fc2's bias
+    w3[:, 5] = 0
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+        helper.make_node("Gemm", ["a1", "w2", "b2"], ["h2"], name="fc2", transB=1),
+        helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
+        helper.make_node("Gemm", ["a2", "w3", "b3"], ["y"], name="fc3", transB=1),
+    ]
+    weights = dict(w1=w1, b1=b1, w2=w2, b2=b2, w3=w3, b3=b3)
+    return _model(nodes, [_input("x", ["N", 16])], [_input("y", ["N", 10])], weights)
+
+
+def _conv_bn(name, x, out, rng, weights, c_in, c_out, k=3, pad=1, group=1):
+    weights[f"{name}.w"] = _randn(rng, c_out, c_in // group, k, k) * 0.3
+    weights[f"{name}.b"] = _randn(rng, c_out) * 0.1
+    weights[f"{name}.scale"] = rng.uniform(0.5, 1.5, c_out).astype(np.float32)
+    weights[f"{name}.beta"] = _randn(rng, c_out) * 0.1
+    weights[f"{name}.mean"] = _randn(rng, c_out) * 0.1
+    weights[f"{name}.var"] = rng.uniform(0.5, 1.5, c_out).astype(np.float32)
+    return [
+        helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.c"], name=name,
+                         pads=[pad] * 4, group=group),
+        helper.make_node("BatchNormalization",
+                         [f"{name}.c", f"{name}.scale", f"{name}.beta", f"{name}.mean",
+                          f"{name}.var"], [out], name=f"{name}.bn"),
+    ]
+
+
+def _resnet_block(rng) -> ir.Model:
+    weights: dict[str, np.ndarray] = {}
+    nodes = [
+        *_conv_bn("conv0", "x", "bn0", rng, weights, 3, 8),
+        helper.make_node("Relu", ["bn0"], ["a0"]),
+        *_conv_bn("conv1", "a0", "bn1", rng, weights, 8, 6),
+        helper.make_node("Relu", ["bn1"], ["a1"]),
+        *_conv_bn("conv2", "a1", "bn2", rng, weights, 6, 8, k=1, pad=0),
+        helper.make_node("Add", ["bn2", "a0"], ["sum"]),
+        helper.make_node("Relu", ["sum"], ["a2"]),
+        helper.make_node("GlobalAveragePool", ["a2"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["y"], name="fc", transB=1),
+    ]
+    weights["fc.w"], weights["fc.b"] = _randn(rng, 10, 8), _randn(rng, 10)
+    # conv1 channel 2: zero weights and bias, BN shifts it to -1, ReLU makes it 0.
+    weights["conv1.w"][2], weights["conv1.b"][2] = 0, 0
+    weights["conv1.beta"][2], weights["conv1.mean"][2] = -1.0, 0.0
+    # conv1 channel 4: constant 0.7 after BN and ReLU, folded into conv2's bias (1x1, no pad).
+    weights["conv1.w"][4], weights["conv1.b"][4] = 0, 0
+    weights["conv1.beta"][4], weights["conv1.mean"][4] = 0.7, 0.0
+    # residual channel 5 (conv0 + conv2 through the Add): nobody reads it.
+    weights["conv1.w"][:, 5] = 0
+    weights["fc.w"][:, 5] = 0
+    return _model(nodes, [_input("x", [2, 3, 8, 8])], [_input("y", [2, 10])], weights)
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_mlp_gemm_chain_removes_planted_neurons():
+    model = _mlp(_rng())
+    feeds = {"x": _randn(_rng(1), 5, 16)}
+    result = _eliminate(model, feeds)
+    assert result.modified
+    assert result.removed == {"fc1": 4, "fc2": 1}
+    assert _weight(model, "w1") == (28, 16)
+    assert _weight(model, "b1") == (28,)
+    assert _weight(model, "w2") == (23, 28)
+    assert _weight(model, "w3") == (10, 23)
+    assert result.sizes["fc1"] == (32, 28)
+    assert "fc3" in result.blocked and "graph output" in result.blocked["fc3"]
+    assert {layer.node for layer in result.layers} == {"fc1", "fc2", "fc3"}
+    assert result.params_after < result.params_before
+
+
+def test_analysis_groups_of_mlp():
+    analysis = analyze_channels(_mlp(_rng()))
+    by_name = {group.name: group for group in analysis.groups}
+    assert set(by_name) == {"input:x", "fc1", "fc2", "fc3"}
+    fc1 = by_name["fc1"]
+    assert fc1.size == 32 and not fc1.blocked
+    assert {(r.node, r.tensor, r.axis) for r in fc1.producers} == {("fc1", "w1", 0),
+                                                                   ("fc1", "b1", -1)}
+    assert {(r.node, r.tensor, r.axis) for r in fc1.consumers} == {("fc2", "w2", 1)}
+
+
+def test_torch_exported_mlp():
+    torch = pytest.importorskip("torch")
+    import io
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(12, 20), torch.nn.ReLU(), torch.nn.Linear(20, 6)
+    ).eval()
+    with torch.no_grad():
+        net[2].weight[:, [1, 4, 9]] = 0
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (torch.randn(2, 12),), buffer, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    proto.ir_version = 10
+    model = ir.from_proto(proto)
+    result = _eliminate(model, {"x": _randn(_rng(2), 3, 12)})
+    assert result.neurons_removed == 3
+    assert _weight(model, "0.weight") == (17, 12)
+    assert _weight(model, "2.weight") == (6, 17)
+
+
+def test_flatten_into_gemm_after_conv():
+    rng = _rng(3)
+    conv_w, conv_b = _randn(rng, 6, 2, 3, 3), _randn(rng, 6)
+    fc_w, fc_b = _randn(rng, 5, 6 * 4 * 4), _randn(rng, 5)
+    conv_w[2], conv_b[2] = 0, -0.5  # ReLU(-0.5) = 0
+    fc_w[:, 4 * 16 : 5 * 16] = 0  # channel 4's whole block of 16 features is never read
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.w", "conv.b"], ["c"], name="conv", pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=1),
+    ]
+    weights = {"conv.w": conv_w, "conv.b": conv_b, "fc.w": fc_w, "fc.b": fc_b}
+    model = _model(nodes, [_input("x", ["N", 2, 8, 8])], [_input("y", ["N", 5])], weights)
+    group = analyze_channels(model).group("conv")
+    assert [(r.node, r.offset, r.inner) for r in group.consumers] == [("fc", 0, 16)]
+    result = _eliminate(model, {"x": _randn(rng, 2, 2, 8, 8)})
+    assert result.removed == {"conv": 2}
+    assert _weight(model, "conv.w") == (4, 2, 3, 3)
+    assert _weight(model, "fc.w") == (5, 64)
+
+
+def test_resnet_block_with_batchnorm_and_residual():
+    model = _resnet_block(_rng(4))
+    analysis = analyze_channels(model)
+    residual = analysis.group("conv0")
+    assert len(residual.origins) == 2  # conv0 and conv2 meet in the Add
+    assert not residual.blocked
+    result = _eliminate(model, {"x": _randn(_rng(5), 2, 3, 8, 8)})
+    assert result.removed == {"conv0": 1, "conv1": 2}
+    assert _weight(model, "conv0.w") == (7, 3, 3, 3)
+    assert _weight(model, "conv2.w") == (7, 4, 1, 1)
+    assert _weight(model, "conv1.w") == (4, 7, 3, 3)
+    assert _weight(model, "conv0.scale") == (7,)
+    assert _weight(model, "conv2.var") == (7,)
+    assert _weight(model, "fc.w") == (10, 7)
+
+
+def test_constant_channel_before_padded_conv_is_kept():
+    # conv1 -> conv2 with padding: a constant 0.7 channel cannot move into conv2's bias exactly.
+    rng = _rng(6)
+    weights: dict[str, np.ndarray] = {}
+    nodes = [
+        *_conv_bn("conv1", "x", "bn1", rng, weights, 3, 4),
+        helper.make_node("Relu", ["bn1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "conv2.w"], ["y"], name="conv2", pads=[1] * 4),
+    ]
+    weights["conv2.w"] = _randn(rng, 2, 4, 3, 3)
+    weights["conv1.w"][1], weights["conv1.b"][1] = 0, 0
+    weights["conv1.beta"][1], weights["conv1.mean"][1] = 0.7, 0.0
+    model = _model(nodes, [_input("x", [1, 3, 6, 6])], [_input("y", [1, 2, 6, 6])], weights)
+    result = _eliminate(model, {"x": _randn(rng, 1, 3, 6, 6)})
+    assert not result.modified
+
+
+def test_concat_of_two_conv_branches():
+    rng = _rng(7)
+    weights = {
+        "a.w": _randn(rng, 4, 3, 3, 3), "a.b": _randn(rng, 4),
+        "b.w": _randn(rng, 6, 3, 1, 1), "b.b": _randn(rng, 6),
+        "c.w": _randn(rng, 5, 10, 1, 1), "c.b": _randn(rng, 5),
+        "fc.w": _randn(rng, 3, 5), "fc.b": _randn(rng, 3),
+    }
+    weights["c.w"][:, 1] = 0  # branch a, channel 1
+    weights["c.w"][:, 4 + 2] = 0  # branch b, channel 2 (offset 4 in the Concat)
+    weights["c.w"][:, 4 + 5] = 0  # branch b, channel 5
+    nodes = [
+        helper.make_node("Conv", ["x", "a.w", "a.b"], ["ca"], name="a", pads=[1] * 4),
+        helper.make_node("Relu", ["ca"], ["ra"]),
+        helper.make_node("Conv", ["x", "b.w", "b.b"], ["cb"], name="b"),
+        helper.make_node("Relu", ["cb"], ["rb"]),
+        helper.make_node("Concat", ["ra", "rb"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "c.w", "c.b"], ["cc"], name="c"),
+        helper.make_node("Relu", ["cc"], ["rc"]),
+        helper.make_node("GlobalAveragePool", ["rc"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["y"], name="fc", transB=1),
+    ]
+    model = _model(nodes, [_input("x", [1, 3, 5, 5])], [_input("y", [1, 3])], weights)
+    offsets = {r.offset for r in analyze_channels(model).group("b").consumers}
+    assert offsets == {4}
+    result = _eliminate(model, {"x": _randn(rng, 1, 3, 5, 5)})
+    assert result.removed == {"a": 1, "b": 2}
+    assert _weight(model, "a.w") == (3, 3, 3, 3)
+    assert _weight(model, "b.w") == (4, 3, 1, 1)
+    assert _weight(model, "c.w") == (5, 7, 1, 1)
+
+
+def test_depthwise_conv_shrinks_with_its_channels():
+    rng = _rng(8)
+    weights = {
+        "pw1.w": _randn(rng, 8, 3, 1, 1), "pw1.b": _randn(rng, 8),
+        "dw.w": _randn(rng, 8, 1, 3, 3), "dw.b": _randn(rng, 8),
+        "pw2.w": _randn(rng, 4, 8, 1, 1),
+    }
+    weights["pw2.w"][:, [3, 6]] = 0
+    nodes = [
+        helper.make_node("Conv", ["x", "pw1.w", "pw1.b"], ["c1"], name="pw1"),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "dw.w", "dw.b"], ["c2"], name="dw", group=8, pads=[1] * 4),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "pw2.w"], ["y"], name="pw2"),
+    ]
+    model = _model(nodes, [_input("x", [1, 3, 6, 6])], [_input("y", [1, 4, 6, 6])], weights)
+    result = _eliminate(model, {"x": _randn(rng, 1, 3, 6, 6)})
+    assert result.removed == {"pw1": 2}
+    assert _weight(model, "dw.w") == (6, 1, 3, 3)
+    assert _weight(model, "dw.b") == (6,)
+    assert model.graph.node("dw").attributes.get_int("group") == 6
+    assert _weight(model, "pw2.w") == (4, 6, 1, 1)
+
+
+def test_grouped_conv_blocks_its_input_channels():
+    rng = _rng(9)
+    weights = {"c1.w": _randn(rng, 8, 3, 1, 1), "g.w": _randn(rng, 4, 4, 3, 3)}
+    weights["g.w"][:, 1] = 0
+    nodes = [
+        helper.make_node("Conv", ["x", "c1.w"], ["c1"], name="c1"),
+        helper.make_node("Conv", ["c1", "g.w"], ["y"], name="g", group=2, pads=[1] * 4),
+    ]
+    model = _model(nodes, [_input("x", [1, 3, 4, 4])], [_input("y", [1, 4, 4, 4])], weights)
+    result = _eliminate(model, {"x": _randn(rng, 1, 3, 4, 4)})
+    assert not result.modified
+    assert "grouped" in result.blocked["c1"]
+
+
+def _blocked_after(op_nodes, extra_weights=None, out_shape=(1, 6, 4, 4)):
+    rng = _rng(10)
+    weights = {"c.w": _randn(rng, 6, 3, 3, 3), "c.b": _randn(rng, 6), "d.w": _randn(rng, 2, 6, 1, 1)}
+    weights["c.w"][1], weights["c.b"][1] = 0, -1  # dead after ReLU
+    weights["d.w"][:, 4] = 0  # never read by d
+    weights.update(extra_weights or {})
+    nodes = [
+        helper.make_node("Conv", ["x", "c.w", "c.b"], ["c"], name="c", pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Conv", ["r", "d.w"], ["y1"], name="d"),
+        *op_nodes,
+    ]
+    outputs = [_input("y1", [1, 2, 4, 4]), _input("y2", list(out_shape))]
+    model = _model(nodes, [_input("x", [1, 3, 4, 4])], outputs, weights)
+    result = _eliminate(model, {"x": _randn(rng, 1, 3, 4, 4)})
+    assert not result.modified
+    assert _weight(model, "c.w") == (6, 3, 3, 3)
+    return result.blocked["c"]
+
+
+def test_graph_output_blocks_the_group():
+    reason = _blocked_after([helper.make_node("Identity", ["r"], ["y2"])])
+    assert "graph output 'y2'" in reason
+
+
+def test_softmax_over_channels_blocks_the_group():
+    nodes = [
+        helper.make_node("Softmax", ["r"], ["s"], name="sm", axis=1),
+        helper.make_node("ReduceSum", ["s", "axes"], ["y2"], keepdims=1),
+    ]
+    reason = _blocked_after(nodes, {"axes": np.array([1], np.int64)}, (1, 1, 4, 4))
+    assert "Softmax 'sm'" in reason and "channel axis" in reason
+
+
+def test_reshape_splitting_channels_blocks_the_group():
+    nodes = [
+        helper.make_node("Reshape", ["r", "shape"], ["y2"], name="split"),
+    ]
+    reason = _blocked_after(nodes, {"shape": np.array([1, 2, 3, 16], np.int64)}, (1, 2, 3, 16))
+    assert "Reshape 'split'" in reason
+
+
+def test_reshape_to_flat_updates_the_shape_constant():
+    rng = _rng(11)
+    weights = {
+        "c.w": _randn(rng, 4, 1, 3, 3), "c.b": _randn(rng, 4),
+        "fc.w": _randn(rng, 4 * 9, 3), "shape": np.array([-1, 36], np.int64),
+    }
+    weights["fc.w"][2 * 9 : 3 * 9] = 0
+    nodes = [
+        helper.make_node("Conv", ["x", "c.w", "c.b"], ["c"], name="c"),
+        helper.make_node("Reshape", ["c", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "fc.w"], ["y"], name="fc"),
+    ]
+    model = _model(nodes, [_input("x", ["N", 1, 5, 5])], [_input("y", ["N", 3])], weights)
+    result = _eliminate(model, {"x": _randn(rng, 2, 1, 5, 5)})
+    assert result.removed == {"c": 1}
+    assert model.graph.initializers["shape"].const_value.numpy().tolist() == [-1, 27]
+    assert _weight(model, "fc.w") == (27, 3)
+
+
+def test_matmul_with_bias_add_folds_constant_neurons():
+    rng = _rng(12)
+    weights = {
+        "w1": _randn(rng, 8, 12), "b1": _randn(rng, 12),
+        "w2": _randn(rng, 12, 4), "b2": _randn(rng, 4),
+    }
+    weights["w1"][:, 3], weights["b1"][3] = 0, 2.0  # constant tanh(2.0), folded into b2
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="l1"),
+        helper.make_node("Add", ["m1", "b1"], ["h1"]),
+        helper.make_node("Tanh", ["h1"], ["a1"]),
+        helper.make_node("MatMul", ["a1", "w2"], ["m2"], name="l2"),
+        helper.make_node("Add", ["m2", "b2"], ["y"]),
+    ]
+    model = _model(nodes, [_input("x", ["B", "T", 8])], [_input("y", ["B", "T", 4])], weights)
+    result = _eliminate(model, {"x": _randn(rng, 2, 3, 8)})
+    assert result.removed == {"l1": 1}
+    assert _weight(model, "w1") == (8, 11) and _weight(model, "b1") == (11,)
+    assert _weight(model, "w2") == (11, 4)
+
+
+def test_input_pixels_removed_by_gather_inside_the_graph():
+    rng = _rng(13)
+    weights = {"w1": _randn(rng, 16, 36), "b1": _randn(rng, 16),
+               "w2": _randn(rng, 4, 16), "b2": _randn(rng, 4)}
+    weights["w1"][:, [0, 5, 30]] = 0  # pixels 0, 5 and 30 are never read
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["a"]),
+        helper.make_node("Gemm", ["a", "w2", "b2"], ["y"], name="fc2", transB=1),
+    ]
+    model = _model(nodes, [_input("x", ["N", 1, 6, 6])], [_input("y", ["N", 4])], weights)
+    feeds = {"x": _randn(rng, 3, 1, 6, 6)}
+    result = _eliminate(model, feeds)
+    assert result.removed == {"input:x": 3}
+    assert _weight(model, "w1") == (16, 33)
+    gathers = [node for node in model.graph if node.op_type == "Gather"]
+    assert len(gathers) == 1 and gathers[0].inputs[0].name == "flat"
+    assert model.graph.inputs[0].shape.dims[1:] == (1, 6, 6)
+
+    # Planting more zeros later narrows the same Gather instead of adding another.
+    fc1 = model.graph.node("fc1")
+    w1 = fc1.inputs[1].const_value.numpy().copy()
+    w1[:, [0, 1]] = 0
+    fc1.inputs[1].const_value = ir.tensor(w1, name="w1")
+    result = _eliminate(model, feeds)
+    assert result.removed == {"input:x": 2}
+    assert [node.op_type for node in model.graph].count("Gather") == 1
+    assert _weight(model, "w1") == (16, 31)
+
+
+def test_direct_input_features_removed():
+    model = _mlp(_rng(14))
+    fc1 = model.graph.node("fc1")
+    w1 = fc1.inputs[1].const_value.numpy().copy()
+    w1[:, [2, 9]] = 0
+    fc1.inputs[1].const_value = ir.tensor(w1, name="w1")
+    result = _eliminate(model, {"x": _randn(_rng(1), 4, 16)})
+    assert result.removed["input:x"] == 2
+    assert _weight(model, "w1") == (28, 14)
+
+
+def test_norm_selection_removes_near_dead_neurons():
+    model = _mlp(_rng(15))
+    fc2 = model.graph.node("fc2")
+    w2 = fc2.inputs[1].const_value.numpy().copy()
+    w2[:, 20] = 1e-7  # almost never read
+    fc2.inputs[1].const_value = ir.tensor(w2, name="w2")
+    result = _eliminate(model, {"x": _randn(_rng(1), 4, 16)}, atol=1e-4,
+                        select="norm", threshold=1e-4)
+    assert result.removed["fc1"] == 5
+
+
+def test_explicit_keep_masks():
+    model = _mlp(_rng(16))
+    group = analyze_channels(model).group("fc2")
+    keep = np.ones(group.size, dtype=bool)
+    keep[[0, 1, 2]] = False
+    result = EliminateNeuronsPass(keep={group.id: keep})(model)
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    assert result.removed == {"fc2": 3}
+    assert _weight(model, "w2") == (21, 32) and _weight(model, "w3") == (10, 21)
+    _run(model, {"x": _randn(_rng(1), 2, 16)})
+
+    with pytest.raises(OnnxcompError, match="keeps no channel"):
+        EliminateNeuronsPass(keep={"fc1": np.zeros(32, bool)})(model)
+    with pytest.raises(OnnxcompError, match="no channel group"):
+        EliminateNeuronsPass(keep={"nope": np.ones(3, bool)})(model)
+
+
+def test_whole_group_dead_keeps_one_channel():
+    model = _mlp(_rng(17))
+    fc2 = model.graph.node("fc2")
+    fc2.inputs[1].const_value = ir.tensor(np.zeros((24, 32), np.float32), name="w2")
+    result = _eliminate(model, {"x": _randn(_rng(1), 2, 16)})
+    assert result.sizes["fc1"] == (32, 1)
+    assert _weight(model, "w1") == (1, 16)
