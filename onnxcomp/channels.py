@@ -226,12 +226,17 @@ class ChannelAnalysis:
 
 
 def constant(value: ir.Value | None) -> np.ndarray | None:
-    """The array of an initializer that a user cannot override, else None."""
-    if value is None or not value.is_initializer() or value.is_graph_input():
+    """The array of an initializer or Constant node output, else None.
+
+    Initializers that are also graph inputs can be overridden by the user: not constant.
+    """
+    if value is None or value.is_graph_input():
         return None
-    if value.const_value is None:
+    try:
+        tensor = ir.convenience.get_const_tensor(value)
+    except ValueError:
         return None
-    return value.const_value.numpy()
+    return None if tensor is None else tensor.numpy()
 
 
 def segment_offsets(layout: Layout) -> Iterator[tuple[Segment, int, int]]:
@@ -896,8 +901,8 @@ class _Tracer:
             if value is None:
                 continue
             if constant(value) is None:
-                self.block(edit.layout, f"input '{value.name}' of {self.name(edit.node)} is not a "
-                           "constant initializer")
+                self.block(edit.layout, f"input '{value.name}' of {self.name(edit.node)} is not "
+                           "constant")
             elif edit.role != "param" and len(value.uses()) > 1 and _sliced(edit, value):
                 self.block(edit.layout, f"weight '{value.name}' is shared by "
                            f"{len(value.uses())} uses")

@@ -557,7 +557,7 @@ class _Namer:
 def _write(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, namer: _Namer) -> None:
     """Give input ``index`` of ``node`` a new constant; copies a constant that is shared."""
     value = node.inputs[index] if index < len(node.inputs) else None
-    if value is not None and len(value.uses()) == 1:
+    if value is not None and value.is_initializer() and len(value.uses()) == 1:
         value.const_value = ir.tensor(array, name=value.name)
         value.shape = ir.Shape(array.shape)
         return
@@ -572,6 +572,9 @@ def _write(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, namer:
     if index >= len(node.inputs):
         node.resize_inputs(index + 1)
     node.replace_input_with(index, new)
+    producer = value.producer() if value is not None else None
+    if producer is not None and producer.op_type == "Constant" and not value.uses():
+        graph.remove(producer, safe=True)
 
 
 def _keep_indices(layout: Layout, masks: dict[int, np.ndarray]) -> np.ndarray | None:
