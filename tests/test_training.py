@@ -191,7 +191,8 @@ def test_distillation_without_labels_raises_agreement_with_teacher(data, trained
         student, WEIGHTS, {"x": x}, teacher_logits=model_forward_logits(teacher, {"x": x}), temperature=2.0,
         eval_inputs={"x": x_eval}, eval_teacher_logits=teacher_eval, config=TrainConfig(epochs=4, lr=1e-2),
     )  # fmt: skip
-    after = np.mean(model_forward_logits(make_mlp(weights=result.weights), {"x": x_eval}).argmax(1) == teacher_eval.argmax(1))
+    predictions = model_forward_logits(make_mlp(weights=result.weights), {"x": x_eval}).argmax(1)
+    after = np.mean(predictions == teacher_eval.argmax(1))
     assert after == pytest.approx(result.best_metric)
     assert after > before + 0.4
 

@@ -45,8 +45,9 @@ class ShortenNamesPass(ir.passes.InPlacePass):
         model.graph.initializers.clear()
         for value in initializers:
             if value.name not in interface:
-                value.name = fresh()
-                modified = True
+                name = fresh()
+                modified |= value.name != name
+                value.name = name
         for value in initializers:
             model.graph.initializers[value.name] = value  # type: ignore[index]
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
@@ -55,8 +56,9 @@ class ShortenNamesPass(ir.passes.InPlacePass):
                 modified = True
             for output in node.outputs:
                 if output.name not in interface and not output.is_graph_output():
-                    output.name = fresh()
-                    modified = True
+                    name = fresh()
+                    modified |= output.name != name
+                    output.name = name
         return ir.passes.PassResult(model, modified)
 
 
@@ -69,9 +71,10 @@ def clean_up(model: ir.Model, keep_metadata: bool = False, shorten_names: bool =
     ]
     if not keep_metadata:
         passes.append(common.ClearMetadataAndDocStringPass())
+    # Sort first: onnx_ir's sort re-names unnamed nodes, and short names must be the last word.
+    passes.append(common.TopologicalSortPass())
     if shorten_names:
         passes.append(ShortenNamesPass())
-    passes.append(common.TopologicalSortPass())
     model = ir.passes.Sequential(*passes)(model).model
     if not keep_metadata:
         model.producer_name = "onnxcomp"

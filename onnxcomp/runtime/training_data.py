@@ -75,10 +75,12 @@ def check_labels(labels, count: int, classes: int, what: str, inputs_what: str) 
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != count:
         entries = labels.shape[0] if labels.ndim else 0
-        raise OnnxcompError(f"{what} has {entries} entries (shape {labels.shape}) but {inputs_what} have {count} samples")
+        raise OnnxcompError(
+            f"{what} has {entries} entries (shape {labels.shape}) but {inputs_what} have {count} samples"
+        )
     if not np.issubdtype(labels.dtype, np.integer):
-        whole = np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))
-        if not whole:
+        floating = np.issubdtype(labels.dtype, np.floating)
+        if not (floating and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))):
             raise OnnxcompError(f"{what} must be integer class indices, got dtype {labels.dtype}")
     if labels.min() < 0 or labels.max() >= classes:
         raise OnnxcompError(
