@@ -765,6 +765,9 @@ class _Tracer:
             self.block(t.layout, reason)
             return
         entries = [int(e) for e in target.reshape(-1)]
+        if node.attributes.get_int("allowzero", 0) and 0 in entries:
+            self.block(t.layout, reason)
+            return
         entry = entries[j]
         copies_channels = c < len(entries) and entries[c] == 0 and c != j
         if copies_channels or (entry == 0 and (j != c or layout is not t.layout)):

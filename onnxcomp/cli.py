@@ -49,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--min-fidelity", type=float, help="refuse to write if top-1 agreement (classifiers) or cosine falls below this")
     compress.add_argument("--max-accuracy-drop", type=float, help="refuse to write if accuracy drops by more than this many points (needs labels)")
     compress.add_argument("--no-sensitivity", action="store_true", help="allocate bits by weight error alone (skip measuring layer sensitivity)")
-    compress.add_argument("--seed", type=int, default=0, help="seed for generated sample inputs (default 0)")
+    compress.add_argument("--epochs", type=int, default=0,
+                          help="with --data: retrain this many epochs on ONNX Runtime's training backend (masks fixed, then codebook "
+                               "fine-tuning; labels -> cross-entropy, no labels -> distillation from the original). Default 0: calibration only")
+    compress.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
+    compress.add_argument("--lr", type=float, default=1e-3, help="training learning rate (default 1e-3, cosine schedule)")
+    compress.add_argument("--seed", type=int, default=0, help="seed for generated inputs and training shuffles (default 0)")
     compress.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
     inspect = commands.add_parser("inspect", help="print the per-layer table of any model")
@@ -82,7 +87,9 @@ def _compress(args) -> int:
         samples = load_samples(args.data, io.load_model(input_path))
     options = CompressOptions(target_bytes=target, keep_metadata=args.keep_metadata, sensitivity=not args.no_sensitivity,
                               seed=args.seed, min_fidelity=args.min_fidelity, max_accuracy_drop=args.max_accuracy_drop,
-                              force=args.force)
+                              force=args.force, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    if args.epochs < 0 or args.batch_size < 1 or args.lr <= 0:
+        raise OnnxcompError("--epochs must be >= 0, --batch-size >= 1 and --lr > 0")
     if not quiet:
         print(f"onnxcomp: compressing {input_path} to at most {format_size(target)}", file=sys.stderr)
     report = compress_file(input_path, output_path, options, samples=samples, progress=progress, overwrite=args.force)

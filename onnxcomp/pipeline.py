@@ -51,6 +51,9 @@ class CompressOptions:
     min_fidelity: float | None = None  # cosine (or top-1 agreement for classifiers)
     max_accuracy_drop: float | None = None  # percentage points, needs labels
     force: bool = False
+    epochs: int = 0  # > 0 with labelled or unlabelled --data: prune/retrain + codebook fine-tuning
+    batch_size: int = 64
+    lr: float = 1e-3
 
 
 @dataclasses.dataclass
@@ -122,6 +125,17 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         budget -= len(attempt_data) - options.target_bytes + 16 * attempt
         attempt_data = None
     timings["allocate_and_encode"] = time.perf_counter() - tick
+    if attempt_data is not None and options.epochs > 0:
+        if samples.generated:
+            raise OnnxcompError("--epochs needs training data: pass --data (labels optional; without labels the original model teaches)")
+        tick = time.perf_counter()
+        _log(progress, f"retrain {options.epochs} epochs on {samples.count} samples (ONNX Runtime training)")
+        retrained = _retrained(model, allocation, importances, samples, reference_outputs[0], options, progress)
+        if retrained is not None and len(retrained[1]) <= options.target_bytes:
+            compressed, attempt_data, allocation = retrained
+        else:
+            _log(progress, "retrained model came out over the target; keeping the calibrated one")
+        timings["retrain"] = time.perf_counter() - tick
     if attempt_data is None:
         assert smallest is not None
         floor_model = _build(model, smallest, options.keep_metadata, importances)
@@ -179,14 +193,35 @@ def _batch_size(model: ir.Model) -> int:
     return 256
 
 
-def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importances: dict) -> ir.Model:
-    """Apply an allocation to a copy of the canonical model: prune, cluster, encode, clean up."""
-    work = model.clone()
+def _masks(model: ir.Model, allocation: Allocation, importances: dict) -> dict[str, np.ndarray]:
     masks = {}
-    for weight in find_weights(work):
+    for weight in find_weights(model):
         choice = allocation.choices.get(weight.name)
         if choice is not None and choice.quant is not None and choice.quant.nonzeros < weight.size:
             masks[weight.name] = prune_mask(weight.numpy(), importances.get(weight.name), choice.quant.saliency_threshold)
+    return masks
+
+
+def _retrained(model, allocation, importances, samples, teacher_logits, options, progress):
+    from onnxcomp.retrain import RetrainOptions, retrain
+
+    masks = _masks(model, allocation, importances)
+    weights, allocation = retrain(model, allocation, masks, samples, teacher_logits,
+                                  RetrainOptions(options.epochs, options.batch_size, options.lr, options.seed),
+                                  log=(lambda line: _log(progress, line)))
+    work = model.clone()
+    for name, values in weights.items():
+        work.graph.initializers[name].const_value = ir.tensor(values, name=name)
+    compressed = _build(work, allocation, options.keep_metadata, importances, masks=masks)
+    return compressed, io.serialized_bytes(compressed), allocation
+
+
+def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importances: dict,
+           masks: dict[str, np.ndarray] | None = None) -> ir.Model:
+    """Apply an allocation to a copy of the canonical model: prune, cluster, encode, clean up."""
+    work = model.clone()
+    if masks is None:
+        masks = _masks(work, allocation, importances)
     codebooks = {name: c.quant.codebook for name, c in allocation.choices.items() if c.quant is not None}
     passes = ir.passes.Sequential(
         PruneWeightsPass(masks=masks),

@@ -20,9 +20,8 @@ FLOAT = TensorProto.FLOAT
 def _model(nodes, inputs, outputs, weights: dict[str, np.ndarray], opset: int = 17) -> ir.Model:
     initializers = [numpy_helper.from_array(array, name) for name, array in weights.items()]
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
-    proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10
-    )
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid("my.ops", 1)]
+    proto = helper.make_model(graph, opset_imports=opsets, ir_version=10)
     return ir.from_proto(proto)
 
 
@@ -352,6 +351,33 @@ def test_reshape_splitting_channels_blocks_the_group():
     assert "Reshape 'split'" in reason
 
 
+def test_computed_reshape_blocks_the_group():
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"], start=0, end=1),
+        helper.make_node("Concat", ["xs", "rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["r", "target"], ["y2"], name="view"),
+    ]
+    reason = _blocked_after(nodes, {"rest": np.array([-1], np.int64)}, (1, 96))
+    assert "Reshape 'view'" in reason and "computed" in reason
+
+
+def test_unknown_op_blocks_the_group():
+    nodes = [helper.make_node("Swish", ["r"], ["y2"], name="custom", domain="my.ops")]
+    rng = _rng(10)
+    weights = {"c.w": _randn(rng, 6, 3, 3, 3), "d.w": _randn(rng, 2, 6, 1, 1)}
+    weights["d.w"][:, 4] = 0
+    graph_nodes = [
+        helper.make_node("Conv", ["x", "c.w"], ["c"], name="c", pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Conv", ["r", "d.w"], ["y1"], name="d"),
+        *nodes,
+    ]
+    model = _model(graph_nodes, [_input("x", [1, 3, 4, 4])],
+                   [_input("y1", [1, 2, 4, 4]), _input("y2", [1, 6, 4, 4])], weights)
+    assert "unsupported Swish 'custom'" in analyze_channels(model).group("c").blocked_reason
+    assert not EliminateNeuronsPass()(model).modified
+
+
 def test_reshape_to_flat_updates_the_shape_constant():
     rng = _rng(11)
     weights = {
@@ -436,13 +462,19 @@ def test_direct_input_features_removed():
 
 def test_norm_selection_removes_near_dead_neurons():
     model = _mlp(_rng(15))
-    fc2 = model.graph.node("fc2")
+    fc1, fc2 = model.graph.node("fc1"), model.graph.node("fc2")
+    w1 = fc1.inputs[1].const_value.numpy().copy()
+    b1 = fc1.inputs[2].const_value.numpy().copy()
     w2 = fc2.inputs[1].const_value.numpy().copy()
     w2[:, 20] = 1e-7  # almost never read
+    w1[25], b1[25] = 1e-7 * w1[25], 0.3  # almost constant 0.3: folded into fc2's bias
+    fc1.inputs[1].const_value = ir.tensor(w1, name="w1")
+    fc1.inputs[2].const_value = ir.tensor(b1, name="b1")
     fc2.inputs[1].const_value = ir.tensor(w2, name="w2")
+    assert EliminateNeuronsPass()(model).removed["fc1"] == 4  # only the exactly dead ones
     result = _eliminate(model, {"x": _randn(_rng(1), 4, 16)}, atol=1e-4,
                         select="norm", threshold=1e-4)
-    assert result.removed["fc1"] == 5
+    assert result.removed == {"fc1": 2}
 
 
 def test_explicit_keep_masks():
@@ -469,3 +501,106 @@ def test_whole_group_dead_keeps_one_channel():
     result = _eliminate(model, {"x": _randn(_rng(1), 2, 16)})
     assert result.sizes["fc1"] == (32, 1)
     assert _weight(model, "w1") == (1, 16)
+
+
+# -- exporter-made models, with dead channels planted where the analysis says they are read ---
+
+
+def _plant_dead_channels(model: ir.Model, per_group: int = 2) -> dict[str, int]:
+    """Zero the outgoing weights of ``per_group`` channels in every removable group."""
+    rng = _rng(20)
+    planted = {}
+    for group in analyze_channels(model).groups:
+        readers = [ref for ref in group.consumers if ref.role == "consumer"]
+        if group.blocked or group.size <= per_group or not readers:
+            continue
+        chosen = rng.choice(group.size, per_group, replace=False)
+        for ref in readers:
+            value = model.graph.initializers[ref.tensor]
+            weight = value.const_value.numpy().copy()
+            rows = np.moveaxis(weight, ref.axis, 0)
+            for channel in chosen:
+                rows[ref.offset + channel * ref.inner : ref.offset + (channel + 1) * ref.inner] = 0
+            value.const_value = ir.tensor(weight, name=value.name)
+        planted[group.name] = per_group
+    return planted
+
+
+def _export(net, example) -> ir.Model:
+    torch = pytest.importorskip("torch")
+    import io
+
+    buffer = io.BytesIO()
+    torch.onnx.export(net.eval(), (example,), buffer, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    proto.ir_version = 10
+    return ir.from_proto(proto)
+
+
+def _torch_nets():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.block = nn.Sequential(nn.Conv2d(16, 12, 3, padding=1), nn.BatchNorm2d(12),
+                                       nn.ReLU(), nn.Conv2d(12, 16, 3, padding=1))
+            self.down = nn.Conv2d(16, 24, 1, stride=2)
+            self.branch = nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU(),
+                                        nn.Conv2d(24, 24, 3, padding=1))
+            self.depthwise = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+            self.fc = nn.Linear(24, 10)
+
+        def forward(self, x):
+            a = self.stem(x)
+            a = torch.relu(a + self.block(a))
+            a = torch.relu(self.down(a) + self.branch(a))
+            a = torch.relu(self.depthwise(a))
+            return self.fc(nn.functional.adaptive_avg_pool2d(a, 1).flatten(1))
+
+    class Inception(nn.Module):  # a Concat that also carries the model input
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 6, 3, padding=1)
+            self.c, self.fc = nn.Conv2d(17, 10, 1), nn.Linear(10 * 4 * 4, 5)
+
+        def forward(self, x):
+            y = torch.cat([torch.relu(self.a(x)), x, nn.functional.leaky_relu(self.b(x))], 1)
+            y = nn.functional.avg_pool2d(torch.relu(self.c(y)), 2)
+            return self.fc(y.view(-1, 160))
+
+    class Mixer(nn.Module):  # MatMul + Add layers on a sequence, GELU, residual from the input
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(16, 32), nn.Linear(32, 16)
+            self.out = nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.out(torch.tanh(x + self.l2(nn.functional.gelu(self.l1(x)))))
+
+    torch.manual_seed(0)
+    nets = {"residual": (Residual(), (2, 3, 8, 8)), "inception": (Inception(), (2, 3, 8, 8)),
+            "mixer": (Mixer(), (2, 5, 16))}
+    for net, _ in nets.values():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return nets
+
+
+@pytest.mark.parametrize("name", ["residual", "inception", "mixer"])
+def test_exported_models_lose_exactly_the_planted_channels(name):
+    net, shape = _torch_nets()[name]
+    import torch
+
+    example = torch.randn(*shape)
+    model = _export(net, example)
+    planted = _plant_dead_channels(model)
+    assert len(planted) >= 2 and "input:x" in planted
+    result = _eliminate(model, {"x": example.numpy()})
+    assert result.removed == planted

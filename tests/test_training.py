@@ -16,6 +16,7 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from onnxcomp.errors import OnnxcompError  # noqa: E402
+from onnxcomp.runtime import training_graph  # noqa: E402
 from onnxcomp.runtime.training import (  # noqa: E402
     ADMMPenalty,
     GaussianMixturePrior,
@@ -86,6 +87,45 @@ def trained(data):
         config=TrainConfig(epochs=5, lr=1e-2),
     )  # fmt: skip
     return make_mlp(weights=result.weights), result
+
+
+def test_training_graph_routes_every_use_through_mask_and_codebook():
+    """A weight shared by two MatMuls is masked at both uses; a codebook weight is decoded."""
+    proto = onnx.parser.parse_model(
+        """
+        <ir_version: 11, opset_import: ["" : 17]>
+        shared (float[1, 8] x) => (float[1, 8] y, float[1, 8] h) {
+          h = MatMul(x, w)
+          r = Relu(h)
+          z = MatMul(r, w)
+          y = Add(z, b)
+        }
+        """
+    )
+    rng = np.random.default_rng(0)
+    proto.graph.initializer.extend(
+        [numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.zeros(8, np.float32), "b")]
+    )  # fmt: skip
+    codebook, indices = np.array([-1.0, 1.0], np.float32), np.zeros(8, np.int32)
+    graph = training_graph.build_training_graph(
+        proto, ["w", "b"], training_graph.LossSpec(hard_weight=1.0, soft_weight=0.0), num_classes=8,
+        masks={"w": np.ones((8, 8))}, codebooks={"b": (codebook, indices)}, regularizers=[], num_samples=10,
+    )  # fmt: skip
+    model = graph.model
+    nodes = {n.output[0]: n for n in model.graph.node}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    masked = {n.input[1] for n in matmuls}
+    assert len(masked) == 1 and nodes[masked.pop()].op_type == "Mul"
+    add = next(n for n in model.graph.node if n.op_type == "Add" and n.input[0] == "z")
+    assert nodes[add.input[1]].op_type == "Gather"
+    assert "b" not in {t.name for t in model.graph.initializer}
+    assert graph.weight_parameters == {"w": "w", "b": "b.codebook"}
+    assert [o.name for o in model.graph.output] == ["onnxcomp_loss", "y"]
+    assert [i.name for i in model.graph.input] == ["x", "onnxcomp_labels"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "onnxcomp_batch"
+    assert model.ir_version == 10 and "MatMul_0" in {n.name for n in model.graph.node}
+    assert proto.graph.node[0].name == ""  # the input model is untouched
 
 
 def test_training_lowers_loss_and_raises_accuracy(data, trained):

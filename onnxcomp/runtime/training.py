@@ -194,7 +194,7 @@ def finetune(
     )
 
     graph = training_graph.build_training_graph(
-        model, trainable, loss, masks=masks, codebooks=codebooks,
+        model, trainable, loss, num_classes=classes, masks=masks, codebooks=codebooks,
         regularizers=regularizers, num_samples=num_samples,
     )  # fmt: skip
     targets = {training_graph.LABELS_INPUT: labels, training_graph.SOFT_TARGETS_INPUT: soft_targets}

@@ -148,8 +148,10 @@ class PenaltyInputs:
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    hard_weight: float  # weight of cross-entropy on labels (0: no labels input)
-    soft_weight: float  # weight of soft-target distillation (0: no soft targets input)
+    """The loss mix: ``hard_weight * CE(labels) + soft_weight * T^2 * CE(soft targets)``."""
+
+    hard_weight: float  # 0: no labels input
+    soft_weight: float  # 0: no soft targets input
     temperature: float = 1.0
 
 
@@ -157,13 +159,12 @@ class LossSpec:
 class TrainingGraph:
     """The forward training model and how `finetune` feeds and reads it."""
 
-    model: onnx.ModelProto
+    model: onnx.ModelProto  # outputs: (scalar loss, logits)
     feature_inputs: list[str]  # the model's own inputs, in graph order
-    target_inputs: list[str]  # LABELS_INPUT and/or SOFT_TARGETS_INPUT
+    target_inputs: list[str]  # LABELS_INPUT and/or SOFT_TARGETS_INPUT, after the features
     logits: str
     weight_parameters: dict[str, str]  # trainable weight -> trained tensor (itself or codebook)
     regularizer_parameters: list[dict[str, str]]  # per regularizer: key -> trained tensor
-    num_classes: int | None
 
     @property
     def trainable_parameters(self) -> list[str]:
@@ -178,25 +179,20 @@ def build_training_graph(
     trainable: Sequence[str],
     loss: LossSpec,
     *,
+    num_classes: int,
     masks: Mapping[str, np.ndarray],
     codebooks: Mapping[str, tuple[np.ndarray, np.ndarray]],
     regularizers: Sequence[Regularizer],
     num_samples: int,
 ) -> TrainingGraph:
-    """Rewrites an inference model (first output: logits) into the forward training model."""
+    """Rewrites an inference model (first output: logits) into the forward training model.
+
+    The input model is not modified. Weight names, graph input names and the logits name are
+    kept; everything added is named ``onnxcomp_*`` or ``<weight>.<role>``.
+    """
     model_ir = ir.serde.deserialize_model(model)
     graph = model_ir.graph
-    opset = model_ir.opset_imports.get("", model_ir.opset_imports.get("ai.onnx", 0))
-    if opset > MAX_OPSET:
-        raise OnnxcompError(
-            f"fine-tuning needs opset <= {MAX_OPSET} (ONNX Runtime training 1.19); "
-            f"the model uses opset {opset}"
-        )
-    if opset < MIN_OPSET:
-        raise OnnxcompError(
-            f"fine-tuning needs opset >= {MIN_OPSET}; the model uses opset {opset} "
-            "(convert it with onnx.version_converter first)"
-        )
+    opset = _check_opset(model_ir)
     builder = GraphBuilder(graph, opset)
     _validate_weights(graph, trainable, masks, codebooks)
     for index, node in enumerate(graph):
@@ -208,11 +204,8 @@ def build_training_graph(
     graph.inputs.clear()
     graph.inputs.extend(feature_values)
     free_batch_dimension(graph)
-
     logits = graph.outputs[0]
-    if logits.dtype not in (None, ir.DataType.FLOAT):
-        raise OnnxcompError(f"fine-tuning needs float32 logits; output '{logits.name}' is {logits.dtype}")
-    num_classes = _num_classes(logits)
+    _check_logits(logits)
 
     effective, weight_parameters = _effective_weights(builder, trainable, masks, codebooks)
     # Drop what only the other outputs needed. Before the loss is added: the pass would also
@@ -222,25 +215,7 @@ def build_training_graph(
     common_passes.RemoveUnusedNodesPass()(model_ir)
     graph.outputs.clear()
 
-    terms = []
-    target_inputs = []
-    if loss.hard_weight > 0:
-        labels = _add_input(graph, LABELS_INPUT, ir.DataType.INT64, [BATCH_DIM])
-        target_inputs.append(LABELS_INPUT)
-        cross_entropy, _ = builder.op(
-            "SoftmaxCrossEntropyLoss", logits, labels, num_outputs=2, reduction="mean"
-        )
-        terms.append(builder.scale(cross_entropy, loss.hard_weight))
-    if loss.soft_weight > 0:
-        targets = _add_input(graph, SOFT_TARGETS_INPUT, ir.DataType.FLOAT, [BATCH_DIM, num_classes])
-        target_inputs.append(SOFT_TARGETS_INPUT)
-        # Hinton et al.: student at the same temperature, gradients rescaled by T^2.
-        scaled = builder.scale(logits, 1.0 / loss.temperature)
-        log_probs = builder.op("LogSoftmax", scaled, axis=-1)
-        per_sample = builder.reduce("ReduceSum", builder.op("Mul", targets, log_probs), axes=[-1])
-        mean_log_likelihood = builder.reduce("ReduceMean", per_sample)
-        terms.append(builder.scale(mean_log_likelihood, -loss.soft_weight * loss.temperature**2))
-
+    terms, target_inputs = _add_loss(builder, logits, loss, num_classes)
     penalty_inputs = PenaltyInputs(
         weights={name: effective[name] for name in trainable},
         initial=_initial_effective_values(graph, trainable, masks, codebooks),
@@ -250,13 +225,9 @@ def build_training_graph(
     for regularizer in regularizers:
         known = set(builder.parameter_keys)
         terms.append(regularizer.add_penalty(builder, penalty_inputs))
-        regularizer_parameters.append(
-            {builder.parameter_keys[n]: n for n in builder.parameter_keys if n not in known}
-        )
+        regularizer_parameters.append({builder.parameter_keys[n]: n for n in builder.parameter_keys if n not in known})
 
     total = builder.add_all(terms)
-    if total is logits or total.producer() is None:
-        total = builder.op("Identity", total)
     total.name = builder.fresh_name(LOSS_OUTPUT)
     total.dtype = ir.DataType.FLOAT
     total.shape = ir.Shape([])
@@ -270,8 +241,41 @@ def build_training_graph(
         logits=logits.name,
         weight_parameters=weight_parameters,
         regularizer_parameters=regularizer_parameters,
-        num_classes=num_classes,
     )
+
+
+def _add_loss(builder: GraphBuilder, logits: ir.Value, loss: LossSpec, num_classes: int):
+    """Adds the target inputs and the data terms of the loss; returns (terms, input names)."""
+    graph = builder.graph
+    terms, target_inputs = [], []
+    if loss.hard_weight > 0:
+        labels = _add_input(graph, LABELS_INPUT, ir.DataType.INT64, [BATCH_DIM])
+        target_inputs.append(LABELS_INPUT)
+        cross_entropy, _ = builder.op("SoftmaxCrossEntropyLoss", logits, labels, num_outputs=2, reduction="mean")
+        terms.append(builder.scale(cross_entropy, loss.hard_weight))
+    if loss.soft_weight > 0:
+        targets = _add_input(graph, SOFT_TARGETS_INPUT, ir.DataType.FLOAT, [BATCH_DIM, num_classes])
+        target_inputs.append(SOFT_TARGETS_INPUT)
+        # Hinton et al.: student at the same temperature, gradients rescaled by T^2.
+        log_probs = builder.op("LogSoftmax", builder.scale(logits, 1.0 / loss.temperature), axis=-1)
+        per_sample = builder.reduce("ReduceSum", builder.op("Mul", targets, log_probs), axes=[-1])
+        mean_log_likelihood = builder.reduce("ReduceMean", per_sample)
+        terms.append(builder.scale(mean_log_likelihood, -loss.soft_weight * loss.temperature**2))
+    return terms, target_inputs
+
+
+def _check_opset(model_ir: ir.Model) -> int:
+    opset = model_ir.opset_imports.get("", model_ir.opset_imports.get("ai.onnx", 0))
+    if opset > MAX_OPSET:
+        raise OnnxcompError(
+            f"fine-tuning needs opset <= {MAX_OPSET} (ONNX Runtime training 1.19); the model uses opset {opset}"
+        )
+    if opset < MIN_OPSET:
+        raise OnnxcompError(
+            f"fine-tuning needs opset >= {MIN_OPSET}; the model uses opset {opset} "
+            "(convert it with onnx.version_converter first)"
+        )
+    return opset
 
 
 def _all_names(graph: ir.Graph) -> set[str]:
@@ -328,16 +332,14 @@ def free_batch_dimension(graph: ir.Graph) -> None:
             output.shape = ir.Shape([ir.SymbolicDim(BATCH_DIM), *output.shape[1:]])
 
 
-def _num_classes(logits: ir.Value) -> int | None:
-    if logits.shape is None:
-        return None
-    if len(logits.shape) != 2:
+def _check_logits(logits: ir.Value) -> None:
+    if logits.dtype not in (None, ir.DataType.FLOAT):
+        raise OnnxcompError(f"fine-tuning needs float32 logits; output '{logits.name}' is {logits.dtype}")
+    if logits.shape is not None and len(logits.shape) != 2:
         raise OnnxcompError(
             f"fine-tuning needs class logits [batch, classes] as the first output; "
             f"'{logits.name}' has shape {list(logits.shape)}"
         )
-    classes = logits.shape[1]
-    return classes if isinstance(classes, int) else None
 
 
 def _add_input(graph: ir.Graph, name: str, dtype: ir.DataType, shape: list) -> ir.Value:

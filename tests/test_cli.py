@@ -1,0 +1,410 @@
+"""End-to-end: the CLI as a user runs it, on the shipped LeNet models and MNIST subsets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxcomp.errors import TargetUnreachableError
+from onnxcomp.pipeline import CompressOptions, compress_file
+from tests.conftest import LENET5, LENET300, MLP_SHAPES, MLP_TEXT, TEST_DATA, TRAIN_DATA, REPO, run
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
+
+LAYER_KEYS = {"name", "shape", "params", "encoding", "bits", "sparsity", "bytes_before", "bytes_after"}
+LENET300_PARAMS = 266_610
+
+
+def onnxcomp(*args: str | os.PathLike, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxcomp.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=300)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str, code: int | None = None) -> str:
+    """Non-zero exit, exactly one 'onnxcomp: error:' line, no traceback; returns that line."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    if code is not None:
+        assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("onnxcomp: error:")]
+    assert len(errors) == 1, result.stderr
+    assert not [line for line in result.stderr.splitlines() if line.strip() and line not in errors], result.stderr
+    for fragment in fragments:
+        assert fragment.lower() in errors[0].lower(), errors[0]
+    return errors[0]
+
+
+def accuracy_of(model_path: Path, data: Path) -> float:
+    arrays = np.load(data)
+    (logits,) = run(str(model_path), {"input": arrays["input"]})
+    return float(np.mean(logits.argmax(axis=1) == arrays["labels"]))
+
+
+@pytest.fixture(scope="module")
+def lenet300_compressed(tmp_path_factory):
+    """One full CLI run on a copy of lenet300: default output name, data with labels, report."""
+    folder = tmp_path_factory.mktemp("lenet300")
+    model = folder / "lenet300.onnx"
+    shutil.copyfile(LENET300, model)
+    digest = sha256(model)
+    report = folder / "report.json"
+    result = onnxcomp("compress", model, "--target-size", "120KB", "--data", TEST_DATA, "--report", report)
+    return {"folder": folder, "model": model, "digest": digest, "result": result, "report": report,
+            "output": folder / "lenet300.compressed.onnx"}
+
+
+# -- the happy path -------------------------------------------------------------------------
+
+
+def test_compress_writes_default_output_within_target(lenet300_compressed):
+    run_ = lenet300_compressed
+    assert run_["result"].returncode == 0, run_["result"].stderr
+    assert "Traceback" not in run_["result"].stderr
+    output = run_["output"]
+    assert output.is_file()
+    assert output.stat().st_size <= 120_000
+    assert sorted(p.name for p in run_["folder"].iterdir()) == ["lenet300.compressed.onnx", "lenet300.onnx", "report.json"]
+    assert sha256(run_["model"]) == run_["digest"]
+    stdout = run_["result"].stdout
+    assert "fc1.weight" in stdout and "encoding" in stdout and "accuracy" in stdout
+
+
+def test_compress_report_fields(lenet300_compressed):
+    report = json.loads(lenet300_compressed["report"].read_text())
+    output = lenet300_compressed["output"]
+    assert report["input_bytes"] == LENET300.stat().st_size
+    assert report["output_bytes"] == output.stat().st_size
+    assert report["target_bytes"] == 120_000
+    assert report["output_bytes"] <= report["target_bytes"]
+    names = [row["name"] for row in report["layers"]]
+    # fc3.bias (10 values) is below the size worth compressing and is not listed.
+    assert names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight"]
+    for row in report["layers"]:
+        assert LAYER_KEYS <= set(row), row
+        assert row["params"] == int(np.prod(row["shape"]))
+        assert row["encoding"] in {"dense", "lookup", "linear", "sparse"}
+        assert 1 <= row["bits"] <= 32 and 0.0 <= row["sparsity"] < 1.0
+        assert 0 < row["bytes_after"] <= row["bytes_before"]
+    assert sum(row["params"] for row in report["layers"]) == LENET300_PARAMS - 10
+    assert any(row["encoding"] != "dense" for row in report["layers"])
+    fidelity = report["fidelity"]
+    assert fidelity["samples"] == 1000 and fidelity["generated_inputs"] is False
+    assert 0.9 < fidelity["top1_agreement"] <= 1.0 and 0.9 < fidelity["cosine"] <= 1.0
+    accuracy = report["accuracy"]
+    assert accuracy["original"] == pytest.approx(accuracy_of(LENET300, TEST_DATA))
+    assert accuracy["compressed"] == pytest.approx(accuracy_of(output, TEST_DATA))
+    assert accuracy["compressed"] > 0.95
+
+
+def test_compressed_model_runs_in_ort(lenet300_compressed):
+    output = lenet300_compressed["output"]
+    proto = onnx.load(str(output))
+    onnx.checker.check_model(proto, full_check=True)
+    assert "DequantizeLinear" not in {node.op_type for node in proto.graph.node}
+    assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
+    images = np.load(TEST_DATA)["input"][:7]
+    (logits,) = run(str(output), {"input": images})
+    assert logits.shape == (7, 10) and np.all(np.isfinite(logits))
+
+
+@pytest.mark.xfail(strict=True, reason="io.atomic_write writes through tempfile.NamedTemporaryFile, which "
+                   "creates mode 0600, and os.replace keeps it: outputs are unreadable to other users")
+def test_output_file_has_default_permissions(lenet300_compressed):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert lenet300_compressed["output"].stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_inspect_prints_tables(lenet300_compressed):
+    original = onnxcomp("inspect", LENET300)
+    assert original.returncode == 0, original.stderr
+    assert "fc1.weight" in original.stdout and "300x784" in original.stdout and "dense" in original.stdout
+    assert "266,610 parameters" in original.stdout
+    compressed = onnxcomp("inspect", lenet300_compressed["output"])
+    assert compressed.returncode == 0, compressed.stderr
+    assert "300x784" in compressed.stdout
+    assert re.search(r"\b(sparse|lookup|linear)\b", compressed.stdout)
+    assert "parameters" in compressed.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="report.inspect_model counts every decode codebook (the data input "
+                   "of a decode Gather) as a separate dense 'embedding' weight: inspect of a compressed "
+                   "lenet300 lists extra rows and more parameters than the model has")
+def test_inspect_compressed_counts_the_original_parameters(lenet300_compressed):
+    result = onnxcomp("inspect", "--json", lenet300_compressed["output"])
+    rows = json.loads(result.stdout)
+    assert sum(row["params"] for row in rows) == LENET300_PARAMS
+    assert sorted(tuple(row["shape"]) for row in rows) == sorted(
+        [(300, 784), (300,), (100, 300), (100,), (10, 100), (10,)])
+
+
+def test_help_shows_examples():
+    for args in (["--help"], ["compress", "--help"]):
+        result = onnxcomp(*args)
+        assert result.returncode == 0
+        assert "examples:" in result.stdout
+        assert "onnxcomp compress model.onnx --target-size" in result.stdout
+        assert "KiB" in result.stdout
+
+
+def test_sizes_met_across_targets(tmp_path):
+    """Budget sweep from the smallest reachable size to the input size (sensitivity off: fast)."""
+    digest = sha256(LENET300)
+    input_bytes = LENET300.stat().st_size
+    with pytest.raises(TargetUnreachableError) as unreachable:
+        compress_file(LENET300, tmp_path / "floor.onnx", CompressOptions(target_bytes=5_000, sensitivity=False))
+    smallest = unreachable.value.smallest_bytes
+    assert 5_000 < smallest < input_bytes / 20
+    assert not (tmp_path / "floor.onnx").exists()
+    targets = np.geomspace(smallest * 1.01, input_bytes, 8).astype(int).tolist() + [input_bytes * 2]
+    sizes = []
+    for index, target in enumerate(targets):
+        output = tmp_path / f"out{index}.onnx"
+        report = compress_file(LENET300, output, CompressOptions(target_bytes=target, sensitivity=False))
+        assert output.stat().st_size == report["output_bytes"] <= target, (target, report["output_bytes"])
+        assert report["target_bytes"] == target
+        sizes.append(report["output_bytes"])
+    # A bigger budget is used: the size grows with the target, and the loose targets come close.
+    assert sizes == sorted(sizes)
+    assert sizes[-2] > 0.9 * input_bytes
+    assert sha256(LENET300) == digest
+    images = np.load(TEST_DATA)["input"][:3]
+    for index in (0, len(targets) - 1):
+        (logits,) = run(str(tmp_path / f"out{index}.onnx"), {"input": images})
+        assert logits.shape == (3, 10)
+
+
+@pytest.mark.xfail(strict=True, reason="pipeline.compress_model reports the floor model's size as reachable "
+                   "but never tries that allocation: a target equal to it fails after tightening the "
+                   "budget below the smallest candidates (allocate() -> None)")
+def test_reported_smallest_size_is_reachable(tmp_path):
+    with pytest.raises(TargetUnreachableError) as unreachable:
+        compress_file(LENET300, tmp_path / "a.onnx", CompressOptions(target_bytes=5_000, sensitivity=False))
+    smallest = unreachable.value.smallest_bytes
+    report = compress_file(LENET300, tmp_path / "b.onnx", CompressOptions(target_bytes=smallest, sensitivity=False))
+    assert report["output_bytes"] <= smallest
+
+
+def test_target_below_smallest_exits_3_with_smallest_size(tmp_path):
+    output = tmp_path / "small.onnx"
+    result = onnxcomp("compress", LENET300, "--target-size", "1KB", "-o", output, "--no-sensitivity", "-q")
+    line = assert_clean_failure(result, "below the smallest size", code=3)
+    smallest = int(re.search(r"\((\d+) B\)\s*$", line).group(1))
+    assert 1_000 < smallest < LENET300.stat().st_size
+    assert not output.exists()
+
+
+def test_lenet5_with_train_data(tmp_path):
+    output = tmp_path / "lenet5.small.onnx"
+    report_path = tmp_path / "r.json"
+    result = onnxcomp("compress", LENET5, "--target-size", "150KiB", "-o", output, "--data", TRAIN_DATA,
+                      "--report", report_path, "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout == ""
+    assert output.stat().st_size <= 150 * 1024
+    report = json.loads(report_path.read_text())
+    assert report["output_bytes"] == output.stat().st_size
+    assert [row["name"] for row in report["layers"] if row["role"] == "weight"] == [
+        "conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+    assert report["accuracy"]["compressed"] > 0.95
+    assert accuracy_of(output, TEST_DATA) > 0.95
+
+
+def test_existing_output_needs_force(tmp_path):
+    output = tmp_path / "taken.onnx"
+    output.write_bytes(b"keep me")
+    result = onnxcomp("compress", LENET300, "--target-size", "200KB", "-o", output, "--no-sensitivity", "-q")
+    assert_clean_failure(result, "--force")
+    assert output.read_bytes() == b"keep me"
+    forced = onnxcomp("compress", LENET300, "--target-size", "200KB", "-o", output, "--no-sensitivity", "-q", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert 1_000 < output.stat().st_size <= 200_000
+
+
+def test_output_equal_to_input_refused(tmp_path):
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(LENET300, model)
+    result = onnxcomp("compress", model, "--target-size", "200KB", "-o", model, "--force", "-q")
+    assert_clean_failure(result, "input")
+    assert sha256(model) == sha256(LENET300)
+
+
+@pytest.mark.xfail(strict=True, reason="--keep-metadata promises original names, but pipeline._build and "
+                   "_fixed_bytes call clean_up(..., keep_metadata=...) with shorten_names left True")
+def test_keep_metadata_keeps_names(tmp_path):
+    output = tmp_path / "kept.onnx"
+    result = onnxcomp("compress", LENET300, "--target-size", "300KB", "-o", output, "--keep-metadata",
+                      "--no-sensitivity", "-q")
+    assert result.returncode == 0, result.stderr
+    names = {t.name for t in onnx.load(str(output)).graph.initializer}
+    assert "fc3.bias" in names
+
+
+# -- bad inputs -----------------------------------------------------------------------------
+
+
+def _tiny_proto(rng) -> onnx.ModelProto:
+    proto = onnx.parser.parse_model(MLP_TEXT)
+    for name, shape in MLP_SHAPES.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
+    return proto
+
+
+def _external(folder: Path, rng) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny.onnx"
+    onnx.save_model(_tiny_proto(rng), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="tiny.data", size_threshold=0)
+    assert (folder / "tiny.data").is_file()
+    return path
+
+
+def bad_model(kind: str, folder: Path, rng) -> Path:
+    """A path that `onnxcomp compress` must refuse, built in `folder`."""
+    path = folder / f"{kind}.onnx"
+    if kind == "nonexistent":
+        return path
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "text":
+        path.write_text("this is not a model\n" * 50)
+    elif kind == "truncated":
+        data = LENET300.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(7).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "missing-external-data":
+        path = _external(folder, rng)
+        (folder / "tiny.data").unlink()
+    elif kind == "external-data-outside":
+        path = _external(folder / "inner", rng)
+        proto = onnx.load(str(path), load_external_data=False)
+        for tensor in proto.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = "../x.data"
+        path.write_bytes(proto.SerializeToString())
+        shutil.copyfile(folder / "inner" / "tiny.data", folder / "x.data")  # exists: only the path is wrong
+    elif kind == "no-weights":
+        proto = onnx.parser.parse_model("""
+            <ir_version: 10, opset_import: ["" : 17]>
+            relu (float[N, 16] x) => (float[N, 16] y) { y = Relu(x) }
+        """)
+        onnx.save_model(proto, str(path))
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+BAD_MODELS = {
+    "nonexistent": "no such file",
+    "directory": "not a file",
+    "text": "not a readable onnx model",
+    "truncated": "not a readable onnx model",
+    "random": "onnx model",
+    "empty": "onnx model",
+    "missing-external-data": "missing external data",
+    "external-data-outside": "outside the model's folder",
+    "no-weights": "no compressible weights",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_MODELS))
+def test_bad_model_gives_one_line_error(tmp_path, rng, kind):
+    path = bad_model(kind, tmp_path, rng)
+    output = tmp_path / "out.onnx"
+    result = onnxcomp("compress", path, "--target-size", "100KB", "-o", output, "-q")
+    assert_clean_failure(result, BAD_MODELS[kind])
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "missing-external-data"])
+def test_inspect_bad_model_gives_one_line_error(tmp_path, rng, kind):
+    assert_clean_failure(onnxcomp("inspect", bad_model(kind, tmp_path, rng)), BAD_MODELS[kind])
+
+
+def _write_data(path: Path, count: int = 24, **overrides) -> Path:
+    arrays = np.load(TEST_DATA)
+    data = {"input": arrays["input"][:count], "labels": arrays["labels"][:count]}
+    data.update(overrides)
+    np.savez(path, **{k: v for k, v in data.items() if v is not None})
+    return path
+
+
+BAD_DATA = {
+    "missing-input": ({"input": None, "images": np.zeros((24, 1, 28, 28), np.float32)}, "no array for model input"),
+    "wrong-rank": ({"input": np.zeros((24, 28, 28), np.float32)}, "shape"),
+    "wrong-shape": ({"input": np.zeros((24, 1, 28, 27), np.float32)}, "shape"),
+    "strings": ({"input": np.full((24, 1, 28, 28), "a")}, "dtype"),
+    "nan": ({"input": np.full((24, 1, 28, 28), np.nan, np.float32)}, "nan"),
+    "labels-length": ({"labels": np.zeros(23, np.int64)}, "labels"),
+    "labels-float": ({"labels": np.zeros(24, np.float32)}, "labels"),
+    "no-samples": ({"input": np.zeros((0, 1, 28, 28), np.float32), "labels": None}, "no samples"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_DATA))
+def test_bad_data_gives_one_line_error(tmp_path, kind):
+    overrides, fragment = BAD_DATA[kind]
+    data = _write_data(tmp_path / "data.npz", **overrides)
+    output = tmp_path / "out.onnx"
+    result = onnxcomp("compress", LENET300, "--target-size", "100KB", "-o", output, "--data", data, "-q")
+    assert_clean_failure(result, "data file", fragment)
+    assert not output.exists()
+
+
+def test_data_file_that_is_not_npz(tmp_path):
+    text = tmp_path / "data.npz"
+    text.write_text("input,labels\n1,2\n")
+    result = onnxcomp("compress", LENET300, "--target-size", "100KB", "-o", tmp_path / "o.onnx", "--data", text, "-q")
+    assert_clean_failure(result, "data file")
+    missing = onnxcomp("compress", LENET300, "--target-size", "100KB", "-o", tmp_path / "o.onnx",
+                       "--data", tmp_path / "nope.npz", "-q")
+    assert_clean_failure(missing, "no such file")
+
+
+@pytest.mark.parametrize("size", ["abc", "1XB", "", "0", "--target-size=-5MB"])
+def test_bad_target_size(tmp_path, size):
+    args = [size] if size.startswith("--") else ["--target-size", size]
+    result = onnxcomp("compress", LENET300, *args, "-o", tmp_path / "o.onnx", "-q")
+    assert_clean_failure(result, "size")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="sizes.parse_size: int(float('1e400')) raises OverflowError, which the "
+                   "CLI does not catch (traceback)")
+def test_huge_target_size_is_a_clean_error(tmp_path):
+    result = onnxcomp("compress", LENET300, "--target-size", "1e400", "-o", tmp_path / "o.onnx", "-q")
+    assert_clean_failure(result, "size")
+
+
+@pytest.mark.xfail(strict=True, reason="pipeline.compress_file writes small models with _write -> "
+                   "io.atomic_write, which never checks the folder: NamedTemporaryFile raises "
+                   "FileNotFoundError (traceback) after the whole compression has run")
+def test_output_folder_missing(tmp_path):
+    result = onnxcomp("compress", LENET300, "--target-size", "100KB", "-o", tmp_path / "no" / "such" / "o.onnx",
+                      "--no-sensitivity", "-q")
+    assert_clean_failure(result, "does not exist")
+
+
+def test_output_folder_missing_does_not_leave_files(tmp_path):
+    result = onnxcomp("compress", LENET300, "--target-size", "100KB", "-o", tmp_path / "no" / "o.onnx",
+                      "--no-sensitivity", "-q")
+    assert result.returncode != 0
+    assert list(tmp_path.iterdir()) == []
