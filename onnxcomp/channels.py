@@ -108,7 +108,8 @@ class TensorEdit:
 
     ``role`` says why: ``weight``/``bias`` (the producer's own channels), ``consumer`` (a weight
     layer reading the channels), ``param`` (a per-channel constant of a channel-preserving op)
-    or ``depthwise`` (a depthwise Conv weight). ``axis`` -1 means the last axis, if it has the
+    or ``depthwise`` (a depthwise Conv weight). Shared weights block their groups; shared
+    biases and params are copied for the node that needs them cut. ``axis`` -1 means the last axis, if it has the
     layout's length (a Gemm bias may broadcast instead).
     """
 
@@ -297,6 +298,7 @@ class _Tracer:
         self.tensor_edits: list[TensorEdit] = []
         self.shape_edits: list[ShapeEdit] = []
         self.attribute_edits: list[AttributeEdit] = []
+        self.visited: set[ir.Node] = set()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -336,6 +338,8 @@ class _Tracer:
 
     def set(self, value: ir.Value, axis: int, layout: Layout) -> None:
         self.tracked[value] = Tracked(axis, layout)
+        if any(use.node in self.visited for use in value.uses()):
+            self.block(layout, f"'{value.name}' is used before it is made (graph not sorted)")
         if value.is_graph_output():
             self.block(layout, f"channels reach graph output '{value.name}'")
 
@@ -373,6 +377,7 @@ class _Tracer:
             self.start_input(value)
         for node in self.graph:
             self.visit(node)
+            self.visited.add(node)
         for value, tracked in self.tracked.items():
             for use in value.uses():
                 if use.node.graph is not self.graph:
@@ -429,6 +434,8 @@ class _Tracer:
     def start_input(self, value: ir.Value) -> None:
         if value.is_initializer() or not value.uses():
             return
+        if value.dtype is not None and not value.dtype.is_floating_point():
+            return  # ids, masks: not features
         dims = self.dims(value)
         if dims is None or len(dims) < 2:
             return
@@ -906,7 +913,7 @@ class _Tracer:
             if constant(value) is None:
                 self.block(edit.layout, f"input '{value.name}' of {self.name(edit.node)} is not "
                            "constant")
-            elif edit.role != "param" and len(value.uses()) > 1 and _sliced(edit, value):
+            elif edit.role not in ("param", "bias") and len(value.uses()) > 1:
                 self.block(edit.layout, f"weight '{value.name}' is shared by "
                            f"{len(value.uses())} uses")
         for edit in self.shape_edits:
@@ -983,12 +990,6 @@ class _Tracer:
             ref = ChannelRef(role, node.name or "", node.op_type, tensor, axis, offset,
                              segment.inner)
             refs[group_of_origin[segment.origin]][0 if producer else 1].append(ref)
-
-
-def _sliced(edit: TensorEdit, value: ir.Value) -> bool:
-    """Whether the edit really cuts the tensor (a Gemm bias may broadcast instead)."""
-    shape = constant(value).shape  # type: ignore[union-attr]
-    return edit.axis >= 0 or (len(shape) > 0 and shape[-1] == layout_length(edit.layout))
 
 
 def _scale_inner(layout: Layout, factor: int) -> Layout:

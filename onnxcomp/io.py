@@ -121,12 +121,21 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, overwrite: bool = Fa
 
 
 def atomic_write(path: Path, write) -> None:
-    handle = tempfile.NamedTemporaryFile(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    """Write via a temporary file in the same folder and rename it into place."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OnnxcompError(f"output folder {folder} does not exist")
+    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         with handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        # NamedTemporaryFile creates mode 0600; give the output the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)
         os.replace(handle.name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

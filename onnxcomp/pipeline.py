@@ -110,17 +110,23 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
 
     tick = time.perf_counter()
     fixed = _fixed_bytes(model, layers, options.keep_metadata)
-    smallest = allocate(layers, sum(layer.smallest.bytes for layer in layers))
+    floor_total = sum(layer.smallest.bytes for layer in layers)
     budget = options.target_bytes - fixed
     attempt_data = None
+    floor_bytes = None
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        allocation = allocate(layers, budget)
-        if allocation is None:
-            break
+        # Never plan below the smallest candidates: the floor itself is always tried once.
+        at_floor = budget <= floor_total
+        allocation = allocate(layers, max(budget, floor_total))
+        assert allocation is not None
         compressed = _build(model, allocation, options.keep_metadata, importances)
         attempt_data = io.serialized_bytes(compressed)
         _log(progress, f"attempt {attempt}: {format_size(len(attempt_data))} (target {format_size(options.target_bytes)})")
         if len(attempt_data) <= options.target_bytes:
+            break
+        if at_floor:
+            floor_bytes = len(attempt_data)
+            attempt_data = None
             break
         budget -= len(attempt_data) - options.target_bytes + 16 * attempt
         attempt_data = None
@@ -137,9 +143,9 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
             _log(progress, "retrained model came out over the target; keeping the calibrated one")
         timings["retrain"] = time.perf_counter() - tick
     if attempt_data is None:
-        assert smallest is not None
-        floor_model = _build(model, smallest, options.keep_metadata, importances)
-        floor_bytes = len(io.serialized_bytes(floor_model))
+        if floor_bytes is None:
+            smallest = allocate(layers, floor_total)
+            floor_bytes = len(io.serialized_bytes(_build(model, smallest, options.keep_metadata, importances)))
         raise TargetUnreachableError(
             f"target {format_size(options.target_bytes)} ({options.target_bytes} B) is below the smallest size onnxcomp can reach for this model: {format_size(floor_bytes)} ({floor_bytes} B)",
             smallest_bytes=floor_bytes,
@@ -230,12 +236,12 @@ def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importa
         InsertDequantizeLookupPass(),
     )
     work = passes(work).model
-    return clean_up(work, keep_metadata=keep_metadata)
+    return clean_up(work, keep_metadata=keep_metadata, shorten_names=not keep_metadata)
 
 
 def _fixed_bytes(model: ir.Model, layers: list[LayerOptions], keep_metadata: bool) -> int:
     """Serialized bytes of everything except the compressible weights' payload."""
-    cleaned = clean_up(model.clone(), keep_metadata=keep_metadata)
+    cleaned = clean_up(model.clone(), keep_metadata=keep_metadata, shorten_names=not keep_metadata)
     return len(io.serialized_bytes(cleaned)) - sum(layer.dense.bytes for layer in layers)
 
 
@@ -248,6 +254,9 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
         raise OnnxcompError("the output path is the input file; onnxcomp never overwrites its input")
     if output_path.exists() and not overwrite:
         raise OnnxcompError(f"{output_path} exists; pass --force to overwrite it")
+    folder = output_path.parent if str(output_path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OnnxcompError(f"output folder {folder} does not exist")
     model = io.load_model(input_path)
     input_bytes = io.file_bytes(input_path)
     result = compress_model(model, options, samples=samples, input_bytes=input_bytes, progress=progress)

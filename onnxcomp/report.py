@@ -81,6 +81,8 @@ def inspect_model(model: ir.Model) -> list[dict]:
     constant_producers = _constant_values(model.graph)
     slots: dict[int, tuple[ir.Value, str]] = {}
     for node in model.graph:
+        if node.inputs and all(i is None or id(i) in constant_producers for i in node.inputs):
+            continue  # part of a decode subgraph (or other load-time constant), not a compute op
         for index, role in WEIGHT_SLOTS.get(node.op_type, {}).items():
             if index < len(node.inputs) and node.inputs[index] is not None:
                 value = node.inputs[index]
@@ -158,11 +160,9 @@ def _evaluate(values: list[ir.Value], model: ir.Model) -> dict[str, np.ndarray]:
         return {}
     from onnxcomp.runtime.inference import session
 
-    nodes = {id(n): n for v in values for n in _producers(v)}
-    graph = ir.Graph(inputs=[], outputs=[], nodes=[], opset_imports=dict(model.opset_imports), name="decode")
-    sub = ir.Model(graph, ir_version=10)
-    # Serialize a standalone proto of the decode nodes: copy via the protobuf round trip.
     import onnx
+
+    nodes = {id(n): n for v in values for n in _producers(v)}
 
     full = ir.serde.serialize_model(model)
     wanted_outputs = {v.name for v in values}
@@ -170,7 +170,6 @@ def _evaluate(values: list[ir.Value], model: ir.Model) -> dict[str, np.ndarray]:
     for node_proto in full.graph.node:
         if any(o in {o2.name for n in nodes.values() for o2 in n.outputs} for o in node_proto.output):
             keep.append(node_proto)
-    del sub
     proto = onnx.helper.make_model(
         onnx.helper.make_graph(keep, "decode", [], [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in wanted_outputs],
                                initializer=[t for t in full.graph.initializer]),

@@ -22,7 +22,10 @@ def parse_size(text: str) -> int:
         raise OnnxcompError(
             f"cannot read size {text!r}: use a number with an optional unit B, KB, MB, GB (x1000) or KiB, MiB, GiB (x1024), e.g. 1MB"
         )
-    size = int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    amount = float(match.group(1)) * UNITS[match.group(2).lower()]
+    if not amount < 2**63:
+        raise OnnxcompError(f"size {text!r} is too large")
+    size = int(amount)
     if size <= 0:
         raise OnnxcompError(f"size must be positive, got {text!r}")
     return size

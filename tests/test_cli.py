@@ -121,8 +121,6 @@ def test_compressed_model_runs_in_ort(lenet300_compressed):
     assert logits.shape == (7, 10) and np.all(np.isfinite(logits))
 
 
-@pytest.mark.xfail(strict=True, reason="io.atomic_write writes through tempfile.NamedTemporaryFile, which "
-                   "creates mode 0600, and os.replace keeps it: outputs are unreadable to other users")
 def test_output_file_has_default_permissions(lenet300_compressed):
     umask = os.umask(0)
     os.umask(umask)
@@ -141,9 +139,6 @@ def test_inspect_prints_tables(lenet300_compressed):
     assert "parameters" in compressed.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="report.inspect_model counts every decode codebook (the data input "
-                   "of a decode Gather) as a separate dense 'embedding' weight: inspect of a compressed "
-                   "lenet300 lists extra rows and more parameters than the model has")
 def test_inspect_compressed_counts_the_original_parameters(lenet300_compressed):
     result = onnxcomp("inspect", "--json", lenet300_compressed["output"])
     rows = json.loads(result.stdout)
@@ -188,9 +183,6 @@ def test_sizes_met_across_targets(tmp_path):
         assert logits.shape == (3, 10)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.compress_model reports the floor model's size as reachable "
-                   "but never tries that allocation: a target equal to it fails after tightening the "
-                   "budget below the smallest candidates (allocate() -> None)")
 def test_reported_smallest_size_is_reachable(tmp_path):
     with pytest.raises(TargetUnreachableError) as unreachable:
         compress_file(LENET300, tmp_path / "a.onnx", CompressOptions(target_bytes=5_000, sensitivity=False))
@@ -243,8 +235,6 @@ def test_output_equal_to_input_refused(tmp_path):
     assert sha256(model) == sha256(LENET300)
 
 
-@pytest.mark.xfail(strict=True, reason="--keep-metadata promises original names, but pipeline._build and "
-                   "_fixed_bytes call clean_up(..., keep_metadata=...) with shorten_names left True")
 def test_keep_metadata_keeps_names(tmp_path):
     output = tmp_path / "kept.onnx"
     result = onnxcomp("compress", LENET300, "--target-size", "300KB", "-o", output, "--keep-metadata",
@@ -387,16 +377,11 @@ def test_bad_target_size(tmp_path, size):
     assert not (tmp_path / "o.onnx").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="sizes.parse_size: int(float('1e400')) raises OverflowError, which the "
-                   "CLI does not catch (traceback)")
 def test_huge_target_size_is_a_clean_error(tmp_path):
     result = onnxcomp("compress", LENET300, "--target-size", "1e400", "-o", tmp_path / "o.onnx", "-q")
     assert_clean_failure(result, "size")
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.compress_file writes small models with _write -> "
-                   "io.atomic_write, which never checks the folder: NamedTemporaryFile raises "
-                   "FileNotFoundError (traceback) after the whole compression has run")
 def test_output_folder_missing(tmp_path):
     result = onnxcomp("compress", LENET300, "--target-size", "100KB", "-o", tmp_path / "no" / "such" / "o.onnx",
                       "--no-sensitivity", "-q")

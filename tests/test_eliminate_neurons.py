@@ -13,6 +13,7 @@ from onnxcomp.errors import OnnxcompError
 from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass
 
 ort = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's legacy exporter
 
 FLOAT = TensorProto.FLOAT
 
@@ -146,6 +147,8 @@ def test_mlp_gemm_chain_removes_planted_neurons():
     assert "fc3" in result.blocked and "graph output" in result.blocked["fc3"]
     assert {layer.node for layer in result.layers} == {"fc1", "fc2", "fc3"}
     assert result.params_after < result.params_before
+    assert result.summary().startswith("5 channels removed in 2 groups")
+    assert {row["name"]: row["after"] for row in result.rows}["w2"] == [23, 28]
 
 
 def test_analysis_groups_of_mlp():
@@ -524,6 +527,46 @@ def _plant_dead_channels(model: ir.Model, per_group: int = 2) -> dict[str, int]:
             value.const_value = ir.tensor(weight, name=value.name)
         planted[group.name] = per_group
     return planted
+
+
+def test_channels_pass_through_many_ops():
+    rng = _rng(21)
+    weights = {
+        "c1": _randn(rng, 8, 3, 3, 3), "b1": _randn(rng, 8), "scale": _randn(rng, 1, 8, 1, 1),
+        "slope": np.abs(_randn(rng, 8, 1, 1)) * 0.1,
+        "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+        "scales": np.array([1, 1, 2, 2], np.float32),
+        "low": np.array(-0.5, np.float32), "high": np.array(2.0, np.float32),
+        "ct": _randn(rng, 8, 5, 2, 2), "ctb": _randn(rng, 5), "c2": _randn(rng, 6, 5, 1, 1),
+        "in_scale": _randn(rng, 6), "in_bias": _randn(rng, 6),
+        "squeeze": np.array([3], np.int64), "fc": _randn(rng, 6, 4), "fcb": _randn(rng, 1),
+    }
+    make = helper.make_node
+    nodes = [
+        make("Conv", ["x", "c1", "b1"], ["a"], name="c1", pads=[1] * 4),
+        make("Mul", ["a", "scale"], ["a2"]),
+        make("PRelu", ["a2", "slope"], ["a3"]),
+        make("Pad", ["a3", "pads"], ["a4"], mode="reflect"),
+        make("Resize", ["a4", "", "scales"], ["a5"], mode="nearest"),
+        make("Transpose", ["a5"], ["t1"], perm=[0, 2, 3, 1]),
+        make("Clip", ["t1", "low", "high"], ["t2"]),
+        make("Transpose", ["t2"], ["t3"], perm=[0, 3, 1, 2]),
+        make("ConvTranspose", ["t3", "ct", "ctb"], ["u"], name="ct", strides=[2, 2]),
+        make("Dropout", ["u"], ["u2"]),
+        make("Conv", ["u2", "c2"], ["v"], name="c2"),
+        make("InstanceNormalization", ["v", "in_scale", "in_bias"], ["v2"]),
+        make("ReduceMean", ["v2"], ["m"], axes=[2, 3], keepdims=1),
+        make("Squeeze", ["m", "squeeze"], ["m2"]),
+        make("Flatten", ["m2"], ["m3"]),
+        make("Gemm", ["m3", "fc", "fcb"], ["y"], name="fc"),
+    ]
+    model = _model(nodes, [_input("x", ["N", 3, 6, 6])], [_input("y", ["N", 4])], weights)
+    planted = _plant_dead_channels(model)
+    assert planted == {"input:x": 2, "c1": 2, "ct": 2, "c2": 2}
+    result = _eliminate(model, {"x": _randn(rng, 2, 3, 6, 6)})
+    assert result.removed == planted
+    assert _weight(model, "scale") == (1, 6, 1, 1) and _weight(model, "slope") == (6, 1, 1)
+    assert _weight(model, "ct") == (6, 3, 2, 2) and _weight(model, "in_bias") == (4,)
 
 
 def _export(net, example) -> ir.Model:

@@ -562,25 +562,17 @@ def test_clean_up_is_idempotent_on_unnamed_nodes(mlp_model):
     assert once == twice
 
 
-@pytest.mark.xfail(strict=True, reason="same cause as test_clean_up_leaves_nodes_unnamed: node names "
-                   "are regenerated with a counter that keeps counting (node_Gemm_0 -> node_Gemm_3)")
 def test_clean_up_is_idempotent(decorated_proto):
     once = to_proto(clean_up(deserialize(decorated_proto))).SerializeToString()
     twice = to_proto(clean_up(clean_up(deserialize(decorated_proto)))).SerializeToString()
     assert once == twice
 
 
-@pytest.mark.xfail(strict=True, reason="clean_up runs TopologicalSortPass after ShortenNamesPass has "
-                   "cleared node names; onnx_ir's name authority then names every node "
-                   "'node_<OpType>_<i>' again (~16 B per node in every compressed file)")
 def test_clean_up_leaves_nodes_unnamed(decorated_proto):
     proto = to_proto(clean_up(deserialize(decorated_proto)))
     assert [node.name for node in proto.graph.node] == ["", "", ""]
 
 
-@pytest.mark.xfail(strict=True, reason="ShortenNamesPass.call sets modified=True for every internal "
-                   "name it reassigns, even when the new name equals the old one, so a second run on "
-                   "an already-shortened model reports modified=True")
 def test_shorten_names_second_run_not_modified(decorated_proto):
     model = clean_up(deserialize(decorated_proto))
     assert not ShortenNamesPass()(model).modified

@@ -37,6 +37,7 @@ from onnxcomp.channels import (
     segment_offsets,
 )
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.passes._stats import StatsPassResult
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ class LayerChange:
 
 
 @dataclasses.dataclass
-class EliminateNeuronsResult(ir.passes.PassResult):
-    """What the pass removed.
+class EliminateNeuronsResult(StatsPassResult):
+    """What the pass removed; ``rows`` has one row per weight layer that shrank.
 
     Attributes:
         removed: Channels removed per group name.
@@ -81,6 +82,13 @@ class EliminateNeuronsResult(ir.passes.PassResult):
     @property
     def neurons_removed(self) -> int:
         return sum(self.removed.values())
+
+    def summary(self) -> str:
+        return (
+            f"{self.neurons_removed} channels removed in {len(self.removed)} groups, "
+            f"{len(self.blocked)} groups blocked; parameters {self.params_before} -> "
+            f"{self.params_after}"
+        )
 
 
 class EliminateNeuronsPass(ir.passes.InPlacePass):
@@ -116,6 +124,8 @@ class EliminateNeuronsPass(ir.passes.InPlacePass):
             raise OnnxcompError(f"select must be 'dead' or 'norm', not {select!r}")
         if threshold < 0:
             raise OnnxcompError(f"threshold must be >= 0, not {threshold}")
+        if max_rounds < 1:
+            raise OnnxcompError(f"max_rounds must be >= 1, not {max_rounds}")
         self.keep = dict(keep) if keep is not None else None
         self.select = select
         self.threshold = threshold if select == "norm" else 0.0
@@ -157,6 +167,11 @@ class EliminateNeuronsPass(ir.passes.InPlacePass):
             LayerChange(name, op_type, tensor, before, shapes_after[name][2])
             for name, (op_type, tensor, before) in shapes_before.items()
             if name in shapes_after and shapes_after[name][2] != before
+        ]
+        result.rows = [
+            {"name": c.tensor, "node": c.node, "op_type": c.op_type, "before": list(c.before),
+             "after": list(c.after)}
+            for c in result.layers
         ]
         result.params_after = _parameter_count(model)
         if removed:

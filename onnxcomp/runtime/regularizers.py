@@ -159,14 +159,29 @@ class GaussianMixturePrior(Regularizer):
             axis=0,
         )
         precision = graph.op("Exp", graph.scale(log_variances, -1.0))
-        # log(pi_j N(w | mu_j, var_j)) = log pi_j - log(var_j)/2 - log(2 pi)/2 - (w - mu_j)^2 / (2 var_j)
-        offset = graph.op(
-            "Sub", log_mixing, graph.scale(graph.op("Add", log_variances, graph.scalar(math.log(2 * math.pi))), 0.5)
+        # log(pi_j N(w | mu_j, var_j)) = log pi_j - log(2 pi var_j)/2 - (w - mu_j)^2 / (2 var_j)
+        #   = c_j + w * (prec_j mu_j) + w^2 * (-prec_j / 2),  c_j = log pi_j - log(2 pi var_j)/2 - prec_j mu_j^2 / 2
+        # One Gemm [w, w^2] x [2, J] (+ c) builds the [N, J] table: far fewer passes over it than
+        # broadcasting Sub/Mul, whose ORT gradients each add a reduction over N.
+        scaled_means = graph.op("Mul", precision, all_means)
+        constant = graph.op(
+            "Sub",
+            log_mixing,
+            graph.scale(
+                graph.op(
+                    "Add",
+                    graph.op("Add", log_variances, graph.scalar(math.log(2 * math.pi))),
+                    graph.op("Mul", scaled_means, all_means),
+                ),
+                0.5,
+            ),
+        )
+        coefficients = graph.op(
+            "Concat", graph.unsqueeze(scaled_means, [0]), graph.unsqueeze(graph.scale(precision, -0.5), [0]), axis=0
         )
         weights = graph.unsqueeze(graph.concat_flat([inputs.weights[n] for n in names]), [1])
-        difference = graph.op("Sub", weights, all_means)
-        squared = graph.op("Mul", graph.op("Mul", difference, difference), precision)
-        joint = graph.op("Sub", offset, graph.scale(squared, 0.5))
+        powers = graph.op("Concat", weights, graph.op("Mul", weights, weights), axis=1)
+        joint = graph.op("Gemm", powers, coefficients, constant)
         # keepdims: ORT 1.19's ReduceLogSumExp gradient emits an invalid Unsqueeze without it.
         log_prior = graph.reduce("ReduceSum", graph.reduce("ReduceLogSumExp", joint, axes=[1], keepdims=True))
 
