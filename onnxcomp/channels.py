@@ -376,7 +376,14 @@ class _Tracer:
         for value in self.graph.inputs:
             self.start_input(value)
         for node in self.graph:
-            self.visit(node)
+            try:
+                self.visit(node)
+            except Exception as error:  # an odd node must not make the analysis unsound
+                logger.debug("Could not analyze %s", node, exc_info=True)
+                for value in [*node.inputs, *node.outputs]:
+                    if value in self.tracked:
+                        self.block(self.tracked[value].layout,
+                                   f"could not analyze {self.name(node)}: {error}")
             self.visited.add(node)
         for value, tracked in self.tracked.items():
             for use in value.uses():

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnxcomp.errors import OnnxcompError  # noqa: E402
 from onnxcomp.runtime import training_graph  # noqa: E402
 from onnxcomp.runtime.training import (  # noqa: E402
+    L2,
     ADMMPenalty,
     GaussianMixturePrior,
     TrainConfig,
@@ -126,6 +127,43 @@ def test_training_graph_routes_every_use_through_mask_and_codebook():
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "onnxcomp_batch"
     assert model.ir_version == 10 and "MatMul_0" in {n.name for n in model.graph.node}
     assert proto.graph.node[0].name == ""  # the input model is untouched
+
+
+def test_penalties_match_their_formulas():
+    """The in-graph penalties, read off the forward training graph, against numpy."""
+    import onnxruntime
+
+    model = make_mlp()
+    x, y = blobs(32, seed=0)
+    weights = initializers(model)
+
+    def penalty(regularizers) -> float:
+        losses = []
+        for extra in ([], regularizers):
+            graph = training_graph.build_training_graph(
+                model, ["W1", "W2"], training_graph.LossSpec(hard_weight=1.0, soft_weight=0.0), num_classes=10,
+                masks={}, codebooks={}, regularizers=extra, num_samples=100,
+            )  # fmt: skip
+            session = onnxruntime.InferenceSession(graph.model.SerializeToString(), providers=["CPUExecutionProvider"])
+            losses.append(float(session.run(None, {"x": x, "onnxcomp_labels": y})[0]))
+        return losses[1] - losses[0]
+
+    w = np.concatenate([weights["W1"].ravel(), weights["W2"].ravel()]).astype(np.float64)
+    components = 5
+    means = np.concatenate([[0.0], np.linspace(w.min(), w.max(), components - 1)])
+    log_variances = np.full(components, 2 * np.log((w.max() - w.min()) / (components - 1)))
+    log_mixing = np.log([0.999] + [0.001 / (components - 1)] * (components - 1))
+    squared = (w[:, None] - means) ** 2 / np.exp(log_variances)
+    joint = log_mixing - 0.5 * (log_variances + np.log(2 * np.pi)) - 0.5 * squared
+    alpha, beta = np.array([5e3] + [250.0] * 4), np.array([2.0] + [0.1] * 4)
+    hyper_prior = np.sum((alpha - 1) * log_variances + beta * np.exp(-log_variances))
+    expected = 2.0 / 100 * (hyper_prior - np.logaddexp.reduce(joint, axis=1).sum())
+    gmm = GaussianMixturePrior(num_components=components, tau=2.0)
+    assert penalty([gmm]) == pytest.approx(expected, rel=1e-5)
+    assert penalty([L2(0.5)]) == pytest.approx(0.25 * np.sum(w**2), rel=1e-5)
+    target = np.full((FEATURES, HIDDEN), 0.1, np.float32)
+    admm = ADMMPenalty({"W1": target}, rho=3.0)
+    assert penalty([admm]) == pytest.approx(1.5 * np.sum((weights["W1"] - target) ** 2), rel=1e-5)
 
 
 def test_training_lowers_loss_and_raises_accuracy(data, trained):

@@ -299,7 +299,11 @@ def _channel_constants(
             elif origin is not None:
                 vector = np.full(origin.size, np.nan)
             else:
-                vector = _node_constants(node, tracked, consts, analysis)
+                try:
+                    vector = _node_constants(node, tracked, consts, analysis)
+                except (ValueError, IndexError, TypeError):  # unknown is always safe
+                    logger.debug("No channel constants for %s", node, exc_info=True)
+                    vector = np.full(layout_units(tracked.layout), np.nan)
         for output in outputs:
             consts[output] = vector
     return consts
@@ -572,7 +576,12 @@ class _Namer:
 def _write(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, namer: _Namer) -> None:
     """Give input ``index`` of ``node`` a new constant; copies a constant that is shared."""
     value = node.inputs[index] if index < len(node.inputs) else None
-    if value is not None and value.is_initializer() and len(value.uses()) == 1:
+    if (
+        value is not None
+        and value.is_initializer()
+        and not value.is_graph_output()
+        and len(value.uses()) == 1
+    ):
         value.const_value = ir.tensor(array, name=value.name)
         value.shape = ir.Shape(array.shape)
         return

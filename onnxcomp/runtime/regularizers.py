@@ -145,8 +145,7 @@ class GaussianMixturePrior(Regularizer):
         initial = np.concatenate([inputs.initial[n].ravel() for n in names])
         low, high = float(initial.min()), float(initial.max())
         components = self.num_components
-        spacing = max((high - low) / (components - 1), 1e-3)
-        init_std = self.init_std if self.init_std is not None else spacing
+        init_std = self.init_std or max((high - low) / (components - 1), 1e-3)
         means = self._parameter(graph, "means", np.linspace(low, high, components - 1))
         log_variances = self._parameter(graph, "log_variances", np.full(components, 2 * math.log(init_std)))
         logits = self._parameter(graph, "logits", np.zeros(components - 1))
@@ -159,36 +158,15 @@ class GaussianMixturePrior(Regularizer):
             axis=0,
         )
         precision = graph.op("Exp", graph.scale(log_variances, -1.0))
-        # log(pi_j N(w | mu_j, var_j)) = log pi_j - log(2 pi var_j)/2 - (w - mu_j)^2 / (2 var_j)
-        #   = c_j + w * (prec_j mu_j) + w^2 * (-prec_j / 2),  c_j = log pi_j - log(2 pi var_j)/2 - prec_j mu_j^2 / 2
-        # One Gemm [w, w^2] x [2, J] (+ c) builds the [N, J] table: far fewer passes over it than
-        # broadcasting Sub/Mul, whose ORT gradients each add a reduction over N.
-        scaled_means = graph.op("Mul", precision, all_means)
-        constant = graph.op(
-            "Sub",
-            log_mixing,
-            graph.scale(
-                graph.op(
-                    "Add",
-                    graph.op("Add", log_variances, graph.scalar(math.log(2 * math.pi))),
-                    graph.op("Mul", scaled_means, all_means),
-                ),
-                0.5,
-            ),
-        )
-        coefficients = graph.op(
-            "Concat", graph.unsqueeze(scaled_means, [0]), graph.unsqueeze(graph.scale(precision, -0.5), [0]), axis=0
-        )
         weights = graph.unsqueeze(graph.concat_flat([inputs.weights[n] for n in names]), [1])
-        powers = graph.op("Concat", weights, graph.op("Mul", weights, weights), axis=1)
-        joint = graph.op("Gemm", powers, coefficients, constant)
+        joint = _log_joint(graph, weights, initial.size, all_means, log_variances, precision, log_mixing)
         # keepdims: ORT 1.19's ReduceLogSumExp gradient emits an invalid Unsqueeze without it.
         log_prior = graph.reduce("ReduceSum", graph.reduce("ReduceLogSumExp", joint, axes=[1], keepdims=True))
 
         # Gamma(alpha, beta) on each precision: -log p = (1 - alpha) log(prec) + beta prec + const
         alpha = np.array([self.zero_gamma[0]] + [self.gamma[0]] * (components - 1), np.float32)
         beta = np.array([self.zero_gamma[1]] + [self.gamma[1]] * (components - 1), np.float32)
-        hyper = graph.reduce(
+        hyper_prior = graph.reduce(
             "ReduceSum",
             graph.op(
                 "Add",
@@ -196,8 +174,7 @@ class GaussianMixturePrior(Regularizer):
                 graph.op("Mul", precision, graph.constant(beta, "gmm_gamma_beta")),
             ),
         )
-        negative_log_prior = graph.op("Sub", hyper, log_prior)
-        return graph.scale(negative_log_prior, self.tau / inputs.num_samples)
+        return graph.scale(graph.op("Sub", hyper_prior, log_prior), self.tau / inputs.num_samples)
 
     def report(self, parameters: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = {key: np.asarray(parameters[key], np.float64) * self.lr_scale[key] for key in parameters}
@@ -210,6 +187,36 @@ class GaussianMixturePrior(Regularizer):
                 [[math.log(self.pi_zero)], math.log1p(-self.pi_zero) + log_softmax]
             ).astype(np.float32),
         }
+
+
+def _log_joint(graph: GraphBuilder, weights: ir.Value, count: int, means: ir.Value, log_variances: ir.Value,
+               precision: ir.Value, log_mixing: ir.Value) -> ir.Value:
+    """The [count, J] table of log(pi_j N(w_i | mu_j, var_j)) for weights [count, 1].
+
+    log(pi_j N(w | mu_j, var_j)) = [1, w, w^2] . [c_j, prec_j mu_j, -prec_j / 2] with
+    c_j = log pi_j - log(2 pi var_j) / 2 - prec_j mu_j^2 / 2: one MatMul builds the table, far
+    fewer passes over it (forward and backward) than broadcasting Sub/Mul, whose ORT gradients
+    each add a slow reduction over all weights.
+    """
+    scaled_means = graph.op("Mul", precision, means)
+    log_normaliser = graph.op("Add", log_variances, graph.scalar(math.log(2 * math.pi)))
+    constant = graph.op(
+        "Sub", log_mixing, graph.scale(graph.op("Add", log_normaliser, graph.op("Mul", scaled_means, means)), 0.5)
+    )
+    coefficients = graph.op(
+        "Concat",
+        graph.unsqueeze(constant, [0]),
+        graph.unsqueeze(scaled_means, [0]),
+        graph.unsqueeze(graph.scale(precision, -0.5), [0]),
+        axis=0,
+    )
+    ones = graph.op(
+        "ConstantOfShape",
+        graph.constant(np.array([count, 1], np.int64), "gmm_shape"),
+        value=ir.tensor(np.ones(1, np.float32)),
+    )
+    powers = graph.op("Concat", ones, weights, graph.op("Mul", weights, weights), axis=1)
+    return graph.op("MatMul", powers, coefficients)
 
 
 def snap_to_mixture(
