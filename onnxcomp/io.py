@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit: larger models keep weights in external data
 # Saved IR version: ONNX Runtime 1.19 loads IR <= 10; onnx >= 1.23 writes 11+ by default.
 MAX_IR_VERSION = 10
+# External data below this is read into memory at load; larger models stay memory-mapped.
+IN_MEMORY_EXTERNAL_BYTES = 1 << 30
 
 
 def _external_tensors(proto: onnx.ModelProto):
@@ -66,7 +68,9 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise OnnxcompError(f"{path}: not an ONNX model (no graph nodes found)")
     check_external_data(proto, path.parent)
     try:
-        onnx.checker.check_model(proto)
+        # Checking by path resolves external data relative to the model's folder (and has no
+        # 2 GB protobuf limit); checking the in-memory proto would resolve it against the cwd.
+        onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as error:
         raise OnnxcompError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
     except Exception as error:
@@ -76,6 +80,11 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except Exception as error:
         raise OnnxcompError(f"{path}: cannot import the graph ({type(error).__name__}: {_first_line(error)})") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
+    external = sum(int({e.key: e.value for e in t.external_data}.get("length", 0) or 0) for t in _external_tensors(proto))
+    if external and external < IN_MEMORY_EXTERNAL_BYTES:
+        # Every later step (ONNX Runtime sessions built from protos, serialization) then sees
+        # ordinary tensors; the input's data file is only read.
+        ir.external_data.load_to_model(model)
     return model
 
 

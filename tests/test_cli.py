@@ -191,7 +191,8 @@ def test_sizes_met_across_targets(tmp_path):
     smallest = unreachable.value.smallest_bytes
     assert 5_000 < smallest < input_bytes / 20
     assert not (tmp_path / "floor.onnx").exists()
-    targets = np.geomspace(smallest * 1.01, input_bytes, 8).astype(int).tolist() + [input_bytes * 2]
+    # The reported smallest size itself must be accepted, then up to and beyond the input size.
+    targets = [smallest, *np.geomspace(smallest, input_bytes, 8)[1:].astype(int).tolist(), input_bytes * 2]
     sizes = []
     for index, target in enumerate(targets):
         output = tmp_path / f"out{index}.onnx"
@@ -207,14 +208,6 @@ def test_sizes_met_across_targets(tmp_path):
     for index in (0, len(targets) - 1):
         (logits,) = run(str(tmp_path / f"out{index}.onnx"), {"input": images})
         assert logits.shape == (3, 10)
-
-
-def test_reported_smallest_size_is_reachable(tmp_path):
-    with pytest.raises(TargetUnreachableError) as unreachable:
-        compress_file(LENET300, tmp_path / "a.onnx", CompressOptions(target_bytes=5_000, sensitivity=False))
-    smallest = unreachable.value.smallest_bytes
-    report = compress_file(LENET300, tmp_path / "b.onnx", CompressOptions(target_bytes=smallest, sensitivity=False))
-    assert report["output_bytes"] <= smallest
 
 
 def test_target_below_smallest_exits_3_with_smallest_size(tmp_path):
@@ -426,3 +419,42 @@ def test_bad_data_in_a_real_process(tmp_path):
     data = _write_data(tmp_path / "data.npz", input=np.full((24, 1, 28, 28), np.nan, np.float32))
     result = onnxcomp("compress", LENET300, "--target-size", "100KB", "-o", tmp_path / "o.onnx", "--data", data, "-q")
     assert_clean_failure(result, "nan")
+
+
+def _external_data_model(folder: Path) -> Path:
+    """A 128->256->8 MLP (~130 KB of weights) saved with its weights in big.data beside it."""
+    folder.mkdir()
+    proto = onnx.parser.parse_model(MLP_TEXT.replace("[N, 16] x", "[N, 128] x"))
+    rng = np.random.default_rng(3)
+    for name, shape in {"w1": (128, 256), "b1": (256,), "w2": (256, 8)}.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
+    path = folder / "big.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="big.data", size_threshold=0)
+    return path
+
+
+def test_external_data_model_compresses_to_a_self_contained_file(tmp_path, cli):
+    path = _external_data_model(tmp_path / "model")
+    assert Path.cwd().resolve() != path.parent.resolve()
+    output = tmp_path / "out" / "small.onnx"
+    output.parent.mkdir()
+    report_path = tmp_path / "r.json"
+    result = cli("compress", path, "--target-size", "40KB", "-o", output, "--report", report_path, "-q")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["input_bytes"] == path.stat().st_size + (path.parent / "big.data").stat().st_size
+    assert report["output_bytes"] == output.stat().st_size <= 40_000
+    assert sorted(p.name for p in output.parent.iterdir()) == ["small.onnx"]
+    proto = onnx.load(str(output), load_external_data=False)
+    assert not [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert any(row["encoding"] != "dense" for row in report["layers"])
+    (logits,) = run(str(output), {"x": np.ones((2, 128), np.float32)})
+    assert logits.shape == (2, 8)
+
+
+def test_inspect_external_data_model(tmp_path, cli):
+    path = _external_data_model(tmp_path / "model")
+    result = cli("inspect", path)
+    assert result.returncode == 0, result.stderr
+    assert "128x256" in result.stdout and "dense" in result.stdout

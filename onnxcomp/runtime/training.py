@@ -62,8 +62,8 @@ class TrainConfig:
         max_steps: stop after this many optimizer steps in total.
         log: called with one progress line per epoch.
         restore_best: return the weights of the epoch with the best held-out metric. None:
-            yes, unless a regularizer is given (its effect is not in the metric, so the last
-            epoch's weights are returned).
+            yes, unless ``regularizer`` is given (a prior or ADMM target trades held-out
+            accuracy for structure, so the last epoch's weights are returned).
         eval_batch_size: samples per held-out evaluation run.
     """
 
@@ -174,7 +174,11 @@ def finetune(
     if not trainable:
         raise OnnxcompError("finetune needs at least one trainable weight")
     masks, codebooks = dict(masks or {}), dict(codebooks or {})
-    regularizers = _regularizers(regularizer, config)
+    regularizers = _regularizers(regularizer)
+    # Prior-driven runs trade held-out accuracy for structure: keep their last epoch.
+    restore_best = not regularizers if config.restore_best is None else config.restore_best
+    if config.weight_decay > 0:
+        regularizers.append(L2(config.weight_decay))
 
     dtypes = training_data.feature_dtypes(model)
     features = training_data.check_inputs(inputs, dtypes, "inputs")
@@ -199,23 +203,19 @@ def finetune(
     )  # fmt: skip
     targets = {training_graph.LABELS_INPUT: labels, training_graph.SOFT_TARGETS_INPUT: soft_targets}
     arrays = [features[n] for n in graph.feature_inputs] + [targets[n] for n in graph.target_inputs]
-    # Prior-driven runs trade held-out accuracy for structure: keep their last epoch.
-    restore_best = not regularizers if config.restore_best is None else config.restore_best
     with tempfile.TemporaryDirectory(prefix="onnxcomp-train-") as directory:
         session = training_loop.TrainingSession(graph, directory)
         run = training_loop.train(session, graph, arrays, evaluation, classes, config, restore_best)
     return _result(run, graph, masks, codebooks, regularizers)
 
 
-def _regularizers(regularizer, config: TrainConfig) -> list[Regularizer]:
+def _regularizers(regularizer: Regularizer | Sequence[Regularizer] | None) -> list[Regularizer]:
     if regularizer is None:
-        regularizers = []
-    elif isinstance(regularizer, Regularizer):
-        regularizers = [regularizer]
-    else:
-        regularizers = list(regularizer)
-    if config.weight_decay > 0:
-        regularizers.append(L2(config.weight_decay))
+        return []
+    regularizers = [regularizer] if isinstance(regularizer, Regularizer) else list(regularizer)
+    wrong = [r for r in regularizers if not isinstance(r, Regularizer)]
+    if wrong:
+        raise OnnxcompError(f"regularizer must be Regularizer instances, got {type(wrong[0]).__name__}")
     return regularizers
 
 
