@@ -480,8 +480,7 @@ def test_lookup_raises_opset_to_decode_opset(rng):
 
 def test_mlp_full_encode_and_clean_up_matches_clustered(rng):
     arrays_in = {"w1": rng.standard_normal((16, 300)), "b1": rng.standard_normal(300), "w2": rng.standard_normal((300, 8))}
-    text = MLP_TEXT.replace("float[N, 8] y", "float[N, 8] y").replace("mlp", "wide")
-    reference = build_model(text, {k: v.astype(np.float32) for k, v in arrays_in.items()})
+    reference = build_model(MLP_TEXT, {k: v.astype(np.float32) for k, v in arrays_in.items()})
     PruneWeightsPass(sparsity={"w1": 0.95, "w2": 0.3})(reference)
     ClusterWeightsPass(bits={"w1": 4, "w2": 5, "b1": 3})(reference)
     model = reference.clone()
