@@ -166,9 +166,10 @@ def _evaluate(values: list[ir.Value], model: ir.Model) -> dict[str, np.ndarray]:
 
     full = ir.serde.serialize_model(model)
     wanted_outputs = {v.name for v in values}
+    decode_outputs = {output.name for node in nodes.values() for output in node.outputs}
     keep = []
     for node_proto in full.graph.node:
-        if any(o in {o2.name for n in nodes.values() for o2 in n.outputs} for o in node_proto.output):
+        if any(o in decode_outputs for o in node_proto.output):
             keep.append(node_proto)
     proto = onnx.helper.make_model(
         onnx.helper.make_graph(keep, "decode", [], [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in wanted_outputs],

@@ -15,7 +15,7 @@ import onnx_ir as ir
 from onnxcomp.allocate import LayerOptions
 from onnxcomp.io import to_proto
 from onnxcomp.quantize import apply_quantization
-from onnxcomp.runtime.inference import run_batches, session
+from onnxcomp.runtime.inference import session
 from onnxcomp.verify import output_distortion
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,6 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
     for tensor in moved:
         proto.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     sess = session(proto)
-    base_feed = dict(inputs)
-    base_feed.update(values)
     reference = run_batches_with_weights(sess, inputs, values, batch_size)
     sensitivities: dict[str, float] = {}
     for index, layer in enumerate(layers):
@@ -79,7 +77,7 @@ def _probe(layer: LayerOptions):
     return min(lossy, key=lambda c: abs(c.bytes - target))
 
 
-__all__ = ["measure_sensitivity", "run_batches"]
+__all__ = ["activation_importance", "measure_sensitivity"]
 
 
 def _activation_axis(node: ir.Node, weight: ir.Value):
