@@ -16,16 +16,45 @@ from onnxscript.rewriter.rules.common import (
     fuse_batchnorm_into_gemm_rule,
 )
 
+from onnxcomp.weights import check_finite, find_weights
+
 logger = logging.getLogger(__name__)
 
 BATCHNORM_RULES = [fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule, fuse_batchnorm_into_gemm_rule]
 
 
+MIN_OPSET = 11  # decode subgraphs need BitShift (opset 11)
+
+
+def upgrade_opset(model: ir.Model) -> ir.Model:
+    """Convert a model below opset 11 up to 11 (in place), if the converters can; otherwise
+    leave it as it is for the caller to refuse."""
+    version = model.opset_imports.get("")
+    if version is None or version >= MIN_OPSET:
+        return model
+    from onnxscript import version_converter
+
+    converter_logger = logging.getLogger("onnxscript.version_converter")
+    level = converter_logger.level
+    converter_logger.setLevel(logging.ERROR)  # it warns when falling back to onnx's C++ converter
+    try:
+        version_converter.convert_version(model, MIN_OPSET, fallback=True)
+    except Exception as error:  # the converters raise assorted errors for unsupported ops
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        logger.warning("could not convert the model from opset %s to %s: %s", version, MIN_OPSET, reason)
+        model.opset_imports[""] = version
+    finally:
+        converter_logger.setLevel(level)
+    return model
+
+
 def canonicalize(model: ir.Model) -> ir.Model:
-    """Inline functions, lift Constant-node weights (subgraphs too) to main-graph initializers,
-    fold BatchNormalization into the preceding Conv/Gemm where exact, de-duplicate
-    initializers and drop unused nodes. Graph inputs and outputs keep their names and types.
+    """Convert opsets below 11 up, inline functions, lift Constant-node weights (subgraphs
+    too) to main-graph initializers, fold BatchNormalization into the preceding Conv/Gemm where
+    exact, de-duplicate initializers and drop unused nodes. Graph inputs and outputs keep their names and types.
+    Raises OnnxcompError if a weight holds NaN or infinity.
     """
+    model = upgrade_opset(model)
     pipeline = ir.passes.Sequential(
         common.InlinePass(),
         common.RemoveUnusedFunctionsPass(),
@@ -37,4 +66,5 @@ def canonicalize(model: ir.Model) -> ir.Model:
     )
     model = pipeline(model).model
     model = rewriter.rewrite(model, pattern_rewrite_rules=BATCHNORM_RULES)
+    check_finite(find_weights(model))
     return model

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 LABELS = "labels"
 DEFAULT_DYNAMIC_DIM = 1
+MAX_GENERATED_BYTES = 256 << 20  # generated inputs, all samples together
 
 
 @dataclasses.dataclass
@@ -26,11 +27,27 @@ class Samples:
 
     @property
     def count(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return sample_count(self.inputs)
 
     def head(self, count: int) -> "Samples":
         labels = None if self.labels is None else self.labels[:count]
-        return Samples({k: v[:count] for k, v in self.inputs.items()}, labels, self.generated)
+        return Samples(batch(self.inputs, 0, count), labels, self.generated)
+
+    def take(self, indices: np.ndarray) -> "Samples":
+        labels = None if self.labels is None else self.labels[indices]
+        return Samples({k: v[indices] if v.ndim else v for k, v in self.inputs.items()}, labels, self.generated)
+
+
+def sample_count(inputs: dict[str, np.ndarray]) -> int:
+    """Samples along the first axis. Rank-0 inputs (flags such as an If condition) have no
+    sample axis: the one value is fed with every batch."""
+    counts = [len(v) for v in inputs.values() if np.ndim(v)]
+    return counts[0] if counts else 1
+
+
+def batch(inputs: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Samples [start, stop) of every input; rank-0 inputs are passed whole."""
+    return {k: v[start:stop] if np.ndim(v) else v for k, v in inputs.items()}
 
 
 def _numpy_dtype(value: ir.Value) -> np.dtype:
@@ -79,6 +96,9 @@ def load_samples(path: str | Path, model: ir.Model) -> Samples:
                     )
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
             raise OnnxcompError(f"data file {path}: array {value.name!r} contains NaN or inf")
+        if array.ndim == 0:  # a per-run scalar (e.g. a flag): no sample axis
+            inputs[value.name] = array
+            continue
         if count is not None and len(array) != count:
             raise OnnxcompError(f"data file {path}: inputs have different sample counts ({count} vs {len(array)})")
         count = len(array)
@@ -105,13 +125,24 @@ def generate_samples(model: ir.Model, count: int = 64, seed: int = 0) -> Samples
     '*mask*' are all ones, so generated inputs stay valid for embedding lookups.
     """
     rng = np.random.default_rng(seed)
-    inputs = {}
+    specs = []
     for value in model.graph.inputs:
-        dtype = _numpy_dtype(value)
+        dtype = _generated_dtype(value)
         shape = value.shape
         if shape is None:
             raise OnnxcompError(f"model input {value.name!r} has no shape; pass --data with sample inputs")
-        dims = [count] + [d if isinstance(d, int) else 16 for d in list(shape)[1:]] if len(shape) else []
+        rest = [d if isinstance(d, int) else 16 for d in list(shape)[1:]]
+        if any(isinstance(d, int) and d < 0 for d in shape):
+            raise OnnxcompError(f"model input {value.name!r} declares a negative dimension {_shape_text(shape)}")
+        specs.append((value, dtype, len(shape), rest))
+    # Declared shapes come from the file: cap what they make us allocate (fewer samples first).
+    per_sample = sum(dtype.itemsize * int(np.prod(rest, dtype=np.float64)) for _, dtype, rank, rest in specs if rank)
+    if per_sample > MAX_GENERATED_BYTES:
+        raise OnnxcompError(f"model inputs declare {per_sample:.3g} bytes per sample, too large to generate test inputs; pass --data with sample inputs")
+    count = max(1, min(count, MAX_GENERATED_BYTES // max(int(per_sample), 1)))
+    inputs = {}
+    for value, dtype, rank, rest in specs:
+        dims = [count] + rest if rank else []
         if dtype.kind == "f":
             array = rng.standard_normal(dims).astype(dtype)
         elif dtype.kind == "b":
@@ -122,6 +153,16 @@ def generate_samples(model: ir.Model, count: int = 64, seed: int = 0) -> Samples
             array = rng.integers(0, _integer_bound(model, value), size=dims).astype(dtype)
         inputs[value.name] = array
     return Samples(inputs, None, generated=True)
+
+
+def _generated_dtype(value: ir.Value) -> np.dtype:
+    try:
+        dtype = np.dtype(_numpy_dtype(value))
+    except Exception:  # no type, or a type numpy cannot hold (e.g. 4-bit, sequence, optional)
+        dtype = None
+    if dtype is None or dtype.kind not in "fiub":
+        raise OnnxcompError(f"model input {value.name!r} has type {value.type}; onnxcomp can only generate numeric tensors, pass --data with sample inputs")
+    return dtype
 
 
 def _integer_bound(model: ir.Model, value: ir.Value) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,12 +30,27 @@ def _external_tensors(proto: onnx.ModelProto):
             yield tensor
 
 
+def _external_number(tensor: onnx.TensorProto, info: dict[str, str], key: str) -> int | None:
+    text = info.get(key)
+    if text is None or text == "":
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise OnnxcompError(f"tensor {tensor.name!r}: external data {key} {text!r} is not a non-negative integer")
+    return number
+
+
 def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
     """Refuse external-data paths that leave the model's folder, or files that are missing/short."""
     root = base_dir.resolve()
     for tensor in _external_tensors(proto):
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
+        if "\0" in location:
+            raise OnnxcompError(f"tensor {tensor.name!r} has an invalid external data location {location!r}")
         target = (root / location).resolve()
         if not location or Path(location).is_absolute() or root not in target.parents:
             raise OnnxcompError(
@@ -42,9 +58,63 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
             )
         if not target.is_file():
             raise OnnxcompError(f"missing external data file {location!r} for tensor {tensor.name!r} (expected next to the model)")
-        needed = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        offset = _external_number(tensor, info, "offset") or 0
+        length = _external_number(tensor, info, "length")
+        expected = _tensor_bytes(tensor)
+        if length is not None and expected is not None and length != expected:
+            raise OnnxcompError(f"tensor {tensor.name!r}: external data length {length} B does not match its shape and type ({expected} B)")
+        needed = offset + (length if length is not None else expected or 0)
         if needed > target.stat().st_size:
             raise OnnxcompError(f"external data file {location!r} is too short for tensor {tensor.name!r}")
+
+
+# Sub-byte element types are packed; every other type's size is its numpy item size.
+_PACKED_BITS = {onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT4: 4, getattr(onnx.TensorProto, "FLOAT4E2M1", -4): 4,
+                getattr(onnx.TensorProto, "UINT2", -2): 2, getattr(onnx.TensorProto, "INT2", -3): 2}
+_KNOWN_TYPES = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes the tensor's shape and type call for (None where the type has no fixed size)."""
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    if tensor.data_type in _PACKED_BITS:
+        return (count * _PACKED_BITS[tensor.data_type] + 7) // 8
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:  # a type numpy cannot describe (e.g. 6-bit floats): not checked here
+        return None
+
+
+def check_tensors(proto: onnx.ModelProto) -> None:
+    """Every tensor (initializers, Constant attributes, subgraphs) has a known type, a valid
+    shape and as much data as its shape and type call for. The onnx checker leaves these to
+    the first reader of the data, which would fail half-way through compression."""
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):  # noqa: SLF001 - onnx's own walker
+        name = tensor.name or "<unnamed>"
+        if tensor.data_type not in _KNOWN_TYPES:
+            raise OnnxcompError(f"tensor {name!r} has an unknown data type {tensor.data_type}")
+        if any(dim < 0 for dim in tensor.dims):
+            raise OnnxcompError(f"tensor {name!r} has a negative dimension {list(tensor.dims)}")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # checked against the data file in check_external_data
+        expected = _tensor_bytes(tensor)
+        if tensor.HasField("raw_data"):
+            if expected is not None and len(tensor.raw_data) != expected:
+                raise OnnxcompError(
+                    f"tensor {name!r} holds {len(tensor.raw_data)} B of data, but its shape {list(tensor.dims)} and type "
+                    f"{onnx.TensorProto.DataType.Name(tensor.data_type)} need {expected} B"
+                )
+            continue
+        try:
+            array = onnx.numpy_helper.to_array(tensor)
+        except Exception as error:  # onnx raises assorted errors on inconsistent typed fields
+            raise OnnxcompError(f"tensor {name!r} has data that does not match its shape and type ({_first_line(error)})") from None
+        if tensor.data_type != onnx.TensorProto.STRING and array.size != math.prod(tensor.dims):
+            raise OnnxcompError(f"tensor {name!r} has {array.size} values, but its shape {list(tensor.dims)} needs {math.prod(tensor.dims)}")
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
@@ -66,6 +136,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise OnnxcompError(f"{path}: not a readable ONNX model ({type(error).__name__}: {_first_line(error)})") from None
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise OnnxcompError(f"{path}: not an ONNX model (no graph nodes found)")
+    check_tensors(proto)
     check_external_data(proto, path.parent)
     try:
         # Checking by path resolves external data relative to the model's folder (and has no

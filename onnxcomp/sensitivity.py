@@ -13,6 +13,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp.allocate import LayerOptions
+from onnxcomp.data import batch, sample_count
 from onnxcomp.io import to_proto
 from onnxcomp.quantize import apply_quantization
 from onnxcomp.runtime.inference import session
@@ -58,10 +59,10 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
 
 
 def run_batches_with_weights(sess, inputs, weights, batch_size):
-    count = len(next(iter(inputs.values())))
+    count = sample_count(inputs)
     feeds = []
-    for start in range(0, count, batch_size):
-        feed = {k: v[start : start + batch_size] for k, v in inputs.items()}
+    for start in range(0, count, max(batch_size, 1)):
+        feed = batch(inputs, start, start + max(batch_size, 1))
         feed.update(weights)
         feeds.append(feed)
     names = [o.name for o in sess.get_outputs()]
@@ -127,9 +128,9 @@ def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     axis_of = {a.name: axis for a, axis, _ in wanted.values()}
-    count = len(next(iter(inputs.values())))
-    for start in range(0, count, batch_size):
-        feed = {k: v[start : start + batch_size] for k, v in inputs.items()}
+    count = sample_count(inputs)
+    for start in range(0, count, max(batch_size, 1)):
+        feed = batch(inputs, start, start + max(batch_size, 1))
         results = dict(zip(output_names, sess.run(output_names, feed))) if output_names else {}
         results.update({n: feed[n] for n in names if n in feed})
         for name in names:

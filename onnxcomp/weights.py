@@ -57,18 +57,56 @@ class Weight:
         return self.value.const_value.numpy()  # type: ignore[union-attr]
 
 
+# Layout-only ops exporters put between a weight and its consumer (e.g. a tied embedding read
+# through Transpose). A weight read through them keeps its role; the decoded tensor feeds them
+# just as the initializer did, and ONNX Runtime folds them at load.
+PASS_THROUGH_OPS = {"Transpose", "Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+FLOAT_CAST_TARGETS = {int(ir.DataType.FLOAT), int(ir.DataType.FLOAT16), int(ir.DataType.BFLOAT16), int(ir.DataType.DOUBLE)}
+MAX_PASS_THROUGH_DEPTH = 4
+
+
 def _role(node: ir.Node, index: int) -> str | None:
     if node.domain not in ("", "ai.onnx"):
         return None
     return WEIGHT_SLOTS.get(node.op_type, {}).get(index)
 
 
+def _passes_through(node: ir.Node, index: int) -> bool:
+    if node.domain not in ("", "ai.onnx") or node.op_type not in PASS_THROUGH_OPS or index != 0 or len(node.outputs) != 1:
+        return False
+    if node.op_type == "Cast":
+        target = node.attributes.get("to")
+        return target is not None and int(target.value) in FLOAT_CAST_TARGETS
+    return True
+
+
+def _slot_uses(value: ir.Value, depth: int = 0) -> list[tuple[ir.Node, str]] | None:
+    """(consumer, role) for every use of a value, looking through layout-only ops; None when
+    some use is not a weight slot (or the value escapes as a graph output)."""
+    if depth and value.is_graph_output():
+        return None
+    found: list[tuple[ir.Node, str]] = []
+    for node, index in value.uses():
+        role = _role(node, index)
+        if role is not None:
+            found.append((node, role))
+            continue
+        if depth >= MAX_PASS_THROUGH_DEPTH or not _passes_through(node, index):
+            return None
+        below = _slot_uses(node.outputs[0], depth + 1)
+        if below is None:
+            return None
+        found.extend(below)
+    return found
+
+
 def find_weights(model: ir.Model) -> list[Weight]:
     """Float initializers of the main graph consumed in weight/bias slots of compute ops.
 
     A weight used anywhere else as well (e.g. also as a graph output, or in a non-weight slot)
-    keeps its role as long as every use is a recognised slot; otherwise it is left alone, since
-    the decoded tensor must be identical for every consumer anyway.
+    keeps its role as long as every use is a recognised slot, directly or through layout-only
+    ops (Transpose, Reshape, float Cast, ...); otherwise it is left alone, since the decoded
+    tensor must be identical for every consumer anyway.
     """
     found: list[Weight] = []
     for value in model.graph.initializers.values():
@@ -77,18 +115,11 @@ def find_weights(model: ir.Model) -> list[Weight]:
             continue
         if tensor.dtype not in FLOAT_TYPES:
             continue
-        roles: set[str] = set()
-        consumers: list[str] = []
-        unknown = False
-        for node, index in value.uses():
-            role = _role(node, index)
-            if role is None:
-                unknown = True
-                break
-            roles.add(role)
-            consumers.append(node.name or node.op_type)
-        if unknown or not roles:
+        uses = _slot_uses(value)
+        if not uses:
             continue
+        roles = {role for _, role in uses}
+        consumers = [node.name or node.op_type for node, _ in uses]
         role = "weight" if "weight" in roles else ("embedding" if "embedding" in roles else "bias")
         size = int(np.prod([int(d) for d in tensor.shape])) if len(tensor.shape) else 1
         if role == "embedding" and size < MIN_EMBEDDING_ELEMENTS:
@@ -97,3 +128,18 @@ def find_weights(model: ir.Model) -> list[Weight]:
             continue
         found.append(Weight(value, role, consumers))
     return found
+
+
+def check_finite(weights: list[Weight]) -> None:
+    """Refuse weights holding NaN or infinity: clustering and error measures are meaningless
+    for them, and such a model computes NaN already."""
+    from onnxcomp.errors import OnnxcompError
+
+    for weight in weights:
+        values = weight.numpy()
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            raise OnnxcompError(
+                f"weight {weight.name!r} ({'x'.join(map(str, weight.shape))}, used by {', '.join(weight.consumers)}) contains {bad} NaN or "
+                "infinite values; onnxcomp compresses only finite weights (fix or re-export the model)"
+            )

@@ -25,7 +25,9 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike, threads: int | N
     """An InferenceSession on the CPU provider (the reference every other provider must match)."""
     ort = _ort()
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # 4 = fatal only: kernel failures are raised as exceptions (and turned into one-line
+    # errors below); at 3 ORT also prints them to stderr in colour.
+    options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
@@ -40,11 +42,14 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike, threads: int | N
 
 def run_batches(sess, inputs: dict[str, np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
     """Run all samples through a session in batches; returns each output concatenated."""
-    count = len(next(iter(inputs.values())))
+    from onnxcomp.data import batch, sample_count  # rank-0 inputs (flags) go whole with every batch
+
+    count = sample_count(inputs)
     names = [o.name for o in sess.get_outputs()]
     chunks: list[list[np.ndarray]] = [[] for _ in names]
+    batch_size = max(batch_size, 1)  # a model may declare a batch of 0
     for start in range(0, count, batch_size):
-        feed = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        feed = batch(inputs, start, start + batch_size)
         try:
             results = sess.run(names, feed)
         except Exception as error:
