@@ -104,3 +104,23 @@ def mlp_model(rng) -> ir.Model:
 @pytest.fixture
 def shared_model(rng) -> ir.Model:
     return build_model(SHARED_TEXT, {"w": (0.2 * rng.standard_normal((64, 64))).astype(np.float32)})
+
+
+# Cross-version compatibility (tests/compat): with ONNXCOMP_COMPAT_DIR set, every model that
+# onnxcomp.pipeline.compress_model returns during the run is saved with inputs and outputs, for
+# tests/compat/run_compat.py to re-run in the latest onnxruntime (`make test` does both).
+_undo_compat_collector = None
+
+
+def pytest_configure(config):
+    global _undo_compat_collector
+    from tests.compat import collect
+
+    folder = collect.enabled_folder()
+    if folder is not None:
+        _undo_compat_collector = collect.install(folder)
+
+
+def pytest_unconfigure(config):
+    if _undo_compat_collector is not None:
+        _undo_compat_collector()

@@ -1,0 +1,80 @@
+"""Save every model `onnxcomp.pipeline.compress_model` returns during a test run, with a few
+inputs and the outputs of the ONNX Runtime that produced it, for `run_compat.py`.
+
+Enabled by `tests/conftest.py` when ONNXCOMP_COMPAT_DIR is set. Each model is stored once (by
+content hash) as `<hash>.onnx` plus `<hash>.npz` (`in:<input name>`, `out:<output name>`) and
+`<hash>.json` (the test that produced it, the ONNX Runtime version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+ENV_VAR = "ONNXCOMP_COMPAT_DIR"
+SAMPLES = 4
+
+
+def enabled_folder() -> Path | None:
+    folder = os.environ.get(ENV_VAR)
+    return Path(folder) if folder else None
+
+
+def install(folder: Path):
+    """Wrap `onnxcomp.pipeline.compress_model` so each result is saved; returns an undo callable.
+
+    Call before test modules are imported (pytest_configure), so that `from onnxcomp.pipeline
+    import compress_model` in a test module also gets the wrapper.
+    """
+    from onnxcomp import pipeline
+
+    folder.mkdir(parents=True, exist_ok=True)
+    original = pipeline.compress_model
+
+    def compress_model(model, options, samples=None, *args, **kwargs):
+        result = original(model, options, samples, *args, **kwargs)
+        save(folder, result, samples)
+        return result
+
+    compress_model.__doc__ = original.__doc__
+    pipeline.compress_model = compress_model
+
+    def undo() -> None:
+        pipeline.compress_model = original
+
+    return undo
+
+
+def _inputs(model, samples) -> dict[str, np.ndarray]:
+    from onnxcomp.data import generate_samples
+
+    first = model.graph.inputs[0].shape if model.graph.inputs else None
+    fixed = first[0] if first is not None and len(first) and isinstance(first[0], int) else None
+    count = fixed or SAMPLES
+    if samples is not None and samples.count >= count:
+        return {name: np.ascontiguousarray(array[:count]) for name, array in samples.inputs.items()}
+    return generate_samples(model, count=count, seed=1).inputs
+
+
+def save(folder: Path, result, samples) -> None:
+    import onnxruntime
+
+    from onnxcomp.runtime.inference import session
+
+    digest = hashlib.sha256(result.data).hexdigest()[:16]
+    if (folder / f"{digest}.json").exists():
+        return
+    inputs = _inputs(result.model, samples)
+    sess = session(result.data)
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
+    (folder / f"{digest}.onnx").write_bytes(result.data)
+    np.savez(folder / f"{digest}.npz", **{f"in:{k}": v for k, v in inputs.items()},
+             **{f"out:{k}": np.asarray(v) for k, v in outputs.items()})
+    info = {"test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0],
+            "onnxruntime": onnxruntime.__version__, "bytes": len(result.data)}
+    # Written last: its presence marks a complete entry.
+    (folder / f"{digest}.json").write_text(json.dumps(info, indent=1))

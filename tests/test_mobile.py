@@ -1,0 +1,182 @@
+"""ONNX Runtime mobile export: the .ort loads, matches the .onnx, and lists its operators."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxcomp import io
+from onnxcomp.pipeline import CompressOptions, compress_model
+from onnxcomp.runtime.mobile import check_ops, export_mobile, onnx_ops, read_operators_config
+from tests.conftest import LENET5, REPO, build_model
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
+
+# One pre-norm transformer block: single-head attention, then a ReLU MLP, residuals, LayerNorm.
+TRANSFORMER_TEXT = """
+<ir_version: 10, opset_import: ["" : 17]>
+block (float[N, 16, 64] x) => (float[N, 16, 64] y) {
+  n1 = LayerNormalization <axis = -1> (x, g1, b1)
+  q = MatMul(n1, wq)
+  k = MatMul(n1, wk)
+  v = MatMul(n1, wv)
+  kt = Transpose <perm = [0, 2, 1]> (k)
+  s = MatMul(q, kt)
+  sc = Mul(s, scale)
+  a = Softmax <axis = -1> (sc)
+  c = MatMul(a, v)
+  o = MatMul(c, wo)
+  h = Add(x, o)
+  n2 = LayerNormalization <axis = -1> (h, g2, b2)
+  f = MatMul(n2, w1)
+  fb = Add(f, bf)
+  r = Relu(fb)
+  m = MatMul(r, w2)
+  y = Add(h, m)
+}
+"""
+
+# Compressed model bytes are compared to their source; outputs of .ort vs .onnx are the same
+# dense weights (folded at conversion vs at load), so only float rounding may differ.
+ATOL = 1e-4
+RTOL = 1e-4
+
+
+def transformer_model(rng):
+    d, ff = 64, 256
+    arrays = {
+        "g1": np.ones(d), "b1": np.zeros(d), "g2": np.ones(d), "b2": np.zeros(d),
+        "wq": rng.standard_normal((d, d)) / 8, "wk": rng.standard_normal((d, d)) / 8,
+        "wv": rng.standard_normal((d, d)) / 8, "wo": rng.standard_normal((d, d)) / 8,
+        "scale": np.array(0.125), "w1": rng.standard_normal((d, ff)) / 8, "bf": rng.standard_normal(ff) / 10,
+        "w2": rng.standard_normal((ff, d)) / 16,
+    }
+    return build_model(TRANSFORMER_TEXT, {name: np.asarray(a, dtype=np.float32) for name, a in arrays.items()})
+
+
+def compressed(model, path, ratio: int) -> bytes:
+    """Compress data-free to 1/ratio of the dense size and write it to `path`."""
+    dense = len(io.serialized_bytes(model))
+    result = compress_model(model, CompressOptions(target_bytes=dense // ratio, sensitivity=False))
+    path.write_bytes(result.data)
+    return result.data
+
+
+@pytest.fixture(scope="module")
+def lenet5_compressed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lenet5") / "lenet5.onnx"
+    compressed(io.load_model(LENET5), path, 10)
+    return path
+
+
+def run_file(path, feeds):
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def assert_same_outputs(onnx_path, ort_path, feeds):
+    expected, actual = run_file(onnx_path, feeds), run_file(ort_path, feeds)
+    assert len(expected) == len(actual)
+    for e, a in zip(expected, actual):
+        np.testing.assert_allclose(a, e, atol=ATOL, rtol=RTOL)
+
+
+def config_ops(path) -> set[str]:
+    return {op for by_opset in read_operators_config(path).values() for ops in by_opset.values() for op in ops}
+
+
+def test_lenet5_ort_matches_onnx(lenet5_compressed, tmp_path):
+    before = hashlib.sha256(lenet5_compressed.read_bytes()).hexdigest()
+    result = export_mobile(lenet5_compressed, tmp_path / "mobile", measure_speed=False)
+
+    assert hashlib.sha256(lenet5_compressed.read_bytes()).hexdigest() == before  # input only read
+    assert result.ort_path == tmp_path / "mobile" / "lenet5.ort" and result.ort_path.is_file()
+    assert result.onnx_path.read_bytes() == lenet5_compressed.read_bytes()
+    assert result.onnx_bytes == lenet5_compressed.stat().st_size
+    assert result.ort_bytes == result.ort_path.stat().st_size
+    # The converter folds the decode subgraphs: the .ort carries dense float weights again.
+    assert result.ort_bytes > 5 * result.onnx_bytes
+    assert sorted(p.name for p in (tmp_path / "mobile").iterdir()) == ["lenet5.onnx", "lenet5.ort", "required_operators.config"]
+
+    images = np.load(REPO / "models" / "data" / "mnist_test_1k.npz")["input"][:32]
+    assert_same_outputs(lenet5_compressed, result.ort_path, {"input": images})
+    assert result.max_abs_diff is not None and result.max_abs_diff < ATOL
+
+    ops = config_ops(result.config_path)
+    assert {"Conv", "MaxPool"} <= ops
+    assert not ops & {"BitShift", "Gather", "ScatterElements", "CumSum"}  # decode ops are folded away
+    assert result.required_ops == read_operators_config(result.config_path)
+    assert str(result.ort_path) in result.config_path.read_text()  # header names the final file, not a staging one
+
+
+def test_transformer_ort_matches_onnx(tmp_path, rng):
+    model = transformer_model(rng)
+    path = tmp_path / "block.onnx"
+    compressed(model, path, 6)
+    result = export_mobile(path, tmp_path / "out")
+    feeds = {"x": rng.standard_normal((3, 16, 64)).astype(np.float32)}
+    assert_same_outputs(path, result.ort_path, feeds)
+    assert {"MatMul", "Softmax"} <= config_ops(result.config_path) | {"FusedMatMul"}
+    assert result.onnx_timing.load_s > 0 and result.ort_timing.run_s > 0
+
+
+def test_package_check_names_decode_ops(lenet5_compressed):
+    proto = onnx.load(str(lenet5_compressed))
+    check = check_ops(onnx_ops(proto), 17)
+    assert check.package_opsets == [12, 13, 14, 15] and not check.opset_supported
+    # The pre-built mobile package has no BitShift or ScatterElements kernels; Conv (version 11) it has.
+    assert "ai.onnx:11:BitShift" in check.unsupported
+    assert not any(entry.endswith(":Conv") or entry.endswith(":Gemm") for entry in check.unsupported)
+
+
+def test_package_check_passes_plain_ops():
+    check = check_ops({"ai.onnx": {13: {"Conv", "Relu", "Gemm", "MaxPool"}}}, 13)
+    assert check.ok and check.unsupported == []
+
+
+def test_refuses_to_overwrite(lenet5_compressed, tmp_path):
+    from onnxcomp.errors import OnnxcompError
+
+    export_mobile(lenet5_compressed, tmp_path, measure_speed=False)
+    stamp = (tmp_path / "lenet5.ort").stat().st_mtime_ns
+    with pytest.raises(OnnxcompError, match="--force"):
+        export_mobile(lenet5_compressed, tmp_path, measure_speed=False)
+    assert (tmp_path / "lenet5.ort").stat().st_mtime_ns == stamp
+    export_mobile(lenet5_compressed, tmp_path, overwrite=True, measure_speed=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def onnxcomp(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxcomp.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def test_cli_export_mobile(lenet5_compressed, tmp_path):
+    result = onnxcomp("export-mobile", lenet5_compressed, "-o", tmp_path / "m")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    onnx_line = next(line for line in lines if line.startswith(".onnx"))
+    ort_line = next(line for line in lines if line.startswith(".ort"))
+    assert f"{lenet5_compressed.stat().st_size:,}" in onnx_line
+    assert f"{(tmp_path / 'm' / 'lenet5.ort').stat().st_size:,}" in ort_line
+    assert "BitShift" in result.stdout  # unsupported by the pre-built mobile package, said so
+    assert (tmp_path / "m" / "required_operators.config").is_file()
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_onnx"])
+def test_cli_bad_input(kind, tmp_path):
+    path = tmp_path / "model.onnx"
+    if kind == "not_onnx":
+        path.write_text("this is not a protobuf\n" * 10)
+    result = onnxcomp("export-mobile", path, "-o", tmp_path / "out")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("onnxcomp: error:") and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
