@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -72,30 +73,49 @@ COMPRESS_COLUMNS = [("name", "layer"), ("shape", "shape"), ("params", "params"),
                     ("bits", "bits"), ("sparsity", "sparsity"), ("bytes_before", "before"), ("bytes_after", "after")]
 
 
-def inspect_model(model: ir.Model) -> list[dict]:
-    """Per-weight rows for any model: dense initializers and onnxcomp-style decoded weights.
+@dataclasses.dataclass
+class StoredWeight:
+    """A weight as a model stores it: its dense value (decoded if encoded) and its stored form.
+
+    ``use`` identifies the weight by position, independent of (shortened) names: the first
+    compute node that reads it as (op type, index among compute nodes of that type, input index).
+    """
+
+    name: str
+    role: str
+    array: np.ndarray
+    encoding: str
+    stored_bytes: int
+    sources: list[ir.Value]
+    use: tuple[str, int, int]
+
+
+def stored_weights(model: ir.Model) -> list[StoredWeight]:
+    """Every float weight of a model in first-use order: dense initializers and decoded weights.
 
     Decoded weights are evaluated by running their constant decode subgraph in ONNX Runtime,
     so sparsity and distinct values are measured, not guessed.
     """
     constant_producers = _constant_values(model.graph)
-    slots: dict[int, tuple[ir.Value, str]] = {}
+    slots: dict[int, tuple[ir.Value, str, tuple[str, int, int]]] = {}
+    seen_ops: dict[str, int] = {}
     for node in model.graph:
         if node.inputs and all(i is None or id(i) in constant_producers for i in node.inputs):
             continue  # part of a decode subgraph (or other load-time constant), not a compute op
+        occurrence = seen_ops.get(node.op_type, 0)
+        seen_ops[node.op_type] = occurrence + 1
         for index, role in WEIGHT_SLOTS.get(node.op_type, {}).items():
             if index < len(node.inputs) and node.inputs[index] is not None:
                 value = node.inputs[index]
                 if id(value) in constant_producers or value.const_value is not None:
-                    slots.setdefault(id(value), (value, "bias" if role == "bias" else "weight"))
-    decoded = _evaluate([v for v, _ in slots.values() if v.const_value is None], model)
-    rows = []
-    for value, role in slots.values():
+                    slots.setdefault(id(value), (value, "bias" if role == "bias" else "weight", (node.op_type, occurrence, index)))
+    decoded = _evaluate([v for v, _, _ in slots.values() if v.const_value is None], model)
+    weights = []
+    for value, role, use in slots.values():
         if value.const_value is not None:
             if value.dtype != ir.DataType.FLOAT:
                 continue
             array = value.const_value.numpy()
-            stored = value.const_value.nbytes
             kind = "dense"
             sources = [value]
         else:
@@ -103,21 +123,30 @@ def inspect_model(model: ir.Model) -> list[dict]:
             if array is None:
                 continue
             sources = _source_initializers(value)
-            stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
             ops = {n.op_type for n in _producers(value)}
             kind = "sparse" if "ScatterElements" in ops else ("lookup" if "Gather" in ops else "linear" if "Mul" in ops else "decoded")
+        stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
+        weights.append(StoredWeight(value.name or "?", role, array, kind, int(stored), sources, use))
+    return weights
+
+
+def inspect_model(model: ir.Model) -> list[dict]:
+    """Per-weight rows for any model (see `stored_weights`)."""
+    rows = []
+    for weight in stored_weights(model):
+        array = weight.array
         distinct = int(np.unique(array).size) if array.size <= 50_000_000 else None
         rows.append({
-            "name": value.name or "?",
-            "role": role,
+            "name": weight.name,
+            "role": weight.role,
             "shape": list(array.shape),
             "params": int(array.size),
-            "encoding": kind,
-            "bits": encoding.bits_for(distinct) if kind != "dense" and distinct else 32,
+            "encoding": weight.encoding,
+            "bits": encoding.bits_for(distinct) if weight.encoding != "dense" and distinct else 32,
             "levels": distinct,
             "sparsity": float(np.count_nonzero(array == 0) / max(array.size, 1)),
             "bytes_before": 4 * int(array.size),
-            "bytes_after": int(stored),
+            "bytes_after": weight.stored_bytes,
         })
     return rows
 

@@ -1,0 +1,224 @@
+"""Size-quality sweeps: compress one model to several targets in parallel processes.
+
+The unit of work is `compress_target`, a pure function of (input path, target bytes, output
+path, options) that writes one file and returns a JSON-able result dict. `run_sweep` maps it
+over the targets with a `concurrent.futures.ProcessPoolExecutor`; any other executor that maps
+a picklable function over arguments (Ray tasks, Dask delayed/futures) can run the same function
+on a cluster, as long as the paths are on storage every worker sees.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import re
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from onnxcomp import io
+from onnxcomp.errors import OnnxcompError, TargetUnreachableError
+from onnxcomp.sizes import format_size, parse_size
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+    """Options shared by every target of a sweep (a subset of `compress`'s)."""
+
+    data: str | None = None  # .npz samples (labels optional), loaded by each worker
+    sensitivity: bool = True
+    seed: int = 0
+    keep_metadata: bool = False
+    overwrite: bool = False
+
+
+def parse_targets(text: str) -> list[tuple[str, int]]:
+    """'1MB,500KB,200KB' -> [(label, bytes), ...], largest first, duplicates (by bytes) dropped."""
+    targets: dict[int, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        size = parse_size(item)
+        label = item.replace(" ", "") if re.fullmatch(r"[0-9A-Za-z.]+", item.replace(" ", "")) else f"{size}B"
+        targets.setdefault(size, label)
+    if not targets:
+        raise OnnxcompError("--targets needs at least one size, e.g. --targets 1MB,500KB,200KB")
+    return sorted(((label, size) for size, label in targets.items()), key=lambda target: -target[1])
+
+
+def compress_target(input_path: str, target_bytes: int, output_path: str, options: SweepOptions) -> dict:
+    """Compress `input_path` to at most `target_bytes` into `output_path`; never raises for a
+    target that cannot be met or a model that fails - the result's ``status`` says so."""
+    from onnxcomp.data import load_samples
+    from onnxcomp.pipeline import CompressOptions, compress_file
+
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    result: dict = {"target_bytes": target_bytes, "output": output_path, "pid": os.getpid()}
+    try:
+        samples = load_samples(options.data, io.load_model(input_path)) if options.data else None
+        compress_options = CompressOptions(target_bytes=target_bytes, keep_metadata=options.keep_metadata,
+                                           sensitivity=options.sensitivity, seed=options.seed)
+        result["report"] = compress_file(input_path, output_path, compress_options, samples=samples,
+                                         overwrite=options.overwrite)
+        result["status"] = "ok"
+    except TargetUnreachableError as error:
+        result.update(status="unreachable", smallest_bytes=error.smallest_bytes, message=str(error))
+    except Exception as error:  # one failing target must not end the sweep
+        result.update(status="error", message=f"{type(error).__name__}: {error}")
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    result["cpu_seconds"] = round(_cpu_seconds() - cpu_started, 3)
+    return result
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def quality(report: dict) -> tuple[str, float | None, float | None]:
+    """(metric name, original value, compressed value): accuracy with labels, else fidelity."""
+    if "accuracy" in report:
+        return "accuracy", report["accuracy"]["original"], report["accuracy"]["compressed"]
+    fid = report.get("fidelity", {})
+    if fid.get("top1_agreement") is not None:
+        return "top-1 agreement", 1.0, fid["top1_agreement"]
+    return "cosine", 1.0, fid.get("cosine")
+
+
+def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir: str | Path,
+              options: SweepOptions, jobs: int | None = None,
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Compress to every target in parallel; write the models, sweep.json, sweep.md and sweep.png.
+
+    Returns the sweep summary (also in sweep.json). Unreachable targets are results with
+    status "unreachable", not errors.
+    """
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    io.load_model(input_path)  # a bad input fails once, here, not once per worker
+    if options.data and not Path(options.data).is_file():
+        raise OnnxcompError(f"{options.data}: no such file")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {size: output_dir / f"{input_path.stem}.{label}.onnx" for label, size in targets}
+    existing = [str(path) for path in outputs.values() if path.exists()]
+    if existing and not options.overwrite:
+        raise OnnxcompError(f"{existing[0]} exists ({len(existing)} outputs in all); pass --force to overwrite")
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(targets)))
+    started = time.perf_counter()
+    results = []
+    # spawn, not fork: the parent may hold ONNX Runtime thread pools, which do not survive a fork.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(compress_target, str(input_path), size, str(outputs[size]), options) for _, size in targets]
+        for future in concurrent.futures.as_completed(futures):
+            result = future.result()
+            results.append(result)
+            if progress:
+                progress(_progress_line(result))
+    labels = {size: label for label, size in targets}
+    for result in results:
+        result["target"] = labels[result["target_bytes"]]
+    results.sort(key=lambda result: -result["target_bytes"])
+    summary = {
+        "input": str(input_path),
+        "input_bytes": io.file_bytes(input_path),
+        "jobs": jobs,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "cpu_seconds": round(sum(result["cpu_seconds"] for result in results), 3),
+        "pids": sorted({result["pid"] for result in results}),
+        "results": results,
+    }
+    reached = [result for result in results if result["status"] == "ok"]
+    if reached:
+        metric, original, _ = quality(reached[0]["report"])
+        summary["original"] = {"metric": metric, "value": original}
+    io.atomic_write(output_dir / "sweep.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
+    io.atomic_write(output_dir / "sweep.md", lambda handle: handle.write(markdown_table(summary).encode()))
+    plot = output_dir / "sweep.png"
+    if reached and plot_curve(summary, plot):
+        summary["plot"] = str(plot)
+    return summary
+
+
+def _progress_line(result: dict) -> str:
+    target = format_size(result["target_bytes"])
+    if result["status"] == "ok":
+        report = result["report"]
+        metric, _, value = quality(report)
+        shown = f"{metric} {100 * value:.2f}%" if metric != "cosine" else f"cosine {value:.4f}"
+        return f"{target}: {format_size(report['output_bytes'])}, {shown} ({result['seconds']:.1f} s, pid {result['pid']})"
+    if result["status"] == "unreachable":
+        return f"{target}: unreachable (smallest {format_size(result['smallest_bytes'] or 0)})"
+    return f"{target}: failed: {result['message']}"
+
+
+def markdown_table(summary: dict) -> str:
+    """The sweep as a Markdown table, original first."""
+    lines = [f"# Sweep of {summary['input']}", "",
+             f"{len(summary['results'])} targets, {summary['jobs']} processes, {summary['wall_seconds']:.1f} s wall, "
+             f"{summary['cpu_seconds']:.1f} s CPU in the workers", "",
+             "| target | file | ratio | quality | seconds | pid | status |", "|---|---|---|---|---|---|---|"]
+    original = summary.get("original")
+    if original:
+        lines.append(f"| original | {summary['input_bytes']:,} B | 1.0x | {original['metric']} {_percent(original['value'])} | | | |")
+    for result in summary["results"]:
+        if result["status"] == "ok":
+            report = result["report"]
+            metric, _, value = quality(report)
+            lines.append(f"| {result['target']} | {report['output_bytes']:,} B | {report['ratio']:.1f}x | {metric} {_percent(value)} "
+                         f"| {result['seconds']:.1f} | {result['pid']} | ok |")
+        elif result["status"] == "unreachable":
+            lines.append(f"| {result['target']} | - | - | - | {result['seconds']:.1f} | {result['pid']} | "
+                         f"unreachable: smallest {result['smallest_bytes']:,} B |")
+        else:
+            message = result["message"].replace("|", "/").splitlines()[0][:200]
+            lines.append(f"| {result['target']} | - | - | - | {result['seconds']:.1f} | {result['pid']} | failed: {message} |")
+    return "\n".join(lines) + "\n"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def plot_curve(summary: dict, path: Path) -> bool:
+    """Size-quality curve with the original marked; False (and a warning) without matplotlib."""
+    try:
+        from onnxcomp.html_report import require_matplotlib
+
+        plt = require_matplotlib()
+    except OnnxcompError:
+        logger.warning("matplotlib is not installed: %s not written (pip install matplotlib)", path.name)
+        return False
+    reached = [result for result in summary["results"] if result["status"] == "ok"]
+    metric = summary["original"]["metric"]
+    sizes = [result["report"]["output_bytes"] for result in reached]
+    values = [100 * quality(result["report"])[2] for result in reached]
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    axis.plot(sizes, values, "o-", color="#1f77b4", label="compressed")
+    labels: dict[tuple[int, float], list[str]] = {}
+    for result, size, value in zip(reached, sizes, values):  # targets that gave the same file share a label
+        labels.setdefault((size, value), []).append(result["target"])
+    for (size, value), names in labels.items():
+        axis.annotate(", ".join(names), (size, value), textcoords="offset points", xytext=(4, -12), fontsize=7)
+    axis.plot([summary["input_bytes"]], [100 * summary["original"]["value"]], "*", markersize=14, color="#d62728",
+              label=f"original ({format_size(summary['input_bytes'])})")
+    for result in summary["results"]:
+        if result["status"] == "unreachable":
+            axis.axvline(result["target_bytes"], color="#999999", linestyle=":", linewidth=1)
+            axis.annotate(f"{result['target']}\nunreachable", (result["target_bytes"], min(values)), fontsize=7, color="#666666")
+    axis.set_xscale("log")
+    axis.set_xlabel("file size (bytes, log scale)")
+    axis.set_ylabel(f"{metric} (%)")
+    axis.set_title(f"{Path(summary['input']).name}: size vs {metric}", fontsize=10)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    io.atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
+    plt.close(figure)
+    return True

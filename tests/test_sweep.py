@@ -1,0 +1,63 @@
+"""`onnxcomp sweep`: several targets in parallel processes, a table and a size-accuracy curve."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onnxcomp.errors import OnnxcompError
+from onnxcomp.sweep import parse_targets
+from tests.conftest import LENET300, TEST_DATA
+
+pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
+
+TARGETS = "1MB,500KB,200KB,100KB,50KB,10KB"  # 10KB is below what LeNet-300-100 can reach
+
+
+def test_parse_targets_sorts_and_dedupes():
+    assert parse_targets("200KB, 1MB,1000KB,500") == [("1MB", 1_000_000), ("200KB", 200_000), ("500", 500)]
+    with pytest.raises(OnnxcompError):
+        parse_targets(" , ")
+    with pytest.raises(OnnxcompError):
+        parse_targets("1MB,lots")
+
+
+def test_sweep_lenet300_six_targets_two_processes(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the curve needs matplotlib")
+    from onnxcomp.cli import main
+
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(LENET300), "--targets", TARGETS, "--data", str(TEST_DATA), "--no-sensitivity",
+                 "--jobs", "2", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads((out / "sweep.json").read_text())
+    results = {result["target"]: result for result in summary["results"]}
+    assert list(results) == ["1MB", "500KB", "200KB", "100KB", "50KB", "10KB"]
+    assert summary["jobs"] == 2
+    # the work was spread over more than one worker process
+    assert len({result["pid"] for result in summary["results"]}) == 2 == len(summary["pids"])
+
+    assert results["10KB"]["status"] == "unreachable"
+    assert results["10KB"]["smallest_bytes"] > 10_000
+    assert not (out / "lenet300.10KB.onnx").exists()
+    for name, result in results.items():
+        if name == "10KB":
+            continue
+        assert result["status"] == "ok", result.get("message")
+        written = out / f"lenet300.{name}.onnx"
+        assert written.stat().st_size == result["report"]["output_bytes"] <= result["target_bytes"]
+        assert result["report"]["accuracy"]["compressed"] > 0.9
+    assert summary["original"]["metric"] == "accuracy"
+
+    table = (out / "sweep.md").read_text()
+    assert "| original | 1,067,220 B |" in table
+    assert table.count("| ok |") == 5 and "unreachable: smallest" in table
+    assert (out / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert "| 1MB |" in captured.out
+
+    # existing outputs are not overwritten without --force
+    again = main(["sweep", str(LENET300), "--targets", "200KB", "--no-sensitivity", "-o", str(out), "-q"])
+    assert again == 2
+    assert "--force" in capsys.readouterr().err
