@@ -54,11 +54,13 @@ class LayerOptions:
         return self.candidates[0]
 
 
-def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarray | None = None) -> LayerOptions:
+def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarray | None = None,
+                  keep_zeros: bool = False) -> LayerOptions:
     """Price every (sparsity, bits) setting of one weight; keep the Pareto front.
 
     `importance` (broadcastable to the weight) weights squared errors, e.g. the mean squared
-    input activation per input feature; None means plain squared error.
+    input activation per input feature; None means plain squared error. `keep_zeros` prices
+    only the weight's own zero pattern (no further pruning), for weights retrained with a mask.
     """
     values = np.asarray(values, dtype=np.float32)
     rank = values.ndim
@@ -68,6 +70,8 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
     dense = Candidate("dense", encoding.dense_bytes(count, rank), 0.0)
     candidates = [dense]
     sparsities = SPARSITIES if role != "bias" else (0.0,)
+    if keep_zeros:
+        sparsities = (float(np.mean(values == 0)),)
     for sparsity in sparsities:
         threshold = sorted_weights.saliency_threshold(sparsity)
         positions = None

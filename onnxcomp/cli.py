@@ -11,6 +11,9 @@ from pathlib import Path
 
 from onnxcomp import __version__
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.retrain import METHODS
+
+DEFAULT_EPOCHS = 10
 from onnxcomp.sizes import format_size, parse_size
 
 logger = logging.getLogger("onnxcomp")
@@ -18,7 +21,8 @@ logger = logging.getLogger("onnxcomp")
 EXAMPLES = """\
 examples:
   onnxcomp compress model.onnx --target-size 1MB -o small.onnx
-  onnxcomp compress model.onnx --target-size 90KB --data samples.npz --report report.json
+  onnxcomp compress model.onnx --target-size 90KB --data samples.npz --epochs 0 --report report.json   (calibrate only)
+  onnxcomp compress model.onnx --target-size 16KB --data train.npz --eval-data val.npz --epochs 60   (fine-tune, method auto)
   onnxcomp compress model.onnx --target-size 90KB --report-dir report/   (then open report/report.html)
   onnxcomp sweep model.onnx --targets 1MB,500KB,200KB,100KB --data samples.npz -o sweep/ --jobs 2
   onnxcomp inspect small.onnx
@@ -26,6 +30,7 @@ examples:
 sizes: B, KB/MB/GB (x1000), KiB/MiB/GiB (x1024); the size that counts is the output file(s) on disk.
 data (.npz): one array per model input, named like the input, first axis = samples;
              an optional integer 'labels' array adds task accuracy to the report.
+fine-tuning: with --data, onnxcomp trains on ONNX Runtime's training backend (onnxcomp[train]) unless --epochs 0.
 """
 
 
@@ -54,9 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--min-fidelity", type=float, help="refuse to write if top-1 agreement (classifiers) or cosine falls below this")
     compress.add_argument("--max-accuracy-drop", type=float, help="refuse to write if accuracy drops by more than this many points (needs labels)")
     compress.add_argument("--no-sensitivity", action="store_true", help="allocate bits by weight error alone (skip measuring layer sensitivity)")
-    compress.add_argument("--epochs", type=int, default=0,
-                          help="with --data: retrain this many epochs on ONNX Runtime's training backend (masks fixed, then codebook "
-                               "fine-tuning; labels -> cross-entropy, no labels -> distillation from the original). Default 0: calibration only")
+    compress.add_argument("--eval-data", help="held-out samples (.npz) that pick the best epoch and measure the report's accuracy "
+                                               "(default when fine-tuning: a tenth of --data, at most 5000)")
+    compress.add_argument("--method", choices=METHODS, default="auto",
+                          help="fine-tuning method with --data: prune (iterative pruning + retraining, Han et al.), sws (soft "
+                               "weight-sharing prior, Ullrich et al.), admm (budget-constrained ADMM, Yang et al.), vib (remove "
+                               "neurons with VIB gates, Dai et al., then prune; needs labels), auto (vib then prune with labels, "
+                               "else prune). Default auto")
+    compress.add_argument("--epochs", type=int, default=None,
+                          help=f"training epochs on ONNX Runtime's training backend (default {DEFAULT_EPOCHS} with --data, 0 without); "
+                               "labels -> cross-entropy mixed with distillation, no labels -> distillation from the original. "
+                               "0: calibration only")
     compress.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     compress.add_argument("--lr", type=float, default=1e-3, help="training learning rate (default 1e-3, cosine schedule)")
     compress.add_argument("--seed", type=int, default=0, help="seed for generated inputs and training shuffles (default 0)")
@@ -105,13 +118,19 @@ def _compress(args) -> int:
         if not quiet:
             print(f"  {message}", file=sys.stderr, flush=True)
 
-    samples = None
+    samples = eval_samples = None
     if args.data:
         samples = load_samples(args.data, io.load_model(input_path))
+    if args.eval_data:
+        if not args.data:
+            raise OnnxcompError("--eval-data needs --data (the training samples)")
+        eval_samples = load_samples(args.eval_data, io.load_model(input_path))
+    epochs = args.epochs if args.epochs is not None else (DEFAULT_EPOCHS if args.data else 0)
     options = CompressOptions(target_bytes=target, keep_metadata=args.keep_metadata, sensitivity=not args.no_sensitivity,
                               seed=args.seed, min_fidelity=args.min_fidelity, max_accuracy_drop=args.max_accuracy_drop,
-                              force=args.force, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    if args.epochs < 0 or args.batch_size < 1 or args.lr <= 0:
+                              force=args.force, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
+                              method=args.method)
+    if epochs < 0 or args.batch_size < 1 or args.lr <= 0:
         raise OnnxcompError("--epochs must be >= 0, --batch-size >= 1 and --lr > 0")
     if args.report_dir:
         from onnxcomp.html_report import require_matplotlib
@@ -119,7 +138,8 @@ def _compress(args) -> int:
         require_matplotlib()  # fail before compressing, not after
     if not quiet:
         print(f"onnxcomp: compressing {input_path} to at most {format_size(target)}", file=sys.stderr)
-    report = compress_file(input_path, output_path, options, samples=samples, progress=progress, overwrite=args.force)
+    report = compress_file(input_path, output_path, options, samples=samples, progress=progress, overwrite=args.force,
+                           eval_samples=eval_samples)
     if args.report:
         report_path = Path(args.report)
         from onnxcomp.io import atomic_write

@@ -32,6 +32,7 @@ from onnxcomp.sensitivity import activation_importance, measure_sensitivity
 from onnxcomp.sizes import format_size
 from onnxcomp.verify import accuracy, fidelity
 from onnxcomp.quantize import prune_mask
+from onnxcomp.retrain import Planner, admm, soft_weight_sharing, RetrainOptions, TrainingData, with_weights, finetune_codebooks, iterative_prune, require_training
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ MAX_ATTEMPTS = 8
 SENSITIVITY_SAMPLES = 64
 IMPORTANCE_SAMPLES = 256
 VERIFY_SAMPLES = 2000
+HOLD_OUT_MIN = 500
+HOLD_OUT_MAX = 5000
 
 
 @dataclasses.dataclass
@@ -51,9 +54,11 @@ class CompressOptions:
     min_fidelity: float | None = None  # cosine (or top-1 agreement for classifiers)
     max_accuracy_drop: float | None = None  # percentage points, needs labels
     force: bool = False
-    epochs: int = 0  # > 0 with labelled or unlabelled --data: prune/retrain + codebook fine-tuning
+    epochs: int = 0  # > 0 with labelled or unlabelled --data: fine-tuning (see onnxcomp.retrain)
     batch_size: int = 64
     lr: float = 1e-3
+    method: str = "auto"  # auto | prune | sws | admm | vib (see onnxcomp.retrain)
+    vib_gamma: float = 1.6e-4  # VIB penalty weight per neuron group
 
 
 @dataclasses.dataclass
@@ -70,8 +75,14 @@ def _log(progress: Callable[[str], None] | None, message: str) -> None:
 
 
 def compress_model(model: ir.Model, options: CompressOptions, samples: Samples | None = None,
-                   input_bytes: int | None = None, progress: Callable[[str], None] | None = None) -> CompressResult:
-    """Compress an in-memory model to at most `options.target_bytes` serialized bytes."""
+                   input_bytes: int | None = None, progress: Callable[[str], None] | None = None,
+                   eval_samples: Samples | None = None) -> CompressResult:
+    """Compress an in-memory model to at most `options.target_bytes` serialized bytes.
+
+    `samples` calibrate (and, with ``options.epochs > 0``, train); `eval_samples` are held out:
+    they pick the best epoch and the report's accuracy is measured on them. Without them, fine-
+    tuning holds out a tenth of `samples` (at most 5000).
+    """
     started = time.perf_counter()
     timings: dict[str, float] = {}
     original_proto = io.to_proto(model)
@@ -92,72 +103,81 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     reference_session = session(original_proto)
     reference_outputs = run_batches(reference_session, samples.inputs, batch_size)
 
-    _log(progress, f"price {len(weights)} weights")
-    tick = time.perf_counter()
-    values = {w.name: w.numpy().astype(np.float32) for w in weights}
-    importances = activation_importance(model, weights, samples.head(IMPORTANCE_SAMPLES).inputs, batch_size)
-    layers = [layer_options(w.name, values[w.name], w.role, importances.get(w.name)) for w in weights]
-    timings["price"] = time.perf_counter() - tick
+    training = _training_data(options, samples, eval_samples, reference_outputs[0], model, batch_size)
+    neurons = None
+    if training is not None:
+        require_training()
+        if _wants_vib(options, training):
+            tick = time.perf_counter()
+            model, neurons = _eliminate_neurons(model, training, options, progress)
+            timings["neuron elimination"] = time.perf_counter() - tick
 
-    if options.sensitivity:
-        tick = time.perf_counter()
-        _log(progress, f"measure sensitivity on {min(samples.count, SENSITIVITY_SAMPLES)} {'generated ' if samples.generated else ''}samples")
-        probe_inputs = samples.head(SENSITIVITY_SAMPLES).inputs
-        sensitivities = measure_sensitivity(model, layers, values, probe_inputs, batch_size)
-        for layer in layers:
-            layer.sensitivity = sensitivities.get(layer.name, 1.0)
-        timings["sensitivity"] = time.perf_counter() - tick
-
+    importances, layers = _analyze(model, samples, options, batch_size, progress, timings)
     tick = time.perf_counter()
     fixed = _fixed_bytes(model, layers, options.keep_metadata)
-    floor_total = sum(layer.smallest.bytes for layer in layers)
     budget = options.target_bytes - fixed
-    attempt_data = None
-    floor_bytes = None
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        # Never plan below the smallest candidates: the floor itself is always tried once.
-        at_floor = budget <= floor_total
-        allocation = allocate(layers, max(budget, floor_total))
-        assert allocation is not None
-        compressed = _build(model, allocation, options.keep_metadata, importances)
-        attempt_data = io.serialized_bytes(compressed)
-        _log(progress, f"attempt {attempt}: {format_size(len(attempt_data))} (target {format_size(options.target_bytes)})")
-        if len(attempt_data) <= options.target_bytes:
-            break
-        if at_floor:
-            floor_bytes = len(attempt_data)
-            attempt_data = None
-            break
-        budget -= len(attempt_data) - options.target_bytes + 16 * attempt
-        attempt_data = None
-    timings["allocate_and_encode"] = time.perf_counter() - tick
-    if attempt_data is not None and options.epochs > 0:
-        if samples.generated:
-            raise OnnxcompError("--epochs needs training data: pass --data (labels optional; without labels the original model teaches)")
-        tick = time.perf_counter()
-        _log(progress, f"retrain {options.epochs} epochs on {samples.count} samples (ONNX Runtime training)")
-        retrained = _retrained(model, allocation, importances, samples, reference_outputs[0], options, progress)
-        if retrained is not None and len(retrained[1]) <= options.target_bytes:
-            compressed, attempt_data, allocation = retrained
+    sensitivity_of = {layer.name: layer.sensitivity for layer in layers}
+    planner = Planner(
+        price=lambda m: _price(m, find_weights(m), importances, sensitivity_of),
+        importances=importances,
+    )
+    if training is not None:
+        # Calibrate the weights' byte budget on the untrained model: the allocation that fits
+        # tells how much the encoded graph costs beyond the weights' payload.
+        _, fitted, fit_data, _, floor_bytes = _fit(model, layers, budget, options, importances, None)
+        if fit_data is None:
+            raise _unreachable(model, layers, options, importances, floor_bytes)
+        budget = fitted.estimated_bytes
+        prune_epochs, codebook_epochs = _split_epochs(options.epochs)
+        dense_total = sum(layer.dense.bytes for layer in layers)
+        _log(progress, f"fine-tune ({options.method}) {options.epochs} epochs on {training.train.count} samples, "
+                       f"{'held-out ' + str(training.held_out.count) if training.held_out is not None else 'no held-out'} samples (ONNX Runtime training)")
+        if options.method == "admm":
+            model, _ = admm(model, planner, max(budget, 1), training, _retrain_options(options), prune_epochs,
+                            log=lambda line: _log(progress, line))
+        elif options.method == "sws":
+            model = soft_weight_sharing(model, planner, training, _retrain_options(options), prune_epochs,
+                                        log=lambda line: _log(progress, line))
         else:
-            _log(progress, "retrained model came out over the target; keeping the calibrated one")
-        timings["retrain"] = time.perf_counter() - tick
+            model, _ = iterative_prune(model, planner, dense_total, max(budget, 1), training, _retrain_options(options),
+                                       prune_epochs, log=lambda line: _log(progress, line))
+        timings["fine-tune"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        # Keep the trained zero pattern; prune further (untrained) only if the budget needs it.
+        layers = _price(model, find_weights(model), importances, sensitivity_of, keep_zeros=options.method != "sws")
+    compressed, allocation, attempt_data, attempt, floor_bytes = _fit(model, layers, budget, options, importances, progress)
+    if attempt_data is None and training is not None:
+        layers = planner.price(model)
+        compressed, allocation, attempt_data, attempt, floor_bytes = _fit(model, layers, budget, options, importances, progress)
+    timings["allocate_and_encode"] = time.perf_counter() - tick
+    if attempt_data is not None and training is not None:
+        tick = time.perf_counter()
+        final_masks = _masks(model, allocation, importances)
+        weights, tuned = finetune_codebooks(model, allocation, final_masks, training, _retrain_options(options),
+                                            codebook_epochs, log=lambda line: _log(progress, line))
+        # The tuned weights already sit on their codebooks: pricing them again re-finds the same
+        # levels, and the fit loop absorbs any byte drift (e.g. a codebook that left a uniform grid).
+        tuned_model = with_weights(model, weights)
+        tuned_layers = _price(tuned_model, find_weights(tuned_model), importances, sensitivity_of, keep_zeros=True)
+        rebuilt, tuned, rebuilt_data, _, _ = _fit(tuned_model, tuned_layers, budget, options, importances, None)
+        if rebuilt_data is not None:
+            compressed, attempt_data, allocation = rebuilt, rebuilt_data, tuned
+        else:
+            _log(progress, "fine-tuned codebooks came out over the target; keeping the untuned ones")
+        timings["codebook fine-tune"] = time.perf_counter() - tick
     if attempt_data is None:
-        if floor_bytes is None:
-            smallest = allocate(layers, floor_total)
-            floor_bytes = len(io.serialized_bytes(_build(model, smallest, options.keep_metadata, importances)))
-        raise TargetUnreachableError(
-            f"target {format_size(options.target_bytes)} ({options.target_bytes} B) is below the smallest size onnxcomp can reach for this model: {format_size(floor_bytes)} ({floor_bytes} B)",
-            smallest_bytes=floor_bytes,
-        )
+        raise _unreachable(model, layers, options, importances, floor_bytes)
 
     _log(progress, "verify in ONNX Runtime")
     tick = time.perf_counter()
+    check = eval_samples or (training.held_out if training is not None and training.held_out is not None else samples)
+    if check is not samples:
+        reference_outputs = run_batches(reference_session, check.inputs, batch_size)
     compressed_session = session(attempt_data)
-    compressed_outputs = run_batches(compressed_session, samples.inputs, batch_size)
+    compressed_outputs = run_batches(compressed_session, check.inputs, batch_size)
     report_fidelity = fidelity(reference_outputs, compressed_outputs)
-    report_fidelity["samples"] = samples.count
-    report_fidelity["generated_inputs"] = samples.generated
+    report_fidelity["samples"] = check.count
+    report_fidelity["generated_inputs"] = check.generated
     timings["verify"] = time.perf_counter() - tick
     report = {
         "input_bytes": original_data_bytes,
@@ -169,11 +189,17 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         "attempts": attempt,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
-    if samples.labels is not None:
-        original_accuracy = accuracy(reference_outputs[0], samples.labels)
-        compressed_accuracy = accuracy(compressed_outputs[0], samples.labels)
+    if neurons is not None:
+        report["neurons"] = neurons
+    if training is not None:
+        report["training"] = {"method": options.method, "epochs": options.epochs, "samples": training.train.count,
+                              "held_out": 0 if training.held_out is None else training.held_out.count,
+                              "labels": training.train.labels is not None}
+    if check.labels is not None:
+        original_accuracy = accuracy(reference_outputs[0], check.labels)
+        compressed_accuracy = accuracy(compressed_outputs[0], check.labels)
         report["accuracy"] = {"original": original_accuracy, "compressed": compressed_accuracy,
-                              "samples": samples.count}
+                              "samples": check.count, "held_out": check is not samples}
     _check_guards(report, options)
     report["seconds"]["total"] = round(time.perf_counter() - started, 3)
     return CompressResult(compressed, attempt_data, report)
@@ -208,18 +234,137 @@ def _masks(model: ir.Model, allocation: Allocation, importances: dict) -> dict[s
     return masks
 
 
-def _retrained(model, allocation, importances, samples, teacher_logits, options, progress):
-    from onnxcomp.retrain import RetrainOptions, retrain
+def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_size: int, progress,
+             timings: dict) -> tuple[dict, list[LayerOptions]]:
+    """Per-weight importances and priced candidates, with measured layer sensitivities."""
+    weights = find_weights(model)
+    _log(progress, f"price {len(weights)} weights")
+    tick = time.perf_counter()
+    values = {w.name: w.numpy().astype(np.float32) for w in weights}
+    importances = activation_importance(model, weights, samples.head(IMPORTANCE_SAMPLES).inputs, batch_size)
+    layers = [layer_options(w.name, values[w.name], w.role, importances.get(w.name)) for w in weights]
+    timings["price"] = timings.get("price", 0.0) + time.perf_counter() - tick
+    if options.sensitivity:
+        tick = time.perf_counter()
+        _log(progress, f"measure sensitivity on {min(samples.count, SENSITIVITY_SAMPLES)} {'generated ' if samples.generated else ''}samples")
+        sensitivities = measure_sensitivity(model, layers, values, samples.head(SENSITIVITY_SAMPLES).inputs, batch_size)
+        for layer in layers:
+            layer.sensitivity = sensitivities.get(layer.name, 1.0)
+        timings["sensitivity"] = timings.get("sensitivity", 0.0) + time.perf_counter() - tick
+    return importances, layers
 
-    masks = _masks(model, allocation, importances)
-    weights, allocation = retrain(model, allocation, masks, samples, teacher_logits,
-                                  RetrainOptions(options.epochs, options.batch_size, options.lr, options.seed),
-                                  log=(lambda line: _log(progress, line)))
-    work = model.clone()
-    for name, values in weights.items():
-        work.graph.initializers[name].const_value = ir.tensor(values, name=name)
-    compressed = _build(work, allocation, options.keep_metadata, importances, masks=masks)
-    return compressed, io.serialized_bytes(compressed), allocation
+
+def _wants_vib(options: CompressOptions, training: TrainingData) -> bool:
+    if options.method == "vib":
+        if training.train.labels is None:
+            raise OnnxcompError("--method vib needs labels in --data (the 'labels' array); use --method prune to distill without labels")
+        return True
+    return options.method == "auto" and training.train.labels is not None
+
+
+def _eliminate_neurons(model: ir.Model, training: TrainingData, options: CompressOptions, progress):
+    """VIBNet: gate every neuron group the analysis can shrink, train, drop the uninformative ones."""
+    from onnxcomp.channels import analyze_channels
+    from onnxcomp.vib import vib_eliminate
+
+    groups = [g.name for g in analyze_channels(model).groups if not g.blocked]
+    if not groups:
+        if options.method == "vib":
+            raise OnnxcompError("--method vib: no neuron group of this model can be removed safely (see onnxcomp.channels)")
+        _log(progress, "no neuron groups to gate; skipping neuron elimination")
+        return model, None
+    gated, finetune_epochs = _vib_epochs(options.epochs)
+    _log(progress, f"neuron elimination (VIB) on {len(groups)} groups: {gated} gated + {finetune_epochs} fine-tuning epochs")
+    held_out = training.held_out
+    smaller, report = vib_eliminate(
+        model, training.train.inputs, training.train.labels,
+        eval_inputs=None if held_out is None else held_out.inputs,
+        eval_labels=None if held_out is None else held_out.labels,
+        groups=groups, gamma=options.vib_gamma, epochs=gated, finetune_epochs=finetune_epochs,
+        batch_size=options.batch_size, lr=options.lr, finetune_lr=options.lr / 3, distill=True,
+        gate_lr_scale=10.0, seed=options.seed, log=lambda line: _log(progress, line),
+    )
+    kept = {name: {"size": g["size"], "kept": g["kept"]} for name, g in report["groups"].items()}
+    _log(progress, "kept " + ", ".join(f"{name} {g['kept']}/{g['size']}" for name, g in kept.items()))
+    return smaller, {"groups": kept, "parameters_before": report["params_before"], "parameters_after": report["params_after"]}
+
+
+def _vib_epochs(epochs: int) -> tuple[int, int]:
+    """Of the run's epochs, VIB gets about half (gated training, then a fine-tuning eighth)."""
+    return max(1, (epochs * 3) // 8), max(1, epochs // 8)
+
+
+def _price(model: ir.Model, weights, importances: dict, sensitivity_of: dict[str, float],
+           keep_zeros: bool = False) -> list[LayerOptions]:
+    layers = [layer_options(w.name, w.numpy().astype(np.float32), w.role, importances.get(w.name), keep_zeros)
+              for w in weights]
+    for layer in layers:
+        layer.sensitivity = sensitivity_of.get(layer.name, 1.0)
+    return layers
+
+
+def _fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: CompressOptions, importances: dict,
+         progress):
+    """Allocate and build until the serialized model fits; tighten the budget by the overshoot."""
+    floor_total = sum(layer.smallest.bytes for layer in layers)
+    compressed = allocation = None
+    floor_bytes = None
+    attempt = 0
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        # Never plan below the smallest candidates: the floor itself is always tried once.
+        at_floor = budget <= floor_total
+        allocation = allocate(layers, max(budget, floor_total))
+        assert allocation is not None
+        compressed = _build(model, allocation, options.keep_metadata, importances)
+        data = io.serialized_bytes(compressed)
+        _log(progress, f"attempt {attempt}: {format_size(len(data))} (target {format_size(options.target_bytes)})")
+        if len(data) <= options.target_bytes:
+            return compressed, allocation, data, attempt, None
+        if at_floor:
+            return compressed, allocation, None, attempt, len(data)
+        budget -= len(data) - options.target_bytes + 16 * attempt
+    return compressed, allocation, None, attempt, floor_bytes
+
+
+def _unreachable(model, layers, options, importances, floor_bytes: int | None) -> TargetUnreachableError:
+    if floor_bytes is None:
+        smallest = allocate(layers, sum(layer.smallest.bytes for layer in layers))
+        floor_bytes = len(io.serialized_bytes(_build(model, smallest, options.keep_metadata, importances)))
+    return TargetUnreachableError(
+        f"target {format_size(options.target_bytes)} ({options.target_bytes} B) is below the smallest size onnxcomp can reach for this model: {format_size(floor_bytes)} ({floor_bytes} B)",
+        smallest_bytes=floor_bytes,
+    )
+
+
+def _split_epochs(epochs: int) -> tuple[int, int]:
+    """Most epochs go to pruning/retraining, a quarter (at least one) to codebook fine-tuning."""
+    codebook = max(1, epochs // 4)
+    return max(1, epochs - codebook), codebook
+
+
+def _retrain_options(options: CompressOptions) -> RetrainOptions:
+    return RetrainOptions(options.method, options.epochs, options.batch_size, options.lr, options.seed)
+
+
+def _training_data(options: CompressOptions, samples: Samples, eval_samples: Samples | None,
+                   teacher: np.ndarray, model: ir.Model, batch_size: int) -> TrainingData | None:
+    """The training and held-out split, or None when this run does not fine-tune."""
+    if options.epochs <= 0:
+        return None
+    if samples.generated:
+        raise OnnxcompError("--epochs needs training data: pass --data (labels optional; without labels the original model teaches)")
+    train, held_out, train_teacher = samples, eval_samples, teacher
+    if held_out is None and samples.count >= 2 * HOLD_OUT_MIN:
+        count = min(HOLD_OUT_MAX, samples.count // 10)
+        order = np.random.default_rng(options.seed).permutation(samples.count)
+        train, held_out = samples.take(order[count:]), samples.take(order[:count])
+        train_teacher = teacher[order[count:]]
+    held_out_teacher = None
+    if held_out is not None and held_out.labels is None:
+        held_out_teacher = run_batches(session(io.to_proto(model)), held_out.inputs, batch_size)[0]
+    if train.count < options.batch_size:
+        raise OnnxcompError(f"--data has {train.count} training samples, fewer than one batch of {options.batch_size}; lower --batch-size")
+    return TrainingData(train, held_out, train_teacher, held_out_teacher)
 
 
 def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importances: dict,
@@ -247,7 +392,7 @@ def _fixed_bytes(model: ir.Model, layers: list[LayerOptions], keep_metadata: boo
 
 def compress_file(input_path: str | Path, output_path: str | Path, options: CompressOptions,
                   samples: Samples | None = None, progress: Callable[[str], None] | None = None,
-                  overwrite: bool = False) -> dict:
+                  overwrite: bool = False, eval_samples: Samples | None = None) -> dict:
     """Compress a file to a file; the input is only read, the output appears whole or not at all."""
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and output_path.resolve() == input_path.resolve():
@@ -259,7 +404,8 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
         raise OnnxcompError(f"output folder {folder} does not exist")
     model = io.load_model(input_path)
     input_bytes = io.file_bytes(input_path)
-    result = compress_model(model, options, samples=samples, input_bytes=input_bytes, progress=progress)
+    result = compress_model(model, options, samples=samples, input_bytes=input_bytes, progress=progress,
+                            eval_samples=eval_samples)
     written = io.save_model(result.model, output_path, overwrite=overwrite) if len(result.data) >= io.MAX_PROTO_BYTES else _write(output_path, result.data, overwrite)
     result.report["output_bytes"] = written
     result.report["output"] = str(output_path)

@@ -49,3 +49,105 @@ def test_epochs_without_data_is_a_clear_error(tmp_path):
     with pytest.raises(OnnxcompError, match="--data"):
         compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=80_000, epochs=2))
     assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def train_samples():
+    return load_samples(TRAIN, load_model(MODEL))
+
+
+@pytest.mark.parametrize("method", ["prune", "sws", "admm", "vib"])
+def test_each_method_meets_the_budget_and_keeps_accuracy(tmp_path, train_samples, method):
+    target = 40_000
+    # On 1,800 samples (28 steps an epoch) the gates' noise (log-variance from -9) needs a higher
+    # rate and penalty to reach the removal threshold at all.
+    epochs, gamma, lr = (8, 3e-3, 1e-2) if method == "vib" else (2, 1.6e-4, 1e-3)
+    options = CompressOptions(target_bytes=target, epochs=epochs, method=method, vib_gamma=gamma, lr=lr)
+    report = compress_file(MODEL, tmp_path / "out.onnx", options, samples=train_samples)
+    assert report["output_bytes"] == (tmp_path / "out.onnx").stat().st_size <= target
+    assert report["training"]["method"] == method
+    assert report["accuracy"]["held_out"] and report["accuracy"]["samples"] == 200  # a tenth of 2k held out
+    assert _accuracy(tmp_path / "out.onnx") > (0.6 if method == "vib" else 0.8)  # vib: rate 1e-2 on 1.8k samples
+    if method == "vib":
+        kept = report["neurons"]["groups"]
+        assert all(group["kept"] <= group["size"] for group in kept.values())
+        assert report["neurons"]["parameters_after"] < report["neurons"]["parameters_before"]
+
+
+def test_vib_needs_labels(tmp_path, train_samples):
+    unlabeled = train_samples.head(train_samples.count)
+    unlabeled.labels = None
+    with pytest.raises(OnnxcompError, match="labels"):
+        compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=40_000, epochs=1, method="vib"),
+                      samples=unlabeled)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_eval_samples_are_used_for_selection_and_report(tmp_path, train_samples):
+    held_out = load_samples(TEST, load_model(MODEL))
+    report = compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=40_000, epochs=1, method="prune"),
+                           samples=train_samples, eval_samples=held_out)
+    assert report["training"]["samples"] == train_samples.count and report["training"]["held_out"] == held_out.count
+    assert report["accuracy"]["samples"] == held_out.count
+    assert report["accuracy"]["compressed"] == pytest.approx(_accuracy(tmp_path / "out.onnx"))
+
+
+def test_iterative_pruning_keeps_pruned_weights_pruned():
+    from onnxcomp.retrain import prune_rounds, sparsity_schedule
+
+    assert prune_rounds(64, 40) == 3 and prune_rounds(2, 40) == 1 and prune_rounds(1000, 2) == 2
+    schedule = sparsity_schedule(4)
+    assert schedule == sorted(schedule) and schedule[-1] == 1.0 and schedule[0] > 0.25
+
+
+def _npz(path: Path, count: int, labels=None, rng_seed: int = 0) -> Path:
+    data = np.load(TRAIN)
+    arrays = {"input": data["input"][:count]}
+    arrays["labels"] = data["labels"][:count] if labels is None else labels
+    np.savez(path, **arrays)
+    return path
+
+
+def test_cli_fine_tunes_by_default_with_data(tmp_path, capsys):
+    from onnxcomp.cli import DEFAULT_EPOCHS, main
+
+    report = tmp_path / "r.json"
+    code = main(["compress", str(MODEL), "--target-size", "40KB", "-o", str(tmp_path / "o.onnx"), "--data", str(TRAIN),
+                 "--eval-data", str(TEST), "--method", "prune", "--report", str(report), "-q"])
+    assert code == 0, capsys.readouterr().err
+    import json
+
+    saved = json.loads(report.read_text())
+    assert saved["training"]["epochs"] == DEFAULT_EPOCHS and saved["training"]["method"] == "prune"
+    assert saved["accuracy"]["samples"] == 1000 and saved["accuracy"]["compressed"] > 0.9
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("labels-out-of-range", "label"),
+    ("labels-wrong-count", "label"),
+    ("fewer-than-a-batch", "batch"),
+    ("eval-without-data", "--eval-data needs --data"),
+    ("vib-without-labels", "labels"),
+])
+def test_cli_bad_training_input_is_a_clean_error(tmp_path, capsys, case, fragment):
+    from onnxcomp.cli import main
+
+    output = tmp_path / "o.onnx"
+    args = ["compress", str(MODEL), "--target-size", "40KB", "-o", str(output), "--epochs", "1", "-q"]
+    if case == "labels-out-of-range":
+        args += ["--data", str(_npz(tmp_path / "d.npz", 300, labels=np.full(300, 12, np.int64)))]
+    elif case == "labels-wrong-count":
+        args += ["--data", str(_npz(tmp_path / "d.npz", 300, labels=np.zeros(299, np.int64)))]
+    elif case == "fewer-than-a-batch":
+        args += ["--data", str(_npz(tmp_path / "d.npz", 20)), "--batch-size", "64"]
+    elif case == "eval-without-data":
+        args += ["--eval-data", str(TEST)]
+    else:
+        data = np.load(TRAIN)
+        np.savez(tmp_path / "d.npz", input=data["input"][:300])
+        args += ["--data", str(tmp_path / "d.npz"), "--method", "vib"]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert fragment.lower() in err.lower() and "Traceback" not in err
+    assert not output.exists()
