@@ -129,7 +129,7 @@ def _compress(args) -> int:
     options = CompressOptions(target_bytes=target, keep_metadata=args.keep_metadata, sensitivity=not args.no_sensitivity,
                               seed=args.seed, min_fidelity=args.min_fidelity, max_accuracy_drop=args.max_accuracy_drop,
                               force=args.force, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
-                              method=args.method)
+                              method=args.method, epochs_given=args.epochs is not None)
     if epochs < 0 or args.batch_size < 1 or args.lr <= 0:
         raise OnnxcompError("--epochs must be >= 0, --batch-size >= 1 and --lr > 0")
     if args.report_dir:

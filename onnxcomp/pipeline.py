@@ -57,6 +57,7 @@ class CompressOptions:
     epochs: int = 0  # > 0 with labelled or unlabelled --data: fine-tuning (see onnxcomp.retrain)
     batch_size: int = 64
     lr: float = 1e-3
+    epochs_given: bool = True  # False: `epochs` is the CLI default, skipped where fine-tuning cannot apply
     method: str = "auto"  # auto | prune | sws | admm | vib (see onnxcomp.retrain)
     vib_gamma: float = 1.6e-4  # VIB penalty weight per neuron group
 
@@ -254,6 +255,12 @@ def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_
     return importances, layers
 
 
+def _is_classifier(model: ir.Model) -> bool:
+    """The first output looks like class logits [batch, classes] (what fine-tuning trains)."""
+    output = model.graph.outputs[0]
+    return output.shape is not None and len(output.shape) == 2 and output.dtype == ir.DataType.FLOAT
+
+
 def _wants_vib(options: CompressOptions, training: TrainingData) -> bool:
     if options.method == "vib":
         if training.train.labels is None:
@@ -276,14 +283,20 @@ def _eliminate_neurons(model: ir.Model, training: TrainingData, options: Compres
     gated, finetune_epochs = _vib_epochs(options.epochs)
     _log(progress, f"neuron elimination (VIB) on {len(groups)} groups: {gated} gated + {finetune_epochs} fine-tuning epochs")
     held_out = training.held_out
-    smaller, report = vib_eliminate(
-        model, training.train.inputs, training.train.labels,
-        eval_inputs=None if held_out is None else held_out.inputs,
-        eval_labels=None if held_out is None else held_out.labels,
-        groups=groups, gamma=options.vib_gamma, epochs=gated, finetune_epochs=finetune_epochs,
-        batch_size=options.batch_size, lr=options.lr, finetune_lr=options.lr / 3, distill=True,
-        gate_lr_scale=10.0, seed=options.seed, log=lambda line: _log(progress, line),
-    )
+    try:
+        smaller, report = vib_eliminate(
+            model, training.train.inputs, training.train.labels,
+            eval_inputs=None if held_out is None else held_out.inputs,
+            eval_labels=None if held_out is None else held_out.labels,
+            groups=groups, gamma=options.vib_gamma, epochs=gated, finetune_epochs=finetune_epochs,
+            batch_size=options.batch_size, lr=options.lr, finetune_lr=options.lr / 3, distill=True,
+            gate_lr_scale=10.0, seed=options.seed, log=lambda line: _log(progress, line),
+        )
+    except OnnxcompError as error:
+        if options.method == "vib":
+            raise
+        _log(progress, f"neuron elimination skipped: {error}")
+        return model, None
     kept = {name: {"size": g["size"], "kept": g["kept"]} for name, g in report["groups"].items()}
     _log(progress, "kept " + ", ".join(f"{name} {g['kept']}/{g['size']}" for name, g in kept.items()))
     return smaller, {"groups": kept, "parameters_before": report["params_before"], "parameters_after": report["params_after"]}
@@ -351,6 +364,8 @@ def _training_data(options: CompressOptions, samples: Samples, eval_samples: Sam
     """The training and held-out split, or None when this run does not fine-tune."""
     if options.epochs <= 0:
         return None
+    if not options.epochs_given and (samples.generated or not _is_classifier(model)):
+        return None  # the default epochs apply to classifiers with data; others calibrate only
     if samples.generated:
         raise OnnxcompError("--epochs needs training data: pass --data (labels optional; without labels the original model teaches)")
     train, held_out, train_teacher = samples, eval_samples, teacher

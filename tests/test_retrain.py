@@ -151,3 +151,30 @@ def test_cli_bad_training_input_is_a_clean_error(tmp_path, capsys, case, fragmen
     assert code == 2, err
     assert fragment.lower() in err.lower() and "Traceback" not in err
     assert not output.exists()
+
+
+def test_default_epochs_skip_models_that_are_not_classifiers(tmp_path, capsys):
+    """--data without --epochs fine-tunes classifiers only; other models calibrate as before."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnxcomp.cli import main
+
+    rng = np.random.default_rng(0)
+    weight = helper.make_tensor("W", TensorProto.FLOAT, [16, 8, 32], rng.standard_normal(16 * 8 * 32).astype(np.float32).ravel())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, 1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16, 1, 32])], [weight])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((200, 16, 1, 8)).astype(np.float32))
+    report = tmp_path / "r.json"
+    code = main(["compress", str(model), "--target-size", "10KB", "-o", str(tmp_path / "o.onnx"), "--data", str(tmp_path / "d.npz"),
+                 "--report", str(report), "-q"])
+    assert code == 0, capsys.readouterr().err
+    import json
+
+    assert "training" not in json.loads(report.read_text())
+    explicit = main(["compress", str(model), "--target-size", "10KB", "-o", str(tmp_path / "o2.onnx"), "--data", str(tmp_path / "d.npz"),
+                     "--epochs", "2", "-q"])
+    assert explicit == 2 and "logits" in capsys.readouterr().err
