@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     mobile.add_argument("model", help="compressed .onnx model (never modified)")
     mobile.add_argument("-o", "--output-dir", required=True, help="folder for MODEL.onnx (a copy), MODEL.ort and required_operators.config")
     mobile.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    mobile.add_argument("--ort-weights", choices=["auto", "dense", "sparse"], default="auto",
+                        help="how the .ort stores weights: 'sparse' = decoded weights, sparse ones as sparse "
+                             "initializers (small, dense speed); 'dense' = as ONNX Runtime's converter folds them; "
+                             "'auto' (default) = the smaller of the two whose outputs match the .onnx")
     mobile.add_argument("--json", action="store_true", help="print the export report as JSON")
     return parser
 
@@ -209,21 +213,28 @@ def _inspect(args) -> int:
 def _export_mobile(args) -> int:
     from onnxcomp.runtime.mobile import export_mobile
 
-    result = export_mobile(args.model, args.output_dir, overwrite=args.force)
+    result = export_mobile(args.model, args.output_dir, overwrite=args.force, ort_weights=args.ort_weights)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
     rows = [(".onnx", result.onnx_path, result.onnx_bytes, result.onnx_timing),
             (".ort", result.ort_path, result.ort_bytes, result.ort_timing)]
-    print(f"{'format':<7}{'bytes':>12}{'load ms':>10}{'run ms':>10}  file")
+    if result.ort_weights == "sparse" and result.dense_ort_bytes is not None:
+        rows.append((".ort (dense, not written)", None, result.dense_ort_bytes, result.dense_ort_timing))
+    print(f"{'format':<27}{'bytes':>12}{'load ms':>10}{'run ms':>10}  file")
     for label, path, size, timing in rows:
-        print(f"{label:<7}{size:>12,}{1e3 * timing.load_s:>10.2f}{1e3 * timing.run_s:>10.3f}  {path}")
+        load, run = (f"{1e3 * timing.load_s:>10.2f}", f"{1e3 * timing.run_s:>10.3f}") if timing else (f"{'-':>10}", f"{'-':>10}")
+        print(f"{label:<27}{size:>12,}{load}{run}  {path or ''}".rstrip())
     print("load = session creation (decode subgraphs are folded here), run = one batch-1 inference; "
           "medians on 1 thread, measured side by side")
     print(f".ort outputs match the .onnx: max abs diff {result.max_abs_diff:.3g} on seeded inputs")
+    sparse = [row["name"] for row in result.weights if row["form"] == "sparse"]
+    if result.ort_weights == "sparse" and sparse:
+        print(f"the .ort stores {len(sparse)} of {len(result.weights)} weights as sparse initializers "
+              f"({', '.join(sparse)}), the rest dense")
     if result.ort_bytes > result.onnx_bytes:
-        print(f"note: the .ort is {result.ort_bytes / result.onnx_bytes:.1f}x the .onnx: ORT-format conversion folds the "
-              "decode subgraphs into dense weights (full mobile packages load the compact .onnx directly)")
+        print(f"note: the .ort is {result.ort_bytes / result.onnx_bytes:.1f}x the .onnx: ORT format holds weights decoded "
+              "(dense, or sparse where that is smaller); full mobile packages load the compact .onnx directly")
     print(f"wrote {result.config_path} (operators for a reduced build)")
     for label, check in (("the .onnx", result.onnx_check), ("the .ort", result.ort_check)):
         if not check.opset_supported:

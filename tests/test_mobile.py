@@ -12,8 +12,9 @@ import pytest
 
 from onnxcomp import io
 from onnxcomp.pipeline import CompressOptions, compress_model
-from onnxcomp.runtime.mobile import check_ops, export_mobile, onnx_ops, read_operators_config
-from tests.conftest import LENET5, REPO, build_model
+from onnxcomp.runtime.mobile import (check_ops, export_mobile, onnx_ops, ort_ready_model, read_operators_config,
+                                     sparse_form_bytes)
+from tests.conftest import LENET5, REPO, build_model, single_matmul
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
@@ -100,8 +101,11 @@ def test_lenet5_ort_matches_onnx(lenet5_compressed, tmp_path):
     assert result.onnx_path.read_bytes() == lenet5_compressed.read_bytes()
     assert result.onnx_bytes == lenet5_compressed.stat().st_size
     assert result.ort_bytes == result.ort_path.stat().st_size
-    # The converter folds the decode subgraphs: the .ort carries dense float weights again.
+    # The .ort carries decoded float weights again: the 60%-sparse 500x800 layer as a sparse
+    # initializer (smaller than the converter's dense fold), the others dense.
     assert result.ort_bytes > 5 * result.onnx_bytes
+    assert result.ort_weights == "sparse" and result.ort_bytes < 0.9 * result.dense_ort_bytes
+    assert [row["shape"] for row in result.weights if row["form"] == "sparse"] == [[500, 800]]
     assert sorted(p.name for p in (tmp_path / "mobile").iterdir()) == ["lenet5.onnx", "lenet5.ort", "required_operators.config"]
 
     images = np.load(REPO / "models" / "data" / "mnist_test_1k.npz")["input"][:32]
@@ -180,3 +184,62 @@ def test_cli_bad_input(kind, tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("onnxcomp: error:") and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def pruned_matmul(rng, sparsity=0.9, shape=(256, 128)):
+    weight = rng.standard_normal(shape).astype(np.float32)
+    weight[rng.random(shape) < sparsity] = 0
+    return single_matmul(weight)
+
+
+def test_sparse_form_bytes_follow_ort_index_widths():
+    flat = np.zeros(100_000, np.float32)
+    flat[[0, 127]] = 1
+    assert sparse_form_bytes(flat) == 2 * (4 + 1)  # largest index fits int8
+    flat[32_767] = 1
+    assert sparse_form_bytes(flat) == 3 * (4 + 2)  # int16
+    flat[99_999] = -0.0  # ONNX Runtime keeps -0.0 (it tests the bits)
+    assert sparse_form_bytes(flat) == 4 * (4 + 4)  # int32
+    assert sparse_form_bytes(np.zeros(10, np.float32)) == 0
+
+
+def test_pruned_compressed_model_gives_small_sparse_ort(tmp_path, rng):
+    """A pruned layer's decode subgraph becomes a sparse initializer: the .ort is far smaller than
+    the converter's dense fold, outputs match the .onnx, and no decode op is left."""
+    model = pruned_matmul(rng)
+    path = tmp_path / "pruned.onnx"
+    compressed(model, path, 8)
+    assert "ScatterElements" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    result = export_mobile(path, tmp_path / "out", measure_speed=False)
+
+    assert result.ort_weights == "sparse"
+    assert result.ort_bytes < result.dense_ort_bytes / 3  # 10% of 256x128 kept: ~6 bytes each vs 4 per entry
+    assert [row["form"] for row in result.weights] == ["sparse"]
+    feeds = {"x": rng.standard_normal((5, 256)).astype(np.float32)}
+    assert_same_outputs(path, result.ort_path, feeds)
+    assert result.max_abs_diff < ATOL
+    assert config_ops(result.config_path) == {"MatMul"}
+
+    # The old behaviour stays available: the converter's dense fold.
+    dense = export_mobile(path, tmp_path / "dense", measure_speed=False, ort_weights="dense")
+    assert dense.ort_weights == "dense" and dense.ort_bytes == result.dense_ort_bytes > 4 * 256 * 128
+    assert_same_outputs(path, dense.ort_path, feeds)
+
+
+def test_sparse_dense_initializer_and_dense_kept(tmp_path, rng):
+    """Plain float initializers are sparsified too when that is smaller; a dense weight stays dense."""
+    path = tmp_path / "plain.onnx"
+    path.write_bytes(io.serialized_bytes(pruned_matmul(rng, sparsity=0.8)))
+    proto, rows = ort_ready_model(path)
+    assert [row["form"] for row in rows] == ["sparse"] and not proto.graph.initializer
+    assert len(proto.graph.sparse_initializer) == 1
+    feeds = {"x": rng.standard_normal((2, 256)).astype(np.float32)}
+    expected = run_file(path, feeds)[0]
+    np.testing.assert_allclose(onnxruntime.InferenceSession(proto.SerializeToString()).run(None, feeds)[0], expected,
+                               atol=ATOL, rtol=RTOL)
+
+    dense_path = tmp_path / "dense.onnx"
+    dense_path.write_bytes(io.serialized_bytes(pruned_matmul(rng, sparsity=0.2)))
+    result = export_mobile(dense_path, tmp_path / "out", measure_speed=False)
+    assert result.ort_weights == "dense" and [row["form"] for row in result.weights] == ["dense"]
+    assert result.ort_bytes == result.dense_ort_bytes

@@ -3,10 +3,19 @@
 The conversion is the one `python -m onnxruntime.tools.convert_onnx_models_to_ort` performs
 (optimization style "Fixed", level "all", NCHWc transformer off, QDQ int8 off), run in-process
 so that the outputs can be staged and renamed into place. The converter optimizes the graph
-before saving, which constant-folds onnxcomp's decode subgraphs: the `.ort` holds dense float
-weights, so it is as fast as the original but not small. `export_mobile` reports both files'
-bytes, load time and latency side by side, and checks every operator against the operator
-set of ONNX Runtime's pre-built mobile package.
+before saving, which constant-folds onnxcomp's decode subgraphs: converted as it is, the `.ort`
+holds dense float weights (as fast as the original, not small).
+
+So before converting, `export_mobile` evaluates every weight's decode subgraph (as `inspect`
+does) and stores each decoded weight for the `.ort` in the smaller of two forms that ONNX
+Runtime runs at dense speed: a plain float initializer, or a COO `sparse_initializer` (float
+values + flat indices). ONNX Runtime densifies sparse initializers when it loads a model and
+re-sparsifies them when it saves ORT format, with the narrowest index type that holds the
+largest index (int8, int16, int32, else int64), so a weight costs about `nnz * (4 + index
+bytes)` bytes sparse against `4 * size` dense. The default (`ort_weights="auto"`) also converts
+the model as it is and keeps the smaller `.ort` of the two whose outputs match the `.onnx`.
+`export_mobile` reports the files' bytes, load time and latency side by side, and checks every
+operator against the operator set of ONNX Runtime's pre-built mobile package.
 """
 
 from __future__ import annotations
@@ -76,6 +85,11 @@ class MobileExport:
     onnx_timing: Timing | None = None
     ort_timing: Timing | None = None
     max_abs_diff: float | None = None  # .ort vs .onnx outputs on seeded inputs
+    ort_weights: str = "dense"  # how the written .ort stores weights: "dense" or "sparse" (some sparse_initializers)
+    weights: list[dict] = dataclasses.field(default_factory=list)  # per decoded weight: the form chosen for the .ort
+    dense_ort_bytes: int | None = None  # the .ort converted from the model as it is (decode folded to dense)
+    dense_ort_timing: Timing | None = None
+    dense_max_abs_diff: float | None = None
 
     def as_dict(self) -> dict:
         result = dataclasses.asdict(self)
@@ -190,6 +204,123 @@ def onnx_ops(proto: onnx.ModelProto) -> dict[str, dict[int, set[str]]]:
     return used
 
 
+ORT_WEIGHTS = ("auto", "dense", "sparse")
+
+
+def _index_bytes(max_index: int) -> int:
+    """Bytes per index ONNX Runtime uses when it saves a sparse initializer in ORT format."""
+    for size, dtype in ((1, np.int8), (2, np.int16), (4, np.int32)):
+        if max_index <= np.iinfo(dtype).max:
+            return size
+    return 8
+
+
+def _nonzero(flat: np.ndarray) -> np.ndarray:
+    """Positions ONNX Runtime keeps when it sparsifies: it tests the bits, so -0.0 counts as non-zero."""
+    return np.flatnonzero(flat.view(np.uint32) if flat.dtype == np.float32 else flat)
+
+
+def sparse_form_bytes(array: np.ndarray) -> int:
+    """Bytes of a float32 weight's values + indices as an ORT-format sparse initializer."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    nonzero = _nonzero(flat)
+    if not nonzero.size:
+        return 0
+    return int(nonzero.size * (flat.itemsize + _index_bytes(int(nonzero[-1]))))
+
+
+def make_sparse_initializer(name: str, array: np.ndarray) -> onnx.SparseTensorProto:
+    """A COO sparse tensor with flat int64 indices (the ONNX standard form; ORT narrows them itself)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    nonzero = _nonzero(flat)
+    values = onnx.numpy_helper.from_array(flat[nonzero], name)
+    indices = onnx.numpy_helper.from_array(nonzero.astype(np.int64), f"{name}.indices")
+    return onnx.helper.make_sparse_tensor(values, indices, list(array.shape))
+
+
+def ort_ready_model(model_path: str | os.PathLike) -> tuple[onnx.ModelProto, list[dict]]:
+    """The model with every weight's decode subgraph replaced by its decoded value, each weight
+    stored as a plain initializer or a `sparse_initializer`, whichever the .ort holds in fewer
+    bytes. Returns the model and one row per float weight (name, shape, form, bytes).
+
+    Decoding reuses `onnxcomp.report.stored_weights` (decode subgraphs evaluated in ONNX Runtime).
+    The result may not pass `onnx.checker` (it rejects some valid sparse initializers); ONNX
+    Runtime loads it.
+    """
+    from onnxcomp.report import stored_weights
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    graph = proto.graph
+    graph_inputs = {value.name for value in graph.input}
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    producer = {output: node for node in graph.node for output in node.output}
+    rows = []
+    replaced: set[str] = set()
+    candidates: set[str] = set()  # initializers feeding replaced decode subgraphs
+    for weight in stored_weights(io.load_model(model_path)):
+        array = np.ascontiguousarray(weight.array)
+        name = weight.name
+        decoded = name in producer and name not in initializers
+        if array.dtype != np.float32 or not (decoded or name in initializers) or name in graph_inputs or name in replaced:
+            continue
+        dense_bytes, sparse_bytes = int(array.nbytes), sparse_form_bytes(array)
+        form = "sparse" if sparse_bytes < dense_bytes else "dense"
+        rows.append({"name": name, "shape": list(array.shape), "stored_as": weight.encoding, "form": form,
+                     "nonzero": int(_nonzero(array.reshape(-1)).size), "dense_bytes": dense_bytes, "sparse_bytes": sparse_bytes})
+        if not decoded and form == "dense":
+            continue  # already a plain initializer
+        replaced.add(name)
+        if decoded:
+            candidates.update(source.name for source in weight.sources if source.name)
+        else:
+            graph.initializer.remove(initializers.pop(name))
+        if form == "sparse":
+            graph.sparse_initializer.append(make_sparse_initializer(name, array))
+        else:
+            graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    _drop_dead_decode_nodes(graph, replaced, candidates)
+    return proto, rows
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    used = {value.name for value in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                used |= _used_names(subgraph)  # outer-scope names read inside subgraphs
+    return used
+
+
+def _drop_dead_decode_nodes(graph: onnx.GraphProto, replaced: set[str], candidates: set[str]) -> None:
+    """Remove the nodes that produced the replaced weights, then whatever decode nodes and
+    initializers nothing reads any more (only those of the replaced weights' subgraphs)."""
+    decode_nodes = []
+    for node in list(graph.node):
+        if replaced & set(node.output):
+            graph.node.remove(node)
+            decode_nodes.extend(node.input)
+    pending = set(decode_nodes)
+    while pending:
+        used = _used_names(graph)
+        removed = False
+        for node in list(graph.node):
+            if set(node.output) & pending and not set(node.output) & used:
+                graph.node.remove(node)
+                pending.update(node.input)
+                removed = True
+        if not removed:
+            break
+    used = _used_names(graph)
+    for tensor in list(graph.initializer):
+        if tensor.name in candidates | pending and tensor.name not in used and tensor.name not in replaced:
+            graph.initializer.remove(tensor)
+    kept = used | {value.name for value in graph.output}
+    for info in list(graph.value_info):
+        if info.name not in kept:
+            graph.value_info.remove(info)
+
+
 def measure(paths: list[Path], feeds: dict[str, np.ndarray], loads: int = 3, runs: int = 50) -> list[Timing]:
     """Median load (session creation) and run time of each model, interleaved so that both see
     the same machine load. One intra-op thread, as on a phone's app thread."""
@@ -212,35 +343,51 @@ def measure(paths: list[Path], feeds: dict[str, np.ndarray], loads: int = 3, run
     return [Timing(statistics.median(lt), statistics.median(rt)) for lt, rt in zip(load_times, run_times)]
 
 
-def compare_outputs(onnx_path: Path, ort_path: Path, feeds: dict[str, np.ndarray]) -> float:
-    """Largest absolute difference between the two models' outputs on the same inputs."""
+def _run_file(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     ort = _ort()
-    results = []
-    for path in (onnx_path, ort_path):
-        try:
-            sess = ort.InferenceSession(str(path), _session_options(threads=None), providers=["CPUExecutionProvider"])
-            results.append(sess.run(None, feeds))
-        except Exception as error:
-            raise OnnxcompError(f"ONNX Runtime cannot run {path}: {_first_line(error)}") from None
+    try:
+        sess = ort.InferenceSession(str(path), _session_options(threads=None), providers=["CPUExecutionProvider"])
+        return [np.asarray(result) for result in sess.run(None, feeds)]
+    except Exception as error:
+        raise OnnxcompError(f"ONNX Runtime cannot run {path}: {_first_line(error)}") from None
+
+
+def _max_diff(expected: list[np.ndarray], actual: list[np.ndarray], path: Path) -> float:
     diff = 0.0
-    for expected, actual in zip(*results):
-        expected, actual = np.asarray(expected), np.asarray(actual)
-        if expected.shape != actual.shape:
-            raise OnnxcompError(f"{ort_path} gives outputs of shape {actual.shape}, the .onnx {expected.shape}")
-        if expected.size:
-            diff = max(diff, float(np.max(np.abs(expected.astype(np.float64) - actual.astype(np.float64)))))
+    for e, a in zip(expected, actual):
+        if e.shape != a.shape:
+            raise OnnxcompError(f"{path} gives outputs of shape {a.shape}, the .onnx {e.shape}")
+        if e.size and np.issubdtype(e.dtype, np.number):
+            diff = max(diff, float(np.max(np.abs(e.astype(np.float64) - a.astype(np.float64)))))
     return diff
 
 
+def _output_scale(outputs: list[np.ndarray]) -> float:
+    return max((float(np.max(np.abs(o.astype(np.float64)))) for o in outputs if o.size and np.issubdtype(o.dtype, np.number)), default=0.0)
+
+
+def compare_outputs(onnx_path: Path, ort_path: Path, feeds: dict[str, np.ndarray]) -> float:
+    """Largest absolute difference between the two models' outputs on the same inputs."""
+    return _max_diff(_run_file(onnx_path, feeds), _run_file(ort_path, feeds), ort_path)
+
+
 def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, *, overwrite: bool = False,
-                  measure_speed: bool = True, seed: int = 0) -> MobileExport:
+                  measure_speed: bool = True, seed: int = 0, ort_weights: str = "auto") -> MobileExport:
     """Write `<stem>.onnx` (a copy of the input), `<stem>.ort` and `required_operators.config` into
     `output_dir`.
 
+    `ort_weights`: "sparse" converts the model rewritten by `ort_ready_model` (decoded weights,
+    sparse ones as `sparse_initializer`); "dense" converts the model as it is (the converter
+    folds the decode subgraphs into dense weights); "auto" (default) makes both and keeps the
+    smaller whose outputs match the .onnx (the dense one is kept when no weight is sparse enough).
+
     The input is only read. Everything is staged in a temporary folder inside `output_dir` and
     renamed into place, so each output appears whole or not at all. With `measure_speed`, the
-    .onnx and .ort are loaded and run side by side on seeded inputs (batch 1).
+    .onnx and .ort (and in "auto" mode the dense .ort) are loaded and run side by side on seeded
+    inputs (batch 1).
     """
+    if ort_weights not in ORT_WEIGHTS:
+        raise OnnxcompError(f"ort_weights must be one of {', '.join(ORT_WEIGHTS)}, not {ort_weights!r}")
     model_path = Path(model_path)
     output_dir = Path(output_dir)
     model = io.load_model(model_path)  # clean one-line errors for missing / non-ONNX files
@@ -263,17 +410,45 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
 
     feeds = generate_samples(model, count=1, seed=seed).inputs
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".onnxcomp-") as staging:
-        staged_ort = Path(staging) / ort_out.name
         staged_config = Path(staging) / CONFIG_NAME
-        convert_to_ort(model_path, staged_ort)
+        reference = _run_file(model_path, feeds)
+        dense_ort = sparse_ort = None
+        weights: list[dict] = []
+        if ort_weights in ("auto", "dense"):
+            dense_ort = Path(staging) / "dense" / ort_out.name
+            dense_ort.parent.mkdir()
+            convert_to_ort(model_path, dense_ort)
+        if ort_weights in ("auto", "sparse"):
+            rewritten, weights = ort_ready_model(model_path)
+            if ort_weights == "sparse" or any(row["form"] == "sparse" for row in weights):
+                staged_input = Path(staging) / f"{stem}.ort-input.onnx"
+                staged_input.write_bytes(rewritten.SerializeToString())
+                sparse_ort = Path(staging) / "sparse" / ort_out.name
+                sparse_ort.parent.mkdir()
+                convert_to_ort(staged_input, sparse_ort)
+        dense_diff = _max_diff(reference, _run_file(dense_ort, feeds), dense_ort) if dense_ort else None
+        sparse_diff = _max_diff(reference, _run_file(sparse_ort, feeds), sparse_ort) if sparse_ort else None
+        staged_ort, chosen = (sparse_ort, "sparse") if sparse_ort else (dense_ort, "dense")
+        if sparse_ort and dense_ort:
+            # Same weight values either way: the sparse .ort must match the .onnx as closely as the
+            # dense one does, up to float rounding (optimizers may fuse differently).
+            tolerance = max(dense_diff, 1e-5 * max(1.0, _output_scale(reference)))
+            if sparse_diff > tolerance:
+                logger.warning("the .ort with sparse initializers differs from the .onnx by %.3g (dense: %.3g): "
+                               "keeping the dense .ort", sparse_diff, dense_diff)
+                staged_ort, chosen = dense_ort, "dense"
+            elif sparse_ort.stat().st_size >= dense_ort.stat().st_size:
+                staged_ort, chosen = dense_ort, "dense"
         try:
             required_ops = write_operators_config([staged_ort], staged_config)
         except Exception as error:
             raise OnnxcompError(f"cannot read the operators of the ORT-format model: {_first_line(error)}") from None
         # The config's header names the models it came from: name the final path, not the staging one.
         staged_config.write_text(staged_config.read_text().replace(str(staged_ort), str(ort_out)))
-        max_abs_diff = compare_outputs(model_path, staged_ort, feeds)
-        timings = measure([model_path, staged_ort], feeds) if measure_speed else [None, None]
+        max_abs_diff = sparse_diff if chosen == "sparse" else dense_diff
+        timed = [model_path, staged_ort] + ([dense_ort] if dense_ort and staged_ort != dense_ort else [])
+        timings = measure(timed, feeds) if measure_speed else [None] * len(timed)
+        dense_ort_bytes = dense_ort.stat().st_size if dense_ort else None
         if copy_onnx:
             staged_onnx = Path(staging) / onnx_out.name
             shutil.copyfile(model_path, staged_onnx)
@@ -295,6 +470,11 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
         onnx_timing=timings[0],
         ort_timing=timings[1],
         max_abs_diff=max_abs_diff,
+        ort_weights=chosen,
+        weights=weights,
+        dense_ort_bytes=dense_ort_bytes,
+        dense_ort_timing=timings[2] if len(timings) > 2 else (timings[1] if chosen == "dense" else None),
+        dense_max_abs_diff=dense_diff,
     )
 
 
