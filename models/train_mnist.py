@@ -16,6 +16,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,11 @@ def _learning_rate_factor(step: int, warmup_steps: int, total_steps: int) -> flo
 
 
 def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe,
-          seed: int) -> None:
-    """Trains `model` in place with the given recipe; shuffling is seeded by `seed`."""
+          seed: int, penalty: Callable[[], torch.Tensor] | None = None) -> None:
+    """Trains `model` in place with the given recipe; shuffling is seeded by `seed`.
+
+    `penalty`, if given, is added to every batch's loss (e.g. a sparsity regularizer).
+    """
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
     )
@@ -83,7 +87,7 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: 
         for batch in order.split(recipe.batch_size):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_function(model(images[batch]), labels[batch])
-            loss.backward()
+            (loss if penalty is None else loss + penalty()).backward()
             optimizer.step()
             scheduler.step()
             loss_sum += loss.item() * batch.numel()
