@@ -16,19 +16,23 @@ import logging
 import numpy as np
 
 from onnxcomp import encoding
-from onnxcomp.quantize import Quantization, SortedWeights, prune_mask
+from onnxcomp.quantize import Quantization, SortedWeights, grouped_quantize, prune_mask
 
 logger = logging.getLogger(__name__)
 
 SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 BITS = (1, 2, 3, 4, 5, 6, 7, 8)
+# Grouped lookup (one codebook per group of rows or columns) is priced for big weights only, where
+# rows or columns of different scales make one codebook too coarse and G codebooks cost little.
+GROUPED_MIN_PARAMS = 65536
+GROUPED_BITS = (2, 3, 4, 5, 6)
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """One way to store one weight: dense, or pruned + clustered + encoded."""
 
-    kind: str  # dense | lookup | sparse
+    kind: str  # dense | lookup | sparse | grouped
     bytes: int
     distortion: float  # squared error / weight energy
     sparsity: float = 0.0
@@ -55,12 +59,14 @@ class LayerOptions:
 
 
 def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarray | None = None,
-                  keep_zeros: bool = False) -> LayerOptions:
+                  keep_zeros: bool = False, grouped: bool = True) -> LayerOptions:
     """Price every (sparsity, bits) setting of one weight; keep the Pareto front.
 
     `importance` (broadcastable to the weight) weights squared errors, e.g. the mean squared
     input activation per input feature; None means plain squared error. `keep_zeros` prices
     only the weight's own zero pattern (no further pruning), for weights retrained with a mask.
+    `grouped` adds grouped-lookup candidates (one codebook per group of rows or of columns, no
+    pruning: zeros are clustered like any value) for weights of at least GROUPED_MIN_PARAMS entries.
     """
     values = np.asarray(values, dtype=np.float32)
     rank = values.ndim
@@ -91,7 +97,22 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
                 if price is not None and price.bytes < best.bytes:
                     best = Candidate("sparse", price.bytes, distortion, sparsity, price.value_bits, quant)
             candidates.append(best)
+    if grouped and not keep_zeros and role != "bias" and count >= GROUPED_MIN_PARAMS and np.isfinite(values).all():
+        candidates.extend(grouped_candidates(values, importance, energy))
     return LayerOptions(name, tuple(values.shape), role, pareto(candidates), importance=importance)
+
+
+def grouped_candidates(values: np.ndarray, importance: np.ndarray | None, energy: float) -> list[Candidate]:
+    """Grouped-lookup candidates: k-means per group of rows, then of columns, at GROUPED_BITS."""
+    candidates = []
+    for axis in (0, 1):
+        for groups in encoding.group_counts(values.shape, axis):
+            quants = grouped_quantize(values, importance, groups, tuple(1 << bits for bits in GROUPED_BITS), axis)
+            offsets = groups if axis == 0 else values.shape[-1]
+            for bits, quant in zip(GROUPED_BITS, quants):
+                price = encoding.grouped_lookup_bytes(values.size, bits, groups, 1 << bits, values.ndim, offsets)
+                candidates.append(Candidate("grouped", price, quant.sse / energy, 0.0, bits, quant))
+    return candidates
 
 
 def pareto(candidates: list[Candidate]) -> list[Candidate]:

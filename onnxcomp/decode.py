@@ -109,6 +109,33 @@ class DecodeBuilder:
         gathered = self.op("Gather", [self.initializer(codebook.astype(np.float32), stem + "_cb"), indices], axis=0)
         return self.reshape_to(gathered, shape)
 
+    def grouped_lookup(self, codes: np.ndarray, codebooks: np.ndarray, bits: int, shape: tuple[int, ...],
+                       stem: str, axis: int = 0) -> ir.Value:
+        """Codes (weight layout) of group g index codebook row g of the flattened [G, K] codebooks.
+
+        axis 0 (G groups of consecutive entries): Cast -> Reshape [G, M] -> Add(offsets [G, 1]).
+        axis 1 (G groups of consecutive columns): Cast -> Reshape [size / D, D] -> Add(offsets
+        [1, D]). Then Gather(codebooks) -> Reshape(shape).
+        """
+        groups, size = codebooks.shape
+        if axis == 0:
+            layout = (groups, int(codes.size) // groups)
+            offsets = (np.arange(groups, dtype=np.int32) * size).reshape(groups, 1)
+        else:
+            columns = int(shape[-1])
+            layout = (int(codes.size) // columns, columns)
+            offsets = (np.arange(columns, dtype=np.int32) // (columns // groups) * size).reshape(1, columns)
+        offsets_value = self.initializer(offsets, stem + "_o")
+        flat_codebook = self.initializer(codebooks.astype(np.float32).ravel(), stem + "_cb")
+        if bits == 8 or encoding.choose_packing(codes.size, bits).per_word == 1:
+            indices = self.op("Cast", [self.initializer(codes.reshape(layout).astype(np.uint8), stem)],
+                              to=ir.DataType.INT32)
+        else:
+            unpacked = self.op("Cast", [self.unpacked_codes(codes, bits, stem, flat=False)], to=ir.DataType.INT32)
+            indices = self.reshape_to(unpacked, layout)
+        gathered = self.op("Gather", [flat_codebook, self.op("Add", [indices, offsets_value])], axis=0)
+        return self.reshape_to(gathered, shape)
+
     def linear(self, codes: np.ndarray, zero: float, scale: float, bits: int, shape: tuple[int, ...], stem: str) -> ir.Value:
         """Uniform codebook: (float(code) - zero) * scale."""
         if encoding.choose_packing(codes.size, bits).per_word == 1:

@@ -11,6 +11,8 @@ Encodings (the byte model in `estimate_bytes` prices each one for the allocator)
   BitShift(LEFT) -> BitShift(RIGHT) -> Cast(INT32) -> Gather(codebook) -> Reshape.
 * ``linear``: as lookup, but a uniform codebook is rebuilt arithmetically:
   -> Cast(FLOAT) -> Sub(zero) -> Mul(scale) -> Reshape.
+* ``grouped``: as lookup, with one codebook per group of rows or columns (`quantize.group_view`):
+  -> Cast(INT32) -> Reshape -> Add(INT32 code offsets of each group) -> Gather(codebooks) -> Reshape.
 * ``sparse``: non-zero values as packed codebook codes plus relative position deltas packed in
   narrow words, with filler entries (delta = max, value = 0) for gaps too long for a delta
   (Han et al. 2015) -> CumSum -> ScatterElements into ConstantOfShape -> Reshape.
@@ -119,6 +121,47 @@ def lookup_bytes(count: int, bits: int, codebook_size: int, rank: int, uniform: 
     if uniform:
         nodes += 1
     return packing.payload_bytes + table + nodes * NODE_BYTES + 4 * INITIALIZER_BYTES + 8 * rank
+
+
+def grouped_lookup_bytes(count: int, bits: int, groups: int, codebook_size: int, rank: int,
+                         offsets: int | None = None) -> int:
+    """Lookup with one `codebook_size`-entry codebook per group: codes as in `lookup_bytes`, plus
+    G codebooks, the INT32 code offsets (`offsets` entries: G for row groups, the last dimension
+    for column groups) and the Reshape + Add nodes."""
+    base = lookup_bytes(count, bits, codebook_size, rank)
+    packing = choose_packing(count, bits)
+    extra_nodes = 2 + (1 if packing.per_word == 1 and rank == 1 else 0)
+    return (base + 4 * (groups - 1) * codebook_size + 4 * (groups if offsets is None else offsets)
+            + extra_nodes * NODE_BYTES + 2 * INITIALIZER_BYTES + 16)
+
+
+def group_counts(shape: tuple[int, ...], axis: int = 0, min_group: int = 4096,
+                 wanted: tuple[int, ...] = (8, 32, 128, 512), most: int = 1) -> list[int]:
+    """Group counts G for a grouped lookup; groups hold >= `min_group` entries. The `most`
+    largest of `wanted` that fit, each moved to the nearest divisor of the size for row groups
+    (axis 0; a divisor of the first dimension when one is as near, so groups are whole rows) or
+    of the last dimension for column groups (axis 1, rank >= 2 only)."""
+    count = int(np.prod(shape)) if shape else 1
+    if axis == 1 and len(shape) < 2:
+        return []
+    divides = count if axis == 0 else int(shape[-1])
+    limit = count // min_group
+    found: list[int] = []
+    for target in wanted:
+        if target > limit:
+            break
+        near = [g for g in range(max(2, target // 2), min(limit, 2 * target) + 1) if divides % g == 0]
+        if not near:
+            continue
+        rows = [g for g in near if axis == 0 and shape and shape[0] % g == 0]
+        best = min(near, key=lambda g: (abs(math.log(g / target)), g))
+        if rows:
+            aligned = min(rows, key=lambda g: abs(math.log(g / target)))
+            if abs(math.log(aligned / target)) <= abs(math.log(best / target)):
+                best = aligned
+        if best not in found:
+            found.append(best)
+    return found[-most:]
 
 
 def sparse_bytes(entries: int, value_bits: int, delta_bits: int, codebook_size: int, rank: int) -> int:

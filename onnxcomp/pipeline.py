@@ -309,7 +309,9 @@ def _vib_epochs(epochs: int) -> tuple[int, int]:
 
 def _price(model: ir.Model, weights, importances: dict, sensitivity_of: dict[str, float],
            keep_zeros: bool = False) -> list[LayerOptions]:
-    layers = [layer_options(w.name, w.numpy().astype(np.float32), w.role, importances.get(w.name), keep_zeros)
+    # Re-pricing serves retraining, whose codebook stages know one codebook per weight only.
+    layers = [layer_options(w.name, w.numpy().astype(np.float32), w.role, importances.get(w.name), keep_zeros,
+                            grouped=False)
               for w in weights]
     for layer in layers:
         layer.sensitivity = sensitivity_of.get(layer.name, 1.0)
@@ -389,11 +391,13 @@ def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importa
     if masks is None:
         masks = _masks(work, allocation, importances)
     codebooks = {name: c.quant.codebook for name, c in allocation.choices.items() if c.quant is not None}
+    grouped = {name: (c.quant.groups, c.quant.group_axis) for name, c in allocation.choices.items()
+               if c.quant is not None and c.quant.groups > 1}
     passes = ir.passes.Sequential(
         PruneWeightsPass(masks=masks),
-        ClusterWeightsPass(bits=None, codebooks=codebooks),
+        ClusterWeightsPass(bits=None, codebooks=codebooks, group_axes={name: axis for name, (_, axis) in grouped.items()}),
         SubstituteSparseOpsPass(),
-        InsertDequantizeLookupPass(),
+        InsertDequantizeLookupPass(groups=grouped),
     )
     work = passes(work).model
     return clean_up(work, keep_metadata=keep_metadata, shorten_names=not keep_metadata)

@@ -28,9 +28,11 @@ class Quantization:
     """How one tensor is pruned and clustered, and what that costs in (weighted) squared error."""
 
     saliency_threshold: float  # entries with importance * w**2 < threshold -> exact zero
-    codebook: np.ndarray  # float32 non-zero cluster centres, sorted
+    codebook: np.ndarray  # float32 non-zero cluster centres, sorted; [groups, K] (rows sorted) when grouped
     sse: float
     nonzeros: int
+    groups: int = 1  # > 1: one codebook per group of the weight's entries (see group_view)
+    group_axis: int = 0  # 0: groups of consecutive rows (flat blocks); 1: groups of consecutive columns
 
 
 class SortedWeights:
@@ -126,6 +128,113 @@ class SortedWeights:
         return np.concatenate([[0], cuts]), np.concatenate([cuts, [self.size]])
 
 
+def group_view(values: np.ndarray, groups: int, axis: int = 0) -> np.ndarray:
+    """The weight's entries as [groups, size / groups], one row per group.
+
+    axis 0: the flat weight cut into `groups` consecutive blocks (whole rows when `groups`
+    divides the first dimension). axis 1: the weight as [size / D, D] (D = last dimension) and
+    its columns cut into `groups` blocks of D / groups consecutive columns.
+    """
+    values = np.asarray(values)
+    if axis == 0:
+        return values.reshape(groups, -1)
+    columns = values.shape[-1]
+    return values.reshape(-1, columns).T.reshape(groups, -1)
+
+
+def from_group_view(rows: np.ndarray, shape: tuple[int, ...], axis: int = 0) -> np.ndarray:
+    """Inverse of group_view: back to the weight's layout."""
+    if axis == 0:
+        return rows.reshape(shape)
+    columns = shape[-1]
+    return rows.reshape(columns, -1).T.reshape(shape)
+
+
+def grouped_quantize(values: np.ndarray, importance: np.ndarray | None, groups: int,
+                     clusters: tuple[int, ...], axis: int = 0) -> list[Quantization]:
+    """K-means with one codebook per group of the weight's entries (no pruning).
+
+    Groups are the rows of `group_view(values, groups, axis)` (`groups` must divide the size, or
+    the last dimension for axis 1); every group gets its own `k`-entry codebook for each k in
+    `clusters`. All groups are clustered at once: each is sorted and shifted by a row offset so
+    that one global searchsorted finds every group's cluster boundaries. Returns one Quantization
+    per k, with codebook [groups, k] and the squared error summed over the groups.
+    """
+    flat = group_view(np.asarray(values, dtype=np.float32), groups, axis).astype(np.float64).ravel()
+    size = flat.size
+    width = size // groups
+    if importance is None:
+        data = np.sort(flat.reshape(groups, width), axis=1)
+        weight = np.ones_like(data)
+    else:
+        order = np.argsort(flat.reshape(groups, width), axis=1, kind="stable")
+        data = np.take_along_axis(flat.reshape(groups, width), order, axis=1)
+        weight = group_view(np.broadcast_to(np.asarray(importance, np.float64), np.shape(values)), groups, axis)
+        weight = np.take_along_axis(weight, order, axis=1)
+        weight = np.maximum(weight, 1e-12 * max(float(weight.max()), 1e-30))
+    del flat
+    reach = float(np.max(np.abs(data))) if size else 0.0
+    stride = 4 * reach + 1.0  # rows live in disjoint ranges once shifted by row * stride
+    row_offsets = np.arange(groups, dtype=np.float64)[:, None] * stride
+    shifted = (data + row_offsets).ravel()
+    first = np.arange(groups)[:, None] * width
+
+    def prefix(array):
+        return np.concatenate([np.zeros((groups, 1)), np.cumsum(array, axis=1)], axis=1)
+
+    w_prefix = prefix(weight)
+    wx_prefix = prefix(weight * data)
+    wxx_prefix = prefix(weight * data * data)
+    low, high = data[:, :1], data[:, -1:]
+    # Same initialisation as SortedWeights.quantize: linear over each side of zero.
+    zero_at = np.searchsorted(shifted, row_offsets.ravel(), side="left") - first.ravel()
+    positive_at = np.searchsorted(shifted, row_offsets.ravel(), side="right") - first.ravel()
+    gap_low = [float(row[i - 1]) if i > 0 else None for row, i in zip(data, zero_at)]
+    gap_high = [float(row[i]) if i < width else None for row, i in zip(data, positive_at)]
+
+    def ranges(centres):
+        bounds = (centres[:, 1:] + centres[:, :-1]) / 2 + row_offsets
+        cuts = np.searchsorted(shifted, bounds.ravel(), side="left").reshape(groups, -1) - first
+        cuts = np.clip(cuts, 0, width)
+        return (np.concatenate([np.zeros((groups, 1), np.int64), cuts], axis=1),
+                np.concatenate([cuts, np.full((groups, 1), width, np.int64)], axis=1))
+
+    def between(prefix_sums, a, b):
+        return np.take_along_axis(prefix_sums, b, axis=1) - np.take_along_axis(prefix_sums, a, axis=1)
+
+    results = []
+    for k in clusters:
+        k = max(1, min(k, width))
+        centres = np.stack([_linear_init(float(lo), float(hi), k, gl, gh)
+                            for lo, hi, gl, gh in zip(low.ravel(), high.ravel(), gap_low, gap_high)])
+        for _ in range(KMEANS_ITERATIONS):
+            a, b = ranges(centres)
+            weights = between(w_prefix, a, b)
+            sums = between(wx_prefix, a, b)
+            filled = (b > a) & (weights > 0)
+            updated = np.where(filled, sums / np.where(filled, weights, 1.0), centres)
+            updated = np.sort(updated, axis=1)
+            converged = bool(np.max(np.abs(updated - centres)) <= 1e-12)
+            centres = updated
+            if converged:
+                break
+        a, b = ranges(centres)
+        centres32 = centres.astype(np.float32)
+        c = centres32.astype(np.float64)
+        sse = np.sum(between(wxx_prefix, a, b) - 2 * c * between(wx_prefix, a, b) + between(w_prefix, a, b) * c * c)
+        results.append(Quantization(float(np.nextafter(0.0, 1.0)), np.sort(centres32, axis=1),
+                                    max(float(sse), 0.0), size, groups, axis))
+    return results
+
+
+def snap_to_grouped_codebooks(values: np.ndarray, codebooks: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Nearest-centre assignment per group (row of `group_view`) to that group's codebook row."""
+    values = np.asarray(values, dtype=np.float32)
+    rows = group_view(values, codebooks.shape[0], axis)
+    snapped = np.stack([snap_to_codebook(row, np.sort(codebook)) for row, codebook in zip(rows, codebooks)])
+    return from_group_view(snapped, values.shape, axis)
+
+
 def prune_mask(values: np.ndarray, importance: np.ndarray | None, saliency_threshold: float) -> np.ndarray:
     """Boolean keep-mask (same shape as values): saliency >= threshold and not already zero."""
     values = np.asarray(values, dtype=np.float64)
@@ -137,7 +246,10 @@ def prune_mask(values: np.ndarray, importance: np.ndarray | None, saliency_thres
 def apply_quantization(values: np.ndarray, quant: Quantization, importance: np.ndarray | None = None) -> np.ndarray:
     """Prune by saliency, then snap every kept weight to its nearest codebook centre."""
     values = np.asarray(values, dtype=np.float32)
-    result = snap_to_codebook(values, quant.codebook)
+    if quant.groups > 1:
+        result = snap_to_grouped_codebooks(values, quant.codebook, quant.group_axis)
+    else:
+        result = snap_to_codebook(values, quant.codebook)
     result[~prune_mask(values, importance, quant.saliency_threshold)] = 0.0
     return result
 

@@ -124,7 +124,8 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
                 continue
             sources = _source_initializers(value)
             ops = {n.op_type for n in _producers(value)}
-            kind = "sparse" if "ScatterElements" in ops else ("lookup" if "Gather" in ops else "linear" if "Mul" in ops else "decoded")
+            kind = "sparse" if "ScatterElements" in ops else (
+                ("grouped" if "Add" in ops else "lookup") if "Gather" in ops else "linear" if "Mul" in ops else "decoded")
         stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
         weights.append(StoredWeight(value.name or "?", role, array, kind, int(stored), sources, use))
     return weights
@@ -142,13 +143,24 @@ def inspect_model(model: ir.Model) -> list[dict]:
             "shape": list(array.shape),
             "params": int(array.size),
             "encoding": weight.encoding,
-            "bits": encoding.bits_for(distinct) if weight.encoding != "dense" and distinct else 32,
+            "bits": _grouped_bits(weight) if weight.encoding == "grouped" else (
+                encoding.bits_for(distinct) if weight.encoding != "dense" and distinct else 32),
             "levels": distinct,
             "sparsity": float(np.count_nonzero(array == 0) / max(array.size, 1)),
             "bytes_before": 4 * int(array.size),
             "bytes_after": weight.stored_bytes,
         })
     return rows
+
+
+def _grouped_bits(weight: StoredWeight) -> int:
+    """Code width of a grouped lookup: codebook entries per group (codebooks / distinct offsets)."""
+    arrays = [s.const_value.numpy() for s in weight.sources if s.const_value is not None]
+    offsets = [a for a in arrays if a.dtype == np.int32 and a.ndim == 2]
+    tables = [a for a in arrays if a.dtype == np.float32]
+    if len(offsets) != 1 or len(tables) != 1:
+        return 32
+    return encoding.bits_for(tables[0].size // max(np.unique(offsets[0]).size, 1))
 
 
 def _constant_values(graph: ir.Graph) -> set[int]:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.passes._stats import StatsPassResult
-from onnxcomp.quantize import SortedWeights, snap_to_codebook
+from onnxcomp.quantize import SortedWeights, snap_to_codebook, snap_to_grouped_codebooks
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,11 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
             when the weight has zeros (pruned entries stay exactly zero). One number for all
             weights or per weight name; weights not named are left alone.
         codebooks: per weight name, an explicit sorted codebook of non-zero values to snap to
-            (the allocator's k-means result); wins over `bits`.
+            (the allocator's k-means result); wins over `bits`. A 2-D codebook [G, K] is one
+            codebook per group (grouped lookup, `onnxcomp.quantize.group_view`): group g snaps
+            to codebook row g; zeros are snapped like any value (grouped codebooks never prune).
+        group_axes: per weight name with a 2-D codebook, 0 (groups of rows, the default) or 1
+            (groups of columns).
 
     Centres are initialised linearly over the weight range (Deep Compression found linear
     initialisation best). Idempotent: a weight that already has at most 2**bits distinct
@@ -31,8 +35,9 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
     """
 
     def __init__(self, bits: int | Mapping[str, int] | None = 4,
-                 codebooks: Mapping[str, np.ndarray] | None = None):
+                 codebooks: Mapping[str, np.ndarray] | None = None, group_axes: Mapping[str, int] | None = None):
         super().__init__()
+        self.group_axes = dict(group_axes or {})
         if isinstance(bits, int) and not 1 <= bits <= 8:
             raise ValueError(f"bits must be in 1..8, got {bits}")
         self.bits = bits
@@ -60,9 +65,16 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
                     continue
                 nonzero = values[~zeros]
                 codebook = SortedWeights(nonzero).quantize(0.0, levels).codebook
-            codebook = np.sort(np.asarray(codebook, np.float32))
-            clustered = snap_to_codebook(values, codebook)
-            clustered[zeros] = 0.0
+            codebook = np.sort(np.asarray(codebook, np.float32), axis=-1)
+            if codebook.ndim == 2:
+                axis = self.group_axes.get(weight.name, 0)
+                if (values.size if axis == 0 else values.shape[-1]) % codebook.shape[0]:
+                    logger.debug("%s: %s does not split into %d groups", weight.name, values.shape, codebook.shape[0])
+                    continue
+                clustered = snap_to_grouped_codebooks(values, codebook, axis)
+            else:
+                clustered = snap_to_codebook(values, codebook)
+                clustered[zeros] = 0.0
             if np.array_equal(clustered, values):
                 continue
             weight.value.const_value = ir.tensor(clustered, name=weight.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -10,6 +11,7 @@ import onnx_ir as ir
 from onnxcomp import encoding
 from onnxcomp.decode import DECODE_OPSET, DecodeBuilder
 from onnxcomp.passes._stats import StatsPassResult
+from onnxcomp.quantize import from_group_view, group_view
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
@@ -32,13 +34,36 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
     weight is rewired to the decoded value; graph inputs and outputs are untouched. A weight is
     only replaced when the encoding is smaller than storing it dense. Weights with more than 256
     distinct values are skipped (cluster them first). Needs opset >= 11.
+
+    Args:
+        groups: per weight name, a planned grouped lookup: a group count G (groups of rows) or
+            (G, axis) with axis 0 (rows) or 1 (columns), see `onnxcomp.quantize.group_view`.
+            Each group has its own codebook of at most 2**bits values (Cast -> Reshape -> Add(code
+            offsets) -> Gather(G codebooks) -> Reshape). Used when every group has at most 256
+            distinct values and it is the smallest encoding.
     """
+
+    def __init__(self, groups: Mapping[str, int | tuple[int, int]] | None = None):
+        super().__init__()
+        self.groups = {name: plan if isinstance(plan, tuple) else (plan, 0) for name, plan in (groups or {}).items()}
 
     def call(self, model: ir.Model) -> StatsPassResult:
         builder = DecodeBuilder(model.graph)
         rows = []
         for weight in find_weights(model):
             values = weight.numpy().astype(np.float32)
+            grouped = self._grouped(weight.name, values)
+            if grouped is not None:
+                codes, codebooks, bits, size, axis = grouped
+                dense = encoding.dense_bytes(values.size, values.ndim)
+                plain = encoding.encoding_choices(values)
+                if size < min(c.bytes for c in plain.values()):
+                    decoded = builder.grouped_lookup(codes, codebooks, bits, weight.shape, weight.name, axis)
+                    self._rewire(model, weight, decoded)
+                    rows.append({"name": weight.name, "encoding": "grouped", "bits": bits, "groups": len(codebooks),
+                                 "group_axis": axis,
+                                 "levels": int(codebooks.size), "bytes_before": dense, "bytes_after": size})
+                    continue
             choices = encoding.encoding_choices(values)
             options = [choices[k] for k in ("lookup", "linear") if k in choices]
             if not options:
@@ -55,10 +80,7 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
                 decoded = builder.linear(grid_codes[codes], zero, scale, choice.bits, weight.shape, stem)
             else:
                 decoded = builder.lookup(codes, unique, choice.bits, weight.shape, stem)
-            decoded.shape = ir.Shape(weight.shape)
-            decoded.type = ir.TensorType(ir.DataType.FLOAT)
-            weight.value.replace_all_uses_with(decoded)
-            model.graph.initializers.pop(weight.name)
+            self._rewire(model, weight, decoded)
             rows.append({"name": weight.name, "encoding": choice.kind, "bits": choice.bits,
                          "levels": choice.levels, "bytes_before": choices["dense"].bytes,
                          "bytes_after": choice.bytes})
@@ -66,3 +88,30 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
         if rows:
             ensure_opset(model, DECODE_OPSET)
         return StatsPassResult(model, modified=bool(rows), rows=rows)
+
+    def _grouped(self, name: str, values: np.ndarray):
+        """(codes in weight layout, codebooks [G, K], bits, estimated bytes, axis) for a planned
+        grouped lookup, else None."""
+        groups, axis = self.groups.get(name, (1, 0))
+        if groups <= 1 or (axis == 1 and values.ndim < 2) or (values.size if axis == 0 else values.shape[-1]) % groups:
+            return None
+        rows = group_view(values, groups, axis)
+        tables = [np.unique(row) for row in rows]
+        size = max(table.size for table in tables)
+        if size > encoding.MAX_CODEBOOK:
+            logger.debug("%s: a group has more than %d distinct values", name, encoding.MAX_CODEBOOK)
+            return None
+        codebooks = np.stack([np.pad(table, (0, size - table.size), mode="edge") for table in tables])
+        codes = from_group_view(np.stack([np.searchsorted(table, row) for table, row in zip(tables, rows)]),
+                                values.shape, axis)
+        bits = encoding.bits_for(size)
+        offsets = groups if axis == 0 else values.shape[-1]
+        price = encoding.grouped_lookup_bytes(values.size, bits, groups, size, values.ndim, offsets)
+        return codes, codebooks, bits, price, axis
+
+    @staticmethod
+    def _rewire(model: ir.Model, weight, decoded: ir.Value) -> None:
+        decoded.shape = ir.Shape(weight.shape)
+        decoded.type = ir.TensorType(ir.DataType.FLOAT)
+        weight.value.replace_all_uses_with(decoded)
+        model.graph.initializers.pop(weight.name)

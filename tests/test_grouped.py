@@ -1,0 +1,151 @@
+"""Grouped lookup: one codebook per group of rows or columns, decoded by standard ops that fold."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from onnxcomp import allocate, encoding
+from onnxcomp.allocate import layer_options
+from onnxcomp.passes.cluster_weights import ClusterWeightsPass
+from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
+from onnxcomp.quantize import SortedWeights, group_view, grouped_quantize, snap_to_grouped_codebooks
+from onnxcomp.report import inspect_model
+from tests.conftest import run, single_matmul, to_proto
+
+pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
+
+
+def scaled_rows(rng: np.random.Generator, rows: int, cols: int, block: int) -> np.ndarray:
+    """Weights whose blocks of `block` rows have scales spread over two decades."""
+    scales = (10.0 ** rng.uniform(-2.0, 0.0, -(-rows // block)))[np.arange(rows) // block, None]
+    return (rng.standard_normal((rows, cols)) * scales).astype(np.float32)
+
+
+def grouped_reference(rng: np.random.Generator, rows: int, cols: int, groups: int, bits: int, axis: int = 0) -> ir.Model:
+    if axis == 0:
+        weight = scaled_rows(rng, rows, cols, -(-rows // groups))
+    else:
+        weight = np.ascontiguousarray(scaled_rows(rng, cols, rows, cols // groups).T)
+    (quant,) = grouped_quantize(weight, None, groups, (1 << bits,), axis)
+    assert quant.group_axis == axis
+    model = single_matmul(weight)
+    result = ClusterWeightsPass(bits=None, codebooks={"w": quant.codebook}, group_axes={"w": axis})(model)
+    assert result.modified
+    again = ClusterWeightsPass(bits=None, codebooks={"w": quant.codebook}, group_axes={"w": axis})(model)
+    assert not again.modified
+    return model
+
+
+def op_types(model: ir.Model) -> list[str]:
+    return [node.op_type for node in model.graph]
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_grouped_kmeans_matches_per_group_sorted_weights(rng, axis):
+    weight = scaled_rows(rng, 64, 96, 8)
+    importance = rng.uniform(0.1, 2.0, (64, 1))
+    quants = grouped_quantize(weight, importance, 8, (4, 16), axis)
+    full_importance = np.broadcast_to(importance, weight.shape)
+    for quant, clusters in zip(quants, (4, 16)):
+        assert quant.groups == 8 and quant.codebook.shape == (8, clusters) and quant.nonzeros == weight.size
+        per_group = sum(SortedWeights(row, imp).quantize(0.0, clusters).sse
+                        for row, imp in zip(group_view(weight, 8, axis), group_view(full_importance, 8, axis)))
+        snapped = snap_to_grouped_codebooks(weight, quant.codebook, axis)
+        direct = float(np.sum(np.broadcast_to(importance, weight.shape) * (snapped.astype(np.float64) - weight) ** 2))
+        assert quant.sse == pytest.approx(per_group, rel=1e-9)
+        assert quant.sse == pytest.approx(direct, rel=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_grouped_decode_reproduces_values_exactly_and_folds(rng, bits, axis, tmp_path):
+    import onnxruntime
+
+    # 64 x 129 = 8256 codes in 3 groups of rows or of 43 columns: packed words need padding.
+    reference = grouped_reference(rng, 64, 129, 3, bits, axis)
+    weight = reference.graph.initializers["w"].const_value.numpy()
+    model = reference.clone()
+    result = InsertDequantizeLookupPass(groups={"w": (3, axis)})(model)
+    (row,) = result.rows
+    assert row["encoding"] == "grouped" and row["bits"] <= bits and row["bytes_after"] < row["bytes_before"]
+    assert (row["groups"], row["group_axis"]) == (3, axis)
+    ops = op_types(model)
+    assert {"Add", "Gather", "Reshape", "Cast"} <= set(ops) and "DequantizeLinear" not in ops
+    stored = {name: value.const_value for name, value in model.graph.initializers.items()}
+    assert "w" not in stored
+    assert not any(v.dtype == ir.DataType.FLOAT and v.size == weight.size for v in stored.values())
+    onnx.checker.check_model(to_proto(model), full_check=True)
+    feeds = {"x": rng.standard_normal((5, 64)).astype(np.float32)}
+    matmul = next(n for n in model.graph if n.op_type == "MatMul")
+    outputs = run(model, feeds, extra_outputs=[matmul.inputs[1].name])
+    np.testing.assert_array_equal(outputs[1], weight)
+    np.testing.assert_allclose(outputs[0], run(reference, feeds)[0], rtol=1e-5, atol=1e-5)
+    # Folded at session creation: the optimized graph keeps only the MatMul.
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    assert [node.op_type for node in optimized.graph.node] == ["MatMul"]
+    again = InsertDequantizeLookupPass(groups={"w": (3, axis)})(model)
+    assert not again.modified
+    (inspected,) = inspect_model(model)
+    assert (inspected["encoding"], inspected["bits"]) == ("grouped", row["bits"])
+
+
+def test_grouped_lookup_not_used_without_a_plan_or_when_plain_is_smaller(rng):
+    reference = grouped_reference(rng, 64, 128, 8, 3)
+    model = reference.clone()
+    (row,) = InsertDequantizeLookupPass()(model).rows  # 64 distinct values: plain lookup
+    assert row["encoding"] == "lookup"
+    plain = single_matmul(np.tile(np.linspace(-1, 1, 16, dtype=np.float32), 512).reshape(64, 128))
+    (row,) = InsertDequantizeLookupPass(groups={"w": 8})(plain).rows
+    assert row["encoding"] in ("lookup", "linear")
+
+
+def test_grouped_bytes_model_is_close_to_serialized(rng):
+    reference = grouped_reference(rng, 256, 256, 16, 4)
+    before = len(to_proto(reference).SerializeToString())
+    model = reference.clone()
+    (row,) = InsertDequantizeLookupPass(groups={"w": 16})(model).rows
+    after = len(to_proto(model).SerializeToString())
+    assert abs((before - after) - (row["bytes_before"] - row["bytes_after"])) < 400
+
+
+def test_allocate_chooses_grouped_candidates_for_rows_of_different_scales(rng):
+    weight = scaled_rows(rng, 512, 256, 16)
+    layer = layer_options("w", weight, "weight")
+    grouped = [c for c in layer.candidates if c.kind == "grouped"]
+    assert grouped, "grouped candidates should be on the Pareto front"
+    assert all(c.quant.groups in encoding.group_counts(weight.shape, c.quant.group_axis) for c in grouped)
+    budget = weight.size * 4 // 8 + 4000  # about 4 bits per weight
+    choice = allocate.allocate([layer], budget).choices["w"]
+    assert choice.kind == "grouped" and choice.bytes <= budget
+    plain = layer_options("w", weight, "weight", grouped=False)
+    assert not any(c.kind == "grouped" for c in plain.candidates)
+    assert choice.distortion < 0.9 * allocate.allocate([plain], budget).choices["w"].distortion
+
+
+def test_small_weights_get_no_grouped_candidates(rng):
+    layer = layer_options("w", scaled_rows(rng, 64, 64, 8), "weight")
+    assert not any(c.kind == "grouped" for c in layer.candidates)
+
+
+def test_compress_with_grouped_codebooks_is_more_faithful_at_the_same_size(rng, monkeypatch):
+    from onnxcomp.pipeline import CompressOptions, compress_model
+
+    weight = scaled_rows(rng, 512, 256, 16)
+    target = weight.size * 4 // 8 + 4000
+    options = CompressOptions(target_bytes=target, epochs=0)
+    with_groups = compress_model(single_matmul(weight), options)
+    monkeypatch.setattr(allocate, "GROUPED_MIN_PARAMS", 1 << 60)
+    without = compress_model(single_matmul(weight), options)
+    assert [row["encoding"] for row in with_groups.report["layers"]] == ["grouped"]
+    assert [row["encoding"] for row in without.report["layers"]] != ["grouped"]
+    assert len(with_groups.data) <= target and len(without.data) <= target
+    grouped_error = 1 - with_groups.report["fidelity"]["cosine"]
+    plain_error = 1 - without.report["fidelity"]["cosine"]
+    assert grouped_error < 0.9 * plain_error
