@@ -39,7 +39,10 @@ def tokenizer_path() -> Path:
 def sentences(count: int = 240) -> list[str]:
     found: list[str] = []
     seen = set()
-    for module in sorted(m.name for m in pkgutil.iter_modules() if not m.name.startswith("_")):
+    # Standard-library modules only: the sentences must not depend on what else is installed or
+    # on the working directory (importing arbitrary top-level modules runs their code).
+    names = {m.name for m in pkgutil.iter_modules() if not m.name.startswith("_")} & set(sys.stdlib_module_names)
+    for module in sorted(names):
         if module in {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo"}:
             continue
         try:
