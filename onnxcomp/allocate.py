@@ -20,7 +20,7 @@ from onnxcomp.quantize import Quantization, SortedWeights, grouped_quantize, pru
 
 logger = logging.getLogger(__name__)
 
-SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
+SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 # Grouped lookup (one codebook per group of rows or columns) is priced for big weights only, where
 # rows or columns of different scales make one codebook too coarse and G codebooks cost little.

@@ -12,7 +12,7 @@ from tests.conftest import LENET300, TEST_DATA
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
-TARGETS = "1MB,500KB,200KB,100KB,50KB,10KB"  # 10KB is below what LeNet-300-100 can reach
+TARGETS = "1MB,500KB,200KB,100KB,50KB,5KB"  # 5KB is below what LeNet-300-100 can reach
 
 
 def test_parse_targets_sorts_and_dedupes():
@@ -34,16 +34,16 @@ def test_sweep_lenet300_six_targets_two_processes(tmp_path, capsys):
     assert code == 0, captured.err
     summary = json.loads((out / "sweep.json").read_text())
     results = {result["target"]: result for result in summary["results"]}
-    assert list(results) == ["1MB", "500KB", "200KB", "100KB", "50KB", "10KB"]
+    assert list(results) == ["1MB", "500KB", "200KB", "100KB", "50KB", "5KB"]
     assert summary["jobs"] == 2
     # the work was spread over more than one worker process
     assert len({result["pid"] for result in summary["results"]}) == 2 == len(summary["pids"])
 
-    assert results["10KB"]["status"] == "unreachable"
-    assert results["10KB"]["smallest_bytes"] > 10_000
-    assert not (out / "lenet300.10KB.onnx").exists()
+    assert results["5KB"]["status"] == "unreachable"
+    assert results["5KB"]["smallest_bytes"] > 5_000
+    assert not (out / "lenet300.5KB.onnx").exists()
     for name, result in results.items():
-        if name == "10KB":
+        if name == "5KB":
             continue
         assert result["status"] == "ok", result.get("message")
         written = out / f"lenet300.{name}.onnx"
