@@ -70,6 +70,16 @@ def test_error(data: bytes | Path, test) -> float:
     return float(np.mean(scores.argmax(1) != labels))
 
 
+def _commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def nonzero_weights(data: bytes) -> int:
     """Non-zero entries of the decoded weight matrices (biases excluded), measured in ONNX Runtime."""
     import onnx_ir as ir
@@ -100,7 +110,7 @@ def run_row(name: str, splits, out: Path) -> dict:
     except TargetUnreachableError as error:
         print(f"  [{name}] unreachable: {error}", flush=True)
         return {"name": name, "model": file, "method": method, "epochs": epochs, "labels": with_labels,
-                "original_bytes": original, "target_bytes": target, "unreachable": str(error)}
+                "original_bytes": original, "target_bytes": target, "unreachable": str(error), "commit": _commit()}
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     (out / f"{name}.onnx").write_bytes(result.data)
     nonzero = nonzero_weights(result.data)
@@ -109,7 +119,7 @@ def run_row(name: str, splits, out: Path) -> dict:
         "original_bytes": original, "target_bytes": target, "bytes": len(result.data), "ratio": original / len(result.data),
         "error_original": test_error(source, test), "error_compressed": test_error(result.data, test),
         "nonzero_weights": nonzero, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
-        "neurons": result.report.get("neurons"),
+        "neurons": result.report.get("neurons"), "commit": _commit(),
     }
     row["error_increase_points"] = 100 * (row["error_compressed"] - row["error_original"])
     print(json.dumps({k: v for k, v in row.items() if k != "neurons"}), flush=True)
@@ -152,21 +162,21 @@ def throughput(steps: int = 300, batch: int = 64) -> dict:
 def write_tables(results: dict, out: Path) -> None:
     lines = ["Full MNIST: fine-tuned on 55,000 training images, 5,000 held out for epoch selection, errors on the "
              "10,000 test images. Bytes = the runnable .onnx file. Reproduce: `python -m bench.finetune`.", "",
-             "| model | method | epochs | labels | test error orig -> compressed | +pts | non-zero weights | file bytes | ratio | wall / CPU time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | method | epochs | labels | test error orig -> compressed | +pts | non-zero weights | file bytes | ratio | wall / CPU time | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"].values():
         if "unreachable" in row:
             lines.append(f"| {row['model']} | {row['method']}{' (data-free)' if row['method'] == 'none' else ''} | {row['epochs']} | "
-                         f"{'yes' if row['labels'] else 'no'} | unreachable: {row['unreachable']} | | | | | |")
+                         f"{'yes' if row['labels'] else 'no'} | unreachable: {row['unreachable']} | | | | | | {row.get('commit') or '?'} |")
             continue
         lines.append(
             f"| {row['model']} | {row['method']}{' (data-free)' if row['method'] == 'none' else ''} | {row['epochs']} | "
             f"{'yes' if row['labels'] else 'no (distillation)'} | {100 * row['error_original']:.2f}% -> {100 * row['error_compressed']:.2f}% | "
             f"{row['error_increase_points']:+.2f} | {row['nonzero_weights']:,} | {row['bytes']:,} B | {row['ratio']:.1f}x | "
-            f"{row['seconds']:.0f} s / {row['cpu_seconds']:.0f} s |")
+            f"{row['seconds']:.0f} s / {row['cpu_seconds']:.0f} s | {row.get('commit') or '?'} |")
         if row.get("neurons"):
             kept = ", ".join(f"{g} {v['kept']}/{v['size']}" for g, v in row["neurons"]["groups"].items())
-            lines.append(f"| | (VIB kept: {kept}) | | | | | | | | |")
+            lines.append(f"| | (VIB kept: {kept}) | | | | | | | | | |")
     lines += ["", "Published (the papers' numbers, idealised storage: bits counted, no file format; not re-run here):", "",
               "| model | paper | error | non-zero | ratio |", "|---|---|---|---|---|"]
     lines += [f"| {m} | {p} | {e} | {n} | {r} |" for m, p, e, n, r in PUBLISHED]
