@@ -8,6 +8,7 @@ import pytest
 
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.sweep import parse_targets
+from tests.compat.collect import save_file
 from tests.conftest import LENET300, TEST_DATA
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
@@ -48,6 +49,7 @@ def test_sweep_lenet300_six_targets_two_processes(tmp_path, capsys):
         assert result["status"] == "ok", result.get("message")
         written = out / f"lenet300.{name}.onnx"
         assert written.stat().st_size == result["report"]["output_bytes"] <= result["target_bytes"]
+        save_file(written)  # worker processes' models join the compatibility run under `make test`
         assert result["report"]["accuracy"]["compressed"] > 0.9
     assert summary["original"]["metric"] == "accuracy"
 

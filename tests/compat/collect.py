@@ -78,3 +78,16 @@ def save(folder: Path, result, samples) -> None:
             "onnxruntime": onnxruntime.__version__, "bytes": len(result.data)}
     # Written last: its presence marks a complete entry.
     (folder / f"{digest}.json").write_text(json.dumps(info, indent=1))
+
+
+def save_file(path: Path, samples=None) -> None:
+    """Save a compressed model file written by another process (e.g. a sweep worker), if enabled."""
+    folder = enabled_folder()
+    if folder is None:
+        return
+    from types import SimpleNamespace
+
+    from onnxcomp.io import load_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save(folder, SimpleNamespace(data=Path(path).read_bytes(), model=load_model(path)), samples)
