@@ -91,8 +91,10 @@ def nonzero_weights(data: bytes) -> int:
     return sum(int(np.count_nonzero(w.array)) for w in stored_weights(model) if w.role != "bias")
 
 
-def run_row(name: str, splits, out: Path) -> dict:
+def run_row(name: str, splits, out: Path, epochs_override: int | None = None, batch_size: int = 64) -> dict:
     file, divisor, method, epochs, with_labels = ROWS[name]
+    if epochs_override is not None and method != "none":
+        epochs = epochs_override
     train, held, test = splits
     source = ROOT / "models" / f"{file}.onnx"
     original = file_bytes(source)
@@ -102,7 +104,8 @@ def run_row(name: str, splits, out: Path) -> dict:
     else:
         samples = train if with_labels else Samples(train.inputs, None)
         eval_samples = held if with_labels else Samples(held.inputs, None)
-    options = CompressOptions(target_bytes=target, epochs=epochs, method=method if method != "none" else "auto")
+    options = CompressOptions(target_bytes=target, epochs=epochs, method=method if method != "none" else "auto",
+                              batch_size=batch_size)
     started, cpu = time.perf_counter(), time.process_time()
     try:
         result = compress_model(load_model(source), options, samples=samples, eval_samples=eval_samples,
@@ -119,7 +122,7 @@ def run_row(name: str, splits, out: Path) -> dict:
         "original_bytes": original, "target_bytes": target, "bytes": len(result.data), "ratio": original / len(result.data),
         "error_original": test_error(source, test), "error_compressed": test_error(result.data, test),
         "nonzero_weights": nonzero, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
-        "neurons": result.report.get("neurons"), "commit": _commit(),
+        "neurons": result.report.get("neurons"), "commit": _commit(), "batch_size": batch_size,
     }
     row["error_increase_points"] = 100 * (row["error_compressed"] - row["error_original"])
     print(json.dumps({k: v for k, v in row.items() if k != "neurons"}), flush=True)
@@ -223,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", help=f"comma-separated subset of: {', '.join(ROWS)} (default all)")
     parser.add_argument("--curve", action="store_true", help="also the LeNet-300 size/error curve (6 targets)")
     parser.add_argument("--throughput", action="store_true", help="also ONNX Runtime vs PyTorch training throughput")
+    parser.add_argument("--epochs", type=int, help="override the rows' epochs")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown rows: {', '.join(unknown)}")
     splits = mnist_splits()
     for name in names:
-        results["rows"][name] = run_row(name, splits, out)
+        results["rows"][name] = run_row(name, splits, out, args.epochs, args.batch_size)
         path.write_text(json.dumps(results, indent=2))
     if args.throughput:
         results["throughput"] = throughput()
