@@ -176,7 +176,8 @@ def write_tables(results: dict, out: Path) -> None:
                          f"{'yes' if row['labels'] else 'no'} | unreachable: {row['unreachable']} | | | | | | {row.get('commit') or '?'} |")
             continue
         lines.append(
-            f"| {row['model']} | {row['method']}{' (data-free)' if row['method'] == 'none' else ''} | {row['epochs']} | "
+            f"| {row['model']} | {row['method']}{' (data-free)' if row['method'] == 'none' else ''} | {row['epochs']}"
+            f"{' (batch ' + str(row['batch_size']) + ')' if row.get('batch_size', 64) != 64 else ''} | "
             f"{'yes' if row['labels'] else 'no (distillation)'} | {100 * row['error_original']:.2f}% -> {100 * row['error_compressed']:.2f}% | "
             f"{row['error_increase_points']:+.2f} | {row['nonzero_weights']:,} | {row['bytes']:,} B | {row['ratio']:.1f}x | "
             f"{row['seconds']:.0f} s / {row['cpu_seconds']:.0f} s | {row.get('commit') or '?'} |")
