@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                           help=f"training epochs on ONNX Runtime's training backend (default {DEFAULT_EPOCHS} with --data, 0 without); "
                                "labels -> cross-entropy mixed with distillation, no labels -> distillation from the original. "
                                "0: calibration only")
+    compress.add_argument("--patience", type=int, help="stop a training stage after this many epochs without a better held-out "
+                                                     "metric (default: run all epochs; the best epoch's weights are kept either way)")
     compress.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     compress.add_argument("--lr", type=float, default=1e-3, help="training learning rate (default 1e-3, cosine schedule)")
     compress.add_argument("--seed", type=int, default=0, help="seed for generated inputs and training shuffles (default 0)")
@@ -133,9 +135,9 @@ def _compress(args) -> int:
     options = CompressOptions(target_bytes=target, keep_metadata=args.keep_metadata, sensitivity=not args.no_sensitivity,
                               seed=args.seed, min_fidelity=args.min_fidelity, max_accuracy_drop=args.max_accuracy_drop,
                               force=args.force, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
-                              method=args.method, epochs_given=args.epochs is not None)
-    if epochs < 0 or args.batch_size < 1 or args.lr <= 0:
-        raise OnnxcompError("--epochs must be >= 0, --batch-size >= 1 and --lr > 0")
+                              method=args.method, epochs_given=args.epochs is not None, patience=args.patience)
+    if epochs < 0 or args.batch_size < 1 or args.lr <= 0 or (args.patience is not None and args.patience < 1):
+        raise OnnxcompError("--epochs must be >= 0, --batch-size >= 1, --lr > 0 and --patience >= 1")
     if args.report_dir:
         from onnxcomp.html_report import require_matplotlib
 

@@ -57,6 +57,7 @@ class CompressOptions:
     epochs: int = 0  # > 0 with labelled or unlabelled --data: fine-tuning (see onnxcomp.retrain)
     batch_size: int = 64
     lr: float = 1e-3
+    patience: int | None = None  # early stopping per training stage on the held-out metric
     epochs_given: bool = True  # False: `epochs` is the CLI default, skipped where fine-tuning cannot apply
     method: str = "auto"  # auto | prune | sws | admm | vib (see onnxcomp.retrain)
     vib_gamma: float = 1.6e-4  # VIB penalty weight per neuron group
@@ -358,7 +359,7 @@ def _split_epochs(epochs: int) -> tuple[int, int]:
 
 
 def _retrain_options(options: CompressOptions) -> RetrainOptions:
-    return RetrainOptions(options.method, options.epochs, options.batch_size, options.lr, options.seed)
+    return RetrainOptions(options.method, options.epochs, options.batch_size, options.lr, options.seed, options.patience)
 
 
 def _training_data(options: CompressOptions, samples: Samples, eval_samples: Samples | None,

@@ -48,6 +48,7 @@ class RetrainOptions:
     batch_size: int = 64
     lr: float = 1e-3
     seed: int = 0
+    patience: int | None = None  # stop a training stage after this many epochs without a better held-out metric
 
 
 @dataclasses.dataclass
@@ -79,6 +80,7 @@ def _finetune(model: ir.Model, names: list[str], data: TrainingData, options: Re
     labels = data.train.labels
     held_out = data.held_out
     config = TrainConfig(epochs=max(1, epochs), batch_size=min(options.batch_size, data.train.count), lr=lr,
+                         patience=options.patience if held_out is not None else None,
                          seed=options.seed, log=log, restore_best=kwargs.pop("restore_best", None))
     # With labels, mix in the original model's soft outputs (temperature 2): retraining a small
     # network on hard labels alone overfits quickly; distillation keeps it near the original.

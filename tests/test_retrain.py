@@ -128,6 +128,7 @@ def test_cli_fine_tunes_by_default_with_data(tmp_path, capsys):
     ("fewer-than-a-batch", "batch"),
     ("eval-without-data", "--eval-data needs --data"),
     ("vib-without-labels", "labels"),
+    ("bad-patience", "--patience"),
 ])
 def test_cli_bad_training_input_is_a_clean_error(tmp_path, capsys, case, fragment):
     from onnxcomp.cli import main
@@ -142,6 +143,8 @@ def test_cli_bad_training_input_is_a_clean_error(tmp_path, capsys, case, fragmen
         args += ["--data", str(_npz(tmp_path / "d.npz", 20)), "--batch-size", "64"]
     elif case == "eval-without-data":
         args += ["--eval-data", str(TEST)]
+    elif case == "bad-patience":
+        args += ["--data", str(TRAIN), "--patience", "0"]
     else:
         data = np.load(TRAIN)
         np.savez(tmp_path / "d.npz", input=data["input"][:300])
