@@ -30,9 +30,10 @@ from onnxcomp.report import layer_rows
 from onnxcomp.runtime.inference import run_batches, session
 from onnxcomp.sensitivity import activation_importance, measure_sensitivity
 from onnxcomp.sizes import format_size
-from onnxcomp.verify import accuracy, fidelity
 from onnxcomp.quantize import prune_mask
-from onnxcomp.retrain import Planner, admm, soft_weight_sharing, RetrainOptions, TrainingData, with_weights, finetune_codebooks, iterative_prune, require_training
+from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, iterative_prune,
+                              require_training, soft_weight_sharing, with_weights)
+from onnxcomp.verify import accuracy, fidelity
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     budget = options.target_bytes - fixed
     sensitivity_of = {layer.name: layer.sensitivity for layer in layers}
     planner = Planner(
-        price=lambda m: _price(m, find_weights(m), importances, sensitivity_of),
+        price=lambda m: _price(m, importances, sensitivity_of),
         importances=importances,
     )
     if training is not None:
@@ -135,18 +136,18 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         _log(progress, f"fine-tune ({options.method}) {options.epochs} epochs on {training.train.count} samples, "
                        f"{'held-out ' + str(training.held_out.count) if training.held_out is not None else 'no held-out'} samples (ONNX Runtime training)")
         if options.method == "admm":
-            model, _ = admm(model, planner, max(budget, 1), training, _retrain_options(options), prune_epochs,
+            model = admm(model, planner, max(budget, 1), training, _retrain_options(options), prune_epochs,
                             log=lambda line: _log(progress, line))
         elif options.method == "sws":
             model = soft_weight_sharing(model, planner, training, _retrain_options(options), prune_epochs,
                                         log=lambda line: _log(progress, line))
         else:
-            model, _ = iterative_prune(model, planner, dense_total, max(budget, 1), training, _retrain_options(options),
+            model = iterative_prune(model, planner, dense_total, max(budget, 1), training, _retrain_options(options),
                                        prune_epochs, log=lambda line: _log(progress, line))
         timings["fine-tune"] = time.perf_counter() - tick
         tick = time.perf_counter()
         # Keep the trained zero pattern; prune further (untrained) only if the budget needs it.
-        layers = _price(model, find_weights(model), importances, sensitivity_of, keep_zeros=options.method != "sws")
+        layers = _price(model, importances, sensitivity_of, keep_zeros=options.method != "sws")
     compressed, allocation, attempt_data, attempt, floor_bytes = _fit(model, layers, budget, options, importances, progress)
     if attempt_data is None and training is not None:
         layers = planner.price(model)
@@ -155,12 +156,12 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     if attempt_data is not None and training is not None:
         tick = time.perf_counter()
         final_masks = _masks(model, allocation, importances)
-        weights, tuned = finetune_codebooks(model, allocation, final_masks, training, _retrain_options(options),
+        weights = finetune_codebooks(model, allocation, final_masks, training, _retrain_options(options),
                                             codebook_epochs, log=lambda line: _log(progress, line))
         # The tuned weights already sit on their codebooks: pricing them again re-finds the same
         # levels, and the fit loop absorbs any byte drift (e.g. a codebook that left a uniform grid).
         tuned_model = with_weights(model, weights)
-        tuned_layers = _price(tuned_model, find_weights(tuned_model), importances, sensitivity_of, keep_zeros=True)
+        tuned_layers = _price(tuned_model, importances, sensitivity_of, keep_zeros=True)
         rebuilt, tuned, rebuilt_data, _, _ = _fit(tuned_model, tuned_layers, budget, options, importances, None)
         if rebuilt_data is not None:
             compressed, attempt_data, allocation = rebuilt, rebuilt_data, tuned
@@ -308,12 +309,12 @@ def _vib_epochs(epochs: int) -> tuple[int, int]:
     return max(1, (epochs * 3) // 8), max(1, epochs // 8)
 
 
-def _price(model: ir.Model, weights, importances: dict, sensitivity_of: dict[str, float],
+def _price(model: ir.Model, importances: dict, sensitivity_of: dict[str, float],
            keep_zeros: bool = False) -> list[LayerOptions]:
     # Re-pricing serves retraining, whose codebook stages know one codebook per weight only.
     layers = [layer_options(w.name, w.numpy().astype(np.float32), w.role, importances.get(w.name), keep_zeros,
                             grouped=False)
-              for w in weights]
+              for w in find_weights(model)]
     for layer in layers:
         layer.sensitivity = sensitivity_of.get(layer.name, 1.0)
     return layers

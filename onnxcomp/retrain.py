@@ -67,7 +67,7 @@ class TrainingData:
 
 @dataclasses.dataclass
 class Planner:
-    """What the methods need from the pipeline: pricing and masking a model's current weights."""
+    """What the methods need from the pipeline: pricing a model's current weights, and their importances."""
 
     price: Callable[[ir.Model], list[LayerOptions]]
     importances: dict[str, np.ndarray]
@@ -123,17 +123,16 @@ def sparsity_schedule(rounds: int) -> list[float]:
 
 
 def iterative_prune(model: ir.Model, planner: Planner, dense_bytes: int, budget: int, data: TrainingData,
-                    options: RetrainOptions, epochs: int, log=None) -> tuple[ir.Model, dict[str, np.ndarray]]:
+                    options: RetrainOptions, epochs: int, log=None) -> ir.Model:
     """Han et al.: prune gradually towards the target allocation, retraining with fixed masks.
 
     Each round re-prices the current weights, asks the allocator for the per-layer sparsity that
     meets the final budget, prunes that layer to the round's fraction of it (least salient
     weights first; pruned weights stay pruned) and retrains the survivors. Returns the retrained
-    model (pruned entries exactly zero) and the last round's masks.
+    model (pruned entries exactly zero).
     """
     rounds = prune_rounds(dense_bytes / max(budget, 1), epochs)
     per_round = [epochs // rounds + (1 if r >= rounds - epochs % rounds else 0) for r in range(rounds)]
-    masks: dict[str, np.ndarray] = {}
     for r, fraction in enumerate(sparsity_schedule(rounds)):
         layers = planner.price(model)
         allocation = allocate(layers, max(budget, sum(layer.smallest.bytes for layer in layers)))
@@ -159,7 +158,7 @@ def iterative_prune(model: ir.Model, planner: Planner, dense_bytes: int, budget:
         result = _finetune(model, names, data, options, per_round[r], options.lr, log,
                            masks={n: m for n, m in masks.items() if not m.all()})
         model = with_weights(model, result.weights)
-    return model, masks
+    return model
 
 
 def project(model: ir.Model, planner: Planner, budget: int) -> tuple[dict[str, np.ndarray], Allocation]:
@@ -180,13 +179,13 @@ def project(model: ir.Model, planner: Planner, budget: int) -> tuple[dict[str, n
 
 
 def admm(model: ir.Model, planner: Planner, budget: int, data: TrainingData, options: RetrainOptions, epochs: int,
-         log=None, rho: tuple[float, float] = (1e-3, 1e-1)) -> tuple[ir.Model, dict[str, np.ndarray]]:
+         log=None, rho: tuple[float, float] = (1e-3, 1e-1)) -> ir.Model:
     """Yang et al. 2020: ADMM between the task loss and the budget-constrained sparse+quantized set.
 
     W-step: one epoch on ``loss + rho/2 * ||W - Z + U||^2``; Z-step: `project` W + U onto the
     budget (per-layer sparsity and bit-width chosen by the knapsack allocator); U += W - Z.
-    rho grows geometrically over the iterations. Ends with the hard projection W = Z; returns
-    the projected model and its masks (non-zeros of Z).
+    rho grows geometrically over the iterations. Ends with the hard projection W = Z and returns
+    the projected model.
     """
     from onnxcomp.runtime.training import ADMMPenalty
 
@@ -212,7 +211,7 @@ def admm(model: ir.Model, planner: Planner, budget: int, data: TrainingData, opt
         _emit(log, f"admm iteration {k + 1}/{iterations}: rho {strength:.2g}, |W - Z|/|W| {gap:.3f}, "
                    f"Z keeps {kept}/{sum(z[n].size for n in names)} weights, held-out {result.best_metric}")
     z, _ = project(model, planner, budget)
-    return with_weights(model, z), {name: z[name] != 0 for name in names}
+    return with_weights(model, z)
 
 
 def soft_weight_sharing(model: ir.Model, planner: Planner, data: TrainingData, options: RetrainOptions, epochs: int,
@@ -241,15 +240,15 @@ def soft_weight_sharing(model: ir.Model, planner: Planner, data: TrainingData, o
 
 
 def finetune_codebooks(model: ir.Model, allocation: Allocation, masks: dict[str, np.ndarray], data: TrainingData,
-                       options: RetrainOptions, epochs: int, log=None) -> tuple[dict[str, np.ndarray], Allocation]:
+                       options: RetrainOptions, epochs: int, log=None) -> dict[str, np.ndarray]:
     """Re-cluster each quantized weight with its allocated codebook size and train the shared values.
 
-    Returns the new weight values (on their codebooks, masked) and the allocation with the trained
-    codebooks.
+    Returns the new weight values (on their trained codebooks, masked); pricing them again
+    re-finds those codebooks.
     """
     names = [name for name, choice in allocation.choices.items() if choice.quant is not None]
     if not names:
-        return {}, allocation
+        return {}
     codebooks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in names:
         values = model.graph.initializers[name].const_value.numpy().astype(np.float32)
@@ -264,16 +263,13 @@ def finetune_codebooks(model: ir.Model, allocation: Allocation, masks: dict[str,
     result = _finetune(model, names, data, options, epochs, options.lr / 2, log,
                        masks={n: masks[n] for n in names if n in masks}, codebooks=codebooks)
     weights = {}
-    choices = dict(allocation.choices)
     for name in names:
         trained = np.asarray(result.codebooks.get(name, codebooks[name][0]), np.float32)
         values = trained[codebooks[name][1]]
         if name in masks:
             values = np.where(masks[name], values, np.float32(0))
         weights[name] = values.astype(np.float32)
-        nonzero_codebook = np.unique(values[values != 0])
-        choices[name] = dataclasses.replace(choices[name], quant=dataclasses.replace(choices[name].quant, codebook=nonzero_codebook))
-    return weights, dataclasses.replace(allocation, choices=choices)
+    return weights
 
 
 def _emit(log, message: str) -> None:

@@ -92,7 +92,7 @@ def test_eval_samples_are_used_for_selection_and_report(tmp_path, train_samples)
     assert report["accuracy"]["compressed"] == pytest.approx(_accuracy(tmp_path / "out.onnx"))
 
 
-def test_iterative_pruning_keeps_pruned_weights_pruned():
+def test_prune_rounds_and_cubic_schedule():
     from onnxcomp.retrain import prune_rounds, sparsity_schedule
 
     assert prune_rounds(64, 40) == 3 and prune_rounds(2, 40) == 1 and prune_rounds(1000, 2) == 2
@@ -100,7 +100,7 @@ def test_iterative_pruning_keeps_pruned_weights_pruned():
     assert schedule == sorted(schedule) and schedule[-1] == 1.0 and schedule[0] > 0.25
 
 
-def _npz(path: Path, count: int, labels=None, rng_seed: int = 0) -> Path:
+def _npz(path: Path, count: int, labels=None) -> Path:
     data = np.load(TRAIN)
     arrays = {"input": data["input"][:count]}
     arrays["labels"] = data["labels"][:count] if labels is None else labels
