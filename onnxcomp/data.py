@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ logger = logging.getLogger(__name__)
 LABELS = "labels"
 DEFAULT_DYNAMIC_DIM = 1
 MAX_GENERATED_BYTES = 256 << 20  # generated inputs, all samples together
+Batch = Mapping[str, np.ndarray]  # one batch of the Python API's data: arrays named after the inputs (+ "labels")
 
 
 @dataclasses.dataclass
@@ -64,15 +66,50 @@ def load_samples(path: str | Path, model: ir.Model) -> Samples:
         arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
         raise OnnxcompError(f"data file {path}: not a readable .npz ({error})") from None
+    return samples_from_arrays(arrays, model, f"data file {path}")
+
+
+def as_samples(data: Samples | Iterable[Batch] | None, model: ir.Model,
+               what: str = "data") -> Samples | None:
+    """The Python API's data: `Samples`, or an iterable of batches - dicts of arrays named after
+    the model's inputs, plus optional integer `labels` - joined along the sample axis and checked
+    as an .npz would be. (Training reads the samples in random order each epoch, so they are held
+    in memory.)"""
+    if data is None or isinstance(data, Samples):
+        return data
+    if isinstance(data, Mapping):
+        raise OnnxcompError(f"{what}: pass Samples or an iterable of batches (dicts of arrays), not one dict; "
+                            "wrap a single batch in a list")
+    parts: dict[str, list[np.ndarray]] = {}
+    count = 0
+    for number, item in enumerate(data):
+        if not isinstance(item, Mapping):
+            raise OnnxcompError(f"{what}: batch {number} is a {type(item).__name__}, expected a dict of arrays")
+        if parts and set(item) != set(parts):
+            raise OnnxcompError(f"{what}: batch {number} has arrays {sorted(item)}, batch 0 had {sorted(parts)}")
+        for name, array in item.items():
+            parts.setdefault(name, []).append(np.asarray(array))
+        count = number + 1
+    if not count:
+        raise OnnxcompError(f"{what}: the iterable of batches is empty")
+    try:
+        arrays = {name: arrays[0] if arrays[0].ndim == 0 else np.concatenate(arrays) for name, arrays in parts.items()}
+    except ValueError as error:
+        raise OnnxcompError(f"{what}: batches do not stack along the sample axis ({error})") from None
+    return samples_from_arrays(arrays, model, what)
+
+
+def samples_from_arrays(arrays: Mapping[str, np.ndarray], model: ir.Model, where: str) -> Samples:
+    """Check arrays named after the model's inputs (+ optional `labels`) and make them Samples."""
     names = [v.name for v in model.graph.inputs]
     missing = [n for n in names if n not in arrays]
     if missing:
         raise OnnxcompError(
-            f"data file {path}: no array for model input(s) {', '.join(missing)}; it has {', '.join(sorted(arrays)) or 'no arrays'}"
+            f"{where}: no array for model input(s) {', '.join(missing)}; it has {', '.join(sorted(arrays)) or 'no arrays'}"
         )
     extra = [k for k in arrays if k not in names and k != LABELS]
     if extra:
-        logger.warning("data file %s: ignoring arrays %s (not model inputs)", path, ", ".join(extra))
+        logger.warning("%s: ignoring arrays %s (not model inputs)", where, ", ".join(extra))
     inputs: dict[str, np.ndarray] = {}
     count = None
     for value in model.graph.inputs:
@@ -82,35 +119,35 @@ def load_samples(path: str | Path, model: ir.Model) -> Samples:
             if np.can_cast(array.dtype, expected, casting="same_kind"):
                 array = array.astype(expected)
             else:
-                raise OnnxcompError(f"data file {path}: array {value.name!r} has dtype {array.dtype}, the model expects {expected}")
+                raise OnnxcompError(f"{where}: array {value.name!r} has dtype {array.dtype}, the model expects {expected}")
         shape = value.shape
         if shape is not None:
             if array.ndim != len(shape):
                 raise OnnxcompError(
-                    f"data file {path}: array {value.name!r} has shape {array.shape}, the model expects rank {len(shape)} ({_shape_text(shape)})"
+                    f"{where}: array {value.name!r} has shape {array.shape}, the model expects rank {len(shape)} ({_shape_text(shape)})"
                 )
             for axis, dim in enumerate(shape):
                 if isinstance(dim, int) and axis > 0 and array.shape[axis] != dim:
                     raise OnnxcompError(
-                        f"data file {path}: array {value.name!r} has shape {array.shape}, the model expects {_shape_text(shape)}"
+                        f"{where}: array {value.name!r} has shape {array.shape}, the model expects {_shape_text(shape)}"
                     )
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            raise OnnxcompError(f"data file {path}: array {value.name!r} contains NaN or inf")
+            raise OnnxcompError(f"{where}: array {value.name!r} contains NaN or inf")
         if array.ndim == 0:  # a per-run scalar (e.g. a flag): no sample axis
             inputs[value.name] = array
             continue
         if count is not None and len(array) != count:
-            raise OnnxcompError(f"data file {path}: inputs have different sample counts ({count} vs {len(array)})")
+            raise OnnxcompError(f"{where}: inputs have different sample counts ({count} vs {len(array)})")
         count = len(array)
         inputs[value.name] = array
     if not count:
-        raise OnnxcompError(f"data file {path}: contains no samples")
+        raise OnnxcompError(f"{where}: contains no samples")
     labels = arrays.get(LABELS)
     if labels is not None:
         if labels.ndim != 1 or len(labels) != count:
-            raise OnnxcompError(f"data file {path}: 'labels' must be one integer per sample ({count}), got shape {labels.shape}")
+            raise OnnxcompError(f"{where}: 'labels' must be one integer per sample ({count}), got shape {labels.shape}")
         if labels.dtype.kind not in "iu":
-            raise OnnxcompError(f"data file {path}: 'labels' must be integers, got {labels.dtype}")
+            raise OnnxcompError(f"{where}: 'labels' must be integers, got {labels.dtype}")
     return Samples(inputs, labels)
 
 

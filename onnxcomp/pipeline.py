@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnxcomp import io
 from onnxcomp.allocate import Allocation, LayerOptions, allocate, layer_options
 from onnxcomp.canonicalize import canonicalize
-from onnxcomp.data import Samples, generate_samples
+from onnxcomp.data import Batch, Samples, as_samples, generate_samples
 from onnxcomp.errors import FidelityError, OnnxcompError, TargetUnreachableError
 from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.passes.cluster_weights import ClusterWeightsPass
@@ -77,15 +77,18 @@ def _log(progress: Callable[[str], None] | None, message: str) -> None:
         progress(message)
 
 
-def compress_model(model: ir.Model, options: CompressOptions, samples: Samples | None = None,
+def compress_model(model: ir.Model, options: CompressOptions, samples: Samples | Iterable[Batch] | None = None,
                    input_bytes: int | None = None, progress: Callable[[str], None] | None = None,
-                   eval_samples: Samples | None = None) -> CompressResult:
+                   eval_samples: Samples | Iterable[Batch] | None = None) -> CompressResult:
     """Compress an in-memory model to at most `options.target_bytes` serialized bytes.
 
     `samples` calibrate (and, with ``options.epochs > 0``, train); `eval_samples` are held out:
     they pick the best epoch and the report's accuracy is measured on them. Without them, fine-
-    tuning holds out a tenth of `samples` (at most 5000).
+    tuning holds out a tenth of `samples` (at most 5000). Either may be `Samples` or an iterable
+    of batches: dicts of arrays named after the model's inputs, plus optional integer `labels`.
     """
+    samples = as_samples(samples, model, "samples")
+    eval_samples = as_samples(eval_samples, model, "eval_samples")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     original_proto = io.to_proto(model)
@@ -412,8 +415,8 @@ def _fixed_bytes(model: ir.Model, layers: list[LayerOptions], keep_metadata: boo
 
 
 def compress_file(input_path: str | Path, output_path: str | Path, options: CompressOptions,
-                  samples: Samples | None = None, progress: Callable[[str], None] | None = None,
-                  overwrite: bool = False, eval_samples: Samples | None = None) -> dict:
+                  samples: Samples | Iterable[Batch] | None = None, progress: Callable[[str], None] | None = None,
+                  overwrite: bool = False, eval_samples: Samples | Iterable[Batch] | None = None) -> dict:
     """Compress a file to a file; the input is only read, the output appears whole or not at all."""
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and output_path.resolve() == input_path.resolve():
