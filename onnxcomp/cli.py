@@ -64,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--method", choices=METHODS, default="auto",
                           help="fine-tuning method with --data: prune (iterative pruning + retraining, Han et al.), sws (soft "
                                "weight-sharing prior, Ullrich et al.), admm (budget-constrained ADMM, Yang et al.), vib (remove "
-                               "neurons with VIB gates, Dai et al., then prune; needs labels), auto (vib then prune with labels, "
-                               "else prune). Default auto")
+                               "neurons with VIB gates, Dai et al., then prune; needs labels), auto (vib then prune with labels and a "
+                               "target under 2 bits per weight, else prune). Default auto")
     compress.add_argument("--epochs", type=int, default=None,
                           help=f"training epochs on ONNX Runtime's training backend (default {DEFAULT_EPOCHS} with --data, 0 without); "
                                "labels -> cross-entropy mixed with distillation, no labels -> distillation from the original. "

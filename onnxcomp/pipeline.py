@@ -44,6 +44,7 @@ IMPORTANCE_SAMPLES = 256
 VERIFY_SAMPLES = 2000
 HOLD_OUT_MIN = 500
 HOLD_OUT_MAX = 5000
+AUTO_VIB_BITS = 2.0  # auto eliminates neurons only under this many target bits per weight
 
 
 @dataclasses.dataclass
@@ -113,7 +114,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     neurons = None
     if training is not None:
         require_training()
-        if _wants_vib(options, training):
+        if _wants_vib(options, training, weights, progress):
             tick = time.perf_counter()
             model, neurons = _eliminate_neurons(model, training, options, progress)
             timings["neuron elimination"] = time.perf_counter() - tick
@@ -266,12 +267,26 @@ def _is_classifier(model: ir.Model) -> bool:
     return output.shape is not None and len(output.shape) == 2 and output.dtype == ir.DataType.FLOAT
 
 
-def _wants_vib(options: CompressOptions, training: TrainingData) -> bool:
+def _wants_vib(options: CompressOptions, training: TrainingData, weights, progress=None) -> bool:
+    """`vib` always; `auto` with labels when the target is tight (under AUTO_VIB_BITS per weight).
+
+    At loose targets pruning alone keeps every neuron and spends the budget: on LeNet-300-100
+    (40 epochs, full MNIST) prune gave 1.62% test error at 100 KB (3.0 bits per weight) where
+    VIB + prune gave 1.82% in 75 KB; at 50 KB (1.5 bits) the two were level (1.74% / 1.71%); at
+    16.7 KB VIB + prune won (1.75% / 1.97%).
+    """
     if options.method == "vib":
         if training.train.labels is None:
             raise OnnxcompError("--method vib needs labels in --data (the 'labels' array); use --method prune to distill without labels")
         return True
-    return options.method == "auto" and training.train.labels is not None
+    if options.method != "auto" or training.train.labels is None:
+        return False
+    bits_per_weight = 8 * options.target_bytes / max(1, sum(w.size for w in weights if w.prunable))
+    if bits_per_weight >= AUTO_VIB_BITS:
+        _log(progress, f"target allows {bits_per_weight:.1f} bits per weight (>= {AUTO_VIB_BITS}): "
+                       "auto prunes without neuron elimination")
+        return False
+    return True
 
 
 def _eliminate_neurons(model: ir.Model, training: TrainingData, options: CompressOptions, progress):

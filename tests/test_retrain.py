@@ -181,3 +181,22 @@ def test_default_epochs_skip_models_that_are_not_classifiers(tmp_path, capsys):
     explicit = main(["compress", str(model), "--target-size", "10KB", "-o", str(tmp_path / "o2.onnx"), "--data", str(tmp_path / "d.npz"),
                      "--epochs", "2", "-q"])
     assert explicit == 2 and "logits" in capsys.readouterr().err
+
+
+def test_auto_eliminates_neurons_only_at_tight_targets(tmp_path, train_samples):
+    from onnxcomp.pipeline import _wants_vib
+    from onnxcomp.retrain import TrainingData
+    from onnxcomp.weights import find_weights
+
+    weights = find_weights(load_model(MODEL))  # 266,200 weights: 2 bits each is 66,550 B
+    training = TrainingData(train=train_samples, held_out=None, teacher=None, held_out_teacher=None)
+    assert _wants_vib(CompressOptions(target_bytes=60_000, epochs=1), training, weights)
+    assert not _wants_vib(CompressOptions(target_bytes=70_000, epochs=1), training, weights)
+    unlabeled = train_samples.head(train_samples.count)
+    unlabeled.labels = None
+    assert not _wants_vib(CompressOptions(target_bytes=10_000, epochs=1), TrainingData(unlabeled, None, None, None), weights)
+    assert _wants_vib(CompressOptions(target_bytes=10**6, epochs=1, method="vib"), training, weights)
+    # end to end at a loose target: auto prunes, nothing is gated or removed
+    report = compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=80_000, epochs=1), samples=train_samples)
+    assert report["training"]["method"] == "auto" and "neurons" not in report
+    assert report["output_bytes"] <= 80_000
