@@ -1,6 +1,6 @@
 """Fine-tuning benchmark on full MNIST, in the style of the papers' tables.
 
-    python -m bench.finetune [--only lenet300|lenet5] [--rows NAME,...] [--curve] [--throughput]
+    python -m bench.finetune [--rows NAME,...|none] [--curve] [--throughput] [--epochs N] [--batch-size B]
 
 Training data: MNIST train[5000:] (55,000 images); held out for epoch selection: a seeded 5,000 of
 the training images (--eval-data); reported: error on the 10,000 test images, never seen in
@@ -235,7 +235,8 @@ def curve(splits, out: Path, epochs: int = 40) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", help=f"comma-separated subset of: {', '.join(ROWS)} (default all)")
+    parser.add_argument("--rows", help=f"comma-separated subset of: {', '.join(ROWS)} (default all; 'none' with --curve "
+                                       "or --throughput runs only those)")
     parser.add_argument("--curve", action="store_true", help="also the LeNet-300 size/error curve (6 targets)")
     parser.add_argument("--throughput", action="store_true", help="also ONNX Runtime vs PyTorch training throughput")
     parser.add_argument("--epochs", type=int, help="override the rows' epochs")
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "finetune.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": {}}
-    names = args.rows.split(",") if args.rows else list(ROWS)
+    names = [] if args.rows == "none" else args.rows.split(",") if args.rows else list(ROWS)
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         parser.error(f"unknown rows: {', '.join(unknown)}")
