@@ -1,17 +1,28 @@
-"""Channel elimination on the small MNIST ResNet (issue 4, criterion 2): norm-based + fine-tune.
+"""Channel elimination on the small MNIST ResNet (issue 4, criterion 2): mean replacement + fine-tune.
 
-    python -m bench.resnet_channels [--keep 0.4] [--finetune-samples 20000] [--epochs 1] [--out bench/results]
+    python -m bench.resnet_channels [--keep 0.5] [--score replacement] [--mean-samples 2000]
+                                    [--finetune-samples 20000] [--epochs 1] [--out bench/results]
 
-Keeps the ``--keep`` fraction of channels (rounded up) with the largest ``--score`` (incoming
-times outgoing weight L2 norm by default) in every unblocked channel group of models/resnet_mnist.onnx - a residual group (the layers whose
-outputs meet in an Add) shares one mask, as `onnxcomp.channels.analyze_channels` dictates -,
-removes the rest with `EliminateNeuronsPass`, and fine-tunes the smaller network on ONNX
-Runtime's training backend (`onnxcomp.runtime.training.finetune`) on the first
-``--finetune-samples`` MNIST training images with labels plus distillation from the original
-model (50/50, temperature 2, as `onnxcomp.vib.vib_eliminate` does); train[55000:] is the held-out
-set that picks the epoch. Reports test accuracy on the 10,000 test images (original, pruned
-before fine-tuning, pruned after) and the latency of original and pruned model measured side by
-side in this run (interleaved, 1 thread, medians, batch 1 and batch 64).
+Keeps the ``--keep`` fraction of channels (rounded up) with the largest ``--score`` in every
+unblocked channel group of models/resnet_mnist.onnx - a residual group (the layers whose outputs
+meet in an Add) shares one mask, as `onnxcomp.channels.analyze_channels` dictates -, removes the
+rest with `EliminateNeuronsPass`, and fine-tunes the smaller network on ONNX Runtime's training
+backend (`onnxcomp.runtime.training.finetune`) on the first ``--finetune-samples`` MNIST training
+images with labels plus distillation from the original model (50/50, temperature 2, as
+`onnxcomp.vib.vib_eliminate` does); train[55000:] is the held-out set that picks the epoch.
+
+The default score is `replacement_errors`: the output error replacing a channel by its mean
+causes (its variance on the first ``--mean-samples`` training images times the squared weights
+that read it). Weight norms mislead here: the model's slimming penalty drives BatchNorm scales
+towards zero, but folding the BatchNorm into the convolution divides by the (equally small)
+standard deviation, so a near-constant channel can keep large folded weights. The pass replaces
+every removed channel by its mean activation on the same images, folded into the next layers'
+biases; the table also shows the accuracy of the same removal with the removed channels simply
+dropped (no compensation: their constant part is lost).
+
+Reports test accuracy on the 10,000 test images (original, pruned without and with
+compensation before fine-tuning, pruned after) and the latency of original and pruned model
+measured side by side in this run (interleaved, 1 thread, medians, batch 1 and batch 64).
 Writes bench/results/resnet_channels.md, resnet_channels.json and resnet_channels.onnx.
 
 Issue 4, criterion 2: at least 50% of the channels removed at most 0.5 points accuracy loss.
@@ -20,6 +31,7 @@ Issue 4, criterion 2: at least 50% of the channels removed at most 0.5 points ac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -33,7 +45,8 @@ from bench.vib_lenet300 import latencies, test_error
 from models.mnist import load_mnist
 from onnxcomp.channels import ChannelAnalysis, analyze_channels, constant, segment_offsets
 from onnxcomp.io import load_model, save_model
-from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass, _outgoing_norms
+from onnxcomp.passes import eliminate_neurons
+from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass, _outgoing_norms, replacement_errors
 from onnxcomp.runtime.training import TrainConfig, finetune, model_forward_logits
 from onnxcomp.weights import find_weights
 
@@ -61,9 +74,13 @@ def incoming_norms(analysis: ChannelAnalysis) -> dict[int, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", type=float, default=0.4, help="fraction of each group's channels kept")
-    parser.add_argument("--score", choices=("in", "out", "inout"), default="inout",
-                        help="rank channels by incoming, outgoing or the product of both weight norms")
+    parser.add_argument("--keep", type=float, default=0.5, help="fraction of each group's channels kept")
+    parser.add_argument("--score", choices=("replacement", "in", "out", "inout"), default="replacement",
+                        help="rank channels by the error their mean replacement causes on --mean-samples images "
+                             "(onnxcomp.passes.eliminate_neurons.replacement_errors), or by incoming, outgoing or "
+                             "the product of both weight norms")
+    parser.add_argument("--mean-samples", type=int, default=2000,
+                        help="training images that measure the removed channels' mean activations (0: data-free)")
     parser.add_argument("--finetune-samples", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -83,6 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     analysis = analyze_channels(model)
     outgoing, incoming = _outgoing_norms(analysis), incoming_norms(analysis)
+    samples = {"input": images[: args.mean_samples]} if args.mean_samples else None
+    if args.score == "replacement":
+        if samples is None:
+            parser.error("--score replacement needs --mean-samples")
+        replacement = replacement_errors(model, samples, analysis)
     keep, members = {}, {}
     for group in analysis.groups:
         if group.blocked or group.name.startswith("input:"):  # the one-channel image stays
@@ -91,15 +113,23 @@ def main(argv: list[str] | None = None) -> dict:
         score = {"in": incoming, "out": outgoing}.get(args.score, incoming)[group.id]
         if args.score == "inout":
             score = incoming[group.id] * outgoing[group.id]
+        elif args.score == "replacement":
+            score = replacement[group.name]
         mask[np.argsort(-score, kind="stable")[: max(1, math.ceil(args.keep * group.size))]] = True
         keep[group.name] = mask
         members[group.name] = [analysis.origins[o].label for o in group.origins]
-    elimination = EliminateNeuronsPass(keep=keep)(model)
+    uncompensated = load_model(original_path)
+    elimination = EliminateNeuronsPass(keep=keep, samples=samples)(model)
 
     args.out.mkdir(parents=True, exist_ok=True)
     pruned_path = args.out / "resnet_channels.onnx"
     save_model(model, pruned_path, overwrite=True)
     untuned_error = test_error(pruned_path, test_images, test_labels)
+    # The same removal with the removed channels' contribution simply dropped, for comparison.
+    with _without_compensation():
+        EliminateNeuronsPass(keep=keep)(uncompensated)
+    save_model(uncompensated, pruned_path, overwrite=True)
+    uncompensated_error = test_error(pruned_path, test_images, test_labels)
 
     train = slice(0, args.finetune_samples)
     train_inputs = {"input": images[train]}
@@ -121,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     total, kept = sum(b for b, _ in sizes.values()), sum(a for _, a in sizes.values())
     accuracy = {
         "original": 1 - errors[original_path],
+        "pruned_uncompensated": 1 - uncompensated_error,
         "pruned": 1 - untuned_error,
         "pruned_finetuned": 1 - errors[pruned_path],
     }
@@ -153,11 +184,22 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+@contextlib.contextmanager
+def _without_compensation():
+    """EliminateNeuronsPass that drops removed channels without folding them into biases."""
+    fold = eliminate_neurons._fold_constants
+    eliminate_neurons._fold_constants = lambda *args: None
+    try:
+        yield
+    finally:
+        eliminate_neurons._fold_constants = fold
+
+
 def _markdown(summary: dict) -> str:
     total, kept = summary["channels"]
     accuracy, latency = summary["accuracy"], summary["latency_ms"]
     lines = [
-        "# Channel elimination on the MNIST ResNet (norm-based + fine-tuning)",
+        "# Channel elimination on the MNIST ResNet (mean replacement + fine-tuning)",
         "",
         f"Command: `{summary['command']}` (pruning + fine-tuning {summary['seconds']:.0f} s on a shared 2-core CPU).",
         f"Model: {summary['settings']['model']} (`python -m models.resnet_mnist`; BatchNorm folded into the "
@@ -173,7 +215,8 @@ def _markdown(summary: dict) -> str:
         "|---|---|---|---|---|---|",
         f"| original | {summary['params'][0]:,} | {summary['bytes'][0]:,} | {100 * accuracy['original']:.2f}% | "
         f"{latency['1']['original']:.3f} ms | {latency['64']['original']:.2f} ms |",
-        f"| pruned, before fine-tuning | | | {100 * accuracy['pruned']:.2f}% | | |",
+        f"| pruned, removed channels dropped (no compensation) | | | {100 * accuracy['pruned_uncompensated']:.2f}% | | |",
+        f"| pruned, mean replacement, before fine-tuning | | | {100 * accuracy['pruned']:.2f}% | | |",
         f"| pruned + fine-tuned | {summary['params'][1]:,} | {summary['bytes'][1]:,} | "
         f"{100 * accuracy['pruned_finetuned']:.2f}% | {latency['1']['pruned']:.3f} ms | {latency['64']['pruned']:.2f} ms |",
         f"| ratio pruned / original | {summary['params'][1] / summary['params'][0]:.2f} | "

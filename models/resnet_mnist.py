@@ -1,6 +1,6 @@
 """A small residual CNN for MNIST (Add skips, BatchNorm, global average pooling, Flatten + Gemm).
 
-    python -m models.resnet_mnist [--epochs 2] [--seed 0] [--threads 1]
+    python -m models.resnet_mnist [--epochs 2] [--seed 0] [--threads 1] [--slimming 0.3] [--penalty hoyer]
 
 Trains on full MNIST with the recipe loop of `models.train_mnist` (AdamW, lr 2e-3, weight decay
 1e-4, batch 128, cosine; ~1.5 min per epoch on one CPU thread) and exports
@@ -8,6 +8,11 @@ models/resnet_mnist.onnx (opset 17, IR 10, dynamic batch; the exporter folds the
 BatchNorms into the convolutions, so the ONNX graph is Conv/Relu/Add, GlobalAveragePool,
 Flatten, Gemm). Checks that ONNX Runtime gives the torch test accuracy and records it in
 models/accuracy.json. Used by the channel-elimination benchmark of issue 4 (bench/resnet_channels.py).
+
+A sparsity penalty on the BatchNorm scales (network slimming) makes channels removable: the
+committed model (98.84%) was trained with the defaults, a scale-invariant Hoyer penalty of weight
+0.3 (``ResNetMnist.slimming_penalty``); about a fifth of its channels end near-constant. The
+earlier L1 penalty (``--penalty l1 --slimming 0.02``: 98.64%) freed no channel.
 """
 
 from __future__ import annotations
@@ -67,13 +72,27 @@ class ResNetMnist(nn.Module):
         return [[self.stem[1], self.block1.bn2], [self.block1.bn1], [self.down1[1], self.block2.bn2],
                 [self.block2.bn1], [self.down2[1]]]
 
-    def slimming_penalty(self) -> torch.Tensor:
-        """Group lasso on the BatchNorm scales (network slimming, Liu et al. 2017), one group per channel.
+    def channel_scales(self) -> list[torch.Tensor]:
+        """Per channel group, each channel's scale: the L2 norm of its BatchNorm scales.
 
-        A channel of a residual group is scaled by several BatchNorms; the penalty is the L2 norm of
-        its scales, so they shrink together and the channel can be removed from every layer at once.
+        A channel of a residual group is scaled by several BatchNorms; they shrink together, so
+        the channel can be removed from every layer at once.
         """
-        return sum(torch.stack([bn.weight for bn in group]).norm(dim=0).sum() for group in self.channel_groups())
+        return [torch.stack([bn.weight for bn in group]).norm(dim=0) for group in self.channel_groups()]
+
+    def slimming_penalty(self, kind: str = "hoyer") -> torch.Tensor:
+        """Sparsity penalty on the channel scales (network slimming, Liu et al. 2017).
+
+        ``"l1"``: the sum of the scales (the paper's). A BatchNorm after the next convolution
+        makes the network blind to a whole group's scale, so under Adam L1 shrinks every scale of
+        a group alike and frees no channel (measured: the stem group ends with 16 equally small
+        scales). ``"hoyer"`` (DeepHoyer, Yang et al. 2020): per group ``(sum s)^2 / sum s^2``
+        divided by the group size - the fraction of effectively used channels, blind to the
+        group's scale too, so only making some channels small relative to the others lowers it.
+        """
+        if kind == "l1":
+            return sum(scales.sum() for scales in self.channel_scales())
+        return sum(scales.sum() ** 2 / (scales**2).sum() / scales.numel() for scales in self.channel_scales())
 
 
 def onnx_parameters(path: Path) -> int:
@@ -86,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--slimming", type=float, default=2e-2,
-                        help="weight of the BatchNorm-scale group lasso that makes channels removable (0: none)")
+    parser.add_argument("--slimming", type=float, default=0.3,
+                        help="weight of the BatchNorm-scale sparsity penalty that makes channels removable (0: none)")
+    parser.add_argument("--penalty", choices=("hoyer", "l1"), default="hoyer", help="see ResNetMnist.slimming_penalty")
     parser.add_argument("--output", type=Path, default=MODELS_DIR / "resnet_mnist.onnx")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -103,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         for group in model.channel_groups():
             for bn in group:
                 nn.init.constant_(bn.weight, 0.5)
-        penalty = lambda: args.slimming * model.slimming_penalty()  # noqa: E731
+        penalty = lambda: args.slimming * model.slimming_penalty(args.penalty)  # noqa: E731
     train(model, torch.from_numpy(images), torch.from_numpy(labels), recipe, args.seed, penalty)
-    scales = torch.cat([torch.stack([bn.weight for bn in g]).norm(dim=0) for g in model.channel_groups()]).detach()
-    print(f"BatchNorm scale norms per channel: {int((scales < 0.05).sum())} of {scales.numel()} below 0.05, "
-          f"quartiles {[round(float(q), 3) for q in scales.quantile(torch.tensor([0.25, 0.5, 0.75]))]}")
+    relative = torch.cat([s / s.max() for s in model.channel_scales()]).detach()
+    print(f"BatchNorm scale norms per channel, relative to their group's largest: {int((relative < 0.05).sum())} of "
+          f"{relative.numel()} below 0.05, quartiles "
+          f"{[round(float(q), 3) for q in relative.quantile(torch.tensor([0.25, 0.5, 0.75]))]}")
     seconds = time.perf_counter() - started
     torch_correct = int((torch_predictions(model, torch.from_numpy(test_images)) == test_labels).sum())
     export_onnx(model, args.output)
@@ -129,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "threads": args.threads,
             "slimming": args.slimming,
+            "penalty": args.penalty,
             "train_seconds": round(seconds),
         })
     return 0

@@ -5,10 +5,11 @@
 1. gate every unblocked channel group (`onnxcomp.runtime.gates.insert_gates`: ``z = mu +
    sigma * eps`` per neuron, model input features included) and train weights and gates on
    ONNX Runtime's training backend with ``task loss + gamma * sum log(1 + mu^2 / sigma^2)``;
-2. drop the neurons whose ``log alpha = log(mu^2 / sigma^2)`` is below ``threshold``: their
-   ``mu`` is set to 0 and every ``mu`` is folded into the weights (`fold_gate_means`), which
-   makes the dropped neurons exactly dead, so `EliminateNeuronsPass` removes them without
-   changing the deterministic network's outputs;
+2. fold every ``mu`` into the weights (`fold_gate_means`: the deterministic gated network,
+   exactly) and drop the neurons whose ``log alpha = log(mu^2 / sigma^2)`` is below
+   ``threshold`` with `EliminateNeuronsPass`, which replaces each by its mean gated activation
+   (``mu`` times the activation's mean, measured on up to ``MEAN_SAMPLES`` training samples)
+   folded into the next layers' biases - a dropped gate is noisy, not necessarily near zero;
 3. optionally fine-tune the smaller network (no gates) to recover accuracy.
 """
 
@@ -29,6 +30,8 @@ from onnxcomp.weights import find_weights
 logger = logging.getLogger(__name__)
 
 __all__ = ["fold_gate_means", "vib_eliminate"]
+
+MEAN_SAMPLES = 2048  # samples that measure the dropped neurons' mean activations
 
 
 def fold_gate_means(model: ir.Model, means: Mapping[str, np.ndarray], analysis: ChannelAnalysis | None = None) -> None:
@@ -208,11 +211,12 @@ def vib_eliminate(
         if not mask.any():  # a group keeps at least one channel
             mask[int(np.argmax(log_alpha))] = True
         keep[name] = mask
-        means[name] = gates_module.gate_mean(gate, result.weights) * mask
+        means[name] = gates_module.gate_mean(gate, result.weights)
         report["groups"][name] = {"size": gate.size, "kept": int(mask.sum()),
                                   "log_alpha": [round(float(a), 3) for a in np.maximum(log_alpha, -1e3)]}
     fold_gate_means(pruned, means)
-    elimination = EliminateNeuronsPass(keep=keep)(pruned)
+    samples = {name: array[:MEAN_SAMPLES] if np.ndim(array) else array for name, array in inputs.items()}
+    elimination = EliminateNeuronsPass(keep=keep, samples=samples)(pruned)
     report["params_before"] = elimination.params_before
     report["params_after"] = elimination.params_after
     report["layers"] = elimination.rows

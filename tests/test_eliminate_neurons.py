@@ -647,3 +647,131 @@ def test_exported_models_lose_exactly_the_planted_channels(name):
     assert len(planted) >= 2 and "input:x" in planted
     result = _eliminate(model, {"x": example.numpy()})
     assert result.removed == planted
+
+
+# -- compensation: a removed channel's constant (or mean) moves into the next layers' biases --
+
+
+def _constant_channel_net(rng, pad: int = 0) -> ir.Model:
+    """stem conv + 1x1 conv meet in a residual Add; a conv feeds global pool -> Flatten -> Gemm.
+
+    Planted: residual channel 2 (stem: zero weights, bias 0.6; conv1: zero weights, bias 0.3)
+    is the constant 0.6 after the stem's ReLU and 0.9 after the Add's; conv2 channel 3 (zero
+    weights, bias 0.4) is 0.4 after its ReLU and the pool. ``pad`` pads conv1 and conv2.
+    """
+    k = 2 * pad + 1
+    weights = {
+        "c0.w": 0.3 * _randn(rng, 6, 3, 3, 3), "c0.b": 0.1 * _randn(rng, 6),
+        "c1.w": 0.3 * _randn(rng, 6, 6, k, k), "c1.b": 0.1 * _randn(rng, 6),
+        "c2.w": 0.3 * _randn(rng, 5, 6, k, k), "c2.b": 0.1 * _randn(rng, 5),
+        "fc.w": _randn(rng, 4, 5), "fc.b": _randn(rng, 4),
+    }  # fmt: skip
+    weights["c0.w"][2], weights["c0.b"][2] = 0, 0.6
+    weights["c1.w"][2], weights["c1.b"][2] = 0, 0.3
+    weights["c2.w"][3], weights["c2.b"][3] = 0, 0.4
+    nodes = [
+        helper.make_node("Conv", ["x", "c0.w", "c0.b"], ["c0"], name="c0", pads=[1] * 4),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "c1.w", "c1.b"], ["c1"], name="c1", pads=[pad] * 4),
+        helper.make_node("Add", ["c1", "r0"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r1"]),
+        helper.make_node("Conv", ["r1", "c2.w", "c2.b"], ["c2"], name="c2", pads=[pad] * 4),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["y"], name="fc", transB=1),
+    ]
+    return _model(nodes, [_input("x", ["N", 3, 6, 6])], [_input("y", ["N", 4])], weights)
+
+
+_PLANTED = {"c0": np.arange(6) != 2, "c2": np.arange(5) != 3}
+
+
+def test_removed_constant_channels_fold_through_relu_add_and_pool():
+    feeds = {"x": _randn(_rng(31), 3, 3, 6, 6)}
+    model = _constant_channel_net(_rng(30))
+    before = _run(model, feeds)[0]
+    result = EliminateNeuronsPass(keep=_PLANTED)(model)
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    np.testing.assert_allclose(_run(model, feeds)[0], before, atol=1e-5, rtol=0)
+    assert result.removed == {"c0": 1, "c2": 1}
+    assert _weight(model, "c1.w") == (5, 5, 1, 1) and _weight(model, "fc.w") == (4, 4)
+    # The lossless "dead" rule finds the same channels (no padding around them).
+    assert _eliminate(_constant_channel_net(_rng(30)), feeds).removed == {"c0": 1, "c2": 1}
+
+
+def test_without_compensation_removing_constant_channels_changes_the_outputs(monkeypatch):
+    from onnxcomp.passes import eliminate_neurons
+
+    model = _constant_channel_net(_rng(30))
+    feeds = {"x": _randn(_rng(31), 3, 3, 6, 6)}
+    before = _run(model, feeds)[0]
+    monkeypatch.setattr(eliminate_neurons, "_fold_constants", lambda *args: None)
+    EliminateNeuronsPass(keep=_PLANTED)(model)
+    assert np.abs(_run(model, feeds)[0] - before).max() > 0.1
+
+
+def _two_convs(rng, **conv1) -> ir.Model:
+    """x -> c0 (3x3, pad 1) -> ReLU -> c1 (3x3, ``conv1`` attributes) -> y; c0 channel 2 is 0.6."""
+    weights = {"c0.w": 0.3 * _randn(rng, 6, 3, 3, 3), "c0.b": 0.1 * _randn(rng, 6),
+               "c1.w": 0.3 * _randn(rng, 4, 6, 3, 3)}
+    weights["c0.w"][2], weights["c0.b"][2] = 0, 0.6
+    nodes = [
+        helper.make_node("Conv", ["x", "c0.w", "c0.b"], ["c0"], name="c0", pads=[1] * 4),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "c1.w"], ["y"], name="c1", **conv1),
+    ]
+    return _model(nodes, [_input("x", ["N", 3, 7, 7])], [_input("y", ["N", 4, "H", "W"])], weights)
+
+
+def test_constant_before_padded_conv_keeps_the_mean_over_positions():
+    # Zero padding makes a constant channel's contribution smaller at the borders: one bias
+    # cannot be exact there. It gets the contribution averaged over the output positions.
+    feeds = {"x": _randn(_rng(32), 2, 3, 7, 7)}
+    model = _two_convs(_rng(33), pads=[1] * 4)
+    before = _run(model, feeds)[0]
+    assert not EliminateNeuronsPass()(model).modified  # not exact: "dead" leaves it
+    EliminateNeuronsPass(keep={"c0": np.arange(6) != 2})(model)
+    after = _run(model, feeds)[0]
+    np.testing.assert_allclose(after.mean(axis=(2, 3)), before.mean(axis=(2, 3)), atol=1e-5)
+    assert np.abs(after - before).max() > 1e-3  # the borders differ
+
+
+@pytest.mark.parametrize("conv1", [
+    {"pads": [1] * 4}, {"pads": [0, 1, 2, 1], "strides": [2, 2]}, {"dilations": [2, 2], "pads": [2] * 4},
+    {"auto_pad": "SAME_UPPER", "strides": [2, 1]}, {"auto_pad": "SAME_LOWER", "strides": [2, 2]},
+])  # fmt: skip
+def test_mean_replacement_before_a_conv_keeps_the_mean_output(conv1):
+    rng = _rng(35)
+    feeds = {"x": _randn(rng, 16, 3, 7, 7)}
+    model = _two_convs(rng, **conv1)
+    before = _run(model, feeds)[0]
+    keep = np.ones(6, bool)
+    keep[[0, 2, 5]] = False  # two live channels and the constant one
+    EliminateNeuronsPass(keep={"c0": keep}, samples=feeds)(model)
+    after = _run(model, feeds)[0]
+    assert after.shape == before.shape
+    np.testing.assert_allclose(after.mean(axis=(0, 2, 3)), before.mean(axis=(0, 2, 3)), atol=1e-5)
+
+
+def test_mean_replacement_with_samples_keeps_the_mean_output():
+    feeds = {"x": _randn(_rng(33), 64, 16)}
+    keep = np.ones(24, bool)
+    keep[[0, 4, 9, 17]] = False  # live neurons of fc2, read by fc3 (linear up to the output)
+    errors = []
+    for samples in (None, feeds):
+        model = _mlp(_rng(34))
+        before = _run(model, feeds)[0]
+        EliminateNeuronsPass(keep={"fc2": keep}, samples=samples)(model)
+        errors.append(np.abs(_run(model, feeds)[0].mean(0) - before.mean(0)).max())
+    assert errors[1] < 1e-4 < errors[0]
+
+
+def test_replacement_errors_are_zero_for_constant_channels():
+    from onnxcomp.passes.eliminate_neurons import replacement_errors
+
+    model = _constant_channel_net(_rng(30))
+    errors = replacement_errors(model, {"x": _randn(_rng(36), 8, 3, 6, 6)})
+    assert set(errors) == {"input:x", "c0", "c2"}  # fc reaches the graph output: blocked
+    assert errors["c0"][2] == 0 and errors["c2"][3] == 0
+    assert (np.delete(errors["c0"], 2) > 0).all() and errors["c2"].max() > 0

@@ -136,6 +136,28 @@ def test_folding_gate_means_matches_the_gated_graph_residual_cnn():
     assert "conv1" in keep and "conv3" in keep  # conv1 and conv2 share one group (the skip)
 
 
+def test_dropped_gates_are_replaced_by_their_mean_gated_activation():
+    # A dropped gate (mu^2 < sigma^2) need not have mu near 0: its neuron passes mu * activation
+    # in the deterministic network. Folding every mu and removing with samples replaces it by
+    # its mean, so the logits (linear in fc1's neurons) keep their mean exactly.
+    rng = np.random.default_rng(6)
+    model = _mlp(rng)
+    feeds = {"x": _randn(rng, 50, 16)}
+    gated = _copy(model)
+    gate = insert_gates(gated, analyze_channels(gated), ["fc1"])["fc1"]
+    mean = rng.uniform(0.2, 2.0, gate.size).astype(np.float32)
+    gated.graph.initializers[gate.mu].const_value = ir.tensor(mean, name=gate.mu)
+    expected = _run(gated, {**feeds, NOISE_INPUT: noise_switch(50, on=False)})
+    keep = np.arange(gate.size) % 3 != 0
+    errors = []
+    for means, samples in (({"fc1": mean * keep}, None), ({"fc1": mean}, feeds)):
+        folded = _copy(model)
+        fold_gate_means(folded, means)
+        EliminateNeuronsPass(keep={"fc1": keep}, samples=samples)(folded)
+        errors.append(np.abs(_run(folded, feeds).mean(0) - expected.mean(0)).max())
+    assert errors[1] < 1e-4 < errors[0]
+
+
 def _noisy_features_task(rng, count: int):
     """8 informative features decide the class; 8 more are pure noise."""
     informative = _randn(rng, count, 8)
