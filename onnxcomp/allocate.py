@@ -16,7 +16,8 @@ import logging
 import numpy as np
 
 from onnxcomp import encoding
-from onnxcomp.quantize import Quantization, SortedWeights, grouped_quantize, prune_mask
+from onnxcomp.quantize import Quantization, SortedWeights, grouped_quantize, prune_mask, vector_quantize
+from onnxcomp.quantize import PRICE_SAMPLE, PRICE_SAMPLE_ABOVE
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,19 @@ BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 # rows or columns of different scales make one codebook too coarse and G codebooks cost little.
 GROUPED_MIN_PARAMS = 65536
 GROUPED_BITS = (2, 3, 4, 5, 6)
+# Vector lookup (one code per `dim` consecutive entries) for the same big weights: (dim, codebook
+# sizes), i.e. 2.5-4 bits per weight in pairs, 1-2 in fours, 1 in eights. Not for embedding
+# tables: their rows are read one at a time (and usually normalised), so what matters is each
+# row's error relative to its own scale, which per-row grouped codebooks keep and squared error
+# over the whole table does not see.
+VECTOR_SHAPES = ((2, (32, 64, 128, 256)), (4, (16, 64, 256)), (8, (256,)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """One way to store one weight: dense, or pruned + clustered + encoded."""
 
-    kind: str  # dense | lookup | sparse | grouped
+    kind: str  # dense | lookup | sparse | grouped | vector
     bytes: int
     distortion: float  # squared error / weight energy
     sparsity: float = 0.0
@@ -66,7 +73,9 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
     input activation per input feature; None means plain squared error. `keep_zeros` prices
     only the weight's own zero pattern (no further pruning), for weights retrained with a mask.
     `grouped` adds grouped-lookup candidates (one codebook per group of rows or of columns, no
-    pruning: zeros are clustered like any value) for weights of at least GROUPED_MIN_PARAMS entries.
+    pruning: zeros are clustered like any value) and, for matrix weights (not embedding
+    tables), vector-lookup candidates (VECTOR_SHAPES) for weights of at least
+    GROUPED_MIN_PARAMS entries.
     """
     values = np.asarray(values, dtype=np.float32)
     rank = values.ndim
@@ -92,14 +101,29 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
                              distortion, sparsity, encoding.bits_for(table), quant)
             if has_zero and sparsity >= 0.3:
                 if positions is None:
-                    positions = encoding.gap_histogram(np.flatnonzero(prune_mask(values, importance, threshold).ravel()))
-                price = encoding.price_sparse(positions, quant.codebook.size, rank)
+                    positions = _gap_histogram(values, importance, threshold)
+                price = encoding.price_sparse(positions, quant.codebook.size, rank, count)
                 if price is not None and price.bytes < best.bytes:
                     best = Candidate("sparse", price.bytes, distortion, sparsity, price.value_bits, quant)
             candidates.append(best)
     if grouped and not keep_zeros and role != "bias" and count >= GROUPED_MIN_PARAMS and np.isfinite(values).all():
         candidates.extend(grouped_candidates(values, importance, energy))
+        if role == "weight":
+            candidates.extend(vector_candidates(values, importance, energy))
     return LayerOptions(name, tuple(values.shape), role, pareto(candidates), importance=importance)
+
+
+def _gap_histogram(values: np.ndarray, importance: np.ndarray | None, threshold: float):
+    """Gaps between kept positions and their counts. Tensors of PRICE_SAMPLE_ABOVE entries or
+    more are measured on their leading PRICE_SAMPLE entries (whole rows, so gaps keep their
+    layout) with counts scaled to the whole tensor; the saved file corrects any misestimate."""
+    if values.size < PRICE_SAMPLE_ABOVE or values.ndim == 0:
+        return encoding.gap_histogram(np.flatnonzero(prune_mask(values, importance, threshold).ravel()))
+    rows = max(1, PRICE_SAMPLE // max(values.size // values.shape[0], 1))
+    part = values[:rows]
+    spread = None if importance is None else np.broadcast_to(np.asarray(importance), values.shape)[:rows]
+    gaps, counts = encoding.gap_histogram(np.flatnonzero(prune_mask(part, spread, threshold).ravel()))
+    return gaps, np.maximum(1, np.round(counts * (values.size / part.size))).astype(np.int64)
 
 
 def grouped_candidates(values: np.ndarray, importance: np.ndarray | None, energy: float) -> list[Candidate]:
@@ -112,6 +136,20 @@ def grouped_candidates(values: np.ndarray, importance: np.ndarray | None, energy
             for bits, quant in zip(GROUPED_BITS, quants):
                 price = encoding.grouped_lookup_bytes(values.size, bits, groups, 1 << bits, values.ndim, offsets)
                 candidates.append(Candidate("grouped", price, quant.sse / energy, 0.0, bits, quant))
+    return candidates
+
+
+def vector_candidates(values: np.ndarray, importance: np.ndarray | None, energy: float) -> list[Candidate]:
+    """Vector-lookup candidates: k-means on runs of `dim` consecutive entries (VECTOR_SHAPES)."""
+    candidates = []
+    for dim, sizes in VECTOR_SHAPES:
+        sizes = tuple(k for k in sizes if values.size % dim == 0 and values.size // dim >= 16 * k)
+        if not sizes:
+            continue
+        for k, quant in zip(sizes, vector_quantize(values, importance, dim, sizes)):
+            bits = encoding.bits_for(k)
+            price = encoding.vector_lookup_bytes(values.size, dim, bits, k, values.ndim)
+            candidates.append(Candidate("vector", price, quant.sse / energy, 0.0, bits, quant))
     return candidates
 
 

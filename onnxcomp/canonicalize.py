@@ -16,6 +16,7 @@ from onnxscript.rewriter.rules.common import (
     fuse_batchnorm_into_gemm_rule,
 )
 
+from onnxcomp.io import is_streamed
 from onnxcomp.weights import check_finite, find_weights
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ BATCHNORM_RULES = [fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_trans
 
 
 MIN_OPSET = 11  # decode subgraphs need BitShift (opset 11)
+# Memory-mapped weights above this many entries are not hashed for de-duplication: hashing
+# reads (maps) every one of them at once, and exporters tie large weights by name anyway.
+STREAMED_DEDUPE_LIMIT = 1 << 20
 
 
 def upgrade_opset(model: ir.Model) -> ir.Model:
@@ -55,13 +59,14 @@ def canonicalize(model: ir.Model) -> ir.Model:
     Raises OnnxcompError if a weight holds NaN or infinity.
     """
     model = upgrade_opset(model)
+    streamed = is_streamed(model)
     pipeline = ir.passes.Sequential(
         common.InlinePass(),
         common.RemoveUnusedFunctionsPass(),
         common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
         common.LiftSubgraphInitializersToMainGraphPass(),
         common.RemoveInitializersFromInputsPass(),
-        common.DeduplicateHashedInitializersPass(),
+        common.DeduplicateHashedInitializersPass(**({"size_limit": STREAMED_DEDUPE_LIMIT} if streamed else {})),
         common.RemoveUnusedNodesPass(),
     )
     model = pipeline(model).model

@@ -166,7 +166,12 @@ def _compress(args) -> int:
         if fid.get("cosine") is not None:
             quality.append(f"cosine {fid['cosine']:.4f}")
         quality.append(f"max abs error {fid['max_abs_error']:.3g}")
-        parts.append(", ".join(quality) + f" on {fid['samples']} {'generated' if fid['generated_inputs'] else 'sample'} inputs")
+        if fid.get("mode") == "weights":
+            parts.append(f"weights checked one at a time in ONNX Runtime ({fid['weights']} decoded): relative error "
+                         f"{fid['relative_error']:.3g} (worst weight {fid['max_relative_error']:.3g}), max abs error "
+                         f"{fid['max_abs_error']:.3g}; model outputs not run (too large to hold in memory)")
+        else:
+            parts.append(", ".join(quality) + f" on {fid['samples']} {'generated' if fid['generated_inputs'] else 'sample'} inputs")
         if "accuracy" in report:
             acc = report["accuracy"]
             parts.append(f"accuracy {100 * acc['original']:.2f}% -> {100 * acc['compressed']:.2f}% on {acc['samples']} labelled samples")

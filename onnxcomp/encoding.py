@@ -8,14 +8,17 @@ Runtime does not fold it and decodes on every run (see shared/notes/onnxruntime-
 Encodings (the byte model in `estimate_bytes` prices each one for the allocator):
 
 * ``lookup``: codes bit-packed into uint8/uint32/uint64 words ->
-  BitShift(LEFT) -> BitShift(RIGHT) -> Cast(INT32) -> Gather(codebook) -> Reshape.
+  BitShift(LEFT) -> BitShift(RIGHT) -> Reshape [-1] -> Cast(INT32) -> GatherElements(codebook) -> Reshape.
 * ``linear``: as lookup, but a uniform codebook is rebuilt arithmetically:
   -> Cast(FLOAT) -> Sub(zero) -> Mul(scale) -> Reshape.
+* ``vector``: as lookup, but each code stands for `dim` consecutive entries (flat order) and
+  the Gather reads rows of a [K, dim] codebook -> Reshape (vector quantization).
 * ``grouped``: as lookup, with one codebook per group of rows or columns (`quantize.group_view`):
-  -> Cast(INT32) -> Reshape -> Add(INT32 code offsets of each group) -> Gather(codebooks) -> Reshape.
+  -> Cast(INT32) -> Reshape -> Add(INT32 code offsets of each group) -> Reshape [-1] -> GatherElements(codebooks) -> Reshape.
 * ``sparse``: non-zero values as packed codebook codes plus relative position deltas packed in
   narrow words, with filler entries (delta = max, value = 0) for gaps too long for a delta
-  (Han et al. 2015) -> CumSum -> ScatterElements into ConstantOfShape -> Reshape.
+  (Han et al. 2015) -> CumSum -> ScatterElements into ConstantOfShape -> Reshape; or, where
+  smaller (denser weights), positions as a packed 1-bit mask -> Cast(BOOL) -> Compress(Range).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ WORD_DTYPES = {8: (np.uint8, ir.DataType.UINT8), 32: (np.uint32, ir.DataType.UIN
 NODE_BYTES = 34
 INITIALIZER_BYTES = 14
 DENSE_BYTES = 16
+# Sparse decodes chain more intermediate values, each with its own (shortened) name and type
+# annotation: measured ~16 B per node beyond NODE_BYTES.
+SPARSE_NODE_BYTES = NODE_BYTES + 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,10 +122,13 @@ def sparse_deltas(positions: np.ndarray, delta_bits: int) -> tuple[np.ndarray, n
 def lookup_bytes(count: int, bits: int, codebook_size: int, rank: int, uniform: bool = False) -> int:
     packing = choose_packing(count, bits)
     padded = packing.words * packing.per_word != count
-    nodes = 5 + (2 if padded else 0) if packing.per_word > 1 else 2 + (0 if rank == 1 else 1)
+    if packing.per_word == 1:
+        nodes = 2 + (0 if rank == 1 else 1) + (1 if uniform else 0)
+    elif uniform:  # BitShift x2, [Reshape, Slice], Cast, Sub, Mul, Reshape
+        nodes = 6 + (2 if padded else 0)
+    else:  # BitShift x2, Reshape, [Slice], Cast, GatherElements, Reshape
+        nodes = 6 + (1 if padded else 0)
     table = 8 if uniform else 4 * codebook_size
-    if uniform:
-        nodes += 1
     return packing.payload_bytes + table + nodes * NODE_BYTES + 4 * INITIALIZER_BYTES + 8 * rank
 
 
@@ -130,9 +139,19 @@ def grouped_lookup_bytes(count: int, bits: int, groups: int, codebook_size: int,
     for column groups) and the Reshape + Add nodes."""
     base = lookup_bytes(count, bits, codebook_size, rank)
     packing = choose_packing(count, bits)
-    extra_nodes = 2 + (1 if packing.per_word == 1 and rank == 1 else 0)
+    extra_nodes = 3 + (1 if packing.per_word == 1 and rank == 1 else 0)
     return (base + 4 * (groups - 1) * codebook_size + 4 * (groups if offsets is None else offsets)
             + extra_nodes * NODE_BYTES + 2 * INITIALIZER_BYTES + 16)
+
+
+def vector_lookup_bytes(count: int, dim: int, bits: int, codebook_rows: int, rank: int) -> int:
+    """Vector lookup: one `bits`-bit code per `dim` consecutive entries, a [K, dim] float
+    codebook; decoded like a lookup whose Gather yields rows, then always a Reshape."""
+    codes = -(-count // dim)
+    packing = choose_packing(codes, bits)
+    padded = packing.words * packing.per_word != codes
+    nodes = 3 if packing.per_word == 1 else 5 + (2 if padded else 0)  # BitShift x2, [Reshape, Slice], Cast, Gather, Reshape
+    return packing.payload_bytes + 4 * codebook_rows * dim + nodes * NODE_BYTES + 4 * INITIALIZER_BYTES + 8 * rank
 
 
 def group_counts(shape: tuple[int, ...], axis: int = 0, min_group: int = 4096,
@@ -164,17 +183,91 @@ def group_counts(shape: tuple[int, ...], axis: int = 0, min_group: int = 4096,
     return found[-most:]
 
 
+# ONNX Runtime's CumSum pays ~0.7 us per index along its axis (it builds slice iterators per
+# index), which made a 400k-weight sparse layer take 120 ms to fold at session creation. From
+# this many entries, positions are summed in two levels: the entries are stored column by
+# column of a [rows, width] grid, CumSum runs down axis 0 (rows indices, each a contiguous row:
+# 3x faster than strided axis-1 slices), and an exclusive CumSum over the width adds each
+# column's offset.
+SPLIT_CUMSUM_MIN = 2048
+
+
+def cumsum_layout(entries: int) -> tuple[int, int, int] | None:
+    """(rows, width, padding) for the two-level prefix sum, or None below SPLIT_CUMSUM_MIN.
+
+    rows ~ width ~ sqrt(entries) minimises the per-index cost (rows + width indices). `padding`
+    entries (step 0, repeating the last value: they rewrite the last non-zero with its own
+    value) are stored to fill the grid; the smallest count that gives a near-square factorisation
+    is taken, usually 0-3."""
+    if entries < SPLIT_CUMSUM_MIN:
+        return None
+    for total in range(entries, entries + math.isqrt(entries)):
+        root = math.isqrt(total)
+        for width in range(root, max(1, root // 2) - 1, -1):
+            if total % width == 0:
+                return total // width, width, total - entries
+    root = math.isqrt(entries)
+    rows = -(-entries // root)
+    return rows, root, rows * root - entries
+
+
+def grid_order(stream: np.ndarray, layout: tuple[int, int, int], steps: bool) -> np.ndarray:
+    """Entries reordered so that a row-major [rows, width] reshape holds consecutive entries down
+    each column; padded with steps of 0 (`steps`) or by repeating the last value code."""
+    rows, width, padding = layout
+    stream = np.asarray(stream).ravel()
+    if padding:
+        fill = np.zeros(padding, stream.dtype) if steps else np.repeat(stream[-1:], padding)
+        stream = np.concatenate([stream, fill])
+    return stream.reshape(width, rows).T.ravel()
+
+
+def shift_table_bytes(packing: Packing) -> int:
+    """The per-field left-shift amounts a packed stream's unpacking reads (one word each)."""
+    return packing.per_word * packing.word_bits // 8 + 2 * INITIALIZER_BYTES if packing.per_word > 1 else 0
+
+
 def sparse_bytes(entries: int, value_bits: int, delta_bits: int, codebook_size: int, rank: int) -> int:
     values = choose_packing(entries, value_bits)
     deltas = choose_packing(entries, delta_bits)
     nodes = 6
+    initializers = 7
+    layout = cumsum_layout(entries)
+    if layout is not None:
+        entries += layout[2]
+        values = choose_packing(entries, value_bits)
+        deltas = choose_packing(entries, delta_bits)
+        nodes += 5
+        initializers += 4
     for packing in (values, deltas):
         if packing.per_word > 1:
             nodes += 3 + (1 if packing.words * packing.per_word != entries else 0)
     return (
         values.payload_bytes + deltas.payload_bytes + 4 * codebook_size
-        + nodes * NODE_BYTES + 6 * INITIALIZER_BYTES + 8 * rank + 8
+        + shift_table_bytes(values) + shift_table_bytes(deltas)
+        + nodes * SPARSE_NODE_BYTES + initializers * INITIALIZER_BYTES + 8 * rank + 8
     )
+
+
+# Positions as a 1-bit mask are smaller than relative deltas from ~20% density up (LeNet-5 at 1/10:
+# 164.5 KB instead of 171.6 KB at the same accuracy), but slower to fold at session creation:
+# Compress (or NonZero) walks every weight, ~10 ns each while folding, against a CumSum over the
+# non-zeros only. Off by default while session creation must stay within 3x of the original's
+# (LeNet-5 at 1/10: 5.1x with the mask, 3.1x without); the byte model and decoder are kept.
+MASK_POSITIONS = False
+
+
+def mask_sparse_bytes(count: int, entries: int, value_bits: int, codebook_size: int, rank: int) -> int:
+    """Sparse weight stored as a 1-bit mask over all `count` positions plus the `entries`
+    non-zero codes: mask -> Cast(BOOL) -> Compress(Range) -> ScatterElements. Beats relative positions
+    from about 20% density up (a mask bit per weight against ~4-5 delta bits per non-zero)."""
+    mask = choose_packing(count, 1)
+    values = choose_packing(entries, value_bits)
+    nodes = 3 + 3 + (1 if mask.words * mask.per_word != count else 0) + 3  # mask unpack + Cast/Range/Compress
+    nodes += 2 + (3 + (1 if values.words * values.per_word != entries else 0) if values.per_word > 1 else 0)
+    return (mask.payload_bytes + values.payload_bytes + 4 * codebook_size
+            + shift_table_bytes(mask) + shift_table_bytes(values)
+            + nodes * SPARSE_NODE_BYTES + 8 * INITIALIZER_BYTES + 8 * rank + 8)
 
 
 def dense_bytes(count: int, rank: int) -> int:
@@ -204,7 +297,7 @@ MAX_CODEBOOK = 256
 @dataclasses.dataclass(frozen=True)
 class SparsePrice:
     bytes: int
-    delta_bits: int
+    delta_bits: int  # 0: positions as a 1-bit mask (see mask_sparse_bytes)
     value_bits: int
     entries: int
     fillers: bool
@@ -216,8 +309,10 @@ def gap_histogram(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(gaps, return_counts=True)
 
 
-def price_sparse(positions: np.ndarray | tuple[np.ndarray, np.ndarray], nonzero_levels: int, rank: int) -> SparsePrice | None:
-    """Cheapest delta width for these flat non-zero positions (or their gap histogram)."""
+def price_sparse(positions: np.ndarray | tuple[np.ndarray, np.ndarray], nonzero_levels: int, rank: int,
+                 size: int | None = None) -> SparsePrice | None:
+    """Cheapest delta width for these flat non-zero positions (or their gap histogram); with the
+    weight's `size`, a position mask too where that is smaller (delta_bits 0)."""
     unique_gaps, gap_counts = positions if isinstance(positions, tuple) else gap_histogram(positions)
     if gap_counts.size == 0:
         return None
@@ -228,9 +323,14 @@ def price_sparse(positions: np.ndarray | tuple[np.ndarray, np.ndarray], nonzero_
         entries = int(np.sum(gap_counts * np.maximum(1, -(-unique_gaps // max_delta))))
         fillers = entries > count
         value_bits = bits_for(nonzero_levels + (1 if fillers else 0))
-        size = sparse_bytes(entries, value_bits, delta_bits, nonzero_levels + (1 if fillers else 0), rank)
-        if best is None or size < best.bytes:
-            best = SparsePrice(size, delta_bits, value_bits, entries, fillers)
+        priced = sparse_bytes(entries, value_bits, delta_bits, nonzero_levels + (1 if fillers else 0), rank)
+        if best is None or priced < best.bytes:
+            best = SparsePrice(priced, delta_bits, value_bits, entries, fillers)
+    if MASK_POSITIONS and size is not None and best is not None:
+        value_bits = bits_for(nonzero_levels)
+        masked = mask_sparse_bytes(size, count, value_bits, nonzero_levels, rank)
+        if masked < best.bytes:
+            best = SparsePrice(masked, 0, value_bits, count, False)
     return best
 
 
@@ -266,7 +366,7 @@ def encoding_choices(values: np.ndarray) -> dict[str, Choice]:
                                    sparsity=sparsity, levels=int(grid[2][-1]) + 1)
     nonzero_levels = int(np.count_nonzero(unique))
     if nonzero_levels and sparsity > 0:
-        price = price_sparse(np.flatnonzero(values.ravel()), nonzero_levels, rank)
+        price = price_sparse(np.flatnonzero(values.ravel()), nonzero_levels, rank, count)
         if price is not None:
             choices["sparse"] = Choice("sparse", price.bytes, price.value_bits, price.delta_bits,
                                        sparsity=sparsity, levels=nonzero_levels)

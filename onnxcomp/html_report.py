@@ -35,7 +35,7 @@ MAX_DISTRIBUTION_PANELS = 12  # the largest encoded layers get a distribution pl
 SCATTER_POINTS = 20_000
 ORIGINAL_COLOR, COMPRESSED_COLOR, BOUND_COLOR = "#7f7f7f", "#1f77b4", "#ff7f0e"
 ENCODING_COLORS = {"dense": "#7f7f7f", "lookup": "#1f77b4", "linear": "#2ca02c", "sparse": "#ff7f0e",
-                   "decoded": "#9467bd", "graph and other": "#d9d9d9"}
+                   "grouped": "#8c564b", "vector": "#e377c2", "decoded": "#9467bd", "graph and other": "#d9d9d9"}
 
 
 def require_matplotlib():
@@ -88,6 +88,18 @@ def layer_analysis(compressed: StoredWeight, original: StoredWeight | None, row:
     if compressed.encoding == "dense":
         analysis.update(code_entropy_bytes=None, codebook_bytes=0, entropy_bound_bytes=compressed.stored_bytes)
         return analysis
+    if compressed.encoding == "vector":
+        # Codes stand for runs of `dim` weights: the bound is the entropy of those runs.
+        tables = [v.const_value.numpy() for v in compressed.sources
+                  if v.const_value is not None and v.const_value.dtype == ir.DataType.FLOAT and len(v.const_value.shape) == 2]
+        if tables and values.size % tables[0].shape[1] == 0:
+            dim = tables[0].shape[1]
+            _, run_codes = np.unique(values.reshape(-1, dim), axis=0, return_inverse=True)
+            all_bits = entropy_bits(run_codes.ravel())
+            analysis["bits"] = encoding.bits_for(tables[0].shape[0]) / dim
+            analysis.update(code_entropy_bytes=math.ceil(all_bits / 8), codebook_bytes=4 * tables[0].size,
+                            entropy_bound_bytes=math.ceil(all_bits / 8) + 4 * tables[0].size)
+            return analysis
     nonzero_levels = int(np.count_nonzero(np.unique(values)))
     codebook_bytes = 8 if compressed.encoding == "linear" else 4 * nonzero_levels
     bound_bits = all_bits = entropy_bits(values)

@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -159,6 +160,31 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     return model
 
 
+def is_streamed(model: ir.Model) -> bool:
+    """Whether weights stay memory-mapped in external data (inputs with more than
+    IN_MEMORY_EXTERNAL_BYTES of it): such models are compressed one weight at a time."""
+    return any(isinstance(value.const_value, ir.ExternalTensor) for value in model.graph.initializers.values())
+
+
+def release(tensor) -> None:
+    """Unmap an external tensor's data (it is mapped again when next read); others are kept."""
+    if isinstance(tensor, ir.ExternalTensor):
+        try:
+            tensor.release()
+        except BufferError:  # an array still views the mapping; it is unmapped when that goes
+            logger.debug("%s: still in use, left mapped", tensor.name)
+
+
+def load_external_leftovers(model: ir.Model) -> None:
+    """Read the initializers still in external data into memory (a compressed model's dense
+    leftovers: biases, norms), so the output never points at the input's data file."""
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            value.const_value = ir.tensor(np.array(tensor.numpy()), name=value.name)
+            release(tensor)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0][:300] if text else type(error).__name__
@@ -167,7 +193,25 @@ def _first_line(error: BaseException) -> str:
 def to_proto(model: ir.Model) -> onnx.ModelProto:
     proto = ir.serde.serialize_model(model)
     proto.ir_version = min(proto.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    _drop_initializer_value_info(proto.graph)
     return proto
+
+
+def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:
+    """onnx_ir writes a value_info entry for every initializer; the initializer already states
+    its type and shape, so the entry is dead weight (660 B of a 10.4 KB LeNet-5 file)."""
+    initializers = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    kept = [v for v in graph.value_info if v.name not in initializers]
+    if len(kept) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _drop_initializer_value_info(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    _drop_initializer_value_info(subgraph)
 
 
 def serialized_bytes(model: ir.Model) -> bytes:

@@ -28,17 +28,21 @@ from onnxcomp.passes.prune_weights import PruneWeightsPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
 from onnxcomp.report import layer_rows
 from onnxcomp.runtime.inference import run_batches, session
-from onnxcomp.sensitivity import activation_importance, measure_sensitivity
+from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, compensate, discount_compensated, input_hessians
+from onnxcomp.sensitivity import activation_importance, embedding_importance, measure_sensitivity
 from onnxcomp.sizes import format_size
 from onnxcomp.quantize import prune_mask
 from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, iterative_prune,
                               require_training, soft_weight_sharing, with_weights)
 from onnxcomp.verify import accuracy, fidelity
-from onnxcomp.weights import find_weights
+from onnxcomp.weights import find_weights, no_weights_error, quantized_weights
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
+GROW_ATTEMPTS = 2  # re-plans with the unused bytes added when a fit leaves slack
+SLACK_FRACTION = 0.01
+SLACK_MIN_BYTES = 64
 SENSITIVITY_SAMPLES = 64
 IMPORTANCE_SAMPLES = 256
 VERIFY_SAMPLES = 2000
@@ -68,7 +72,7 @@ class CompressOptions:
 @dataclasses.dataclass
 class CompressResult:
     model: ir.Model
-    data: bytes
+    data: bytes | None  # None: over protobuf's 2 GB limit, saved with external data
     report: dict
 
 
@@ -88,6 +92,11 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     tuning holds out a tenth of `samples` (at most 5000). Either may be `Samples` or an iterable
     of batches: dicts of arrays named after the model's inputs, plus optional integer `labels`.
     """
+    if io.is_streamed(model):  # weights too large to hold: one weight at a time, data-free
+        from onnxcomp.streaming import compress_streamed, refuse_data
+
+        refuse_data(options, samples, eval_samples)
+        return compress_streamed(model, options, input_bytes, progress)
     samples = as_samples(samples, model, "samples")
     eval_samples = as_samples(eval_samples, model, "eval_samples")
     started = time.perf_counter()
@@ -97,12 +106,11 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     batch_size = _batch_size(model)
 
     _log(progress, "canonicalize")
-    model = canonicalize(model)
-    if model.opset_imports.get("", 0) < 11:
-        raise OnnxcompError(f"model uses opset {model.opset_imports.get('', 0)}; onnxcomp needs opset 11 or newer (convert it with onnx.version_converter)")
-    weights = find_weights(model)
-    if not weights:
-        raise OnnxcompError("the model has no compressible weights (float initializers used by Conv, Gemm, MatMul, Gather, LSTM/GRU/RNN)")
+    model, weights = canonical_weights(model)
+    quantized = quantized_weights(model)
+    if quantized:
+        _log(progress, f"left as they are: {len(quantized)} already-quantized weights ("
+                       + ", ".join(f"{q['name']} {q['dtype']} {q['bytes']} B, {'/'.join(q['ops'])}" for q in quantized) + ")")
     timings["canonicalize"] = time.perf_counter() - started
 
     if samples is None:
@@ -152,7 +160,16 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         tick = time.perf_counter()
         # Keep the trained zero pattern; prune further (untrained) only if the budget needs it.
         layers = _price(model, importances, sensitivity_of, keep_zeros=options.method != "sws")
-    compressed, allocation, attempt_data, attempt, floor_bytes = _fit(model, layers, budget, options, importances, progress)
+    hessians = None
+    if training is None and not samples.generated and not io.is_streamed(model):
+        # Real samples, no fine-tuning: quantize with GPTQ error compensation (onnxcomp.gptq).
+        tick_hessians = time.perf_counter()
+        hessians = input_hessians(model, find_weights(model), samples.head(GPTQ_SAMPLES).inputs, batch_size)
+        layers = discount_compensated(layers, {w.name: w.numpy().astype(np.float32) for w in find_weights(model)
+                                               if w.name in hessians}, hessians)
+        timings["hessians"] = time.perf_counter() - tick_hessians
+    compressed, allocation, attempt_data, attempt, floor_bytes = _fit(model, layers, budget, options, importances, progress,
+                                                                      hessians=hessians)
     if attempt_data is None and training is not None:
         layers = planner.price(model)
         compressed, allocation, attempt_data, attempt, floor_bytes = _fit(model, layers, budget, options, importances, progress)
@@ -198,6 +215,8 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     }
     if neurons is not None:
         report["neurons"] = neurons
+    if quantized:
+        report["quantized_left"] = quantized  # already-quantized weights, kept as they are
     if training is not None:
         report["training"] = {"method": options.method, "epochs": options.epochs, "samples": training.train.count,
                               "held_out": 0 if training.held_out is None else training.held_out.count,
@@ -232,9 +251,12 @@ def _batch_size(model: ir.Model) -> int:
     return 256
 
 
-def _masks(model: ir.Model, allocation: Allocation, importances: dict) -> dict[str, np.ndarray]:
+def _masks(model: ir.Model, allocation: Allocation, importances: dict,
+           names: set[str] | None = None) -> dict[str, np.ndarray]:
     masks = {}
     for weight in find_weights(model):
+        if names is not None and weight.name not in names:
+            continue
         choice = allocation.choices.get(weight.name)
         if choice is not None and choice.quant is not None and choice.quant.nonzeros < weight.size:
             masks[weight.name] = prune_mask(weight.numpy(), importances.get(weight.name), choice.quant.saliency_threshold)
@@ -249,6 +271,8 @@ def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_
     tick = time.perf_counter()
     values = {w.name: w.numpy().astype(np.float32) for w in weights}
     importances = activation_importance(model, weights, samples.head(IMPORTANCE_SAMPLES).inputs, batch_size)
+    if not samples.generated:  # which embedding rows real inputs read (generated ids are uniform)
+        importances.update(embedding_importance(model, weights, samples.inputs, batch_size))
     layers = [layer_options(w.name, values[w.name], w.role, importances.get(w.name)) for w in weights]
     timings["price"] = timings.get("price", 0.0) + time.perf_counter() - tick
     if options.sensitivity:
@@ -259,6 +283,17 @@ def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_
             layer.sensitivity = sensitivities.get(layer.name, 1.0)
         timings["sensitivity"] = timings.get("sensitivity", 0.0) + time.perf_counter() - tick
     return importances, layers
+
+
+def canonical_weights(model: ir.Model) -> tuple[ir.Model, list]:
+    """Canonicalize the model and find its compressible weights; refuse what cannot be compressed."""
+    model = canonicalize(model)
+    if model.opset_imports.get("", 0) < 11:
+        raise OnnxcompError(f"model uses opset {model.opset_imports.get('', 0)}; onnxcomp needs opset 11 or newer (convert it with onnx.version_converter)")
+    weights = find_weights(model)
+    if not weights:
+        raise no_weights_error(model)
+    return model, weights
 
 
 def _is_classifier(model: ir.Model) -> bool:
@@ -339,25 +374,39 @@ def _price(model: ir.Model, importances: dict, sensitivity_of: dict[str, float],
 
 
 def _fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: CompressOptions, importances: dict,
-         progress):
-    """Allocate and build until the serialized model fits; tighten the budget by the overshoot."""
+         progress, hessians: dict[str, np.ndarray] | None = None):
+    """Allocate and build until the serialized model fits: tighten the budget by the overshoot,
+    and when a fit leaves more than SLACK_FRACTION of the target unused, plan again with the
+    slack added (at most GROW_ATTEMPTS times), keeping the largest build that fits."""
     floor_total = sum(layer.smallest.bytes for layer in layers)
     compressed = allocation = None
     floor_bytes = None
+    best = None
+    grown = 0
     attempt = 0
     for attempt in range(1, MAX_ATTEMPTS + 1):
         # Never plan below the smallest candidates: the floor itself is always tried once.
         at_floor = budget <= floor_total
         allocation = allocate(layers, max(budget, floor_total))
         assert allocation is not None
-        compressed = _build(model, allocation, options.keep_metadata, importances)
+        compressed = _build(model, allocation, options.keep_metadata, importances, hessians=hessians)
         data = io.serialized_bytes(compressed)
         _log(progress, f"attempt {attempt}: {format_size(len(data))} (target {format_size(options.target_bytes)})")
         if len(data) <= options.target_bytes:
-            return compressed, allocation, data, attempt, None
+            best = (compressed, allocation, data, attempt, None)
+            slack = options.target_bytes - len(data)
+            if slack <= max(SLACK_MIN_BYTES, SLACK_FRACTION * options.target_bytes) or grown == GROW_ATTEMPTS:
+                return best
+            grown += 1
+            budget += slack // 2  # the plan-to-file step is not exact: claim half
+            continue
+        if best is not None:  # the grown plan overshot: the last fit stands
+            return best
         if at_floor:
             return compressed, allocation, None, attempt, len(data)
         budget -= len(data) - options.target_bytes + 16 * attempt
+    if best is not None:
+        return best
     return compressed, allocation, None, attempt, floor_bytes
 
 
@@ -405,21 +454,53 @@ def _training_data(options: CompressOptions, samples: Samples, eval_samples: Sam
 
 
 def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importances: dict,
-           masks: dict[str, np.ndarray] | None = None) -> ir.Model:
-    """Apply an allocation to a copy of the canonical model: prune, cluster, encode, clean up."""
+           masks: dict[str, np.ndarray] | None = None, decoded: dict[str, ir.Value] | None = None,
+           hessians: dict[str, np.ndarray] | None = None) -> ir.Model:
+    """Apply an allocation to a copy of the canonical model: prune, cluster, encode, clean up.
+
+    Weights still in external data (`io.is_streamed`) are encoded one at a time and unmapped
+    after, so only one weight's float values (and their temporaries) are in memory at once.
+    `decoded`, when given, receives per weight name the value its consumers now read.
+    `hessians` (per weight, from real samples) switch on GPTQ error compensation (onnxcomp.gptq).
+    """
     work = model.clone()
-    if masks is None:
-        masks = _masks(work, allocation, importances)
+    if hessians and not io.is_streamed(work):
+        compensate(work, allocation.choices, hessians)
     codebooks = {name: c.quant.codebook for name, c in allocation.choices.items() if c.quant is not None}
     grouped = {name: (c.quant.groups, c.quant.group_axis) for name, c in allocation.choices.items()
                if c.quant is not None and c.quant.groups > 1}
-    passes = ir.passes.Sequential(
-        PruneWeightsPass(masks=masks),
-        ClusterWeightsPass(bits=None, codebooks=codebooks, group_axes={name: axis for name, (_, axis) in grouped.items()}),
-        SubstituteSparseOpsPass(),
-        InsertDequantizeLookupPass(groups=grouped),
-    )
-    work = passes(work).model
+    vectors = {name: c.quant.vector_dim for name, c in allocation.choices.items()
+               if c.quant is not None and c.quant.vector_dim > 1}
+
+    def encode(masks: dict[str, np.ndarray], names) -> None:
+        ir.passes.Sequential(
+            PruneWeightsPass(masks=masks),
+            ClusterWeightsPass(bits=None, codebooks=codebooks, group_axes={name: axis for name, (_, axis) in grouped.items()},
+                               vectors=set(vectors), names=names),
+            SubstituteSparseOpsPass(names=names),
+            InsertDequantizeLookupPass(groups=grouped, vectors=vectors, names=names),
+        )(work)
+
+    weights = find_weights(work)
+    uses = {w.name: next(iter(w.value.uses())) for w in weights}
+    if not io.is_streamed(work):
+        encode(_masks(work, allocation, importances) if masks is None else masks, None)
+    else:
+        for weight in weights:
+            if weight.name not in codebooks:
+                continue
+            tensor = weight.value.const_value
+            if masks is None:
+                single = _masks(work, allocation, importances, names={weight.name})
+            else:
+                single = {weight.name: masks[weight.name]} if weight.name in masks else {}
+            encode(single, {weight.name})
+            io.release(tensor)
+            if work.graph.initializers.get(weight.name) is not weight.value:
+                weight.value.const_value = None  # encoded: drop the clustered float copy this list still holds
+        io.load_external_leftovers(work)
+    if decoded is not None:
+        decoded.update({name: node.inputs[index] for name, (node, index) in uses.items()})
     return clean_up(work, keep_metadata=keep_metadata, shorten_names=not keep_metadata)
 
 
@@ -445,7 +526,8 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
     input_bytes = io.file_bytes(input_path)
     result = compress_model(model, options, samples=samples, input_bytes=input_bytes, progress=progress,
                             eval_samples=eval_samples)
-    written = io.save_model(result.model, output_path, overwrite=overwrite) if len(result.data) >= io.MAX_PROTO_BYTES else _write(output_path, result.data, overwrite)
+    too_big = result.data is None or len(result.data) >= io.MAX_PROTO_BYTES  # weights go to external data
+    written = io.save_model(result.model, output_path, overwrite=overwrite) if too_big else _write(output_path, result.data, overwrite)
     result.report["output_bytes"] = written
     result.report["output"] = str(output_path)
     result.report["input"] = str(input_path)

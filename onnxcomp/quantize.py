@@ -21,6 +21,14 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 KMEANS_ITERATIONS = 30
+# Tensors of at least PRICE_SAMPLE_ABOVE entries are priced on a seeded uniform sample of
+# PRICE_SAMPLE entries: the 1-D k-means centres and relative errors of a 1M-entry sample match
+# the full tensor's closely, while sorting and prefix sums over hundreds of millions of entries
+# would dominate time and memory (a float64 copy per prefix sum). Errors, energy and non-zero
+# counts are scaled back to the whole tensor.
+PRICE_SAMPLE_ABOVE = 1 << 24
+PRICE_SAMPLE = 1 << 20
+MASK_CHUNK = 1 << 20  # entries per slice in prune_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +41,17 @@ class Quantization:
     nonzeros: int
     groups: int = 1  # > 1: one codebook per group of the weight's entries (see group_view)
     group_axis: int = 0  # 0: groups of consecutive rows (flat blocks); 1: groups of consecutive columns
+    vector_dim: int = 1  # > 1: vector quantization, codebook [K, vector_dim] (see vector_quantize)
+
+
+def sample_positions(size: int, count: int) -> np.ndarray:
+    """`count` sorted distinct positions in [0, size), seeded: one at a random offset in each
+    of `count` equal strides (O(count), where a random choice without replacement permutes all
+    `size` positions)."""
+    if count >= size:
+        return np.arange(size, dtype=np.int64)
+    stride = size // count
+    return np.arange(count, dtype=np.int64) * stride + np.random.default_rng(0).integers(0, stride, count)
 
 
 class SortedWeights:
@@ -40,16 +59,24 @@ class SortedWeights:
 
     def __init__(self, values: np.ndarray, importance: np.ndarray | None = None):
         flat = np.asarray(values, dtype=np.float32).ravel()
+        picked = None
+        self.scale = 1.0  # entries of the tensor per entry held here (> 1 when sampled)
+        if flat.size >= PRICE_SAMPLE_ABOVE:
+            picked = sample_positions(flat.size, PRICE_SAMPLE)
+            self.scale = flat.size / PRICE_SAMPLE
+            flat = flat[picked]
         self.size = flat.size
         order = np.argsort(flat, kind="stable")
         self.sorted = flat[order].astype(np.float64)
         if importance is None:
             self.importance = np.ones(self.size)
         else:
-            self.importance = np.broadcast_to(np.asarray(importance, np.float64), np.shape(values)).ravel()[order]
+            spread = np.broadcast_to(np.asarray(importance, np.float64), np.shape(values))
+            # Index the broadcast view: never materialise the importance at the weight's size.
+            self.importance = (spread.ravel() if picked is None else spread[np.unravel_index(picked, spread.shape)])[order]
             self.importance = np.maximum(self.importance, 1e-12 * max(float(self.importance.max()), 1e-30))
         self.saliency = self.importance * self.sorted * self.sorted
-        self.energy = float(self.saliency.sum())
+        self.energy = float(self.saliency.sum()) * self.scale
         self._sorted_saliency = np.sort(self.saliency)
         self._cache: dict[float, tuple] = {}
 
@@ -74,7 +101,7 @@ class SortedWeights:
                 (float(survivors[0]), float(survivors[-1])) if survivors.size else (0.0, 0.0),
                 float(negative[-1]) if negative.size else None,
                 float(positive[0]) if positive.size else None,
-                float(np.sum(self.saliency[~keep])),
+                float(np.sum(self.saliency[~keep])) * self.scale,
             )
             cached = (
                 bounds,
@@ -94,6 +121,7 @@ class SortedWeights:
         nonzeros = int(count_prefix[-1])
         if nonzeros == 0:
             return Quantization(threshold, np.zeros(0, np.float32), self.energy, 0)
+        whole = int(round(nonzeros * self.scale))  # non-zeros of the whole tensor
         (low, high), gap_low, gap_high, pruned_sse = bounds
         k = max(1, min(clusters, nonzeros))
         # Linear initialisation over the surviving range (Han et al. 2016 found it best: it keeps
@@ -120,7 +148,7 @@ class SortedWeights:
         centres32 = centres.astype(np.float32).astype(np.float64)
         sse = float(np.sum(sums2 - 2 * centres32 * sums + weights * centres32 * centres32))
         codebook = np.unique(centres[counts > 0].astype(np.float32))
-        return Quantization(threshold, codebook, max(sse, 0.0) + pruned_sse, nonzeros)
+        return Quantization(threshold, codebook, max(sse, 0.0) * self.scale + pruned_sse, whole)
 
     def _cluster_ranges(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bounds = (centres[1:] + centres[:-1]) / 2
@@ -160,17 +188,28 @@ def grouped_quantize(values: np.ndarray, importance: np.ndarray | None, groups: 
     that one global searchsorted finds every group's cluster boundaries. Returns one Quantization
     per k, with codebook [groups, k] and the squared error summed over the groups.
     """
-    flat = group_view(np.asarray(values, dtype=np.float32), groups, axis).astype(np.float64).ravel()
+    values = np.asarray(values, dtype=np.float32)
+    total = values.size
+    scale = 1.0  # entries of the tensor per entry clustered here (> 1 when sampled)
+    spread = None if importance is None else np.broadcast_to(np.asarray(importance, np.float64), values.shape)
+    if total >= PRICE_SAMPLE_ABOVE:
+        # Every group keeps the same seeded random positions (see PRICE_SAMPLE).
+        picked = _group_sample(values.shape, groups, axis)
+        scale = (total // groups) / picked.shape[1]
+        flat = np.ascontiguousarray(values).reshape(-1)[picked].astype(np.float64).ravel()
+        importance_rows = None if spread is None else spread[np.unravel_index(picked, values.shape)]
+    else:
+        flat = group_view(values, groups, axis).astype(np.float64).ravel()
+        importance_rows = None if spread is None else group_view(spread, groups, axis)
     size = flat.size
     width = size // groups
-    if importance is None:
+    if importance_rows is None:
         data = np.sort(flat.reshape(groups, width), axis=1)
         weight = np.ones_like(data)
     else:
         order = np.argsort(flat.reshape(groups, width), axis=1, kind="stable")
         data = np.take_along_axis(flat.reshape(groups, width), order, axis=1)
-        weight = group_view(np.broadcast_to(np.asarray(importance, np.float64), np.shape(values)), groups, axis)
-        weight = np.take_along_axis(weight, order, axis=1)
+        weight = np.take_along_axis(importance_rows, order, axis=1)
         weight = np.maximum(weight, 1e-12 * max(float(weight.max()), 1e-30))
     del flat
     reach = float(np.max(np.abs(data))) if size else 0.0
@@ -223,8 +262,25 @@ def grouped_quantize(values: np.ndarray, importance: np.ndarray | None, groups: 
         c = centres32.astype(np.float64)
         sse = np.sum(between(wxx_prefix, a, b) - 2 * c * between(wx_prefix, a, b) + between(w_prefix, a, b) * c * c)
         results.append(Quantization(float(np.nextafter(0.0, 1.0)), np.sort(centres32, axis=1),
-                                    max(float(sse), 0.0), size, groups, axis))
+                                    max(float(sse), 0.0) * scale, total, groups, axis))
     return results
+
+
+def _group_sample(shape: tuple[int, ...], groups: int, axis: int) -> np.ndarray:
+    """Flat indices [groups, m] of PRICE_SAMPLE entries: the same positions in every row of
+    `group_view(values, groups, axis)`, found without building that view."""
+    total = int(np.prod(shape))
+    width = total // groups
+    count = max(1, min(width, PRICE_SAMPLE // groups))
+    positions = sample_positions(width, count)
+    group = np.arange(groups, dtype=np.int64)[:, None]
+    if axis == 0:
+        return group * width + positions[None, :]
+    columns = int(shape[-1])
+    rows = total // columns
+    # group_view's row g is the weight's columns g*per .. (g+1)*per - 1, each column whole.
+    per = columns // groups
+    return (positions % rows)[None, :] * columns + group * per + (positions // rows)[None, :]
 
 
 def snap_to_grouped_codebooks(values: np.ndarray, codebooks: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -237,15 +293,27 @@ def snap_to_grouped_codebooks(values: np.ndarray, codebooks: np.ndarray, axis: i
 
 def prune_mask(values: np.ndarray, importance: np.ndarray | None, saliency_threshold: float) -> np.ndarray:
     """Boolean keep-mask (same shape as values): saliency >= threshold and not already zero."""
-    values = np.asarray(values, dtype=np.float64)
-    weight = np.ones_like(values) if importance is None else np.broadcast_to(importance, values.shape)
-    weight = np.maximum(weight, 1e-12 * max(float(np.max(weight)), 1e-30))
-    return (weight * values * values >= saliency_threshold) & (values != 0)
+    values = np.asarray(values)
+    if values.ndim == 0:
+        values = values.reshape(1)
+        return prune_mask(values, importance, saliency_threshold).reshape(())
+    spread = None if importance is None else np.broadcast_to(np.asarray(importance, np.float64), values.shape)
+    floor = 1e-12 * max(1.0 if spread is None else float(np.max(importance)), 1e-30)
+    mask = np.empty(values.shape, dtype=bool)
+    # In slices of the first axis: float64 temporaries stay a few MB, whatever the weight's size.
+    step = max(1, MASK_CHUNK // max(values.size // max(values.shape[0], 1), 1))
+    for start in range(0, values.shape[0], step):
+        part = values[start:start + step].astype(np.float64)
+        weight = 1.0 if spread is None else np.maximum(spread[start:start + step], floor)
+        mask[start:start + step] = (weight * part * part >= saliency_threshold) & (part != 0)
+    return mask
 
 
 def apply_quantization(values: np.ndarray, quant: Quantization, importance: np.ndarray | None = None) -> np.ndarray:
     """Prune by saliency, then snap every kept weight to its nearest codebook centre."""
     values = np.asarray(values, dtype=np.float32)
+    if quant.vector_dim > 1:
+        return snap_to_vectors(values, quant.codebook)  # never pruned: zeros are coded like any value
     if quant.groups > 1:
         result = snap_to_grouped_codebooks(values, quant.codebook, quant.group_axis)
     else:
@@ -275,3 +343,104 @@ def _linear_init(low: float, high: float, k: int, gap_low: float | None, gap_hig
     negative = int(round(k * negative_span / max(negative_span + positive_span, 1e-30)))
     negative = min(max(negative, 1), k - 1)
     return np.concatenate([np.linspace(low, gap_low, negative), np.linspace(gap_high, high, k - negative)])
+
+
+VECTOR_TRAIN = 32  # k-means trains on at most this many vectors per centre (a seeded sample)
+VECTOR_EVAL = 8192  # ... and prices its squared error on at most this many, scaled to the weight
+VECTOR_ITERATIONS = 8
+
+
+def vector_quantize(values: np.ndarray, importance: np.ndarray | None, dim: int,
+                    clusters: tuple[int, ...], seed: int = 0) -> list[Quantization]:
+    """Vector quantization: the weight's consecutive `dim` entries (flat order) share one code
+    that indexes a codebook of `k` vectors [k, dim], for each k in `clusters` (no pruning).
+
+    Several weights per code capture what scalar codebooks cannot - correlated neighbours and
+    the shape of the joint distribution - so at 1-4 bits per weight the error is far smaller
+    than a scalar codebook's at the same bits (Gersho & Gray 1992; Stock et al. 2020, "And the
+    bit goes down"). Assignment is plain nearest centre (what `snap_to_vectors` does); centres
+    are importance-weighted means. k-means trains on a seeded sample of VECTOR_TRAIN vectors per
+    centre and prices its error on a sample of VECTOR_EVAL vectors, scaled to the whole weight.
+    """
+    vectors = np.asarray(values, dtype=np.float32).reshape(-1, dim)
+    if importance is None:
+        weight = None  # uniform: ones for the sampled rows only, never at the weight's size
+    else:
+        weight = np.broadcast_to(np.asarray(importance, np.float32), np.shape(values)).reshape(-1, dim)
+        weight = np.maximum(weight, np.float32(1e-12 * max(float(weight.max()), 1e-30)))
+    count = vectors.shape[0]
+    rng = np.random.default_rng(seed)
+    # A permutation of millions of vectors costs more than the k-means; large weights draw only the rows used.
+    order = rng.permutation(count) if count <= 1 << 20 else \
+        rng.choice(count, min(count, VECTOR_EVAL + VECTOR_TRAIN * max(clusters)), replace=False)
+    evaluate = np.sort(order[:VECTOR_EVAL])
+    ev = vectors[evaluate].astype(np.float64)
+    ew = np.ones_like(ev) if weight is None else weight[evaluate].astype(np.float64)
+    scale = count / evaluate.size
+    results = []
+    for k in clusters:
+        train = np.sort(order[-min(count, VECTOR_TRAIN * k):])
+        x = vectors[train]
+        w = np.ones(x.shape, np.float32) if weight is None else weight[train]
+        k = max(1, min(k, x.shape[0]))
+        centres = _plus_plus(x, k, rng)
+        for _ in range(VECTOR_ITERATIONS):
+            updated = _weighted_means(x, w, _nearest(x, centres), centres)
+            moved = float(np.max(np.abs(updated - centres)))
+            centres = updated
+            if moved <= 1e-9:
+                break
+        centres = centres.astype(np.float32)
+        error = ev - centres[_nearest(ev, centres)].astype(np.float64)
+        sse = float(np.sum(ew * error * error)) * scale
+        results.append(Quantization(float(np.nextafter(0.0, 1.0)), centres, sse, int(vectors.size), 1, 0, dim))
+    return results
+
+
+def _plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) on a sample of at most 8k (<= 4096) vectors."""
+    size = min(x.shape[0], 4096, 8 * k)
+    pool = np.asarray(x if x.shape[0] <= size else x[rng.choice(x.shape[0], size, replace=False)], np.float64)
+    picks = [int(rng.integers(pool.shape[0]))]
+    distance = np.sum((pool - pool[picks[0]]) ** 2, axis=1)
+    for _ in range(1, k):
+        cumulative = np.cumsum(distance)
+        pick = int(rng.integers(pool.shape[0])) if cumulative[-1] <= 0 else \
+            min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), pool.shape[0] - 1)
+        picks.append(pick)
+        np.minimum(distance, np.sum((pool - pool[pick]) ** 2, axis=1), out=distance)
+    return pool[picks]
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Index of the nearest centre (Euclidean) for each row of x."""
+    # float32 halves the memory traffic of the [chunk, K] distance block, which dominates; a
+    # near-tie may then pick the other of two almost equally near centres, which costs nothing.
+    centres = np.asarray(centres, np.float32)
+    half_norms = 0.5 * np.sum(centres * centres, axis=1)
+    out = np.empty(x.shape[0], dtype=np.int64)
+    for start in range(0, x.shape[0], chunk):
+        part = np.asarray(x[start:start + chunk], np.float32)
+        scores = part @ centres.T
+        scores -= half_norms
+        out[start:start + chunk] = np.argmax(scores, axis=1)
+    return out
+
+
+def _weighted_means(x: np.ndarray, w: np.ndarray, assigned: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    k, dim = centres.shape
+    updated = np.array(centres, np.float64)
+    for j in range(dim):
+        mass = np.bincount(assigned, weights=w[:, j], minlength=k)
+        total = np.bincount(assigned, weights=w[:, j] * x[:, j], minlength=k)
+        filled = mass > 0
+        updated[filled, j] = total[filled] / mass[filled]
+    return updated
+
+
+def snap_to_vectors(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Each run of `dim` consecutive entries (flat order) replaced by its nearest codebook row."""
+    values = np.asarray(values, dtype=np.float32)
+    codebook = np.asarray(codebook, dtype=np.float32)
+    vectors = values.reshape(-1, codebook.shape[1])
+    return codebook[_nearest(vectors, codebook)].reshape(values.shape)  # _nearest works in float32 chunks

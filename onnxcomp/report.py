@@ -27,8 +27,10 @@ def layer_rows(layers, allocation, compressed: ir.Model | None = None) -> list[d
             "shape": list(layer.shape),
             "params": params,
             "encoding": choice.kind,
-            "bits": choice.bits if choice.kind != "dense" else 32,
-            "levels": int(choice.quant.codebook.size) if choice.quant is not None else None,
+            "bits": (choice.bits / choice.quant.vector_dim if choice.kind == "vector" else choice.bits)
+                    if choice.kind != "dense" else 32,
+            "levels": (int(choice.quant.codebook.shape[0]) if choice.kind == "vector" else int(choice.quant.codebook.size))
+                      if choice.quant is not None else None,
             "sparsity": round(float(choice.sparsity), 4),
             "bytes_before": layer.dense.bytes,
             "bytes_after": choice.bytes,
@@ -124,8 +126,10 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
                 continue
             sources = _source_initializers(value)
             ops = {n.op_type for n in _producers(value)}
+            tables = [s.const_value for s in sources if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
             kind = "sparse" if "ScatterElements" in ops else (
-                ("grouped" if "Add" in ops else "lookup") if "Gather" in ops else "linear" if "Mul" in ops else "decoded")
+                ("grouped" if "Add" in ops else "vector" if any(len(t.shape) == 2 for t in tables) else "lookup")
+                if ops & {"Gather", "GatherElements"} else "linear" if "Mul" in ops else "decoded")
         stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
         weights.append(StoredWeight(value.name or "?", role, array, kind, int(stored), sources, use))
     return weights
@@ -143,7 +147,7 @@ def inspect_model(model: ir.Model) -> list[dict]:
             "shape": list(array.shape),
             "params": int(array.size),
             "encoding": weight.encoding,
-            "bits": _grouped_bits(weight) if weight.encoding == "grouped" else (
+            "bits": _grouped_bits(weight) if weight.encoding == "grouped" else _vector_bits(weight) if weight.encoding == "vector" else (
                 encoding.bits_for(distinct) if weight.encoding != "dense" and distinct else 32),
             "levels": distinct,
             "sparsity": float(np.count_nonzero(array == 0) / max(array.size, 1)),
@@ -151,6 +155,13 @@ def inspect_model(model: ir.Model) -> list[dict]:
             "bytes_after": weight.stored_bytes,
         })
     return rows
+
+
+def _vector_bits(weight: StoredWeight) -> float:
+    """Bits per weight of a vector lookup: code bits / vector width (codebook [K, dim])."""
+    tables = [s.const_value.numpy() for s in weight.sources if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
+    table = next((t for t in tables if t.ndim == 2), None)
+    return 32 if table is None else encoding.bits_for(table.shape[0]) / table.shape[1]
 
 
 def _grouped_bits(weight: StoredWeight) -> int:

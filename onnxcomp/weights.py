@@ -143,3 +143,52 @@ def check_finite(weights: list[Weight]) -> None:
                 f"weight {weight.name!r} ({'x'.join(map(str, weight.shape))}, used by {', '.join(weight.consumers)}) contains {bad} NaN or "
                 "infinite values; onnxcomp compresses only finite weights (fix or re-export the model)"
             )
+        del values
+        if isinstance(weight.value.const_value, ir.ExternalTensor):
+            from onnxcomp.io import release
+
+            release(weight.value.const_value)  # memory-mapped: unmap, read again when needed
+
+
+# Ops that read already-quantized (integer) weights, and the input slots that hold them (not
+# the scales or zero points).
+QUANTIZED_SLOTS: dict[str, tuple[int, ...]] = {
+    "MatMulInteger": (0, 1), "ConvInteger": (0, 1), "QLinearMatMul": (0, 3), "QLinearConv": (0, 3),
+    "DequantizeLinear": (0,), "QGemm": (0, 3), "MatMulNBits": (1,), "DynamicQuantizeMatMul": (1,),
+    "GatherBlockQuantized": (0,),
+}
+INTEGER_TYPES = {ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT4, ir.DataType.UINT4, ir.DataType.INT16,
+                 ir.DataType.UINT16}
+
+
+def quantized_weights(model: ir.Model) -> list[dict]:
+    """Integer initializers that already-quantized ops read as weights (MatMulInteger, QLinear*,
+    DequantizeLinear, ...): onnxcomp leaves them as they are. One row per weight: name, dtype,
+    shape, bytes and the ops that read it."""
+    found = []
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or tensor.dtype not in INTEGER_TYPES:
+            continue
+        ops = sorted({node.op_type for node, index in value.uses() if index in QUANTIZED_SLOTS.get(node.op_type, ())})
+        if ops:
+            found.append({"name": value.name, "dtype": tensor.dtype.name.lower(), "shape": [int(d) for d in tensor.shape],
+                          "bytes": int(tensor.nbytes), "ops": ops})
+    return found
+
+
+def no_weights_error(model: ir.Model):
+    """The refusal for a model with nothing to compress, naming already-quantized weights."""
+    from onnxcomp.errors import OnnxcompError
+
+    quantized = quantized_weights(model)
+    if quantized:
+        ops = sorted({op for row in quantized for op in row["ops"]})
+        dtypes = sorted({row["dtype"] for row in quantized})
+        return OnnxcompError(
+            f"the model is already quantized: its {len(quantized)} weights are {'/'.join(dtypes)} "
+            f"({sum(row['bytes'] for row in quantized)} B, read by {', '.join(ops)}) and it has no compressible weights "
+            "left (float initializers used by Conv, Gemm, MatMul, Gather, LSTM/GRU/RNN); onnxcomp leaves quantized "
+            "weights as they are, so there is nothing to compress further"
+        )
+    return OnnxcompError("the model has no compressible weights (float initializers used by Conv, Gemm, MatMul, Gather, LSTM/GRU/RNN)")

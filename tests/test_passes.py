@@ -334,6 +334,43 @@ def test_sparse_deltas_rebuild_positions_with_fillers(rng, delta_bits):
     assert np.all(deltas[owners < 0] == (1 << delta_bits) - 1)
 
 
+@pytest.mark.parametrize("entries", [2047, 2500, 4099, 12289])
+def test_sparse_decode_two_level_prefix_sum_is_exact(rng, entries):
+    # 2047: one CumSum; 2500 = 50 x 50: two levels, no padding; 4099 and 12289 (primes): padded.
+    # (Padding entries are stored, so the test encodes the same streams the pass would.)
+    deltas = rng.integers(0, 8, entries).astype(np.uint64)
+    deltas[0] = 5
+    positions = np.cumsum(deltas.astype(np.int64))
+    size = int(positions[-1]) + 3
+    codes = rng.integers(0, 4, entries)
+    codebook = np.array([0.0, -0.5, 0.25, 1.5], np.float32)
+    expected = np.zeros(size, np.float32)
+    expected[positions] = codebook[codes]  # repeated positions (delta 0): the later entry wins
+    # The decode may write a repeated position in any order, so each position's entries agree.
+    for position in np.unique(positions):
+        expected_value = expected[position]
+        codes[positions == position] = int(np.flatnonzero(codebook == expected_value)[0])
+
+    def build(builder):
+        decoded = builder.sparse(deltas, 3, codes, 2, codebook, (size,), "sp")
+        decoded.type, decoded.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape([size])
+        return [decoded]
+
+    model = _decode_model(build)
+    check_valid(model)
+    (decoded,) = run(model, {})
+    np.testing.assert_array_equal(decoded, expected)
+    layout = encoding.cumsum_layout(entries)
+    ops = op_types(model)
+    assert ops.count("CumSum") == (1 if layout is None else 2) and "Pad" not in ops
+    if layout is not None:
+        rows, width, padding = layout
+        assert rows * width == entries + padding and padding < np.sqrt(entries)
+        assert max(rows, width) <= 4 * np.sqrt(entries)
+        within = next(n for n in model.graph if n.op_type == "CumSum")
+        assert within.inputs[1].const_value.numpy() == 0  # contiguous rows: axis 0
+
+
 # -- SubstituteSparseOpsPass ----------------------------------------------------------------
 
 
@@ -352,7 +389,7 @@ def test_sparse_substitution_decodes_exactly(sparse_pair, rng):
     assert row["name"] == "w" and row["encoding"] == "sparse"
     assert row["bytes_after"] < row["bytes_before"]
     ops = op_types(model)
-    for op in ("CumSum", "ScatterElements", "ConstantOfShape", "Gather"):
+    for op in ("CumSum", "ScatterElements", "ConstantOfShape", "GatherElements"):
         assert op in ops
     assert_codes_stored_narrow(reference, model, "w")
     assert_encoded_like(reference, model, rng)
@@ -360,6 +397,36 @@ def test_sparse_substitution_decodes_exactly(sparse_pair, rng):
     again = SubstituteSparseOpsPass()(model)
     assert not again.modified and again.rows == []
     assert not InsertDequantizeLookupPass()(model).modified
+
+
+@pytest.mark.parametrize(("density", "positions"), [(0.35, "mask"), (0.05, "deltas")])
+def test_sparse_positions_as_mask_or_deltas_whichever_is_smaller(rng, density, positions, monkeypatch):
+    monkeypatch.setattr(encoding, "MASK_POSITIONS", True)
+    levels = np.array([-0.75, -0.25, 0.5, 1.0, 1.5], np.float32)
+    weight = (rng.choice(levels, (96, 160)) * (rng.random((96, 160)) < density)).astype(np.float32)
+    reference = single_matmul(weight)
+    model = reference.clone()
+    (row,) = SubstituteSparseOpsPass()(model).rows
+    assert row["encoding"] == "sparse" and row["positions"] == positions
+    assert (row["delta_bits"] == 0) == (positions == "mask")
+    ops = op_types(model)
+    assert ("Compress" in ops) == (positions == "mask") and ("CumSum" in ops) == (positions == "deltas")
+    assert "ScatterElements" in ops
+    assert_codes_stored_narrow(reference, model, "w")
+    assert_encoded_like(reference, model, rng)
+    dense = len(to_proto(reference).SerializeToString())
+    shortened = len(to_proto(clean_up(model.clone(), keep_metadata=False, shorten_names=True)).SerializeToString())
+    assert abs((dense - shortened) - (row["bytes_before"] - row["bytes_after"])) < 200
+    # The other layout really is larger.
+    flat = weight.ravel()
+    nonzero = np.flatnonzero(flat)
+    mask_price = encoding.mask_sparse_bytes(flat.size, nonzero.size, encoding.bits_for(levels.size), levels.size, 2)
+    delta_price = encoding.price_sparse(nonzero, levels.size, 2).bytes
+    assert row["bytes_after"] == min(mask_price, delta_price)
+    assert not SubstituteSparseOpsPass()(model).modified
+    monkeypatch.setattr(encoding, "MASK_POSITIONS", False)
+    (row,) = SubstituteSparseOpsPass()(reference.clone()).rows
+    assert row["positions"] == "deltas" and row["bytes_after"] == delta_price
 
 
 def test_sparse_skips_dense_weights(rng):
@@ -420,7 +487,7 @@ def test_lookup_decodes_every_bit_width(rng, bits):
     (row,) = result.rows
     assert row["encoding"] in ("lookup", "linear") and row["bits"] <= bits
     ops = op_types(model)
-    assert "Gather" in ops if row["encoding"] == "lookup" else {"Sub", "Mul"} <= set(ops)
+    assert "GatherElements" in ops if row["encoding"] == "lookup" else {"Sub", "Mul"} <= set(ops)
     if row["bits"] < 8:
         assert "BitShift" in ops
     assert_codes_stored_narrow(reference, model, "w")
@@ -446,7 +513,7 @@ def test_lookup_shared_weight_decoded_once_and_both_consumers_rewired(shared_mod
     model = reference.clone()
     result = InsertDequantizeLookupPass()(model)
     assert [row["name"] for row in result.rows] == ["w"]
-    assert op_types(model).count("Gather") == 1
+    assert op_types(model).count("GatherElements") == 1
     first, second = [n for n in model.graph if n.op_type == "MatMul"]
     assert first.inputs[1] is second.inputs[1]
     assert {node.op_type for node, _ in first.inputs[1].uses()} == {"MatMul"}

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.passes._stats import StatsPassResult
-from onnxcomp.quantize import SortedWeights, snap_to_codebook, snap_to_grouped_codebooks
+from onnxcomp.quantize import SortedWeights, snap_to_codebook, snap_to_grouped_codebooks, snap_to_vectors
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,11 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
             to codebook row g; zeros are snapped like any value (grouped codebooks never prune).
         group_axes: per weight name with a 2-D codebook, 0 (groups of rows, the default) or 1
             (groups of columns).
+        vectors: weight names whose 2-D codebook [K, dim] holds vectors (vector quantization,
+            `onnxcomp.quantize.vector_quantize`): each run of `dim` consecutive entries (flat
+            order) snaps to its nearest codebook row; zeros are snapped like any value.
+        names: process only these weights (None: every weight). Large models are encoded one
+            weight at a time with this, so only one weight's float values are in memory.
 
     Centres are initialised linearly over the weight range (Deep Compression found linear
     initialisation best). Idempotent: a weight that already has at most 2**bits distinct
@@ -35,8 +40,11 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
     """
 
     def __init__(self, bits: int | Mapping[str, int] | None = 4,
-                 codebooks: Mapping[str, np.ndarray] | None = None, group_axes: Mapping[str, int] | None = None):
+                 codebooks: Mapping[str, np.ndarray] | None = None, group_axes: Mapping[str, int] | None = None,
+                 vectors: set[str] | frozenset[str] | None = None, names: Collection[str] | None = None):
         super().__init__()
+        self.names = None if names is None else frozenset(names)
+        self.vectors = frozenset(vectors or ())
         self.group_axes = dict(group_axes or {})
         if isinstance(bits, int) and not 1 <= bits <= 8:
             raise ValueError(f"bits must be in 1..8, got {bits}")
@@ -51,6 +59,8 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> StatsPassResult:
         rows = []
         for weight in find_weights(model):
+            if self.names is not None and weight.name not in self.names:
+                continue
             values = weight.numpy().astype(np.float32)
             zeros = values == 0
             codebook = self.codebooks.get(weight.name)
@@ -65,6 +75,18 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
                     continue
                 nonzero = values[~zeros]
                 codebook = SortedWeights(nonzero).quantize(0.0, levels).codebook
+            if weight.name in self.vectors:
+                codebook = np.asarray(codebook, np.float32)
+                if codebook.ndim != 2 or values.size % codebook.shape[1]:
+                    logger.debug("%s: %s does not split into vectors of the codebook's width", weight.name, values.shape)
+                    continue
+                clustered = snap_to_vectors(values, codebook)
+                if np.array_equal(clustered, values):
+                    continue
+                weight.value.const_value = ir.tensor(clustered, name=weight.name)
+                rows.append({"name": weight.name, "clusters": int(codebook.shape[0]),
+                             "sse": float(np.sum((clustered.astype(np.float64) - values) ** 2))})
+                continue
             codebook = np.sort(np.asarray(codebook, np.float32), axis=-1)
             if codebook.ndim == 2:
                 axis = self.group_axes.get(weight.name, 0)

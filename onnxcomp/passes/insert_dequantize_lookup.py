@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import encoding
-from onnxcomp.decode import DECODE_OPSET, DecodeBuilder
+from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, rewire
 from onnxcomp.passes._stats import StatsPassResult
 from onnxcomp.quantize import from_group_view, group_view
 from onnxcomp.weights import find_weights
@@ -22,6 +22,31 @@ def ensure_opset(model: ir.Model, version: int) -> None:
     current = model.opset_imports.get("", 1)
     if current < version:
         model.opset_imports[""] = version
+
+
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(rows, axis=0, return_inverse=True)` for a 2-D array, much faster on millions of
+    rows: each column is ranked with a 1-D unique and the ranks folded into one dense integer
+    key, most significant column first, so the rows come out in the same lexicographic order."""
+    rows = np.asarray(rows)
+    if rows.shape[0] == 0 or rows.ndim != 2:
+        unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return unique, inverse.ravel()
+    key = np.zeros(rows.shape[0], dtype=np.int64)
+    bound = 1  # key < bound
+    for column in range(rows.shape[1]):
+        levels = np.unique(rows[:, column])
+        if bound * levels.size >= 1 << 62:  # re-rank densely before the mixed-radix key overflows
+            _, key = np.unique(key, return_inverse=True)
+            key = key.ravel()
+            bound = int(key.max()) + 1
+        key = key * levels.size + np.searchsorted(levels, rows[:, column])
+        bound *= levels.size
+    _, key = np.unique(key, return_inverse=True)
+    key = key.ravel()
+    first = np.zeros(int(key.max()) + 1, dtype=np.int64)
+    first[key[::-1]] = np.arange(rows.shape[0] - 1, -1, -1)  # first row holding each key
+    return rows[first], key
 
 
 class InsertDequantizeLookupPass(ir.passes.InPlacePass):
@@ -41,17 +66,38 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
             Each group has its own codebook of at most 2**bits values (Cast -> Reshape -> Add(code
             offsets) -> Gather(G codebooks) -> Reshape). Used when every group has at most 256
             distinct values and it is the smallest encoding.
+        vectors: per weight name, a planned vector lookup: the vector width `dim`. Each run of
+            `dim` consecutive entries (flat order) is one code into a [K, dim] codebook of the
+            weight's distinct runs (Cast -> Gather(codebook rows) -> Reshape). Used when there
+            are at most 256 distinct runs and it is the smallest encoding.
+        names: process only these weights (None: every weight). Large models are encoded one
+            weight at a time with this, so only one weight's float values are in memory.
     """
 
-    def __init__(self, groups: Mapping[str, int | tuple[int, int]] | None = None):
+    def __init__(self, groups: Mapping[str, int | tuple[int, int]] | None = None,
+                 vectors: Mapping[str, int] | None = None, names: Collection[str] | None = None):
         super().__init__()
+        self.names = None if names is None else frozenset(names)
+        self.vectors = dict(vectors or {})
         self.groups = {name: plan if isinstance(plan, tuple) else (plan, 0) for name, plan in (groups or {}).items()}
 
     def call(self, model: ir.Model) -> StatsPassResult:
         builder = DecodeBuilder(model.graph)
         rows = []
         for weight in find_weights(model):
+            if self.names is not None and weight.name not in self.names:
+                continue
             values = weight.numpy().astype(np.float32)
+            vector = self._vector(weight.name, values)
+            if vector is not None:
+                codes, codebook, bits, size = vector
+                plain = encoding.encoding_choices(values)
+                if size < min(c.bytes for c in plain.values()):
+                    decoded = builder.vector_lookup(codes, codebook, bits, weight.shape, weight.name)
+                    rewire(model, weight, decoded)
+                    rows.append({"name": weight.name, "encoding": "vector", "bits": bits, "vector_dim": codebook.shape[1],
+                                 "levels": int(codebook.shape[0]), "bytes_before": plain["dense"].bytes, "bytes_after": size})
+                    continue
             grouped = self._grouped(weight.name, values)
             if grouped is not None:
                 codes, codebooks, bits, size, axis = grouped
@@ -59,7 +105,7 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
                 plain = encoding.encoding_choices(values)
                 if size < min(c.bytes for c in plain.values()):
                     decoded = builder.grouped_lookup(codes, codebooks, bits, weight.shape, weight.name, axis)
-                    self._rewire(model, weight, decoded)
+                    rewire(model, weight, decoded)
                     rows.append({"name": weight.name, "encoding": "grouped", "bits": bits, "groups": len(codebooks),
                                  "group_axis": axis,
                                  "levels": int(codebooks.size), "bytes_before": dense, "bytes_after": size})
@@ -80,7 +126,7 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
                 decoded = builder.linear(grid_codes[codes], zero, scale, choice.bits, weight.shape, stem)
             else:
                 decoded = builder.lookup(codes, unique, choice.bits, weight.shape, stem)
-            self._rewire(model, weight, decoded)
+            rewire(model, weight, decoded)
             rows.append({"name": weight.name, "encoding": choice.kind, "bits": choice.bits,
                          "levels": choice.levels, "bytes_before": choices["dense"].bytes,
                          "bytes_after": choice.bytes})
@@ -88,6 +134,19 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
         if rows:
             ensure_opset(model, DECODE_OPSET)
         return StatsPassResult(model, modified=bool(rows), rows=rows)
+
+    def _vector(self, name: str, values: np.ndarray):
+        """(codes, codebook [K, dim], bits, estimated bytes) for a planned vector lookup, else None."""
+        dim = self.vectors.get(name, 1)
+        if dim <= 1 or values.size % dim:
+            return None
+        codebook, codes = unique_rows(values.reshape(-1, dim))
+        if codebook.shape[0] > encoding.MAX_CODEBOOK:
+            logger.debug("%s: more than %d distinct vectors", name, encoding.MAX_CODEBOOK)
+            return None
+        bits = encoding.bits_for(codebook.shape[0])
+        price = encoding.vector_lookup_bytes(values.size, dim, bits, codebook.shape[0], values.ndim)
+        return codes.ravel(), codebook, bits, price
 
     def _grouped(self, name: str, values: np.ndarray):
         """(codes in weight layout, codebooks [G, K], bits, estimated bytes, axis) for a planned
@@ -108,10 +167,3 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
         offsets = groups if axis == 0 else values.shape[-1]
         price = encoding.grouped_lookup_bytes(values.size, bits, groups, size, values.ndim, offsets)
         return codes, codebooks, bits, price, axis
-
-    @staticmethod
-    def _rewire(model: ir.Model, weight, decoded: ir.Value) -> None:
-        decoded.shape = ir.Shape(weight.shape)
-        decoded.type = ir.TensorType(ir.DataType.FLOAT)
-        weight.value.replace_all_uses_with(decoded)
-        model.graph.initializers.pop(weight.name)

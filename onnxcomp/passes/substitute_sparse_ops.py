@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import encoding
-from onnxcomp.decode import DECODE_OPSET, DecodeBuilder
+from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, rewire
 from onnxcomp.passes._stats import StatsPassResult
 from onnxcomp.passes.insert_dequantize_lookup import ensure_opset
 from onnxcomp.weights import find_weights
@@ -21,16 +22,27 @@ class SubstituteSparseOpsPass(ir.passes.InPlacePass):
 
     Positions are deltas of 1-8 bits (width chosen per weight) with filler entries (delta =
     max, value = 0) for gaps too long to encode, as in Han et al. 2015; the decode subgraph is
-    Cast -> CumSum -> ScatterElements into ConstantOfShape zeros -> Reshape, with values from
-    Gather(codebook). Applied only where this is smaller than both the dense weight and the
+    Cast -> CumSum (two levels for long streams) -> ScatterElements into ConstantOfShape zeros ->
+    Reshape, with values from GatherElements(codebook). Where smaller (denser weights), the
+    positions are a packed 1-bit mask instead, decoded by Cast(BOOL) -> Compress(Range). Applied only where this is smaller than both the dense weight and the
     dense code lookup, so running InsertDequantizeLookupPass afterwards gives every weight its
     smallest encoding. Decoding is exact. Graph inputs and outputs are untouched.
+
+    Args:
+        names: process only these weights (None: every weight). Large models are encoded one
+            weight at a time with this, so only one weight's float values are in memory.
     """
+
+    def __init__(self, names: Collection[str] | None = None):
+        super().__init__()
+        self.names = None if names is None else frozenset(names)
 
     def call(self, model: ir.Model) -> StatsPassResult:
         builder = DecodeBuilder(model.graph)
         rows = []
         for weight in find_weights(model):
+            if self.names is not None and weight.name not in self.names:
+                continue
             values = weight.numpy().astype(np.float32)
             choices = encoding.encoding_choices(values)
             if "sparse" not in choices:
@@ -41,6 +53,15 @@ class SubstituteSparseOpsPass(ir.passes.InPlacePass):
                 continue
             flat = values.ravel()
             positions = np.flatnonzero(flat)
+            if sparse.delta_bits == 0:  # positions as a 1-bit mask
+                codebook = np.unique(flat[positions])
+                codes = np.searchsorted(codebook, flat[positions])
+                decoded = builder.sparse_mask(flat != 0, codes, sparse.bits, codebook, weight.shape, weight.name)
+                rewire(model, weight, decoded)
+                rows.append({"name": weight.name, "encoding": "sparse", "bits": sparse.bits, "delta_bits": 0,
+                             "positions": "mask", "sparsity": sparse.sparsity,
+                             "bytes_before": choices["dense"].bytes, "bytes_after": sparse.bytes})
+                continue
             deltas, owners = encoding.sparse_deltas(positions, sparse.delta_bits)
             nonzero = np.unique(flat[positions])
             fillers = bool(np.any(owners < 0))
@@ -48,12 +69,9 @@ class SubstituteSparseOpsPass(ir.passes.InPlacePass):
             entry_values = np.where(owners >= 0, flat[positions][np.maximum(owners, 0)], 0.0)
             codes = np.searchsorted(codebook, entry_values.astype(np.float32))
             decoded = builder.sparse(deltas, sparse.delta_bits, codes, sparse.bits, codebook, weight.shape, weight.name)
-            decoded.shape = ir.Shape(weight.shape)
-            decoded.type = ir.TensorType(ir.DataType.FLOAT)
-            weight.value.replace_all_uses_with(decoded)
-            model.graph.initializers.pop(weight.name)
+            rewire(model, weight, decoded)
             rows.append({"name": weight.name, "encoding": "sparse", "bits": sparse.bits,
-                         "delta_bits": sparse.delta_bits, "sparsity": sparse.sparsity,
+                         "delta_bits": sparse.delta_bits, "positions": "deltas", "sparsity": sparse.sparsity,
                          "bytes_before": choices["dense"].bytes, "bytes_after": sparse.bytes})
         builder.flush()
         if rows:

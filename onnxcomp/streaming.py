@@ -1,0 +1,179 @@
+"""Large models: compress one weight at a time, never holding the whole model in memory.
+
+Inputs with more than `io.IN_MEMORY_EXTERNAL_BYTES` of external data stay memory-mapped
+(`io.load_model`). Running such a model in ONNX Runtime needs every weight in memory at once
+(and a compressed one, while ONNX Runtime folds its decode subgraphs at load, several times
+that), so this path never runs the whole model: it prices each weight by its own squared error
+(as `--no-sensitivity` does), encodes weight by weight (`pipeline._build` unmaps each weight
+after encoding it) and verifies each decoded weight in its own small ONNX Runtime session
+against the original. Peak memory is then a small multiple of the largest weight plus the
+compressed output, not a multiple of the model. Data-free only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxcomp import io
+from onnxcomp.allocate import LayerOptions, allocate, layer_options
+from onnxcomp.errors import OnnxcompError, TargetUnreachableError
+from onnxcomp.report import _producers, layer_rows
+from onnxcomp.runtime.inference import session
+from onnxcomp.sizes import format_size
+from onnxcomp.weights import find_weights, quantized_weights
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+CHECK_CHUNK = 1 << 20
+
+
+def refuse_data(options, samples, eval_samples) -> None:
+    """Options that need the whole model in ONNX Runtime are refused for streamed models."""
+    gib = io.IN_MEMORY_EXTERNAL_BYTES / 2**30
+    reason = (f"models with more than {gib:g} GiB of external-data weights are compressed data-free, one weight at a "
+              "time (running the whole model would need all of it in memory)")
+    if samples is not None or eval_samples is not None or options.epochs > 0 and options.epochs_given:
+        raise OnnxcompError(f"{reason}; --data, --eval-data and --epochs are not supported for them")
+    if options.min_fidelity is not None or options.max_accuracy_drop is not None:
+        raise OnnxcompError(f"{reason}; --min-fidelity and --max-accuracy-drop need model outputs and are not supported for them")
+
+
+def compress_streamed(model: ir.Model, options, input_bytes: int | None = None,
+                      progress: Callable[[str], None] | None = None):
+    """`pipeline.compress_model` for a model whose weights stay memory-mapped (see module doc)."""
+    from onnxcomp import pipeline
+
+    def log(message: str) -> None:
+        pipeline._log(progress, message)
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    log("canonicalize (weights stay memory-mapped: compressing one weight at a time, data-free)")
+    model, weights = pipeline.canonical_weights(model)
+    timings["canonicalize"] = time.perf_counter() - started
+
+    tick = time.perf_counter()
+    log(f"price {len(weights)} weights ({format_size(sum(4 * w.size for w in weights))}), one at a time")
+    layers: list[LayerOptions] = []
+    external: set[str] = set()
+    for weight in weights:
+        tensor = weight.value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            external.add(weight.name)
+        layers.append(layer_options(weight.name, weight.numpy(), weight.role))
+        io.release(tensor)
+    timings["price"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    cleaned = pipeline.clean_up(model.clone(), keep_metadata=options.keep_metadata, shorten_names=not options.keep_metadata)
+    # Weights in external data serialize as a reference only; in-memory ones with their payload.
+    fixed = len(io.serialized_bytes(cleaned)) - sum(layer.dense.bytes for layer in layers if layer.name not in external)
+    del cleaned
+    budget = options.target_bytes - fixed
+    floor_total = sum(layer.smallest.bytes for layer in layers)
+    compressed = allocation = proto = None
+    decoded: dict[str, ir.Value] = {}
+    size = 0
+    attempt = 0
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        at_floor = budget <= floor_total
+        allocation = allocate(layers, max(budget, floor_total))
+        assert allocation is not None
+        decoded = {}
+        compressed = pipeline._build(model, allocation, options.keep_metadata, {}, decoded=decoded)
+        proto = io.to_proto(compressed)
+        size = proto.ByteSize()
+        log(f"attempt {attempt}: {format_size(size)} (target {format_size(options.target_bytes)})")
+        if size <= options.target_bytes:
+            break
+        if at_floor:
+            raise TargetUnreachableError(
+                f"target {format_size(options.target_bytes)} ({options.target_bytes} B) is below the smallest size onnxcomp "
+                f"can reach for this model: {format_size(size)} ({size} B)", smallest_bytes=size)
+        budget -= size - options.target_bytes + 16 * attempt
+    else:
+        raise OnnxcompError(f"could not fit the target {format_size(options.target_bytes)} in {MAX_ATTEMPTS} attempts "
+                            f"(last {format_size(size)})")
+    timings["allocate_and_encode"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    log(f"verify: decode each weight in ONNX Runtime and compare with the original ({len(decoded)} weights)")
+    checks = verify_weights(model, proto, decoded)
+    timings["verify"] = time.perf_counter() - tick
+    data = proto.SerializeToString() if size < io.MAX_PROTO_BYTES else None
+    del proto
+    rows = layer_rows(layers, allocation, compressed)
+    for row in rows:
+        if row["name"] in checks:
+            row["measured_relative_error"] = checks[row["name"]]["relative_error"]
+    energy = sum(c["energy"] for c in checks.values())
+    error = sum(c["squared_error"] for c in checks.values())
+    report = {
+        "input_bytes": input_bytes or size,
+        "output_bytes": size,
+        "target_bytes": options.target_bytes,
+        "ratio": (input_bytes or size) / max(size, 1),
+        "layers": rows,
+        "fidelity": {
+            "mode": "weights",
+            "weights": len(checks),
+            "relative_error": float(np.sqrt(error / energy)) if energy > 0 else 0.0,
+            "max_relative_error": max((c["relative_error"] for c in checks.values()), default=0.0),
+            "max_abs_error": max((c["max_abs_error"] for c in checks.values()), default=0.0),
+            "cosine": None,
+            "top1_agreement": None,
+            "samples": 0,
+            "generated_inputs": True,
+            "outputs": {},
+        },
+        "streamed": True,
+        "attempts": attempt,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+    report["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    return pipeline.CompressResult(compressed, data, report)
+
+
+def verify_weights(original: ir.Model, proto: onnx.ModelProto, decoded: dict[str, ir.Value]) -> dict[str, dict]:
+    """Per weight: run its decode subgraph alone in ONNX Runtime (as a session folds it at load)
+    and compare with the original weight; one weight in memory at a time."""
+    tensors = {tensor.name: tensor for tensor in proto.graph.initializer}
+    originals = {w.name: w for w in find_weights(original)}
+    results = {}
+    for name, value in decoded.items():
+        weight = originals.get(name)
+        if weight is None or value.const_value is not None or not value.name:
+            continue  # stored dense: the original tensor itself
+        outputs = {output.name for node in _producers(value) for output in node.outputs if output.name}
+        nodes = [node for node in proto.graph.node if any(o in outputs for o in node.output)]
+        inputs = {i for node in nodes for i in node.input if i}
+        graph = onnx.helper.make_graph(
+            nodes, "decode", [], [onnx.helper.make_tensor_value_info(value.name, onnx.TensorProto.FLOAT, None)],
+            initializer=[tensors[i] for i in sorted(inputs) if i in tensors])
+        single = onnx.helper.make_model(graph, opset_imports=list(proto.opset_import))
+        single.ir_version = proto.ir_version
+        got = session(single).run(None, {})[0].reshape(-1)
+        reference = weight.numpy().reshape(-1)
+        squared_error = energy = max_abs = 0.0
+        for begin in range(0, reference.size, CHECK_CHUNK):  # float64 temporaries stay small
+            want = reference[begin:begin + CHECK_CHUNK].astype(np.float64)
+            difference = got[begin:begin + CHECK_CHUNK] - want
+            squared_error += float(np.dot(difference, difference))
+            energy += float(np.dot(want, want))
+            max_abs = max(max_abs, float(np.max(np.abs(difference))))
+        results[name] = {
+            "squared_error": squared_error,
+            "energy": energy,
+            "relative_error": float(np.sqrt(squared_error / energy)) if energy > 0 else 0.0,
+            "max_abs_error": max_abs,
+        }
+        del got, reference
+        io.release(weight.value.const_value)
+    return results

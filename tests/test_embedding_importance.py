@@ -1,0 +1,44 @@
+"""Row importance of embedding tables from the token ids real samples look up."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxcomp.sensitivity import embedding_importance
+from onnxcomp.weights import find_weights
+
+
+def _embedding_model(rows: int = 300, width: int = 4) -> ir.Model:
+    text = """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (int64[B, S] input_ids, int64[B, S] attention_mask) => (float[B, S, W] out) {
+            ids = Cast <to = 7> (input_ids)
+            out = Gather <axis = 0> (table, ids)
+        }
+    """
+    proto = onnx.parser.parse_model(text)
+    table = np.random.default_rng(0).standard_normal((rows, width)).astype(np.float32)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(table, "table"))
+    return ir.serde.deserialize_model(proto)
+
+
+def test_counts_lookups_and_skips_padding():
+    model = _embedding_model()
+    ids = np.array([[5, 5, 7, 0], [5, 9, 0, 0]], dtype=np.int64)
+    mask = (ids != 0).astype(np.int64)
+    importance = embedding_importance(model, find_weights(model), {"input_ids": ids, "attention_mask": mask}, 1)
+    table = importance["table"]
+    assert table.shape == (300, 1)
+    counts = table[:, 0] / table[:, 0].min() - 1  # smoothing 1: unseen rows are the minimum
+    np.testing.assert_allclose(counts[[5, 7, 9, 0, 1]], [3, 1, 1, 0, 0])
+    assert np.isclose(table.mean(), 1.0)
+
+
+def test_no_mask_counts_every_lookup():
+    model = _embedding_model()
+    ids = np.array([[3, 3, 3]], dtype=np.int64)
+    importance = embedding_importance(model, find_weights(model), {"input_ids": ids, "attention_mask": np.zeros((1, 2), np.int64)}, 4)
+    counts = importance["table"][:, 0] / importance["table"][:, 0].min() - 1
+    assert counts[3] == 3 and counts.sum() == 3

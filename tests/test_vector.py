@@ -1,0 +1,142 @@
+"""Vector lookup: one code per run of `dim` consecutive weights into a [K, dim] codebook."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from onnxcomp import allocate, encoding
+from onnxcomp.allocate import layer_options
+from onnxcomp.passes.cluster_weights import ClusterWeightsPass
+from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
+from onnxcomp.quantize import SortedWeights, apply_quantization, snap_to_vectors, vector_quantize
+from onnxcomp.report import inspect_model
+from tests.conftest import run, single_matmul, to_proto
+
+pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
+
+
+def correlated(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """Weights whose neighbours along a row are correlated (smooth rows), as in trained layers."""
+    noise = rng.standard_normal((rows, cols + 3))
+    return ((noise[:, :-3] + noise[:, 1:-2] + noise[:, 2:-1] + noise[:, 3:]) * 0.05).astype(np.float32)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_vector_kmeans_sse_matches_snapped_weights_and_beats_scalar(rng, weighted):
+    weight = correlated(rng, 64, 128)
+    importance = rng.uniform(0.2, 2.0, (1, 128)) if weighted else None
+    full = np.ones(weight.shape) if importance is None else np.broadcast_to(importance, weight.shape)
+    quants = vector_quantize(weight, importance, 2, (4, 16, 64))
+    for quant, clusters in zip(quants, (4, 16, 64)):
+        assert quant.vector_dim == 2 and quant.codebook.shape == (clusters, 2) and quant.nonzeros == weight.size
+        snapped = snap_to_vectors(weight, quant.codebook)
+        assert np.array_equal(apply_quantization(weight, quant, importance), snapped)
+        direct = float(np.sum(full * (snapped.astype(np.float64) - weight) ** 2))
+        assert quant.sse == pytest.approx(direct, rel=1e-4)
+        assert len({tuple(v) for v in snapped.reshape(-1, 2)}) <= clusters
+    assert quants[0].sse > quants[1].sse > quants[2].sse
+    # Same bits per weight: 16 pairs (2 bits each) beat a 4-entry scalar codebook.
+    scalar = SortedWeights(weight, importance).quantize(0.0, 4)
+    assert quants[1].sse < 0.9 * scalar.sse
+
+
+def test_vector_kmeans_is_seeded():
+    weight = correlated(np.random.default_rng(3), 32, 64)
+    first = vector_quantize(weight, None, 4, (16,))[0]
+    second = vector_quantize(weight, None, 4, (16,))[0]
+    assert np.array_equal(first.codebook, second.codebook) and first.sse == second.sse
+
+
+def vector_reference(rng: np.random.Generator, rows: int, cols: int, dim: int, clusters: int) -> ir.Model:
+    weight = correlated(rng, rows, cols)
+    (quant,) = vector_quantize(weight, None, dim, (clusters,))
+    model = single_matmul(weight)
+    result = ClusterWeightsPass(bits=None, codebooks={"w": quant.codebook}, vectors={"w"})(model)
+    assert result.modified
+    assert not ClusterWeightsPass(bits=None, codebooks={"w": quant.codebook}, vectors={"w"})(model).modified
+    return model
+
+
+@pytest.mark.parametrize(("dim", "clusters"), [(2, 16), (2, 256), (4, 64), (8, 32)])
+def test_vector_decode_reproduces_values_exactly_and_folds(rng, dim, clusters, tmp_path):
+    import onnxruntime
+
+    # 64 x 136 weights: 8704 / dim codes, which leaves the last packed word part-filled for some widths.
+    reference = vector_reference(rng, 64, 136, dim, clusters)
+    weight = reference.graph.initializers["w"].const_value.numpy()
+    model = reference.clone()
+    result = InsertDequantizeLookupPass(vectors={"w": dim})(model)
+    (row,) = result.rows
+    assert row["encoding"] == "vector" and row["vector_dim"] == dim and row["levels"] <= clusters
+    assert row["bytes_after"] < row["bytes_before"]
+    ops = [node.op_type for node in model.graph]
+    assert {"Gather", "Reshape", "Cast"} <= set(ops) and "DequantizeLinear" not in ops
+    stored = {name: value.const_value for name, value in model.graph.initializers.items()}
+    assert "w" not in stored
+    assert any(v.dtype == ir.DataType.FLOAT and v.shape == (row["levels"], dim) for v in stored.values())
+    onnx.checker.check_model(to_proto(model), full_check=True)
+    feeds = {"x": rng.standard_normal((5, 64)).astype(np.float32)}
+    matmul = next(n for n in model.graph if n.op_type == "MatMul")
+    outputs = run(model, feeds, extra_outputs=[matmul.inputs[1].name])
+    np.testing.assert_array_equal(outputs[1], weight)
+    np.testing.assert_allclose(outputs[0], run(reference, feeds)[0], rtol=1e-5, atol=1e-5)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node] == ["MatMul"]
+    assert not InsertDequantizeLookupPass(vectors={"w": dim})(model).modified
+    (inspected,) = inspect_model(model)
+    assert inspected["encoding"] == "vector"
+    assert inspected["bits"] == encoding.bits_for(row["levels"]) / dim
+
+
+def test_vector_lookup_needs_a_plan_and_a_whole_number_of_vectors(rng):
+    reference = vector_reference(rng, 64, 128, 2, 16)
+    (row,) = InsertDequantizeLookupPass()(reference.clone()).rows
+    assert row["encoding"] != "vector"
+    odd = single_matmul(np.tile(np.linspace(-1, 1, 16, dtype=np.float32), 63 * 3)[: 63 * 47].reshape(63, 47))
+    (row,) = InsertDequantizeLookupPass(vectors={"w": 2})(odd).rows  # 2961 entries: no pairs
+    assert row["encoding"] in ("lookup", "linear")
+
+
+def test_vector_bytes_model_is_close_to_serialized(rng):
+    reference = vector_reference(rng, 256, 256, 4, 256)
+    before = len(to_proto(reference).SerializeToString())
+    model = reference.clone()
+    (row,) = InsertDequantizeLookupPass(vectors={"w": 4})(model).rows
+    after = len(to_proto(model).SerializeToString())
+    assert abs((before - after) - (row["bytes_before"] - row["bytes_after"])) < 400
+
+
+def test_allocate_offers_vector_candidates_to_big_matrix_weights_only(rng):
+    weight = correlated(rng, 512, 256)
+    layer = layer_options("w", weight, "weight")
+    vectors = [c for c in layer.candidates if c.kind == "vector"]
+    assert vectors, "vector candidates should be on the Pareto front"
+    budget = weight.size // 4 + 5000  # about 2 bits per weight
+    choice = allocate.allocate([layer], budget).choices["w"]
+    assert choice.kind == "vector" and choice.bytes <= budget
+    plain = layer_options("w", weight, "weight", grouped=False)
+    assert not any(c.kind == "vector" for c in plain.candidates)
+    assert choice.distortion < 0.8 * allocate.allocate([plain], budget).choices["w"].distortion
+    assert not any(c.kind == "vector" for c in layer_options("e", weight, "embedding").candidates)
+    assert not any(c.kind == "vector" for c in layer_options("s", weight[:64, :64], "weight").candidates)
+
+
+def test_compress_with_vector_codebooks_is_more_faithful_at_the_same_size(rng, monkeypatch):
+    from onnxcomp.pipeline import CompressOptions, compress_model
+
+    weight = correlated(rng, 512, 256)
+    target = weight.size // 4 + 5000
+    options = CompressOptions(target_bytes=target, epochs=0)
+    with_vectors = compress_model(single_matmul(weight), options)
+    monkeypatch.setattr(allocate, "VECTOR_SHAPES", ())
+    without = compress_model(single_matmul(weight), options)
+    assert [row["encoding"] for row in with_vectors.report["layers"]] == ["vector"]
+    assert [row["encoding"] for row in without.report["layers"]] != ["vector"]
+    assert len(with_vectors.data) <= target and len(without.data) <= target
+    assert 1 - with_vectors.report["fidelity"]["cosine"] < 0.8 * (1 - without.report["fidelity"]["cosine"])
