@@ -124,3 +124,23 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if _undo_compat_collector is not None:
         _undo_compat_collector()
+
+
+def assert_single_matmul_decodes_exactly_and_folds(model: ir.Model, reference: ir.Model, weight: np.ndarray,
+                                                  rng: np.random.Generator, folder) -> None:
+    """A compressed `single_matmul`: valid, its decoded weight equals `weight` bit for bit, its
+    output matches `reference`, and ONNX Runtime folds the decode graph at load (only the MatMul
+    is left in the optimized graph)."""
+    import onnxruntime
+
+    onnx.checker.check_model(to_proto(model), full_check=True)
+    feeds = {"x": rng.standard_normal((5, 64)).astype(np.float32)}
+    matmul = next(n for n in model.graph if n.op_type == "MatMul")
+    outputs = run(model, feeds, extra_outputs=[matmul.inputs[1].name])
+    np.testing.assert_array_equal(outputs[1], weight)
+    np.testing.assert_allclose(outputs[0], run(reference, feeds)[0], rtol=1e-5, atol=1e-5)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    onnxruntime.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert [node.op_type for node in onnx.load(str(folder / "optimized.onnx")).graph.node] == ["MatMul"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 
@@ -14,7 +13,7 @@ from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.quantize import SortedWeights, group_view, grouped_quantize, snap_to_grouped_codebooks
 from onnxcomp.report import inspect_model
-from tests.conftest import run, single_matmul, to_proto
+from tests.conftest import assert_single_matmul_decodes_exactly_and_folds, single_matmul, to_proto
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
@@ -63,8 +62,6 @@ def test_grouped_kmeans_matches_per_group_sorted_weights(rng, axis):
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_grouped_decode_reproduces_values_exactly_and_folds(rng, bits, axis, tmp_path):
-    import onnxruntime
-
     # 64 x 129 = 8256 codes in 3 groups of rows or of 43 columns: packed words need padding.
     reference = grouped_reference(rng, 64, 129, 3, bits, axis)
     weight = reference.graph.initializers["w"].const_value.numpy()
@@ -78,19 +75,7 @@ def test_grouped_decode_reproduces_values_exactly_and_folds(rng, bits, axis, tmp
     stored = {name: value.const_value for name, value in model.graph.initializers.items()}
     assert "w" not in stored
     assert not any(v.dtype == ir.DataType.FLOAT and v.size == weight.size for v in stored.values())
-    onnx.checker.check_model(to_proto(model), full_check=True)
-    feeds = {"x": rng.standard_normal((5, 64)).astype(np.float32)}
-    matmul = next(n for n in model.graph if n.op_type == "MatMul")
-    outputs = run(model, feeds, extra_outputs=[matmul.inputs[1].name])
-    np.testing.assert_array_equal(outputs[1], weight)
-    np.testing.assert_allclose(outputs[0], run(reference, feeds)[0], rtol=1e-5, atol=1e-5)
-    # Folded at session creation: the optimized graph keeps only the MatMul.
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    onnxruntime.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
-    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
-    assert [node.op_type for node in optimized.graph.node] == ["MatMul"]
+    assert_single_matmul_decodes_exactly_and_folds(model, reference, weight, rng, tmp_path)
     again = InsertDequantizeLookupPass(groups={"w": (3, axis)})(model)
     assert not again.modified
     (inspected,) = inspect_model(model)

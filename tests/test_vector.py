@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 
@@ -13,7 +12,7 @@ from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.quantize import SortedWeights, apply_quantization, snap_to_vectors, vector_quantize
 from onnxcomp.report import inspect_model
-from tests.conftest import run, single_matmul, to_proto
+from tests.conftest import assert_single_matmul_decodes_exactly_and_folds, single_matmul, to_proto
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
@@ -62,8 +61,6 @@ def vector_reference(rng: np.random.Generator, rows: int, cols: int, dim: int, c
 
 @pytest.mark.parametrize(("dim", "clusters"), [(2, 16), (2, 256), (4, 64), (8, 32)])
 def test_vector_decode_reproduces_values_exactly_and_folds(rng, dim, clusters, tmp_path):
-    import onnxruntime
-
     # 64 x 136 weights: 8704 / dim codes, which leaves the last packed word part-filled for some widths.
     reference = vector_reference(rng, 64, 136, dim, clusters)
     weight = reference.graph.initializers["w"].const_value.numpy()
@@ -77,17 +74,7 @@ def test_vector_decode_reproduces_values_exactly_and_folds(rng, dim, clusters, t
     stored = {name: value.const_value for name, value in model.graph.initializers.items()}
     assert "w" not in stored
     assert any(v.dtype == ir.DataType.FLOAT and v.shape == (row["levels"], dim) for v in stored.values())
-    onnx.checker.check_model(to_proto(model), full_check=True)
-    feeds = {"x": rng.standard_normal((5, 64)).astype(np.float32)}
-    matmul = next(n for n in model.graph if n.op_type == "MatMul")
-    outputs = run(model, feeds, extra_outputs=[matmul.inputs[1].name])
-    np.testing.assert_array_equal(outputs[1], weight)
-    np.testing.assert_allclose(outputs[0], run(reference, feeds)[0], rtol=1e-5, atol=1e-5)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    onnxruntime.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
-    assert [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node] == ["MatMul"]
+    assert_single_matmul_decodes_exactly_and_folds(model, reference, weight, rng, tmp_path)
     assert not InsertDequantizeLookupPass(vectors={"w": dim})(model).modified
     (inspected,) = inspect_model(model)
     assert inspected["encoding"] == "vector"
