@@ -78,12 +78,15 @@ class DecodeBuilder:
         if packing.per_word == 1:
             return self.initializer(words.reshape(-1).astype(np_word), stem)
         packed = self.initializer(words, stem)
-        # Shift each code to the top of the word, then down to the bottom: two BitShifts extract
-        # a field without BitwiseAnd, so decoding works from opset 11 on.
-        word_bits = packing.word_bits
-        lefts = (word_bits - bits * (np.arange(packing.per_word, dtype=np.uint64) + 1)).astype(np_word)
-        raised = self.op("BitShift", [packed, self.constant(lefts, "sl")], direction="LEFT")
-        unpacked = self.op("BitShift", [raised, self.constant(np.array(word_bits - bits, np_word), "sr")], direction="RIGHT")
+        # Shift each field to the bottom of its word, narrow to UINT8 (codes have <= 8 bits) and
+        # drop the bits above the field with Mod: every full-size intermediate after the shift
+        # is one byte per code. ONNX Runtime folds node by node, copying each output several
+        # times, so session creation pays for the bytes of every intermediate (facts note).
+        rights = (bits * np.arange(packing.per_word, dtype=np.uint64)).astype(np_word)
+        fields = self.op("BitShift", [packed, self.constant(rights, "sr")], direction="RIGHT")
+        if packing.word_bits > 8:
+            fields = self.op("Cast", [fields], to=ir.DataType.UINT8)
+        unpacked = fields if bits >= 8 else self.op("Mod", [fields, self.constant(np.array(1 << bits, np.uint8), "mod")])
         padded = packing.words * packing.per_word != count
         if not (flat or padded):
             return unpacked

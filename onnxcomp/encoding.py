@@ -8,7 +8,7 @@ Runtime does not fold it and decodes on every run (see shared/notes/onnxruntime-
 Encodings (the byte model in `estimate_bytes` prices each one for the allocator):
 
 * ``lookup``: codes bit-packed into uint8/uint32/uint64 words ->
-  BitShift(LEFT) -> BitShift(RIGHT) -> Reshape [-1] -> Cast(INT32) -> GatherElements(codebook) -> Reshape.
+  BitShift(RIGHT) -> [Cast(UINT8)] -> Mod -> Reshape [-1] -> Cast(INT32) -> GatherElements(codebook) -> Reshape.
 * ``linear``: as lookup, but a uniform codebook is rebuilt arithmetically:
   -> Cast(FLOAT) -> Sub(zero) -> Mul(scale) -> Reshape.
 * ``vector``: as lookup, but each code stands for `dim` consecutive entries (flat order) and
@@ -119,15 +119,22 @@ def sparse_deltas(positions: np.ndarray, delta_bits: int) -> tuple[np.ndarray, n
     return deltas, owners
 
 
+def unpack_nodes(packing: Packing) -> int:
+    """Nodes that unpack a packed stream: BitShift(RIGHT), Cast(UINT8) for words wider than a byte, Mod."""
+    if packing.per_word == 1:
+        return 0
+    return (2 if packing.word_bits == 8 else 3) - (1 if packing.bits >= 8 else 0)
+
+
 def lookup_bytes(count: int, bits: int, codebook_size: int, rank: int, uniform: bool = False) -> int:
     packing = choose_packing(count, bits)
     padded = packing.words * packing.per_word != count
     if packing.per_word == 1:
         nodes = 2 + (0 if rank == 1 else 1) + (1 if uniform else 0)
-    elif uniform:  # BitShift x2, [Reshape, Slice], Cast, Sub, Mul, Reshape
-        nodes = 6 + (2 if padded else 0)
-    else:  # BitShift x2, Reshape, [Slice], Cast, GatherElements, Reshape
-        nodes = 6 + (1 if padded else 0)
+    elif uniform:  # unpack, [Reshape, Slice], Cast, Sub, Mul, Reshape
+        nodes = unpack_nodes(packing) + 4 + (2 if padded else 0)
+    else:  # unpack, Reshape, [Slice], Cast, GatherElements, Reshape
+        nodes = unpack_nodes(packing) + 4 + (1 if padded else 0)
     table = 8 if uniform else 4 * codebook_size
     return packing.payload_bytes + table + nodes * NODE_BYTES + 4 * INITIALIZER_BYTES + 8 * rank
 
@@ -150,7 +157,7 @@ def vector_lookup_bytes(count: int, dim: int, bits: int, codebook_rows: int, ran
     codes = -(-count // dim)
     packing = choose_packing(codes, bits)
     padded = packing.words * packing.per_word != codes
-    nodes = 3 if packing.per_word == 1 else 5 + (2 if padded else 0)  # BitShift x2, [Reshape, Slice], Cast, Gather, Reshape
+    nodes = 3 if packing.per_word == 1 else unpack_nodes(packing) + 3 + (2 if padded else 0)  # unpack, [Reshape, Slice], Cast, Gather, Reshape
     return packing.payload_bytes + 4 * codebook_rows * dim + nodes * NODE_BYTES + 4 * INITIALIZER_BYTES + 8 * rank
 
 
@@ -223,7 +230,7 @@ def grid_order(stream: np.ndarray, layout: tuple[int, int, int], steps: bool) ->
 
 
 def shift_table_bytes(packing: Packing) -> int:
-    """The per-field left-shift amounts a packed stream's unpacking reads (one word each)."""
+    """The per-field shift amounts a packed stream's unpacking reads (one word each), and its Mod divisor."""
     return packing.per_word * packing.word_bits // 8 + 2 * INITIALIZER_BYTES if packing.per_word > 1 else 0
 
 
@@ -241,7 +248,7 @@ def sparse_bytes(entries: int, value_bits: int, delta_bits: int, codebook_size: 
         initializers += 4
     for packing in (values, deltas):
         if packing.per_word > 1:
-            nodes += 3 + (1 if packing.words * packing.per_word != entries else 0)
+            nodes += unpack_nodes(packing) + 1 + (1 if packing.words * packing.per_word != entries else 0)
     return (
         values.payload_bytes + deltas.payload_bytes + 4 * codebook_size
         + shift_table_bytes(values) + shift_table_bytes(deltas)
@@ -263,8 +270,8 @@ def mask_sparse_bytes(count: int, entries: int, value_bits: int, codebook_size: 
     from about 20% density up (a mask bit per weight against ~4-5 delta bits per non-zero)."""
     mask = choose_packing(count, 1)
     values = choose_packing(entries, value_bits)
-    nodes = 3 + 3 + (1 if mask.words * mask.per_word != count else 0) + 3  # mask unpack + Cast/Range/Compress
-    nodes += 2 + (3 + (1 if values.words * values.per_word != entries else 0) if values.per_word > 1 else 0)
+    nodes = unpack_nodes(mask) + 1 + (1 if mask.words * mask.per_word != count else 0) + 3  # mask unpack + Cast/Range/Compress
+    nodes += 2 + (unpack_nodes(values) + 1 + (1 if values.words * values.per_word != entries else 0) if values.per_word > 1 else 0)
     return (mask.payload_bytes + values.payload_bytes + 4 * codebook_size
             + shift_table_bytes(mask) + shift_table_bytes(values)
             + nodes * SPARSE_NODE_BYTES + 8 * INITIALIZER_BYTES + 8 * rank + 8)

@@ -53,7 +53,7 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
     """Replace each weight with few distinct values by packed codes and a decode subgraph.
 
     Codes of 1-8 bits are packed into uint8/uint32/uint64 words (whichever is smallest) and
-    decoded with BitShift(LEFT) -> BitShift(RIGHT) -> Cast(INT32) -> Gather(codebook) -> Reshape, or, for a
+    decoded with BitShift(RIGHT) -> Cast(UINT8) -> Mod -> Cast(INT32) -> Gather(codebook) -> Reshape, or, for a
     uniform codebook, Cast(FLOAT) -> Sub(zero) -> Mul(scale) -> Reshape. The decoded tensor is
     bit-identical to the weight (linear form: within float rounding). Every consumer of the
     weight is rewired to the decoded value; graph inputs and outputs are untouched. A weight is
