@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from onnxcomp.data import batch, sample_count
 from onnxcomp.io import to_proto
-from onnxcomp.quantize import Quantization, _nearest
+from onnxcomp.quantize import Quantization, nearest_rows
 from onnxcomp.runtime.inference import session
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _row_snapper(quant: Quantization, shape: tuple[int, int]):
         dim = quant.vector_dim
         if columns % dim:
             return None
-        return lambda i, row: codebook[_nearest(row.reshape(-1, dim), codebook)].reshape(-1)
+        return lambda i, row: codebook[nearest_rows(row.reshape(-1, dim), codebook)].reshape(-1)
     if quant.groups <= 1:
         return lambda i, row: _snap(row, np.sort(codebook.ravel()))
     groups = quant.groups

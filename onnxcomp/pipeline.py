@@ -184,10 +184,14 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         tuned_model = with_weights(model, weights)
         tuned_layers = _price(tuned_model, importances, sensitivity_of, keep_zeros=True)
         rebuilt, tuned, rebuilt_data, _, _ = _fit(tuned_model, tuned_layers, budget, options, importances, None)
-        if rebuilt_data is not None:
-            compressed, attempt_data, allocation = rebuilt, rebuilt_data, tuned
-        else:
+        if rebuilt_data is None:
             _log(progress, "fine-tuned codebooks came out over the target; keeping the untuned ones")
+        elif (scores := _held_out_scores(training, (attempt_data, rebuilt_data), batch_size)) and scores[1] < scores[0]:
+            # Re-pricing can re-cluster or prune the tuned weights (untrained) to stay in budget.
+            _log(progress, f"fine-tuned codebooks scored {scores[1]:.4f} on held-out data against {scores[0]:.4f} "
+                           "before; keeping the untuned ones")
+        else:
+            compressed, attempt_data, allocation = rebuilt, rebuilt_data, tuned
         timings["codebook fine-tune"] = time.perf_counter() - tick
     if attempt_data is None:
         raise _unreachable(model, layers, options, importances, floor_bytes)
@@ -229,6 +233,16 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     _check_guards(report, options)
     report["seconds"]["total"] = round(time.perf_counter() - started, 3)
     return CompressResult(compressed, attempt_data, report)
+
+
+def _held_out_scores(training: TrainingData, candidates: tuple[bytes, ...], batch_size: int) -> list[float]:
+    """Held-out accuracy of each serialized candidate (agreement with the teacher without labels);
+    empty without held-out data."""
+    held_out = training.held_out
+    if held_out is None:
+        return []
+    target = held_out.labels if held_out.labels is not None else np.argmax(training.held_out_teacher, axis=1)
+    return [accuracy(run_batches(session(data), held_out.inputs, batch_size)[0], target) for data in candidates]
 
 
 def _check_guards(report: dict, options: CompressOptions) -> None:

@@ -385,13 +385,13 @@ def vector_quantize(values: np.ndarray, importance: np.ndarray | None, dim: int,
         k = max(1, min(k, x.shape[0]))
         centres = _plus_plus(x, k, rng)
         for _ in range(VECTOR_ITERATIONS):
-            updated = _weighted_means(x, w, _nearest(x, centres), centres)
+            updated = _weighted_means(x, w, nearest_rows(x, centres), centres)
             moved = float(np.max(np.abs(updated - centres)))
             centres = updated
             if moved <= 1e-9:
                 break
         centres = centres.astype(np.float32)
-        error = ev - centres[_nearest(ev, centres)].astype(np.float64)
+        error = ev - centres[nearest_rows(ev, centres)].astype(np.float64)
         sse = float(np.sum(ew * error * error)) * scale
         results.append(Quantization(float(np.nextafter(0.0, 1.0)), centres, sse, int(vectors.size), 1, 0, dim))
     return results
@@ -412,7 +412,7 @@ def _plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return pool[picks]
 
 
-def _nearest(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def nearest_rows(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """Index of the nearest centre (Euclidean) for each row of x."""
     # float32 halves the memory traffic of the [chunk, K] distance block, which dominates; a
     # near-tie may then pick the other of two almost equally near centres, which costs nothing.
@@ -443,4 +443,4 @@ def snap_to_vectors(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float32)
     codebook = np.asarray(codebook, dtype=np.float32)
     vectors = values.reshape(-1, codebook.shape[1])
-    return codebook[_nearest(vectors, codebook)].reshape(values.shape)  # _nearest works in float32 chunks
+    return codebook[nearest_rows(vectors, codebook)].reshape(values.shape)  # nearest_rows works in float32 chunks

@@ -34,7 +34,7 @@ from onnxcomp import io
 from onnxcomp.allocate import Allocation, LayerOptions, allocate
 from onnxcomp.data import Samples
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.quantize import SortedWeights, apply_quantization, prune_mask, snap_to_codebook
+from onnxcomp.quantize import SortedWeights, apply_quantization, nearest_rows, prune_mask, snap_to_codebook
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ def iterative_prune(model: ir.Model, planner: Planner, dense_bytes: int, budget:
     """
     rounds = prune_rounds(dense_bytes / max(budget, 1), epochs)
     per_round = [epochs // rounds + (1 if r >= rounds - epochs % rounds else 0) for r in range(rounds)]
+    idle = 0
     for r, fraction in enumerate(sparsity_schedule(rounds)):
         layers = planner.price(model)
         allocation = allocate(layers, max(budget, sum(layer.smallest.bytes for layer in layers)))
@@ -152,12 +153,18 @@ def iterative_prune(model: ir.Model, planner: Planner, dense_bytes: int, budget:
         total = sum(m.size for m in masks.values())
         if all(np.array_equal(m, model.graph.initializers[n].const_value.numpy() != 0) for n, m in masks.items()):
             _emit(log, f"prune round {r + 1}/{rounds}: nothing more to prune for this budget")
+            idle += per_round[r]
             continue
         _emit(log, f"prune round {r + 1}/{rounds}: keep {kept}/{total} weights ({100 * kept / max(total, 1):.1f}%), "
                    f"retrain {per_round[r]} epochs")
         result = _finetune(model, names, data, options, per_round[r], options.lr, log,
                            masks={n: m for n, m in masks.items() if not m.all()})
         model = with_weights(model, result.weights)
+    if idle:
+        # The budget needs no (more) zeros, only fewer distinct values: spend the rounds' epochs
+        # training towards the quantized weights instead (ADMM), so quantizing costs less.
+        _emit(log, f"{idle} epochs without pruning go to quantization-aware training (ADMM)")
+        model = admm(model, planner, budget, data, options, idle, log=log)
     return model
 
 
@@ -252,8 +259,12 @@ def finetune_codebooks(model: ir.Model, allocation: Allocation, masks: dict[str,
     codebooks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in names:
         values = model.graph.initializers[name].const_value.numpy().astype(np.float32)
+        quant = allocation.choices[name].quant
+        if quant.vector_dim > 1:
+            codebooks[name] = _vector_codebook(values, np.asarray(quant.codebook, np.float32))
+            continue
         keep = masks.get(name, values != 0)
-        levels = max(1, int(allocation.choices[name].quant.codebook.size))
+        levels = max(1, int(quant.codebook.size))
         codebook = SortedWeights(values[keep]).quantize(0.0, levels).codebook
         if codebook.size == 0:
             codebook = np.zeros(1, np.float32)
@@ -270,6 +281,16 @@ def finetune_codebooks(model: ir.Model, allocation: Allocation, masks: dict[str,
             values = np.where(masks[name], values, np.float32(0))
         weights[name] = values.astype(np.float32)
     return weights
+
+
+def _vector_codebook(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A [K, D] vector codebook as the flat codebook the training graph gathers from: entry
+    k * D + j is component j of row k, so each component trains on the summed gradient of the
+    entries it stands for, and the trained weight stays on K vectors."""
+    dim = rows.shape[1]
+    codes = nearest_rows(values.reshape(-1, dim), rows)
+    indices = (codes[:, None] * dim + np.arange(dim)).reshape(values.shape)
+    return rows.ravel(), indices
 
 
 def _emit(log, message: str) -> None:
