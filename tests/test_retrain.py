@@ -200,3 +200,49 @@ def test_auto_eliminates_neurons_only_at_tight_targets(tmp_path, train_samples):
     report = compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=80_000, epochs=1), samples=train_samples)
     assert report["training"]["method"] == "auto" and "neurons" not in report
     assert report["output_bytes"] <= 80_000
+
+
+def test_rounds_with_nothing_to_prune_train_towards_the_quantized_weights(tmp_path, train_samples):
+    # At 300 KB (8 bits per weight) clustering alone meets the budget: no round prunes, and its
+    # epoch goes to ADMM towards the allocation's projection instead of being skipped.
+    lines: list[str] = []
+    report = compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=300_000, epochs=2, method="prune"),
+                           samples=train_samples, progress=lines.append)
+    assert any("nothing more to prune" in line for line in lines)
+    assert any("1 epochs without pruning go to quantization-aware training (ADMM)" in line for line in lines)
+    assert any(line.startswith("admm iteration 1/1") for line in lines)
+    assert report["output_bytes"] <= 300_000
+    assert _accuracy(tmp_path / "out.onnx") > 0.9
+
+
+def test_codebook_finetune_trains_vector_codebooks_as_vectors(train_samples):
+    from onnxcomp.allocate import Allocation, vector_candidates
+    from onnxcomp.quantize import snap_to_vectors
+    from onnxcomp.retrain import RetrainOptions, TrainingData, finetune_codebooks
+    from onnxcomp.weights import find_weights
+
+    model = load_model(MODEL)
+    weight = next(w for w in find_weights(model) if w.shape == (100, 300))
+    values = weight.numpy().astype(np.float32)
+    candidate = next(c for c in vector_candidates(values, None, float(np.sum(values**2))) if c.quant.vector_dim == 2)
+    rows = candidate.quant.codebook
+    teacher = session(str(MODEL)).run(None, {"input": train_samples.inputs["input"]})[0]
+    training = TrainingData(train=train_samples, held_out=None, teacher=teacher, held_out_teacher=None)
+    tuned = finetune_codebooks(model, Allocation({weight.name: candidate}, candidate.bytes, 0.0), {}, training,
+                               RetrainOptions(batch_size=64), epochs=1)[weight.name]
+    pairs = np.unique(tuned.reshape(-1, 2), axis=0)
+    assert len(pairs) <= len(rows)  # still K vectors: the vector encoding stores it as before
+    assert not np.allclose(np.sort(pairs, axis=0), np.sort(np.unique(snap_to_vectors(values, rows).reshape(-1, 2), axis=0), axis=0))
+    assert len(np.unique(tuned)) > len(rows)  # components train separately (not K scalar levels)
+
+
+def test_held_out_scores_rank_candidates(tmp_path, train_samples):
+    from onnxcomp.pipeline import _held_out_scores
+    from onnxcomp.retrain import TrainingData
+
+    good = MODEL.read_bytes()
+    compress_file(MODEL, tmp_path / "tiny.onnx", CompressOptions(target_bytes=8_000))  # data-free at 1/133: broken
+    training = TrainingData(train=train_samples, held_out=train_samples.head(500), teacher=None, held_out_teacher=None)
+    scores = _held_out_scores(training, (good, (tmp_path / "tiny.onnx").read_bytes()), 256)
+    assert scores[0] > 0.9 > scores[1]
+    assert _held_out_scores(TrainingData(train_samples, None, None, None), (good,), 256) == []
