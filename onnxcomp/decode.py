@@ -206,14 +206,15 @@ class DecodeBuilder:
         if layout is not None:
             deltas = encoding.grid_order(deltas, layout, steps=True)
             value_codes = encoding.grid_order(value_codes, layout, steps=False)
-        steps = self.op("Cast", [self.unpacked_codes(deltas, delta_bits, stem + "_d", flat=True)], to=ir.DataType.INT32)
+        raw_steps = self.unpacked_codes(deltas, delta_bits, stem + "_d", flat=True)
         codes = self.op("Cast", [self.unpacked_codes(value_codes, value_bits, stem + "_v", flat=True)], to=ir.DataType.INT32)
         if layout is None:
-            positions = self.op("CumSum", [steps, self.constant(np.array(0, np.int32), "ax")])
+            positions = self.op("CumSum", [self.op("Cast", [raw_steps], to=ir.DataType.INT32), self.constant(np.array(0, np.int32), "ax")])
         else:
             rows, width, _ = layout
-            grid = self.op("Reshape", [steps, self.constant(np.array([rows, width], np.int64), "grid")])
-            within = self.op("CumSum", [grid, self.constant(np.array(0, np.int32), "ax")])
+            # Reshape the one-byte steps, then widen: the grid copy costs a quarter of an INT32 one.
+            grid = self.op("Reshape", [raw_steps, self.constant(np.array([rows, width], np.int64), "grid")])
+            within = self.op("CumSum", [self.op("Cast", [grid], to=ir.DataType.INT32), self.constant(np.array(0, np.int32), "ax")])
             totals = self.op("Slice", [within, self.constant(np.array([-1], np.int64), "m1"),
                                        self.constant(np.array([np.iinfo(np.int64).max], np.int64), "end"),
                                        self.constant(np.array([0], np.int64), "z")])
