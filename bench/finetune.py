@@ -94,7 +94,8 @@ def nonzero_weights(data: bytes) -> int:
     return sum(int(np.count_nonzero(w.array)) for w in stored_weights(model) if w.role != "bias")
 
 
-def run_row(name: str, splits, out: Path, epochs_override: int | None = None, batch_size: int = 64) -> dict:
+def run_row(name: str, splits, out: Path, epochs_override: int | None = None, batch_size: int = 64,
+            seed: int = 0) -> dict:
     file, divisor, method, epochs, with_labels = ROWS[name]
     if epochs_override is not None and method != "none":
         epochs = epochs_override
@@ -108,7 +109,7 @@ def run_row(name: str, splits, out: Path, epochs_override: int | None = None, ba
         samples = train if with_labels else Samples(train.inputs, None)
         eval_samples = held if with_labels else Samples(held.inputs, None)
     options = CompressOptions(target_bytes=target, epochs=epochs, method=method if method != "none" else "auto",
-                              batch_size=batch_size)
+                              batch_size=batch_size, seed=seed)
     started, cpu = time.perf_counter(), time.process_time()
     try:
         result = compress_model(load_model(source), options, samples=samples, eval_samples=eval_samples,
@@ -118,14 +119,14 @@ def run_row(name: str, splits, out: Path, epochs_override: int | None = None, ba
         return {"name": name, "model": file, "method": method, "epochs": epochs, "labels": with_labels,
                 "original_bytes": original, "target_bytes": target, "unreachable": str(error), "commit": _commit()}
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
-    (out / f"{name}.onnx").write_bytes(result.data)
+    (out / f"{name}{'' if seed == 0 else f'-seed{seed}'}.onnx").write_bytes(result.data)
     nonzero = nonzero_weights(result.data)
     row = {
         "name": name, "model": file, "method": method, "epochs": epochs, "labels": with_labels,
         "original_bytes": original, "target_bytes": target, "bytes": len(result.data), "ratio": original / len(result.data),
         "error_original": test_error(source, test), "error_compressed": test_error(result.data, test),
         "nonzero_weights": nonzero, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
-        "neurons": result.report.get("neurons"), "commit": _commit(), "batch_size": batch_size,
+        "neurons": result.report.get("neurons"), "commit": _commit(), "batch_size": batch_size, "seed": seed,
     }
     row["error_increase_points"] = 100 * (row["error_compressed"] - row["error_original"])
     print(json.dumps({k: v for k, v in row.items() if k != "neurons"}), flush=True)
@@ -177,7 +178,8 @@ def write_tables(results: dict, out: Path) -> None:
             continue
         lines.append(
             f"| {row['model']} | {row['method']}{' (data-free)' if row['method'] == 'none' else ''} | {row['epochs']}"
-            f"{' (batch ' + str(row['batch_size']) + ')' if row.get('batch_size', 64) != 64 else ''} | "
+            f"{' (batch ' + str(row['batch_size']) + ')' if row.get('batch_size', 64) != 64 else ''}"
+            f"{' (seed ' + str(row['seed']) + ')' if row.get('seed', 0) else ''} | "
             f"{'yes' if row['labels'] else 'no (distillation)'} | {100 * row['error_original']:.2f}% -> {100 * row['error_compressed']:.2f}% | "
             f"{row['error_increase_points']:+.2f} | {row['nonzero_weights']:,} | {row['bytes']:,} B | {row['ratio']:.1f}x | "
             f"{row['seconds']:.0f} s / {row['cpu_seconds']:.0f} s | {row.get('commit') or '?'} |")
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput", action="store_true", help="also ONNX Runtime vs PyTorch training throughput")
     parser.add_argument("--epochs", type=int, help="override the rows' epochs")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (shuffling, gates); rows with a seed other "
+                                                            "than 0 are kept beside the seed-0 row")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -254,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     _commit()  # pin the commit of the code this process imported
     splits = mnist_splits()
     for name in names:
-        results["rows"][name] = run_row(name, splits, out, args.epochs, args.batch_size)
+        key = name if args.seed == 0 else f"{name}-seed{args.seed}"
+        results["rows"][key] = run_row(name, splits, out, args.epochs, args.batch_size, args.seed)
         path.write_text(json.dumps(results, indent=2))
     if args.throughput:
         results["throughput"] = throughput()
