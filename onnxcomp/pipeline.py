@@ -32,8 +32,8 @@ from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, compensate, discount_compensa
 from onnxcomp.sensitivity import activation_importance, embedding_importance, measure_sensitivity
 from onnxcomp.sizes import format_size
 from onnxcomp.quantize import prune_mask
-from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, iterative_prune,
-                              require_training, soft_weight_sharing, with_weights)
+from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, held_out_targets,
+                              iterative_prune, require_training, soft_weight_sharing, with_weights)
 from onnxcomp.verify import accuracy, fidelity
 from onnxcomp.weights import find_weights, no_weights_error, quantized_weights
 
@@ -238,11 +238,10 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
 def _held_out_scores(training: TrainingData, candidates: tuple[bytes, ...], batch_size: int) -> list[float]:
     """Held-out accuracy of each serialized candidate (agreement with the teacher without labels);
     empty without held-out data."""
-    held_out = training.held_out
-    if held_out is None:
+    if training.held_out is None:
         return []
-    target = held_out.labels if held_out.labels is not None else np.argmax(training.held_out_teacher, axis=1)
-    return [accuracy(run_batches(session(data), held_out.inputs, batch_size)[0], target) for data in candidates]
+    target = held_out_targets(training)
+    return [accuracy(run_batches(session(data), training.held_out.inputs, batch_size)[0], target) for data in candidates]
 
 
 def _check_guards(report: dict, options: CompressOptions) -> None:

@@ -162,10 +162,33 @@ def iterative_prune(model: ir.Model, planner: Planner, dense_bytes: int, budget:
         model = with_weights(model, result.weights)
     if idle:
         # The budget needs no (more) zeros, only fewer distinct values: spend the rounds' epochs
-        # training towards the quantized weights instead (ADMM), so quantizing costs less.
+        # training towards the quantized weights instead (ADMM), so quantizing costs less. On
+        # small MLPs the extra epochs can overfit instead: with held-out data, the ADMM result
+        # stays only if it scores at least as well as quantizing the weights without it.
         _emit(log, f"{idle} epochs without pruning go to quantization-aware training (ADMM)")
-        model = admm(model, planner, budget, data, options, idle, log=log)
+        trained = admm(model, planner, budget, data, options, idle, log=log)
+        if data.held_out is not None:
+            before = held_out_score(with_weights(model, project(model, planner, budget)[0]), data)
+            after = held_out_score(trained, data)
+            _emit(log, f"held-out after quantizing: {after:.4f} with ADMM, {before:.4f} without")
+            if after < before:
+                return model
+        model = trained
     return model
+
+
+def held_out_score(model: ir.Model, data: TrainingData) -> float:
+    """Accuracy on the held-out samples (agreement with the teacher's predictions without labels)."""
+    from onnxcomp.runtime.training import model_forward_logits
+
+    logits = model_forward_logits(io.to_proto(model), data.held_out.inputs)
+    return float(np.mean(np.argmax(logits, axis=1) == held_out_targets(data)))
+
+
+def held_out_targets(data: TrainingData) -> np.ndarray:
+    """The held-out classes to score against: the labels, else the teacher's predictions."""
+    held_out = data.held_out
+    return held_out.labels if held_out.labels is not None else np.argmax(data.held_out_teacher, axis=1)
 
 
 def project(model: ir.Model, planner: Planner, budget: int) -> tuple[dict[str, np.ndarray], Allocation]:
