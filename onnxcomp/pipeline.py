@@ -186,8 +186,10 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         rebuilt, tuned, rebuilt_data, _, _ = _fit(tuned_model, tuned_layers, budget, options, importances, None)
         if rebuilt_data is None:
             _log(progress, "fine-tuned codebooks came out over the target; keeping the untuned ones")
-        elif (scores := _held_out_scores(training, (attempt_data, rebuilt_data), batch_size)) and scores[1] < scores[0]:
-            # Re-pricing can re-cluster or prune the tuned weights (untrained) to stay in budget.
+        elif (scores := _held_out_scores(training, (attempt_data, rebuilt_data), batch_size)) and \
+                scores[1] < scores[0] - 2 * _score_error(scores[0], training.held_out.count):
+            # Re-pricing can re-cluster or prune the tuned weights (untrained) to stay in budget;
+            # only a drop beyond the held-out sampling noise counts.
             _log(progress, f"fine-tuned codebooks scored {scores[1]:.4f} on held-out data against {scores[0]:.4f} "
                            "before; keeping the untuned ones")
         else:
@@ -242,6 +244,11 @@ def _held_out_scores(training: TrainingData, candidates: tuple[bytes, ...], batc
         return []
     target = held_out_targets(training)
     return [accuracy(run_batches(session(data), training.held_out.inputs, batch_size)[0], target) for data in candidates]
+
+
+def _score_error(score: float, count: int) -> float:
+    """Standard error of the difference of two accuracies near `score` on `count` samples."""
+    return float(np.sqrt(2 * score * (1 - score) / max(count, 1)))
 
 
 def _check_guards(report: dict, options: CompressOptions) -> None:

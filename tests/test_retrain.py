@@ -202,15 +202,27 @@ def test_auto_eliminates_neurons_only_at_tight_targets(tmp_path, train_samples):
     assert report["output_bytes"] <= 80_000
 
 
-def test_rounds_with_nothing_to_prune_train_towards_the_quantized_weights(tmp_path, train_samples):
+@pytest.mark.parametrize("min_gap", [0.0, 10.0])
+def test_rounds_with_nothing_to_prune_train_towards_the_quantized_weights(tmp_path, train_samples, monkeypatch, min_gap):
     # At 300 KB (8 bits per weight) clustering alone meets the budget: no round prunes, and its
-    # epoch goes to ADMM towards the allocation's projection instead of being skipped.
+    # epoch goes to ADMM towards the allocation's projection when that moves the weights by at
+    # least ADMM_MIN_GAP of their norm (forced here both ways), else it is left unused.
+    from onnxcomp import retrain
+
+    monkeypatch.setattr(retrain, "ADMM_MIN_GAP", min_gap)
     lines: list[str] = []
     report = compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=300_000, epochs=2, method="prune"),
                            samples=train_samples, progress=lines.append)
     assert any("nothing more to prune" in line for line in lines)
-    assert any("1 epochs without pruning go to quantization-aware training (ADMM)" in line for line in lines)
-    assert any(line.startswith("admm iteration 1/1") for line in lines)
+    moved = next(line for line in lines if line.startswith("quantizing moves the weights by"))
+    gap = float(moved.split("by ")[1].split(" ")[0])
+    assert 0 < gap < 0.15  # 8-bit codebooks barely move the weights
+    if min_gap == 0.0:
+        assert moved.endswith("1 epochs without pruning go to quantization-aware training (ADMM)")
+        assert any(line.startswith("admm iteration 1/1") for line in lines)
+    else:
+        assert moved.endswith("1 epochs without pruning left unused")
+        assert not any(line.startswith("admm iteration") for line in lines)
     assert report["output_bytes"] <= 300_000
     assert _accuracy(tmp_path / "out.onnx") > 0.9
 
