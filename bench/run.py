@@ -73,7 +73,7 @@ def timings(paths: list[Path], batch: np.ndarray, repeats: int, rounds: int = 21
                 create_cpu[path].append(time.thread_time() - start_cpu)
                 create[path].append(time.perf_counter() - start)
                 del created
-        sessions = {p: make(p) for p in paths}
+        sessions = {p: make(p) for p in paths} if repeats else {}
         for _ in range(repeats):
             for path in paths:
                 start = time.perf_counter()
@@ -82,7 +82,7 @@ def timings(paths: list[Path], batch: np.ndarray, repeats: int, rounds: int = 21
     finally:
         gc.enable()
     return {str(p): {"create_cpu_s": statistics.median(create_cpu[p]), "create_s": statistics.median(create[p]),
-                     "create_min_s": min(create[p]), "infer_s": statistics.median(infer[p])} for p in paths}
+                     "create_min_s": min(create[p]), "infer_s": statistics.median(infer[p]) if infer[p] else None} for p in paths}
 
 
 FIRST_SESSION = r"""

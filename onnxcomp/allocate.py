@@ -134,7 +134,7 @@ def grouped_candidates(values: np.ndarray, importance: np.ndarray | None, energy
             quants = grouped_quantize(values, importance, groups, tuple(1 << bits for bits in GROUPED_BITS), axis)
             offsets = groups if axis == 0 else values.shape[-1]
             for bits, quant in zip(GROUPED_BITS, quants):
-                price = encoding.grouped_lookup_bytes(values.size, bits, groups, 1 << bits, values.ndim, offsets)
+                price = encoding.grouped_lookup_bytes(values.size, bits, groups, 1 << bits, values.ndim, offsets, axis)
                 candidates.append(Candidate("grouped", price, quant.sse / energy, 0.0, bits, quant))
     return candidates
 

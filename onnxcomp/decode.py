@@ -70,7 +70,8 @@ class DecodeBuilder:
     def unpacked_codes(self, codes: np.ndarray, bits: int, stem: str, flat: bool) -> ir.Value:
         """Store codes packed; return the value of the unpacked integer codes.
 
-        The result is [words, per_word] (or [count] when `flat`, or when padding had to be cut).
+        The result is [per_word, words] (planar, see `encoding.pack_codes`; or [count] when `flat`,
+        or when padding had to be cut); its row-major order is the codes' order.
         """
         count = int(codes.size)
         words, packing = encoding.pack_codes(codes, bits)
@@ -82,7 +83,7 @@ class DecodeBuilder:
         # drop the bits above the field with Mod: every full-size intermediate after the shift
         # is one byte per code. ONNX Runtime folds node by node, copying each output several
         # times, so session creation pays for the bytes of every intermediate (facts note).
-        rights = (bits * np.arange(packing.per_word, dtype=np.uint64)).astype(np_word)
+        rights = (bits * np.arange(packing.per_word, dtype=np.uint64)).astype(np_word).reshape(-1, 1)  # planar
         fields = self.op("BitShift", [packed, self.constant(rights, "sr")], direction="RIGHT")
         if packing.word_bits > 8:
             fields = self.op("Cast", [fields], to=ir.DataType.UINT8)
@@ -131,28 +132,31 @@ class DecodeBuilder:
 
     def grouped_lookup(self, codes: np.ndarray, codebooks: np.ndarray, bits: int, shape: tuple[int, ...],
                        stem: str, axis: int = 0) -> ir.Value:
-        """Codes (weight layout) of group g index codebook row g of the flattened [G, K] codebooks.
+        """Codes (weight layout) of group g index codebook row g of the [G, K] codebooks.
 
-        axis 0 (G groups of consecutive entries): Cast -> Reshape [G, M] -> Add(offsets [G, 1]).
-        axis 1 (G groups of consecutive columns): Cast -> Reshape [size / D, D] -> Add(offsets
-        [1, D]). Then Reshape [-1] -> GatherElements(codebooks) -> Reshape(shape).
+        axis 0 (G groups of consecutive entries): Reshape [G, M] -> Cast(INT32) ->
+        GatherElements(codebooks, axis 1) -> Reshape. axis 1 (G groups of consecutive columns):
+        Reshape [size / D, D] -> Cast(INT32) -> Add(INT32 offsets [1, D] into the flattened
+        codebooks) -> Reshape [-1] -> GatherElements -> Reshape. Reshapes run on the one-byte
+        codes, before the Cast widens them.
         """
         groups, size = codebooks.shape
         if axis == 0:
             layout = (groups, int(codes.size) // groups)
-            offsets = (np.arange(groups, dtype=np.int32) * size).reshape(groups, 1)
         else:
             columns = int(shape[-1])
             layout = (int(codes.size) // columns, columns)
-            offsets = (np.arange(columns, dtype=np.int32) // (columns // groups) * size).reshape(1, columns)
+        if bits == 8 or encoding.choose_packing(codes.size, bits).per_word == 1:
+            narrow = self.initializer(codes.reshape(layout).astype(np.uint8), stem)
+        else:
+            narrow = self.reshape_to(self.unpacked_codes(codes, bits, stem, flat=False), layout)
+        indices = self.op("Cast", [narrow], to=ir.DataType.INT32)
+        if axis == 0:
+            table = self.initializer(codebooks.astype(np.float32), stem + "_cb")
+            return self.reshape_to(self.op("GatherElements", [table, indices], axis=1), shape)
+        offsets = (np.arange(columns, dtype=np.int32) // (columns // groups) * size).reshape(1, columns)
         offsets_value = self.initializer(offsets, stem + "_o")
         flat_codebook = self.initializer(codebooks.astype(np.float32).ravel(), stem + "_cb")
-        if bits == 8 or encoding.choose_packing(codes.size, bits).per_word == 1:
-            indices = self.op("Cast", [self.initializer(codes.reshape(layout).astype(np.uint8), stem)],
-                              to=ir.DataType.INT32)
-        else:
-            unpacked = self.op("Cast", [self.unpacked_codes(codes, bits, stem, flat=False)], to=ir.DataType.INT32)
-            indices = self.reshape_to(unpacked, layout)
         flat_indices = self.op("Reshape", [self.op("Add", [indices, offsets_value]), self.constant(np.array([-1], np.int64), "m1")])
         return self.reshape_to(self.gather_elements(flat_codebook, flat_indices), shape)
 

@@ -14,7 +14,8 @@ Encodings (the byte model in `estimate_bytes` prices each one for the allocator)
 * ``vector``: as lookup, but each code stands for `dim` consecutive entries (flat order) and
   the Gather reads rows of a [K, dim] codebook -> Reshape (vector quantization).
 * ``grouped``: as lookup, with one codebook per group of rows or columns (`quantize.group_view`):
-  -> Cast(INT32) -> Reshape -> Add(INT32 code offsets of each group) -> Reshape [-1] -> GatherElements(codebooks) -> Reshape.
+  row groups -> Reshape [G, M] -> Cast(INT32) -> GatherElements(codebooks [G, K], axis 1) -> Reshape;
+  column groups -> Reshape -> Cast(INT32) -> Add(INT32 code offsets) -> Reshape [-1] -> GatherElements -> Reshape.
 * ``sparse``: non-zero values as packed codebook codes plus relative position deltas packed in
   narrow words, with filler entries (delta = max, value = 0) for gaps too long for a delta
   (Han et al. 2015) -> CumSum -> ScatterElements into ConstantOfShape -> Reshape; or, where
@@ -70,22 +71,28 @@ def choose_packing(count: int, bits: int) -> Packing:
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> tuple[np.ndarray, Packing]:
-    """Pack unsigned codes (< 2**bits) little-end-first into words; returns [words, 1] array."""
+    """Pack unsigned codes (< 2**bits) into words, planar: with W words and K fields per word,
+    field i of word j holds code i * W + j. Returns a [1, W] array.
+
+    Planar, not word by word, because decoding broadcasts the [1, W] words against [K, 1] shift
+    amounts: ONNX Runtime then shifts K long rows by one amount each, where the interleaved
+    layout ([W, 1] against [K]) runs its broadcast loop once per word (~20 ns per word: 113 ms
+    for MiniLM-L3's 11.7M-entry embedding table, against ~3 ms per planar row)."""
     codes = np.asarray(codes).ravel()
     packing = choose_packing(codes.size, bits)
     np_dtype = WORD_DTYPES[packing.word_bits][0]
     padded = np.zeros(packing.words * packing.per_word, dtype=np.uint64)
     padded[: codes.size] = codes
-    grid = padded.reshape(packing.words, packing.per_word)
-    shifts = (np.arange(packing.per_word, dtype=np.uint64) * np.uint64(bits)).astype(np.uint64)
-    words = np.bitwise_or.reduce(grid << shifts, axis=1) if packing.per_word > 1 else grid[:, 0]
-    return words.astype(np_dtype).reshape(-1, 1), packing
+    grid = padded.reshape(packing.per_word, packing.words)
+    shifts = (np.arange(packing.per_word, dtype=np.uint64) * np.uint64(bits)).reshape(-1, 1)
+    words = np.bitwise_or.reduce(grid << shifts, axis=0) if packing.per_word > 1 else grid[0]
+    return words.astype(np_dtype).reshape(1, -1), packing
 
 
 def unpack_codes(words: np.ndarray, packing: Packing, count: int) -> np.ndarray:
     """Numpy reference of the decode subgraph's unpacking (used by tests and inspection)."""
-    words = np.asarray(words).astype(np.uint64).reshape(-1, 1)
-    shifts = np.arange(packing.per_word, dtype=np.uint64) * np.uint64(packing.bits)
+    words = np.asarray(words).astype(np.uint64).reshape(1, -1)
+    shifts = (np.arange(packing.per_word, dtype=np.uint64) * np.uint64(packing.bits)).reshape(-1, 1)
     mask = np.uint64((1 << packing.bits) - 1)
     return ((words >> shifts) & mask).ravel()[:count]
 
@@ -140,12 +147,17 @@ def lookup_bytes(count: int, bits: int, codebook_size: int, rank: int, uniform: 
 
 
 def grouped_lookup_bytes(count: int, bits: int, groups: int, codebook_size: int, rank: int,
-                         offsets: int | None = None) -> int:
+                         offsets: int | None = None, axis: int = 0) -> int:
     """Lookup with one `codebook_size`-entry codebook per group: codes as in `lookup_bytes`, plus
-    G codebooks, the INT32 code offsets (`offsets` entries: G for row groups, the last dimension
-    for column groups) and the Reshape + Add nodes."""
+    G codebooks. Row groups (axis 0) gather along the codebooks' axis 1 with the codes reshaped
+    to [G, M] (a Reshape more where the unpacked codes were cut to length); column groups (axis
+    1) also store INT32 code offsets (`offsets` entries: the last dimension) and add them
+    (Reshape, Add, Reshape nodes) before a flat GatherElements."""
     base = lookup_bytes(count, bits, codebook_size, rank)
     packing = choose_packing(count, bits)
+    if axis == 0:
+        padded = packing.per_word > 1 and packing.words * packing.per_word != count
+        return base + 4 * (groups - 1) * codebook_size + (1 if padded else 0) * NODE_BYTES + 8
     extra_nodes = 3 + (1 if packing.per_word == 1 and rank == 1 else 0)
     return (base + 4 * (groups - 1) * codebook_size + 4 * (groups if offsets is None else offsets)
             + extra_nodes * NODE_BYTES + 2 * INITIALIZER_BYTES + 16)

@@ -128,7 +128,8 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
             ops = {n.op_type for n in _producers(value)}
             tables = [s.const_value for s in sources if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
             kind = "sparse" if "ScatterElements" in ops else (
-                ("grouped" if "Add" in ops else "vector" if any(len(t.shape) == 2 for t in tables) else "lookup")
+                ("grouped" if "Add" in ops or ("GatherElements" in ops and any(len(t.shape) == 2 for t in tables))
+                 else "vector" if any(len(t.shape) == 2 for t in tables) else "lookup")
                 if ops & {"Gather", "GatherElements"} else "linear" if "Mul" in ops else "decoded")
         stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
         weights.append(StoredWeight(value.name or "?", role, array, kind, int(stored), sources, use))
@@ -165,10 +166,13 @@ def _vector_bits(weight: StoredWeight) -> float:
 
 
 def _grouped_bits(weight: StoredWeight) -> int:
-    """Code width of a grouped lookup: codebook entries per group (codebooks / distinct offsets)."""
+    """Code width of a grouped lookup: codebook entries per group (row groups: the [G, K]
+    codebooks' K; column groups: codebooks / distinct offsets)."""
     arrays = [s.const_value.numpy() for s in weight.sources if s.const_value is not None]
     offsets = [a for a in arrays if a.dtype == np.int32 and a.ndim == 2]
     tables = [a for a in arrays if a.dtype == np.float32]
+    if not offsets and len(tables) == 1 and tables[0].ndim == 2:  # row groups: [G, K] codebooks
+        return encoding.bits_for(tables[0].shape[1])
     if len(offsets) != 1 or len(tables) != 1:
         return 32
     return encoding.bits_for(tables[0].size // max(np.unique(offsets[0]).size, 1))

@@ -284,7 +284,7 @@ def test_pack_unpack_round_trip(rng, bits, count):
     codes = rng.integers(0, 2**bits, count)
     words, packing = encoding.pack_codes(codes, bits)
     assert words.dtype in (np.uint8, np.uint32, np.uint64)
-    assert words.shape == (packing.words, 1)
+    assert words.shape == (1, packing.words)
     assert packing.words * packing.per_word >= count > (packing.words - 1) * packing.per_word
     assert packing.per_word * bits <= packing.word_bits
     assert np.array_equal(encoding.unpack_codes(words, packing, count), codes)

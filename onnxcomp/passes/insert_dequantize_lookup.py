@@ -165,5 +165,5 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
                                 values.shape, axis)
         bits = encoding.bits_for(size)
         offsets = groups if axis == 0 else values.shape[-1]
-        price = encoding.grouped_lookup_bytes(values.size, bits, groups, size, values.ndim, offsets)
+        price = encoding.grouped_lookup_bytes(values.size, bits, groups, size, values.ndim, offsets, axis)
         return codes, codebooks, bits, price, axis
