@@ -132,9 +132,9 @@ def grouped_candidates(values: np.ndarray, importance: np.ndarray | None, energy
     for axis in (0, 1):
         for groups in encoding.group_counts(values.shape, axis):
             quants = grouped_quantize(values, importance, groups, tuple(1 << bits for bits in GROUPED_BITS), axis)
-            offsets = groups if axis == 0 else values.shape[-1]
+            columns = None if axis == 0 else values.shape[-1]
             for bits, quant in zip(GROUPED_BITS, quants):
-                price = encoding.grouped_lookup_bytes(values.size, bits, groups, 1 << bits, values.ndim, offsets, axis)
+                price = encoding.grouped_lookup_bytes(values.size, bits, groups, 1 << bits, values.ndim, columns)
                 candidates.append(Candidate("grouped", price, quant.sse / energy, 0.0, bits, quant))
     return candidates
 

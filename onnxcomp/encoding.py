@@ -147,20 +147,19 @@ def lookup_bytes(count: int, bits: int, codebook_size: int, rank: int, uniform: 
 
 
 def grouped_lookup_bytes(count: int, bits: int, groups: int, codebook_size: int, rank: int,
-                         offsets: int | None = None, axis: int = 0) -> int:
+                         columns: int | None = None) -> int:
     """Lookup with one `codebook_size`-entry codebook per group: codes as in `lookup_bytes`, plus
-    G codebooks. Row groups (axis 0) gather along the codebooks' axis 1 with the codes reshaped
-    to [G, M] (a Reshape more where the unpacked codes were cut to length); column groups (axis
-    1) also store INT32 code offsets (`offsets` entries: the last dimension) and add them
-    (Reshape, Add, Reshape nodes) before a flat GatherElements."""
-    base = lookup_bytes(count, bits, codebook_size, rank)
+    G codebooks. Row groups (`columns` None) gather along the codebooks' axis 1 with the codes
+    reshaped to [G, M] (a Reshape more where the unpacked codes were cut to length); column
+    groups also store one INT32 code offset per column (`columns`, the last dimension) and add
+    them (Reshape, Add, Reshape nodes) before a flat GatherElements."""
+    base = lookup_bytes(count, bits, codebook_size, rank) + 4 * (groups - 1) * codebook_size
     packing = choose_packing(count, bits)
-    if axis == 0:
+    if columns is None:
         padded = packing.per_word > 1 and packing.words * packing.per_word != count
-        return base + 4 * (groups - 1) * codebook_size + (1 if padded else 0) * NODE_BYTES + 8
+        return base + (1 if padded else 0) * NODE_BYTES + 8
     extra_nodes = 3 + (1 if packing.per_word == 1 and rank == 1 else 0)
-    return (base + 4 * (groups - 1) * codebook_size + 4 * (groups if offsets is None else offsets)
-            + extra_nodes * NODE_BYTES + 2 * INITIALIZER_BYTES + 16)
+    return base + 4 * columns + extra_nodes * NODE_BYTES + 2 * INITIALIZER_BYTES + 16
 
 
 def vector_lookup_bytes(count: int, dim: int, bits: int, codebook_rows: int, rank: int) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import weakref
 
 import numpy as np
 import onnx
@@ -47,9 +48,9 @@ ACT_ORDER = True
 BLOCK = 128  # rows per lazy batch update
 VECTOR_ROUNDS = 4  # GPTQ passes for a vector codebook, each moving the centres to GPTQ's targets
 REFIT_ITERATIONS = 15  # conjugate-gradient steps of the final least-squares codebook refit
-# vector_gptq results by (weights, codebook, H): every build of the fit loop compensates again.
-VECTOR_CACHE_BYTES = 256 << 20
-_VECTOR_CACHE: dict = {}
+# vector_gptq results per H array (id), by (weights, codebook, settings): every build of the fit
+# loop compensates again. An entry lives as long as its H (one compression run), then goes.
+_VECTOR_CACHE: dict[int, dict] = {}
 
 
 def _compensable(node: ir.Node, weight: ir.Value) -> bool:
@@ -273,10 +274,10 @@ def vector_gptq(values: np.ndarray, hessian: np.ndarray, codebook: np.ndarray,
     rounds = VECTOR_ROUNDS if rounds is None else rounds
     values = np.asarray(values, np.float32)
     codebook = np.asarray(codebook, np.float32)
-    key = (values.shape, _digest(values), _digest(codebook), _digest(np.asarray(hessian)), rounds,
-           DAMPING, ACT_ORDER, REFIT_ITERATIONS)
-    if key in _VECTOR_CACHE:
-        quantized, codebook = _VECTOR_CACHE[key]
+    memo = _memo_for(hessian)
+    key = (values.shape, _digest(values), _digest(codebook), rounds, DAMPING, ACT_ORDER, REFIT_ITERATIONS)
+    if key in memo:
+        quantized, codebook = memo[key]
         return quantized.copy(), codebook.copy()
     rows, dim = values.shape[0], codebook.shape[1]
     best = None
@@ -293,10 +294,20 @@ def vector_gptq(values: np.ndarray, hessian: np.ndarray, codebook: np.ndarray,
     if output_error(values, refitted[codes].reshape(values.shape), hessian) < error:
         codebook = refitted
     result = (codebook[codes].reshape(values.shape), codebook)
-    _VECTOR_CACHE[key] = result
-    while len(_VECTOR_CACHE) > 1 and sum(q.nbytes for q, _ in _VECTOR_CACHE.values()) > VECTOR_CACHE_BYTES:
-        _VECTOR_CACHE.pop(next(iter(_VECTOR_CACHE)))
+    memo[key] = result
     return result[0].copy(), result[1].copy()
+
+
+def _memo_for(hessian) -> dict:
+    """The result cache tied to this H array, dropped when the array is freed. Only ndarrays
+    (which support weak references) get one; anything else gets a fresh, unshared dict."""
+    if not isinstance(hessian, np.ndarray):
+        return {}
+    memo = _VECTOR_CACHE.get(id(hessian))
+    if memo is None:
+        memo = _VECTOR_CACHE[id(hessian)] = {}
+        weakref.finalize(hessian, _VECTOR_CACHE.pop, id(hessian), None)
+    return memo
 
 
 def _digest(array: np.ndarray) -> str:

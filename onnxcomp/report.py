@@ -127,10 +127,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
             sources = _source_initializers(value)
             ops = {n.op_type for n in _producers(value)}
             tables = [s.const_value for s in sources if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
-            kind = "sparse" if "ScatterElements" in ops else (
-                ("grouped" if "Add" in ops or ("GatherElements" in ops and any(len(t.shape) == 2 for t in tables))
-                 else "vector" if any(len(t.shape) == 2 for t in tables) else "lookup")
-                if ops & {"Gather", "GatherElements"} else "linear" if "Mul" in ops else "decoded")
+            kind = _decoded_kind(ops, any(len(t.shape) == 2 for t in tables))
         stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
         weights.append(StoredWeight(value.name or "?", role, array, kind, int(stored), sources, use))
     return weights
@@ -163,6 +160,19 @@ def _vector_bits(weight: StoredWeight) -> float:
     tables = [s.const_value.numpy() for s in weight.sources if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
     table = next((t for t in tables if t.ndim == 2), None)
     return 32 if table is None else encoding.bits_for(table.shape[0]) / table.shape[1]
+
+
+def _decoded_kind(ops: set[str], table_2d: bool) -> str:
+    """The encoding a decode subgraph implements, from its op types and codebook rank."""
+    if "ScatterElements" in ops:
+        return "sparse"
+    if "Add" in ops and ops & {"Gather", "GatherElements"}:
+        return "grouped"  # column groups: code offsets into the flattened codebooks
+    if "GatherElements" in ops:
+        return "grouped" if table_2d else "lookup"  # row groups gather along [G, K]'s axis 1
+    if "Gather" in ops:
+        return "vector" if table_2d else "lookup"
+    return "linear" if "Mul" in ops else "decoded"
 
 
 def _grouped_bits(weight: StoredWeight) -> int:

@@ -171,22 +171,25 @@ def iterative_prune(model: ir.Model, planner: Planner, dense_bytes: int, budget:
         # over five runs with ADMM against 1.75/1.85% without; LeNet-5-Caffe at 162x: 0.28, 0.88/0.93%
         # with ADMM against 1.08-1.22% without).
         projected, _ = project(model, planner, budget)
-        gap = _relative_distance(model, projected)
+        gap = relative_distance(_values(model, projected), projected)
         if gap < ADMM_MIN_GAP:
             _emit(log, f"quantizing moves the weights by {gap:.3f} of their norm (< {ADMM_MIN_GAP}): "
                        f"{idle} epochs without pruning left unused")
             return model
         _emit(log, f"quantizing moves the weights by {gap:.3f} of their norm: {idle} epochs without pruning "
                    "go to quantization-aware training (ADMM)")
-        model = admm(model, planner, budget, data, options, idle, log=log)
+        model = admm(model, planner, budget, data, options, idle, log=log, start=projected)
     return model
 
 
-def _relative_distance(model: ir.Model, targets: dict[str, np.ndarray]) -> float:
+def _values(model: ir.Model, names) -> dict[str, np.ndarray]:
+    return {n: model.graph.initializers[n].const_value.numpy().astype(np.float32) for n in names}
+
+
+def relative_distance(current: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> float:
     """||W - Z|| / ||W|| over the weights in `targets`."""
-    current = {n: model.graph.initializers[n].const_value.numpy().astype(np.float64) for n in targets}
-    difference = sum(float(np.sum((current[n] - targets[n]) ** 2)) for n in targets)
-    return math.sqrt(difference / max(sum(float(np.sum(v ** 2)) for v in current.values()), 1e-30))
+    difference = sum(float(np.sum((current[n].astype(np.float64) - targets[n]) ** 2)) for n in targets)
+    return math.sqrt(difference / max(sum(float(np.sum(current[n].astype(np.float64) ** 2)) for n in targets), 1e-30))
 
 
 def held_out_targets(data: TrainingData) -> np.ndarray:
@@ -213,22 +216,21 @@ def project(model: ir.Model, planner: Planner, budget: int) -> tuple[dict[str, n
 
 
 def admm(model: ir.Model, planner: Planner, budget: int, data: TrainingData, options: RetrainOptions, epochs: int,
-         log=None, rho: tuple[float, float] = (1e-3, 1e-1)) -> ir.Model:
+         log=None, rho: tuple[float, float] = (1e-3, 1e-1), start: dict[str, np.ndarray] | None = None) -> ir.Model:
     """Yang et al. 2020: ADMM between the task loss and the budget-constrained sparse+quantized set.
 
     W-step: one epoch on ``loss + rho/2 * ||W - Z + U||^2``; Z-step: `project` W + U onto the
     budget (per-layer sparsity and bit-width chosen by the knapsack allocator); U += W - Z.
     rho grows geometrically over the iterations. Ends with the hard projection W = Z and returns
-    the projected model.
+    the projected model. `start`: the first projection of `model`, when the caller has it.
     """
     from onnxcomp.runtime.training import ADMMPenalty
 
     iterations = max(1, epochs)
-    current = {name: model.graph.initializers[name].const_value.numpy().astype(np.float32)
-               for name in (layer.name for layer in planner.price(model))}
-    z, _ = project(model, planner, budget)
+    z = start if start is not None else project(model, planner, budget)[0]
+    names = list(z)
+    current = _values(model, names)
     u = {name: np.zeros_like(values) for name, values in current.items()}
-    names = list(current)
     for k in range(iterations):
         strength = rho[0] * (rho[1] / rho[0]) ** (k / max(iterations - 1, 1))
         targets = {name: z[name] - u[name] for name in names}
@@ -239,8 +241,7 @@ def admm(model: ir.Model, planner: Planner, budget: int, data: TrainingData, opt
         z, allocation = project(with_weights(model, {n: current[n] + u[n] for n in names}), planner, budget)
         for name in names:
             u[name] += current[name] - z[name]
-        gap = math.sqrt(sum(float(np.sum((current[n] - z[n]) ** 2)) for n in names) /
-                        max(sum(float(np.sum(current[n] ** 2)) for n in names), 1e-30))
+        gap = relative_distance(current, z)
         kept = sum(int(np.count_nonzero(z[n])) for n in names)
         _emit(log, f"admm iteration {k + 1}/{iterations}: rho {strength:.2g}, |W - Z|/|W| {gap:.3f}, "
                    f"Z keeps {kept}/{sum(z[n].size for n in names)} weights, held-out {result.best_metric}")

@@ -164,6 +164,6 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
         codes = from_group_view(np.stack([np.searchsorted(table, row) for table, row in zip(tables, rows)]),
                                 values.shape, axis)
         bits = encoding.bits_for(size)
-        offsets = groups if axis == 0 else values.shape[-1]
-        price = encoding.grouped_lookup_bytes(values.size, bits, groups, size, values.ndim, offsets, axis)
+        columns = None if axis == 0 else values.shape[-1]
+        price = encoding.grouped_lookup_bytes(values.size, bits, groups, size, values.ndim, columns)
         return codes, codebooks, bits, price, axis
