@@ -88,6 +88,27 @@ def pooled(model_file: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
 
 
+def latencies(paths: list[Path], feeds: dict[str, np.ndarray], repeats: int) -> list[float]:
+    """Median inference wall time per model, one thread, runs interleaved round-robin."""
+    import statistics
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths]
+    for s in sessions:
+        s.run(None, feeds)
+    times: list[list[float]] = [[] for _ in paths]
+    for _ in range(repeats):
+        for s, t in zip(sessions, times):
+            start = time.perf_counter()
+            s.run(None, feeds)
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratio", type=float, default=6.5)
@@ -119,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                             for kind, path in (("original", source), ("compressed", compressed))}
     result["session_ratio"] = created[str(compressed)]["create_cpu_s"] / created[str(source)]["create_cpu_s"]
     result["first_session_ratio"] = first[str(compressed)] / first[str(source)]
+    result["latency_ms"] = {}
+    for batch in (1, 32):
+        feeds = {k: v[:batch] for k, v in inputs.items()}
+        times = latencies([source, compressed], feeds, repeats=200 if batch == 1 else 20)
+        result["latency_ms"][f"batch {batch}"] = {"original": round(1e3 * times[0], 3), "compressed": round(1e3 * times[1], 3),
+                                                  "ratio": round(times[1] / times[0], 3)}
     (out / "minilm.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0

@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from onnxcomp import encoding
+from onnxcomp import encoding, rows
 from onnxcomp.quantize import Quantization, SortedWeights, grouped_quantize, prune_mask, vector_quantize
 from onnxcomp.quantize import PRICE_SAMPLE, PRICE_SAMPLE_ABOVE
 
@@ -110,7 +110,23 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
         candidates.extend(grouped_candidates(values, importance, energy))
         if role == "weight":
             candidates.extend(vector_candidates(values, importance, energy))
+    if role == "embedding" and rank == 2:
+        candidates = [_row_priced(c, values.shape) for c in candidates]
     return LayerOptions(name, tuple(values.shape), role, pareto(candidates), importance=importance)
+
+
+def _row_priced(candidate: Candidate, shape: tuple[int, ...]) -> Candidate:
+    """An embedding table's lookup as `onnxcomp.rows` stores it (rows packed one by one and
+    decoded per looked-up row at run time); other kinds as they are."""
+    quant = candidate.quant
+    if quant is None or candidate.kind not in ("lookup", "grouped"):
+        return candidate
+    if candidate.kind == "lookup":
+        entries = quant.codebook.size + (1 if quant.nonzeros < int(np.prod(shape)) else 0)
+        price = rows.row_lookup_bytes(shape, candidate.bits, entries)
+    else:
+        price = rows.row_lookup_bytes(shape, candidate.bits, quant.groups << candidate.bits, quant.groups, quant.group_axis == 1)
+    return dataclasses.replace(candidate, bytes=price)
 
 
 def _gap_histogram(values: np.ndarray, importance: np.ndarray | None, threshold: float):

@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import encoding
+from onnxcomp.rows import decoded_tables
 from onnxcomp.sizes import format_size
 from onnxcomp.weights import WEIGHT_SLOTS
 
@@ -90,6 +91,7 @@ class StoredWeight:
     stored_bytes: int
     sources: list[ir.Value]
     use: tuple[str, int, int]
+    ids: ir.Value | None = None  # a table decoded per looked-up row at run time (onnxcomp.rows): its indices
 
 
 def stored_weights(model: ir.Model) -> list[StoredWeight]:
@@ -101,19 +103,31 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
     constant_producers = _constant_values(model.graph)
     slots: dict[int, tuple[ir.Value, str, tuple[str, int, int]]] = {}
     seen_ops: dict[str, int] = {}
+    row_tables = {id(first): (last, ids) for first, last, ids in decoded_tables(model.graph)}
+    row_nodes = {id(n) for last, ids in row_tables.values() for n in _producers(last.outputs[0], stop=ids)}
+    row_weights: list[tuple[tuple[str, int, int], ir.Node, ir.Value]] = []
+    order: list[tuple[str, int]] = []  # first-use order of slot values and row tables
     for node in model.graph:
         if node.inputs and all(i is None or id(i) in constant_producers for i in node.inputs):
             continue  # part of a decode subgraph (or other load-time constant), not a compute op
+        if id(node) in row_nodes:
+            if id(node) in row_tables:  # the table's Gather, as the original model had it
+                occurrence = seen_ops.get("Gather", 0)
+                seen_ops["Gather"] = occurrence + 1
+                row_weights.append((("Gather", occurrence, 0), *row_tables[id(node)]))
+                order.append(("row", len(row_weights) - 1))
+            continue
         occurrence = seen_ops.get(node.op_type, 0)
         seen_ops[node.op_type] = occurrence + 1
         for index, role in WEIGHT_SLOTS.get(node.op_type, {}).items():
             if index < len(node.inputs) and node.inputs[index] is not None:
                 value = node.inputs[index]
-                if id(value) in constant_producers or value.const_value is not None:
-                    slots.setdefault(id(value), (value, "bias" if role == "bias" else "weight", (node.op_type, occurrence, index)))
+                if (id(value) in constant_producers or value.const_value is not None) and id(value) not in slots:
+                    slots[id(value)] = (value, "bias" if role == "bias" else "weight", (node.op_type, occurrence, index))
+                    order.append(("slot", id(value)))
     decoded = _evaluate([v for v, _, _ in slots.values() if v.const_value is None], model)
-    weights = []
-    for value, role, use in slots.values():
+    found: dict[tuple[str, int], StoredWeight] = {}
+    for key, (value, role, use) in slots.items():
         if value.const_value is not None:
             if value.dtype != ir.DataType.FLOAT:
                 continue
@@ -129,8 +143,19 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
             tables = [s.const_value for s in sources if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
             kind = _decoded_kind(ops, any(len(t.shape) == 2 for t in tables))
         stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
-        weights.append(StoredWeight(value.name or "?", role, array, kind, int(stored), sources, use))
-    return weights
+        found[("slot", key)] = StoredWeight(value.name or "?", role, array, kind, int(stored), sources, use)
+    for position, (use, last, ids) in enumerate(row_weights):
+        array = _evaluate_rows(last, ids, model)
+        if array is None:
+            continue
+        value = last.outputs[0]
+        sources = _source_initializers(value, stop=ids)
+        tables = [s.const_value for s in sources if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
+        grouped = any(n.op_type == "Add" for n in _producers(value, stop=ids)) or any(t.size > 256 for t in tables)
+        stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
+        found[("row", position)] = StoredWeight(value.name or "?", "weight", array, "grouped" if grouped else "lookup",
+                                                int(stored), sources, use, ids)
+    return [found[key] for key in order if key in found]
 
 
 def inspect_model(model: ir.Model) -> list[dict]:
@@ -145,7 +170,7 @@ def inspect_model(model: ir.Model) -> list[dict]:
             "shape": list(array.shape),
             "params": int(array.size),
             "encoding": weight.encoding,
-            "bits": _grouped_bits(weight) if weight.encoding == "grouped" else _vector_bits(weight) if weight.encoding == "vector" else (
+            "bits": _row_bits(weight) if weight.ids is not None else _grouped_bits(weight) if weight.encoding == "grouped" else _vector_bits(weight) if weight.encoding == "vector" else (
                 encoding.bits_for(distinct) if weight.encoding != "dense" and distinct else 32),
             "levels": distinct,
             "sparsity": float(np.count_nonzero(array == 0) / max(array.size, 1)),
@@ -153,6 +178,13 @@ def inspect_model(model: ir.Model) -> list[dict]:
             "bytes_after": weight.stored_bytes,
         })
     return rows
+
+
+def _row_bits(weight: StoredWeight) -> int:
+    """Code width of a run-time row-decoded table: the most distinct values in one row."""
+    rows = np.sort(weight.array, axis=1)
+    distinct = 1 + np.count_nonzero(np.diff(rows, axis=1), axis=1)
+    return encoding.bits_for(int(distinct.max())) if distinct.size else 32
 
 
 def _vector_bits(weight: StoredWeight) -> float:
@@ -199,10 +231,12 @@ def _constant_values(graph: ir.Graph) -> set[int]:
     return constant
 
 
-def _producers(value: ir.Value) -> list[ir.Node]:
+def _producers(value: ir.Value, stop: ir.Value | None = None) -> list[ir.Node]:
     seen, stack, nodes = set(), [value], []
     while stack:
         current = stack.pop()
+        if current is stop:
+            continue
         node = current.producer()
         if node is None or id(node) in seen:
             continue
@@ -212,9 +246,9 @@ def _producers(value: ir.Value) -> list[ir.Node]:
     return nodes
 
 
-def _source_initializers(value: ir.Value) -> list[ir.Value]:
+def _source_initializers(value: ir.Value, stop: ir.Value | None = None) -> list[ir.Value]:
     sources = {}
-    for node in _producers(value):
+    for node in _producers(value, stop):
         for item in node.inputs:
             if item is not None and item.const_value is not None:
                 sources[id(item)] = item
@@ -250,6 +284,36 @@ def _evaluate(values: list[ir.Value], model: ir.Model) -> dict[str, np.ndarray]:
     except Exception as error:  # inspection is best-effort for foreign decode graphs
         logger.warning("could not evaluate decoded weights: %s", error)
         return {}
+
+
+def _evaluate_rows(last: ir.Node, ids: ir.Value, model: ir.Model) -> np.ndarray | None:
+    """The whole table of a run-time row decode: its subgraph run on every row index."""
+    from onnxcomp.runtime.inference import session
+
+    import onnx
+
+    table = next(n.inputs[0] for n in _producers(last.outputs[0], stop=ids) if n.op_type == "Gather" and n.inputs[1] is ids)
+    count = int(table.const_value.shape[0])
+    nodes = {id(n) for n in _producers(last.outputs[0], stop=ids)}
+    names = {o.name for n in model.graph for o in n.outputs if id(n) in nodes}
+    full = ir.serde.serialize_model(model)
+    keep = [p for p in full.graph.node if set(p.output) & names]
+    index_type = onnx.TensorProto.INT32 if ids.dtype == ir.DataType.INT32 else onnx.TensorProto.INT64
+    rank = len(ids.shape) if ids.shape is not None else 1
+    proto = onnx.helper.make_model(
+        onnx.helper.make_graph(keep, "rows", [onnx.helper.make_tensor_value_info(ids.name, index_type, None)],
+                               [onnx.helper.make_tensor_value_info(last.outputs[0].name, onnx.TensorProto.FLOAT, None)],
+                               initializer=[t for t in full.graph.initializer]),
+        opset_imports=list(full.opset_import),
+    )
+    proto.ir_version = min(full.ir_version, 10)
+    every = np.arange(count, dtype=np.int32 if index_type == onnx.TensorProto.INT32 else np.int64).reshape([1] * (rank - 1) + [count])
+    try:
+        decoded = session(proto).run(None, {ids.name: every})[0]
+    except Exception as error:  # inspection is best-effort for foreign graphs
+        logger.warning("could not evaluate a row-decoded table: %s", error)
+        return None
+    return decoded.reshape(count, -1)
 
 
 def inspect_summary(rows: list[dict], file_bytes: int) -> str:

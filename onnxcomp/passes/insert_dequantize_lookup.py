@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding
+from onnxcomp import encoding, rows as row_decode
 from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, rewire
 from onnxcomp.passes._stats import StatsPassResult
 from onnxcomp.quantize import from_group_view, group_view
@@ -88,6 +88,8 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
             if self.names is not None and weight.name not in self.names:
                 continue
             values = weight.numpy().astype(np.float32)
+            if self._rows(model, builder, weight, values, rows):
+                continue
             vector = self._vector(weight.name, values)
             if vector is not None:
                 codes, codebook, bits, size = vector
@@ -134,6 +136,31 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
         if rows:
             ensure_opset(model, DECODE_OPSET)
         return StatsPassResult(model, modified=bool(rows), rows=rows)
+
+    def _rows(self, model: ir.Model, builder: DecodeBuilder, weight, values: np.ndarray, report: list[dict]) -> bool:
+        """Encode an embedding table read only by row Gathers for run-time row decoding
+        (`onnxcomp.rows`); False when it is not such a table or the encoding saves nothing."""
+        if weight.role != "embedding" or weight.name in self.vectors:
+            return False
+        gathers = row_decode.row_gathers(weight.value)
+        if gathers is None:
+            return False
+        groups, axis = self.groups.get(weight.name, (1, 0))
+        if groups > 1 and (values.size if axis == 0 else values.shape[-1]) % groups:
+            groups = 1
+        table = row_decode.row_codes(values, groups, axis)
+        if table is None:
+            return False
+        size = row_decode.row_lookup_bytes(values.shape, table.bits, table.codebooks.size, table.groups, table.axis == 1)
+        dense = encoding.dense_bytes(values.size, values.ndim)
+        if size >= dense:
+            return False
+        row_decode.RowDecoder(model.graph, builder).replace(gathers, table, weight.name)
+        model.graph.initializers.pop(weight.name)
+        report.append({"name": weight.name, "encoding": "grouped" if table.groups > 1 else "lookup", "bits": table.bits,
+                       "groups": table.groups, "group_axis": table.axis, "levels": int(table.codebooks.size),
+                       "rows": "run time", "bytes_before": dense, "bytes_after": size})
+        return True
 
     def _vector(self, name: str, values: np.ndarray):
         """(codes, codebook [K, dim], bits, estimated bytes) for a planned vector lookup, else None."""

@@ -257,6 +257,7 @@ def ort_ready_model(model_path: str | os.PathLike) -> tuple[onnx.ModelProto, lis
     rows = []
     replaced: set[str] = set()
     candidates: set[str] = set()  # initializers feeding replaced decode subgraphs
+    decode_inputs: set[str] = set()  # inputs of rewritten row decodes, dropped when nothing else reads them
     for weight in stored_weights(io.load_model(model_path)):
         array = np.ascontiguousarray(weight.array)
         name = weight.name
@@ -269,6 +270,11 @@ def ort_ready_model(model_path: str | os.PathLike) -> tuple[onnx.ModelProto, lis
                      "nonzero": int(_nonzero(array.reshape(-1)).size), "dense_bytes": dense_bytes, "sparse_bytes": sparse_bytes})
         if not decoded and form == "dense":
             continue  # already a plain initializer
+        if weight.ids is not None:  # decoded per looked-up row at run time: Gather rows of the dense table
+            rows[-1]["form"] = "dense"
+            _gather_rows(graph, producer[name], array, weight.ids.name, decode_inputs)
+            candidates.update(source.name for source in weight.sources if source.name)
+            continue
         replaced.add(name)
         if decoded:
             candidates.update(source.name for source in weight.sources if source.name)
@@ -278,8 +284,17 @@ def ort_ready_model(model_path: str | os.PathLike) -> tuple[onnx.ModelProto, lis
             graph.sparse_initializer.append(make_sparse_initializer(name, array))
         else:
             graph.initializer.append(onnx.numpy_helper.from_array(array, name))
-    _drop_dead_decode_nodes(graph, replaced, candidates)
+    _drop_dead_decode_nodes(graph, replaced, candidates, decode_inputs)
     return proto, rows
+
+
+def _gather_rows(graph: onnx.GraphProto, last: onnx.NodeProto, table: np.ndarray, ids: str, dropped: set[str]) -> None:
+    """Turn a run-time row decode's final Gather into a Gather of the dense table's rows."""
+    name = f"{last.output[0]}_table"
+    graph.initializer.append(onnx.numpy_helper.from_array(table, name))
+    dropped.update(last.input)
+    del last.input[:]
+    last.input.extend([name, ids])
 
 
 def _used_names(graph: onnx.GraphProto) -> set[str]:
@@ -292,10 +307,12 @@ def _used_names(graph: onnx.GraphProto) -> set[str]:
     return used
 
 
-def _drop_dead_decode_nodes(graph: onnx.GraphProto, replaced: set[str], candidates: set[str]) -> None:
+def _drop_dead_decode_nodes(graph: onnx.GraphProto, replaced: set[str], candidates: set[str],
+                            dropped: set[str] = frozenset()) -> None:
     """Remove the nodes that produced the replaced weights, then whatever decode nodes and
-    initializers nothing reads any more (only those of the replaced weights' subgraphs)."""
-    decode_nodes = []
+    initializers nothing reads any more (only those of the replaced weights' subgraphs and the
+    `dropped` values)."""
+    decode_nodes = list(dropped)
     for node in list(graph.node):
         if replaced & set(node.output):
             graph.node.remove(node)

@@ -1,0 +1,243 @@
+"""Embedding tables decoded per looked-up row at run time, not at session creation.
+
+A table read only by Gather (axis 0) never needs all its rows at once: the packed codes stay
+packed in the session and each run decodes just the rows its indices select. Decoding the
+whole table at load would cost far more than the file saves: MiniLM-L3's 30522 x 384 word
+embeddings took ~0.5 s to fold at every session creation, the original model loads in 0.09 s.
+
+Layout: row r's D codes are packed on their own (planar within the row, see
+`encoding.pack_codes`) into a [V, 1, W] word tensor (or [V, D] bytes for 8-bit codes), so a
+Gather of whole rows by the indices yields the rows' words. Per use:
+
+    Gather(words, ids) -> BitShift([K, 1] shifts) -> Cast(UINT8) -> Mod(2^bits)
+        -> Reshape [..., K*W] -> Slice [..., :D] -> Cast(INT64)
+        [+ group offset: ((Mod(ids, V) * D + column) // M) * K, or the column group's offset]
+        -> Gather(flat codebooks) -> [..., D]
+
+The decode ends in a Gather on a float codebook; `decoded_tables` finds these subgraphs again
+(for `onnxcomp inspect` and the mobile export) by that shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcomp import encoding
+
+WORD_TYPES = {8: np.uint8, 32: np.uint32, 64: np.uint64}
+INDEX_TYPES = (ir.DataType.INT32, ir.DataType.INT64)
+
+
+def _axis(node: ir.Node) -> int:
+    attribute = node.attributes.get("axis")
+    return 0 if attribute is None else int(attribute.value)
+
+
+def row_gathers(value: ir.Value) -> list[ir.Node] | None:
+    """The Gather nodes reading a 2-D table by rows, when they are its only readers and their
+    indices have a known rank; else None (the table is then decoded at load)."""
+    shape = value.shape
+    if value.is_graph_output() or shape is None or len(shape) != 2:
+        return None
+    gathers = []
+    for node, index in value.uses():
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or index != 0 or _axis(node) not in (0, -2):
+            return None
+        ids = node.inputs[1]
+        if ids is None or ids.shape is None or ids.const_value is not None:
+            return None
+        if ids.dtype is not None and ids.dtype not in INDEX_TYPES:
+            return None
+        gathers.append(node)
+    return gathers or None
+
+
+def row_packing(columns: int, bits: int) -> encoding.Packing:
+    """How one row of `columns` codes is packed (the same word choice as a flat stream)."""
+    return encoding.choose_packing(columns, bits)
+
+
+def row_lookup_bytes(shape: tuple[int, ...], bits: int, codebook_entries: int, groups: int = 1,
+                     column_groups: bool = False) -> int:
+    """Serialized bytes of a row-decoded table: V rows of packed words, the float codebooks,
+    and the per-use decode nodes with their small constants (one use)."""
+    rows, columns = int(shape[0]), int(shape[1])
+    packing = row_packing(columns, bits)
+    payload = rows * packing.payload_bytes
+    nodes = 3  # Gather(words), Cast, Gather(codebook)
+    if packing.per_word > 1:
+        nodes += encoding.unpack_nodes(packing) + 1 + (1 if packing.words * packing.per_word != columns else 0)
+    if groups > 1:
+        nodes += 1 if column_groups else 6  # Add(offsets) | Mod, Unsqueeze, Mul, Add, Div, Mul + Add
+    constants = 6 * encoding.INITIALIZER_BYTES + 64 + (4 * columns if groups > 1 else 0)
+    return payload + 4 * codebook_entries + nodes * encoding.NODE_BYTES + constants
+
+
+@dataclasses.dataclass
+class RowCodes:
+    """One table's codes and codebooks as the row decoder stores them.
+
+    codes: [V, D] codes; codebooks: [G, K]; groups of `group_entries` consecutive flat entries
+    (axis 0) or of D / G consecutive columns (axis 1)."""
+
+    codes: np.ndarray
+    codebooks: np.ndarray
+    bits: int
+    axis: int = 0
+
+    @property
+    def groups(self) -> int:
+        return int(self.codebooks.shape[0])
+
+
+def pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
+    """[V, D] codes -> [V, 1, W] words, each row packed planar on its own ([V, D] bytes when a
+    word holds one code)."""
+    rows, columns = codes.shape
+    packing = row_packing(columns, bits)
+    if packing.per_word == 1:
+        return codes.astype(np.uint8)
+    padded = np.zeros((rows, packing.per_word * packing.words), dtype=np.uint64)
+    padded[:, :columns] = codes
+    grid = padded.reshape(rows, packing.per_word, packing.words)
+    shifts = (np.arange(packing.per_word, dtype=np.uint64) * np.uint64(bits)).reshape(1, -1, 1)
+    words = np.bitwise_or.reduce(grid << shifts, axis=1)
+    return words.astype(WORD_TYPES[packing.word_bits]).reshape(rows, 1, packing.words)
+
+
+def unpack_rows(words: np.ndarray, bits: int, columns: int) -> np.ndarray:
+    """Numpy reference of the per-row unpacking (tests)."""
+    packing = row_packing(columns, bits)
+    if packing.per_word == 1:
+        return np.asarray(words).astype(np.int64)
+    words = np.asarray(words).astype(np.uint64)
+    shifts = (np.arange(packing.per_word, dtype=np.uint64) * np.uint64(bits)).reshape(-1, 1)
+    fields = (words >> shifts) & np.uint64((1 << bits) - 1)  # [V, K, W]
+    return fields.reshape(words.shape[0], -1)[:, :columns].astype(np.int64)
+
+
+class RowDecoder:
+    """Replaces every row Gather of one table by a run-time decode of the gathered rows."""
+
+    def __init__(self, graph: ir.Graph, builder):
+        self.graph = graph
+        self.builder = builder  # a decode.DecodeBuilder: names and shared constants
+
+    def _op(self, nodes: list[ir.Node], op_type: str, inputs: list[ir.Value], **attributes) -> ir.Value:
+        node = ir.Node("", op_type, inputs, attributes=ir.convenience.convert_attributes(attributes), num_outputs=1,
+                       name=self.builder._name(op_type))
+        node.outputs[0].name = self.builder._name(op_type.lower())
+        nodes.append(node)
+        return node.outputs[0]
+
+    def replace(self, gathers: list[ir.Node], table: RowCodes, stem: str) -> None:
+        rows, columns = table.codes.shape
+        words = self.builder.initializer(pack_rows(table.codes, table.bits), stem)
+        flat_codebooks = self.builder.initializer(np.ascontiguousarray(table.codebooks, np.float32).ravel(), stem + "_cb")
+        packing = row_packing(columns, table.bits)
+        for gather in gathers:
+            nodes: list[ir.Node] = []
+            ids = gather.inputs[1]
+            rank = len(ids.shape)
+            picked = self._op(nodes, "Gather", [words, ids], axis=0)
+            if packing.per_word > 1:
+                rights = (table.bits * np.arange(packing.per_word, dtype=np.uint64)).astype(WORD_TYPES[packing.word_bits])
+                fields = self._op(nodes, "BitShift", [picked, self.builder.constant(rights.reshape(-1, 1), "sr")],
+                                  direction="RIGHT")
+                if packing.word_bits > 8:
+                    fields = self._op(nodes, "Cast", [fields], to=ir.DataType.UINT8)
+                if table.bits < 8:
+                    fields = self._op(nodes, "Mod", [fields, self.builder.constant(np.array(1 << table.bits, np.uint8), "mod")])
+                picked = self._op(nodes, "Reshape", [fields, self.builder.constant(np.array([0] * rank + [-1], np.int64),
+                                                                                    f"rs{rank}")])
+                if packing.words * packing.per_word != columns:
+                    picked = self._op(nodes, "Slice", [picked, self.builder.constant(np.array([0], np.int64), "z"),
+                                                       self.builder.constant(np.array([columns], np.int64), "n"),
+                                                       self.builder.constant(np.array([-1], np.int64), "m1")])
+            codes = self._op(nodes, "Cast", [picked], to=ir.DataType.INT64)
+            if table.groups > 1:
+                codes = self._op(nodes, "Add", [codes, self._offsets(nodes, table, ids, rows, columns, stem)])
+            decoded = self._op(nodes, "Gather", [flat_codebooks, codes], axis=0)
+            self.graph.insert_before(gather, nodes)
+            decoded.shape = gather.outputs[0].shape
+            decoded.type = gather.outputs[0].type or ir.TensorType(ir.DataType.FLOAT)
+            output = gather.outputs[0]
+            if output.is_graph_output():
+                outputs = self.graph.outputs
+                outputs[outputs.index(output)] = decoded
+                name, output.name = output.name, None
+                decoded.name = name
+            output.replace_all_uses_with(decoded)
+            self.graph.remove(gather, safe=True)
+
+    def _offsets(self, nodes: list[ir.Node], table: RowCodes, ids: ir.Value, rows: int, columns: int,
+                 stem: str) -> ir.Value:
+        """Each gathered code's offset into the flat codebooks: group * K."""
+        size = int(table.codebooks.shape[1])
+        if table.axis == 1:  # column groups: the same offset for a column in every row
+            per = columns // table.groups
+            offsets = (np.arange(columns, dtype=np.int64) // per * size)
+            return self.builder.initializer(offsets, stem + "_o")
+        entries = rows * columns // table.groups
+        wide = self._op(nodes, "Cast", [ids], to=ir.DataType.INT64)
+        row = self._op(nodes, "Mod", [wide, self.builder.constant(np.array(rows, np.int64), "nr")])  # negative ids count from the end
+        row = self._op(nodes, "Reshape", [row, self.builder.constant(np.array([0] * len(ids.shape) + [1], np.int64),
+                                                                      f"rs{len(ids.shape)}u")])
+        flat = self._op(nodes, "Add", [self._op(nodes, "Mul", [row, self.builder.constant(np.array(columns, np.int64), "nc")]),
+                                       self.builder.constant(np.arange(columns, dtype=np.int64), "col")])
+        group = self._op(nodes, "Div", [flat, self.builder.constant(np.array(entries, np.int64), "ge")])
+        return self._op(nodes, "Mul", [group, self.builder.constant(np.array(size, np.int64), "gk")])
+
+
+def row_codes(values: np.ndarray, groups: int = 1, axis: int = 0) -> RowCodes | None:
+    """Codes and codebooks of a clustered [V, D] table (each group <= 256 distinct values), or
+    None. Groups as in `onnxcomp.quantize.group_view`."""
+    from onnxcomp.quantize import from_group_view, group_view
+
+    if groups <= 1:
+        unique, codes = np.unique(values, return_inverse=True)
+        if unique.size > encoding.MAX_CODEBOOK:
+            return None
+        return RowCodes(codes.reshape(values.shape), unique[None, :], encoding.bits_for(unique.size), 0)
+    parts = group_view(values, groups, axis)
+    tables = [np.unique(part) for part in parts]
+    size = max(table.size for table in tables)
+    if size > encoding.MAX_CODEBOOK:
+        return None
+    codebooks = np.stack([np.pad(table, (0, size - table.size), mode="edge") for table in tables])
+    codes = from_group_view(np.stack([np.searchsorted(table, part) for table, part in zip(tables, parts)]),
+                            values.shape, axis)
+    return RowCodes(codes, codebooks, encoding.bits_for(size), axis)
+
+
+def decoded_tables(graph: ir.Graph) -> list[tuple[ir.Node, ir.Node, ir.Value]]:
+    """(first Gather, last Gather, ids) of every run-time row decode in a graph: a Gather of
+    rows of an integer initializer by non-constant indices, followed (through unpacking and
+    offset nodes) by a Gather on a float initializer."""
+    found = []
+    for node in graph:
+        if node.op_type != "Gather" or len(node.inputs) < 2:
+            continue
+        table, ids = node.inputs[0], node.inputs[1]
+        if table is None or table.const_value is None or ids is None or ids.const_value is not None:
+            continue
+        if table.const_value.dtype not in (ir.DataType.UINT8, ir.DataType.UINT32, ir.DataType.UINT64):
+            continue
+        current, last = node.outputs[0], None
+        for _ in range(12):
+            uses = list(current.uses())
+            if len(uses) != 1:
+                break
+            consumer, index = uses[0]
+            if consumer.op_type == "Gather" and index == 1:
+                codebook = consumer.inputs[0]
+                if codebook is not None and codebook.const_value is not None and codebook.const_value.dtype == ir.DataType.FLOAT:
+                    last = consumer
+                break
+            current = consumer.outputs[0]
+        if last is not None:
+            found.append((node, last, ids))
+    return found
