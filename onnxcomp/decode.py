@@ -79,15 +79,18 @@ class DecodeBuilder:
         if packing.per_word == 1:
             return self.initializer(words.reshape(-1).astype(np_word), stem)
         packed = self.initializer(words, stem)
-        # Shift each field to the bottom of its word, narrow to UINT8 (codes have <= 8 bits) and
-        # drop the bits above the field with Mod: every full-size intermediate after the shift
-        # is one byte per code. ONNX Runtime folds node by node, copying each output several
-        # times, so session creation pays for the bytes of every intermediate (facts note).
+        # Shift each field to the bottom of its word, narrow to UINT8 (codes of <= 8 bits; UINT16
+        # for 9-16 bits) and drop the bits above the field with Mod: every full-size intermediate
+        # after the shift is one (two) byte(s) per code. ONNX Runtime folds node by node, copying
+        # each output several times, so session creation pays for the bytes of every intermediate
+        # (facts note).
+        narrow_bits = encoding.narrow_bits(bits)
+        narrow, np_narrow = (ir.DataType.UINT8, np.uint8) if narrow_bits == 8 else (ir.DataType.UINT16, np.uint16)
         rights = (bits * np.arange(packing.per_word, dtype=np.uint64)).astype(np_word).reshape(-1, 1)  # planar
         fields = self.op("BitShift", [packed, self.constant(rights, "sr")], direction="RIGHT")
-        if packing.word_bits > 8:
-            fields = self.op("Cast", [fields], to=ir.DataType.UINT8)
-        unpacked = fields if bits >= 8 else self.op("Mod", [fields, self.constant(np.array(1 << bits, np.uint8), "mod")])
+        if packing.word_bits > narrow_bits:
+            fields = self.op("Cast", [fields], to=narrow)
+        unpacked = fields if bits == narrow_bits else self.op("Mod", [fields, self.constant(np.array(1 << bits, np_narrow), "mod")])
         padded = packing.words * packing.per_word != count
         if not (flat or padded):
             return unpacked
@@ -122,13 +125,37 @@ class DecodeBuilder:
 
     def vector_lookup(self, codes: np.ndarray, codebook: np.ndarray, bits: int, shape: tuple[int, ...],
                       stem: str) -> ir.Value:
-        """One code per `dim` consecutive entries -> Gather(rows of the [K, dim] codebook) -> Reshape."""
-        table = self.initializer(np.asarray(codebook, np.float32), stem + "_cb")
+        """One code per `dim` consecutive entries -> Gather(rows of the [K, dim] codebook) -> Reshape.
+
+        Where `encoding.vector_pair_bits` allows (same payload bytes or fewer), two consecutive codes
+        a, b are stored as one code a + K * b and gathered from a [K * K, 2 * dim] table of vector
+        pairs that the graph builds from the stored codebook at load (Expand, Concat: a few KB).
+        ONNX Runtime's Gather pays ~8 ns per index while folding, so half the indices (and half
+        the INT32 index bytes) take ~1 ms off LeNet-5's session creation."""
+        codebook = np.asarray(codebook, np.float32)
+        pair_bits = encoding.vector_pair_bits(int(codes.size), bits, *codebook.shape)
+        if pair_bits:
+            return self._vector_pairs(np.asarray(codes).ravel(), codebook, pair_bits, shape, stem)
+        table = self.initializer(codebook, stem + "_cb")
         if bits == 8 or encoding.choose_packing(codes.size, bits).per_word == 1:
             indices = self.op("Cast", [self.initializer(codes.ravel().astype(np.uint8), stem)], to=ir.DataType.INT32)
         else:
             indices = self.op("Cast", [self.unpacked_codes(codes, bits, stem, flat=False)], to=ir.DataType.INT32)
         return self.reshape_to(self.op("Gather", [table, indices], axis=0), shape)
+
+    def _vector_pairs(self, codes: np.ndarray, codebook: np.ndarray, pair_bits: int, shape: tuple[int, ...],
+                      stem: str) -> ir.Value:
+        """Codes a, b (even, odd index) -> pair code a + K * b -> Gather([K * K, 2 * dim] pair table) -> Reshape."""
+        rows, dim = codebook.shape
+        codes = codes.astype(np.int64)
+        pairs = codes[0::2] + rows * codes[1::2]
+        table = self.initializer(codebook, stem + "_cb")
+        cube = self.constant(np.array([rows, rows, dim], np.int64), "kkd")
+        firsts = self.op("Expand", [table, cube])  # [b, a] -> codebook[a]
+        seconds = self.op("Expand", [self.reshape_to(table, (rows, 1, dim)), cube])  # [b, a] -> codebook[b]
+        pair_table = self.reshape_to(self.op("Concat", [firsts, seconds], axis=2), (rows * rows, 2 * dim))
+        indices = self.op("Cast", [self.unpacked_codes(pairs, pair_bits, stem, flat=True)], to=ir.DataType.INT32)
+        return self.reshape_to(self.op("Gather", [pair_table, indices], axis=0), shape)
 
     def grouped_lookup(self, codes: np.ndarray, codebooks: np.ndarray, bits: int, shape: tuple[int, ...],
                        stem: str, axis: int = 0) -> ir.Value:

@@ -12,7 +12,9 @@ Encodings (the byte model in `estimate_bytes` prices each one for the allocator)
 * ``linear``: as lookup, but a uniform codebook is rebuilt arithmetically:
   -> Cast(FLOAT) -> Sub(zero) -> Mul(scale) -> Reshape.
 * ``vector``: as lookup, but each code stands for `dim` consecutive entries (flat order) and
-  the Gather reads rows of a [K, dim] codebook -> Reshape (vector quantization).
+  the Gather reads rows of a [K, dim] codebook -> Reshape (vector quantization). Where no bigger,
+  two consecutive codes are stored as one pair code and gathered from a [K*K, 2*dim] pair table
+  built at load (`vector_pair_bits`): half the Gather indices.
 * ``grouped``: as lookup, with one codebook per group of rows or columns (`quantize.group_view`):
   row groups -> Reshape [G, M] -> Cast(INT32) -> GatherElements(codebooks [G, K], axis 1) -> Reshape;
   column groups -> Reshape -> Cast(INT32) -> Add(INT32 code offsets) -> Reshape [-1] -> GatherElements -> Reshape.
@@ -126,11 +128,18 @@ def sparse_deltas(positions: np.ndarray, delta_bits: int) -> tuple[np.ndarray, n
     return deltas, owners
 
 
+def narrow_bits(bits: int) -> int:
+    """Width of the unsigned integer type unpacked codes are narrowed to: 8, or 16 for 9-16-bit codes."""
+    return 8 if bits <= 8 else 16
+
+
 def unpack_nodes(packing: Packing) -> int:
-    """Nodes that unpack a packed stream: BitShift(RIGHT), Cast(UINT8) for words wider than a byte, Mod."""
+    """Nodes that unpack a packed stream: BitShift(RIGHT), Cast(UINT8, or UINT16 for 9-16-bit codes)
+    for words wider than that, Mod (unless the codes fill the narrow type)."""
     if packing.per_word == 1:
         return 0
-    return (2 if packing.word_bits == 8 else 3) - (1 if packing.bits >= 8 else 0)
+    narrow = narrow_bits(packing.bits)
+    return 1 + (1 if packing.word_bits > narrow else 0) + (0 if packing.bits == narrow else 1)
 
 
 def lookup_bytes(count: int, bits: int, codebook_size: int, rank: int, uniform: bool = False) -> int:
@@ -162,10 +171,42 @@ def grouped_lookup_bytes(count: int, bits: int, groups: int, codebook_size: int,
     return base + 4 * columns + extra_nodes * NODE_BYTES + 2 * INITIALIZER_BYTES + 16
 
 
+# Vector codes are gathered in pairs (see `vector_pair_bits`) only while the [K*K, 2*dim] pair table
+# the graph builds at load holds at most this many floats per float of the weight.
+PAIR_TABLE_SHARE = 0.25
+
+
+def vector_pair_bits(codes: int, bits: int, codebook_rows: int, dim: int) -> int:
+    """Bits of a pair code a + K * b for two consecutive vector codes, or 0 where pairs are not used.
+
+    Pairs halve the indices of the decode's Gather (ONNX Runtime's Gather pays ~8 ns per index
+    while folding at session creation). Used when the code count is even, pair codes fit 16 bits,
+    the pair table is small next to the weight (PAIR_TABLE_SHARE) and the packed pair codes take
+    no more bytes than the single codes."""
+    if codes % 2 or codebook_rows < 2:
+        return 0
+    pair_bits = bits_for(codebook_rows * codebook_rows)
+    if pair_bits > 16 or codebook_rows * codebook_rows * 2 * dim > PAIR_TABLE_SHARE * codes * dim:
+        return 0
+    if choose_packing(codes // 2, pair_bits).payload_bytes > choose_packing(codes, bits).payload_bytes:
+        return 0
+    return pair_bits
+
+
 def vector_lookup_bytes(count: int, dim: int, bits: int, codebook_rows: int, rank: int) -> int:
     """Vector lookup: one `bits`-bit code per `dim` consecutive entries, a [K, dim] float
-    codebook; decoded like a lookup whose Gather yields rows, then always a Reshape."""
+    codebook; decoded like a lookup whose Gather yields rows, then always a Reshape. With pairs
+    (`vector_pair_bits`): pair codes unpacked flat, and 5 nodes and 3 shape constants that build
+    the pair table."""
     codes = -(-count // dim)
+    pair_bits = vector_pair_bits(codes, bits, codebook_rows, dim)
+    if pair_bits:
+        packing = choose_packing(codes // 2, pair_bits)
+        padded = packing.words * packing.per_word != codes // 2
+        nodes = 3 + 5 + (0 if packing.per_word == 1 else unpack_nodes(packing) + 1 + (1 if padded else 0))
+        shapes = 64 if packing.per_word > 1 else 32  # the pair table's shape constants (measured on saved files)
+        return (packing.payload_bytes + 4 * codebook_rows * dim + nodes * NODE_BYTES + 7 * INITIALIZER_BYTES
+                + 8 * rank + shapes)
     packing = choose_packing(codes, bits)
     padded = packing.words * packing.per_word != codes
     nodes = 3 if packing.per_word == 1 else unpack_nodes(packing) + 3 + (2 if padded else 0)  # unpack, [Reshape, Slice], Cast, Gather, Reshape

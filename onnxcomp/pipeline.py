@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import io
+from onnxcomp import io, rows
 from onnxcomp.allocate import Allocation, LayerOptions, allocate, layer_options
 from onnxcomp.canonicalize import canonicalize
 from onnxcomp.data import Batch, Samples, as_samples, generate_samples
@@ -128,6 +128,8 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
             timings["neuron elimination"] = time.perf_counter() - tick
 
     importances, layers = _analyze(model, samples, options, batch_size, progress, timings)
+    if training is None and not samples.generated:
+        model, layers = _split_hot_rows(model, importances, layers, options, progress)
     tick = time.perf_counter()
     fixed = _fixed_bytes(model, layers, options.keep_metadata)
     budget = options.target_bytes - fixed
@@ -303,6 +305,59 @@ def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_
             layer.sensitivity = sensitivities.get(layer.name, 1.0)
         timings["sensitivity"] = timings.get("sensitivity", 0.0) + time.perf_counter() - tick
     return importances, layers
+
+
+def _split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOptions], options: CompressOptions,
+                    progress) -> tuple[ir.Model, list[LayerOptions]]:
+    """Split embedding tables whose rows the samples read unevenly into the rows they read
+    (hot) and the rest (cold), so that bytes go where real input reads (`rows.split_table`).
+
+    How often other input reads rows the samples never did is estimated with Good-Turing (the
+    share of lookups that hit a row read exactly once, N1 / N); each part's sensitivity is the
+    table's, scaled by its share of the squared weights weighted by those read rates, so the
+    allocator minimises the expected distortion of lookups. A table is left whole when the split
+    (its row map included) would not fit the target at the smallest settings.
+    """
+    wanted = [layer for layer in layers if layer.role == "embedding" and len(layer.shape) == 2
+              and importances.get(layer.name) is not None and layer.shape[0] >= rows.SPLIT_MIN_ROWS
+              and rows.row_gathers(model.graph.initializers[layer.name]) is not None]
+    if not wanted:
+        return model, layers
+    budget = options.target_bytes - _fixed_bytes(model, layers, options.keep_metadata)
+    result = list(layers)
+    for layer in wanted:
+        importance = importances[layer.name]
+        per_row = np.asarray(importance, np.float64).reshape(-1)
+        counts = np.rint(per_row / per_row.min()) - 1  # importance = (count + 1) / mean
+        hot = counts > 0
+        if not 0 < hot.sum() <= rows.SPLIT_MAX_HOT_SHARE * hot.size:
+            continue
+        values = model.graph.initializers[layer.name].const_value.numpy().astype(np.float32)
+        total = counts.sum()
+        unseen = max(float(np.count_nonzero(counts == 1)), 1.0) / total
+        rate = np.where(hot, (1 - unseen) * counts / total, unseen / np.count_nonzero(~hot))
+        energy = rate * np.square(values).sum(axis=1)
+        parts = []
+        for suffix, part in (("_hot", hot), ("_cold", ~hot)):
+            options_of_part = layer_options(layer.name + suffix, values[part], "embedding", importance[part])
+            options_of_part.sensitivity = layer.sensitivity * float(energy[part].sum() / energy.sum())
+            parts.append(options_of_part)
+        others = [item for item in result if item is not layer]
+        map_bytes = hot.size * (2 if hot.size <= 65535 else 4) + rows.SPLIT_GRAPH_BYTES
+        if sum(item.smallest.bytes for item in others + parts) + map_bytes > budget:
+            _log(progress, f"{layer.name}: not split (the row map would not fit the target)")
+            continue
+        names = rows.split_table(model, layer.name, hot)
+        if names is None:
+            continue
+        for part, name in zip(parts, names):
+            part.name = name
+            importances[name] = part.importance
+        importances.pop(layer.name)
+        result = others + parts
+        _log(progress, f"{layer.name}: the samples read {int(hot.sum())} of {hot.size} rows; unseen rows estimated at "
+                       f"{100 * unseen:.1f}% of lookups; split into {names[0]} and {names[1]}")
+    return model, result
 
 
 def canonical_weights(model: ir.Model) -> tuple[ir.Model, list]:

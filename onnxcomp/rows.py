@@ -241,3 +241,80 @@ def decoded_tables(graph: ir.Graph) -> list[tuple[ir.Node, ir.Node, ir.Value]]:
         if last is not None:
             found.append((node, last, ids))
     return found
+
+
+# A table is split only when the samples read a small part of it often: at most this share of
+# its rows, and at least this many rows in all.
+SPLIT_MAX_HOT_SHARE = 0.5
+SPLIT_MIN_ROWS = 1024
+# Graph bytes the split adds besides the row map: ~10 nodes and 5 small constants per use.
+SPLIT_GRAPH_BYTES = 10 * encoding.NODE_BYTES + 5 * encoding.INITIALIZER_BYTES + 64
+
+
+def split_table(model: ir.Model, name: str, hot: np.ndarray) -> tuple[str, str] | None:
+    """Split a row-read table into the rows in `hot` (a boolean per row) and the rest, as two
+    tables each read by row Gathers, so each can get its own bits.
+
+    Per use: idx = Cast(Gather(row map, ids)); rows idx < H come from the hot table (index
+    idx), the others from the cold one (index idx - H); both are gathered with their index
+    wrapped into range (Mod) and Where picks. The row map is a [V] uint16 (int32 above 65,535
+    rows) initializer. Returns the two tables' names, or None when the table is not read by row
+    Gathers only.
+    """
+    value = model.graph.initializers.get(name)
+    gathers = row_gathers(value) if value is not None else None
+    if gathers is None or value.const_value is None:
+        return None
+    table = value.const_value.numpy()
+    hot = np.asarray(hot, bool)
+    count, hot_count = table.shape[0], int(hot.sum())
+    if not 0 < hot_count < count:
+        return None
+    order = np.concatenate([np.flatnonzero(hot), np.flatnonzero(~hot)])
+    mapping = np.empty(count, np.int64)
+    mapping[order] = np.arange(count)
+    mapping = mapping.astype(np.uint16 if count <= 65535 else np.int32)
+
+    def register(array: np.ndarray, stem: str) -> ir.Value:
+        unique = stem
+        while unique in model.graph.initializers:
+            unique += "_"
+        result = ir.Value(name=unique, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                          const_value=ir.tensor(array, name=unique))
+        model.graph.register_initializer(result)
+        return result
+
+    hot_table = register(np.ascontiguousarray(table[hot]), name + "_hot")
+    cold_table = register(np.ascontiguousarray(table[~hot]), name + "_cold")
+    row_map = register(mapping, name + "_map")
+    constant = {key: register(np.array(v, np.int64), f"{name}_{key}") for key, v in
+                (("h", hot_count), ("c", count - hot_count))}
+    for gather in gathers:
+        ids = gather.inputs[1]
+        rank = len(ids.shape)
+        nodes: list[ir.Node] = []
+
+        def op(op_type, inputs, shape=None, **attributes):
+            node = ir.Node("", op_type, inputs, attributes=ir.convenience.convert_attributes(attributes), num_outputs=1)
+            nodes.append(node)
+            out = node.outputs[0]
+            if shape is not None:
+                out.shape = shape
+                out.type = ir.TensorType(ir.DataType.INT64)
+            return out
+
+        index = op("Cast", [op("Gather", [row_map, ids], axis=0)], ids.shape, to=ir.DataType.INT64)
+        hot_rows = op("Gather", [hot_table, op("Mod", [index, constant["h"]], ids.shape)], axis=0)
+        cold_rows = op("Gather", [cold_table, op("Mod", [op("Sub", [index, constant["h"]]), constant["c"]], ids.shape)], axis=0)
+        shape = register(np.array([0] * rank + [1], np.int64), f"{name}_rs{rank}")
+        pick = op("Reshape", [op("Less", [index, constant["h"]]), shape])
+        picked = op("Where", [pick, hot_rows, cold_rows])
+        model.graph.insert_before(gather, nodes)
+        picked.shape, picked.type = gather.outputs[0].shape, gather.outputs[0].type
+        gather.outputs[0].replace_all_uses_with(picked)
+        if gather.outputs[0].is_graph_output():
+            outputs = model.graph.outputs
+            outputs[outputs.index(gather.outputs[0])] = picked
+        model.graph.remove(gather, safe=True)
+    model.graph.initializers.pop(name)
+    return hot_table.name, cold_table.name

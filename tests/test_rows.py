@@ -136,3 +136,85 @@ def test_second_pass_changes_nothing():
     result = InsertDequantizeLookupPass(groups={"E": (8, 0)})(model)
     assert not result.modified
     assert ir.serde.serialize_model(model).SerializeToString() == before
+
+
+def test_split_table_is_exact_and_each_part_decodes_by_rows():
+    table = clustered_table(1, 64)
+    source = embedding_model(table)
+    model = ir.serde.deserialize_model(source)
+    hot = np.zeros(V, bool)
+    hot[np.random.default_rng(4).choice(V, 120, replace=False)] = True
+    names = rows.split_table(model, "E", hot)
+    assert names == ("E_hot", "E_cold")
+    ids = np.random.default_rng(5).integers(-V, V, size=(4, 9))
+    assert np.array_equal(run(ir.serde.serialize_model(model), {"ids": ids})[0], run(source, {"ids": ids})[0])
+    report = InsertDequantizeLookupPass()(model).rows
+    assert sorted((r["name"], r["rows"]) for r in report) == [("E_cold", "run time"), ("E_hot", "run time")]
+    assert np.array_equal(run(ir.serde.serialize_model(model), {"ids": ids})[0], run(source, {"ids": ids})[0])
+    tables = sorted((w.array.shape[0] for w in stored_weights(model) if w.ids is not None))
+    assert tables == [120, V - 120]
+
+
+def test_split_table_refuses_tables_read_otherwise():
+    model = ir.serde.deserialize_model(embedding_model(clustered_table(1, 16), tied=True))
+    assert rows.split_table(model, "E", np.arange(V) < 10) is None
+    assert "E" in model.graph.initializers
+
+
+def pooled_embedding_model(rows_count: int = 4000, width: int = 32) -> onnx.ModelProto:
+    rng = np.random.default_rng(6)
+    text = f"""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (int64[B, S] input_ids) => (float[B, 4] out) {{
+            e = Gather <axis = 0> (table, input_ids)
+            m = ReduceMean <axes = [1], keepdims = 0> (e)
+            out = MatMul (m, head)
+        }}
+    """
+    proto = onnx.parser.parse_model(text)
+    proto.graph.initializer.extend([numpy_helper.from_array(rng.normal(size=(rows_count, width)).astype(np.float32), "table"),
+                                    numpy_helper.from_array(rng.normal(size=(width, 4)).astype(np.float32), "head")])
+    return proto
+
+
+def test_calibrated_compress_gives_rows_the_samples_read_more_bits():
+    from onnxcomp.data import Samples
+    from onnxcomp.pipeline import CompressOptions, compress_model
+
+    proto = pooled_embedding_model()
+    rng = np.random.default_rng(7)
+    often = rng.choice(4000, 300, replace=False)  # the samples read 300 of the 4,000 rows, Zipf-like
+    weights = 1.0 / np.arange(1, 301)
+    ids = often[rng.choice(300, size=(256, 16), p=weights / weights.sum())]
+    target = proto.ByteSize() // 6
+    original = run(proto, {"input_ids": ids[:8]})[0]
+    result = compress_model(ir.serde.deserialize_model(proto), CompressOptions(target_bytes=target),
+                            samples=Samples({"input_ids": ids}))
+    assert len(result.data) <= target
+    layers = {row["name"]: row for row in result.report["layers"]}
+    assert set(layers) >= {"table_hot", "table_cold"}
+    assert layers["table_hot"]["shape"][0] == np.unique(ids).size
+    assert layers["table_hot"]["bits"] > layers["table_cold"]["bits"]
+    # The compressed model reads the right rows: close to the original on the samples' ids.
+    compressed = ort.InferenceSession(result.data, providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids[:8]})[0]
+    assert np.abs(compressed - original).max() < 0.1 * np.abs(original).max()
+
+
+def test_split_never_makes_a_reachable_target_unreachable():
+    """Just above the smallest size the row map does not fit: the table stays whole and the
+    target is still met."""
+    from onnxcomp.data import Samples
+    from onnxcomp.errors import TargetUnreachableError
+    from onnxcomp.pipeline import CompressOptions, compress_model
+
+    proto = pooled_embedding_model()
+    samples = Samples({"input_ids": np.random.default_rng(8).choice(300, size=(64, 16))})
+    with pytest.raises(TargetUnreachableError) as refused:
+        compress_model(ir.serde.deserialize_model(proto), CompressOptions(target_bytes=1000), samples=samples)
+    target = refused.value.smallest_bytes + 2000  # the row map alone is 8,000 B
+    logged: list[str] = []
+    result = compress_model(ir.serde.deserialize_model(proto), CompressOptions(target_bytes=target), samples=samples,
+                            progress=logged.append)
+    assert len(result.data) <= target
+    assert any("not split" in line for line in logged)
+    assert "table" in {row["name"] for row in result.report["layers"]}

@@ -9,6 +9,7 @@ import pytest
 from onnxcomp import allocate, encoding
 from onnxcomp.allocate import layer_options
 from onnxcomp.passes.cluster_weights import ClusterWeightsPass
+from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.quantize import SortedWeights, apply_quantization, snap_to_vectors, vector_quantize
 from onnxcomp.report import inspect_model
@@ -127,3 +128,43 @@ def test_compress_with_vector_codebooks_is_more_faithful_at_the_same_size(rng, m
     assert [row["encoding"] for row in without.report["layers"]] != ["vector"]
     assert len(with_vectors.data) <= target and len(without.data) <= target
     assert 1 - with_vectors.report["fidelity"]["cosine"] < 0.8 * (1 - without.report["fidelity"]["cosine"])
+
+
+@pytest.mark.parametrize(("rows", "cols", "dim", "clusters"), [(64, 136, 2, 16), (64, 512, 2, 32), (64, 400, 2, 32)])
+def test_vector_pairs_decode_exactly_fold_and_are_priced(rng, rows, cols, dim, clusters, tmp_path, monkeypatch):
+    # Two consecutive codes stored as one pair code, gathered from a pair table built at load.
+    reference = vector_reference(rng, rows, cols, dim, clusters)
+    weight = reference.graph.initializers["w"].const_value.numpy()
+    levels = len({tuple(v) for v in weight.reshape(-1, dim)})
+    codes = weight.size // dim
+    pair_bits = encoding.vector_pair_bits(codes, encoding.bits_for(levels), levels, dim)
+    assert pair_bits == encoding.bits_for(levels * levels)
+    assert (encoding.choose_packing(codes // 2, pair_bits).payload_bytes
+            <= encoding.choose_packing(codes, encoding.bits_for(levels)).payload_bytes)
+
+    def encode():
+        model = reference.clone()
+        (row,) = InsertDequantizeLookupPass(vectors={"w": dim})(model).rows
+        assert row["encoding"] == "vector"
+        return model, row, len(to_proto(clean_up(model.clone())).SerializeToString())  # short names, as saved
+
+    model, row, saved = encode()
+    with monkeypatch.context() as patch:
+        patch.setattr(encoding, "PAIR_TABLE_SHARE", 0.0)  # the same weight without pairs
+        single_model, single_row, single_saved = encode()
+    assert "Concat" not in [node.op_type for node in single_model.graph]
+    # the byte model prices what pairs add (table-building nodes, constants) to within a few bytes
+    assert abs((saved - single_saved) - (row["bytes_after"] - single_row["bytes_after"])) < 40
+    ops = [node.op_type for node in model.graph]
+    assert ops.count("Gather") == 1 and "Concat" in ops and "DequantizeLinear" not in ops
+    assert_single_matmul_decodes_exactly_and_folds(model, reference, weight, rng, tmp_path)
+
+
+def test_vector_pairs_only_where_no_bigger_and_the_table_is_small():
+    assert encoding.vector_pair_bits(200000, 5, 32, 2) == 10  # LeNet-5 fc1: same payload, half the indices
+    assert encoding.vector_pair_bits(200001, 5, 32, 2) == 0  # odd code count
+    assert encoding.vector_pair_bits(58800, 8, 256, 4) == 0  # 65536-row pair table
+    assert encoding.vector_pair_bits(2000, 5, 32, 2) == 0  # table large next to the weight
+    # 3-bit codes: 21 per uint64 word, 6-bit pair codes only 10 (60 bits): more bytes, no pairs
+    assert encoding.choose_packing(50000, 6).payload_bytes > encoding.choose_packing(100000, 3).payload_bytes
+    assert encoding.vector_pair_bits(100000, 3, 8, 2) == 0
