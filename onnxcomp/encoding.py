@@ -435,3 +435,35 @@ def encoding_choices(values: np.ndarray) -> dict[str, Choice]:
 def best_choice(values: np.ndarray) -> Choice:
     choices = encoding_choices(values)
     return min(choices.values(), key=lambda choice: choice.bytes)
+
+
+# -- load cost ------------------------------------------------------------------------------
+# ONNX Runtime folds decode subgraphs node by node at session creation, single-threaded, copying
+# every folded output several times. `fold_cost` estimates what one weight's decode adds to
+# session creation, in nanoseconds, from per-op costs measured on ONNX Runtime 1.19 (2-core
+# x86 machine; one-off profiles of the LeNet decodes, see the README): float outputs of the
+# lookup chain (Cast to INT32, Gather/GatherElements, Reshape) ~4-5 ns per weight, unpacking
+# ~1 ns per packed code, and for sparse weights the dense-size ConstantOfShape ->
+# ScatterElements -> Reshape chain ~4 ns per weight plus ~50 ns per stored entry (two
+# unpacked streams, CumSum, the scatter itself). The original model's load is ~1.1 ns per byte
+# (`allocate.LOAD_NS_PER_BYTE`).
+LOOKUP_NS = 5.0
+UNPACK_NS = 1.0
+SPARSE_NS = 4.0
+SPARSE_ENTRY_NS = 50.0
+
+
+def fold_cost(kind: str, count: int, bits: int = 8, entries: int = 0, dim: int = 1, codebook_rows: int = 0) -> int:
+    """Estimated nanoseconds ONNX Runtime spends folding one weight's decode at session creation."""
+    if kind == "dense":
+        return 0
+    if kind == "sparse":
+        return int(SPARSE_NS * count + SPARSE_ENTRY_NS * entries)
+    codes = count
+    if kind == "vector":
+        codes = -(-count // dim)
+        pair_bits = vector_pair_bits(codes, bits, codebook_rows, dim) if codebook_rows else 0
+        if pair_bits:
+            codes, bits = codes // 2, pair_bits
+    unpack = UNPACK_NS * codes if choose_packing(codes, bits).per_word > 1 else 0.0
+    return int(LOOKUP_NS * count + unpack)

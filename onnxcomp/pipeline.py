@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import io, rows
-from onnxcomp.allocate import Allocation, LayerOptions, allocate, layer_options
+from onnxcomp.allocate import Allocation, LayerOptions, allocate, layer_options, load_budget
 from onnxcomp.canonicalize import canonicalize
 from onnxcomp.data import Batch, Samples, as_samples, generate_samples
 from onnxcomp.errors import FidelityError, OnnxcompError, TargetUnreachableError
@@ -170,8 +170,11 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         layers = discount_compensated(layers, {w.name: w.numpy().astype(np.float32) for w in find_weights(model)
                                                if w.name in hessians}, hessians)
         timings["hessians"] = time.perf_counter() - tick_hessians
+    # Without fine-tuning every encoding is open: keep session creation within allocate.MAX_LOAD_RATIO
+    # of the original's (fine-tuned weights keep the zero pattern they were trained with).
+    max_load = load_budget(original_data_bytes) if training is None else None
     compressed, allocation, attempt_data, attempt, floor_bytes = _fit(model, layers, budget, options, importances, progress,
-                                                                      hessians=hessians)
+                                                                      hessians=hessians, max_load=max_load)
     if attempt_data is None and training is not None:
         layers = planner.price(model)
         compressed, allocation, attempt_data, attempt, floor_bytes = _fit(model, layers, budget, options, importances, progress)
@@ -449,7 +452,7 @@ def _price(model: ir.Model, importances: dict, sensitivity_of: dict[str, float],
 
 
 def _fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: CompressOptions, importances: dict,
-         progress, hessians: dict[str, np.ndarray] | None = None):
+         progress, hessians: dict[str, np.ndarray] | None = None, max_load: int | None = None):
     """Allocate and build until the serialized model fits: tighten the budget by the overshoot,
     and when a fit leaves more than SLACK_FRACTION of the target unused, plan again with the
     slack added (at most GROW_ATTEMPTS times), keeping the largest build that fits."""
@@ -462,7 +465,7 @@ def _fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: Comp
     for attempt in range(1, MAX_ATTEMPTS + 1):
         # Never plan below the smallest candidates: the floor itself is always tried once.
         at_floor = budget <= floor_total
-        allocation = allocate(layers, max(budget, floor_total))
+        allocation = allocate(layers, max(budget, floor_total), max_load)
         assert allocation is not None
         compressed = _build(model, allocation, options.keep_metadata, importances, hessians=hessians)
         data = io.serialized_bytes(compressed)

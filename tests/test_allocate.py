@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from onnxcomp import encoding
-from onnxcomp.allocate import Allocation, Candidate, allocate, layer_options, pareto
+from onnxcomp import allocate as allocate_module, encoding
+from onnxcomp.allocate import Allocation, Candidate, LayerOptions, allocate, layer_options, pareto
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.quantize import SortedWeights, apply_quantization
 from onnxcomp.sizes import parse_size
@@ -95,8 +95,14 @@ def test_layer_options_front_is_monotone(layers):
     for layer in layers:
         front = layer.candidates
         assert len(front) >= 2 or layer.role == "bias"
-        assert all(a.bytes < b.bytes for a, b in zip(front, front[1:])), layer.name
-        assert all(a.distortion > b.distortion for a, b in zip(front, front[1:])), layer.name
+        assert all(a.bytes <= b.bytes for a, b in zip(front, front[1:])), layer.name
+        # no candidate is beaten on bytes, distortion and load cost at once
+        for a in front:
+            assert not any(b is not a and b.bytes <= a.bytes and b.distortion <= a.distortion and b.load <= a.load
+                           for b in front), layer.name
+        # the candidates the plain (size/distortion) allocator can pick still fall as bytes rise
+        plain = [c for i, c in enumerate(front) if all(c.distortion < b.distortion for b in front[:i])]
+        assert all(a.distortion > b.distortion for a, b in zip(plain, plain[1:])), layer.name
         assert layer.dense.kind == "dense" and layer.dense.distortion == 0.0
         assert layer.dense.bytes == encoding.dense_bytes(int(np.prod(layer.shape)), len(layer.shape))
         assert layer.smallest is front[0]
@@ -180,3 +186,40 @@ def test_parse_size_accepts(text, expected):
 def test_parse_size_rejects(text):
     with pytest.raises(OnnxcompError, match=r"size"):
         parse_size(text)
+
+
+# -- load budget (session creation) ----------------------------------------------------------
+
+
+def _layer(name: str, *candidates) -> LayerOptions:
+    dense = Candidate("dense", 10_000, 0.0)
+    return LayerOptions(name, (50, 50), "weight", pareto([dense, *candidates]))
+
+
+def test_load_budget_picks_the_faster_plan_when_it_costs_little_distortion():
+    fast = Candidate("vector", 1000, 0.105, load=10_000)
+    slow = Candidate("sparse", 1000, 0.100, 0.7, 3, load=90_000)
+    layers = [_layer("a", fast, slow), _layer("b", Candidate("lookup", 1000, 0.05, load=5_000))]
+    assert allocate(layers, 2000).choices["a"] is slow  # plain plan: least distortion
+    plan = allocate(layers, 2000, max_load=20_000)
+    assert plan.choices["a"] is fast and plan.load == 15_000 and plan.estimated_bytes <= 2000
+
+
+def test_load_budget_gives_way_when_meeting_it_costs_too_much_distortion():
+    fast = Candidate("vector", 1000, 0.100 * (allocate_module.LOAD_DISTORTION_TOLERANCE + 0.2), load=10_000)
+    slow = Candidate("sparse", 1000, 0.100, 0.7, 3, load=90_000)
+    layers = [_layer("a", fast, slow)]
+    assert allocate(layers, 1000, max_load=20_000).choices["a"] is slow
+    # and a budget nothing meets leaves the plain plan too
+    assert allocate([_layer("a", slow)], 1000, max_load=10).choices["a"] is slow
+
+
+def test_fold_cost_ranks_sparse_above_lookups_and_pairs_below_single_codes():
+    count = 235_200
+    sparse = encoding.fold_cost("sparse", count, entries=int(0.3 * count))
+    lookup = encoding.fold_cost("lookup", count, 4)
+    assert sparse > 3 * lookup
+    single = encoding.fold_cost("vector", 400_000, 5, dim=2)  # no codebook size given: no pairs
+    pairs = encoding.fold_cost("vector", 400_000, 5, dim=2, codebook_rows=32)
+    assert pairs < single
+    assert encoding.fold_cost("dense", count) == 0
