@@ -151,7 +151,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
         value = last.outputs[0]
         sources = _source_initializers(value, stop=ids)
         tables = [s.const_value for s in sources if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
-        grouped = any(n.op_type == "Add" for n in _producers(value, stop=ids)) or any(t.size > 256 for t in tables)
+        grouped = any(len(t.shape) == 2 and t.shape[0] > 1 for t in tables)
         stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
         found[("row", position)] = StoredWeight(value.name or "?", "weight", array, "grouped" if grouped else "lookup",
                                                 int(stored), sources, use, ids)
@@ -181,10 +181,10 @@ def inspect_model(model: ir.Model) -> list[dict]:
 
 
 def _row_bits(weight: StoredWeight) -> int:
-    """Code width of a run-time row-decoded table: the most distinct values in one row."""
-    rows = np.sort(weight.array, axis=1)
-    distinct = 1 + np.count_nonzero(np.diff(rows, axis=1), axis=1)
-    return encoding.bits_for(int(distinct.max())) if distinct.size else 32
+    """Code width of a run-time row-decoded table: K of its [G, K] codebooks."""
+    tables = [s.const_value for s in weight.sources if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
+    table = next((t for t in tables if len(t.shape) == 2), None)
+    return 32 if table is None else encoding.bits_for(int(table.shape[1]))
 
 
 def _vector_bits(weight: StoredWeight) -> float:

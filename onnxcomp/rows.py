@@ -7,7 +7,8 @@ embeddings took ~0.5 s to fold at every session creation, the original model loa
 
 Layout: row r's D codes are packed on their own (planar within the row, see
 `encoding.pack_codes`) into a [V, 1, W] word tensor (or [V, D] bytes for 8-bit codes), so a
-Gather of whole rows by the indices yields the rows' words. Per use:
+Gather of whole rows by the indices yields the rows' words; the [G, K] codebooks are flattened
+at load. Per use:
 
     Gather(words, ids) -> BitShift([K, 1] shifts) -> Cast(UINT8) -> Mod(2^bits)
         -> Reshape [..., K*W] -> Slice [..., :D] -> Cast(INT64)
@@ -67,7 +68,7 @@ def row_lookup_bytes(shape: tuple[int, ...], bits: int, codebook_entries: int, g
     rows, columns = int(shape[0]), int(shape[1])
     packing = row_packing(columns, bits)
     payload = rows * packing.payload_bytes
-    nodes = 3  # Gather(words), Cast, Gather(codebook)
+    nodes = 4  # Gather(words), Cast, Gather(codebook); Reshape of the [G, K] codebooks at load
     if packing.per_word > 1:
         nodes += encoding.unpack_nodes(packing) + 1 + (1 if packing.words * packing.per_word != columns else 0)
     if groups > 1:
@@ -136,7 +137,9 @@ class RowDecoder:
     def replace(self, gathers: list[ir.Node], table: RowCodes, stem: str) -> None:
         rows, columns = table.codes.shape
         words = self.builder.initializer(pack_rows(table.codes, table.bits), stem)
-        flat_codebooks = self.builder.initializer(np.ascontiguousarray(table.codebooks, np.float32).ravel(), stem + "_cb")
+        # Stored [G, K] (so `inspect` reads K off the shape), flattened by a Reshape folded at load.
+        codebooks = self.builder.initializer(np.ascontiguousarray(table.codebooks, np.float32), stem + "_cb")
+        flat_codebooks = self.builder.op("Reshape", [codebooks, self.builder.constant(np.array([-1], np.int64), "m1")])
         packing = row_packing(columns, table.bits)
         for gather in gathers:
             nodes: list[ir.Node] = []
@@ -216,7 +219,7 @@ def row_codes(values: np.ndarray, groups: int = 1, axis: int = 0) -> RowCodes | 
 def decoded_tables(graph: ir.Graph) -> list[tuple[ir.Node, ir.Node, ir.Value]]:
     """(first Gather, last Gather, ids) of every run-time row decode in a graph: a Gather of
     rows of an integer initializer by non-constant indices, followed (through unpacking and
-    offset nodes) by a Gather on a float initializer."""
+    offset nodes) by a Gather on a float initializer (or its load-time Reshape)."""
     found = []
     for node in graph:
         if node.op_type != "Gather" or len(node.inputs) < 2:
@@ -234,6 +237,9 @@ def decoded_tables(graph: ir.Graph) -> list[tuple[ir.Node, ir.Node, ir.Value]]:
             consumer, index = uses[0]
             if consumer.op_type == "Gather" and index == 1:
                 codebook = consumer.inputs[0]
+                producer = codebook.producer() if codebook is not None else None
+                if producer is not None and producer.op_type == "Reshape":  # [G, K] codebooks flattened at load
+                    codebook = producer.inputs[0]
                 if codebook is not None and codebook.const_value is not None and codebook.const_value.dtype == ir.DataType.FLOAT:
                     last = consumer
                 break

@@ -92,15 +92,16 @@ def test_row_decode_is_exact_and_not_folded(groups, levels, axis, index_type, tm
     assert abs(report[0]["bytes_after"] - (len(proto.SerializeToString()) - 4 * D * 5 - 60)) < 1200
 
 
-def test_inspect_and_mobile_see_the_whole_table(tmp_path):
-    table = clustered_table(8, 16)
+@pytest.mark.parametrize("groups, levels", [(8, 16), (16, 8)])  # 16 groups end mid-row
+def test_inspect_and_mobile_see_the_whole_table(tmp_path, groups, levels):
+    table = clustered_table(groups, levels)
     source = embedding_model(table)
-    model, _ = encoded(source, {"E": (8, 0)})
+    model, _ = encoded(source, {"E": (groups, 0)})
     weights = stored_weights(model)
     assert [w.use for w in weights] == [("Gather", 0, 0), ("MatMul", 0, 1)]
     assert np.array_equal(weights[0].array, table)
     row = inspect_model(model)[0]
-    assert (row["encoding"], row["bits"], row["shape"]) == ("grouped", 4, [V, D])
+    assert (row["encoding"], row["bits"], row["shape"]) == ("grouped", int(np.log2(levels)), [V, D])
     path = tmp_path / "m.onnx"
     onnx.save(ir.serde.serialize_model(model), str(path))
     ready, report = ort_ready_model(path)
