@@ -29,7 +29,7 @@ from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
 from onnxcomp.report import layer_rows
 from onnxcomp.runtime.inference import run_batches, session
 from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, compensate, discount_compensated, input_hessians
-from onnxcomp.sensitivity import activation_importance, embedding_importance, measure_sensitivity
+from onnxcomp.sensitivity import activation_importance, embedding_importance, measure_sensitivity, row_counts
 from onnxcomp.sizes import format_size
 from onnxcomp.quantize import prune_mask
 from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, held_out_targets,
@@ -330,8 +330,7 @@ def _split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOption
     result = list(layers)
     for layer in wanted:
         importance = importances[layer.name]
-        per_row = np.asarray(importance, np.float64).reshape(-1)
-        counts = np.rint(per_row / per_row.min()) - 1  # importance = (count + 1) / mean
+        counts = row_counts(importance)
         hot = counts > 0
         if not 0 < hot.sum() <= rows.SPLIT_MAX_HOT_SHARE * hot.size:
             continue

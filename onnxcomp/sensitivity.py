@@ -82,7 +82,7 @@ def _probe(layer: LayerOptions):
     return min(lossy, key=lambda c: abs(c.bytes - target))
 
 
-__all__ = ["activation_importance", "embedding_importance", "measure_sensitivity"]
+__all__ = ["activation_importance", "embedding_importance", "measure_sensitivity", "row_counts"]
 
 
 def _activation_axis(node: ir.Node, weight: ir.Value):
@@ -159,8 +159,20 @@ def values_shape(weights, name: str) -> tuple[int, ...]:
     return next(w.shape for w in weights if w.name == name)
 
 
+# Lookups added to every row's count: rows the samples never read still count (other text reads
+# some of them). `row_counts` inverts the importance with it.
+EMBEDDING_SMOOTHING = 1.0
+
+
+def row_counts(importance: np.ndarray) -> np.ndarray:
+    """The samples' lookup count per row back from an `embedding_importance` row importance
+    (exact when some row was never read: that row has the smallest importance)."""
+    per_row = np.asarray(importance, np.float64).reshape(-1)
+    return np.maximum(np.rint(EMBEDDING_SMOOTHING * (per_row / per_row.min() - 1)), 0)
+
+
 def embedding_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray], batch_size: int,
-                         smoothing: float = 1.0) -> dict[str, np.ndarray]:
+                         smoothing: float = EMBEDDING_SMOOTHING) -> dict[str, np.ndarray]:
     """Per embedding table read by Gather (axis 0), how often the samples look up each row.
 
     Returns importance [rows, 1] = (count + smoothing) / mean, so squared error is weighted by

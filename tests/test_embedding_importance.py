@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.sensitivity import embedding_importance
+from onnxcomp.sensitivity import embedding_importance, row_counts
 from onnxcomp.weights import find_weights
 
 
@@ -42,3 +42,12 @@ def test_no_mask_counts_every_lookup():
     importance = embedding_importance(model, find_weights(model), {"input_ids": ids, "attention_mask": np.zeros((1, 2), np.int64)}, 4)
     counts = importance["table"][:, 0] / importance["table"][:, 0].min() - 1
     assert counts[3] == 3 and counts.sum() == 3
+
+
+def test_row_counts_inverts_the_importance():
+    model = _embedding_model()
+    ids = np.array([[5, 5, 7, 3], [5, 9, 3, 3]], dtype=np.int64)
+    importance = embedding_importance(model, find_weights(model), {"input_ids": ids, "attention_mask": np.ones_like(ids)}, 1)
+    counts = row_counts(importance["table"])
+    expected = np.bincount(ids.ravel(), minlength=300)
+    np.testing.assert_array_equal(counts, expected)
