@@ -11,7 +11,7 @@ Gather of whole rows by the indices yields the rows' words; the [G, K] codebooks
 at load. Per use:
 
     Gather(words, ids) -> BitShift([K, 1] shifts) -> Cast(UINT8) -> Mod(2^bits)
-        -> Reshape [..., K*W] -> Slice [..., :D] -> Cast(INT64)
+        -> Reshape [..., K*W] -> Slice [..., :D] -> Cast(INT32)
         [+ group offset: ((Mod(ids, V) * D + column) // M) * K, or the column group's offset]
         -> Gather(flat codebooks) -> [..., D]
 
@@ -160,7 +160,9 @@ class RowDecoder:
                     picked = self._op(nodes, "Slice", [picked, self.builder.constant(np.array([0], np.int64), "z"),
                                                        self.builder.constant(np.array([columns], np.int64), "n"),
                                                        self.builder.constant(np.array([-1], np.int64), "m1")])
-            codes = self._op(nodes, "Cast", [picked], to=ir.DataType.INT64)
+            # INT32 while the flat entry index fits: the full-size index arithmetic runs on every
+            # call, and half the bytes of INT64 is half its memory traffic.
+            codes = self._op(nodes, "Cast", [picked], to=ir.DataType.INT32 if rows * columns < 2**31 else ir.DataType.INT64)
             if table.groups > 1:
                 codes = self._op(nodes, "Add", [codes, self._offsets(nodes, table, ids, rows, columns, stem)])
             decoded = self._op(nodes, "Gather", [flat_codebooks, codes], axis=0)
@@ -180,19 +182,20 @@ class RowDecoder:
                  stem: str) -> ir.Value:
         """Each gathered code's offset into the flat codebooks: group * K."""
         size = int(table.codebooks.shape[1])
+        wide = np.int32 if rows * columns < 2**31 else np.int64
         if table.axis == 1:  # column groups: the same offset for a column in every row
             per = columns // table.groups
-            offsets = (np.arange(columns, dtype=np.int64) // per * size)
+            offsets = (np.arange(columns, dtype=wide) // per * size)
             return self.builder.initializer(offsets, stem + "_o")
         entries = rows * columns // table.groups
-        wide = self._op(nodes, "Cast", [ids], to=ir.DataType.INT64)
-        row = self._op(nodes, "Mod", [wide, self.builder.constant(np.array(rows, np.int64), "nr")])  # negative ids count from the end
+        index = self._op(nodes, "Cast", [ids], to=ir.DataType.from_numpy(np.dtype(wide)))
+        row = self._op(nodes, "Mod", [index, self.builder.constant(np.array(rows, wide), "nr")])  # negative ids count from the end
         row = self._op(nodes, "Reshape", [row, self.builder.constant(np.array([0] * len(ids.shape) + [1], np.int64),
                                                                       f"rs{len(ids.shape)}u")])
-        flat = self._op(nodes, "Add", [self._op(nodes, "Mul", [row, self.builder.constant(np.array(columns, np.int64), "nc")]),
-                                       self.builder.constant(np.arange(columns, dtype=np.int64), "col")])
-        group = self._op(nodes, "Div", [flat, self.builder.constant(np.array(entries, np.int64), "ge")])
-        return self._op(nodes, "Mul", [group, self.builder.constant(np.array(size, np.int64), "gk")])
+        flat = self._op(nodes, "Add", [self._op(nodes, "Mul", [row, self.builder.constant(np.array(columns, wide), "nc")]),
+                                       self.builder.constant(np.arange(columns, dtype=wide), "col")])
+        group = self._op(nodes, "Div", [flat, self.builder.constant(np.array(entries, wide), "ge")])
+        return self._op(nodes, "Mul", [group, self.builder.constant(np.array(size, wide), "gk")])
 
 
 def row_codes(values: np.ndarray, groups: int = 1, axis: int = 0) -> RowCodes | None:
