@@ -104,6 +104,10 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     original_proto = io.to_proto(model)
     original_data_bytes = input_bytes or original_proto.ByteSize()
     batch_size = _batch_size(model)
+    reference_session = session(original_proto)
+    # Work on a model of our own: the passes below change the graph in place, and renaming an
+    # initializer writes through to the TensorProto it wraps (onnx_ir), i.e. to the caller's.
+    model = ir.serde.deserialize_model(original_proto)
 
     _log(progress, "canonicalize")
     model, weights = canonical_weights(model)
@@ -115,7 +119,6 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
 
     if samples is None:
         samples = generate_samples(model, count=min(VERIFY_SAMPLES, 256), seed=options.seed)
-    reference_session = session(original_proto)
     reference_outputs = run_batches(reference_session, samples.inputs, batch_size)
 
     training = _training_data(options, samples, eval_samples, reference_outputs[0], model, batch_size)

@@ -219,3 +219,19 @@ def test_split_never_makes_a_reachable_target_unreachable():
     assert len(result.data) <= target
     assert any("not split" in line for line in logged)
     assert "table" in {row["name"] for row in result.report["layers"]}
+
+
+def test_compress_model_leaves_the_callers_model_alone():
+    """The pipeline works on its own copy: the caller's ir.Model and the protos it wraps keep
+    their graph and names (renaming an onnx_ir initializer writes through to its TensorProto)."""
+    from onnxcomp.data import Samples
+    from onnxcomp.pipeline import CompressOptions, compress_model
+
+    proto = pooled_embedding_model()
+    before = proto.SerializeToString()
+    model = ir.serde.deserialize_model(proto)
+    nodes = [node.op_type for node in model.graph]
+    ids = np.random.default_rng(9).choice(300, size=(64, 16))
+    compress_model(model, CompressOptions(target_bytes=proto.ByteSize() // 6), samples=Samples({"input_ids": ids}))
+    assert proto.SerializeToString() == before
+    assert [node.op_type for node in model.graph] == nodes and set(model.graph.initializers) == {"table", "head"}
