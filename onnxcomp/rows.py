@@ -167,16 +167,8 @@ class RowDecoder:
                 codes = self._op(nodes, "Add", [codes, self._offsets(nodes, table, ids, rows, columns, stem)])
             decoded = self._op(nodes, "Gather", [flat_codebooks, codes], axis=0)
             self.graph.insert_before(gather, nodes)
-            decoded.shape = gather.outputs[0].shape
             decoded.type = gather.outputs[0].type or ir.TensorType(ir.DataType.FLOAT)
-            output = gather.outputs[0]
-            if output.is_graph_output():
-                outputs = self.graph.outputs
-                outputs[outputs.index(output)] = decoded
-                name, output.name = output.name, None
-                decoded.name = name
-            output.replace_all_uses_with(decoded)
-            self.graph.remove(gather, safe=True)
+            _take_over(self.graph, gather, decoded)
 
     def _offsets(self, nodes: list[ir.Node], table: RowCodes, ids: ir.Value, rows: int, columns: int,
                  stem: str) -> ir.Value:
@@ -196,6 +188,21 @@ class RowDecoder:
                                        self.builder.constant(np.arange(columns, dtype=wide), "col")])
         group = self._op(nodes, "Div", [flat, self.builder.constant(np.array(entries, wide), "ge")])
         return self._op(nodes, "Mul", [group, self.builder.constant(np.array(size, wide), "gk")])
+
+
+def _take_over(graph: ir.Graph, gather: ir.Node, value: ir.Value) -> None:
+    """Make `value` stand for the Gather's output everywhere (a graph output keeps its name) and
+    remove the Gather."""
+    output = gather.outputs[0]
+    value.shape = output.shape
+    if output.is_graph_output():
+        outputs = graph.outputs
+        outputs[outputs.index(output)] = value
+        name = output.name
+        output.name = None
+        value.name = name
+    output.replace_all_uses_with(value)
+    graph.remove(gather, safe=True)
 
 
 def row_codes(values: np.ndarray, groups: int = 1, axis: int = 0) -> RowCodes | None:
@@ -319,11 +326,7 @@ def split_table(model: ir.Model, name: str, hot: np.ndarray) -> tuple[str, str] 
         pick = op("Reshape", [op("Less", [index, constant["h"]]), shape])
         picked = op("Where", [pick, hot_rows, cold_rows])
         model.graph.insert_before(gather, nodes)
-        picked.shape, picked.type = gather.outputs[0].shape, gather.outputs[0].type
-        gather.outputs[0].replace_all_uses_with(picked)
-        if gather.outputs[0].is_graph_output():
-            outputs = model.graph.outputs
-            outputs[outputs.index(gather.outputs[0])] = picked
-        model.graph.remove(gather, safe=True)
+        picked.type = gather.outputs[0].type
+        _take_over(model.graph, gather, picked)
     model.graph.initializers.pop(name)
     return hot_table.name, cold_table.name

@@ -235,3 +235,21 @@ def test_compress_model_leaves_the_callers_model_alone():
     compress_model(model, CompressOptions(target_bytes=proto.ByteSize() // 6), samples=Samples({"input_ids": ids}))
     assert proto.SerializeToString() == before
     assert [node.op_type for node in model.graph] == nodes and set(model.graph.initializers) == {"table", "head"}
+
+
+def test_scalar_and_three_dimensional_ids():
+    table = clustered_table(16, 8)
+    for shape, split in (([], True), ([], False), ([2, 3, 4], True), ([2, 3, 4], False)):  # the Gather output is the graph's
+        gather = helper.make_node("Gather", ["E", "ids"], ["y"])
+        graph = helper.make_graph([gather], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape + [D])],
+                                  [numpy_helper.from_array(table, "E")])
+        source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        model = ir.serde.deserialize_model(source)
+        if split:
+            rows.split_table(model, "E", np.arange(V) % 7 == 0)
+        report = InsertDequantizeLookupPass(groups={"E": (16, 0)})(model).rows
+        assert all(r["rows"] == "run time" for r in report) and len(report) == (2 if split else 1)
+        assert [o.name for o in model.graph.outputs] == ["y"]
+        ids = np.random.default_rng(10).integers(-V, V, size=shape)
+        assert np.array_equal(run(ir.serde.serialize_model(model), {"ids": ids})[0], table[ids])
