@@ -15,7 +15,13 @@ def looks_like_class_scores(output: np.ndarray) -> bool:
 
 def fidelity(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict:
     """Compare every output: max/mean abs error, cosine similarity (per sample, averaged) and
-    top-1 agreement where an output looks like class scores ([N, C] floats)."""
+    top-1 agreement where an output looks like class scores ([N, C] floats). Outputs holding
+    infinities (e.g. a model with huge weights) give NaN measures, without numpy warnings."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _fidelity(original, compressed)
+
+
+def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict:
     report: dict = {"outputs": {}}
     cosines, agreements = [], []
     for index, (a, b) in enumerate(zip(original, compressed)):

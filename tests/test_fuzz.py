@@ -77,7 +77,21 @@ def tiny_structured(rng: np.random.Generator) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
-BASES = {"mlp": tiny_mlp(_rng(0)), "structured": tiny_structured(_rng(1))}
+def tiny_embedding(rng: np.random.Generator) -> onnx.ModelProto:
+    """Token ids -> Gather (embedding table, decoded per looked-up row at run time) -> mean -> MatMul."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+         helper.make_node("ReduceMean", ["e"], ["m"], axes=[1], keepdims=0),
+         helper.make_node("MatMul", ["m", "head"], ["y"])],
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "S"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(rng.standard_normal((300, 8)).astype(np.float32), "table"),
+                     numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "head")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+BASES = {"mlp": tiny_mlp(_rng(0)), "structured": tiny_structured(_rng(1)), "embedding": tiny_embedding(_rng(2))}
 BASE_BYTES = {name: proto.SerializeToString() for name, proto in BASES.items()}
 
 
@@ -398,9 +412,9 @@ def _write(folder: Path, data: bytes, name: str = "model.onnx") -> Path:
 # --- the cases (seeded; counts chosen so the file runs in well under a minute) ------------------------
 
 BYTE_CASES = [(kind, base, seed) for kind, count in (("truncate", 50), ("flip", 130), ("splice", 40))
-              for seed in range(count) for base in [("mlp", "structured")[seed % 2]]]
+              for seed in range(count) for base in [("mlp", "structured", "embedding")[seed % 3]]]
 PROTO_CASES = [(mutation.__name__, base, seed) for mutation in PROTO_MUTATIONS for seed in range(10)
-               for base in [("mlp", "structured")[seed % 2]]]
+               for base in [("mlp", "structured", "embedding")[seed % 3]]]
 EXTERNAL_CASES = [(location, seed) for location in EXTERNAL_LOCATIONS for seed in range(4)]
 VALID_CASES = list(range(40))
 
@@ -445,6 +459,8 @@ def test_random_valid_models(seed, tmp_path, capsys):
     rng = _rng(5, seed)
     if seed % 3 == 2:
         proto = tiny_structured(rng)
+    elif seed % 5 == 4:
+        proto = tiny_embedding(rng)
     else:
         proto = tiny_mlp(rng, hidden=int(rng.integers(4, 64)), features=int(rng.integers(1, 32)), outputs=int(rng.integers(1, 12)))
     data = proto.SerializeToString()
