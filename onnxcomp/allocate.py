@@ -230,7 +230,7 @@ def allocate(layers: list[LayerOptions], budget: int, max_load: int | None = Non
         if trial is not None and trial.load <= max_load:
             break
         if high > 1e6:
-            logger.debug("no plan within the load budget (%d > %d bytes folded)", plan.load, max_load)
+            logger.debug("no plan within the load budget (%d > %d ns of decoding)", plan.load, max_load)
             return plan
         low, high = high, high * 8
     best = trial

@@ -47,11 +47,13 @@ class DecodeBuilder:
             self._constants[key] = self.initializer(array, stem)
         return self._constants[key]
 
-    def op(self, op_type: str, inputs: list[ir.Value], **attributes) -> ir.Value:
+    def op(self, op_type: str, inputs: list[ir.Value], into: list[ir.Node] | None = None, **attributes) -> ir.Value:
+        """A new node's output; the node joins the load-time decode nodes, or `into` (nodes the
+        caller inserts itself, e.g. run-time decodes that read graph inputs)."""
         node = ir.Node("", op_type, inputs, attributes=ir.convenience.convert_attributes(attributes), num_outputs=1,
                        name=self._name(op_type))
         node.outputs[0].name = self._name(op_type.lower())
-        self.nodes.append(node)
+        (self.nodes if into is None else into).append(node)
         return node.outputs[0]
 
     def flush(self) -> None:

@@ -132,7 +132,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
 
     importances, layers = _analyze(model, samples, options, batch_size, progress, timings)
     if training is None and not samples.generated:
-        model, layers = _split_hot_rows(model, importances, layers, options, progress)
+        layers = _split_hot_rows(model, importances, layers, options, progress)
     tick = time.perf_counter()
     fixed = _fixed_bytes(model, layers, options.keep_metadata)
     budget = options.target_bytes - fixed
@@ -314,9 +314,10 @@ def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_
 
 
 def _split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOptions], options: CompressOptions,
-                    progress) -> tuple[ir.Model, list[LayerOptions]]:
+                    progress) -> list[LayerOptions]:
     """Split embedding tables whose rows the samples read unevenly into the rows they read
-    (hot) and the rest (cold), so that bytes go where real input reads (`rows.split_table`).
+    (hot) and the rest (cold), so that bytes go where real input reads (`rows.split_table`,
+    in place); returns the layers with each split table's two parts instead of it.
 
     How often other input reads rows the samples never did is estimated with Good-Turing (the
     share of lookups that hit a row read exactly once, N1 / N); each part's sensitivity is the
@@ -328,7 +329,7 @@ def _split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOption
               and importances.get(layer.name) is not None and layer.shape[0] >= rows.SPLIT_MIN_ROWS
               and rows.row_gathers(model.graph.initializers[layer.name]) is not None]
     if not wanted:
-        return model, layers
+        return layers
     budget = options.target_bytes - _fixed_bytes(model, layers, options.keep_metadata)
     result = list(layers)
     for layer in wanted:
@@ -362,7 +363,7 @@ def _split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOption
         result = others + parts
         _log(progress, f"{layer.name}: the samples read {int(hot.sum())} of {hot.size} rows; unseen rows estimated at "
                        f"{100 * unseen:.1f}% of lookups; split into {names[0]} and {names[1]}")
-    return model, result
+    return result
 
 
 def canonical_weights(model: ir.Model) -> tuple[ir.Model, list]:

@@ -125,7 +125,9 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
                 if (id(value) in constant_producers or value.const_value is not None) and id(value) not in slots:
                     slots[id(value)] = (value, "bias" if role == "bias" else "weight", (node.op_type, occurrence, index))
                     order.append(("slot", id(value)))
-    decoded = _evaluate([v for v, _, _ in slots.values() if v.const_value is None], model)
+    pending = [v for v, _, _ in slots.values() if v.const_value is None]
+    full = ir.serde.serialize_model(model) if pending or row_weights else None  # once, for every decode run
+    decoded = _evaluate(pending, full)
     found: dict[tuple[str, int], StoredWeight] = {}
     for key, (value, role, use) in slots.items():
         if value.const_value is not None:
@@ -145,7 +147,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
         stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
         found[("slot", key)] = StoredWeight(value.name or "?", role, array, kind, int(stored), sources, use)
     for position, (use, last, ids) in enumerate(row_weights):
-        array = _evaluate_rows(last, ids, model)
+        array = _evaluate_rows(last, ids, full)
         if array is None:
             continue
         value = last.outputs[0]
@@ -255,61 +257,44 @@ def _source_initializers(value: ir.Value, stop: ir.Value | None = None) -> list[
     return list(sources.values())
 
 
-def _evaluate(values: list[ir.Value], model: ir.Model) -> dict[str, np.ndarray]:
-    if not values:
-        return {}
-    from onnxcomp.runtime.inference import session
-
+def _run_decode(full, values: list[ir.Value], stop: ir.Value | None = None,
+                feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Run, in ONNX Runtime, the nodes of `full` (the model serialized) that compute `values`
+    from its initializers and, when given, from `stop` fed by `feeds`."""
     import onnx
 
-    nodes = {id(n): n for v in values for n in _producers(v)}
+    from onnxcomp.runtime.inference import session
 
-    full = ir.serde.serialize_model(model)
-    wanted_outputs = {v.name for v in values}
-    decode_outputs = {output.name for node in nodes.values() for output in node.outputs}
-    keep = []
-    for node_proto in full.graph.node:
-        if any(o in decode_outputs for o in node_proto.output):
-            keep.append(node_proto)
-    proto = onnx.helper.make_model(
-        onnx.helper.make_graph(keep, "decode", [], [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in wanted_outputs],
-                               initializer=[t for t in full.graph.initializer]),
-        opset_imports=list(full.opset_import),
-    )
+    produced = {o.name for v in values for n in _producers(v, stop) for o in n.outputs}
+    keep = [p for p in full.graph.node if set(p.output) & produced]
+    inputs = [] if stop is None else [onnx.helper.make_tensor_value_info(
+        stop.name, onnx.TensorProto.INT32 if stop.dtype == ir.DataType.INT32 else onnx.TensorProto.INT64, None)]
+    outputs = [onnx.helper.make_tensor_value_info(v.name, onnx.TensorProto.FLOAT, None) for v in values]
+    proto = onnx.helper.make_model(onnx.helper.make_graph(keep, "decode", inputs, outputs, initializer=list(full.graph.initializer)),
+                                   opset_imports=list(full.opset_import))
     proto.ir_version = min(full.ir_version, 10)
+    return session(proto).run([v.name for v in values], feeds or {})
+
+
+def _evaluate(values: list[ir.Value], full) -> dict[str, np.ndarray]:
+    """The decoded value of each constant decode subgraph output in `values`."""
+    if not values:
+        return {}
     try:
-        sess = session(proto)
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, {})))
+        return dict(zip((v.name for v in values), _run_decode(full, values)))
     except Exception as error:  # inspection is best-effort for foreign decode graphs
         logger.warning("could not evaluate decoded weights: %s", error)
         return {}
 
 
-def _evaluate_rows(last: ir.Node, ids: ir.Value, model: ir.Model) -> np.ndarray | None:
+def _evaluate_rows(last: ir.Node, ids: ir.Value, full) -> np.ndarray | None:
     """The whole table of a run-time row decode: its subgraph run on every row index."""
-    from onnxcomp.runtime.inference import session
-
-    import onnx
-
     table = next(n.inputs[0] for n in _producers(last.outputs[0], stop=ids) if n.op_type == "Gather" and n.inputs[1] is ids)
     count = int(table.const_value.shape[0])
-    nodes = {id(n) for n in _producers(last.outputs[0], stop=ids)}
-    names = {o.name for n in model.graph for o in n.outputs if id(n) in nodes}
-    full = ir.serde.serialize_model(model)
-    keep = [p for p in full.graph.node if set(p.output) & names]
-    index_type = onnx.TensorProto.INT32 if ids.dtype == ir.DataType.INT32 else onnx.TensorProto.INT64
     rank = len(ids.shape) if ids.shape is not None else 1
-    proto = onnx.helper.make_model(
-        onnx.helper.make_graph(keep, "rows", [onnx.helper.make_tensor_value_info(ids.name, index_type, None)],
-                               [onnx.helper.make_tensor_value_info(last.outputs[0].name, onnx.TensorProto.FLOAT, None)],
-                               initializer=[t for t in full.graph.initializer]),
-        opset_imports=list(full.opset_import),
-    )
-    proto.ir_version = min(full.ir_version, 10)
-    every = np.arange(count, dtype=np.int32 if index_type == onnx.TensorProto.INT32 else np.int64).reshape([1] * (rank - 1) + [count])
+    every = np.arange(count, dtype=np.int32 if ids.dtype == ir.DataType.INT32 else np.int64).reshape([1] * (rank - 1) + [count])
     try:
-        decoded = session(proto).run(None, {ids.name: every})[0]
+        decoded = _run_decode(full, [last.outputs[0]], ids, {ids.name: every})[0]
     except Exception as error:  # inspection is best-effort for foreign graphs
         logger.warning("could not evaluate a row-decoded table: %s", error)
         return None

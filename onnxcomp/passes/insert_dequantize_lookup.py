@@ -11,7 +11,6 @@ import onnx_ir as ir
 from onnxcomp import encoding, rows as row_decode
 from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, rewire
 from onnxcomp.passes._stats import StatsPassResult
-from onnxcomp.quantize import from_group_view, group_view
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
@@ -181,16 +180,10 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
         groups, axis = self.groups.get(name, (1, 0))
         if groups <= 1 or (axis == 1 and values.ndim < 2) or (values.size if axis == 0 else values.shape[-1]) % groups:
             return None
-        rows = group_view(values, groups, axis)
-        tables = [np.unique(row) for row in rows]
-        size = max(table.size for table in tables)
-        if size > encoding.MAX_CODEBOOK:
+        table = row_decode.row_codes(values, groups, axis)
+        if table is None:
             logger.debug("%s: a group has more than %d distinct values", name, encoding.MAX_CODEBOOK)
             return None
-        codebooks = np.stack([np.pad(table, (0, size - table.size), mode="edge") for table in tables])
-        codes = from_group_view(np.stack([np.searchsorted(table, row) for table, row in zip(tables, rows)]),
-                                values.shape, axis)
-        bits = encoding.bits_for(size)
         columns = None if axis == 0 else values.shape[-1]
-        price = encoding.grouped_lookup_bytes(values.size, bits, groups, size, values.ndim, columns)
-        return codes, codebooks, bits, price, axis
+        price = encoding.grouped_lookup_bytes(values.size, table.bits, groups, table.codebooks.shape[1], values.ndim, columns)
+        return table.codes, table.codebooks, table.bits, price, axis
