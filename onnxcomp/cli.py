@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -279,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("onnxcomp: error: out of memory", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (e.g. `onnxcomp inspect m.onnx | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     finally:
         logger.debug("finished in %.2f s", time.perf_counter() - started)
 

@@ -465,3 +465,16 @@ def test_inspect_external_data_model(tmp_path, cli):
     result = cli("inspect", path)
     assert result.returncode == 0, result.stderr
     assert "128x256" in result.stdout and "dense" in result.stdout
+
+
+def test_inspect_into_a_closed_pipe_is_no_traceback(tmp_path):
+    """`onnxcomp inspect m.onnx | head`: the reader may leave before the table is written (here
+    it never reads: `true` exits long before onnxcomp imports onnxruntime); no traceback."""
+    import subprocess
+    import sys
+
+    model = Path(__file__).resolve().parents[1] / "models" / "lenet300.onnx"
+    command = f"{sys.executable} -m onnxcomp.cli inspect {model} | true; echo ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+    assert done.stdout.strip() == "141"
