@@ -21,6 +21,14 @@ MAX_GENERATED_BYTES = 256 << 20  # generated inputs, all samples together
 Batch = Mapping[str, np.ndarray]  # one batch of the Python API's data: arrays named after the inputs (+ "labels")
 
 
+class NoRunnableInputError(OnnxcompError):
+    """No generated input configuration runs in ONNX Runtime; ``last_error`` is ORT's last error line."""
+
+    def __init__(self, message: str, last_error: str = ""):
+        super().__init__(message)
+        self.last_error = last_error
+
+
 @dataclasses.dataclass
 class Samples:
     inputs: dict[str, np.ndarray]
