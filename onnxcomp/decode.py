@@ -14,6 +14,16 @@ from onnxcomp import encoding
 DECODE_OPSET = 11
 
 
+def _names_in(graph: ir.Graph) -> set[str]:
+    """Every node and value name of `graph` and its subgraphs (ONNX wants each unique)."""
+    names = {v.name for v in (*graph.inputs, *graph.initializers.values()) if v.name}
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        if node.name:
+            names.add(node.name)
+        names.update(o.name for o in node.outputs if o.name)
+    return names
+
+
 class DecodeBuilder:
     """Collects decode nodes and shared constants for one graph; insert them with `flush`."""
 
@@ -22,10 +32,17 @@ class DecodeBuilder:
         self.nodes: list[ir.Node] = []
         self._constants: dict[tuple, ir.Value] = {}
         self._counter = 0
+        # Several builders (and passes) add nodes to one graph: a name already there would make
+        # two nodes (or values) of the same name, which ONNX Runtime refuses when names are kept.
+        self._taken = _names_in(graph)
 
     def _name(self, stem: str) -> str:
-        self._counter += 1
-        return f"{stem}_{self._counter}"
+        while True:
+            self._counter += 1
+            name = f"{stem}_{self._counter}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
 
     def initializer(self, array: np.ndarray, stem: str) -> ir.Value:
         name = self.graph_unique(stem)
