@@ -6,7 +6,9 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from onnxcomp import limits
 from onnxcomp.errors import OnnxcompError
 
 logger = logging.getLogger(__name__)
@@ -46,27 +49,37 @@ def _external_number(tensor: onnx.TensorProto, info: dict[str, str], key: str) -
 
 def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
     """Refuse external-data paths that leave the model's folder, or files that are missing/short."""
-    root = base_dir.resolve()
+    try:
+        root = base_dir.resolve()
+    except (OSError, RuntimeError) as error:
+        raise OnnxcompError(f"cannot resolve the model's folder {base_dir}: {_os_reason(error)}") from None
     for tensor in _external_tensors(proto):
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
         if "\0" in location:
             raise OnnxcompError(f"tensor {tensor.name!r} has an invalid external data location {location!r}")
-        target = (root / location).resolve()
-        if not location or Path(location).is_absolute() or root not in target.parents:
-            raise OnnxcompError(
-                f"tensor {tensor.name!r} points to external data {location!r} outside the model's folder; refusing to read it"
-            )
-        if not target.is_file():
-            raise OnnxcompError(f"missing external data file {location!r} for tensor {tensor.name!r} (expected next to the model)")
-        offset = _external_number(tensor, info, "offset") or 0
-        length = _external_number(tensor, info, "length")
-        expected = _tensor_bytes(tensor)
-        if length is not None and expected is not None and length != expected:
-            raise OnnxcompError(f"tensor {tensor.name!r}: external data length {length} B does not match its shape and type ({expected} B)")
-        needed = offset + (length if length is not None else expected or 0)
-        if needed > target.stat().st_size:
-            raise OnnxcompError(f"external data file {location!r} is too short for tensor {tensor.name!r}")
+        try:
+            _check_external_file(tensor, info, root, location)
+        except (OSError, RuntimeError) as error:  # a link loop, or the file swapped while we look at it
+            raise OnnxcompError(f"cannot read external data {location!r} of tensor {tensor.name!r}: {_os_reason(error)}") from None
+
+
+def _check_external_file(tensor: onnx.TensorProto, info: dict[str, str], root: Path, location: str) -> None:
+    target = (root / location).resolve()
+    if not location or Path(location).is_absolute() or root not in target.parents:
+        raise OnnxcompError(
+            f"tensor {tensor.name!r} points to external data {location!r} outside the model's folder; refusing to read it"
+        )
+    if not target.is_file():
+        raise OnnxcompError(f"missing external data file {location!r} for tensor {tensor.name!r} (expected next to the model)")
+    offset = _external_number(tensor, info, "offset") or 0
+    length = _external_number(tensor, info, "length")
+    expected = _tensor_bytes(tensor)
+    if length is not None and expected is not None and length != expected:
+        raise OnnxcompError(f"tensor {tensor.name!r}: external data length {length} B does not match its shape and type ({expected} B)")
+    needed = offset + (length if length is not None else expected or 0)
+    if needed > target.stat().st_size:
+        raise OnnxcompError(f"external data file {location!r} is too short for tensor {tensor.name!r}")
 
 
 # Sub-byte element types are packed; every other type's size is its numpy item size.
@@ -138,11 +151,15 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise OnnxcompError(f"{path}: not an ONNX model (no graph nodes found)")
     check_tensors(proto)
+    limits.check_graph(proto)
     check_external_data(proto, path.parent)
+    densified = limits.densify_sparse_initializers(proto.graph)
     try:
         # Checking by path resolves external data relative to the model's folder (and has no
         # 2 GB protobuf limit); checking the in-memory proto would resolve it against the cwd.
-        onnx.checker.check_model(str(path))
+        # A model whose sparse initializers were made dense is checked as it will be compressed
+        # (the checker rejects some sparse initializers that ONNX Runtime accepts).
+        onnx.checker.check_model(proto if densified and not any(_external_tensors(proto)) else str(path))
     except onnx.checker.ValidationError as error:
         raise OnnxcompError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
     except Exception as error:
@@ -152,12 +169,19 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except Exception as error:
         raise OnnxcompError(f"{path}: cannot import the graph ({type(error).__name__}: {_first_line(error)})") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
-    external = sum(int({e.key: e.value for e in t.external_data}.get("length", 0) or 0) for t in _external_tensors(proto))
+    external = sum(_external_length(tensor) for tensor in _external_tensors(proto))
     if external and external < IN_MEMORY_EXTERNAL_BYTES:
         # Every later step (ONNX Runtime sessions built from protos, serialization) then sees
         # ordinary tensors; the input's data file is only read.
         ir.external_data.load_to_model(model)
     return model
+
+
+def _external_length(tensor: onnx.TensorProto) -> int:
+    """Bytes a tensor reads from external data: its `length` key, else what its shape and type
+    call for (the key is optional; `check_external_data` has checked the two agree)."""
+    length = _external_number(tensor, {e.key: e.value for e in tensor.external_data}, "length")
+    return length if length is not None else (_tensor_bytes(tensor) or 0)
 
 
 def is_streamed(model: ir.Model) -> bool:
@@ -223,6 +247,7 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, overwrite: bool = Fa
     """Write the model atomically (temp file + rename); return bytes on disk (.onnx + data).
 
     Models over protobuf's 2 GB limit get their weights in `<name>.data` beside the file.
+    OS errors (full disk, read-only folder) become one-line OnnxcompErrors.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -236,35 +261,78 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, overwrite: bool = Fa
         atomic_write(path, lambda handle: handle.write(data))
         return len(data)
     data_name = path.name + ".data"
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".onnxcomp-") as staging:
-        staged = Path(staging) / path.name
-        ir.save(model, staged, external_data=data_name)
-        os.replace(Path(staging) / data_name, directory / data_name)
-        os.replace(staged, path)
-    return path.stat().st_size + (directory / data_name).stat().st_size
+    try:
+        with terminate_cleanly(), tempfile.TemporaryDirectory(dir=directory, prefix=".onnxcomp-") as staging:
+            staged = Path(staging) / path.name
+            ir.save(model, staged, external_data=data_name)
+            os.replace(Path(staging) / data_name, directory / data_name)
+            os.replace(staged, path)
+        return path.stat().st_size + (directory / data_name).stat().st_size
+    except OSError as error:
+        raise OnnxcompError(f"cannot write {path}: {_os_reason(error)}") from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that `finally` blocks remove temporary files."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def terminate_cleanly():
+    """Within the block, SIGTERM raises `Terminated` (where it would otherwise kill the process
+    outright), so a write in progress removes its temporary file. A handler already set (the
+    CLI's, or the caller's) is kept; outside the main thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder and rename it into place."""
+    """Write via a temporary file in the same folder and rename it into place.
+
+    The temporary file is removed on any failure, Ctrl-C and SIGTERM included; OS errors (a
+    full disk, a read-only or missing folder, a file too large) become one-line OnnxcompErrors.
+    """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OnnxcompError(f"output folder {folder} does not exist")
-    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # NamedTemporaryFile creates mode 0600; give the output the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(handle.name, 0o666 & ~umask)
-        os.replace(handle.name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(handle.name)
-        raise
+    with terminate_cleanly():
+        try:
+            handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+        except OSError as error:
+            raise OnnxcompError(f"cannot write {path}: {_os_reason(error)}") from None
+        try:
+            with handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            # NamedTemporaryFile creates mode 0600; give the output the usual umask-based mode.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(handle.name, 0o666 & ~umask)
+            os.replace(handle.name, path)
+        except BaseException as error:
+            with contextlib.suppress(OSError):
+                os.unlink(handle.name)
+            if isinstance(error, OSError):
+                raise OnnxcompError(f"cannot write {path}: {_os_reason(error)}") from None
+            raise
+
+
+def _os_reason(error: BaseException) -> str:
+    """An OS error's reason without its repeated file names (e.g. "No space left on device")."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return _first_line(error)
 
 
 def file_bytes(path: str | os.PathLike) -> int:
