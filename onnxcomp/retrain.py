@@ -108,11 +108,12 @@ def with_weights(model: ir.Model, weights: dict[str, np.ndarray]) -> ir.Model:
 
 
 def require_training() -> None:
-    from onnxcomp.runtime.training import training_available
+    """Raise a one-line `OnnxcompError` (why, and what works instead) where fine-tuning cannot run."""
+    from onnxcomp.runtime.training import training_unavailable_reason
 
-    if not training_available():
-        raise OnnxcompError("fine-tuning needs the ONNX Runtime training build: pip install 'onnxcomp[train]' "
-                            "(or pass --epochs 0 for calibration-only compression)")
+    reason = training_unavailable_reason()
+    if reason is not None:
+        raise OnnxcompError(reason)
 
 
 def prune_rounds(ratio: float, epochs: int) -> int:

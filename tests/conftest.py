@@ -126,6 +126,21 @@ def pytest_unconfigure(config):
         _undo_compat_collector()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `training` (they fine-tune) skip, with the one-line reason, where this
+    environment has no ONNX Runtime training build (onnxcomp.runtime.training_support); the
+    check imports the training build (and torch) only when such a test was collected."""
+    marked = [item for item in items if item.get_closest_marker("training") is not None]
+    if not marked:
+        return
+    from onnxcomp.runtime.training_support import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 def assert_single_matmul_decodes_exactly_and_folds(model: ir.Model, reference: ir.Model, weight: np.ndarray,
                                                   rng: np.random.Generator, folder) -> None:
     """A compressed `single_matmul`: valid, its decoded weight equals `weight` bit for bit, its

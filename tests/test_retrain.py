@@ -13,7 +13,7 @@ from onnxcomp.io import load_model
 from onnxcomp.pipeline import CompressOptions, compress_file
 from onnxcomp.runtime.inference import session
 
-pytest.importorskip("onnxruntime.training", reason="the ONNX Runtime training build is not installed")
+pytestmark = pytest.mark.training  # skipped with the reason where no training build exists (conftest)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "lenet300.onnx"

@@ -8,16 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip(
-    "onnxruntime.training", reason="fine-tuning needs onnxruntime-training (pip install 'onnxcomp[train]')"
-)
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-import onnx  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from onnxcomp.errors import OnnxcompError  # noqa: E402
-from onnxcomp.runtime import training_graph  # noqa: E402
-from onnxcomp.runtime.training import (  # noqa: E402
+from onnxcomp.errors import OnnxcompError
+from onnxcomp.runtime import training_graph
+from onnxcomp.runtime.training import (
     L2,
     ADMMPenalty,
     GaussianMixturePrior,
@@ -26,6 +22,8 @@ from onnxcomp.runtime.training import (  # noqa: E402
     model_forward_logits,
     snap_to_mixture,
 )
+
+pytestmark = pytest.mark.training  # skipped with the reason where no training build exists (conftest)
 
 FEATURES, HIDDEN, CLASSES = 64, 32, 10
 WEIGHTS = ["W1", "b1", "W2", "b2"]

@@ -167,11 +167,8 @@ def _noisy_features_task(rng, count: int):
     return np.concatenate([informative, noise], axis=1), labels
 
 
+@pytest.mark.training
 def test_vib_drops_noise_inputs():
-    from onnxcomp.runtime.training import training_available
-
-    if not training_available():
-        pytest.skip("the ONNX Runtime training backend (onnxruntime-training) is not installed")
     rng = np.random.default_rng(3)
     x, y = _noisy_features_task(rng, 3000)
     x_eval, y_eval = _noisy_features_task(np.random.default_rng(4), 500)

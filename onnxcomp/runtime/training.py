@@ -5,7 +5,7 @@ into a training graph (masks, codebook decodes, in-graph loss and regularizers; 
 `onnxcomp.runtime.training_graph`), lets ONNX Runtime generate the gradient and AdamW graphs,
 runs a plain epoch loop and reads the trained tensors back from the checkpoint state.
 
-Needs the ``train`` extra (onnxruntime-training, which imports torch).
+Needs the ``train`` extra (onnxruntime-training-cpu, which imports torch; see `training_support`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.runtime import inference, training_data, training_graph, training_loop
+from onnxcomp.runtime import inference, training_data, training_graph, training_loop, training_support
 from onnxcomp.runtime.regularizers import (  # re-exported: the fine-tuning API in one place
     L2,
     ADMMPenalty,
@@ -41,6 +41,7 @@ __all__ = [
     "model_forward_logits",
     "snap_to_mixture",
     "training_available",
+    "training_unavailable_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,11 +108,12 @@ class FinetuneResult:
 
 def training_available() -> bool:
     """Whether the ONNX Runtime training backend can be imported."""
-    try:
-        import onnxruntime.training.api  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return training_support.unavailable_reason() is None
+
+
+def training_unavailable_reason() -> str | None:
+    """Why fine-tuning cannot run here, in one line (why, and what works instead), or None."""
+    return training_support.unavailable_reason()
 
 
 def finetune(
@@ -266,11 +268,9 @@ def model_forward_logits(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray
 
 
 def _require_training() -> None:
-    if not training_available():
-        raise OnnxcompError(
-            "fine-tuning needs the ONNX Runtime training backend: pip install 'onnxcomp[train]' "
-            "(data-free compression works without it)"
-        )
+    reason = training_support.unavailable_reason()
+    if reason is not None:
+        raise OnnxcompError(reason)
 
 
 def _check_config(config: TrainConfig) -> None:
