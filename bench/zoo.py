@@ -1,0 +1,289 @@
+"""Real-model zoo: compress models that ship inside pip packages and judge them in their own apps.
+
+    python -m bench.zoo [--models a,b] [--fractions 0.25,0.125] [--no-quantize]
+
+For each model of `bench.zoo_apps.APPS` (installed by `bench/zoo-requirements.txt`): run the
+`onnxcomp compress` command line data-free at each fraction of the model's bytes (exit code,
+wall time, the child's peak RSS from `os.wait4`), run the package's own application on real
+inputs with the original and with the compressed file (placed under the original file name),
+and score task agreement. ONNX Runtime's `quantize_dynamic` (uint8 weights) on the same model is
+the comparison row. Every compression and every application run is a child process, so a
+native crash is a row of the table, not the end of the benchmark.
+
+Writes `bench/results/zoo.json` and `bench/results/zoo.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.zoo_apps import APPS, ZooApp
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).parent / "results"
+COMPRESS_TIMEOUT_S = 1800
+APP_TIMEOUT_S = 900
+
+
+@dataclasses.dataclass
+class ChildRun:
+    """One child process: exit status, wall seconds, peak RSS and its last error line."""
+
+    returncode: int
+    seconds: float
+    peak_rss_bytes: int
+    error: str = ""
+
+
+def run_child(command: list[str], log_path: Path, timeout_s: float) -> ChildRun:
+    """Run `command` with output to `log_path`; peak RSS of the child and the children it waited
+    for, from `os.wait4` (so concurrent children of this process do not count)."""
+    start = time.perf_counter()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+    timer = threading.Timer(timeout_s, lambda: os.killpg(process.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        timer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    text = log_path.read_text(errors="replace")
+    return ChildRun(process.returncode, seconds, usage.ru_maxrss * 1024, error_line(text, process.returncode, seconds >= timeout_s))
+
+
+def error_line(log: str, returncode: int, timed_out: bool = False) -> str:
+    """The line a user would read as the reason for a failure: onnxcomp's `error:` line, else the
+    last line of the output (a traceback's exception), else the signal."""
+    if returncode == 0:
+        return ""
+    if timed_out:
+        return "timed out"
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "error:" in line:
+            return line
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}" + (f" after: {lines[-1]}" if lines else "")
+    return lines[-1] if lines else f"exit {returncode}, no output"
+
+
+def onnxcomp_command() -> list[str]:
+    """The `onnxcomp` command of this interpreter's environment."""
+    script = Path(sys.executable).parent / "onnxcomp"
+    return [str(script)] if script.exists() else [sys.executable, "-c", "import sys; from onnxcomp.cli import main; sys.exit(main())"]
+
+
+def evaluate(app: ZooApp, model: Path, work: Path, tag: str) -> tuple[list[Any] | None, str]:
+    """Run the app on `model` (placed under the original file name) in a child process."""
+    out_json = work / f"{app.name}.{tag}.outputs.json"
+    run = run_child(
+        [sys.executable, "-m", "bench.zoo", "--eval", app.name, str(model), str(out_json)],
+        work / f"{app.name}.{tag}.app.log",
+        APP_TIMEOUT_S,
+    )
+    if run.returncode != 0 or not out_json.exists():
+        return None, run.error or "application produced no output"
+    return json.loads(out_json.read_text()), ""
+
+
+def compress(app: ZooApp, fraction: float, work: Path) -> dict[str, Any]:
+    original = app.model_path()
+    target = int(original.stat().st_size * fraction)
+    output = work / f"{app.name}.{fraction:g}.onnx"
+    command = onnxcomp_command() + ["compress", str(original), "--target-size", f"{target}B", "-o", str(output), "--force"]
+    run = run_child(command, work / f"{app.name}.{fraction:g}.compress.log", COMPRESS_TIMEOUT_S)
+    row: dict[str, Any] = {
+        "fraction": fraction,
+        "target_bytes": target,
+        "exit_code": run.returncode,
+        "seconds": round(run.seconds, 1),
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "error": run.error,
+        "bytes": output.stat().st_size if run.returncode == 0 and output.exists() else None,
+    }
+    if row["bytes"] is not None:
+        row["model"] = str(output)
+    return row
+
+
+def quantize_dynamic_row(app: ZooApp, work: Path) -> dict[str, Any]:
+    output = work / f"{app.name}.quantize_dynamic.onnx"
+    run = run_child(
+        [sys.executable, "-m", "bench.zoo", "--quantize", str(app.model_path()), str(output)],
+        work / f"{app.name}.quantize_dynamic.log",
+        COMPRESS_TIMEOUT_S,
+    )
+    row: dict[str, Any] = {"exit_code": run.returncode, "seconds": round(run.seconds, 1), "error": run.error}
+    row["bytes"] = output.stat().st_size if run.returncode == 0 and output.exists() else None
+    if row["bytes"] is not None:
+        row["model"] = str(output)
+    return row
+
+
+def judge(app: ZooApp, row: dict[str, Any], reference: list[Any] | None, work: Path, tag: str) -> None:
+    """Add the task agreement of the row's model to the row."""
+    if reference is None or row.get("bytes") is None:
+        return
+    outputs, error = evaluate(app, Path(row["model"]), work, tag)
+    if outputs is None:
+        row["app_error"] = error
+        return
+    agreement = app.compare(reference, outputs)
+    row["agreement"] = dataclasses.asdict(agreement) | {"score": agreement.score}
+
+
+def bench_model(app: ZooApp, fractions: list[float], work: Path, with_quantize: bool) -> dict[str, Any]:
+    original = app.model_path()
+    logger.info("%s: %s (%d bytes)", app.name, original, original.stat().st_size)
+    result: dict[str, Any] = {
+        "model": app.name,
+        "package": app.package,
+        "version": _version(app.package),
+        "file": str(original.relative_to(original.parents[len(app.model_file.split("/"))])),
+        "exporter": app.exporter,
+        "features": list(app.features),
+        "metric": app.metric,
+        "light": app.light,
+        "bytes": original.stat().st_size,
+    }
+    reference, error = evaluate(app, original, work, "original")
+    result["app_error"] = error
+    result["compress"] = []
+    for fraction in fractions:
+        row = compress(app, fraction, work)
+        judge(app, row, reference, work, f"{fraction:g}")
+        logger.info("%s at %g: %s", app.name, fraction, {k: v for k, v in row.items() if k != "model"})
+        result["compress"].append(row)
+    if with_quantize:
+        row = quantize_dynamic_row(app, work)
+        judge(app, row, reference, work, "quantize_dynamic")
+        logger.info("%s quantize_dynamic: %s", app.name, {k: v for k, v in row.items() if k != "model"})
+        result["quantize_dynamic"] = row
+    return result
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
+
+
+def _cell(row: dict[str, Any] | None, original_bytes: int) -> str:
+    if row is None:
+        return "-"
+    if row.get("bytes") is None:
+        return f"FAIL (exit {row['exit_code']}): {row['error'][:160]}".replace("|", "\\|")
+    ratio = original_bytes / row["bytes"]
+    text = f"{row['bytes']:,} B ({ratio:.1f}x)"
+    if "agreement" in row:
+        a = row["agreement"]
+        text += f", {'identical' if a['identical'] else 'differs'} {a['matched']}/{a['total']}"
+        if not a["identical"] and a["detail"]:
+            text += f" ({a['detail'][:80]})"
+    elif "app_error" in row:
+        text += f", app fails: {row['app_error'][:100]}"
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_markdown(results: list[dict[str, Any]], path: Path, command: str) -> None:
+    lines = [
+        "# Real-model zoo: shipped models, compressed data-free, judged in their own applications",
+        "",
+        f"`{command}` on {platform.machine()} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}, "
+        f"onnxcomp at `{_git_head()}`. Agreement = task outputs of the package's own pre- and "
+        "post-processing on real inputs (shipped in packages), compressed vs original; 'identical' "
+        "means every input gave the same output. quantize_dynamic = onnxruntime.quantization, uint8 weights.",
+        "",
+        "| model | package | exporter | features | bytes | metric | 1/4 | 1/8 | quantize_dynamic | peak RSS (1/4, 1/8) | time (1/4, 1/8) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rows = {row["fraction"]: row for row in r["compress"]}
+        quarter, eighth = rows.get(0.25), rows.get(0.125)
+        rss = ", ".join(f"{row['peak_rss_bytes'] / 2**20:,.0f} MB" for row in (quarter, eighth) if row)
+        secs = ", ".join(f"{row['seconds']:.0f} s" for row in (quarter, eighth) if row)
+        app_note = f" (app fails on the original: {r['app_error'][:80]})" if r.get("app_error") else ""
+        lines.append(
+            f"| {r['model']}{' (CI)' if r['light'] else ''} | {r['package']} {r['version']} | {r['exporter']} | "
+            f"{'; '.join(r['features'])} | {r['bytes']:,} | {r['metric']}{app_note} | {_cell(quarter, r['bytes'])} | "
+            f"{_cell(eighth, r['bytes'])} | {_cell(r.get('quantize_dynamic'), r['bytes'])} | {rss} | {secs} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _child_eval(name: str, model: str, out_json: str) -> None:
+    app = APPS[name]
+    with app.placed(Path(model)) as placed:
+        outputs = app.run(placed)
+    Path(out_json).write_text(json.dumps(outputs))
+
+
+def _child_quantize(model: str, output: str) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(model, output, weight_type=QuantType.QUInt8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(APPS), help="comma-separated names (default: all)")
+    parser.add_argument("--fractions", default="0.25,0.125")
+    parser.add_argument("--no-quantize", action="store_true", help="skip the quantize_dynamic row")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep compressed models and logs here")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--eval", nargs=3, metavar=("NAME", "MODEL", "OUT_JSON"), help=argparse.SUPPRESS)
+    parser.add_argument("--quantize", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.eval:
+        _child_eval(*args.eval)
+        return 0
+    if args.quantize:
+        _child_quantize(*args.quantize)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in APPS]
+    if unknown:
+        parser.error(f"unknown models {unknown}; known: {', '.join(APPS)}")
+    fractions = [float(f) for f in args.fractions.split(",")]
+    command = "python -m bench.zoo" + ("" if args.models == ",".join(APPS) else f" --models {args.models}")
+    with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
+        work = args.work_dir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        results = [bench_model(APPS[n], fractions, work, not args.no_quantize) for n in names]
+        args.results.mkdir(parents=True, exist_ok=True)
+        for result in results:
+            for row in [*result["compress"], result.get("quantize_dynamic") or {}]:
+                row.pop("model", None)  # temporary paths
+        (args.results / "zoo.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_markdown(results, args.results / "zoo.md", command)
+    print((args.results / "zoo.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

