@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     compress.add_argument("--lr", type=float, default=1e-3, help="training learning rate (default 1e-3, cosine schedule)")
     compress.add_argument("--seed", type=int, default=0, help="seed for generated inputs and training shuffles (default 0)")
+    _add_input_flags(compress)
     compress.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
     sweep = commands.add_parser("sweep", help="compress to several targets in parallel and plot size against accuracy/fidelity")
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-sensitivity", action="store_true", help="allocate bits by weight error alone")
     sweep.add_argument("--keep-metadata", action="store_true", help="keep doc strings, metadata and original names")
     sweep.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
+    _add_input_flags(sweep)
     sweep.add_argument("--force", action="store_true", help="overwrite existing outputs")
     sweep.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
@@ -104,6 +106,21 @@ def _parser() -> argparse.ArgumentParser:
                              "'auto' (default) = the smaller of the two whose outputs match the .onnx")
     mobile.add_argument("--json", action="store_true", help="print the export report as JSON")
     return parser
+
+
+def _add_input_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
+                        help="the shape of input NAME for generated inputs, e.g. x:1,3,640,640 (repeatable)")
+    parser.add_argument("--input-value", action="append", default=[], metavar="NAME=V",
+                        help="the value of input NAME, e.g. sr=16000 or a 1-D value v=1,2,3; used for generated "
+                             "inputs and where --data lacks NAME (repeatable)")
+
+
+def _input_pins(args) -> tuple[dict, dict]:
+    """--input-shape and --input-value as {name: dims} and {name: array}."""
+    from onnxcomp.signature import parse_input_shape, parse_input_value
+
+    return dict(map(parse_input_shape, args.input_shape)), dict(map(parse_input_value, args.input_value))
 
 
 def _default_output(input_path: Path) -> Path:
@@ -126,17 +143,19 @@ def _compress(args) -> int:
             print(f"  {message}", file=sys.stderr, flush=True)
 
     samples = eval_samples = None
+    input_shapes, input_values = _input_pins(args)
     if args.data:
-        samples = load_samples(args.data, io.load_model(input_path))
+        samples = load_samples(args.data, io.load_model(input_path), input_values)
     if args.eval_data:
         if not args.data:
             raise OnnxcompError("--eval-data needs --data (the training samples)")
-        eval_samples = load_samples(args.eval_data, io.load_model(input_path))
+        eval_samples = load_samples(args.eval_data, io.load_model(input_path), input_values)
     epochs = args.epochs if args.epochs is not None else (DEFAULT_EPOCHS if args.data else 0)
     options = CompressOptions(target_bytes=target, keep_metadata=args.keep_metadata, sensitivity=not args.no_sensitivity,
                               seed=args.seed, min_fidelity=args.min_fidelity, max_accuracy_drop=args.max_accuracy_drop,
                               force=args.force, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
-                              method=args.method, epochs_given=args.epochs is not None, patience=args.patience)
+                              method=args.method, epochs_given=args.epochs is not None, patience=args.patience,
+                              input_shapes=input_shapes, input_values=input_values)
     if epochs < 0 or args.batch_size < 1 or args.lr <= 0 or (args.patience is not None and args.patience < 1):
         raise OnnxcompError("--epochs must be >= 0, --batch-size >= 1, --lr > 0 and --patience >= 1")
     if args.report_dir:
@@ -189,8 +208,10 @@ def _sweep(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise OnnxcompError("--jobs must be >= 1")
     targets = parse_targets(args.targets)
+    input_shapes, input_values = _input_pins(args)
     options = SweepOptions(data=args.data, sensitivity=not args.no_sensitivity, seed=args.seed,
-                           keep_metadata=args.keep_metadata, overwrite=args.force)
+                           keep_metadata=args.keep_metadata, overwrite=args.force,
+                           input_shapes=input_shapes, input_values=input_values)
     progress = None if args.quiet else (lambda line: print(f"  {line}", file=sys.stderr, flush=True))
     summary = run_sweep(input_path, targets, output_dir, options, jobs=args.jobs, progress=progress)
     if not args.quiet:

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.data import batch, sample_count
+from onnxcomp.data import batches
 from onnxcomp.io import to_proto
 from onnxcomp.quantize import Quantization, nearest_rows
 from onnxcomp.runtime.inference import session
@@ -94,8 +94,7 @@ def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batc
     sess = session(proto)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for start in range(0, sample_count(inputs), max(batch_size, 1)):
-        feed = batch(inputs, start, start + max(batch_size, 1))
+    for feed in batches(inputs, batch_size):
         results = dict(zip(fetched, sess.run(fetched, feed))) if fetched else {}
         results.update({name: feed[name] for name in names if name in feed})
         for name in names:

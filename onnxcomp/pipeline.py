@@ -19,7 +19,9 @@ import onnx_ir as ir
 from onnxcomp import io, rows
 from onnxcomp.allocate import Allocation, LayerOptions, allocate, layer_options, load_budget
 from onnxcomp.canonicalize import canonicalize
-from onnxcomp.data import Batch, Samples, as_samples, generate_samples
+from onnxcomp.data import Batch, Samples, as_samples
+from onnxcomp.probe import generated_samples
+from onnxcomp.signature import input_specs
 from onnxcomp.errors import FidelityError, OnnxcompError, TargetUnreachableError
 from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.passes.cluster_weights import ClusterWeightsPass
@@ -68,6 +70,8 @@ class CompressOptions:
     epochs_given: bool = True  # False: `epochs` is the CLI default, skipped where fine-tuning cannot apply
     method: str = "auto"  # auto | prune | sws | admm | vib (see onnxcomp.retrain)
     vib_gamma: float = 1.6e-4  # VIB penalty weight per neuron group
+    input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # --input-shape NAME:D1,D2
+    input_values: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # --input-value NAME=V
 
 
 @dataclasses.dataclass
@@ -99,8 +103,8 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         refuse_data(options, samples, eval_samples)
         return compress_streamed(model, options, input_bytes, progress)
     options = _training_or_calibration(options, samples is not None, progress)
-    samples = as_samples(samples, model, "samples")
-    eval_samples = as_samples(eval_samples, model, "eval_samples")
+    samples = as_samples(samples, model, "samples", options.input_values)
+    eval_samples = as_samples(eval_samples, model, "eval_samples", options.input_values)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     original_proto = io.to_proto(model)
@@ -120,7 +124,8 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     timings["canonicalize"] = time.perf_counter() - started
 
     if samples is None:
-        samples = generate_samples(model, count=min(VERIFY_SAMPLES, 256), seed=options.seed)
+        samples = generated_samples(model, min(VERIFY_SAMPLES, 256), options.seed, options.input_shapes,
+                                    options.input_values)
     reference_outputs = run_batches(reference_session, samples.inputs, batch_size)
 
     training = _training_data(options, samples, eval_samples, reference_outputs[0], model, batch_size)
@@ -275,9 +280,9 @@ def _check_guards(report: dict, options: CompressOptions) -> None:
 
 
 def _batch_size(model: ir.Model) -> int:
-    for value in model.graph.inputs:
-        if value.shape is not None and len(value.shape) and isinstance(value.shape[0], int):
-            return value.shape[0]
+    for spec in input_specs(model):  # a fixed size on the sample axis is the batch the model takes
+        if spec.sample_axis is not None and isinstance(spec.dims[spec.sample_axis], int):
+            return spec.dims[spec.sample_axis]
     return 256
 
 
@@ -537,6 +542,11 @@ def _training_data(options: CompressOptions, samples: Samples, eval_samples: Sam
         return None  # the default epochs apply to classifiers with data; others calibrate only
     if samples.generated:
         raise OnnxcompError("--epochs needs training data: pass --data (labels optional; without labels the original model teaches)")
+    if not samples.on_axis0 or (eval_samples is not None and not eval_samples.on_axis0):
+        if not options.epochs_given:
+            return None
+        raise OnnxcompError("fine-tuning needs feeds of one shape with every input's samples on axis 0; "
+                            "pass --epochs 0 to compress with --data as calibration only")
     train, held_out, train_teacher = samples, eval_samples, teacher
     if held_out is None and samples.count >= 2 * HOLD_OUT_MIN:
         count = min(HOLD_OUT_MAX, samples.count // 10)

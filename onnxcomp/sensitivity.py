@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp.allocate import LayerOptions
-from onnxcomp.data import batch, sample_count
+from onnxcomp.data import batches, join_outputs, sample_count
 from onnxcomp.io import to_proto
 from onnxcomp.quantize import apply_quantization
 from onnxcomp.runtime.inference import session
@@ -59,15 +59,14 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
 
 
 def run_batches_with_weights(sess, inputs, weights, batch_size):
-    count = sample_count(inputs)
-    feeds = []
-    for start in range(0, count, max(batch_size, 1)):
-        feed = batch(inputs, start, start + max(batch_size, 1))
+    feeds, sizes = [], []
+    for feed in batches(inputs, batch_size):
+        sizes.append(sample_count(feed))
         feed.update(weights)
         feeds.append(feed)
     names = [o.name for o in sess.get_outputs()]
     results = [sess.run(names, feed) for feed in feeds]
-    return [np.concatenate([r[i] for r in results]) for i in range(len(names))]
+    return [join_outputs([r[i] for r in results], sizes) for i in range(len(names))]
 
 
 def _probe(layer: LayerOptions):
@@ -132,9 +131,7 @@ def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     axis_of = {a.name: axis for a, axis, _ in wanted.values()}
-    count = sample_count(inputs)
-    for start in range(0, count, max(batch_size, 1)):
-        feed = batch(inputs, start, start + max(batch_size, 1))
+    for feed in batches(inputs, batch_size):
         results = dict(zip(output_names, sess.run(output_names, feed))) if output_names else {}
         results.update({n: feed[n] for n in names if n in feed})
         for name in names:
@@ -207,8 +204,7 @@ def embedding_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray]
     skipped: set[str] = set()
     # Padding positions (mask 0, e.g. an `attention_mask` input) read rows that change nothing.
     masks = [name for name in sorted(graph_inputs) if "mask" in name.lower() and name in inputs]
-    for start in range(0, sample_count(inputs), max(batch_size, 1)):
-        feed = batch(inputs, start, start + max(batch_size, 1))
+    for feed in batches(inputs, batch_size):
         found = {name: feed[name] for name in index_names if name in feed}
         if sess is not None:
             found.update(zip(computed, sess.run(computed, feed)))

@@ -37,6 +37,8 @@ class SweepOptions:
     seed: int = 0
     keep_metadata: bool = False
     overwrite: bool = False
+    input_shapes: dict = dataclasses.field(default_factory=dict)  # --input-shape: {name: dims}
+    input_values: dict = dataclasses.field(default_factory=dict)  # --input-value: {name: array}
 
 
 def parse_targets(text: str) -> list[tuple[str, int]]:
@@ -62,9 +64,10 @@ def compress_target(input_path: str, target_bytes: int, output_path: str, option
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     result: dict = {"target_bytes": target_bytes, "output": output_path, "pid": os.getpid()}
     try:
-        samples = load_samples(options.data, io.load_model(input_path)) if options.data else None
+        samples = load_samples(options.data, io.load_model(input_path), options.input_values) if options.data else None
         compress_options = CompressOptions(target_bytes=target_bytes, keep_metadata=options.keep_metadata,
-                                           sensitivity=options.sensitivity, seed=options.seed)
+                                           sensitivity=options.sensitivity, seed=options.seed,
+                                           input_shapes=options.input_shapes, input_values=options.input_values)
         result["report"] = compress_file(input_path, output_path, compress_options, samples=samples,
                                          overwrite=options.overwrite)
         result["status"] = "ok"

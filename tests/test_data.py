@@ -45,7 +45,7 @@ def test_batches_join_into_the_same_samples_as_the_npz(model):
     ({"input": np.zeros((4, 784), np.float32)}, "not one dict"),
     ([np.zeros((4, 784), np.float32)], "batch 0 is a ndarray"),
     ([{"input": np.zeros((4, 784), np.float32)}, {"x": np.zeros((4, 784), np.float32)}], "batch 1 has arrays"),
-    ([{"input": np.zeros((4, 784), np.float32)}, {"input": np.zeros((4, 10), np.float32)}], "do not stack"),
+    ([{"input": np.zeros((4, 1, 28, 28), np.float32)}, {"input": np.zeros((4, 10), np.float32)}], "batch 1: .* expects"),
     ([{"input": np.zeros((4, 10), np.float32)}], "expects"),
     ([{"input": np.full((4, 1, 28, 28), np.nan, np.float32)}], "NaN"),
     ([{"input": np.zeros((4, 1, 28, 28), np.float32), "labels": np.zeros(3, np.int64)}], "labels"),

@@ -37,7 +37,7 @@ def measure_moments(
     model: ir.Model, values: Iterable[ir.Value], samples: Mapping[str, np.ndarray]
 ) -> dict[ir.Value, tuple[np.ndarray, np.ndarray]]:
     """Mean and mean square over the samples (axis 0) of each value, per position."""
-    from onnxcomp.data import batch, sample_count
+    from onnxcomp.data import Feeds, batches, first_group, sample_count
     from onnxcomp.runtime.inference import session
 
     wanted = {v.name: v for v in values if v is not None and v.name}
@@ -49,13 +49,14 @@ def measure_moments(
     for name in wanted:
         if name not in inputs and name not in outputs:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    feeds = {name: np.asarray(array) for name, array in samples.items() if name in inputs}
+    # Per-position moments need one shape: the largest group of equal-shaped feeds.
+    group = first_group(samples)
+    feeds = Feeds({name: np.asarray(array) for name, array in group.items() if name in inputs}, group.axes)
     fetched = [name for name in wanted if name not in inputs]
     sess = session(proto)
     sums: dict[str, list] = {}
     count = sample_count(feeds)
-    for start in range(0, count, MEASURE_BATCH):
-        feed = batch(feeds, start, start + MEASURE_BATCH)
+    for feed in batches(feeds, MEASURE_BATCH):
         results = dict(zip(fetched, sess.run(fetched, feed))) if fetched else {}
         results.update({name: feed[name] for name in wanted if name in feed})
         for name in wanted:

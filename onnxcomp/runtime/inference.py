@@ -41,15 +41,15 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike, threads: int | N
 
 
 def run_batches(sess, inputs: dict[str, np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
-    """Run all samples through a session in batches; returns each output concatenated."""
-    from onnxcomp.data import batch, sample_count  # rank-0 inputs (flags) go whole with every batch
+    """Run all samples through a session in batches (group by group, each input along its own
+    sample axis); returns each output joined along its sample axis (``data.join_outputs``)."""
+    from onnxcomp.data import batches, join_outputs, sample_count
 
-    count = sample_count(inputs)
     names = [o.name for o in sess.get_outputs()]
     chunks: list[list[np.ndarray]] = [[] for _ in names]
-    batch_size = max(batch_size, 1)  # a model may declare a batch of 0
-    for start in range(0, count, batch_size):
-        feed = batch(inputs, start, start + batch_size)
+    sizes: list[int] = []
+    for feed in batches(inputs, batch_size):
+        sizes.append(sample_count(feed))
         try:
             results = sess.run(names, feed)
         except Exception as error:
@@ -57,4 +57,4 @@ def run_batches(sess, inputs: dict[str, np.ndarray], batch_size: int = 256) -> l
             raise OnnxcompError(f"ONNX Runtime failed to run the model on the sample inputs: {message}") from None
         for chunk, result in zip(chunks, results):
             chunk.append(np.asarray(result))
-    return [np.concatenate(chunk) if chunk[0].ndim else chunk[0] for chunk in chunks]
+    return [join_outputs(chunk, sizes) for chunk in chunks]

@@ -1,0 +1,268 @@
+"""Finding input sizes and values a model runs on when no data gives them.
+
+A dynamic dim gets candidate sizes from its name (``height``/``W`` -> image sizes in multiples
+of the graph's stride product, ``sequence`` -> audio lengths or token counts, ``batch`` -> the
+sample count) and from constant ``Reshape`` targets; an int scalar named like a sample rate
+(``sr``) tries 16000 and 8000. Configurations are probed in order, one sample each, in an
+isolated child process (ONNX Runtime can die natively - SIGFPE - on a wrong size), and the first
+that runs gives the generated samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxcomp.data import NoRunnableInputError, Samples, dim_key, generate_samples
+from onnxcomp.errors import OnnxcompError
+from onnxcomp.signature import InputSpec, input_specs
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SIZES = (224, 320, 256, 640, 128, 64, 32, 480, 96)
+AUDIO_LENGTHS = (512, 1600, 16000, 256, 1024, 4000, 8000)
+TOKEN_COUNTS = (16, 32, 64, 128, 8)
+OTHER_SIZES = (16, 1, 32, 64, 8, 100, 2, 3, 4, 128)
+SAMPLE_RATES = (16000, 8000)
+MAX_PROBES = 24
+PROBE_TIMEOUT_S = 120.0  # one child's whole run: session creation plus its configurations
+
+SPATIAL = re.compile(r"(^|[_.])(h|w|height|width|img_?h|img_?w|image_?(height|width|size))$|height|width", re.IGNORECASE)
+SEQUENCE = re.compile(r"seq|length|len$|time|frames?|samples|steps|tokens", re.IGNORECASE)
+RATE = re.compile(r"^(sr|sample_?rate|sampling_?rate|rate|fs)$", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class DimVariable:
+    """A dynamic dim to choose (shared by every input that names it).
+
+    Attributes:
+        key: its ``dim_param``, or ``input[axis]`` for an anonymous one.
+        kind: ``spatial``, ``audio``, ``tokens`` or ``other``.
+        candidates: sizes to try, best guess first.
+    """
+
+    key: str
+    kind: str
+    candidates: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """One assignment of dynamic dims and guessed scalar values."""
+
+    sizes: dict[str, int]
+    values: dict[str, np.ndarray]
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.sizes.items()] + [f"{k}={v.tolist()}" for k, v in self.values.items()]
+        return ", ".join(parts) or "the declared shapes"
+
+
+def dim_variables(model: ir.Model, specs: list[InputSpec]) -> list[DimVariable]:
+    """The dynamic dims generated inputs must choose (not sample axes, not pinned ones)."""
+    stride = _stride_product(model)
+    hints = _reshape_hints(model)
+    pinned = _pinned_sizes(specs)
+    found: dict[str, DimVariable] = {}
+    for spec in specs:
+        for axis, dim in enumerate(spec.dims or ()):
+            key = dim_key(spec, axis)
+            if axis == spec.sample_axis or isinstance(dim, int) or key in pinned or key in found:
+                continue
+            kind = _kind(spec, axis, dim)
+            found[key] = DimVariable(key, kind, _candidates(kind, stride, hints))
+    return list(found.values())
+
+
+def dim_sizes(model: ir.Model, specs: list[InputSpec]) -> dict[str, int]:
+    """First guess for every dynamic dim (pinned shapes decide the dims they name)."""
+    sizes = {v.key: v.candidates[0] for v in dim_variables(model, specs)}
+    sizes.update(_pinned_sizes(specs))
+    return sizes
+
+
+def _pinned_sizes(specs: list[InputSpec]) -> dict[str, int]:
+    sizes = {}
+    for spec in specs:
+        if spec.pinned is not None:
+            for axis, size in enumerate(spec.pinned):
+                if axis != spec.sample_axis and not isinstance(spec.dims[axis], int):
+                    sizes[dim_key(spec, axis)] = size
+    return sizes
+
+
+def _kind(spec: InputSpec, axis: int, dim: str | None) -> str:
+    floating = spec.dtype is not None and spec.dtype.kind == "f"
+    rank = spec.rank or 0
+    if isinstance(dim, str):
+        if SPATIAL.search(dim):
+            return "spatial"
+        if SEQUENCE.search(dim):
+            if not floating:
+                return "tokens"
+            return "audio" if rank <= 2 else "other"
+    if floating and rank == 4 and axis >= 2:
+        return "spatial"
+    if not floating and rank == 2 and axis == 1:
+        return "tokens"
+    return "other"
+
+
+def _candidates(kind: str, stride: int, hints: list[int]) -> tuple[int, ...]:
+    if kind == "spatial":
+        sizes = [s for s in IMAGE_SIZES if s % stride == 0] + [stride * k for k in (7, 10, 4, 2, 1)]
+        sizes += [h for h in hints if h >= 8]
+    elif kind == "audio":
+        sizes = list(AUDIO_LENGTHS)
+    elif kind == "tokens":
+        sizes = list(TOKEN_COUNTS)
+    else:
+        sizes = list(OTHER_SIZES) + hints
+    return tuple(dict.fromkeys(s for s in sizes if s > 0))
+
+
+def _stride_product(model: ir.Model) -> int:
+    """How much the convolutions and poolings shrink an image, at most 64: sizes that divide by
+    it survive every downsampling and the upsampling back (Resize by 2, feature-pyramid Adds)."""
+    product = 1
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type in ("Conv", "MaxPool", "AveragePool"):
+            strides = node.attributes.get("strides")
+            if strides is not None:
+                product *= max(strides.as_ints() or [1])
+    return product if product <= 64 else 32  # parallel strided branches multiply past it
+
+
+def _reshape_hints(model: ir.Model) -> list[int]:
+    """Sizes named in constant Reshape targets (a reshape to a fixed frame size or image side)."""
+    hints: list[int] = []
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "Reshape" and len(node.inputs) > 1 and node.inputs[1] is not None:
+            constant = node.inputs[1].const_value
+            if constant is not None:
+                hints.extend(int(d) for d in constant.numpy().ravel().tolist() if 8 <= d <= 4096)
+    return list(dict.fromkeys(hints))[:8]
+
+
+def rate_inputs(specs: list[InputSpec], values: Mapping[str, np.ndarray]) -> list[str]:
+    """Integer scalar inputs named like a sample rate, not pinned by the user."""
+    return [s.name for s in specs if s.name not in values and s.dims == () and s.dtype is not None
+            and s.dtype.kind in "iu" and RATE.match(s.name)]
+
+
+def configurations(model: ir.Model, specs: list[InputSpec], values: Mapping[str, np.ndarray]) -> list[Configuration]:
+    """Configurations to probe, best first: every dim at its k-th candidate, for k = 0, 1, ...,
+    each with every sample rate; at most ``MAX_PROBES``."""
+    variables = dim_variables(model, specs)
+    rates = rate_inputs(specs, values)
+    pinned = _pinned_sizes(specs)
+    depth = max([len(v.candidates) for v in variables] or [1])
+    found: dict[tuple, Configuration] = {}
+    for level in range(depth):
+        sizes = {v.key: v.candidates[min(level, len(v.candidates) - 1)] for v in variables} | pinned
+        for rate in SAMPLE_RATES if rates else (None,):
+            guessed = {name: np.asarray(rate, dtype=next(s.dtype for s in specs if s.name == name)) for name in rates}
+            key = (tuple(sorted(sizes.items())), rate)
+            found.setdefault(key, Configuration(sizes, guessed))
+            if len(found) >= MAX_PROBES:
+                return list(found.values())
+    return list(found.values())
+
+
+def generated_samples(model: ir.Model, count: int = 64, seed: int = 0,
+                      shapes: Mapping[str, Iterable[int]] | None = None,
+                      values: Mapping[str, np.ndarray] | None = None) -> Samples:
+    """Generated samples in the first configuration ONNX Runtime runs.
+
+    Models whose inputs leave nothing to choose (static shapes, no guessed values) are not probed.
+
+    Raises:
+        NoRunnableInputError: no configuration ran; carries ONNX Runtime's last error line.
+    """
+    shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
+    values = dict(values or {})
+    specs = input_specs(model, shapes)
+    if not dim_variables(model, specs) and not rate_inputs(specs, values):
+        return generate_samples(model, count, seed, shapes, values)
+    candidates = configurations(model, specs, values)
+    chosen, tried, last_error = _first_runnable(model, candidates, seed, shapes, values)
+    if chosen is None:
+        raise NoRunnableInputError(
+            f"no generated input ran in ONNX Runtime ({tried} configurations tried, from "
+            f"{candidates[0].describe()}); last error: {last_error}. Give the inputs' shapes and values with "
+            "--input-shape NAME:D1,D2,... and --input-value NAME=V, or sample inputs with --data", last_error)
+    logger.info("generated inputs run with %s", chosen.describe())
+    return generate_samples(model, count, seed, shapes, values | chosen.values, chosen.sizes)
+
+
+def _first_runnable(model: ir.Model, candidates: list[Configuration], seed: int, shapes: dict, values: dict
+                    ) -> tuple[Configuration | None, int, str]:
+    """Probe ``candidates`` in children: one child runs them in turn until one works; a child
+    that crashes or hangs costs the configuration it was on, and the next child goes on after it."""
+    from onnxcomp.runtime.isolated import call_isolated
+
+    model_bytes = ir.serde.serialize_model(model).SerializeToString()
+    start, last_error = 0, ""
+    while start < len(candidates):
+        current = [start]
+
+        def on_stage(stage: str, current: list[int] = current) -> None:
+            if stage.startswith("probe "):
+                current[0] = int(stage.split()[1])
+
+        try:
+            index, errors = call_isolated(_probe_child, model_bytes, candidates, start, seed, shapes, values,
+                                          timeout=PROBE_TIMEOUT_S, stage="probing generated input sizes",
+                                          on_stage=on_stage)
+        except OnnxcompError as error:  # a native crash or a hang on configuration current[0]
+            last_error = str(error)
+            logger.info("probe %s: %s", candidates[current[0]].describe(), last_error)
+            start = current[0] + 1
+            continue
+        if errors:
+            last_error = errors[-1]
+        if index is not None:
+            return candidates[index], index + 1, last_error
+        return None, len(candidates), last_error
+    return None, len(candidates), last_error
+
+
+def _probe_child(model_bytes: bytes, candidates: list[Configuration], start: int, seed: int, shapes: dict,
+                 values: dict) -> tuple[int | None, list[str]]:
+    """(In the isolated child.) Index of the first configuration from ``start`` that runs, and the errors before it."""
+    from onnxcomp.runtime.inference import session
+    from onnxcomp.runtime.isolated import report_stage
+
+    report_stage("loading the model in ONNX Runtime")
+    sess = session(model_bytes)
+    model = ir.serde.deserialize_model(onnx.load_model_from_string(model_bytes))
+    names = [o.name for o in sess.get_outputs()]
+    errors = []
+    for index in range(start, len(candidates)):
+        configuration = candidates[index]
+        report_stage(f"probe {index}")
+        try:
+            feed = generate_samples(model, 1, seed, shapes, values | configuration.values, configuration.sizes).inputs
+            sess.run(names, dict(feed))
+        except OnnxcompError as error:
+            errors.append(str(error))
+            continue
+        except Exception as error:  # ONNX Runtime raises its own exception types
+            errors.append(_error_line(error))
+            logger.debug("probe %s: %s", configuration.describe(), errors[-1])
+            continue
+        return index, errors
+    return None, errors
+
+
+def _error_line(error: BaseException) -> str:
+    """ONNX Runtime's message whole (its cause sits at the end of a long first line)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(error).__name__

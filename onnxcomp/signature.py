@@ -1,0 +1,216 @@
+"""A model's input signature: dynamic dims, each input's sample axis, pinned shapes and values.
+
+Exporters spell a dynamic dimension as a ``dim_param`` (``batch``), ``-1``, ``0`` or a dim with
+no value at all; all four mean "any size". The sample (batch) axis of an input is where the
+symbolic dimension the inputs share sits - axis 1 of a recurrent ``state [2, batch, 128]`` - and
+an input without it (a scalar sample rate, a fixed table) is one value fed with every batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcomp.errors import OnnxcompError
+
+logger = logging.getLogger(__name__)
+
+Dim = int | str | None  # a fixed size, a symbolic name, or an anonymous dynamic dim
+BATCH_NAMES = re.compile(r"^(n|b|bs|batch|batch_?size|batches|num_?batch(es)?|.*batch.*)$", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One graph input as onnxcomp sees it.
+
+    Attributes:
+        name: the graph input's name.
+        dtype: its numpy dtype (None when numpy cannot hold it).
+        dims: the declared dims (int fixed, str symbolic, None anonymous dynamic); None if no shape.
+        sample_axis: the axis samples are stacked along; None: one value shared by all samples.
+        pinned: a shape the user pinned (``--input-shape``), or None.
+    """
+
+    name: str
+    dtype: np.dtype | None
+    dims: tuple[Dim, ...] | None
+    sample_axis: int | None
+    pinned: tuple[int, ...] | None = None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.dims is None else len(self.dims)
+
+    def describe(self) -> str:
+        """The declared shape as ``[batch, 3, ?, 224]``."""
+        if self.dims is None:
+            return "(no shape)"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.dims) + "]"
+
+
+def normalize_dim(dim: object) -> Dim:
+    """One declared dim: a positive int stays, a ``dim_param`` is its name, -1/0/missing are None."""
+    if isinstance(dim, int):
+        return dim if dim > 0 else None
+    if isinstance(dim, ir.SymbolicDim):
+        return dim.value if dim.value else None
+    if dim is None:
+        return None
+    text = str(dim)
+    return text if text and text != "None" else None
+
+
+def declared_dims(value: ir.Value) -> tuple[Dim, ...] | None:
+    """The input's dims normalized by :func:`normalize_dim`, or None when it declares no shape."""
+    if value.shape is None:
+        return None
+    return tuple(normalize_dim(dim) for dim in value.shape)
+
+
+def sample_dim(dims_of: Sequence[tuple[Dim, ...] | None]) -> str | None:
+    """The symbolic dim that stands for samples: among batch-like names (``batch``, ``N``) and
+    names found on some input's axis 0, the one most inputs share; ties go to a batch-like name,
+    then to the one found on axis 0 most often."""
+    inputs_with: Counter[str] = Counter()
+    at_zero: Counter[str] = Counter()
+    for dims in dims_of:
+        if not dims:
+            continue
+        for name in {d for d in dims if isinstance(d, str)}:
+            inputs_with[name] += 1
+        if isinstance(dims[0], str):
+            at_zero[dims[0]] += 1
+    # A name neither batch-like nor ever leading (``[1, sequence]``) is a size, not the samples.
+    inputs_with = Counter({name: n for name, n in inputs_with.items() if BATCH_NAMES.match(name) or at_zero[name]})
+    if not inputs_with:
+        return None
+    return max(inputs_with, key=lambda name: (inputs_with[name], bool(BATCH_NAMES.match(name)), at_zero[name]))
+
+
+def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> list[InputSpec]:
+    """Each graph input's dtype, dims and sample axis; ``shapes`` are user-pinned shapes.
+
+    Raises:
+        OnnxcompError: a pinned shape names no input, or contradicts the declared rank or a fixed dim.
+    """
+    shapes = dict(shapes or {})
+    # An input with an initializer has a default value: not fed, the default stands.
+    values = [v for v in model.graph.inputs if not v.is_initializer()]
+    unknown = sorted(set(shapes) - {v.name for v in values})
+    if unknown:
+        raise OnnxcompError(f"--input-shape names {', '.join(map(repr, unknown))}, not a model input "
+                            f"(inputs: {', '.join(v.name for v in values)})")
+    dims_of = [declared_dims(v) for v in values]
+    batch = sample_dim(dims_of)
+    specs = []
+    for value, dims in zip(values, dims_of):
+        try:
+            dtype = np.dtype(value.dtype.numpy()) if value.dtype is not None else None
+        except Exception:  # a type numpy cannot hold (4-bit, string, sequence)
+            dtype = None
+        pinned = tuple(int(d) for d in shapes[value.name]) if value.name in shapes else None
+        if pinned is not None:
+            _check_pinned(value.name, dims, pinned)
+            if dims is None:
+                dims = tuple(None for _ in pinned)
+        specs.append(InputSpec(value.name, dtype, dims, _sample_axis(dims, batch), pinned))
+    return specs
+
+
+def _sample_axis(dims: tuple[Dim, ...] | None, batch: str | None) -> int | None:
+    if not dims:
+        return None  # a scalar (or a shapeless input): one value for every sample
+    if batch is not None and batch in dims:
+        return dims.index(batch)
+    if batch is None or dims[0] is None:
+        # No shared name: axis 0 as exporters put it (a fixed leading dim is a fixed batch size).
+        return 0
+    return None  # the model has a sample dim and this input lacks it: a shared value
+
+
+def _check_pinned(name: str, dims: tuple[Dim, ...] | None, pinned: tuple[int, ...]) -> None:
+    shown = ",".join(map(str, pinned))
+    if any(d < 1 for d in pinned):
+        raise OnnxcompError(f"--input-shape {name}:{shown}: every dim must be >= 1")
+    if dims is None:
+        return
+    declared = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+    if len(dims) != len(pinned):
+        raise OnnxcompError(f"--input-shape {name}:{shown} has rank {len(pinned)}, the model declares {name} {declared}")
+    for axis, (dim, size) in enumerate(zip(dims, pinned)):
+        if isinstance(dim, int) and dim != size:
+            raise OnnxcompError(f"--input-shape {name}:{shown}: axis {axis} is fixed to {dim} in the model ({name} {declared})")
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``NAME:D1,D2,...`` (onnxsim's ``--overwrite-input-shape`` spelling) -> (name, dims); ``NAME:`` is a scalar."""
+    name, sep, rest = text.rpartition(":")
+    if not sep or not name:
+        raise OnnxcompError(f"--input-shape {text!r}: expected NAME:D1,D2,... e.g. x:1,3,640,640")
+    try:
+        dims = tuple(int(part) for part in rest.split(",") if part.strip()) if rest.strip() else ()
+    except ValueError:
+        raise OnnxcompError(f"--input-shape {text!r}: dims must be integers, e.g. x:1,3,640,640") from None
+    return name, dims
+
+
+def parse_input_value(text: str) -> tuple[str, np.ndarray]:
+    """``NAME=V`` (a scalar) or ``NAME=V1,V2,...`` (a 1-D value) -> (name, array)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest.strip():
+        raise OnnxcompError(f"--input-value {text!r}: expected NAME=V or NAME=V1,V2,... e.g. sr=16000")
+    parts = [part.strip() for part in rest.split(",")]
+    try:
+        numbers = [int(p) if re.fullmatch(r"[+-]?\d+", p) else float(p) for p in parts]
+    except ValueError:
+        raise OnnxcompError(f"--input-value {text!r}: values must be numbers, e.g. sr=16000") from None
+    if any(isinstance(n, float) and not np.isfinite(n) for n in numbers):
+        raise OnnxcompError(f"--input-value {text!r}: values must be finite")
+    array = np.asarray(numbers)
+    return name, (array.reshape(()) if len(parts) == 1 and "," not in rest else array)
+
+
+def check_values(specs: list[InputSpec], values: Mapping[str, object]) -> None:
+    """Pinned values (``--input-value``) must name model inputs."""
+    unknown = sorted(set(values) - {s.name for s in specs})
+    if unknown:
+        raise OnnxcompError(f"--input-value names {', '.join(map(repr, unknown))}, not a model input "
+                            f"(inputs: {', '.join(s.name for s in specs)})")
+
+
+def pinned_value(spec: InputSpec, value: np.ndarray, count: int = 1) -> np.ndarray:
+    """A user-pinned value as the array fed for ``count`` samples: cast to the input's dtype,
+    shaped to its declared rank, repeated along its sample axis.
+
+    Raises:
+        OnnxcompError: the value does not fit the input's declared shape or type.
+    """
+    array = np.asarray(value)
+    if spec.dtype is not None:
+        if spec.dtype.kind in "iub" and array.dtype.kind == "f" and not np.all(array == np.round(array)):
+            raise OnnxcompError(f"--input-value {spec.name}: the model expects {spec.dtype} values, got {array.tolist()}")
+        array = array.astype(spec.dtype)
+    if spec.dims is None:
+        return array
+    per_sample = [d for axis, d in enumerate(spec.dims) if axis != spec.sample_axis]
+    if array.ndim != len(per_sample):
+        if array.size == 1 or (array.ndim == 1 and len(per_sample) >= 1 and all(
+                isinstance(d, int) for d in per_sample) and int(np.prod(per_sample)) == array.size):
+            array = array.reshape([d if isinstance(d, int) else 1 for d in per_sample] if array.size != 1
+                                  else [1] * len(per_sample))
+        else:
+            raise OnnxcompError(f"--input-value {spec.name}: a value of shape {list(array.shape)} does not fit "
+                                f"{spec.name} {spec.describe()}")
+    for size, dim in zip(array.shape, per_sample):
+        if isinstance(dim, int) and size != dim:
+            raise OnnxcompError(f"--input-value {spec.name}: a value of shape {list(array.shape)} does not fit "
+                                f"{spec.name} {spec.describe()}")
+    if spec.sample_axis is None:
+        return array
+    return np.repeat(np.expand_dims(array, spec.sample_axis), count, axis=spec.sample_axis)
