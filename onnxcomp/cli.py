@@ -13,6 +13,7 @@ from pathlib import Path
 from onnxcomp import __version__
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.retrain import METHODS
+from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
 
 DEFAULT_EPOCHS = 10
 from onnxcomp.sizes import format_size, parse_size
@@ -139,6 +140,7 @@ def _compress(args) -> int:
     quiet = args.quiet
 
     def progress(message: str) -> None:
+        report_stage(f"compressing {input_path} ({message})")  # named if ONNX Runtime crashes the job
         if not quiet:
             print(f"  {message}", file=sys.stderr, flush=True)
 
@@ -212,7 +214,11 @@ def _sweep(args) -> int:
     options = SweepOptions(data=args.data, sensitivity=not args.no_sensitivity, seed=args.seed,
                            keep_metadata=args.keep_metadata, overwrite=args.force,
                            input_shapes=input_shapes, input_values=input_values)
-    progress = None if args.quiet else (lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+    def progress(line: str) -> None:
+        report_stage(f"sweeping {input_path} ({line})")
+        if not args.quiet:
+            print(f"  {line}", file=sys.stderr, flush=True)
+
     summary = run_sweep(input_path, targets, output_dir, options, jobs=args.jobs, progress=progress)
     if not args.quiet:
         print(markdown_table(summary), end="")
@@ -276,7 +282,50 @@ def _export_mobile(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _dispatch(args) -> int:
+    if args.command == "compress":
+        return _compress(args)
+    if args.command == "sweep":
+        return _sweep(args)
+    if args.command == "export-mobile":
+        return _export_mobile(args)
+    return _inspect(args)
+
+
+def _run_isolated(args) -> int:
+    """Run the command in a child process, so that ONNX Runtime dying natively (SIGFPE, SIGSEGV,
+    abort) or being OOM-killed on the user's model ends in one line and exit 2, not a bare signal."""
+    source = Path(getattr(args, "input", None) or args.model)
+    outputs = [Path(p) for p in (getattr(args, "output", None), getattr(args, "report", None)) if p]
+    if args.command == "compress" and not args.output:
+        outputs.append(_default_output(source))
+    folders = [Path(p) for p in (getattr(args, "output_dir", None), getattr(args, "report_dir", None)) if p]
+    if args.command == "sweep" and not args.output_dir:
+        folders.append(source.with_name(source.stem + ".sweep"))
+    verb = {"compress": "loading", "sweep": "sweeping", "inspect": "inspecting", "export-mobile": "exporting"}[args.command]
+    started = time.time()
+    try:
+        # fork, not a fork server: no ONNX Runtime session exists yet, and the child keeps this process's state
+        return call_isolated(_dispatch, args, stage=f"{verb} {source}", start_method="fork")
+    except ChildCrashed as crash:
+        hint = ""
+        if not crash.out_of_memory and args.command in ("compress", "sweep"):
+            hint = (" (check the samples in --data)" if args.data else
+                    " (give inputs it runs on with --data, or pin them with --input-shape NAME:DIMS / --input-value NAME=V)")
+        raise ChildCrashed(f"{crash}{hint}; {source} is unchanged and no output was written", crash.signal_number,
+                           crash.stage, crash.out_of_memory) from None
+    finally:
+        remove_temporaries(outputs, folders, since=started)
+
+
+def main(argv: list[str] | None = None, isolate: bool | None = None) -> int:
+    """The ``onnxcomp`` command; returns the exit code.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        isolate: run the command in a child process so that a native crash in ONNX Runtime becomes a
+            one-line error (default: when reading ``sys.argv``, i.e. as the ``onnxcomp`` program).
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="onnxcomp: %(message)s")
@@ -284,14 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     started = time.perf_counter()
+    from onnxcomp.io import Terminated, terminate_cleanly
+
     try:
-        if args.command == "compress":
-            return _compress(args)
-        if args.command == "sweep":
-            return _sweep(args)
-        if args.command == "export-mobile":
-            return _export_mobile(args)
-        return _inspect(args)
+        with terminate_cleanly():  # SIGTERM unwinds like Ctrl-C: temporary files are removed
+            if argv is None if isolate is None else isolate:
+                return _run_isolated(args)
+            return _dispatch(args)
     except OnnxcompError as error:
         print(f"onnxcomp: error: {error}", file=sys.stderr)
         return error.exit_code

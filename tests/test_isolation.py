@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx.helper as helper
+from onnx import numpy_helper
 import pytest
 
 from onnxcomp.errors import OnnxcompError, TargetUnreachableError
@@ -90,3 +94,117 @@ def test_timeout_stops_the_child():
     with pytest.raises(OnnxcompError, match="gave up after 0.5 s while sleeping"):
         call_isolated(time.sleep, 30, timeout=0.5, stage="sleeping")
     assert time.monotonic() - started < 10
+
+
+# --- the command line: the whole job runs in a child process ----------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def divide_and_matmul_model(path: Path) -> None:
+    """y = x @ w (something to compress) next to z = a / b on int64 (SIGFPE when b holds a zero)."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="project"), helper.make_node("Div", ["a", "b"], ["z"], name="divide")],
+        "divide_and_matmul",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16]),
+         helper.make_tensor_value_info("a", onnx.TensorProto.INT64, ["N", 4]),
+         helper.make_tensor_value_info("b", onnx.TensorProto.INT64, ["N", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 32]),
+         helper.make_tensor_value_info("z", onnx.TensorProto.INT64, ["N", 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def run_cli(*args: str | os.PathLike, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxcomp.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.fixture
+def crashing_model(tmp_path) -> tuple[Path, Path]:
+    model = tmp_path / "divide.onnx"
+    divide_and_matmul_model(model)
+    data = tmp_path / "zeros.npz"
+    np.savez(data, x=np.ones((8, 16), np.float32), a=np.ones((8, 4), np.int64), b=np.zeros((8, 4), np.int64))
+    return model, data
+
+
+def test_native_crash_in_compress_is_one_line_and_exit_2(crashing_model, tmp_path):
+    model, data = crashing_model
+    before = model.read_bytes()
+    result = run_cli("compress", model, "--target-size", "1KB", "-o", "out.onnx", "--data", data, "-q", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("onnxcomp: error: ONNX Runtime crashed (SIGFPE: integer divide by zero or overflow) while "
+                               f"compressing {model}"), lines[0]
+    assert "--data" in lines[0] and "no output was written" in lines[0]
+    assert model.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["divide.onnx", "zeros.npz"]
+
+
+def test_onnxcomp_error_in_the_child_keeps_its_exit_code(tmp_path):
+    from tests.conftest import LENET300
+
+    result = run_cli("compress", LENET300, "--target-size", "10B", "-o", "out.onnx", "-q", "--no-sensitivity", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("onnxcomp: error:"), result.stderr
+    assert not (tmp_path / "out.onnx").exists()
+
+
+KILLED_WHILE_WRITING = """
+import os, signal, sys
+import onnxcomp.io
+
+def killed_write(path, write):
+    with open(path.with_name("." + path.name + ".partial.tmp"), "wb") as handle:
+        handle.write(b"partial")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+onnxcomp.io.atomic_write = killed_write
+from onnxcomp.cli import main
+sys.exit(main(sys.argv[1:], isolate=True))
+"""
+
+
+def test_killed_job_leaves_no_temporary_file(tmp_path):
+    """The child is killed while writing (as the OOM killer would): one line, exit 2, its temp file removed."""
+    from tests.conftest import LENET300
+
+    result = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, "compress", str(LENET300), "--target-size", "200KB",
+                             "-o", "out.onnx", "-q", "--no-sensitivity"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "ran out of memory while compressing" in result.stderr and "SIGKILL" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_stops_the_job_within_seconds(tmp_path):
+    from tests.conftest import LENET300, TRAIN_DATA
+
+    process = subprocess.Popen([sys.executable, "-m", "onnxcomp.cli", "compress", str(LENET300), "--target-size", "40KB",
+                                "-o", "out.onnx", "--data", str(TRAIN_DATA), "--epochs", "60", "--method", "prune"],
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        for line in process.stderr:  # wait until the job is deep in the child (measuring or training)
+            if "sensitivity" in line or "fine-tune" in line:
+                break
+        interrupted = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
+        rest = process.stderr.read()
+        process.wait(timeout=30)
+        elapsed = time.monotonic() - interrupted
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, rest
+    assert rest.strip().splitlines()[-1] == "onnxcomp: interrupted; no output written"
+    assert elapsed < 5, elapsed
+    assert list(tmp_path.iterdir()) == []
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert left == [], left

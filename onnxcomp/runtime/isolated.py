@@ -88,7 +88,7 @@ def in_isolated_child() -> bool:
 
 
 def call_isolated(function: Callable[..., T], /, *args: Any, timeout: float | None = None, stage: str = "",
-                  on_stage: Callable[[str], None] | None = None, **kwargs: Any) -> T:
+                  on_stage: Callable[[str], None] | None = None, start_method: str = "forkserver", **kwargs: Any) -> T:
     """Run ``function(*args, **kwargs)`` in a child process and return its result.
 
     Args:
@@ -96,6 +96,9 @@ def call_isolated(function: Callable[..., T], /, *args: Any, timeout: float | No
         timeout: seconds before the child is killed and an ``OnnxcompError`` raised (None: no limit).
         stage: what the call does, for messages ("running the model on the sample inputs").
         on_stage: called in this process with each stage the child reports via :func:`report_stage`.
+        start_method: "forkserver" (default; safe at any time) or "fork", only before this process has
+            created an ONNX Runtime session (its threads would not survive the fork): it is faster and the
+            child sees this process's state as it is.
 
     Returns:
         What ``function`` returned.
@@ -105,7 +108,7 @@ def call_isolated(function: Callable[..., T], /, *args: Any, timeout: float | No
         ChildCrashed: the child died of a signal (or exited) without answering.
         KeyboardInterrupt: Ctrl-C here; the child is stopped first.
     """
-    context = _context()
+    context = _context(start_method)
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child_main, args=(sender, function, args, kwargs), name=f"onnxcomp {stage or 'child'}")
     oom_kills = _oom_kill_count()
@@ -145,9 +148,36 @@ def call_isolated(function: Callable[..., T], /, *args: Any, timeout: float | No
         receiver.close()
 
 
-def _context() -> multiprocessing.context.BaseContext:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
+def remove_temporaries(outputs: list[Path], folders: list[Path], since: float) -> list[Path]:
+    """Remove the temporary files a killed child left behind (``io.atomic_write``'s ``.NAME.*.tmp``).
+
+    Args:
+        outputs: files the job writes: their ``.NAME.*.tmp`` siblings are removed.
+        folders: folders the job writes into: every ``.*.tmp`` file in them is removed.
+        since: only files modified at or after this time (``time.time()``) are touched.
+
+    Returns:
+        The files removed.
+    """
+    candidates = [match for path in outputs for match in path.parent.glob(f".{path.name}.*.tmp")]
+    candidates += [match for folder in folders for match in folder.glob(".*.tmp")]
+    removed = []
+    for path in candidates:
+        try:
+            if path.is_file() and path.stat().st_mtime >= since - 1:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        logger.debug("removed %s", ", ".join(map(str, removed)))
+    return removed
+
+
+def _context(start_method: str) -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        context.set_forkserver_preload(PRELOAD)
     return context
 
 
