@@ -5,6 +5,7 @@ Only existing onnx_ir / onnxscript passes and rewrite rules are used here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import onnx_ir as ir
@@ -52,24 +53,95 @@ def upgrade_opset(model: ir.Model) -> ir.Model:
     return model
 
 
-def canonicalize(model: ir.Model) -> ir.Model:
+@dataclasses.dataclass(frozen=True)
+class InitializerInputs:
+    """Main-graph inputs that also have an initializer: a default value the caller may override.
+
+    Attributes:
+        removed: inputs listed only by convention - an IR < 4 file (ONNX Runtime treats them as
+            constants there: they cannot be fed) or a file listing every initializer as an input
+            (an exporter's ``keep_initializers_as_inputs``). They become plain initializers and are
+            compressed like any weight; the compressed model no longer lists them.
+        kept: overridable defaults (IR >= 4, only some initializers listed): they stay inputs with
+            their default values, stored dense, so a caller that feeds them still can.
+    """
+
+    removed: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"removed": list(self.removed), "kept": list(self.kept)}
+
+
+def initializer_inputs(model: ir.Model) -> InitializerInputs:
+    """Which of the main graph's inputs with an initializer canonicalization removes or keeps."""
+    names = tuple(v.name for v in model.graph.inputs if v.is_initializer())
+    if not names:
+        return InitializerInputs()
+    if model.ir_version < 4 or len(names) == len(model.graph.initializers):
+        return InitializerInputs(removed=names)
+    return InitializerInputs(kept=names)
+
+
+class RemoveConventionalInitializerInputsPass(ir.passes.InPlacePass):
+    """Drop initializers from the graph inputs where they are listed by convention only.
+
+    Subgraph inputs never need them; the main graph drops those `initializer_inputs` calls
+    removed and keeps overridable defaults. An IR < 4 model is raised to IR 4, where initializers
+    need not be inputs (the onnx checker rejects an IR 3 file whose initializers are not inputs).
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        removed = set(initializer_inputs(model).removed)
+        modified = False
+        for graph in model.graphs():
+            main = graph is model.graph
+            keep = [v for v in graph.inputs if not v.is_initializer() or (main and v.name not in removed)]
+            if len(keep) != len(graph.inputs):
+                graph.inputs.clear()
+                graph.inputs.extend(keep)
+                modified = True
+        if removed and model.ir_version < 4:
+            model.ir_version = 4
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+
+def _declared_interface(model: ir.Model) -> dict[str, tuple]:
+    return {v.name: (v.type, v.shape) for v in (*model.graph.inputs, *model.graph.outputs)}
+
+
+def _restore_interface(model: ir.Model, declared: dict[str, tuple]) -> None:
+    """Put back the declared types and shapes of graph inputs and outputs: the opset converter's
+    shape inference would otherwise replace e.g. a dim_param by the size it infers."""
+    for value in (*model.graph.inputs, *model.graph.outputs):
+        if value.name in declared:
+            value.type, value.shape = declared[value.name]
+
+
+def canonicalize(model: ir.Model, check_weights: bool = True) -> ir.Model:
     """Convert opsets below 11 up, inline functions, lift Constant-node weights (subgraphs
     too) to main-graph initializers, fold BatchNormalization into the preceding Conv/Gemm where
-    exact, de-duplicate initializers and drop unused nodes. Graph inputs and outputs keep their names and types.
-    Raises OnnxcompError if a weight holds NaN or infinity.
+    exact, de-duplicate initializers and drop unused nodes. Graph inputs and outputs keep their names and types;
+    inputs with an initializer are removed or kept as `initializer_inputs` says.
+    Raises OnnxcompError if a weight holds NaN or infinity (unless `check_weights` is False, as
+    for `onnxcomp inspect`, which shows any model).
     """
+    declared = _declared_interface(model)
     model = upgrade_opset(model)
     streamed = is_streamed(model)
     pipeline = ir.passes.Sequential(
+        RemoveConventionalInitializerInputsPass(),  # first: before lifting adds initializers
         common.InlinePass(),
         common.RemoveUnusedFunctionsPass(),
         common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
         common.LiftSubgraphInitializersToMainGraphPass(),
-        common.RemoveInitializersFromInputsPass(),
         common.DeduplicateHashedInitializersPass(**({"size_limit": STREAMED_DEDUPE_LIMIT} if streamed else {})),
         common.RemoveUnusedNodesPass(),
     )
     model = pipeline(model).model
     model = rewriter.rewrite(model, pattern_rewrite_rules=BATCHNORM_RULES)
-    check_finite(find_weights(model))
+    _restore_interface(model, declared)
+    if check_weights:
+        check_finite(find_weights(model))
     return model

@@ -36,6 +36,11 @@ fine-tuning: with --data, onnxcomp trains on ONNX Runtime's training backend (on
 """
 
 
+KEEP_METADATA_HELP = ("also keep doc strings, node and value metadata (e.g. exporter stack traces), value_info and "
+                      "the original internal names (default: dropped; the model's metadata_props - label maps, "
+                      "dictionaries - and its inputs and outputs are always kept)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnxcomp",
@@ -57,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                                                "distributions before/after, bits/sparsity, bytes by encoding, fidelity, "
                                                "entropy bound and gzip'd size) and report.json into this folder; needs matplotlib")
     compress.add_argument("--force", action="store_true", help="overwrite an existing output; write even below quality guards")
-    compress.add_argument("--keep-metadata", action="store_true", help="keep doc strings, metadata and original names")
+    compress.add_argument("--keep-metadata", action="store_true", help=KEEP_METADATA_HELP)
     compress.add_argument("--min-fidelity", type=float, help="refuse to write if top-1 agreement (classifiers) or cosine falls below this")
     compress.add_argument("--max-accuracy-drop", type=float, help="refuse to write if accuracy drops by more than this many points (needs labels)")
     compress.add_argument("--no-sensitivity", action="store_true", help="allocate bits by weight error alone (skip measuring layer sensitivity)")
@@ -87,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--data", help="sample inputs (.npz); with labels the curve is accuracy, else fidelity")
     sweep.add_argument("-j", "--jobs", type=int, help="parallel processes (default: the number of CPUs)")
     sweep.add_argument("--no-sensitivity", action="store_true", help="allocate bits by weight error alone")
-    sweep.add_argument("--keep-metadata", action="store_true", help="keep doc strings, metadata and original names")
+    sweep.add_argument("--keep-metadata", action="store_true", help=KEEP_METADATA_HELP)
     sweep.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
     _add_input_flags(sweep)
     sweep.add_argument("--force", action="store_true", help="overwrite existing outputs")

@@ -18,12 +18,12 @@ import onnx_ir as ir
 
 from onnxcomp import io, rows
 from onnxcomp.allocate import Allocation, LayerOptions, allocate, layer_options, load_budget
-from onnxcomp.canonicalize import canonicalize
+from onnxcomp.canonicalize import canonicalize, initializer_inputs
 from onnxcomp.data import Batch, Samples, as_samples
 from onnxcomp.probe import generated_samples
 from onnxcomp.signature import input_specs
 from onnxcomp.errors import FidelityError, OnnxcompError, TargetUnreachableError
-from onnxcomp.passes.cleanup import clean_up
+from onnxcomp.passes.cleanup import clean_up, metadata_bytes
 from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.passes.prune_weights import PruneWeightsPass
@@ -116,7 +116,9 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     model = ir.serde.deserialize_model(original_proto)
 
     _log(progress, "canonicalize")
+    defaults = initializer_inputs(model)
     model, weights = canonical_weights(model)
+    _log_initializer_inputs(defaults, progress)
     quantized = quantized_weights(model)
     if quantized:
         _log(progress, f"left as they are: {len(quantized)} already-quantized weights ("
@@ -232,8 +234,11 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         "layers": layer_rows(layers, allocation, compressed),
         "fidelity": report_fidelity,
         "attempts": attempt,
+        "metadata_bytes": metadata_bytes(compressed),  # counted in the target (the allocator's fixed bytes)
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
+    if defaults.removed or defaults.kept:
+        report["initializer_inputs"] = defaults.as_dict()
     if neurons is not None:
         report["neurons"] = neurons
     if quantized:
@@ -382,6 +387,17 @@ def canonical_weights(model: ir.Model) -> tuple[ir.Model, list]:
     if not weights:
         raise no_weights_error(model)
     return model, weights
+
+
+def _log_initializer_inputs(defaults, progress) -> None:
+    """Say what happened to graph inputs that have an initializer (see `initializer_inputs`)."""
+    if defaults.removed:
+        _log(progress, f"{len(defaults.removed)} initializers listed as graph inputs by convention (IR < 4 or every "
+                       f"initializer listed) are no longer inputs and are compressed: {', '.join(defaults.removed[:8])}"
+                       + (", ..." if len(defaults.removed) > 8 else ""))
+    if defaults.kept:
+        _log(progress, f"{len(defaults.kept)} graph inputs with a default value stay inputs (callers may override "
+                       f"them) and are stored dense: {', '.join(defaults.kept[:8])}" + (", ..." if len(defaults.kept) > 8 else ""))
 
 
 def _is_classifier(model: ir.Model) -> bool:

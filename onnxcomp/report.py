@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import encoding
+from onnxcomp.canonicalize import canonicalize
 from onnxcomp.rows import decoded_tables
 from onnxcomp.sizes import format_size
 from onnxcomp.weights import WEIGHT_SLOTS
@@ -41,8 +42,20 @@ def layer_rows(layers, allocation, compressed: ir.Model | None = None) -> list[d
     return rows
 
 
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: backslashes and every non-printable character
+    (control characters such as ESC and newlines, bidirectional overrides) as Python escapes.
+
+    Tensor names come from the model file: raw, an escape sequence could retitle or clear the
+    terminal and a newline would break the table.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(ch if ch.isprintable() and ch != "\\" else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """A plain aligned text table (fits an 80-120 column terminal)."""
+    """A plain aligned text table (fits an 80-120 column terminal); text cells are `printable`."""
     header = [title for _, title in columns]
     body = []
     for row in rows:
@@ -58,7 +71,7 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
             elif isinstance(value, float):
                 cells.append(f"{value:.3g}")
             else:
-                cells.append("-" if value is None else str(value))
+                cells.append("-" if value is None else printable(str(value)))
         body.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
     name_width = min(widths[0], 40)
@@ -107,7 +120,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
     row_nodes = {id(n) for last, ids in row_tables.values() for n in _producers(last.outputs[0], stop=ids)}
     row_weights: list[tuple[tuple[str, int, int], ir.Node, ir.Value]] = []
     order: list[tuple[str, int]] = []  # first-use order of slot values and row tables
-    for node in model.graph:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):  # weights read inside If/Loop bodies too
         if node.inputs and all(i is None or id(i) in constant_producers for i in node.inputs):
             continue  # part of a decode subgraph (or other load-time constant), not a compute op
         if id(node) in row_nodes:
@@ -161,7 +174,12 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
 
 
 def inspect_model(model: ir.Model) -> list[dict]:
-    """Per-weight rows for any model (see `stored_weights`)."""
+    """Per-weight rows for any model, as `compress` sees it (see `stored_weights`).
+
+    The model is canonicalized first (in place), so weights held in `Constant` nodes, in
+    functions and in `If`/`Loop` subgraphs are listed like initializers.
+    """
+    model = canonicalize(model, check_weights=False)
     rows = []
     for weight in stored_weights(model):
         array = weight.array

@@ -135,6 +135,7 @@ def compress_streamed(model: ir.Model, options, input_bytes: int | None = None,
         },
         "streamed": True,
         "attempts": attempt,
+        "metadata_bytes": pipeline.metadata_bytes(compressed),
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
     report["seconds"]["total"] = round(time.perf_counter() - started, 3)

@@ -602,7 +602,8 @@ def test_clean_up_strips_docs_metadata_and_shortens_names(decorated_proto, rng):
     proto = check_valid(model)
     assert interface(model) == (["x"], ["y"])
     assert not proto.doc_string and not proto.graph.doc_string
-    assert list(proto.metadata_props) == []
+    # applications read label maps and dictionaries from the model's metadata_props: kept
+    assert {p.key: p.value for p in proto.metadata_props} == {p.key: p.value for p in decorated_proto.metadata_props}
     assert proto.producer_name == "onnxcomp"
     assert [node.op_type for node in proto.graph.node] == ["Gemm", "Relu", "MatMul"]
     assert all(not node.doc_string for node in proto.graph.node)
