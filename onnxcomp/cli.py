@@ -14,6 +14,7 @@ from onnxcomp import __version__
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.retrain import METHODS
 from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
+from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
 
 DEFAULT_EPOCHS = 10
 from onnxcomp.sizes import format_size, parse_size
@@ -196,7 +197,9 @@ def _compress(args) -> int:
         if fid.get("mode") == "weights":
             parts.append(f"weights checked one at a time in ONNX Runtime ({fid['weights']} decoded): relative error "
                          f"{fid['relative_error']:.3g} (worst weight {fid['max_relative_error']:.3g}), max abs error "
-                         f"{fid['max_abs_error']:.3g}; model outputs not run (too large to hold in memory)")
+                         f"{fid['max_abs_error']:.3g}; model outputs not run ("
+                         + ("too large to hold in memory)" if report.get("streamed") else
+                            "no generated input ran in ONNX Runtime: --data, --input-shape or --input-value would verify them)"))
         else:
             parts.append(", ".join(quality) + f" on {fid['samples']} {'generated' if fid['generated_inputs'] else 'sample'} inputs")
         if "accuracy" in report:

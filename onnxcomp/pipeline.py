@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnxcomp import io, rows
 from onnxcomp.allocate import Allocation, LayerOptions, allocate, layer_options, load_budget
 from onnxcomp.canonicalize import canonicalize, initializer_inputs
-from onnxcomp.data import Batch, Samples, as_samples
+from onnxcomp.data import Batch, NoRunnableInputError, Samples, as_samples
 from onnxcomp.probe import generated_samples
 from onnxcomp.signature import input_specs
 from onnxcomp.errors import FidelityError, OnnxcompError, TargetUnreachableError
@@ -101,7 +101,9 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         from onnxcomp.streaming import compress_streamed, refuse_data
 
         refuse_data(options, samples, eval_samples)
-        return compress_streamed(model, options, input_bytes, progress)
+        result = compress_streamed(model, options, input_bytes, progress)
+        result.report["verified"] = False  # each decoded weight is checked, the model's outputs are not run
+        return result
     options = _training_or_calibration(options, samples is not None, progress)
     samples = as_samples(samples, model, "samples", options.input_values)
     eval_samples = as_samples(eval_samples, model, "eval_samples", options.input_values)
@@ -126,9 +128,12 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     timings["canonicalize"] = time.perf_counter() - started
 
     if samples is None:
-        samples = generated_samples(model, min(VERIFY_SAMPLES, 256), options.seed, options.input_shapes,
-                                    options.input_values)
-    reference_outputs = run_batches(reference_session, samples.inputs, batch_size)
+        try:
+            samples = generated_samples(model, min(VERIFY_SAMPLES, 256), options.seed, options.input_shapes,
+                                        options.input_values)
+        except NoRunnableInputError as error:
+            return _compress_unverified(model, options, original_data_bytes, progress, error)
+    reference_outputs = run_batches(reference_session, samples.inputs, batch_size, generated=samples.generated)
 
     training = _training_data(options, samples, eval_samples, reference_outputs[0], model, batch_size)
     neurons = None
@@ -234,6 +239,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         "layers": layer_rows(layers, allocation, compressed),
         "fidelity": report_fidelity,
         "attempts": attempt,
+        "verified": True,  # the compressed model's outputs were compared with the original's in ONNX Runtime
         "metadata_bytes": metadata_bytes(compressed),  # counted in the target (the allocator's fixed bytes)
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -255,6 +261,26 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     _check_guards(report, options)
     report["seconds"]["total"] = round(time.perf_counter() - started, 3)
     return CompressResult(compressed, attempt_data, report)
+
+
+def _compress_unverified(model: ir.Model, options: CompressOptions, input_bytes: int,
+                         progress: Callable[[str], None] | None, error: NoRunnableInputError) -> CompressResult:
+    """No generated input runs the model and no samples were given: compress anyway, as the streamed
+    path does (each weight priced by its own error, each decoded weight checked in ONNX Runtime),
+    without running the model; the report says ``verified: false``."""
+    from onnxcomp.runtime.inference import describe_error
+    from onnxcomp.streaming import compress_streamed
+
+    reason = describe_error(error.last_error) if error.last_error else str(error)
+    if options.min_fidelity is not None:
+        raise OnnxcompError(f"--min-fidelity needs the model's outputs, but no generated input ran in ONNX Runtime "
+                            f"({reason}); give sample inputs with --data")
+    logger.warning("the compressed model's outputs are not verified: no generated input ran in ONNX Runtime (%s); "
+                   "give sample inputs with --data, or the inputs' shapes and values with --input-shape NAME:DIMS / "
+                   "--input-value NAME=V, to verify them", reason)
+    result = compress_streamed(model, options, input_bytes, progress, why="no generated input runs the model")
+    result.report.update(streamed=False, verified=False, unverified_reason=reason)
+    return result
 
 
 def _held_out_scores(training: TrainingData, candidates: tuple[bytes, ...], batch_size: int) -> list[float]:

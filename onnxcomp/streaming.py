@@ -46,8 +46,9 @@ def refuse_data(options, samples, eval_samples) -> None:
 
 
 def compress_streamed(model: ir.Model, options, input_bytes: int | None = None,
-                      progress: Callable[[str], None] | None = None):
-    """`pipeline.compress_model` for a model whose weights stay memory-mapped (see module doc)."""
+                      progress: Callable[[str], None] | None = None, why: str = "weights stay memory-mapped"):
+    """`pipeline.compress_model` for a model whose weights stay memory-mapped (see module doc), or
+    one that no input runs (``why`` says which, in the progress log)."""
     from onnxcomp import pipeline
 
     def log(message: str) -> None:
@@ -55,7 +56,7 @@ def compress_streamed(model: ir.Model, options, input_bytes: int | None = None,
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    log("canonicalize (weights stay memory-mapped: compressing one weight at a time, data-free)")
+    log(f"canonicalize ({why}: compressing one weight at a time, data-free)")
     model, weights = pipeline.canonical_weights(model)
     timings["canonicalize"] = time.perf_counter() - started
 

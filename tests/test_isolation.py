@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -208,3 +209,78 @@ def test_ctrl_c_stops_the_job_within_seconds(tmp_path):
     time.sleep(1)
     left = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert left == [], left
+
+
+# --- ONNX Runtime's errors whole, and compressing when no generated input runs ---------------------
+
+LONG_NAME = "/model/backbone/stage4/block3/attention/output_projection/Add"
+
+
+def test_onnx_runtime_error_keeps_cause_node_and_flag():
+    from onnxcomp.runtime.inference import run_batches, session
+
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, C] x, float[N, D] y) => (float[N, C] z) { z = Add(x, y) }""")
+    model.graph.node[0].name = LONG_NAME
+    feed = {"x": np.ones((2, 3), np.float32), "y": np.ones((2, 5), np.float32)}
+    with pytest.raises(OnnxcompError) as caught:
+        run_batches(session(model), feed, generated=True)
+    message = str(caught.value)
+    assert f"Add node '{LONG_NAME}': Attempting to broadcast an axis by a dimension other than 1. 3 by 5" in message
+    assert "--input-shape NAME:DIMS" in message and "--data" in message
+    assert "\n" not in message and "onnxruntime_src" not in message and "[ONNXRuntimeError]" not in message
+
+
+def test_onnx_runtime_error_names_the_input_in_the_flag():
+    from onnxcomp.runtime.inference import run_batches, session
+
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 16] x) => (float[N, 16] z) { z = Relu(x) }""")
+    with pytest.raises(OnnxcompError) as caught:
+        run_batches(session(model), {"x": np.ones((2, 15), np.float32)}, generated=True)
+    message = str(caught.value)
+    assert "Got invalid dimensions for input: x for the following indices index: 1 Got: 15 Expected: 16" in message
+    assert "--input-shape x:DIMS" in message
+
+
+def unrunnable_model(path: Path) -> None:
+    """A weight behind a Gather whose fixed index no input is wide enough for: every probe fails in ONNX Runtime."""
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, K] x) => (float[N, 32] y) {
+      picked = Gather<axis = 1>(x, far)
+      column = Unsqueeze(picked, one)
+      wide = Expand(column, shape)
+      y = MatMul(wide, w)
+    }""")
+    rng = np.random.default_rng(0)
+    for name, array in {"far": np.array(1_000_000_000, np.int64), "one": np.array([1], np.int64),
+                        "shape": np.array([1, 64], np.int64), "w": rng.standard_normal((64, 32)).astype(np.float32)}.items():
+        model.graph.initializer.append(numpy_helper.from_array(array, name))
+    onnx.save(model, path)
+
+
+def test_no_runnable_input_compresses_unverified(tmp_path):
+    model = tmp_path / "unrunnable.onnx"
+    unrunnable_model(model)
+    output, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    result = run_cli("compress", model, "--target-size", "3KB", "-o", output, "--report", report, "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert output.stat().st_size <= 3000
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "outputs are not verified" in lines[0], result.stderr
+    assert "Gather node: indices element out of data bounds" in lines[0] and "--data" in lines[0]
+    written = json.loads(report.read_text())
+    assert written["verified"] is False and written["fidelity"]["mode"] == "weights"
+    assert written["fidelity"]["max_relative_error"] < 0.1  # each decoded weight was still checked
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x"]
+
+
+def test_runnable_model_is_reported_verified():
+    from onnxcomp.pipeline import CompressOptions, compress_model
+    from tests.conftest import MLP_SHAPES, MLP_TEXT, build_model
+
+    rng = np.random.default_rng(0)
+    model = build_model(MLP_TEXT, {name: rng.standard_normal(shape).astype(np.float32) for name, shape in MLP_SHAPES.items()})
+    result = compress_model(model, CompressOptions(target_bytes=2000, sensitivity=False))
+    assert result.report["verified"] is True and result.report["fidelity"]["samples"] > 0

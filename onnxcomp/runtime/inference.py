@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -36,13 +38,15 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike, threads: int | N
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types per build
-        message = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise OnnxcompError(f"ONNX Runtime cannot load the model: {message}") from None
+        raise OnnxcompError(f"ONNX Runtime cannot load the model: {describe_error(error)}") from None
 
 
-def run_batches(sess, inputs: dict[str, np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+def run_batches(sess, inputs: dict[str, np.ndarray], batch_size: int = 256, generated: bool = False) -> list[np.ndarray]:
     """Run all samples through a session in batches (group by group, each input along its own
-    sample axis); returns each output joined along its sample axis (``data.join_outputs``)."""
+    sample axis); returns each output joined along its sample axis (``data.join_outputs``).
+
+    ``generated``: the inputs were generated, not given (a failure then suggests the flags that pin them).
+    """
     from onnxcomp.data import batches, join_outputs, sample_count
 
     names = [o.name for o in sess.get_outputs()]
@@ -53,8 +57,57 @@ def run_batches(sess, inputs: dict[str, np.ndarray], batch_size: int = 256) -> l
         try:
             results = sess.run(names, feed)
         except Exception as error:
-            message = str(error).strip().splitlines()[0][:300]
-            raise OnnxcompError(f"ONNX Runtime failed to run the model on the sample inputs: {message}") from None
+            message = describe_error(error)
+            raise OnnxcompError(f"ONNX Runtime failed to run the model on the {'generated' if generated else 'sample'} "
+                                f"inputs: {message.rstrip('. ')}; {input_hint(message, generated, inputs)}") from None
         for chunk, result in zip(chunks, results):
             chunk.append(np.asarray(result))
     return [join_outputs(chunk, sizes) for chunk in chunks]
+
+
+# "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : " before every message of ORT's Python binding
+_STATUS_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_NODE_FAILURE = re.compile(r"Non-zero status code returned while running (\S+) node\. Name:'(.*?)' Status Message: (.*)",
+                           re.DOTALL)
+# ORT_ENFORCE's "/onnxruntime_src/.../element_wise_ops.h:540 void f(args) COND was false. MESSAGE"
+_SOURCE_LOCATION = re.compile(r"^/?\S+\.(?:h|hh|hpp|cc|cpp|cu):\d+\s+")
+_CPP_SIGNATURE = re.compile(r"^[^()]*\([^()]*\)\s*(?:const\s*)?")
+_INPUT_NAME = re.compile(r"\b[Ii]nput(?: name)?: '?([^\s',;]+)'?")
+MAX_MESSAGE_CHARS = 2000  # a pathological message stays readable; real causes are far shorter
+
+
+def describe_error(error: BaseException | str) -> str:
+    """ONNX Runtime's error on one line, cause included: the failing node (op and name) and the reason.
+
+    ORT puts the cause last ("... Status Message: <source>:540 <function> <condition> was false.
+    Attempting to broadcast an axis by a dimension other than 1. 3 by 5"); the status prefix,
+    source location and C++ signature are dropped, everything else is kept.
+    """
+    text = " ".join(line.strip() for line in str(error).strip().splitlines() if line.strip())
+    if not text:
+        return "unknown error" if isinstance(error, str) else type(error).__name__
+    text = _STATUS_PREFIX.sub("", text)
+    node = _NODE_FAILURE.search(text)
+    if node:
+        op, name, status = node.groups()
+        status = status.strip()
+        located = _SOURCE_LOCATION.sub("", status)
+        if located != status:  # ORT_ENFORCE / ORT_THROW: "<location> <C++ signature> [<condition> was false. ]<cause>"
+            if " was false. " in located:
+                status = located.split(" was false. ", 1)[1]
+            else:
+                status = _CPP_SIGNATURE.sub("", located, count=1) or located
+        text = f"{op} node {name!r}: {status}" if name else f"{op} node: {status}"
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[:MAX_MESSAGE_CHARS] + " ..."
+    return text
+
+
+def input_hint(message: str, generated: bool, names: Iterable[str] = ()) -> str:
+    """The flag that would help after ONNX Runtime failed on the model's inputs (named when ORT names one of ``names``)."""
+    match = _INPUT_NAME.search(message)
+    name = match.group(1) if match and match.group(1) in set(names) else "NAME"
+    if generated:
+        return (f"pin the input's shape or value ONNX Runtime expects with --input-shape {name}:DIMS or "
+                f"--input-value {name}=V, or give sample inputs with --data")
+    return "check the inputs' shapes and types in --data (or pin a shared value with --input-value NAME=V)"
