@@ -67,7 +67,8 @@ class LayerOptions:
 
 
 def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarray | None = None,
-                  keep_zeros: bool = False, grouped: bool = True) -> LayerOptions:
+                  keep_zeros: bool = False, grouped: bool = True, itemsize: int = 4,
+                  restore_bytes: int = 0) -> LayerOptions:
     """Price every (sparsity, bits) setting of one weight; keep the Pareto front.
 
     `importance` (broadcastable to the weight) weights squared errors, e.g. the mean squared
@@ -76,14 +77,16 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
     `grouped` adds grouped-lookup candidates (one codebook per group of rows or of columns, no
     pruning: zeros are clustered like any value) and, for matrix weights (not embedding
     tables), vector-lookup candidates (VECTOR_SHAPES) for weights of at least
-    GROUPED_MIN_PARAMS entries.
+    GROUPED_MIN_PARAMS entries. `itemsize` prices the dense weight in its own type (2 bytes per
+    float16 value, 1 per int8); `restore_bytes` is added to every encoded candidate (the decode's
+    Add/Cast back to that type, `onnxcomp.weights.Storage`).
     """
     values = np.asarray(values, dtype=np.float32)
     rank = values.ndim
     count = values.size
     sorted_weights = SortedWeights(values, importance)
     energy = max(sorted_weights.energy, 1e-30)
-    dense = Candidate("dense", encoding.dense_bytes(count, rank), 0.0)
+    dense = Candidate("dense", encoding.dense_bytes(count, rank, itemsize), 0.0)
     candidates = [dense]
     sparsities = SPARSITIES if role != "bias" else (0.0,)
     if keep_zeros:
@@ -113,8 +116,10 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
         candidates.extend(grouped_candidates(values, importance, energy))
         if role == "weight":
             candidates.extend(vector_candidates(values, importance, energy))
-    if role == "embedding" and rank == 2:
-        candidates = [_row_priced(c, values.shape) for c in candidates]
+    if role == "embedding" and rank == 2 and itemsize == 4 and not restore_bytes:
+        candidates = [_row_priced(c, values.shape) for c in candidates]  # other types decode whole at load
+    if restore_bytes:
+        candidates = [c if c.kind == "dense" else dataclasses.replace(c, bytes=c.bytes + restore_bytes) for c in candidates]
     return LayerOptions(name, tuple(values.shape), role, pareto(candidates), importance=importance)
 
 

@@ -277,9 +277,27 @@ class DecodeBuilder:
         return self.reshape_to(dense, shape)
 
 
-def rewire(model: ir.Model, weight, decoded: ir.Value) -> None:
-    """Point every reader of `weight`'s initializer at its decoded value and drop the initializer."""
+def restore(builder: DecodeBuilder, decoded: ir.Value, storage, stem: str) -> ir.Value:
+    """The decoded float32 working values -> the weight's own type: Add(zero point) for integer
+    weights with a non-zero zero point, Cast to float16/bfloat16/int8/uint8/... Both fold at load
+    with the rest of the decode. `storage` is the weight's `onnxcomp.weights.Storage`."""
+    if storage.offset is not None:
+        decoded = builder.op("Add", [decoded, builder.constant(np.asarray(storage.offset, np.float32), stem + "_zp")])
+    if not storage.plain:
+        decoded = builder.op("Cast", [decoded], to=storage.dtype)
+    return decoded
+
+
+def rewire(model: ir.Model, weight, decoded: ir.Value, builder: DecodeBuilder | None = None) -> None:
+    """Point every reader of `weight`'s initializer at its decoded value and drop the initializer.
+
+    A weight stored in another type than float32 (`weight.storage`) is given its own type back
+    with `restore`, which needs the `builder` that built the decode."""
+    if not weight.storage.plain or weight.storage.offset is not None:
+        if builder is None:
+            raise ValueError(f"{weight.name}: a {weight.storage.dtype.name} weight needs the decode builder to restore its type")
+        decoded = restore(builder, decoded, weight.storage, weight.name)
     decoded.shape = ir.Shape(weight.shape)
-    decoded.type = ir.TensorType(ir.DataType.FLOAT)
+    decoded.type = ir.TensorType(weight.storage.dtype)
     weight.value.replace_all_uses_with(decoded)
     model.graph.initializers.pop(weight.name)

@@ -329,8 +329,9 @@ def mask_sparse_bytes(count: int, entries: int, value_bits: int, codebook_size: 
             + nodes * SPARSE_NODE_BYTES + 8 * INITIALIZER_BYTES + 8 * rank + 8)
 
 
-def dense_bytes(count: int, rank: int) -> int:
-    return 4 * count + DENSE_BYTES + 3 * rank
+def dense_bytes(count: int, rank: int, itemsize: int = 4) -> int:
+    """A weight stored as it is: `itemsize` bytes per value (2 for float16, 1 for int8)."""
+    return itemsize * count + DENSE_BYTES + 3 * rank
 
 
 def uniform_grid(codebook: np.ndarray, bits: int) -> tuple[float, float, np.ndarray] | None:
@@ -405,13 +406,24 @@ class Choice:
     levels: int = 0
 
 
-def encoding_choices(values: np.ndarray) -> dict[str, Choice]:
-    """Price every applicable encoding for a weight's actual values."""
+def encoding_choices(values: np.ndarray, itemsize: int = 4, restore_bytes: int = 0) -> dict[str, Choice]:
+    """Price every applicable encoding for a weight's actual (working, float32) values.
+
+    `itemsize` is the bytes per value of the weight's own type (dense storage); `restore_bytes`
+    what every decode adds to give the weight back that type (`onnxcomp.weights.Storage`)."""
     values = np.asarray(values, dtype=np.float32)
     rank = values.ndim
     count = values.size
     sparsity = float(np.count_nonzero(values == 0) / max(count, 1))
-    choices = {"dense": Choice("dense", dense_bytes(count, rank), sparsity=sparsity)}
+    choices = {"dense": Choice("dense", dense_bytes(count, rank, itemsize), sparsity=sparsity)}
+    encoded = _encoded_choices(values, sparsity)
+    return choices | {kind: dataclasses.replace(c, bytes=c.bytes + restore_bytes) for kind, c in encoded.items()}
+
+
+def _encoded_choices(values: np.ndarray, sparsity: float) -> dict[str, Choice]:
+    rank = values.ndim
+    count = values.size
+    choices: dict[str, Choice] = {}
     unique = np.unique(values)
     if unique.size > MAX_CODEBOOK:
         return choices
@@ -432,8 +444,8 @@ def encoding_choices(values: np.ndarray) -> dict[str, Choice]:
     return choices
 
 
-def best_choice(values: np.ndarray) -> Choice:
-    choices = encoding_choices(values)
+def best_choice(values: np.ndarray, itemsize: int = 4, restore_bytes: int = 0) -> Choice:
+    choices = encoding_choices(values, itemsize, restore_bytes)
     return min(choices.values(), key=lambda choice: choice.bytes)
 
 

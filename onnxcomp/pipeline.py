@@ -121,10 +121,6 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     defaults = initializer_inputs(model)
     model, weights = canonical_weights(model)
     _log_initializer_inputs(defaults, progress)
-    quantized = quantized_weights(model)
-    if quantized:
-        _log(progress, f"left as they are: {len(quantized)} already-quantized weights ("
-                       + ", ".join(f"{q['name']} {q['dtype']} {q['bytes']} B, {'/'.join(q['ops'])}" for q in quantized) + ")")
     timings["canonicalize"] = time.perf_counter() - started
 
     if samples is None:
@@ -183,7 +179,8 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     if training is None and not samples.generated and not io.is_streamed(model):
         # Real samples, no fine-tuning: quantize with GPTQ error compensation (onnxcomp.gptq).
         tick_hessians = time.perf_counter()
-        hessians = input_hessians(model, find_weights(model), samples.head(GPTQ_SAMPLES).inputs, batch_size)
+        hessians = input_hessians(model, [w for w in find_weights(model) if w.storage.plain],
+                                  samples.head(GPTQ_SAMPLES).inputs, batch_size)
         layers = discount_compensated(layers, {w.name: w.numpy().astype(np.float32) for w in find_weights(model)
                                                if w.name in hessians}, hessians)
         timings["hessians"] = time.perf_counter() - tick_hessians
@@ -219,6 +216,10 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         timings["codebook fine-tune"] = time.perf_counter() - tick
     if attempt_data is None:
         raise _unreachable(model, layers, options, importances, floor_bytes)
+    quantized = quantized_weights(model, exclude={name for name, c in allocation.choices.items() if c.quant is not None})
+    if quantized:
+        _log(progress, f"left as they are: {len(quantized)} already-quantized weights ("
+                       + ", ".join(f"{q['name']} {q['dtype']} {q['bytes']} B, {'/'.join(q['ops'])}" for q in quantized) + ")")
 
     _log(progress, "verify in ONNX Runtime")
     tick = time.perf_counter()
@@ -339,12 +340,17 @@ def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_
     importances = activation_importance(model, weights, samples.head(IMPORTANCE_SAMPLES).inputs, batch_size)
     if not samples.generated:  # which embedding rows real inputs read (generated ids are uniform)
         importances.update(embedding_importance(model, weights, samples.inputs, batch_size))
-    layers = [layer_options(w.name, values[w.name], w.role, importances.get(w.name)) for w in weights]
+    for weight in weights:  # integer weights: errors weighted by their per-channel dequantization scales
+        if weight.storage.importance is not None and weight.name not in importances:
+            importances[weight.name] = weight.storage.importance
+    layers = [layer_options(w.name, values[w.name], w.role, importances.get(w.name), itemsize=w.itemsize,
+                            restore_bytes=w.storage.restore_bytes()) for w in weights]
     timings["price"] = timings.get("price", 0.0) + time.perf_counter() - tick
     if options.sensitivity:
         tick = time.perf_counter()
         _log(progress, f"measure sensitivity on {min(samples.count, SENSITIVITY_SAMPLES)} {'generated ' if samples.generated else ''}samples")
-        sensitivities = measure_sensitivity(model, layers, values, samples.head(SENSITIVITY_SAMPLES).inputs, batch_size)
+        sensitivities = measure_sensitivity(model, layers, values, samples.head(SENSITIVITY_SAMPLES).inputs, batch_size,
+                                            storage={w.name: w.storage for w in weights})
         for layer in layers:
             layer.sensitivity = sensitivities.get(layer.name, 1.0)
         timings["sensitivity"] = timings.get("sensitivity", 0.0) + time.perf_counter() - tick
@@ -365,7 +371,8 @@ def _split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOption
     """
     wanted = [layer for layer in layers if layer.role == "embedding" and len(layer.shape) == 2
               and importances.get(layer.name) is not None and layer.shape[0] >= rows.SPLIT_MIN_ROWS
-              and rows.row_gathers(model.graph.initializers[layer.name]) is not None]
+              and rows.row_gathers(model.graph.initializers[layer.name]) is not None
+              and model.graph.initializers[layer.name].dtype == ir.DataType.FLOAT]
     if not wanted:
         return layers
     budget = options.target_bytes - _fixed_bytes(model, layers, options.keep_metadata)
@@ -579,6 +586,12 @@ def _training_data(options: CompressOptions, samples: Samples, eval_samples: Sam
                    teacher: np.ndarray, model: ir.Model, batch_size: int) -> TrainingData | None:
     """The training and held-out split, or None when this run does not fine-tune."""
     if options.epochs <= 0:
+        return None
+    stored = sorted({w.storage.dtype.name.lower() for w in find_weights(model) if not w.storage.plain})
+    if stored:  # the training backend trains float32 initializers only
+        if options.epochs_given:
+            raise OnnxcompError(f"fine-tuning needs float32 weights and this model stores {'/'.join(stored)} ones; "
+                                "pass --epochs 0 to compress with --data as calibration only")
         return None
     if not options.epochs_given and (samples.generated or not _is_classifier(model)):
         return None  # the default epochs apply to classifiers with data; others calibrate only

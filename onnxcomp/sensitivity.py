@@ -26,8 +26,22 @@ FLOOR = 1e-3  # relative: a layer never counts as free to distort
 
 
 def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dict[str, np.ndarray],
-                        inputs: dict[str, np.ndarray], batch_size: int, progress=None) -> dict[str, float]:
-    """Return, per layer, output distortion / weight distortion at a probe setting."""
+                        inputs: dict[str, np.ndarray], batch_size: int, progress=None,
+                        storage: dict | None = None) -> dict[str, float]:
+    """Return, per layer, output distortion / weight distortion at a probe setting.
+
+    `values` are float32 working values; `storage` (per weight name, `onnxcomp.weights.Storage`)
+    says how a weight of another type is stored: it is fed as float32 holding the stored values
+    (rounded, zero point added) and cast to its type in the graph (ONNX Runtime's Python API
+    takes no bfloat16 arrays)."""
+    cast = {name: kind for name, kind in (storage or {}).items() if not kind.plain}
+
+    def feed_name(name: str) -> str:
+        return f"{name}::float32" if name in cast else name
+
+    def stored(name: str, array: np.ndarray) -> np.ndarray:
+        return cast[name].stored(array).astype(np.float32) if name in cast else array
+
     proto = to_proto(model)
     names = {layer.name for layer in layers}
     kept = [t for t in proto.graph.initializer if t.name not in names]
@@ -35,9 +49,13 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(kept)
     for tensor in moved:
-        proto.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        elem_type = onnx.TensorProto.FLOAT if tensor.name in cast else tensor.data_type
+        proto.graph.input.append(onnx.helper.make_tensor_value_info(feed_name(tensor.name), elem_type, list(tensor.dims)))
+        if tensor.name in cast:
+            proto.graph.node.insert(0, onnx.helper.make_node("Cast", [feed_name(tensor.name)], [tensor.name], to=tensor.data_type))
     sess = session(proto)
-    reference = run_batches_with_weights(sess, inputs, values, batch_size)
+    feeds = {feed_name(name): stored(name, array) for name, array in values.items()}
+    reference = run_batches_with_weights(sess, inputs, feeds, batch_size)
     sensitivities: dict[str, float] = {}
     for index, layer in enumerate(layers):
         if progress:
@@ -45,8 +63,8 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
         probe = _probe(layer)
         if probe is None or probe.quant is None or probe.distortion <= 0:
             continue
-        perturbed = dict(values)
-        perturbed[layer.name] = apply_quantization(values[layer.name], probe.quant, layer.importance)
+        perturbed = dict(feeds)
+        perturbed[feed_name(layer.name)] = stored(layer.name, apply_quantization(values[layer.name], probe.quant, layer.importance))
         outputs = run_batches_with_weights(sess, inputs, perturbed, batch_size)
         sensitivities[layer.name] = output_distortion(reference, outputs) / probe.distortion
     if sensitivities:
@@ -122,7 +140,8 @@ def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray
     existing = {o.name for o in proto.graph.output}
     for activation, _, _ in wanted.values():
         if activation.name not in existing and activation.name not in {i.name for i in proto.graph.input}:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(activation.name, onnx.TensorProto.FLOAT, None))
+            # Untyped: ONNX Runtime infers it (a float16 model's activations are float16).
+            proto.graph.output.append(onnx.ValueInfoProto(name=activation.name))
             existing.add(activation.name)
     feeds_inputs = {i.name for i in proto.graph.input}
     sess = session(proto)

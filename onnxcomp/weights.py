@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 
 import numpy as np
 import onnx_ir as ir
@@ -23,10 +24,88 @@ WEIGHT_SLOTS: dict[str, dict[int, str]] = {
     "RNN": {1: "weight", 2: "weight", 3: "bias"},
     "Einsum": {0: "weight", 1: "weight"},
 }
-FLOAT_TYPES = (ir.DataType.FLOAT,)  # float16/bfloat16 weights are left as they are for now
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 # Codebooks (<= 256 entries) feed Gather too; embedding tables are far larger than that.
 MIN_EMBEDDING_ELEMENTS = 257
 MIN_WEIGHT_ELEMENTS = 16
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Storage:
+    """How a weight's stored tensor maps to the float32 values the planner works on.
+
+    float32 weights are worked on as they are. float16/bfloat16 weights are worked on as
+    float32 copies and stored back rounded to their own type. Integer weights of quantized ops
+    are worked on as ``stored - zero_point`` (so a pruned entry, 0, is stored as the zero point)
+    and stored back rounded and clipped to their type; `scale` is the dequantization scale
+    where the consumer names one (broadcastable to the weight). The decode subgraph adds the
+    zero point back and casts to `dtype` (`onnxcomp.decode.DecodeBuilder.restore`), so the
+    consumers read the weight's own type.
+    """
+
+    dtype: ir.DataType = ir.DataType.FLOAT
+    zero_point: np.ndarray | None = None  # float32, broadcastable to the weight; integer weights only
+    scale: np.ndarray | None = None  # float32, broadcastable to the weight
+
+    @property
+    def plain(self) -> bool:
+        return self.dtype == ir.DataType.FLOAT
+
+    @property
+    def integer(self) -> bool:
+        return self.dtype in INTEGER_TYPES
+
+    @property
+    def itemsize(self) -> int:
+        return int(self.dtype.itemsize)
+
+    @property
+    def offset(self) -> np.ndarray | None:
+        """The zero point the decode adds back, or None where it is zero everywhere."""
+        if self.zero_point is None or not np.any(self.zero_point):
+            return None
+        return self.zero_point
+
+    @property
+    def importance(self) -> np.ndarray | None:
+        """Per-channel squared scales: squared errors of the integer values weighted by this are
+        squared errors of the dequantized weight. None for one scale per tensor (relative errors,
+        which the allocator compares, do not depend on it)."""
+        if self.scale is None or self.scale.size <= 1:
+            return None
+        return np.square(self.scale.astype(np.float64)).astype(np.float32)
+
+    def restore_nodes(self) -> int:
+        """Nodes the decode appends to give the weight back its own type (Add, Cast)."""
+        return (0 if self.offset is None else 1) + (0 if self.plain else 1)
+
+    def restore_bytes(self) -> int:
+        """Serialized bytes of the restoring nodes (and the zero-point constant)."""
+        from onnxcomp import encoding
+
+        offset = 0 if self.offset is None else 4 * self.offset.size + encoding.INITIALIZER_BYTES + 3 * self.offset.ndim
+        return self.restore_nodes() * encoding.NODE_BYTES + offset
+
+    def working(self, stored: np.ndarray) -> np.ndarray:
+        """float32 working values of a stored array."""
+        if self.plain:
+            return stored
+        values = np.asarray(stored).astype(np.float32)
+        if self.zero_point is not None:
+            values = values - self.zero_point
+        return values
+
+    def stored(self, working: np.ndarray) -> np.ndarray:
+        """The array to store for float32 working values (rounded to the weight's own type)."""
+        working = np.asarray(working, np.float32)
+        if self.plain:
+            return working
+        np_dtype = self.dtype.numpy()
+        if not self.integer:
+            return working.astype(np_dtype)
+        info = np.iinfo(np_dtype)
+        shifted = working if self.zero_point is None else working + self.zero_point
+        return np.clip(np.rint(shifted), info.min, info.max).astype(np_dtype)
 
 
 @dataclasses.dataclass
@@ -36,6 +115,7 @@ class Weight:
     value: ir.Value
     role: str  # "weight" | "embedding" | "bias"
     consumers: list[str]
+    storage: Storage = dataclasses.field(default_factory=Storage)
 
     @property
     def name(self) -> str:
@@ -53,8 +133,18 @@ class Weight:
     def prunable(self) -> bool:
         return self.role != "bias"
 
+    @property
+    def itemsize(self) -> int:
+        """Bytes per stored value (2 for float16, 1 for int8)."""
+        return self.storage.itemsize
+
     def numpy(self) -> np.ndarray:
-        return self.value.const_value.numpy()  # type: ignore[union-attr]
+        """The working values: float32 (see `Storage`); the stored array itself for float32 weights."""
+        return self.storage.working(self.value.const_value.numpy())  # type: ignore[union-attr]
+
+    def store(self, values: np.ndarray) -> None:
+        """Replace the initializer's content by float32 working values, in the weight's own type."""
+        self.value.const_value = ir.tensor(self.storage.stored(values), name=self.name)
 
 
 # Layout-only ops exporters put between a weight and its consumer (e.g. a tied embedding read
@@ -113,6 +203,11 @@ def find_weights(model: ir.Model) -> list[Weight]:
         tensor = value.const_value
         if tensor is None or value.is_graph_output() or value.is_graph_input():
             continue
+        if tensor.dtype in INTEGER_TYPES:
+            weight = _quantized_weight(value)
+            if weight is not None:
+                found.append(weight)
+            continue
         if tensor.dtype not in FLOAT_TYPES:
             continue
         uses = _slot_uses(value)
@@ -126,7 +221,7 @@ def find_weights(model: ir.Model) -> list[Weight]:
             continue
         if size < MIN_WEIGHT_ELEMENTS:
             continue
-        found.append(Weight(value, role, consumers))
+        found.append(Weight(value, role, consumers, Storage(tensor.dtype)))
     return found
 
 
@@ -150,27 +245,107 @@ def check_finite(weights: list[Weight]) -> None:
             release(weight.value.const_value)  # memory-mapped: unmap, read again when needed
 
 
-# Ops that read already-quantized (integer) weights, and the input slots that hold them (not
-# the scales or zero points).
-QUANTIZED_SLOTS: dict[str, tuple[int, ...]] = {
-    "MatMulInteger": (0, 1), "ConvInteger": (0, 1), "QLinearMatMul": (0, 3), "QLinearConv": (0, 3),
-    "DequantizeLinear": (0,), "QGemm": (0, 3), "MatMulNBits": (1,), "DynamicQuantizeMatMul": (1,),
-    "GatherBlockQuantized": (0,),
+# Ops that read already-quantized (integer) weights: per weight input slot, the input slots of its
+# dequantization scale and zero point (None: the op has none; a missing optional zero point is 0).
+QUANTIZED_SLOTS: dict[str, dict[int, tuple[int | None, int | None]]] = {
+    "MatMulInteger": {0: (None, 2), 1: (None, 3)},
+    "ConvInteger": {0: (None, 2), 1: (None, 3)},
+    "QLinearMatMul": {0: (1, 2), 3: (4, 5)},
+    "QLinearConv": {0: (1, 2), 3: (4, 5)},
+    "DequantizeLinear": {0: (1, 2)},
+    "QGemm": {0: (1, 2), 3: (4, 5)},
+    "DynamicQuantizeMatMul": {1: (2, 3)},
+    "DynamicQuantizeLSTM": {1: (8, 9), 2: (10, 11)},
+    "MatMulNBits": {1: (2, 3)},
+    "GatherBlockQuantized": {0: (2, 3)},
 }
-INTEGER_TYPES = {ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT4, ir.DataType.UINT4, ir.DataType.INT16,
-                 ir.DataType.UINT16}
+# Ops whose packed or blocked integer weights onnxcomp reports but does not re-code.
+PACKED_QUANTIZED_OPS = {"MatMulNBits", "GatherBlockQuantized"}
+INTEGER_TYPES = {ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16}
+REPORTED_INTEGER_TYPES = INTEGER_TYPES | {ir.DataType.INT4, ir.DataType.UINT4}
 
 
-def quantized_weights(model: ir.Model) -> list[dict]:
+def _channel_axis(node: ir.Node, index: int, rank: int) -> int | None:
+    """The weight axis that a 1-D per-channel scale or zero point runs along."""
+    op = node.op_type
+    if op == "DequantizeLinear":
+        return node.attributes.get_int("axis", 1) % max(rank, 1)
+    if op in ("ConvInteger", "QLinearConv") and index != 0:
+        return 0
+    if op == "QGemm" and index == 3:
+        return 0 if node.attributes.get_int("transB", 0) else rank - 1
+    if op == "DynamicQuantizeLSTM":
+        return 0  # [num_directions]; a [num_directions, 4*hidden] scale is handled by _broadcast
+    if index == 0:  # the left operand of a matrix product: per row
+        return max(rank - 2, 0)
+    return rank - 1
+
+
+def _broadcast(node: ir.Node, index: int, slot: int | None, shape: tuple[int, ...]) -> np.ndarray | None | bool:
+    """The scale or zero point at input `slot`, as float32 broadcastable to the weight; None when
+    absent; False when it is not a constant or its layout is not understood."""
+    if slot is None or slot >= len(node.inputs) or node.inputs[slot] is None:
+        return None
+    source = node.inputs[slot]
+    if source.const_value is None:
+        return False
+    array = source.const_value.numpy().astype(np.float32)
+    if array.size == 1:
+        return array.reshape(())
+    rank = len(shape)
+    if node.op_type == "DynamicQuantizeLSTM" and array.ndim == 2 and rank == 3 and array.shape == (shape[0], shape[2]):
+        return array.reshape(shape[0], 1, shape[2])
+    axis = _channel_axis(node, index, rank)
+    if array.ndim != 1 or axis is None or rank == 0 or array.size != shape[axis]:
+        return False
+    return array.reshape([-1 if i == axis else 1 for i in range(rank)])
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _quantized_weight(value: ir.Value) -> Weight | None:
+    """An integer initializer read only in weight slots of quantized ops, with its zero point
+    and scale (identical for every reader), or None."""
+    tensor = value.const_value
+    shape = tuple(int(d) for d in tensor.shape)  # type: ignore[union-attr]
+    size = int(np.prod(shape)) if shape else 1
+    uses = list(value.uses())
+    if not uses or size < MIN_WEIGHT_ELEMENTS:
+        return None
+    storage = None
+    for node, index in uses:
+        slots = QUANTIZED_SLOTS.get(node.op_type, {}) if node.domain in ("", "ai.onnx", "com.microsoft") else {}
+        if index not in slots or node.op_type in PACKED_QUANTIZED_OPS:
+            return None
+        if node.op_type == "DequantizeLinear" and node.attributes.get_int("block_size", 0):
+            return None
+        scale_slot, zero_slot = slots[index]
+        scale, zero = _broadcast(node, index, scale_slot, shape), _broadcast(node, index, zero_slot, shape)
+        if scale is False or zero is False:
+            logger.debug("%s: scale or zero point of %s is not a constant of a known layout", value.name, node.name)
+            return None
+        found = Storage(tensor.dtype, zero, scale)  # type: ignore[union-attr,arg-type]
+        if storage is not None and not (_same(storage.zero_point, found.zero_point) and _same(storage.scale, found.scale)):
+            logger.debug("%s: its readers dequantize it differently", value.name)
+            return None
+        storage = found
+    return Weight(value, "weight", [node.name or node.op_type for node, _ in uses], storage)
+
+
+def quantized_weights(model: ir.Model, exclude: Collection[str] = ()) -> list[dict]:
     """Integer initializers that already-quantized ops read as weights (MatMulInteger, QLinear*,
-    DequantizeLinear, ...): onnxcomp leaves them as they are. One row per weight: name, dtype,
-    shape, bytes and the ops that read it."""
+    DequantizeLinear, DynamicQuantizeLSTM, ...), except the names in `exclude` (those re-coded).
+    One row per weight: name, dtype, shape, bytes and the ops that read it."""
     found = []
     for value in model.graph.initializers.values():
         tensor = value.const_value
-        if tensor is None or tensor.dtype not in INTEGER_TYPES:
+        if tensor is None or tensor.dtype not in REPORTED_INTEGER_TYPES or value.name in exclude:
             continue
-        ops = sorted({node.op_type for node, index in value.uses() if index in QUANTIZED_SLOTS.get(node.op_type, ())})
+        ops = sorted({node.op_type for node, index in value.uses() if index in QUANTIZED_SLOTS.get(node.op_type, {})})
         if ops:
             found.append({"name": value.name, "dtype": tensor.dtype.name.lower(), "shape": [int(d) for d in tensor.shape],
                           "bytes": int(tensor.nbytes), "ops": ops})
@@ -181,14 +356,15 @@ def no_weights_error(model: ir.Model):
     """The refusal for a model with nothing to compress, naming already-quantized weights."""
     from onnxcomp.errors import OnnxcompError
 
+    kinds = ("float32/float16/bfloat16 initializers used by Conv, Gemm, MatMul, Gather, LSTM/GRU/RNN, and "
+             "8- or 16-bit integer weights of quantized ops")
     quantized = quantized_weights(model)
     if quantized:
         ops = sorted({op for row in quantized for op in row["ops"]})
         dtypes = sorted({row["dtype"] for row in quantized})
         return OnnxcompError(
-            f"the model is already quantized: its {len(quantized)} weights are {'/'.join(dtypes)} "
-            f"({sum(row['bytes'] for row in quantized)} B, read by {', '.join(ops)}) and it has no compressible weights "
-            "left (float initializers used by Conv, Gemm, MatMul, Gather, LSTM/GRU/RNN); onnxcomp leaves quantized "
-            "weights as they are, so there is nothing to compress further"
+            f"the model has no weights onnxcomp can compress: its {len(quantized)} already-quantized weights are "
+            f"{'/'.join(dtypes)} ({sum(row['bytes'] for row in quantized)} B, read by {', '.join(ops)}), packed, "
+            f"blocked or too small to re-code; onnxcomp compresses {kinds}"
         )
-    return OnnxcompError("the model has no compressible weights (float initializers used by Conv, Gemm, MatMul, Gather, LSTM/GRU/RNN)")
+    return OnnxcompError(f"the model has no compressible weights ({kinds})")

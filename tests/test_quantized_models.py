@@ -1,13 +1,17 @@
-"""Already-quantized input (issue 6): a model whose weights are all int8 is refused with a reason
-that says so (exit 2, no output, no traceback); a partly quantized one compresses its float
-weights and the report names the quantized weights it left as they are."""
+"""Already-quantized input (issue 6): int8/uint8 weights of quantized ops are re-coded in fewer
+bits within the budget and decoded back to their integer type at load; integer weights that stay
+as they are (here: the small ones the allocator keeps dense) are named in the output and the
+report; a model whose only weights are packed 4-bit ones is refused with a reason that names them
+(exit 2, no output, no traceback)."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import run
 from tests.test_zoo import int8_dynamic_quantized, int8_qdq, int8_with_float_head
@@ -15,35 +19,77 @@ from tests.test_zoo import int8_dynamic_quantized, int8_qdq, int8_with_float_hea
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
 
-@pytest.mark.parametrize("build, ops", [(int8_dynamic_quantized, "MatMulInteger"), (int8_qdq, "DequantizeLinear")],
+@pytest.mark.parametrize("build, op", [(int8_dynamic_quantized, "MatMulInteger"), (int8_qdq, "DequantizeLinear")],
                          ids=["dynamic", "qdq"])
-def test_fully_quantized_model_is_refused_as_already_quantized(build, ops, tmp_path, capsys):
+def test_fully_quantized_model_compresses_further_in_its_integer_type(build, op, tmp_path, capsys):
     from onnxcomp.cli import main
 
     source = tmp_path / "q.onnx"
     source.write_bytes(build().SerializeToString())
+    output, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    target = source.stat().st_size // 2
+    code = main(["compress", str(source), "--target-size", str(target), "-o", str(output), "--report", str(report)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert output.stat().st_size <= target
+    compressed = onnx.load(str(output))
+    made = {out: node for node in compressed.graph.node for out in node.output}
+    weights = [node.input[1 if op == "MatMulInteger" else 0] for node in compressed.graph.node if node.op_type == op]
+    decoded = [made[name] for name in weights if name in made and made[name].op_type == "Cast"]
+    assert decoded and all(node.attribute[0].i == TensorProto.INT8 for node in decoded)
+    assert any(row["encoding"] != "dense" for row in json.loads(report.read_text())["layers"])
+    x = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
+    want, got = run(source.read_bytes(), {"x": x})[0], run(str(output), {"x": x})[0]
+    cosine = float(np.sum(want * got) / (np.linalg.norm(want) * np.linalg.norm(got)))
+    # Uniformly drawn integers are the hardest case for a codebook (no value is rarer than another).
+    assert cosine > 0.93, cosine
+
+
+def test_partly_quantized_model_names_the_integer_weights_it_left(tmp_path, capsys):
+    from onnxcomp.cli import main
+
+    source = tmp_path / "mixed.onnx"
+    source.write_bytes(int8_with_float_head().SerializeToString())
+    output, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    # A loose target: the small int8 body is worth more dense than any re-coding saves.
+    code = main(["compress", str(source), "--target-size", str(int(source.stat().st_size * 0.6)), "-o", str(output),
+                 "--report", str(report)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    result = json.loads(report.read_text())
+    dense = {row["name"] for row in result["layers"] if row["encoding"] == "dense"}
+    left = result.get("quantized_left", [])
+    assert {row["name"] for row in left} == dense & {"w1"}
+    for row in left:
+        assert f"{row['name']} int8" in err and "left as they are" in err
+        assert row["ops"] == ["MatMulInteger"]
+    x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    want, got = run(source.read_bytes(), {"x": x})[0], run(str(output), {"x": x})[0]
+    assert np.allclose(want, got, atol=0.1 * np.abs(want).max())
+
+
+def packed_4bit_model() -> onnx.ModelProto:
+    """A MatMulNBits layer (4-bit weights packed two per byte, blocks of 32): nothing onnxcomp re-codes."""
+    rng = np.random.default_rng(3)
+    packed = rng.integers(0, 256, size=(16, 2, 16), dtype=np.uint8)
+    scales = (rng.random(32) / 50).astype(np.float32)
+    node = helper.make_node("MatMulNBits", ["x", "packed", "scales"], ["y"], domain="com.microsoft",
+                            K=64, N=16, bits=4, block_size=32)
+    graph = helper.make_graph([node], "nbits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                              [numpy_helper.from_array(packed, "packed"), numpy_helper.from_array(scales, "scales")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=8)
+
+
+def test_packed_quantized_model_is_refused_naming_its_weights(tmp_path, capsys):
+    from onnxcomp.cli import main
+
+    source = tmp_path / "nbits.onnx"
+    source.write_bytes(packed_4bit_model().SerializeToString())
     output = tmp_path / "out.onnx"
     code = main(["compress", str(source), "--target-size", str(source.stat().st_size // 2), "-o", str(output)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "already quantized" in err and "int8" in err and ops in err and "nothing to compress" in err
+    assert "already-quantized" in err and "uint8" in err and "MatMulNBits" in err and "packed" in err
     assert "Traceback" not in err and not output.exists()
-
-
-def test_partly_quantized_model_reports_what_it_left(tmp_path, capsys):
-    from onnxcomp.cli import main
-
-    proto = int8_with_float_head()
-    source = tmp_path / "mixed.onnx"
-    source.write_bytes(proto.SerializeToString())
-    output, report = tmp_path / "out.onnx", tmp_path / "r.json"
-    code = main(["compress", str(source), "--target-size", str(source.stat().st_size // 2), "-o", str(output),
-                 "--report", str(report)])
-    err = capsys.readouterr().err
-    assert code == 0, err
-    assert "left as they are: 1 already-quantized weights (w1 int8" in err
-    left = json.loads(report.read_text())["quantized_left"]
-    assert [(row["name"], row["dtype"], row["ops"]) for row in left] == [("w1", "int8", ["MatMulInteger"])]
-    x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
-    want, got = run(source.read_bytes(), {"x": x})[0], run(str(output), {"x": x})[0]
-    assert np.allclose(want, got, atol=0.1 * np.abs(want).max())

@@ -80,10 +80,10 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
                 if codebook.ndim != 2 or values.size % codebook.shape[1]:
                     logger.debug("%s: %s does not split into vectors of the codebook's width", weight.name, values.shape)
                     continue
-                clustered = snap_to_vectors(values, codebook)
+                clustered = _representable(weight, snap_to_vectors(values, codebook))
                 if np.array_equal(clustered, values):
                     continue
-                weight.value.const_value = ir.tensor(clustered, name=weight.name)
+                weight.store(clustered)
                 rows.append({"name": weight.name, "clusters": int(codebook.shape[0]),
                              "sse": float(np.sum((clustered.astype(np.float64) - values) ** 2))})
                 continue
@@ -97,9 +97,18 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
             else:
                 clustered = snap_to_codebook(values, codebook)
                 clustered[zeros] = 0.0
+            clustered = _representable(weight, clustered)
             if np.array_equal(clustered, values):
                 continue
-            weight.value.const_value = ir.tensor(clustered, name=weight.name)
+            weight.store(clustered)
             rows.append({"name": weight.name, "clusters": int(codebook.size),
                          "sse": float(np.sum((clustered.astype(np.float64) - values) ** 2))})
         return StatsPassResult(model, modified=bool(rows), rows=rows)
+
+
+def _representable(weight, clustered: np.ndarray) -> np.ndarray:
+    """The clustered values as the weight's own type stores them (float16 rounding; integer
+    weights: whole numbers), so a second run finds nothing to change."""
+    if weight.storage.plain:
+        return clustered
+    return weight.storage.working(weight.storage.stored(clustered))

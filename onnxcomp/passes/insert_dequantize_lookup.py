@@ -86,32 +86,32 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
         for weight in find_weights(model):
             if self.names is not None and weight.name not in self.names:
                 continue
-            values = weight.numpy().astype(np.float32)
+            values = np.asarray(weight.numpy(), np.float32)
             if self._rows(model, builder, weight, values, rows):
                 continue
             vector = self._vector(weight.name, values)
             if vector is not None:
                 codes, codebook, bits, size = vector
-                plain = encoding.encoding_choices(values)
-                if size < min(c.bytes for c in plain.values()):
+                plain = encoding.encoding_choices(values, weight.itemsize, weight.storage.restore_bytes())
+                if size + weight.storage.restore_bytes() < min(c.bytes for c in plain.values()):
                     decoded = builder.vector_lookup(codes, codebook, bits, weight.shape, weight.name)
-                    rewire(model, weight, decoded)
+                    rewire(model, weight, decoded, builder)
                     rows.append({"name": weight.name, "encoding": "vector", "bits": bits, "vector_dim": codebook.shape[1],
                                  "levels": int(codebook.shape[0]), "bytes_before": plain["dense"].bytes, "bytes_after": size})
                     continue
             grouped = self._grouped(weight.name, values)
             if grouped is not None:
                 codes, codebooks, bits, size, axis = grouped
-                dense = encoding.dense_bytes(values.size, values.ndim)
-                plain = encoding.encoding_choices(values)
-                if size < min(c.bytes for c in plain.values()):
+                dense = encoding.dense_bytes(values.size, values.ndim, weight.itemsize)
+                plain = encoding.encoding_choices(values, weight.itemsize, weight.storage.restore_bytes())
+                if size + weight.storage.restore_bytes() < min(c.bytes for c in plain.values()):
                     decoded = builder.grouped_lookup(codes, codebooks, bits, weight.shape, weight.name, axis)
-                    rewire(model, weight, decoded)
+                    rewire(model, weight, decoded, builder)
                     rows.append({"name": weight.name, "encoding": "grouped", "bits": bits, "groups": len(codebooks),
                                  "group_axis": axis,
                                  "levels": int(codebooks.size), "bytes_before": dense, "bytes_after": size})
                     continue
-            choices = encoding.encoding_choices(values)
+            choices = encoding.encoding_choices(values, weight.itemsize, weight.storage.restore_bytes())
             options = [choices[k] for k in ("lookup", "linear") if k in choices]
             if not options:
                 logger.debug("%s: %s has too many distinct values to encode", weight.name, weight.shape)
@@ -127,7 +127,7 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
                 decoded = builder.linear(grid_codes[codes], zero, scale, choice.bits, weight.shape, stem)
             else:
                 decoded = builder.lookup(codes, unique, choice.bits, weight.shape, stem)
-            rewire(model, weight, decoded)
+            rewire(model, weight, decoded, builder)
             rows.append({"name": weight.name, "encoding": choice.kind, "bits": choice.bits,
                          "levels": choice.levels, "bytes_before": choices["dense"].bytes,
                          "bytes_after": choice.bytes})
@@ -139,8 +139,8 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
     def _rows(self, model: ir.Model, builder: DecodeBuilder, weight, values: np.ndarray, report: list[dict]) -> bool:
         """Encode an embedding table read only by row Gathers for run-time row decoding
         (`onnxcomp.rows`); False when it is not such a table or the encoding saves nothing."""
-        if weight.role != "embedding" or weight.name in self.vectors:
-            return False
+        if weight.role != "embedding" or weight.name in self.vectors or not weight.storage.plain:
+            return False  # row decoding yields float32 rows; other types are decoded whole at load
         gathers = row_decode.row_gathers(weight.value)
         if gathers is None:
             return False

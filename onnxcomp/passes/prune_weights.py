@@ -58,7 +58,7 @@ class PruneWeightsPass(ir.passes.InPlacePass):
         for weight in find_weights(model):
             if not weight.prunable:
                 continue
-            values = weight.numpy()
+            values = weight.numpy()  # float32 working values (integer weights: minus their zero point)
             if weight.name in self.masks:
                 threshold = None
                 small = ~np.asarray(self.masks[weight.name], dtype=bool).reshape(values.shape)
@@ -72,7 +72,7 @@ class PruneWeightsPass(ir.passes.InPlacePass):
                 logger.debug("%s: nothing under threshold %g", weight.name, threshold)
                 continue
             pruned = np.where(small, np.float32(0), values).astype(np.float32)
-            weight.value.const_value = ir.tensor(pruned, name=weight.name)
+            weight.store(pruned)  # an integer weight's 0 is stored as its zero point
             rows.append({"name": weight.name, "threshold": threshold, "pruned": newly,
                          "sparsity": float(np.count_nonzero(pruned == 0) / pruned.size)})
         return StatsPassResult(model, modified=bool(rows), rows=rows)

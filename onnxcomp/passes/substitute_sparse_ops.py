@@ -43,8 +43,8 @@ class SubstituteSparseOpsPass(ir.passes.InPlacePass):
         for weight in find_weights(model):
             if self.names is not None and weight.name not in self.names:
                 continue
-            values = weight.numpy().astype(np.float32)
-            choices = encoding.encoding_choices(values)
+            values = np.asarray(weight.numpy(), np.float32)
+            choices = encoding.encoding_choices(values, weight.itemsize, weight.storage.restore_bytes())
             if "sparse" not in choices:
                 continue
             sparse = choices["sparse"]
@@ -57,7 +57,7 @@ class SubstituteSparseOpsPass(ir.passes.InPlacePass):
                 codebook = np.unique(flat[positions])
                 codes = np.searchsorted(codebook, flat[positions])
                 decoded = builder.sparse_mask(flat != 0, codes, sparse.bits, codebook, weight.shape, weight.name)
-                rewire(model, weight, decoded)
+                rewire(model, weight, decoded, builder)
                 rows.append({"name": weight.name, "encoding": "sparse", "bits": sparse.bits, "delta_bits": 0,
                              "positions": "mask", "sparsity": sparse.sparsity,
                              "bytes_before": choices["dense"].bytes, "bytes_after": sparse.bytes})
@@ -69,7 +69,7 @@ class SubstituteSparseOpsPass(ir.passes.InPlacePass):
             entry_values = np.where(owners >= 0, flat[positions][np.maximum(owners, 0)], 0.0)
             codes = np.searchsorted(codebook, entry_values.astype(np.float32))
             decoded = builder.sparse(deltas, sparse.delta_bits, codes, sparse.bits, codebook, weight.shape, weight.name)
-            rewire(model, weight, decoded)
+            rewire(model, weight, decoded, builder)
             rows.append({"name": weight.name, "encoding": "sparse", "bits": sparse.bits,
                          "delta_bits": sparse.delta_bits, "positions": "deltas", "sparsity": sparse.sparsity,
                          "bytes_before": choices["dense"].bytes, "bytes_after": sparse.bytes})
