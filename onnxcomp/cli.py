@@ -150,6 +150,8 @@ def _compress(args) -> int:
         if not quiet:
             print(f"  {message}", file=sys.stderr, flush=True)
 
+    _check_numbers(args)
+    _check_compress_outputs(args, input_path, output_path)  # before any work: nothing over the input, all writable
     samples = eval_samples = None
     input_shapes, input_values = _input_pins(args)
     if args.data:
@@ -158,6 +160,8 @@ def _compress(args) -> int:
         if not args.data:
             raise OnnxcompError("--eval-data needs --data (the training samples)")
         eval_samples = load_samples(args.eval_data, io.load_model(input_path), input_values)
+    if args.max_accuracy_drop is not None and all(s is None or s.labels is None for s in (samples, eval_samples)):
+        raise OnnxcompError("--max-accuracy-drop needs labels (a 'labels' array in --data) to measure accuracy")
     epochs = args.epochs if args.epochs is not None else (DEFAULT_EPOCHS if args.data else 0)
     options = CompressOptions(target_bytes=target, keep_metadata=args.keep_metadata, sensitivity=not args.no_sensitivity,
                               seed=args.seed, min_fidelity=args.min_fidelity, max_accuracy_drop=args.max_accuracy_drop,
@@ -210,6 +214,39 @@ def _compress(args) -> int:
     return 0
 
 
+def _check_numbers(args) -> None:
+    """Refuse numbers that would be ignored or crash later: NaN/inf guards, a negative seed."""
+    import math
+
+    for flag, value in (("--min-fidelity", args.min_fidelity), ("--max-accuracy-drop", args.max_accuracy_drop), ("--lr", args.lr)):
+        if value is not None and not math.isfinite(value):
+            raise OnnxcompError(f"{flag} must be a finite number, not {value}")
+    if args.min_fidelity is not None and not -1 <= args.min_fidelity <= 1:
+        raise OnnxcompError(f"--min-fidelity is a top-1 agreement or cosine between -1 and 1, not {args.min_fidelity}")
+    if args.max_accuracy_drop is not None and args.max_accuracy_drop < 0:
+        raise OnnxcompError(f"--max-accuracy-drop is in points and must be >= 0, not {args.max_accuracy_drop}")
+    _check_seed(args.seed)
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**32:
+        raise OnnxcompError(f"--seed must be between 0 and {2**32 - 1}, not {seed}")
+
+
+def _check_compress_outputs(args, input_path: Path, output_path: Path) -> None:
+    from onnxcomp.outputs import Output, check_new_folder, check_outputs, input_files
+
+    planned = [Output(output_path, "the output model")]
+    if args.report:
+        planned.append(Output(Path(args.report), "the --report file"))
+    if args.report_dir:
+        report_dir = Path(args.report_dir)
+        check_new_folder(report_dir, "the --report-dir folder")
+        planned += [Output(report_dir / name, f"the report's {name}", overwrite=True, folder_later=True)
+                    for name in ("report.html", "report.json")]
+    check_outputs(planned, input_files(input_path, args.data, args.eval_data), force=args.force)
+
+
 def _sweep(args) -> int:
     from onnxcomp.sweep import SweepOptions, markdown_table, parse_targets, run_sweep
 
@@ -217,6 +254,7 @@ def _sweep(args) -> int:
     output_dir = Path(args.output_dir) if args.output_dir else input_path.with_name(input_path.stem + ".sweep")
     if args.jobs is not None and args.jobs < 1:
         raise OnnxcompError("--jobs must be >= 1")
+    _check_seed(args.seed)
     targets = parse_targets(args.targets)
     input_shapes, input_values = _input_pins(args)
     options = SweepOptions(data=args.data, sensitivity=not args.no_sensitivity, seed=args.seed,
@@ -351,6 +389,9 @@ def main(argv: list[str] | None = None, isolate: bool | None = None) -> int:
     except OnnxcompError as error:
         print(f"onnxcomp: error: {error}", file=sys.stderr)
         return error.exit_code
+    except Terminated:
+        print("onnxcomp: terminated; no output written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("onnxcomp: interrupted; no output written", file=sys.stderr)
         return 130
@@ -360,6 +401,10 @@ def main(argv: list[str] | None = None, isolate: bool | None = None) -> int:
     except BrokenPipeError:  # the reader went away (e.g. `onnxcomp inspect m.onnx | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
+    except OSError as error:  # e.g. a file swapped or removed while it is read: one line, not a traceback
+        where = f" {error.filename}" if error.filename else ""
+        print(f"onnxcomp: error: cannot access{where}: {error.strerror or error}", file=sys.stderr)
+        return 2
     finally:
         logger.debug("finished in %.2f s", time.perf_counter() - started)
 

@@ -10,6 +10,7 @@ with --force. The write itself is atomic (`onnxcomp.io.atomic_write`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -147,3 +148,15 @@ def remove_folders(folders: Iterable[Path]) -> None:
             folder.rmdir()
         except OSError:  # not empty (something else wrote there) or already gone: leave it
             logger.debug("left %s in place", folder)
+
+
+@contextlib.contextmanager
+def folder_removed_on_failure(folder: Path, what: str, *, parents: bool = False):
+    """Create `folder` (see `make_folder`) for the block; if the block raises (Ctrl-C included),
+    remove the folders it created that are still empty, so a failed run leaves nothing behind."""
+    created = make_folder(folder, what, parents=parents)
+    try:
+        yield folder
+    except BaseException:
+        remove_folders(created)
+        raise

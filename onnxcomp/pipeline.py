@@ -677,14 +677,11 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
                   samples: Samples | Iterable[Batch] | None = None, progress: Callable[[str], None] | None = None,
                   overwrite: bool = False, eval_samples: Samples | Iterable[Batch] | None = None) -> dict:
     """Compress a file to a file; the input is only read, the output appears whole or not at all."""
+    from onnxcomp.outputs import Output, check_outputs, input_files
+
     input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.exists() and output_path.resolve() == input_path.resolve():
-        raise OnnxcompError("the output path is the input file; onnxcomp never overwrites its input")
-    if output_path.exists() and not overwrite:
-        raise OnnxcompError(f"{output_path} exists; pass --force to overwrite it")
-    folder = output_path.parent if str(output_path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OnnxcompError(f"output folder {folder} does not exist")
+    # Never over the input or its external data (links included); the folder exists and is writable.
+    check_outputs([Output(output_path, "the output model")], input_files(input_path), force=overwrite)
     model = io.load_model(input_path)
     input_bytes = io.file_bytes(input_path)
     result = compress_model(model, options, samples=samples, input_bytes=input_bytes, progress=progress,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from onnxcomp import io
 from onnxcomp.errors import OnnxcompError, TargetUnreachableError
+from onnxcomp.outputs import Output, check_new_folder, check_outputs, input_files, make_folder
 from onnxcomp.sizes import format_size, parse_size
 
 logger = logging.getLogger(__name__)
@@ -107,11 +108,9 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     io.load_model(input_path)  # a bad input fails once, here, not once per worker
     if options.data and not Path(options.data).is_file():
         raise OnnxcompError(f"{options.data}: no such file")
-    output_dir.mkdir(parents=True, exist_ok=True)
     outputs = {size: output_dir / f"{input_path.stem}.{label}.onnx" for label, size in targets}
-    existing = [str(path) for path in outputs.values() if path.exists()]
-    if existing and not options.overwrite:
-        raise OnnxcompError(f"{existing[0]} exists ({len(existing)} outputs in all); pass --force to overwrite")
+    check_sweep_outputs(input_path, output_dir, [(label, outputs[size]) for label, size in targets], options)
+    make_folder(output_dir, "the sweep folder", parents=True)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(targets)))
     started = time.perf_counter()
     results = []
@@ -147,6 +146,18 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     if reached and plot_curve(summary, plot):
         summary["plot"] = str(plot)
     return summary
+
+
+def check_sweep_outputs(input_path: Path, output_dir: Path, models: list[tuple[str, Path]], options: SweepOptions) -> None:
+    """Before any work: the folder can be made or written, no model or summary file is an input
+    file (model, external data, samples) or exists without `options.overwrite`."""
+    check_new_folder(output_dir, "the sweep folder", parents=True)
+    existing = [str(path) for _, path in models if path.exists()]
+    if existing and not options.overwrite:
+        raise OnnxcompError(f"{existing[0]} exists ({len(existing)} outputs in all); pass --force to overwrite")
+    planned = [Output(path, f"the {label} model", folder_later=True) for label, path in models]
+    planned += [Output(output_dir / name, name, overwrite=True, folder_later=True) for name in ("sweep.json", "sweep.md", "sweep.png")]
+    check_outputs(planned, input_files(input_path, options.data), force=options.overwrite)
 
 
 def _progress_line(result: dict) -> str:

@@ -25,6 +25,9 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict:
     report: dict = {"outputs": {}}
     cosines, agreements = [], []
     for index, (a, b) in enumerate(zip(original, compressed)):
+        if not _numeric(a):  # e.g. a string label table routed to an output: same or not
+            report["outputs"][f"output_{index}"] = {"equal": bool(np.array_equal(np.asarray(a), np.asarray(b)))}
+            continue
         a64 = np.asarray(a, dtype=np.float64)
         b64 = np.asarray(b, dtype=np.float64)
         entry: dict = {}
@@ -58,7 +61,13 @@ def output_distortion(reference: list[np.ndarray], candidate: list[np.ndarray]) 
     error = 0.0
     energy = 0.0
     for a, b in zip(reference, candidate):
+        if not _numeric(a):  # non-numeric outputs (strings) carry no weights' error
+            continue
         a64 = np.asarray(a, np.float64)
         error += float(np.sum((a64 - np.asarray(b, np.float64)) ** 2))
         energy += float(np.sum(a64 * a64))
     return error / max(energy, 1e-30)
+
+
+def _numeric(output) -> bool:
+    return np.asarray(output).dtype.kind in "biuf"

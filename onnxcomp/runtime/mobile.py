@@ -35,6 +35,7 @@ import onnx
 from onnxcomp import io
 from onnxcomp.data import generate_samples
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.outputs import Output, check_new_folder, check_outputs, folder_removed_on_failure, input_files, same_file
 from onnxcomp.runtime.inference import _ort
 
 logger = logging.getLogger(__name__)
@@ -409,24 +410,21 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
     output_dir = Path(output_dir)
     model = io.load_model(model_path)  # clean one-line errors for missing / non-ONNX files
     proto = onnx.load(str(model_path), load_external_data=False)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OnnxcompError(f"{output_dir} exists and is not a folder")
-    if not output_dir.exists():
-        if not output_dir.parent.is_dir():
-            raise OnnxcompError(f"output folder {output_dir.parent} does not exist")
-        output_dir.mkdir()
+    check_new_folder(output_dir, "the output folder")  # created only once the work starts; removed if it fails
     stem = model_path.name[: -len(".onnx")] if model_path.name.lower().endswith(".onnx") else model_path.name
     onnx_out, ort_out, config_out = output_dir / f"{stem}.onnx", output_dir / f"{stem}.ort", output_dir / CONFIG_NAME
-    copy_onnx = not (onnx_out.exists() and onnx_out.resolve() == model_path.resolve())
+    copy_onnx = not same_file(onnx_out, model_path)  # exporting into the model's own folder: no copy
     if copy_onnx and io.file_bytes(model_path) != model_path.stat().st_size:
         raise OnnxcompError(f"{model_path} keeps weights in external data; export-mobile needs a single-file model")
     targets = [ort_out, config_out] + ([onnx_out] if copy_onnx else [])
     existing = [str(path) for path in targets if path.exists()]
     if existing and not overwrite:
         raise OnnxcompError(f"{', '.join(existing)} exist(s); pass --force to overwrite")
+    check_outputs([Output(path, path.name, overwrite=True, folder_later=True) for path in targets], input_files(model_path))
 
     feeds = generate_samples(model, count=1, seed=seed).inputs
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".onnxcomp-") as staging:
+    with (folder_removed_on_failure(output_dir, "the output folder"),
+          tempfile.TemporaryDirectory(dir=output_dir, prefix=".onnxcomp-") as staging):
         staged_config = Path(staging) / CONFIG_NAME
         reference = _run_file(model_path, feeds)
         dense_ort = sparse_ort = None
