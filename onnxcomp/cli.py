@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from onnxcomp import __version__
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.retrain import METHODS
+from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
 from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
 from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
 
@@ -358,10 +360,26 @@ def _run_isolated(args) -> int:
         if not crash.out_of_memory and args.command in ("compress", "sweep"):
             hint = (" (check the samples in --data)" if args.data else
                     " (give inputs it runs on with --data, or pin them with --input-shape NAME:DIMS / --input-value NAME=V)")
-        raise ChildCrashed(f"{crash}{hint}; {source} is unchanged and no output was written", crash.signal_number,
+        written = "" if args.command == "sweep" else " and no output was written"  # finished targets stay
+        if crash.signal_number == signal.SIGFPE:  # ORT names no node when it dies: name the ones that can
+            hint += _integer_divisions(source)
+        raise ChildCrashed(f"{crash}{hint}; {source} is unchanged{written}", crash.signal_number,
                            crash.stage, crash.out_of_memory) from None
     finally:
         remove_temporaries(outputs, folders, since=started)
+
+
+def _integer_divisions(model_path: Path) -> str:
+    import onnx
+
+    from onnxcomp.runtime.inference import integer_divisions
+
+    try:
+        nodes = integer_divisions(onnx.load(model_path, load_external_data=False))
+    except Exception as error:  # only a hint: the crash is the error
+        logger.debug("cannot list integer divisions: %s", error)
+        return ""
+    return f"; integer divisions in the model: {nodes}" if nodes else ""
 
 
 def main(argv: list[str] | None = None, isolate: bool | None = None) -> int:

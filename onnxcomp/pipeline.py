@@ -129,6 +129,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
                                         options.input_values)
         except NoRunnableInputError as error:
             return _compress_unverified(model, options, original_data_bytes, progress, error)
+    _log(progress, f"run the original model on {samples.count} {'generated ' if samples.generated else ''}samples")
     reference_outputs = run_batches(reference_session, samples.inputs, batch_size, generated=samples.generated)
 
     training = _training_data(options, samples, eval_samples, reference_outputs[0], model, batch_size)
@@ -262,6 +263,26 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     _check_guards(report, options)
     report["seconds"]["total"] = round(time.perf_counter() - started, 3)
     return CompressResult(compressed, attempt_data, report)
+
+
+def _compress_unverified(model: ir.Model, options: CompressOptions, input_bytes: int,
+                         progress: Callable[[str], None] | None, error: NoRunnableInputError) -> CompressResult:
+    """No generated input runs the model and no samples were given: compress anyway, as the streamed
+    path does (each weight priced by its own error, each decoded weight checked in ONNX Runtime),
+    without running the model; the report says ``verified: false``."""
+    from onnxcomp.runtime.inference import describe_error
+    from onnxcomp.streaming import compress_streamed
+
+    reason = describe_error(error.last_error) if error.last_error else str(error)
+    if options.min_fidelity is not None:
+        raise OnnxcompError(f"--min-fidelity needs the model's outputs, but no generated input ran in ONNX Runtime "
+                            f"({reason}); give sample inputs with --data")
+    logger.warning("the compressed model's outputs are not verified: no generated input ran in ONNX Runtime (%s); "
+                   "give sample inputs with --data, or the inputs' shapes and values with --input-shape NAME:DIMS / "
+                   "--input-value NAME=V, to verify them", reason)
+    result = compress_streamed(model, options, input_bytes, progress, why="no generated input runs the model")
+    result.report.update(streamed=False, verified=False, unverified_reason=reason)
+    return result
 
 
 def _compress_unverified(model: ir.Model, options: CompressOptions, input_bytes: int,

@@ -24,6 +24,7 @@ from pathlib import Path
 from onnxcomp import io
 from onnxcomp.errors import OnnxcompError, TargetUnreachableError
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, input_files, make_folder
+from onnxcomp.runtime.isolated import ChildCrashed
 from onnxcomp.sizes import format_size, parse_size
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,12 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = [pool.submit(compress_target, str(input_path), size, str(outputs[size]), options) for _, size in targets]
         for future in concurrent.futures.as_completed(futures):
-            result = future.result()
+            try:
+                result = future.result()
+            except concurrent.futures.process.BrokenProcessPool:  # a worker died natively: no exception to report
+                raise ChildCrashed(f"ONNX Runtime crashed in a sweep worker process (a native crash such as SIGFPE, or an "
+                                   f"out-of-memory kill) while sweeping {input_path}; the model cannot run on these inputs"
+                                   ) from None
             results.append(result)
             if progress:
                 progress(_progress_line(result))

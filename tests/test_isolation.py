@@ -141,9 +141,19 @@ def test_native_crash_in_compress_is_one_line_and_exit_2(crashing_model, tmp_pat
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("onnxcomp: error: ONNX Runtime crashed (SIGFPE: integer divide by zero or overflow) while "
                                f"compressing {model}"), lines[0]
+    assert "(run the original model on 8 samples)" in lines[0] and "integer divisions in the model: Div 'divide'" in lines[0]
     assert "--data" in lines[0] and "no output was written" in lines[0]
     assert model.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["divide.onnx", "zeros.npz"]
+
+
+def test_native_crash_in_a_sweep_worker_is_one_line_and_exit_2(crashing_model, tmp_path):
+    model, data = crashing_model
+    result = run_cli("sweep", model, "--targets", "2KB,3KB", "--data", data, "-o", "sweep", "-j", "1", "-q", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxcomp: error: ONNX Runtime crashed in a sweep worker"), result.stderr
+    assert not list((tmp_path / "sweep").glob("*.onnx"))
 
 
 def test_onnxcomp_error_in_the_child_keeps_its_exit_code(tmp_path):

@@ -111,3 +111,23 @@ def input_hint(message: str, generated: bool, names: Iterable[str] = ()) -> str:
         return (f"pin the input's shape or value ONNX Runtime expects with --input-shape {name}:DIMS or "
                 f"--input-value {name}=V, or give sample inputs with --data")
     return "check the inputs' shapes and types in --data (or pin a shared value with --input-value NAME=V)"
+
+
+_INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+                  onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+
+
+def integer_divisions(model: onnx.ModelProto, limit: int = 5) -> str:
+    """The model's integer ``Div``/``Mod`` nodes (where ONNX Runtime dies of SIGFPE on a zero divisor),
+    as "Div 'name', ..." (at most ``limit`` named); empty when there are none. Main graph only."""
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as error:  # types of the graph's own inputs and initializers still tell
+        logger.debug("shape inference failed: %s", error)
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
+    types.update({tensor.name: tensor.data_type for tensor in graph.initializer})
+    nodes = [f"{node.op_type} {node.name!r}" if node.name else node.op_type for node in graph.node
+             if node.op_type in ("Div", "Mod") and node.input and types.get(node.input[0]) in _INTEGER_TYPES]
+    more = f" and {len(nodes) - limit} more" if len(nodes) > limit else ""
+    return ", ".join(nodes[:limit]) + more
