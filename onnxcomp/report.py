@@ -179,7 +179,13 @@ def inspect_model(model: ir.Model) -> list[dict]:
     The model is canonicalized first (in place), so weights held in `Constant` nodes, in
     functions and in `If`/`Loop` subgraphs are listed like initializers.
     """
-    model = canonicalize(model, check_weights=False)
+    try:
+        model = canonicalize(model, check_weights=False)
+    except MemoryError:
+        raise
+    except Exception as error:  # inspection is best-effort: show the model as stored
+        logger.warning("could not canonicalize the model (%s); listing its weights as stored",
+                       str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__)
     rows = []
     for weight in stored_weights(model):
         array = weight.array

@@ -161,6 +161,22 @@ def test_keep_metadata_on_lenet5_runs(tmp_path, rng):
     assert run(proto, {original.graph.input[0].name: image.astype(np.float32)})[0].shape == (2, 10)
 
 
+def test_clean_up_keeping_names_makes_them_unique(shipped):
+    """Whatever pass made two nodes (or values) of one name, a model saved with its names kept
+    must still load in ONNX Runtime."""
+    model = ir.serde.deserialize_model(shipped)
+    nodes = list(model.graph)
+    nodes[1].name = nodes[0].name
+    nodes[2].outputs[0].name = nodes[0].outputs[0].name
+    clean_up(model, keep_metadata=True, shorten_names=False)
+    proto = to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    names = [node.name for node in proto.graph.node]
+    assert len(set(names)) == len(names)
+    assert interface(proto) == interface(shipped)
+    assert run(proto, feeds(np.random.default_rng(0)))[0].shape == (5, 16)
+
+
 def test_clean_up_default_keeps_model_metadata_drops_the_rest(shipped):
     model = ir.serde.deserialize_model(shipped)
     before = metadata_bytes(model)

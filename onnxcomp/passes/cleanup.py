@@ -112,6 +112,8 @@ def clean_up(model: ir.Model, keep_metadata: bool = False, shorten_names: bool =
     passes.append(common.TopologicalSortPass())
     if shorten_names:
         passes.append(ShortenNamesPass())
+    else:  # names kept: ONNX Runtime refuses two nodes (or values) of one name, whoever made them
+        passes.append(common.NameFixPass())
     model = ir.passes.Sequential(*passes)(model).model
     if not keep_metadata:
         model.producer_name = "onnxcomp"
