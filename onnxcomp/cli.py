@@ -15,8 +15,6 @@ from onnxcomp import __version__
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.retrain import METHODS
 from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
-from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
-from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
 
 DEFAULT_EPOCHS = 10
 from onnxcomp.sizes import format_size, parse_size

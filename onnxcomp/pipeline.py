@@ -285,26 +285,6 @@ def _compress_unverified(model: ir.Model, options: CompressOptions, input_bytes:
     return result
 
 
-def _compress_unverified(model: ir.Model, options: CompressOptions, input_bytes: int,
-                         progress: Callable[[str], None] | None, error: NoRunnableInputError) -> CompressResult:
-    """No generated input runs the model and no samples were given: compress anyway, as the streamed
-    path does (each weight priced by its own error, each decoded weight checked in ONNX Runtime),
-    without running the model; the report says ``verified: false``."""
-    from onnxcomp.runtime.inference import describe_error
-    from onnxcomp.streaming import compress_streamed
-
-    reason = describe_error(error.last_error) if error.last_error else str(error)
-    if options.min_fidelity is not None:
-        raise OnnxcompError(f"--min-fidelity needs the model's outputs, but no generated input ran in ONNX Runtime "
-                            f"({reason}); give sample inputs with --data")
-    logger.warning("the compressed model's outputs are not verified: no generated input ran in ONNX Runtime (%s); "
-                   "give sample inputs with --data, or the inputs' shapes and values with --input-shape NAME:DIMS / "
-                   "--input-value NAME=V, to verify them", reason)
-    result = compress_streamed(model, options, input_bytes, progress, why="no generated input runs the model")
-    result.report.update(streamed=False, verified=False, unverified_reason=reason)
-    return result
-
-
 def _held_out_scores(training: TrainingData, candidates: tuple[bytes, ...], batch_size: int) -> list[float]:
     """Held-out accuracy of each serialized candidate (agreement with the teacher without labels);
     empty without held-out data."""
