@@ -13,6 +13,7 @@ from pathlib import Path
 
 from onnxcomp import __version__
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.text import printable
 from onnxcomp.retrain import METHODS
 from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
 
@@ -148,7 +149,7 @@ def _compress(args) -> int:
     def progress(message: str) -> None:
         report_stage(f"compressing {input_path} ({message})")  # named if ONNX Runtime crashes the job
         if not quiet:
-            print(f"  {message}", file=sys.stderr, flush=True)
+            print(f"  {printable(message)}", file=sys.stderr, flush=True)
 
     _check_numbers(args)
     _check_compress_outputs(args, input_path, output_path)  # before any work: nothing over the input, all writable
@@ -263,7 +264,7 @@ def _sweep(args) -> int:
     def progress(line: str) -> None:
         report_stage(f"sweeping {input_path} ({line})")
         if not args.quiet:
-            print(f"  {line}", file=sys.stderr, flush=True)
+            print(f"  {printable(line)}", file=sys.stderr, flush=True)
 
     summary = run_sweep(input_path, targets, output_dir, options, jobs=args.jobs, progress=progress)
     if not args.quiet:
@@ -312,7 +313,7 @@ def _export_mobile(args) -> int:
     sparse = [row["name"] for row in result.weights if row["form"] == "sparse"]
     if result.ort_weights == "sparse" and sparse:
         print(f"the .ort stores {len(sparse)} of {len(result.weights)} weights as sparse initializers "
-              f"({', '.join(sparse)}), the rest dense")
+              f"({printable(', '.join(sparse))}), the rest dense")
     if result.ort_bytes > result.onnx_bytes:
         print(f"note: the .ort is {result.ort_bytes / result.onnx_bytes:.1f}x the .onnx: ORT format holds weights decoded "
               "(dense, or sparse where that is smaller); full mobile packages load the compact .onnx directly")
@@ -403,7 +404,7 @@ def main(argv: list[str] | None = None, isolate: bool | None = None) -> int:
                 return _run_isolated(args)
             return _dispatch(args)
     except OnnxcompError as error:
-        print(f"onnxcomp: error: {error}", file=sys.stderr)
+        print(f"onnxcomp: error: {printable(str(error))}", file=sys.stderr)  # one line, whatever names it quotes
         return error.exit_code
     except Terminated:
         print("onnxcomp: terminated; no output written", file=sys.stderr)

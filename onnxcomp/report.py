@@ -12,6 +12,7 @@ from onnxcomp import encoding
 from onnxcomp.canonicalize import canonicalize
 from onnxcomp.rows import decoded_tables
 from onnxcomp.sizes import format_size
+from onnxcomp.text import printable
 from onnxcomp.weights import WEIGHT_SLOTS
 
 logger = logging.getLogger(__name__)
@@ -40,18 +41,6 @@ def layer_rows(layers, allocation, compressed: ir.Model | None = None) -> list[d
             "sensitivity": float(layer.sensitivity),
         })
     return rows
-
-
-def printable(text: str) -> str:
-    """`text` safe to print on a terminal: backslashes and every non-printable character
-    (control characters such as ESC and newlines, bidirectional overrides) as Python escapes.
-
-    Tensor names come from the model file: raw, an escape sequence could retitle or clear the
-    terminal and a newline would break the table.
-    """
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(ch if ch.isprintable() and ch != "\\" else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:

@@ -16,7 +16,8 @@ from onnxcomp.decode import DecodeBuilder
 from onnxcomp.io import to_proto
 from onnxcomp.passes.cleanup import clean_up, metadata_bytes
 from onnxcomp.pipeline import CompressOptions, compress_file
-from onnxcomp.report import format_table, inspect_model, printable
+from onnxcomp.report import format_table, inspect_model
+from onnxcomp.text import printable
 from tests.conftest import LENET5, run
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
@@ -316,7 +317,30 @@ def test_printable_escapes_only_what_a_terminal_would_interpret():
     assert printable("层.权重") == "层.权重"
     assert printable("a\x1b[2Jb") == "a\\x1b[2Jb"
     assert printable("a\nb\tc") == "a\\nb\\tc"
-    assert printable("a\\x1b") == "a\\\\x1b"  # a literal backslash stays distinguishable from an escape
+    assert printable("C:\\models\\w") == "C:\\models\\w"  # paths read as they are
     assert printable("\u202e\x9b") == "\\u202e\\x9b"
     table = format_table([{"name": "x\ny", "shape": [2]}], [("name", "layer"), ("shape", "shape")])
     assert len(table.splitlines()) == 3
+
+
+def test_compress_prints_names_escaped(tmp_path, rng, capsys):
+    """Progress lines, the table and errors quote names from the file: escaped, one line each."""
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 32] x, float[32, 32] w0) => (float[N, 16] y) {
+      h = MatMul(x, w0)
+      y = MatMul(h, w)
+    }
+    """)
+    proto.graph.input[1].name = HOSTILE  # an overridable default: compress names it in a progress line
+    proto.graph.node[0].input[1] = HOSTILE
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), HOSTILE))
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w"))
+    path = tmp_path / "hostile.onnx"
+    onnx.save(proto, str(path))
+    code, out, err = cli(capsys, "compress", path, "--target-size", "5000", "-o", tmp_path / "out.onnx")
+    assert code == 0, err
+    assert printable(HOSTILE) in err
+    assert all(ch.isprintable() for text in (out, err) for line in text.splitlines() for ch in line)
+    code, out, err = cli(capsys, "compress", path, "--target-size", "100", "-o", tmp_path / "small.onnx", "-q")
+    assert code == 3 and err.count("\n") == 1 and all(ch.isprintable() for ch in err.rstrip("\n"))
