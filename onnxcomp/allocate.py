@@ -16,6 +16,7 @@ import logging
 import numpy as np
 
 from onnxcomp import encoding, rows
+from onnxcomp.outliers import OUTLIER_MIN_PARAMS, price as outlier_prices
 from onnxcomp.quantize import Quantization, SortedWeights, grouped_quantize, prune_mask, vector_quantize
 from onnxcomp.quantize import PRICE_SAMPLE, PRICE_SAMPLE_ABOVE
 
@@ -68,7 +69,7 @@ class LayerOptions:
 
 def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarray | None = None,
                   keep_zeros: bool = False, grouped: bool = True, itemsize: int = 4,
-                  restore_bytes: int = 0) -> LayerOptions:
+                  restore_bytes: int = 0, outliers: bool = False) -> LayerOptions:
     """Price every (sparsity, bits) setting of one weight; keep the Pareto front.
 
     `importance` (broadcastable to the weight) weights squared errors, e.g. the mean squared
@@ -79,7 +80,8 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
     tables), vector-lookup candidates (VECTOR_SHAPES) for weights of at least
     GROUPED_MIN_PARAMS entries. `itemsize` prices the dense weight in its own type (2 bytes per
     float16 value, 1 per int8); `restore_bytes` is added to every encoded candidate (the decode's
-    Add/Cast back to that type, `onnxcomp.weights.Storage`).
+    Add/Cast back to that type, `onnxcomp.weights.Storage`). `outliers` adds dense-and-sparse
+    candidates (`onnxcomp.outliers`) for weights of at least OUTLIER_MIN_PARAMS entries.
     """
     values = np.asarray(values, dtype=np.float32)
     rank = values.ndim
@@ -116,6 +118,9 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
         candidates.extend(grouped_candidates(values, importance, energy))
         if role == "weight":
             candidates.extend(vector_candidates(values, importance, energy))
+    if outliers and not keep_zeros and role == "weight" and count >= OUTLIER_MIN_PARAMS:
+        candidates.extend(Candidate("outliers", p.bytes, p.distortion, 0.0, p.bits, p.quant, p.load)
+                          for p in outlier_prices(values, importance, energy))
     if role == "embedding" and rank == 2 and itemsize == 4 and not restore_bytes:
         candidates = [_row_priced(c, values.shape) for c in candidates]  # other types decode whole at load
     if restore_bytes:

@@ -246,8 +246,9 @@ class DecodeBuilder:
         return self.reshape_to(dense, shape)
 
     def sparse(self, deltas: np.ndarray, delta_bits: int, value_codes: np.ndarray, value_bits: int,
-               codebook: np.ndarray, shape: tuple[int, ...], stem: str) -> ir.Value:
-        """Relative positions -> CumSum; codes -> GatherElements(codebook); ScatterElements into zeros.
+               codebook: np.ndarray, shape: tuple[int, ...], stem: str, into: ir.Value | None = None) -> ir.Value:
+        """Relative positions -> CumSum; codes -> GatherElements(codebook); ScatterElements into zeros
+        (or into the flat float32 tensor `into`: the outliers of a dense-and-sparse weight).
 
         From SPLIT_CUMSUM_MIN entries both streams are stored in `encoding.grid_order` and the
         prefix sum runs in two levels (see `encoding.cumsum_layout`)."""
@@ -271,9 +272,10 @@ class DecodeBuilder:
             before = self.op("CumSum", [totals, self.constant(np.array(1, np.int32), "ax1")], exclusive=1)
             positions = self.op("Reshape", [self.op("Add", [within, before]), self.constant(np.array([-1], np.int64), "m1")])
         values = self.gather_elements(self.initializer(codebook.astype(np.float32), stem + "_cb"), codes)
-        zeros = self.op("ConstantOfShape", [self.constant(np.array([size], np.int64), "n")],
-                        value=ir.tensor(np.array([0.0], np.float32)))
-        dense = self.op("ScatterElements", [zeros, positions, values], axis=0)
+        if into is None:
+            into = self.op("ConstantOfShape", [self.constant(np.array([size], np.int64), "n")],
+                           value=ir.tensor(np.array([0.0], np.float32)))
+        dense = self.op("ScatterElements", [into, positions, values], axis=0)
         return self.reshape_to(dense, shape)
 
 

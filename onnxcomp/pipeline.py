@@ -345,7 +345,7 @@ def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_
         if weight.storage.importance is not None and weight.name not in importances:
             importances[weight.name] = weight.storage.importance
     layers = [layer_options(w.name, values[w.name], w.role, importances.get(w.name), itemsize=w.itemsize,
-                            restore_bytes=w.storage.restore_bytes()) for w in weights]
+                            restore_bytes=w.storage.restore_bytes(), outliers=w.storage.integer) for w in weights]
     timings["price"] = timings.get("price", 0.0) + time.perf_counter() - tick
     if options.sensitivity:
         tick = time.perf_counter()
@@ -635,14 +635,16 @@ def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importa
                if c.quant is not None and c.quant.groups > 1}
     vectors = {name: c.quant.vector_dim for name, c in allocation.choices.items()
                if c.quant is not None and c.quant.vector_dim > 1}
+    outliers = {name: c.quant.outlier_threshold for name, c in allocation.choices.items()
+                if c.quant is not None and c.quant.outlier_threshold is not None}
 
     def encode(masks: dict[str, np.ndarray], names) -> None:
         ir.passes.Sequential(
             PruneWeightsPass(masks=masks),
             ClusterWeightsPass(bits=None, codebooks=codebooks, group_axes={name: axis for name, (_, axis) in grouped.items()},
-                               vectors=set(vectors), names=names),
-            SubstituteSparseOpsPass(names=names),
-            InsertDequantizeLookupPass(groups=grouped, vectors=vectors, names=names),
+                               vectors=set(vectors), names=names, outliers=outliers),
+            SubstituteSparseOpsPass(names=names, exclude=set(outliers)),
+            InsertDequantizeLookupPass(groups=grouped, vectors=vectors, names=names, outliers=outliers),
         )(work)
 
     weights = find_weights(work)

@@ -42,6 +42,7 @@ class Quantization:
     groups: int = 1  # > 1: one codebook per group of the weight's entries (see group_view)
     group_axis: int = 0  # 0: groups of consecutive rows (flat blocks); 1: groups of consecutive columns
     vector_dim: int = 1  # > 1: vector quantization, codebook [K, vector_dim] (see vector_quantize)
+    outlier_threshold: float | None = None  # entries with |w| above stay exact (onnxcomp.outliers)
 
 
 def sample_positions(size: int, count: int) -> np.ndarray:
@@ -319,6 +320,9 @@ def apply_quantization(values: np.ndarray, quant: Quantization, importance: np.n
     else:
         result = snap_to_codebook(values, quant.codebook)
     result[~prune_mask(values, importance, quant.saliency_threshold)] = 0.0
+    if quant.outlier_threshold is not None:
+        keep = np.abs(values) > quant.outlier_threshold
+        result[keep] = values[keep]
     return result
 
 

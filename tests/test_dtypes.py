@@ -326,3 +326,34 @@ def test_already_quantized_weights_are_found_with_their_scales(tmp_path):
     convs = [w for w in find_weights(qdq) if len(w.shape) == 4]
     assert convs and all(w.storage.importance is not None and w.storage.importance.shape == (w.shape[0], 1, 1, 1)
                          for w in convs)  # per-channel scales weight the errors
+
+
+def heavy_tailed_int8(rng, shape) -> np.ndarray:
+    """Most entries within 3 of zero, about 1% spread out to the int8 limits (a per-tensor scale
+    set by rare large weights, as in ddddocr's quantized classifier)."""
+    values = np.clip(np.rint(rng.normal(0, 1.4, size=shape)), -3, 3)
+    wild = rng.random(shape) < 0.01
+    values[wild] = np.clip(np.rint(rng.laplace(0, 30, size=int(wild.sum()))), -127, 127)
+    return values.astype(np.int8)
+
+
+def test_heavy_tailed_integer_weight_keeps_its_outliers_exact(tmp_path):
+    rng = np.random.default_rng(8)
+    weight = heavy_tailed_int8(rng, (256, 512))
+    proto = _model([helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+                    helper.make_node("MatMulInteger", ["xq", "w", "xz", "w_zp"], ["a"]),
+                    helper.make_node("Cast", ["a"], ["af"], to=TensorProto.FLOAT),
+                    helper.make_node("Mul", ["xs", "w_s"], ["s"]), helper.make_node("Mul", ["af", "s"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 512])],
+                   {"w": weight, "w_zp": np.array(0, np.int8), "w_s": np.array(0.01, np.float32)})
+    report, output, _ = compress(proto, tmp_path, 1 / 2)
+    (layer,) = report["layers"]
+    assert layer["encoding"] == "outliers", layer
+    compressed = onnx.load(output)
+    matmul = next(node for node in compressed.graph.node if node.op_type == "MatMulInteger")
+    got = run(compressed, {"x": np.zeros((1, 256), np.float32)}, extra_outputs={matmul.input[1]: TensorProto.INT8})[1]
+    wild = np.abs(weight.astype(np.int64)) > 3
+    np.testing.assert_array_equal(got[wild], weight[wild])  # every outlier exact
+    assert np.mean(got == weight) > 0.99
+    assert not DECODE_OPS & {node.op_type for node in folded(output, tmp_path).graph.node}

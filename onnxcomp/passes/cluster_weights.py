@@ -8,6 +8,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import onnx_ir as ir
 
+from onnxcomp import outliers
 from onnxcomp.passes._stats import StatsPassResult
 from onnxcomp.quantize import SortedWeights, snap_to_codebook, snap_to_grouped_codebooks, snap_to_vectors
 from onnxcomp.weights import find_weights
@@ -33,6 +34,8 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
             order) snaps to its nearest codebook row; zeros are snapped like any value.
         names: process only these weights (None: every weight). Large models are encoded one
             weight at a time with this, so only one weight's float values are in memory.
+        outliers: per weight name with a 1-D codebook, a magnitude threshold: entries beyond it
+            keep their exact values (dense-and-sparse, `onnxcomp.outliers`).
 
     Centres are initialised linearly over the weight range (Deep Compression found linear
     initialisation best). Idempotent: a weight that already has at most 2**bits distinct
@@ -41,8 +44,10 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
 
     def __init__(self, bits: int | Mapping[str, int] | None = 4,
                  codebooks: Mapping[str, np.ndarray] | None = None, group_axes: Mapping[str, int] | None = None,
-                 vectors: set[str] | frozenset[str] | None = None, names: Collection[str] | None = None):
+                 vectors: set[str] | frozenset[str] | None = None, names: Collection[str] | None = None,
+                 outliers: Mapping[str, float] | None = None):
         super().__init__()
+        self.outliers = dict(outliers or {})
         self.names = None if names is None else frozenset(names)
         self.vectors = frozenset(vectors or ())
         self.group_axes = dict(group_axes or {})
@@ -97,6 +102,8 @@ class ClusterWeightsPass(ir.passes.InPlacePass):
             else:
                 clustered = snap_to_codebook(values, codebook)
                 clustered[zeros] = 0.0
+                if weight.name in self.outliers:
+                    clustered = outliers.snap(values, clustered, self.outliers[weight.name])
             clustered = _representable(weight, clustered)
             if np.array_equal(clustered, values):
                 continue

@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding, rows as row_decode
+from onnxcomp import encoding, outliers, rows as row_decode
 from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, rewire
 from onnxcomp.passes._stats import StatsPassResult
 from onnxcomp.weights import find_weights
@@ -71,11 +71,16 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
             are at most 256 distinct runs and it is the smallest encoding.
         names: process only these weights (None: every weight). Large models are encoded one
             weight at a time with this, so only one weight's float values are in memory.
+        outliers: per weight name, a planned dense-and-sparse lookup (`onnxcomp.outliers`): the
+            magnitude beyond which entries are stored exactly as a sparse stream, the rest as
+            codes of at most 256 values. Used when smaller than every plain encoding.
     """
 
     def __init__(self, groups: Mapping[str, int | tuple[int, int]] | None = None,
-                 vectors: Mapping[str, int] | None = None, names: Collection[str] | None = None):
+                 vectors: Mapping[str, int] | None = None, names: Collection[str] | None = None,
+                 outliers: Mapping[str, float] | None = None):
         super().__init__()
+        self.outliers = dict(outliers or {})
         self.names = None if names is None else frozenset(names)
         self.vectors = dict(vectors or {})
         self.groups = {name: plan if isinstance(plan, tuple) else (plan, 0) for name, plan in (groups or {}).items()}
@@ -87,6 +92,8 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
             if self.names is not None and weight.name not in self.names:
                 continue
             values = np.asarray(weight.numpy(), np.float32)
+            if self._outliers(model, builder, weight, values, rows):
+                continue
             if self._rows(model, builder, weight, values, rows):
                 continue
             vector = self._vector(weight.name, values)
@@ -135,6 +142,21 @@ class InsertDequantizeLookupPass(ir.passes.InPlacePass):
         if rows:
             ensure_opset(model, DECODE_OPSET)
         return StatsPassResult(model, modified=bool(rows), rows=rows)
+
+    def _outliers(self, model: ir.Model, builder: DecodeBuilder, weight, values: np.ndarray, report: list[dict]) -> bool:
+        """Encode a planned dense-and-sparse weight; False when not planned or not smaller."""
+        threshold = self.outliers.get(weight.name)
+        if threshold is None:
+            return False
+        plain = encoding.encoding_choices(values, weight.itemsize, weight.storage.restore_bytes())
+        plan = outliers.layout(values, threshold)
+        if plan is None or plan.bytes + weight.storage.restore_bytes() >= min(c.bytes for c in plain.values()):
+            logger.debug("%s: dense-and-sparse storage would not be the smallest", weight.name)
+            return False
+        rewire(model, weight, outliers.build(builder, plan, weight.name), builder)
+        report.append({"name": weight.name, "encoding": "outliers", "bits": plan.bits, "outliers": plan.outliers,
+                       "bytes_before": plain["dense"].bytes, "bytes_after": plan.bytes})
+        return True
 
     def _rows(self, model: ir.Model, builder: DecodeBuilder, weight, values: np.ndarray, report: list[dict]) -> bool:
         """Encode an embedding table read only by row Gathers for run-time row decoding

@@ -31,17 +31,19 @@ class SubstituteSparseOpsPass(ir.passes.InPlacePass):
     Args:
         names: process only these weights (None: every weight). Large models are encoded one
             weight at a time with this, so only one weight's float values are in memory.
+        exclude: weights planned for another encoding that keeps zeros (dense-and-sparse).
     """
 
-    def __init__(self, names: Collection[str] | None = None):
+    def __init__(self, names: Collection[str] | None = None, exclude: Collection[str] = ()):
         super().__init__()
         self.names = None if names is None else frozenset(names)
+        self.exclude = frozenset(exclude)
 
     def call(self, model: ir.Model) -> StatsPassResult:
         builder = DecodeBuilder(model.graph)
         rows = []
         for weight in find_weights(model):
-            if self.names is not None and weight.name not in self.names:
+            if (self.names is not None and weight.name not in self.names) or weight.name in self.exclude:
                 continue
             values = np.asarray(weight.numpy(), np.float32)
             choices = encoding.encoding_choices(values, weight.itemsize, weight.storage.restore_bytes())
