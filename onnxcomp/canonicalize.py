@@ -6,6 +6,7 @@ Only existing onnx_ir / onnxscript passes and rewrite rules are used here.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 
 import onnx_ir as ir
@@ -17,6 +18,7 @@ from onnxscript.rewriter.rules.common import (
     fuse_batchnorm_into_gemm_rule,
 )
 
+from onnxcomp.errors import OnnxcompError
 from onnxcomp.io import is_streamed
 from onnxcomp.weights import check_finite, find_weights
 
@@ -105,6 +107,25 @@ class RemoveConventionalInitializerInputsPass(ir.passes.InPlacePass):
             model.ir_version = 4
             modified = True
         return ir.passes.PassResult(model, modified)
+
+
+def model_interface(model: ir.Model, without: tuple[str, ...] = ()) -> list[tuple]:
+    """(kind, name, dtype, dims) of each graph input, then each output, in order; dims keep their
+    `dim_param` names. `without` leaves out inputs (those `initializer_inputs` removes)."""
+    def dims(shape: ir.Shape | None) -> tuple | None:
+        return None if shape is None else tuple(d if isinstance(d, int) else str(d.value) for d in shape)
+
+    return ([("input", v.name, v.dtype, dims(v.shape)) for v in model.graph.inputs if v.name not in without]
+            + [("output", v.name, v.dtype, dims(v.shape)) for v in model.graph.outputs])
+
+
+def check_interface(expected: list[tuple], model: ir.Model) -> None:
+    """Raise OnnxcompError unless `model` has exactly the `expected` `model_interface`."""
+    actual = model_interface(model)
+    if actual != expected:
+        before, after = next((a, b) for a, b in itertools.zip_longest(expected, actual) if a != b)
+        raise OnnxcompError(f"internal error: compression changed the model's interface ({before} became {after}); "
+                            "nothing written")
 
 
 def _declared_interface(model: ir.Model) -> dict[str, tuple]:

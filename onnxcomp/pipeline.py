@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from onnxcomp import io, rows
 from onnxcomp.allocate import Allocation, LayerOptions, allocate, layer_options, load_budget
-from onnxcomp.canonicalize import canonicalize, initializer_inputs
+from onnxcomp.canonicalize import canonicalize, check_interface, initializer_inputs, model_interface
 from onnxcomp.data import Batch, NoRunnableInputError, Samples, as_samples
 from onnxcomp.probe import generated_samples
 from onnxcomp.signature import input_specs
@@ -119,6 +119,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
 
     _log(progress, "canonicalize")
     defaults = initializer_inputs(model)
+    interface = model_interface(model, without=defaults.removed)
     model, weights = canonical_weights(model)
     _log_initializer_inputs(defaults, progress)
     timings["canonicalize"] = time.perf_counter() - started
@@ -217,6 +218,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         timings["codebook fine-tune"] = time.perf_counter() - tick
     if attempt_data is None:
         raise _unreachable(model, layers, options, importances, floor_bytes)
+    check_interface(interface, compressed)  # names, order, dtypes, declared shapes: a drop-in replacement
     quantized = quantized_weights(model, exclude={name for name, c in allocation.choices.items() if c.quant is not None})
     if quantized:
         _log(progress, f"left as they are: {len(quantized)} already-quantized weights ("

@@ -56,8 +56,11 @@ def shipped(tmp_path, rng) -> onnx.ModelProto:
     proto = onnx.parser.parse_model(INTERFACE_TEXT)
     for name, shape in SHAPES.items():
         proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
+    declared = list(proto.graph.output)
     proto = onnx.shape_inference.infer_shapes(proto)
     assert proto.graph.value_info
+    del proto.graph.output[:]
+    proto.graph.output.extend(declared)  # inference would replace `seq`: the declared outputs stand
     onnx.helper.set_model_props(proto, {"character": CHARACTERS, "stride": "32", "labels": json.dumps(list("abcdefgh"))})
     proto.doc_string = "exported by a test"
     for index, node in enumerate(proto.graph.node):
@@ -344,3 +347,16 @@ def test_compress_prints_names_escaped(tmp_path, rng, capsys):
     assert all(ch.isprintable() for text in (out, err) for line in text.splitlines() for ch in line)
     code, out, err = cli(capsys, "compress", path, "--target-size", "100", "-o", tmp_path / "small.onnx", "-q")
     assert code == 3 and err.count("\n") == 1 and all(ch.isprintable() for ch in err.rstrip("\n"))
+
+
+def test_check_interface_names_the_first_change(shipped):
+    from onnxcomp.canonicalize import check_interface, model_interface
+    from onnxcomp.errors import OnnxcompError
+
+    model = ir.serde.deserialize_model(shipped)
+    expected = model_interface(model)
+    assert expected[4] == ("output", "features", ir.DataType.FLOAT, ("batch", "seq"))
+    check_interface(expected, model)
+    model.graph.outputs[2].shape = ir.Shape(["batch", 64])  # what shape inference would write
+    with pytest.raises(OnnxcompError, match="features"):
+        check_interface(expected, model)
