@@ -189,7 +189,7 @@ def _cell(row: dict[str, Any] | None, original_bytes: int) -> str:
     if row is None:
         return "-"
     if row.get("bytes") is None:
-        return f"FAIL (exit {row['exit_code']}): {row['error'][:160]}".replace("|", "\\|")
+        return f"FAIL (exit {row['exit_code']}): {_shorten(row['error'])}".replace("|", "\\|")
     ratio = original_bytes / row["bytes"]
     text = f"{row['bytes']:,} B ({ratio:.1f}x)"
     if "agreement" in row:
@@ -200,6 +200,11 @@ def _cell(row: dict[str, Any] | None, original_bytes: int) -> str:
     elif "app_error" in row:
         text += f", app fails: {row['app_error'][:100]}"
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _shorten(text: str, head: int = 70, tail: int = 130) -> str:
+    """Long ONNX Runtime messages keep their start and their cause (the end)."""
+    return text if len(text) <= head + tail + 5 else f"{text[:head]} ... {text[-tail:]}"
 
 
 def write_markdown(results: list[dict[str, Any]], path: Path, command: str) -> None:
@@ -226,6 +231,16 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str) -> N
             f"{_cell(eighth, r['bytes'])} | {_cell(r.get('quantize_dynamic'), r['bytes'])} | {rss} | {secs} |"
         )
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_results(results: list[dict[str, Any]], folder: Path, command: str) -> None:
+    """`zoo.json` (without the temporary model paths) and `zoo.md` in `folder`."""
+    public = json.loads(json.dumps(results))
+    for result in public:
+        for row in [*result["compress"], result.get("quantize_dynamic") or {}]:
+            row.pop("model", None)
+    (folder / "zoo.json").write_text(json.dumps(public, indent=1) + "\n")
+    write_markdown(public, folder / "zoo.md", command)
 
 
 def _git_head() -> str:
@@ -271,16 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown models {unknown}; known: {', '.join(APPS)}")
     fractions = [float(f) for f in args.fractions.split(",")]
     command = "python -m bench.zoo" + ("" if args.models == ",".join(APPS) else f" --models {args.models}")
+    args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = [bench_model(APPS[n], fractions, work, not args.no_quantize) for n in names]
-        args.results.mkdir(parents=True, exist_ok=True)
-        for result in results:
-            for row in [*result["compress"], result.get("quantize_dynamic") or {}]:
-                row.pop("model", None)  # temporary paths
-        (args.results / "zoo.json").write_text(json.dumps(results, indent=1) + "\n")
-        write_markdown(results, args.results / "zoo.md", command)
+        results: list[dict[str, Any]] = []
+        for name in names:
+            results.append(bench_model(APPS[name], fractions, work, not args.no_quantize))
+            write_results(results, args.results, command)  # after each model: a long run keeps what it measured
     print((args.results / "zoo.md").read_text())
     return 0
 

@@ -232,6 +232,7 @@ class SileroVadOp15(SileroVad):
     model_file = "data/silero_vad_16k_op15.onnx"  # load_silero_vad(onnx=True, opset_version=15)
     exporter = "PyTorch TorchScript 2.3"
     features = ("scalar sr", "state [2,batch,128]", "If", "LSTM", "initializers")
+    light = False
 
 
 # ---------------------------------------------------------------------------------------------
