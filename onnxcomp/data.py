@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 LABELS = "labels"
 DEFAULT_DYNAMIC_DIM = 1
-MAX_GENERATED_BYTES = 256 << 20  # generated inputs, all samples together
+MAX_GENERATED_BYTES = 32 << 20  # generated inputs, all samples together: image-sized inputs get fewer samples
+MAX_SAMPLE_BYTES = 256 << 20  # one generated sample at most (declared shapes come from the file)
 MAX_DATA_BYTES = 4 << 30  # the arrays of an .npz (or a folder of them) that the model needs, as declared
 Batch = Mapping[str, np.ndarray]  # one feed of the Python API's data: arrays named after the inputs (+ "labels")
 FORMS = ("give an .npz with each input's samples stacked along its sample axis (inputs without one given once), "
@@ -422,7 +423,7 @@ def generate_samples(model: ir.Model, count: int = 64, seed: int = 0, shapes: Ma
             per_sample += spec.dtype.itemsize * float(np.prod(_shape(spec, sizes, 1), dtype=np.float64)) / \
                 _shape(spec, sizes, 1)[spec.sample_axis]
     # Declared shapes come from the file: cap what they make us allocate (fewer samples first).
-    if per_sample > MAX_GENERATED_BYTES:
+    if per_sample > MAX_SAMPLE_BYTES:
         raise OnnxcompError(f"model inputs declare {per_sample:.3g} bytes per sample, too large to generate test inputs; "
                             "pass --data with sample inputs or a smaller --input-shape")
     count = max(1, min(count, MAX_GENERATED_BYTES // max(int(per_sample), 1)))

@@ -71,12 +71,13 @@ def dim_variables(model: ir.Model, specs: list[InputSpec]) -> list[DimVariable]:
     hints = _reshape_hints(model)
     pinned = _pinned_sizes(specs)
     found: dict[str, DimVariable] = {}
+    rated = bool(rate_inputs(specs, {}))
     for spec in specs:
         for axis, dim in enumerate(spec.dims or ()):
             key = dim_key(spec, axis)
             if axis == spec.sample_axis or isinstance(dim, int) or key in pinned or key in found:
                 continue
-            kind = _kind(spec, axis, dim)
+            kind = _kind(spec, axis, dim, rated)
             found[key] = DimVariable(key, kind, _candidates(kind, stride, hints))
     return list(found.values())
 
@@ -98,9 +99,11 @@ def _pinned_sizes(specs: list[InputSpec]) -> dict[str, int]:
     return sizes
 
 
-def _kind(spec: InputSpec, axis: int, dim: str | None) -> str:
+def _kind(spec: InputSpec, axis: int, dim: str | None, rated: bool) -> str:
     floating = spec.dtype is not None and spec.dtype.kind == "f"
     rank = spec.rank or 0
+    if rated and floating and rank == 2 and axis != spec.sample_axis:
+        return "audio"  # a waveform beside a sample-rate input
     if isinstance(dim, str):
         if SPATIAL.search(dim):
             return "spatial"
@@ -263,6 +266,7 @@ def _probe_child(model_bytes: bytes, candidates: list[Configuration], start: int
 
 
 def _error_line(error: BaseException) -> str:
-    """ONNX Runtime's message whole (its cause sits at the end of a long first line)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return " ".join(lines) if lines else type(error).__name__
+    """ONNX Runtime's message on one line, its cause (at the end of a long message) kept."""
+    from onnxcomp.runtime.inference import describe_error
+
+    return describe_error(error)

@@ -22,6 +22,7 @@ from onnxcomp.errors import OnnxcompError
 logger = logging.getLogger(__name__)
 
 Dim = int | str | None  # a fixed size, a symbolic name, or an anonymous dynamic dim
+ANONYMOUS = {"", "?", "None", "-1", "0"}  # dim_params that name no dimension
 BATCH_NAMES = re.compile(r"^(n|b|bs|batch|batch_?size|batches|num_?batch(es)?|.*batch.*)$", re.IGNORECASE)
 
 
@@ -55,15 +56,16 @@ class InputSpec:
 
 
 def normalize_dim(dim: object) -> Dim:
-    """One declared dim: a positive int stays, a ``dim_param`` is its name, -1/0/missing are None."""
+    """One declared dim: a positive int stays, a ``dim_param`` is its name; -1, 0, missing and
+    placeholder names (``?``) are None."""
     if isinstance(dim, int):
         return dim if dim > 0 else None
-    if isinstance(dim, ir.SymbolicDim):
-        return dim.value if dim.value else None
-    if dim is None:
+    text = dim.value if isinstance(dim, ir.SymbolicDim) else dim
+    if text is None:
         return None
-    text = str(dim)
-    return text if text and text != "None" else None
+    text = str(text).strip()
+    # Paddle2ONNX writes "?" for each unnamed dim: the same "name" does not make them equal.
+    return None if text in ANONYMOUS else text
 
 
 def declared_dims(value: ir.Value) -> tuple[Dim, ...] | None:
@@ -108,6 +110,8 @@ def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
                             f"(inputs: {', '.join(v.name for v in values)})")
     dims_of = [declared_dims(v) for v in values]
     batch = sample_dim(dims_of)
+    # Without a shared name, an input whose leading dim is dynamic marks the anonymous dims as samples.
+    anonymous = batch is None and any(dims and dims[0] is None for dims in dims_of)
     specs = []
     for value, dims in zip(values, dims_of):
         try:
@@ -119,15 +123,17 @@ def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
             _check_pinned(value.name, dims, pinned)
             if dims is None:
                 dims = tuple(None for _ in pinned)
-        specs.append(InputSpec(value.name, dtype, dims, _sample_axis(dims, batch), pinned))
+        specs.append(InputSpec(value.name, dtype, dims, _sample_axis(dims, batch, anonymous), pinned))
     return specs
 
 
-def _sample_axis(dims: tuple[Dim, ...] | None, batch: str | None) -> int | None:
+def _sample_axis(dims: tuple[Dim, ...] | None, batch: str | None, anonymous: bool) -> int | None:
     if not dims:
         return None  # a scalar (or a shapeless input): one value for every sample
     if batch is not None and batch in dims:
         return dims.index(batch)
+    if anonymous and None in dims:
+        return dims.index(None)  # e.g. state [2, ?, 128] beside input [?, ?]
     if batch is None or dims[0] is None:
         # No shared name: axis 0 as exporters put it (a fixed leading dim is a fixed batch size).
         return 0
