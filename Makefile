@@ -2,12 +2,13 @@
 #   make demo  - set up .venv, compress the shipped LeNet-300-100, show MNIST accuracy before/after
 #   make test  - set up .venv and run the test suite, then re-run every model it compressed in
 #                the latest plain onnxruntime (.venv-ort) against the outputs of 1.19.2
-# PYTHON: a command name or a path. A name that is not on PATH (`make demo PYTHON=python3.12`)
-# is also looked up among pyenv's interpreters ($(PYENV_ROOT)/versions/3.12.*/bin/python).
+# PYTHON: a command name or a path. A name that does not run from PATH (`make demo PYTHON=python3.12`
+# where only pyenv has 3.12, not selected) is looked up as $(PYENV_ROOT)/versions/3.12.*/bin/python.
 PYTHON ?= python3
 PYENV_ROOT ?= $(HOME)/.pyenv
-PYTHON_EXE := $(or $(shell command -v $(PYTHON) 2>/dev/null),$(lastword $(sort $(wildcard \
-	$(PYENV_ROOT)/versions/$(patsubst python%,%,$(notdir $(PYTHON))).*/bin/python))))
+PYTHON_EXE := $(shell for candidate in "$$(command -v $(PYTHON))" $$(ls -d $(PYENV_ROOT)/versions/$(patsubst \
+	python%,%,$(notdir $(PYTHON))).*/bin/python 2>/dev/null | sort -rV); do \
+	[ -n "$$candidate" ] && "$$candidate" -c '' 2>/dev/null && { echo "$$candidate"; break; }; done)
 PYTHON_VERSION := $(if $(PYTHON_EXE),$(shell $(PYTHON_EXE) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null))
 VENV ?= .venv
 # The interpreter an existing venv was made with: another one than PYTHON's rebuilds it.
@@ -23,8 +24,7 @@ COMPAT_DIR ?= out/compat
 .PHONY: setup setup-ort demo test compat bench clean python FORCE
 
 python:
-	@test -n "$(PYTHON_EXE)" || { echo "no Python interpreter '$(PYTHON)' (not on PATH, nor in $(PYENV_ROOT)/versions): pass PYTHON=/path/to/python3.X"; exit 2; }
-	@test -n "$(PYTHON_VERSION)" || { echo "$(PYTHON_EXE) does not run"; exit 2; }
+	@test -n "$(PYTHON_EXE)" || { echo "no Python interpreter '$(PYTHON)' that runs (on PATH or in $(PYENV_ROOT)/versions): pass PYTHON=/path/to/python3.X"; exit 2; }
 	@$(PYTHON_EXE) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "onnxcomp needs Python 3.10 or newer; $(PYTHON_EXE) is $(PYTHON_VERSION)"; exit 2; }
 
 FORCE:
