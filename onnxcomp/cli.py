@@ -351,6 +351,7 @@ def _run_isolated(args) -> int:
         folders.append(source.with_name(source.stem + ".sweep"))
     verb = {"compress": "loading", "sweep": "sweeping", "inspect": "inspecting", "export-mobile": "exporting"}[args.command]
     started = time.time()
+    previous = signal.signal(signal.SIGTERM, _terminated)  # SIGTERM stops the child too, as Ctrl-C does
     try:
         # fork, not a fork server: no ONNX Runtime session exists yet, and the child keeps this process's state
         return call_isolated(_dispatch, args, stage=f"{verb} {source}", start_method="fork")
@@ -365,7 +366,14 @@ def _run_isolated(args) -> int:
         raise ChildCrashed(f"{crash}{hint}; {source} is unchanged{written}", crash.signal_number,
                            crash.stage, crash.out_of_memory) from None
     finally:
+        signal.signal(signal.SIGTERM, previous)
         remove_temporaries(outputs, folders, since=started)
+
+
+def _terminated(signum, frame) -> None:
+    from onnxcomp.io import Terminated
+
+    raise Terminated()
 
 
 def _integer_divisions(model_path: Path) -> str:

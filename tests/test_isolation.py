@@ -193,7 +193,9 @@ def test_killed_job_leaves_no_temporary_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_stops_the_job_within_seconds(tmp_path):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupt_stops_the_job_within_seconds(tmp_path, how):
+    """Ctrl-C (SIGINT to the process group) or SIGTERM to the parent: the child goes too, nothing is left."""
     from tests.conftest import LENET300, TRAIN_DATA
 
     process = subprocess.Popen([sys.executable, "-m", "onnxcomp.cli", "compress", str(LENET300), "--target-size", "40KB",
@@ -205,15 +207,18 @@ def test_ctrl_c_stops_the_job_within_seconds(tmp_path):
             if "sensitivity" in line or "fine-tune" in line:
                 break
         interrupted = time.monotonic()
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
+        if how == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
+        else:
+            process.send_signal(signal.SIGTERM)  # e.g. `timeout`, or a job scheduler: the parent only
         rest = process.stderr.read()
         process.wait(timeout=30)
         elapsed = time.monotonic() - interrupted
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130, rest
-    assert rest.strip().splitlines()[-1] == "onnxcomp: interrupted; no output written"
+    assert process.returncode == (130 if how == "ctrl-c" else 143), rest
+    assert rest.strip().splitlines()[-1] == f"onnxcomp: {'interrupted' if how == 'ctrl-c' else 'terminated'}; no output written"
     assert elapsed < 5, elapsed
     assert list(tmp_path.iterdir()) == []
     time.sleep(1)
