@@ -144,9 +144,30 @@ def judge(app: ZooApp, row: dict[str, Any], reference: list[Any] | None, work: P
     outputs, error = evaluate(app, Path(row["model"]), work, tag)
     if outputs is None:
         row["app_error"] = error
-        return
+        restored = _with_original_metadata(app, Path(row["model"]))
+        if restored is None:
+            return
+        # Diagnostic: does the compressed graph itself keep the task, once its metadata is back?
+        outputs, _ = evaluate(app, restored, work, f"{tag}.metadata_restored")
+        if outputs is None:
+            return
+        row["metadata_restored"] = True
     agreement = app.compare(reference, outputs)
     row["agreement"] = dataclasses.asdict(agreement) | {"score": agreement.score}
+
+
+def _with_original_metadata(app: ZooApp, model: Path) -> Path | None:
+    """A copy of `model` with the original's metadata_props, when it lost some; else None."""
+    import onnx
+
+    original = {p.key: p.value for p in onnx.load(str(app.model_path()), load_external_data=False).metadata_props}
+    candidate = onnx.load(str(model), load_external_data=False)
+    if not original or {p.key: p.value for p in candidate.metadata_props} == original:
+        return None
+    onnx.helper.set_model_props(candidate, original)
+    restored = model.with_name(model.stem + ".metadata_restored.onnx")
+    onnx.save(candidate, str(restored))
+    return restored
 
 
 def bench_model(app: ZooApp, fractions: list[float], work: Path, with_quantize: bool) -> dict[str, Any]:
@@ -192,13 +213,15 @@ def _cell(row: dict[str, Any] | None, original_bytes: int) -> str:
         return f"FAIL (exit {row['exit_code']}): {_shorten(row['error'])}".replace("|", "\\|")
     ratio = original_bytes / row["bytes"]
     text = f"{row['bytes']:,} B ({ratio:.1f}x)"
+    if "app_error" in row:
+        text += f", app fails: {row['app_error'][:100]}"
+        if row.get("metadata_restored"):
+            text += "; with the original metadata put back"
     if "agreement" in row:
         a = row["agreement"]
         text += f", {'identical' if a['identical'] else 'differs'} {a['matched']}/{a['total']}"
         if not a["identical"] and a["detail"]:
             text += f" ({a['detail'][:80]})"
-    elif "app_error" in row:
-        text += f", app fails: {row['app_error'][:100]}"
     return text.replace("|", "\\|").replace("\n", " ")
 
 
