@@ -124,11 +124,16 @@ def _add_input_flags(parser: argparse.ArgumentParser) -> None:
                              "inputs and where --data lacks NAME (repeatable)")
 
 
-def _input_pins(args) -> tuple[dict, dict]:
-    """--input-shape and --input-value as {name: dims} and {name: array}."""
-    from onnxcomp.signature import parse_input_shape, parse_input_value
+def _input_pins(args, model_path: Path) -> tuple[dict, dict]:
+    """--input-shape and --input-value as {name: dims} and {name: array}, checked against the model."""
+    from onnxcomp.signature import check_pins, parse_input_shape, parse_input_value
 
-    return dict(map(parse_input_shape, args.input_shape)), dict(map(parse_input_value, args.input_value))
+    shapes, values = dict(map(parse_input_shape, args.input_shape)), dict(map(parse_input_value, args.input_value))
+    if shapes or values:
+        from onnxcomp import io
+
+        check_pins(io.load_model(model_path), shapes, values)  # before any work
+    return shapes, values
 
 
 def _default_output(input_path: Path) -> Path:
@@ -154,7 +159,7 @@ def _compress(args) -> int:
     _check_numbers(args)
     _check_compress_outputs(args, input_path, output_path)  # before any work: nothing over the input, all writable
     samples = eval_samples = None
-    input_shapes, input_values = _input_pins(args)
+    input_shapes, input_values = _input_pins(args, input_path)
     if args.data:
         samples = load_samples(args.data, io.load_model(input_path), input_values)
     if args.eval_data:
@@ -257,7 +262,7 @@ def _sweep(args) -> int:
         raise OnnxcompError("--jobs must be >= 1")
     _check_seed(args.seed)
     targets = parse_targets(args.targets)
-    input_shapes, input_values = _input_pins(args)
+    input_shapes, input_values = _input_pins(args, input_path)
     options = SweepOptions(data=args.data, sensitivity=not args.no_sensitivity, seed=args.seed,
                            keep_metadata=args.keep_metadata, overwrite=args.force,
                            input_shapes=input_shapes, input_values=input_values)

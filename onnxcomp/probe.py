@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from onnxcomp.data import NoRunnableInputError, Samples, dim_key, generate_samples
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.signature import InputSpec, input_specs
+from onnxcomp.signature import InputSpec, check_pins, input_specs
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ def generated_samples(model: ir.Model, count: int = 64, seed: int = 0,
     shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
     values = dict(values or {})
     specs = input_specs(model, shapes)
+    check_pins(model, shapes, values)  # a bad pin is the user's error, not a configuration that fails
     if not dim_variables(model, specs) and not rate_inputs(specs, values):
         return generate_samples(model, count, seed, shapes, values)
     candidates = configurations(model, specs, values)

@@ -190,6 +190,19 @@ def check_values(specs: list[InputSpec], values: Mapping[str, object]) -> None:
                             f"(inputs: {', '.join(s.name for s in specs)})")
 
 
+def check_pins(model: ir.Model, shapes: Mapping[str, Sequence[int]], values: Mapping[str, object]) -> None:
+    """Check ``--input-shape`` and ``--input-value`` against the model before any work.
+
+    Raises:
+        OnnxcompError: a pin names no input or does not fit the input's declared shape or type.
+    """
+    specs = input_specs(model, shapes)
+    check_values(specs, values)
+    for spec in specs:
+        if spec.name in values:
+            pinned_value(spec, np.asarray(values[spec.name]))
+
+
 def pinned_value(spec: InputSpec, value: np.ndarray, count: int = 1) -> np.ndarray:
     """A user-pinned value as the array fed for ``count`` samples: cast to the input's dtype,
     shaped to its declared rank, repeated along its sample axis.

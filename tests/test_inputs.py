@@ -129,6 +129,21 @@ def test_sample_axis_is_where_the_shared_batch_dim_sits():
     assert specs["sr"].sample_axis is None
 
 
+def test_anonymous_dims_beside_a_dynamic_leading_dim_are_sample_axes():
+    """silero-vad's spox export: input [?, ?], state [2, ?, 128], sr []; Paddle2ONNX's '?' names no dim."""
+    proto = onnx.parser.parse_model(AUDIO_TEXT)
+    for value in proto.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.Clear()
+    model = ir.serde.deserialize_model(proto)
+    specs = {s.name: s for s in input_specs(model)}
+    assert (specs["input"].sample_axis, specs["state"].sample_axis, specs["sr"].sample_axis) == (0, 1, None)
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "?"
+    proto.graph.input[2].type.tensor_type.shape.dim[1].dim_param = "?"
+    assert input_specs(ir.serde.deserialize_model(proto))[0].dims == (None, None)
+
+
 def test_generated_audio_inputs_find_the_sample_rate_and_frame_size():
     model = _audio_model()
     samples = generated_samples(model, count=8)
@@ -288,6 +303,14 @@ def test_cli_takes_input_shape_and_value(tmp_path, capsys):
                  "--input-shape", "input:1,2,3"])
     assert code == 2
     assert "rank 3" in capsys.readouterr().err
+
+
+def test_sweep_takes_the_same_flags(tmp_path, capsys):
+    model_path = tmp_path / "vad.onnx"
+    onnx.save(ir.serde.serialize_model(_audio_model()), model_path)
+    code = main(["sweep", str(model_path), "--targets", "60000", "-o", str(tmp_path / "sweep"), "-q",
+                 "--input-value", "rate=16000"])
+    assert code == 2 and "--input-value names 'rate', not a model input" in capsys.readouterr().err
 
 
 # ---- data files that are not what they claim --------------------------------------------------
