@@ -102,8 +102,9 @@ def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
         OnnxcompError: a pinned shape names no input, or contradicts the declared rank or a fixed dim.
     """
     shapes = dict(shapes or {})
-    # An input with an initializer has a default value: not fed, the default stands.
-    values = [v for v in model.graph.inputs if not v.is_initializer()]
+    # Inputs with a default (an initializer of the same name) are fed like any other: every
+    # session on the working model reads all its inputs, and both models get the same values.
+    values = list(model.graph.inputs)
     unknown = sorted(set(shapes) - {v.name for v in values})
     if unknown:
         raise OnnxcompError(f"--input-shape names {', '.join(map(repr, unknown))}, not a model input "
