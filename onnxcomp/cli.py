@@ -363,8 +363,10 @@ def _run_isolated(args) -> int:
     except ChildCrashed as crash:
         hint = ""
         if not crash.out_of_memory and args.command in ("compress", "sweep"):
-            hint = (" (check the samples in --data)" if args.data else
-                    " (give inputs it runs on with --data, or pin them with --input-shape NAME:DIMS / --input-value NAME=V)")
+            crashed_sweep = args.command == "sweep"  # its message already says so
+            hint = ("" if crashed_sweep else "; the model cannot run on these inputs") + (
+                " (check the samples in --data)" if args.data else
+                " (give inputs it runs on with --data, or pin them with --input-shape NAME:DIMS / --input-value NAME=V)")
         written = "" if args.command == "sweep" else " and no output was written"  # finished targets stay
         if crash.signal_number == signal.SIGFPE:  # ORT names no node when it dies: name the ones that can
             hint += _integer_divisions(source)

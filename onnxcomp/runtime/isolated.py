@@ -257,7 +257,7 @@ def _crash(exitcode: int | None, stage: str, oom_kills: int | None) -> ChildCras
                             out_of_memory=True)
     cause = SIGNAL_CAUSES.get(number)
     described = f"{name}: {cause}" if cause else name
-    return ChildCrashed(f"ONNX Runtime crashed ({described}) {_while(stage)}; the model cannot run on these inputs",
+    return ChildCrashed(f"ONNX Runtime crashed ({described}) {_while(stage)}",
                         signal_number=number, stage=stage)
 
 
