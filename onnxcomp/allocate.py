@@ -57,6 +57,7 @@ class LayerOptions:
     candidates: list[Candidate]  # Pareto front, ascending bytes, descending distortion
     sensitivity: float = 1.0
     importance: np.ndarray | None = None
+    itemsize: int = 4  # bytes per value of the weight's own type (float16: 2, int8: 1)
 
     @property
     def dense(self) -> Candidate:
@@ -125,7 +126,7 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
         candidates = [_row_priced(c, values.shape) for c in candidates]  # other types decode whole at load
     if restore_bytes:
         candidates = [c if c.kind == "dense" else dataclasses.replace(c, bytes=c.bytes + restore_bytes) for c in candidates]
-    return LayerOptions(name, tuple(values.shape), role, pareto(candidates), importance=importance)
+    return LayerOptions(name, tuple(values.shape), role, pareto(candidates), importance=importance, itemsize=itemsize)
 
 
 def _row_priced(candidate: Candidate, shape: tuple[int, ...]) -> Candidate:

@@ -13,7 +13,10 @@ from onnxcomp.canonicalize import canonicalize
 from onnxcomp.rows import decoded_tables
 from onnxcomp.sizes import format_size
 from onnxcomp.text import printable
-from onnxcomp.weights import WEIGHT_SLOTS
+from onnxcomp.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT_SLOTS
+
+# Weight inputs of already-quantized ops (their integer weights are re-coded like float ones).
+STORED_SLOTS = WEIGHT_SLOTS | {op: dict.fromkeys(slots, "weight") for op, slots in QUANTIZED_SLOTS.items()}
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ def layer_rows(layers, allocation, compressed: ir.Model | None = None) -> list[d
             "params": params,
             "encoding": choice.kind,
             "bits": (choice.bits / choice.quant.vector_dim if choice.kind == "vector" else choice.bits)
-                    if choice.kind != "dense" else 32,
+                    if choice.kind != "dense" else 8 * layer.itemsize,
             "levels": (int(choice.quant.codebook.shape[0]) if choice.kind == "vector" else int(choice.quant.codebook.size))
                       if choice.quant is not None else None,
             "sparsity": round(float(choice.sparsity), 4),
@@ -121,7 +124,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
             continue
         occurrence = seen_ops.get(node.op_type, 0)
         seen_ops[node.op_type] = occurrence + 1
-        for index, role in WEIGHT_SLOTS.get(node.op_type, {}).items():
+        for index, role in STORED_SLOTS.get(node.op_type, {}).items():
             if index < len(node.inputs) and node.inputs[index] is not None:
                 value = node.inputs[index]
                 if (id(value) in constant_producers or value.const_value is not None) and id(value) not in slots:
@@ -133,7 +136,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
     found: dict[tuple[str, int], StoredWeight] = {}
     for key, (value, role, use) in slots.items():
         if value.const_value is not None:
-            if value.dtype != ir.DataType.FLOAT:
+            if value.dtype not in FLOAT_TYPES and value.dtype not in INTEGER_TYPES:
                 continue
             array = value.const_value.numpy()
             kind = "dense"
@@ -143,7 +146,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
             if array is None:
                 continue
             sources = _source_initializers(value)
-            ops = {n.op_type for n in _producers(value)}
+            ops = {n.op_type for n in _producers(_before_restore(value))}
             tables = [s.const_value for s in sources if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
             kind = _decoded_kind(ops, any(len(t.shape) == 2 for t in tables))
         stored = sum(s.const_value.nbytes for s in sources if s.const_value is not None)
@@ -186,10 +189,10 @@ def inspect_model(model: ir.Model) -> list[dict]:
             "params": int(array.size),
             "encoding": weight.encoding,
             "bits": _row_bits(weight) if weight.ids is not None else _grouped_bits(weight) if weight.encoding == "grouped" else _vector_bits(weight) if weight.encoding == "vector" else (
-                encoding.bits_for(distinct) if weight.encoding != "dense" and distinct else 32),
+                encoding.bits_for(distinct) if weight.encoding != "dense" and distinct else 8 * array.itemsize),
             "levels": distinct,
             "sparsity": float(np.count_nonzero(array == 0) / max(array.size, 1)),
-            "bytes_before": 4 * int(array.size),
+            "bytes_before": array.itemsize * int(array.size),
             "bytes_after": weight.stored_bytes,
         })
     return rows
@@ -212,7 +215,7 @@ def _vector_bits(weight: StoredWeight) -> float:
 def _decoded_kind(ops: set[str], table_2d: bool) -> str:
     """The encoding a decode subgraph implements, from its op types and codebook rank."""
     if "ScatterElements" in ops:
-        return "sparse"
+        return "sparse" if "ConstantOfShape" in ops else "outliers"  # outliers: scattered into a lookup
     if "Add" in ops and ops & {"Gather", "GatherElements"}:
         return "grouped"  # column groups: code offsets into the flattened codebooks
     if "GatherElements" in ops:
@@ -233,6 +236,20 @@ def _grouped_bits(weight: StoredWeight) -> int:
     if len(offsets) != 1 or len(tables) != 1:
         return 32
     return encoding.bits_for(tables[0].size // max(np.unique(offsets[0]).size, 1))
+
+
+def _before_restore(value: ir.Value) -> ir.Value:
+    """The float32 decode output before `onnxcomp.decode.restore` (Cast to the weight's type,
+    after an Add of a float32 zero point for integer weights)."""
+    node = value.producer()
+    if node is None or node.op_type != "Cast":
+        return value
+    value = node.inputs[0]
+    node = value.producer()
+    if node is not None and node.op_type == "Add" and node.inputs[1] is not None and node.inputs[1].const_value is not None \
+            and node.inputs[1].const_value.dtype == ir.DataType.FLOAT:
+        return node.inputs[0]
+    return value
 
 
 def _constant_values(graph: ir.Graph) -> set[int]:
@@ -282,7 +299,7 @@ def _run_decode(full, values: list[ir.Value], stop: ir.Value | None = None,
     keep = [p for p in full.graph.node if set(p.output) & produced]
     inputs = [] if stop is None else [onnx.helper.make_tensor_value_info(
         stop.name, onnx.TensorProto.INT32 if stop.dtype == ir.DataType.INT32 else onnx.TensorProto.INT64, None)]
-    outputs = [onnx.helper.make_tensor_value_info(v.name, onnx.TensorProto.FLOAT, None) for v in values]
+    outputs = [onnx.ValueInfoProto(name=v.name) for v in values]  # any type: ONNX Runtime infers it
     proto = onnx.helper.make_model(onnx.helper.make_graph(keep, "decode", inputs, outputs, initializer=list(full.graph.initializer)),
                                    opset_imports=list(full.opset_import))
     proto.ir_version = min(full.ir_version, 10)

@@ -357,3 +357,20 @@ def test_heavy_tailed_integer_weight_keeps_its_outliers_exact(tmp_path):
     np.testing.assert_array_equal(got[wild], weight[wild])  # every outlier exact
     assert np.mean(got == weight) > 0.99
     assert not DECODE_OPS & {node.op_type for node in folded(output, tmp_path).graph.node}
+
+
+@pytest.mark.parametrize("kind", ["float16", "dynamic-conv"])
+def test_inspect_lists_weights_decoded_to_their_own_type(kind, tmp_path):
+    from onnxcomp import io
+    from onnxcomp.report import inspect_model
+
+    source = half_model("mlp", kind) if kind == "float16" else quantized_model(kind, tmp_path)
+    _, output, _ = compress(source, tmp_path, 1 / 2)
+    itemsize = 2 if kind == "float16" else 1
+    rows = inspect_model(io.load_model(output))
+    before = inspect_model(ir.serde.deserialize_model(source))
+    assert [row["shape"] for row in rows] == [row["shape"] for row in before] and rows
+    assert all(row["bytes_before"] == itemsize * row["params"] for row in rows)
+    encoded = [row for row in rows if row["encoding"] != "dense"]
+    assert encoded and all(row["encoding"] in ("lookup", "linear", "sparse", "vector", "grouped", "outliers")
+                           and row["bits"] < 8 * itemsize for row in encoded)
