@@ -35,6 +35,7 @@ import onnx_ir as ir
 
 from onnxcomp.data import batches
 from onnxcomp.io import to_proto
+from onnxcomp.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
 from onnxcomp.quantize import Quantization, nearest_rows
 from onnxcomp.runtime.inference import session
 
@@ -66,11 +67,14 @@ def _compensable(node: ir.Node, weight: ir.Value) -> bool:
     return False
 
 
-def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batch_size: int,
+                   sizes: ActivationSizes | None = None) -> dict[str, np.ndarray]:
     """Per compensable weight, H = X^T X / n over its input rows X (float64 [in, in]).
 
     Positions where a same-shaped `*mask*` input is 0 (padding) are left out: they do not reach
-    the output that matters.
+    the output that matters. Accumulated batch by batch; a batch holds at most `batch_size`
+    samples and its activations (the fetched ones counted once more) stay within
+    `memory.ACTIVATION_BUDGET` (`sizes`: per-sample bytes, inferred when None).
     """
     activation_of: dict[str, str] = {}
     for weight in weights:
@@ -92,6 +96,8 @@ def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batc
     fetched = [name for name in names if name not in graph_inputs]
     masks = [name for name in sorted(graph_inputs) if "mask" in name.lower() and name in inputs]
     sess = session(proto)
+    sizes = sizes if sizes is not None else activation_sizes(proto, inputs)
+    batch_size = min(batch_size, budget_batch(sizes.total + sizes.of(names)))
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for feed in batches(inputs, batch_size):

@@ -20,6 +20,7 @@ from onnxcomp import io, rows
 from onnxcomp.allocate import Allocation, LayerOptions, allocate, layer_options, load_budget
 from onnxcomp.canonicalize import canonicalize, check_interface, initializer_inputs, model_interface
 from onnxcomp.data import Batch, NoRunnableInputError, Samples, as_samples
+from onnxcomp.memory import MAX_BATCH, ActivationSizes, activation_sizes, batch_size as budget_batch, peak_rss_bytes
 from onnxcomp.probe import generated_samples
 from onnxcomp.signature import input_specs
 from onnxcomp.errors import FidelityError, OnnxcompError, TargetUnreachableError
@@ -47,6 +48,10 @@ GROW_ATTEMPTS = 2  # re-plans with the unused bytes added when a fit leaves slac
 SLACK_FRACTION = 0.01
 SLACK_MIN_BYTES = 64
 SENSITIVITY_SAMPLES = 64
+# Generated inputs: the sensitivity probes together compute at most this many activation bytes
+# (samples x per-sample activation bytes x probes), with at least MIN_SENSITIVITY_SAMPLES samples.
+SENSITIVITY_WORK_BYTES = 16 << 30
+MIN_SENSITIVITY_SAMPLES = 8
 IMPORTANCE_SAMPLES = 256
 VERIFY_SAMPLES = 2000
 HOLD_OUT_MIN = 500
@@ -111,7 +116,6 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     timings: dict[str, float] = {}
     original_proto = io.to_proto(model)
     original_data_bytes = input_bytes or original_proto.ByteSize()
-    batch_size = _batch_size(model)
     reference_session = session(original_proto)
     # Work on a model of our own: the passes below change the graph in place, and renaming an
     # initializer writes through to the TensorProto it wraps (onnx_ir), i.e. to the caller's.
@@ -130,6 +134,8 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
                                         options.input_values)
         except NoRunnableInputError as error:
             return _compress_unverified(model, options, original_data_bytes, progress, error)
+    sizes = activation_sizes(model, samples.inputs)
+    batch_size = _batch_size(model, sizes)
     _log(progress, f"run the original model on {samples.count} {'generated ' if samples.generated else ''}samples")
     reference_outputs = run_batches(reference_session, samples.inputs, batch_size, generated=samples.generated)
 
@@ -140,9 +146,10 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         if _wants_vib(options, training, weights, progress):
             tick = time.perf_counter()
             model, neurons = _eliminate_neurons(model, training, options, progress)
+            sizes = activation_sizes(model, samples.inputs)
             timings["neuron elimination"] = time.perf_counter() - tick
 
-    importances, layers = _analyze(model, samples, options, batch_size, progress, timings)
+    importances, layers = _analyze(model, samples, options, batch_size, progress, timings, sizes)
     if training is None and not samples.generated:
         layers = _split_hot_rows(model, importances, layers, options, progress)
     tick = time.perf_counter()
@@ -182,7 +189,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         # Real samples, no fine-tuning: quantize with GPTQ error compensation (onnxcomp.gptq).
         tick_hessians = time.perf_counter()
         hessians = input_hessians(model, [w for w in find_weights(model) if w.storage.plain],
-                                  samples.head(GPTQ_SAMPLES).inputs, batch_size)
+                                  samples.head(GPTQ_SAMPLES).inputs, batch_size, sizes=sizes)
         layers = discount_compensated(layers, {w.name: w.numpy().astype(np.float32) for w in find_weights(model)
                                                if w.name in hessians}, hessians)
         timings["hessians"] = time.perf_counter() - tick_hessians
@@ -264,6 +271,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
                               "samples": check.count, "held_out": check is not samples}
     _check_guards(report, options)
     report["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    report["peak_rss_bytes"] = peak_rss_bytes()
     return CompressResult(compressed, attempt_data, report)
 
 
@@ -314,11 +322,23 @@ def _check_guards(report: dict, options: CompressOptions) -> None:
             raise FidelityError(f"fidelity {score:.4f} is below --min-fidelity {options.min_fidelity} by {options.min_fidelity - score:.4f}; nothing written (use --force to write anyway)")
 
 
-def _batch_size(model: ir.Model) -> int:
-    for spec in input_specs(model):  # a fixed size on the sample axis is the batch the model takes
+def _batch_size(model: ir.Model, sizes: ActivationSizes | None = None) -> int:
+    """The batch the model declares (a fixed size on the sample axis), else as many samples as
+    fit `memory.ACTIVATION_BUDGET` with `sizes` per sample (at most `memory.MAX_BATCH`)."""
+    for spec in input_specs(model):
         if spec.sample_axis is not None and isinstance(spec.dims[spec.sample_axis], int):
             return spec.dims[spec.sample_axis]
-    return 256
+    return MAX_BATCH if sizes is None else budget_batch(sizes.total)
+
+
+def _sensitivity_samples(samples: Samples, sizes: ActivationSizes, probes: int) -> int:
+    """Samples for the sensitivity probes: `SENSITIVITY_SAMPLES` of given data; of generated
+    data, as many as keep the probes' activations within `SENSITIVITY_WORK_BYTES` (at least
+    `MIN_SENSITIVITY_SAMPLES`), so that time does not grow as layers x samples x activation size."""
+    count = min(samples.count, SENSITIVITY_SAMPLES)
+    if not samples.generated or sizes.total <= 0:
+        return count
+    return min(count, max(MIN_SENSITIVITY_SAMPLES, SENSITIVITY_WORK_BYTES // (sizes.total * (probes + 1))))
 
 
 def _masks(model: ir.Model, allocation: Allocation, importances: dict,
@@ -334,15 +354,16 @@ def _masks(model: ir.Model, allocation: Allocation, importances: dict,
 
 
 def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_size: int, progress,
-             timings: dict) -> tuple[dict, list[LayerOptions]]:
+             timings: dict, sizes: ActivationSizes) -> tuple[dict, list[LayerOptions]]:
     """Per-weight importances and priced candidates, with measured layer sensitivities."""
     weights = find_weights(model)
     _log(progress, f"price {len(weights)} weights")
     tick = time.perf_counter()
     values = {w.name: w.numpy().astype(np.float32) for w in weights}
-    importances = activation_importance(model, weights, samples.head(IMPORTANCE_SAMPLES).inputs, batch_size)
+    importances = activation_importance(model, weights, samples.head(IMPORTANCE_SAMPLES).inputs, batch_size,
+                                        sizes=sizes)
     if not samples.generated:  # which embedding rows real inputs read (generated ids are uniform)
-        importances.update(embedding_importance(model, weights, samples.inputs, batch_size))
+        importances.update(embedding_importance(model, weights, samples.inputs, batch_size, sizes=sizes))
     for weight in weights:  # integer weights: errors weighted by their per-channel dequantization scales
         if weight.storage.importance is not None and weight.name not in importances:
             importances[weight.name] = weight.storage.importance
@@ -351,9 +372,10 @@ def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_
     timings["price"] = timings.get("price", 0.0) + time.perf_counter() - tick
     if options.sensitivity:
         tick = time.perf_counter()
-        _log(progress, f"measure sensitivity on {min(samples.count, SENSITIVITY_SAMPLES)} {'generated ' if samples.generated else ''}samples")
-        sensitivities = measure_sensitivity(model, layers, values, samples.head(SENSITIVITY_SAMPLES).inputs, batch_size,
-                                            storage={w.name: w.storage for w in weights})
+        count = _sensitivity_samples(samples, sizes, len(layers))
+        _log(progress, f"measure sensitivity on {count} {'generated ' if samples.generated else ''}samples")
+        sensitivities = measure_sensitivity(model, layers, values, samples.head(count).inputs, batch_size,
+                                            storage={w.name: w.storage for w in weights}, sizes=sizes)
         for layer in layers:
             layer.sensitivity = sensitivities.get(layer.name, 1.0)
         timings["sensitivity"] = timings.get("sensitivity", 0.0) + time.perf_counter() - tick
@@ -694,6 +716,7 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
     too_big = result.data is None or len(result.data) >= io.MAX_PROTO_BYTES  # weights go to external data
     written = io.save_model(result.model, output_path, overwrite=overwrite) if too_big else _write(output_path, result.data, overwrite)
     result.report["output_bytes"] = written
+    result.report["peak_rss_bytes"] = peak_rss_bytes()  # this process or its largest child, writing included
     result.report["output"] = str(output_path)
     result.report["input"] = str(input_path)
     if written > options.target_bytes:  # the file decides, not the estimate

@@ -15,6 +15,7 @@ import onnx_ir as ir
 from onnxcomp.allocate import LayerOptions
 from onnxcomp.data import batches, join_outputs, sample_count
 from onnxcomp.io import to_proto
+from onnxcomp.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
 from onnxcomp.quantize import apply_quantization
 from onnxcomp.runtime.inference import session
 from onnxcomp.verify import output_distortion
@@ -27,13 +28,14 @@ FLOOR = 1e-3  # relative: a layer never counts as free to distort
 
 def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dict[str, np.ndarray],
                         inputs: dict[str, np.ndarray], batch_size: int, progress=None,
-                        storage: dict | None = None) -> dict[str, float]:
+                        storage: dict | None = None, sizes: ActivationSizes | None = None) -> dict[str, float]:
     """Return, per layer, output distortion / weight distortion at a probe setting.
 
     `values` are float32 working values; `storage` (per weight name, `onnxcomp.weights.Storage`)
     says how a weight of another type is stored: it is fed as float32 holding the stored values
     (rounded, zero point added) and cast to its type in the graph (ONNX Runtime's Python API
-    takes no bfloat16 arrays)."""
+    takes no bfloat16 arrays). Batches hold at most `batch_size` samples and stay within
+    `memory.ACTIVATION_BUDGET` of activations (`sizes`: per-sample bytes, inferred when None)."""
     cast = {name: kind for name, kind in (storage or {}).items() if not kind.plain}
 
     def feed_name(name: str) -> str:
@@ -53,6 +55,8 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
         proto.graph.input.append(onnx.helper.make_tensor_value_info(feed_name(tensor.name), elem_type, list(tensor.dims)))
         if tensor.name in cast:
             proto.graph.node.insert(0, onnx.helper.make_node("Cast", [feed_name(tensor.name)], [tensor.name], to=tensor.data_type))
+    sizes = sizes if sizes is not None else activation_sizes(model, inputs)
+    batch_size = min(batch_size, budget_batch(sizes.total))
     sess = session(proto)
     feeds = {feed_name(name): stored(name, array) for name, array in values.items()}
     reference = run_batches_with_weights(sess, inputs, feeds, batch_size)
@@ -120,9 +124,14 @@ def _activation_axis(node: ir.Node, weight: ir.Value):
     return None
 
 
-def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray], batch_size: int,
+                          sizes: ActivationSizes | None = None) -> dict[str, np.ndarray]:
     """Per weight, the mean squared input activation of each input feature, shaped to broadcast
-    against the weight: squared weight error times this is the expected squared output error."""
+    against the weight: squared weight error times this is the expected squared output error.
+
+    Accumulated batch by batch; a batch holds at most `batch_size` samples and its activations
+    (the fetched ones counted twice more: returned, then squared) stay within
+    `memory.ACTIVATION_BUDGET` (`sizes`: per-sample bytes, inferred when None)."""
     wanted = {}
     for weight in weights:
         if weight.role == "bias":
@@ -150,14 +159,18 @@ def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     axis_of = {a.name: axis for a, axis, _ in wanted.values()}
+    sizes = sizes if sizes is not None else activation_sizes(proto, inputs)
+    batch_size = min(batch_size, budget_batch(sizes.total + 2 * sizes.of(names)))
     for feed in batches(inputs, batch_size):
         results = dict(zip(output_names, sess.run(output_names, feed))) if output_names else {}
         results.update({n: feed[n] for n in names if n in feed})
         for name in names:
-            array = np.asarray(results[name], np.float64)
+            array = np.asarray(results.pop(name), np.float32)
             moved = np.moveaxis(array, axis_of[name], -1).reshape(-1, array.shape[axis_of[name]])
-            sums[name] = sums.get(name, 0) + np.sum(moved * moved, axis=0)
+            squares = np.square(moved, out=None if np.may_share_memory(moved, array) else moved)
+            sums[name] = sums.get(name, 0) + np.sum(squares, axis=0, dtype=np.float64)
             counts[name] = counts.get(name, 0) + moved.shape[0]
+            del array, moved, squares
     importances = {}
     for weight_name, (activation, _, shape_fn) in wanted.items():
         mean_square = sums[activation.name] / max(counts[activation.name], 1)
@@ -188,14 +201,16 @@ def row_counts(importance: np.ndarray) -> np.ndarray:
 
 
 def embedding_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray], batch_size: int,
-                         smoothing: float = EMBEDDING_SMOOTHING) -> dict[str, np.ndarray]:
+                         smoothing: float = EMBEDDING_SMOOTHING, sizes: ActivationSizes | None = None
+                         ) -> dict[str, np.ndarray]:
     """Per embedding table read by Gather (axis 0), how often the samples look up each row.
 
     Returns importance [rows, 1] = (count + smoothing) / mean, so squared error is weighted by
     how often a row is read (lookups where a same-shaped `*mask*` input is 0 are padding and
     not counted); `smoothing` keeps rows the samples never read from counting as
     free (other text will read some of them). Only meaningful with real samples: generated
-    token ids are uniform and say nothing about which rows matter.
+    token ids are uniform and say nothing about which rows matter. Batches stay within
+    `memory.ACTIVATION_BUDGET` (`sizes`: per-sample bytes, inferred when None).
     """
     wanted: dict[str, ir.Value] = {}
     for weight in weights:
@@ -223,6 +238,9 @@ def embedding_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray]
     skipped: set[str] = set()
     # Padding positions (mask 0, e.g. an `attention_mask` input) read rows that change nothing.
     masks = [name for name in sorted(graph_inputs) if "mask" in name.lower() and name in inputs]
+    if sess is not None:
+        sizes = sizes if sizes is not None else activation_sizes(proto, inputs)
+        batch_size = min(batch_size, budget_batch(sizes.total))
     for feed in batches(inputs, batch_size):
         found = {name: feed[name] for name in index_names if name in feed}
         if sess is not None:

@@ -36,8 +36,14 @@ def measure_means(
 def measure_moments(
     model: ir.Model, values: Iterable[ir.Value], samples: Mapping[str, np.ndarray]
 ) -> dict[ir.Value, tuple[np.ndarray, np.ndarray]]:
-    """Mean and mean square over the samples (axis 0) of each value, per position."""
+    """Mean and mean square over the samples (axis 0) of each value, per position.
+
+    Accumulated batch by batch; a batch holds at most ``MEASURE_BATCH`` samples and its
+    activations (the fetched ones counted four times more: as float64, then squared) stay
+    within ``memory.ACTIVATION_BUDGET``.
+    """
     from onnxcomp.data import Feeds, batches, first_group, sample_count
+    from onnxcomp.memory import activation_sizes, batch_size
     from onnxcomp.runtime.inference import session
 
     wanted = {v.name: v for v in values if v is not None and v.name}
@@ -56,11 +62,13 @@ def measure_moments(
     sess = session(proto)
     sums: dict[str, list] = {}
     count = sample_count(feeds)
-    for feed in batches(feeds, MEASURE_BATCH):
+    sizes = activation_sizes(proto, feeds)
+    size = min(MEASURE_BATCH, batch_size(sizes.total + 4 * sizes.of(wanted)))
+    for feed in batches(feeds, size):
         results = dict(zip(fetched, sess.run(fetched, feed))) if fetched else {}
         results.update({name: feed[name] for name in wanted if name in feed})
         for name in wanted:
-            array = np.asarray(results[name], np.float64)
+            array = np.asarray(results.pop(name), np.float64)
             first, second = sums.setdefault(name, [0.0, 0.0])
             sums[name] = [first + array.sum(axis=0), second + (array * array).sum(axis=0)]
     return {wanted[name]: (first / max(count, 1), second / max(count, 1)) for name, (first, second) in sums.items()}

@@ -1,0 +1,151 @@
+"""Memory bounded by the data: batch sizes and sample counts from the bytes one sample's
+activations take, and the process's peak resident memory.
+
+Every pass that runs the model over samples (reference outputs, activation statistics, GPTQ
+Hessians, sensitivity probes, verification) runs it in batches whose activations fit
+``ACTIVATION_BUDGET``. The bytes of one sample's activations come from ONNX shape inference on
+the concrete shapes of one sample (the weights left out, so it is cheap on large models); what
+inference cannot size counts at the mean of what it could.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
+logger = logging.getLogger(__name__)
+
+ACTIVATION_BUDGET = 1 << 30  # bytes of activations one batch may take (every intermediate value counted)
+MAX_BATCH = 256  # samples per batch when activations are small
+STRIP_ELEMENTS = 1024  # initializers above this many elements are left out of shape inference (weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSizes:
+    """Bytes of each value of the main graph for one sample (inputs, intermediates, outputs).
+
+    ``unknown`` values (shape inference left a dimension open) are not in ``per_sample``; they count
+    at the mean of the known ones.
+    """
+
+    per_sample: dict[str, int]
+    unknown: frozenset[str] = frozenset()
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.per_sample.values()))) if self.per_sample else 0.0
+
+    @property
+    def total(self) -> int:
+        """Bytes of all values for one sample: an upper bound on what one sample keeps alive in ONNX Runtime."""
+        return int(sum(self.per_sample.values()) + self.mean * len(self.unknown))
+
+    def of(self, names: Iterable[str]) -> int:
+        """Bytes of the named values for one sample (names the graph lacks count as unknown)."""
+        return int(sum(self.per_sample[n] if n in self.per_sample else self.mean for n in set(names)))
+
+
+def activation_sizes(model: ir.Model | onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> ActivationSizes:
+    """Per-sample bytes of every value of ``model``'s main graph, from shape inference on the
+    concrete shapes of the first sample of ``inputs`` (``onnxcomp.data`` feeds).
+
+    Args:
+        model: the model (as IR or proto; not changed).
+        inputs: sample inputs named after the model's inputs, each along its own sample axis.
+
+    Returns:
+        The sizes; all values unknown when shape inference fails.
+    """
+    from onnxcomp.data import batch
+    from onnxcomp.io import to_proto
+
+    proto = to_proto(model) if isinstance(model, ir.Model) else model
+    one = batch(inputs, 0, 1)
+    graph = onnx.GraphProto()
+    graph.CopyFrom(_shape_only(proto.graph))
+    for value in graph.input:
+        if value.name in one and value.type.HasField("tensor_type"):
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for size in np.shape(one[value.name]):
+                shape.dim.add().dim_value = int(size)
+    names = [out for node in graph.node for out in node.output if out] + [v.name for v in graph.input if v.name in one]
+    stripped = onnx.helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
+    stripped.functions.extend(proto.functions)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(stripped, strict_mode=False, data_prop=True)
+    except Exception as error:  # noqa: BLE001 - inference is a best effort; unknown sizes count at a guess
+        logger.debug("shape inference for activation sizes failed: %s", error)
+        return ActivationSizes({}, frozenset(names))
+    infos = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    sizes, unknown = {}, set()
+    for name in names:
+        size = _bytes(infos.get(name))
+        if size is None:
+            unknown.add(name)
+        else:
+            sizes[name] = size
+    return ActivationSizes(sizes, frozenset(unknown))
+
+
+def _shape_only(graph: onnx.GraphProto) -> onnx.GraphProto:
+    """``graph`` with large initializers turned into inputs of the same type and shape (their
+    values are not needed to infer shapes; small ones, such as Reshape targets, are kept)."""
+    copy = onnx.GraphProto()
+    copy.name = graph.name
+    copy.node.extend(graph.node)
+    copy.input.extend(graph.input)
+    copy.output.extend(graph.output)
+    listed = {v.name for v in graph.input}
+    for tensor in graph.initializer:
+        if int(np.prod(tensor.dims, dtype=np.int64)) > STRIP_ELEMENTS:
+            if tensor.name not in listed:
+                copy.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            copy.initializer.append(tensor)
+    return copy
+
+
+def _bytes(info: onnx.ValueInfoProto | None) -> int | None:
+    if info is None or not info.type.HasField("tensor_type"):
+        return None
+    tensor = info.type.tensor_type
+    if not tensor.HasField("shape") or not tensor.elem_type:
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    if any(d is None for d in dims):
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 4
+    return int(np.prod(dims, dtype=np.int64)) * itemsize
+
+
+def batch_size(per_sample_bytes: float, budget: int = ACTIVATION_BUDGET, cap: int = MAX_BATCH) -> int:
+    """Samples per batch so that ``per_sample_bytes`` each stay within ``budget`` (1 to ``cap``)."""
+    if per_sample_bytes <= 0:
+        return cap
+    return int(max(1, min(cap, budget // per_sample_bytes)))
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident memory of this process or of its largest finished child, in bytes
+    (``resource.getrusage``; Linux reports KiB, macOS bytes); None where there is no ``resource`` (Windows)."""
+    if resource is None:
+        return None
+    scale = 1 if sys.platform == "darwin" else 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int(max(own, children) * scale)
