@@ -121,7 +121,7 @@ def convert_to_ort(model_path: str | os.PathLike, ort_path: str | os.PathLike) -
         ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
                              disabled_optimizers=["NchwcTransformer"])
     except Exception as error:  # ORT raises its own exception types per build
-        raise OnnxcompError(f"ONNX Runtime cannot convert {model_path} to ORT format: {_first_line(error)}") from None
+        raise OnnxcompError(f"ONNX Runtime cannot convert {model_path} to ORT format: {_ort_error(error)}") from None
     if not Path(ort_path).is_file():
         raise OnnxcompError(f"ONNX Runtime wrote no ORT-format model for {model_path}")
 
@@ -367,7 +367,7 @@ def _run_file(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         sess = ort.InferenceSession(str(path), _session_options(threads=None), providers=["CPUExecutionProvider"])
         return [np.asarray(result) for result in sess.run(None, feeds)]
     except Exception as error:
-        raise OnnxcompError(f"ONNX Runtime cannot run {path}: {_first_line(error)}") from None
+        raise OnnxcompError(f"ONNX Runtime cannot run {path}: {_ort_error(error)}") from None
 
 
 def _max_diff(expected: list[np.ndarray], actual: list[np.ndarray], path: Path) -> float:
@@ -457,7 +457,7 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
         try:
             required_ops = write_operators_config([staged_ort], staged_config)
         except Exception as error:
-            raise OnnxcompError(f"cannot read the operators of the ORT-format model: {_first_line(error)}") from None
+            raise OnnxcompError(f"cannot read the operators of the ORT-format model: {_ort_error(error)}") from None
         # The config's header names the models it came from: name the final path, not the staging one.
         staged_config.write_text(staged_config.read_text().replace(str(staged_ort), str(ort_out)))
         max_abs_diff = sparse_diff if chosen == "sparse" else dense_diff
@@ -493,6 +493,7 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
     )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
+def _ort_error(error: BaseException) -> str:
+    from onnxcomp.runtime.inference import describe_error
+
+    return describe_error(error)  # whole, on one line: ORT puts the cause at the end
