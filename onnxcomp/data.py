@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 LABELS = "labels"
 DEFAULT_DYNAMIC_DIM = 1
-MAX_GENERATED_BYTES = 32 << 20  # generated inputs, all samples together: image-sized inputs get fewer samples
+MAX_GENERATED_BYTES = 16 << 20  # generated inputs, all samples together: 3x224x224 images get 27
 MAX_SAMPLE_BYTES = 256 << 20  # one generated sample at most (declared shapes come from the file)
 MAX_DATA_BYTES = 4 << 30  # the arrays of an .npz (or a folder of them) that the model needs, as declared
 Batch = Mapping[str, np.ndarray]  # one feed of the Python API's data: arrays named after the inputs (+ "labels")

@@ -132,7 +132,7 @@ def _candidates(kind: str, stride: int, hints: list[int]) -> tuple[int, ...]:
 
 
 def _stride_product(model: ir.Model) -> int:
-    """How much the convolutions and poolings shrink an image, at most 64: sizes that divide by
+    """How much the convolutions and poolings shrink an image, at most 32: sizes that divide by
     it survive every downsampling and the upsampling back (Resize by 2, feature-pyramid Adds)."""
     product = 1
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
@@ -140,7 +140,7 @@ def _stride_product(model: ir.Model) -> int:
             strides = node.attributes.get("strides")
             if strides is not None:
                 product *= max(strides.as_ints() or [1])
-    return product if product <= 64 else 32  # parallel strided branches multiply past it
+    return min(product, 32)  # 32 is what FPN/YOLO-style heads need; parallel strided branches overcount
 
 
 def _reshape_hints(model: ir.Model) -> list[int]:

@@ -116,8 +116,9 @@ def test_dynamic_dims_in_every_spelling_generate_and_compress(dims):
     assert spec.sample_axis == 0 and spec.dims[1] == 3 and spec.dims[2:] == (("H", "W") if dims[2] == "H" else (None, None))
     samples = generated_samples(model, count=4)
     assert samples.inputs["x"].shape == (4, 3, 224, 224)  # image-sized, a multiple of the stride
-    result = compress_model(model, CompressOptions(target_bytes=1500))
-    assert len(result.data) <= 1500 and result.report["fidelity"]["samples"] > 0
+    if dims[0] == -1:  # the whole flow once (it refused "a negative dimension" before)
+        result = compress_model(model, CompressOptions(target_bytes=1500))
+        assert len(result.data) <= 1500 and result.report["fidelity"]["samples"] > 0
 
 
 # ---- samples on axis 1, scalar inputs given once ----------------------------------------------
