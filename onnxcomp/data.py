@@ -479,9 +479,10 @@ def _generated_dtype(spec: InputSpec) -> np.dtype:
 
 def _integer_bound(model: ir.Model, name: str) -> int:
     """Upper bound (exclusive) for generated integer inputs: the rows of the smallest table they
-    index (through Cast/Reshape/Unsqueeze/Squeeze/Flatten), else 2."""
+    index (Gather), the depth of a OneHot, or the ids an ``Equal`` compares them with (a one-hot
+    built by hand, as tf2onnx exports it) - followed through shape and type changes; else 2."""
     value = next(v for v in model.graph.inputs if v.name == name)
-    bound = None
+    bounds = []
     frontier, seen = [value], set()
     while frontier:
         current = frontier.pop()
@@ -489,10 +490,26 @@ def _integer_bound(model: ir.Model, name: str) -> int:
             continue
         seen.add(id(current))
         for node, index in current.uses():
+            other = node.inputs[1 - index] if node.op_type == "Equal" and len(node.inputs) == 2 else None
             if node.op_type == "Gather" and index == 1 and node.inputs[0] is not None:
                 data = node.inputs[0]
                 if data.shape is not None and len(data.shape) and isinstance(data.shape[0], int) and data.shape[0] > 0:
-                    bound = data.shape[0] if bound is None else min(bound, data.shape[0])
-            elif node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity") and index == 0:
+                    bounds.append(data.shape[0])
+            elif node.op_type == "OneHot" and index == 0 and _constant(node.inputs[1]) is not None:
+                bounds.append(int(np.max(_constant(node.inputs[1]))))
+            elif other is not None and (ids := _constant(other)) is not None and ids.dtype.kind in "iu" and ids.size:
+                if 0 <= ids.min() and ids.max() < (1 << 24):
+                    bounds.append(int(ids.max()) + 1)
+            elif node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand") and index == 0:
                 frontier.extend(node.outputs)
-    return bound or 2
+    return min(bounds) if bounds else 2
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    tensor = value.const_value
+    if tensor is None and value.producer() is not None and value.producer().op_type == "Constant":
+        attribute = value.producer().attributes.get("value")
+        tensor = attribute.as_tensor() if attribute is not None else None
+    return None if tensor is None else tensor.numpy()

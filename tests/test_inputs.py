@@ -260,6 +260,25 @@ bytes_model (int64[batch, sequence] ids) => (float[batch, sequence, 8] y) {
     assert set(np.unique(ids).tolist()) == set(range(257))
 
 
+def test_generated_ids_cover_a_hand_built_one_hot():
+    """magika (tf2onnx): bytes int32 [batch, 2048] -> Equal(arange(257)) -> Cast -> MatMul."""
+    text = """
+<ir_version: 8, opset_import: ["" : 17]>
+bytes_model (int32[batch, 64] bytes) => (float[batch, 64, 8] y) {
+  ids = Unsqueeze(bytes, minus1)
+  hot = Equal(ids, levels)
+  dense = Cast <to = 1> (hot)
+  y = MatMul(dense, table)
+}
+"""
+    proto = onnx.parser.parse_model(text)
+    for name, array in {"minus1": np.array([-1], np.int64), "levels": np.arange(257, dtype=np.int32).reshape(1, 1, 257),
+                        "table": RNG.standard_normal((257, 8)).astype(np.float32)}.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    ids = generate_samples(ir.serde.deserialize_model(proto), count=16).inputs["bytes"]
+    assert set(np.unique(ids).tolist()) == set(range(257))
+
+
 # ---- pinned shapes and values -----------------------------------------------------------------
 
 def test_pinned_shape_and_value_decide_generated_inputs():
