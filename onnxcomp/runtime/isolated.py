@@ -36,6 +36,7 @@ T = TypeVar("T")
 # Modules the fork server imports once, so that children forked from it start with them loaded.
 PRELOAD = ["onnxcomp.runtime.isolated", "numpy", "onnx", "onnx_ir", "onnxruntime", "onnxcomp.runtime.inference"]
 STOP_GRACE_S = 1.0  # after SIGTERM, how long a child gets before SIGKILL
+EXIT_GRACE_S = 10.0  # after answering, how long a child gets to exit (flushing output, joining its own children)
 _PARENT_POLL_S = 0.5
 
 SIGNAL_CAUSES = {
@@ -134,7 +135,8 @@ def call_isolated(function: Callable[..., T], /, *args: Any, timeout: float | No
                     if on_stage is not None:
                         on_stage(payload)
                     continue
-                process.join()
+                process.join(EXIT_GRACE_S)  # answered; one that hangs on its way out is stopped below
+                _stop(process)
                 if kind == "ok":
                     return payload
                 raise _unpack_error(payload)
