@@ -193,6 +193,7 @@ def test_killed_job_leaves_no_temporary_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.training  # a fine-tuning job: long enough to interrupt in the middle
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupt_stops_the_job_within_seconds(tmp_path, how):
     """Ctrl-C (SIGINT to the process group) or SIGTERM to the parent: the child goes too, nothing is left."""
