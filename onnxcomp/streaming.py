@@ -61,14 +61,15 @@ def compress_streamed(model: ir.Model, options, input_bytes: int | None = None,
     timings["canonicalize"] = time.perf_counter() - started
 
     tick = time.perf_counter()
-    log(f"price {len(weights)} weights ({format_size(sum(4 * w.size for w in weights))}), one at a time")
+    log(f"price {len(weights)} weights ({format_size(sum(w.itemsize * w.size for w in weights))}), one at a time")
     layers: list[LayerOptions] = []
     external: set[str] = set()
     for weight in weights:
         tensor = weight.value.const_value
         if isinstance(tensor, ir.ExternalTensor):
             external.add(weight.name)
-        layers.append(layer_options(weight.name, weight.numpy(), weight.role))
+        layers.append(layer_options(weight.name, weight.numpy(), weight.role, itemsize=weight.itemsize,
+                                    restore_bytes=weight.storage.restore_bytes(), outliers=weight.storage.integer))
         io.release(tensor)
     timings["price"] = time.perf_counter() - tick
 
@@ -157,11 +158,11 @@ def verify_weights(original: ir.Model, proto: onnx.ModelProto, decoded: dict[str
         nodes = [node for node in proto.graph.node if any(o in outputs for o in node.output)]
         inputs = {i for node in nodes for i in node.input if i}
         graph = onnx.helper.make_graph(
-            nodes, "decode", [], [onnx.helper.make_tensor_value_info(value.name, onnx.TensorProto.FLOAT, None)],
+            nodes, "decode", [], [onnx.ValueInfoProto(name=value.name)],  # the weight's own type
             initializer=[tensors[i] for i in sorted(inputs) if i in tensors])
         single = onnx.helper.make_model(graph, opset_imports=list(proto.opset_import))
         single.ir_version = proto.ir_version
-        got = session(single).run(None, {})[0].reshape(-1)
+        got = weight.storage.working(session(single).run(None, {})[0]).reshape(-1)  # as float32 working values
         reference = weight.numpy().reshape(-1)
         squared_error = energy = max_abs = 0.0
         for begin in range(0, reference.size, CHECK_CHUNK):  # float64 temporaries stay small

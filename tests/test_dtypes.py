@@ -374,3 +374,29 @@ def test_inspect_lists_weights_decoded_to_their_own_type(kind, tmp_path):
     encoded = [row for row in rows if row["encoding"] != "dense"]
     assert encoded and all(row["encoding"] in ("lookup", "linear", "sparse", "vector", "grouped", "outliers")
                            and row["bits"] < 8 * itemsize for row in encoded)
+
+
+def test_streamed_float16_model_is_priced_and_verified_in_its_own_type(tmp_path, monkeypatch):
+    """Models too large to hold (external data) take the one-weight-at-a-time path; float16
+    weights there are priced at 2 bytes and their decodes checked against the stored values."""
+    from onnxcomp import io
+    from onnxcomp.pipeline import CompressOptions, compress_file
+
+    monkeypatch.setattr(io, "IN_MEMORY_EXTERNAL_BYTES", 1 << 12)
+    source = half_model("mlp", "float16")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path = folder / "half.onnx"
+    stored = onnx.ModelProto()
+    stored.CopyFrom(source)  # saving with external data rewrites the proto's tensors
+    onnx.save(stored, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="half.data",
+              size_threshold=0)
+    assert io.is_streamed(io.load_model(path))
+    target = io.file_bytes(path) // 3
+    report = compress_file(path, tmp_path / "out.onnx", CompressOptions(target_bytes=target))
+    assert report["streamed"] and report["output_bytes"] <= target
+    assert report["fidelity"]["weights"] >= 2 and 0 < report["fidelity"]["relative_error"] < 0.2
+    assert all(layer["bytes_before"] < 2 * layer["params"] + 64 for layer in report["layers"])
+    feeds = inputs_for(source)
+    got = run(str(tmp_path / "out.onnx"), feeds)[0]
+    assert got.dtype == np.float16 and cosine(run(source, feeds)[0], got) > 0.97
