@@ -30,7 +30,7 @@ from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.passes.prune_weights import PruneWeightsPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
 from onnxcomp.report import layer_rows
-from onnxcomp.runtime.inference import run_batches, session
+from onnxcomp.runtime.inference import RunFailedError, run_batches, session
 from onnxcomp.runtime.training_support import unavailable_reason as training_unavailable_reason
 from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, compensate, discount_compensated, input_hessians
 from onnxcomp.sensitivity import activation_importance, embedding_importance, measure_sensitivity, row_counts
@@ -137,7 +137,14 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     sizes = activation_sizes(model, samples.inputs)
     batch_size = _batch_size(model, sizes)
     _log(progress, f"run the original model on {samples.count} {'generated ' if samples.generated else ''}samples")
-    reference_outputs = run_batches(reference_session, samples.inputs, batch_size, generated=samples.generated)
+    try:
+        reference_outputs = run_batches(reference_session, samples.inputs, batch_size, generated=samples.generated)
+    except RunFailedError as error:
+        if not samples.generated:
+            raise
+        # inputs generated without probing (nothing to choose) that do not run: nothing runs
+        return _compress_unverified(model, options, original_data_bytes, progress,
+                                    NoRunnableInputError(str(error), last_error=error.cause))
 
     training = _training_data(options, samples, eval_samples, reference_outputs[0], model, batch_size)
     neurons = None

@@ -259,15 +259,15 @@ def test_onnx_runtime_error_names_the_input_in_the_flag():
     assert "--input-shape x:DIMS" in message
 
 
-def unrunnable_model(path: Path) -> None:
+def unrunnable_model(path: Path, input_shape: str = "N, K") -> None:
     """A weight behind a Gather whose fixed index no input is wide enough for: every probe fails in ONNX Runtime."""
-    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
-    g (float[N, K] x) => (float[N, 32] y) {
+    model = onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[{input_shape}] x) => (float[N, 32] y) {{
       picked = Gather<axis = 1>(x, far)
       column = Unsqueeze(picked, one)
       wide = Expand(column, shape)
       y = MatMul(wide, w)
-    }""")
+    }}""")
     rng = np.random.default_rng(0)
     for name, array in {"far": np.array(1_000_000_000, np.int64), "one": np.array([1], np.int64),
                         "shape": np.array([1, 64], np.int64), "w": rng.standard_normal((64, 32)).astype(np.float32)}.items():
@@ -275,9 +275,10 @@ def unrunnable_model(path: Path) -> None:
     onnx.save(model, path)
 
 
-def test_no_runnable_input_compresses_unverified(tmp_path):
+@pytest.mark.parametrize("input_shape", ["N, K", "2, 8"])  # probed sizes / declared sizes, nothing to probe
+def test_no_runnable_input_compresses_unverified(tmp_path, input_shape):
     model = tmp_path / "unrunnable.onnx"
-    unrunnable_model(model)
+    unrunnable_model(model, input_shape)
     output, report = tmp_path / "out.onnx", tmp_path / "report.json"
     result = run_cli("compress", model, "--target-size", "3KB", "-o", output, "--report", report, "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

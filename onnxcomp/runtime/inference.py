@@ -15,6 +15,14 @@ from onnxcomp.errors import OnnxcompError
 logger = logging.getLogger(__name__)
 
 
+class RunFailedError(OnnxcompError):
+    """ONNX Runtime raised an error running the model; ``cause`` is its message (``describe_error``)."""
+
+    def __init__(self, message: str, cause: str = ""):
+        super().__init__(message)
+        self.cause = cause
+
+
 def _ort():
     try:
         import onnxruntime
@@ -58,8 +66,8 @@ def run_batches(sess, inputs: dict[str, np.ndarray], batch_size: int = 256, gene
             results = sess.run(names, feed)
         except Exception as error:
             message = describe_error(error)
-            raise OnnxcompError(f"ONNX Runtime failed to run the model on the {'generated' if generated else 'sample'} "
-                                f"inputs: {message.rstrip('. ')}; {input_hint(message, generated, inputs)}") from None
+            raise RunFailedError(f"ONNX Runtime failed to run the model on the {'generated' if generated else 'sample'} "
+                                 f"inputs: {message.rstrip('. ')}; {input_hint(message, generated, inputs)}", message) from None
         for chunk, result in zip(chunks, results):
             chunk.append(np.asarray(result))
     return [join_outputs(chunk, sizes) for chunk in chunks]
