@@ -320,8 +320,9 @@ EXTERNAL_LOCATIONS = ["../outside.bin", "OUTSIDE_ABSOLUTE", "sub/../../outside.b
                       "link_outside.bin", "weights.bin\x00x", "weights.bin"]
 
 
-def external_model(folder: Path, rng: np.random.Generator, location: str) -> Path:
-    """tiny_mlp with its weights in weights.bin, then one tensor's location/offset/length set."""
+def external_model(folder: Path, rng: np.random.Generator, location: str, damage: bool = True) -> Path:
+    """tiny_mlp with its weights in weights.bin, then one tensor's location/offset/length set
+    (left valid without `damage`)."""
     proto = tiny_mlp(rng)
     blob = b""
     for tensor in proto.graph.initializer:
@@ -341,7 +342,7 @@ def external_model(folder: Path, rng: np.random.Generator, location: str) -> Pat
     victim = _pick(rng, list(proto.graph.initializer))
     info = {e.key: e for e in victim.external_data}
     info["location"].value = str(outside) if location == "OUTSIDE_ABSOLUTE" else location
-    offset_choice = int(rng.integers(0, 6))
+    offset_choice = int(rng.integers(0, 6)) if damage else 0
     if offset_choice == 1:
         info["offset"].value = str(len(blob) + 100)
     elif offset_choice == 2:
@@ -552,6 +553,183 @@ def test_killed_process_leaves_no_output_file(tmp_path):
     assert path.read_bytes() == BASE_BYTES["mlp"]
 
 
+# --- write paths: outputs that alias the inputs or cannot be written are refused before any work --------
+
+def _alias(target: Path, link: Path, how: str) -> Path:
+    if how == "symlink":
+        os.symlink(target, link)
+    elif how == "hardlink":
+        os.link(target, link)
+    else:
+        return target
+    return link
+
+
+WRITE_PATH_KINDS = ["output_is_input", "output_is_external_data", "output_is_folder", "output_in_missing_folder",
+                    "output_under_a_file", "report_is_input", "report_is_output", "report_exists", "report_is_external_data",
+                    "report_dir_is_file", "report_dir_in_missing_folder", "sweep_under_a_file", "sweep_model_is_input",
+                    "mobile_under_a_file", "mobile_file_is_input"]
+WRITE_PATH_CASES = [(kind, seed) for kind in WRITE_PATH_KINDS for seed in range(3)]
+
+
+def write_path_case(kind: str, rng: np.random.Generator, folder: Path, out: Path) -> list[str]:
+    """Lay out the input and the outputs for one case; return the command line (all refused)."""
+    how = _pick(rng, ["same", "symlink", "hardlink"])
+    external = "external" in kind
+    model = external_model(folder, rng, "weights.bin", damage=False) if external else _write(folder, BASE_BYTES[_pick(rng, list(BASES))])
+    data = folder / "weights.bin"
+    compress = ["compress", str(model), "--target-size", "100000", "-q", "--no-sensitivity"]
+    afile = out / "afile"
+    afile.write_text("not a folder")
+    if kind == "output_is_input":
+        return compress + ["-o", str(_alias(model, out / "alias.onnx", how)), "--force"]
+    if kind == "output_is_external_data":
+        return compress + ["-o", str(_alias(data, out / "alias.onnx", how)), "--force"]
+    if kind == "output_is_folder":
+        return compress + ["-o", str(_pick(rng, [out, folder])), "--force"]
+    if kind == "output_in_missing_folder":
+        return compress + ["-o", str(out / "missing" / "o.onnx")]
+    if kind == "output_under_a_file":
+        return compress + ["-o", str(afile / "o.onnx")]
+    if kind == "report_is_input":
+        return compress + ["-o", str(out / "o.onnx"), "--report", str(_alias(model, out / "alias.json", how)), "--force"]
+    if kind == "report_is_output":
+        return compress + ["-o", str(out / "o.onnx"), "--report", str(_alias(out / "o.onnx", out / "alias.json", "same"))]
+    if kind == "report_exists":
+        return compress + ["-o", str(out / "o.onnx"), "--report", str(afile)]
+    if kind == "report_is_external_data":
+        return compress + ["-o", str(out / "o.onnx"), "--report", str(_alias(data, out / "alias.json", how)), "--force"]
+    if kind == "report_dir_is_file":
+        return compress + ["-o", str(out / "o.onnx"), "--report-dir", str(afile)]
+    if kind == "report_dir_in_missing_folder":
+        return compress + ["-o", str(out / "o.onnx"), "--report-dir", str(out / "missing" / "report")]
+    if kind == "sweep_under_a_file":
+        return ["sweep", str(model), "--targets", "100000", "-o", str(afile / "sub"), "-q", "--jobs", "1"]
+    if kind == "sweep_model_is_input":
+        (out / "sweep").mkdir()
+        os.link(model, out / "sweep" / "model.100000.onnx")
+        return ["sweep", str(model), "--targets", "100000", "-o", str(out / "sweep"), "-q", "--jobs", "1", "--force"]
+    if kind == "mobile_under_a_file":
+        return ["export-mobile", str(model), "-o", str(afile / "mobile")]
+    assert kind == "mobile_file_is_input"
+    (out / "mobile").mkdir()
+    os.link(model, out / "mobile" / _pick(rng, ["model.ort", "required_operators.config"]))
+    return ["export-mobile", str(model), "-o", str(out / "mobile"), "--force"]
+
+
+@pytest.mark.parametrize(("kind", "seed"), WRITE_PATH_CASES, ids=[f"{k}-{s}" for k, s in WRITE_PATH_CASES])
+def test_write_paths(kind, seed, tmp_path, capsys, monkeypatch):
+    import onnxcomp.pipeline
+
+    if "report_dir" in kind:
+        pytest.importorskip("matplotlib")
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    args = write_path_case(kind, _rng(7, seed, WRITE_PATH_KINDS.index(kind)), folder, out)
+    before, outputs_before = _snapshot(folder), _snapshot(out)
+
+    def started(*args, **kwargs):
+        raise AssertionError("compression started before the outputs were checked")
+
+    monkeypatch.setattr(onnxcomp.pipeline, "compress_model", started)
+    code, stderr = _invoke(capsys, args)
+    assert code == 2, stderr
+    assert "Traceback" not in stderr and stderr.count("onnxcomp: error:") == 1, stderr
+    assert _snapshot(folder) == before, "the input folder changed"
+    assert _snapshot(out) == outputs_before, "something was written"
+    assert not (out / "missing").exists()
+
+
+# --- resources: a few KB that would ask for unbounded time or memory are refused quickly ---------------
+
+def loop_bomb(proto, rng):
+    """A Loop after the graph output, with a huge constant trip count."""
+    trips = int(_pick(rng, [10**6, 10**9, 10**15, 2**62]))
+    _append_loop(proto, rng, trips=trips)
+
+
+def loop_forever(proto, rng):
+    """A Loop without trip count whose body passes its condition through unchanged."""
+    _append_loop(proto, rng, trips=None)
+
+
+def _append_loop(proto, rng, trips: int | None):
+    output = proto.graph.output[0]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["acc_in"], ["acc_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)])
+    if trips is not None and rng.random() < 0.5:  # the trip count from a Constant node instead of an initializer
+        proto.graph.node.append(helper.make_node("Constant", [], ["trips"], value=numpy_helper.from_array(np.array(trips, np.int64))))
+    elif trips is not None:
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(trips, np.int64), "trips"))
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(True), "keep_going"))
+    for node in proto.graph.node:
+        node.output[:] = [f"{name}_pre" if name == output.name else name for name in node.output]
+        node.input[:] = [f"{name}_pre" if name == output.name else name for name in node.input]
+    proto.graph.node.append(helper.make_node("Loop", ["trips" if trips is not None else "", "keep_going", f"{output.name}_pre"],
+                                             [output.name], body=body))
+
+
+def deep_nesting(proto, rng):
+    """The graph's first node wrapped in If nodes nested 13-30 deep (protobuf's parser stops near 33)."""
+    depth = int(rng.integers(13, 31))
+    first = proto.graph.node[0]
+    inner = helper.make_graph([copy.deepcopy(first)], "level0", [], [helper.make_tensor_value_info(first.output[0], TensorProto.UNDEFINED, None)])
+    for level in range(1, depth):  # the else branches stay one node: the file grows linearly with the depth
+        name = f"nest{level}"
+        leaf = helper.make_graph([helper.make_node("Identity", ["nest_leaf"], [f"{name}_else"])], f"leaf{level}", [],
+                                 [helper.make_tensor_value_info(f"{name}_else", TensorProto.UNDEFINED, None)])
+        inner = helper.make_graph(
+            [helper.make_node("If", ["nest_flag"], [name], then_branch=inner, else_branch=leaf)], f"level{level}", [],
+            [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None)])
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(True), "nest_flag"))
+    proto.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), "nest_leaf"))
+    proto.graph.node.remove(first)
+    proto.graph.node.insert(0, helper.make_node("If", ["nest_flag"], [first.output[0]], then_branch=inner, else_branch=inner))
+
+
+def sparse_bomb(proto, rng):
+    """A sparse initializer of one value declaring a dense shape of up to exabytes."""
+    dims = [int(_pick(rng, [10**5, 10**6, 10**9]))] * int(rng.integers(2, 4))
+    proto.graph.sparse_initializer.append(helper.make_sparse_tensor(
+        numpy_helper.from_array(np.ones(1, np.float32), "bomb"),
+        numpy_helper.from_array(np.zeros((1, len(dims)) if rng.random() < 0.5 else 1, np.int64), "bomb_index"), dims))
+
+
+def node_flood(proto, rng):
+    """Over the node limit with a chain of Identity nodes (a few MB)."""
+    from onnxcomp.limits import MAX_NODES
+
+    output = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = ["flood0" if name == output else name for name in node.output]
+    count = MAX_NODES + int(rng.integers(1, 100))
+    proto.graph.node.extend(onnx.NodeProto(op_type="Identity", input=[f"flood{i}"], output=[f"flood{i + 1}"]) for i in range(count - 1))
+    proto.graph.node.append(onnx.NodeProto(op_type="Identity", input=[f"flood{count - 1}"], output=[output]))
+
+
+RESOURCE_MUTATIONS = [loop_bomb, loop_forever, deep_nesting, sparse_bomb, node_flood]
+RESOURCE_CASES = [(mutation.__name__, base, seed) for mutation in RESOURCE_MUTATIONS for seed in range(1 if mutation is node_flood else 4)
+                  for base in [("mlp", "structured", "embedding")[seed % 3]]]
+
+
+@pytest.mark.parametrize(("mutation", "base", "seed"), RESOURCE_CASES, ids=[f"{m}-{b}-{s}" for m, b, s in RESOURCE_CASES])
+def test_resource_mutations(mutation, base, seed, tmp_path, capsys):
+    import time
+
+    proto = copy.deepcopy(BASES[base])
+    globals()[mutation](proto, _rng(8, seed, [m.__name__ for m in RESOURCE_MUTATIONS].index(mutation)))
+    path = _write(tmp_path / "in", proto.SerializeToString())
+    started = time.perf_counter()
+    code = check_cli(path, capsys, target=len(BASE_BYTES[base]))
+    assert code == 2
+    assert time.perf_counter() - started < 30
+
+
 def test_case_count():
-    total = len(BYTE_CASES) + len(GARBAGE) + len(PROTO_CASES) + len(EXTERNAL_CASES) + len(VALID_CASES)
+    total = (len(BYTE_CASES) + len(GARBAGE) + len(PROTO_CASES) + len(EXTERNAL_CASES) + len(VALID_CASES) + len(WRITE_PATH_CASES)
+             + len(RESOURCE_CASES))
     assert total >= 500, total
