@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -253,7 +254,8 @@ def _read_npz(path: Path, names: set[str], limit: int) -> dict[str, np.ndarray]:
                     arrays[name] = npz[name]
     except OnnxcompError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError, RuntimeError,
+            zlib.error) as error:  # a corrupt, truncated, encrypted or oddly compressed archive
         raise OnnxcompError(f"data file {path}: not a readable .npz ({error})") from None
     return arrays
 

@@ -371,3 +371,24 @@ def test_plain_dict_samples_keep_axis_0():
     samples = Samples({"x": np.zeros((5, 3)), "flag": np.array(True)})
     assert samples.count == 5 and sample_count({"x": np.zeros((4, 2))}) == 4
     assert [f["x"].shape[0] for f in batches(samples.inputs, 2)] == [2, 2, 1]
+
+
+def test_corrupt_npz_bytes_are_one_line_errors(tmp_path):
+    model = _image_model(["N", 3, "H", "W"])
+    good = tmp_path / "good.npz"
+    np.savez(good, x=RNG.standard_normal((2, 3, 8, 8)).astype(np.float32), labels=np.arange(2))
+    data = good.read_bytes()
+    rng = np.random.default_rng(3)
+    for case in range(60):
+        mutated = bytearray(data)
+        if case % 3 == 0:
+            mutated = mutated[: int(rng.integers(0, len(data)))]
+        else:
+            for position in rng.integers(0, len(data), size=1 + case % 5):
+                mutated[position] = int(rng.integers(0, 256))
+        path = tmp_path / f"{case}.npz"
+        path.write_bytes(bytes(mutated))
+        try:
+            load_samples(path, model)
+        except OnnxcompError as error:
+            assert "\n" not in str(error)
