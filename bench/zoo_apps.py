@@ -266,9 +266,15 @@ class _RapidOcr(ZooApp):
             total += max(len(r), len(o))
             matched += sum((Counter(r) & Counter(o)).values())
             if r != o and not detail:
-                diff = [(a, b) for a, b in zip(r, o) if a != b][:1] or [(len(r), len(o))]
-                detail = f"{path.name}: {diff[0][0]!r} -> {diff[0][1]!r}"
+                detail = f"{path.name}: {_first_difference(r, o)}"
         return Agreement(matched, total, ref == out, detail[:200])
+
+
+def _first_difference(ref: list[str], out: list[str]) -> str:
+    for index, (a, b) in enumerate(zip(ref, out)):
+        if a != b:
+            return f"line {index}: {a!r} -> {b!r}"
+    return f"{len(ref)} lines -> {len(out)}"
 
 
 class RapidOcrDet(_RapidOcr):
@@ -314,7 +320,7 @@ class RapidOcrCls(_RapidOcr):
         doubled = [p for p in self.inputs() for _ in (0, 1)]
         matched = sum(sum((Counter(r) & Counter(o)).values()) for r, o in zip(ref, out, strict=True))
         total = sum(max(len(r), len(o)) for r, o in zip(ref, out))
-        detail = next((f"{p.name}: {r[:2]!r} -> {o[:2]!r}" for p, r, o in zip(doubled, ref, out) if r != o), "")
+        detail = next((f"{p.name}{' (rotated 180)' if i % 2 else ''}: {_first_difference(r, o)}" for i, (p, r, o) in enumerate(zip(doubled, ref, out)) if r != o), "")
         return Agreement(matched, total, ref == out, detail[:200])
 
 
