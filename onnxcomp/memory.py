@@ -26,7 +26,10 @@ except ImportError:  # Windows
 
 logger = logging.getLogger(__name__)
 
-ACTIVATION_BUDGET = 1 << 30  # bytes of activations one batch may take (every intermediate value counted)
+# Bytes of activations one batch may take, every intermediate value counted (ONNX Runtime reuses
+# buffers, so it holds less). Each session keeps its arena at its peak while it lives, and the
+# reference session lives through a whole compression: two of them stay well within 1 GB.
+ACTIVATION_BUDGET = 256 << 20
 MAX_BATCH = 256  # samples per batch when activations are small
 STRIP_ELEMENTS = 1024  # initializers above this many elements are left out of shape inference (weights)
 
@@ -133,8 +136,10 @@ def _bytes(info: onnx.ValueInfoProto | None) -> int | None:
     return int(np.prod(dims, dtype=np.int64)) * itemsize
 
 
-def batch_size(per_sample_bytes: float, budget: int = ACTIVATION_BUDGET, cap: int = MAX_BATCH) -> int:
-    """Samples per batch so that ``per_sample_bytes`` each stay within ``budget`` (1 to ``cap``)."""
+def batch_size(per_sample_bytes: float, budget: int | None = None, cap: int = MAX_BATCH) -> int:
+    """Samples per batch so that ``per_sample_bytes`` each stay within ``budget`` (default
+    ``ACTIVATION_BUDGET``), from 1 to ``cap``."""
+    budget = ACTIVATION_BUDGET if budget is None else budget
     if per_sample_bytes <= 0:
         return cap
     return int(max(1, min(cap, budget // per_sample_bytes)))
