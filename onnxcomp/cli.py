@@ -215,7 +215,8 @@ def _compress(args) -> int:
         if "accuracy" in report:
             acc = report["accuracy"]
             parts.append(f"accuracy {100 * acc['original']:.2f}% -> {100 * acc['compressed']:.2f}% on {acc['samples']} labelled samples")
-        parts.append(f"wrote {output_path} in {report['seconds']['total']:.1f} s")
+        parts.append(f"wrote {output_path} in {report['seconds']['total']:.1f} s"
+                     + (f", peak memory {format_size(report['peak_rss_bytes'])}" if report.get("peak_rss_bytes") else ""))
         print("\n".join(parts))
     return 0
 
