@@ -215,9 +215,9 @@ def _first_runnable(model: ir.Model, candidates: list[Configuration], seed: int,
     model_bytes = ir.serde.serialize_model(model).SerializeToString()
     start, last_error = 0, ""
     while start < len(candidates):
-        current = [start]
+        current: list[int | None] = [None]
 
-        def on_stage(stage: str, current: list[int] = current) -> None:
+        def on_stage(stage: str, current: list[int | None] = current) -> None:
             if stage.startswith("probe "):
                 current[0] = int(stage.split()[1])
 
@@ -226,6 +226,8 @@ def _first_runnable(model: ir.Model, candidates: list[Configuration], seed: int,
                                           timeout=PROBE_TIMEOUT_S, stage="probing generated input sizes",
                                           on_stage=on_stage)
         except OnnxcompError as error:  # a native crash or a hang on configuration current[0]
+            if current[0] is None:
+                raise  # before any configuration: the model itself does not load
             last_error = str(error)
             logger.info("probe %s: %s", candidates[current[0]].describe(), last_error)
             start = current[0] + 1
