@@ -79,7 +79,8 @@ def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batc
     activation_of: dict[str, str] = {}
     for weight in weights:
         uses = list(weight.value.uses())
-        if weight.role == "bias" or len(uses) != 1 or not _compensable(uses[0][0], weight.value):
+        if (weight.role == "bias" or len(uses) != 1 or uses[0][0].graph is not model.graph  # subgraph values cannot be fetched
+                or not _compensable(uses[0][0], weight.value)):
             continue
         activation = uses[0][0].inputs[0]
         if activation is not None and activation.name:

@@ -137,7 +137,7 @@ def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray
         if weight.role == "bias":
             continue
         uses = list(weight.value.uses())
-        if len(uses) != 1:
+        if len(uses) != 1 or uses[0][0].graph is not model.graph:  # a subgraph's values cannot be fetched
             continue
         found = _activation_axis(uses[0][0], weight.value)
         if found is None or found[0] is None or not found[0].name:
@@ -218,6 +218,7 @@ def embedding_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray]
         if weight.role != "embedding" or len(weight.shape) != 2 or not uses:
             continue
         if any(node.op_type != "Gather" or index != 0 or node.attributes.get_int("axis", 0) != 0
+               or node.graph is not model.graph  # a subgraph's values cannot be fetched
                or node.inputs[1] is None or not node.inputs[1].name for node, index in uses):
             continue
         wanted[weight.name] = [node.inputs[1] for node, _ in uses]

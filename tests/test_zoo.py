@@ -264,8 +264,9 @@ def constant_node_weights() -> onnx.ModelProto:
 
 
 def if_subgraph_weights() -> onnx.ModelProto:
-    """Weights live inside the branches of an If: one as a Constant node, one as a subgraph
-    initializer; a main-graph weight is read from inside a branch (outer scope)."""
+    """Weights live inside the branches of an If: one as a Constant node, subgraph initializers
+    (one applied to a branch-internal value); a main-graph weight is read from inside a branch
+    (outer scope)."""
     rng = _rng(10)
     w_then = (rng.standard_normal((64, 96)) / 8).astype(np.float32)
     w_else = (rng.standard_normal((64, 96)) / 8).astype(np.float32)
@@ -278,12 +279,15 @@ def if_subgraph_weights() -> onnx.ModelProto:
          helper.make_node("Relu", ["t1"], ["t2"]),
          helper.make_node("MatMul", ["t2", "ws"], ["then_out"])],
         "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)])
+    # we2 reads a value that exists only inside the branch (ONNX Runtime cannot fetch it as a graph output).
+    w_else2 = (rng.standard_normal((96, 96)) / np.sqrt(96)).astype(np.float32)
     else_graph = helper.make_graph(
         [helper.make_node("MatMul", ["h", "we"], ["e1"]),
          helper.make_node("Tanh", ["e1"], ["e2"]),
-         helper.make_node("MatMul", ["e2", "ws"], ["else_out"])],
+         helper.make_node("MatMul", ["e2", "we2"], ["e3"]),
+         helper.make_node("MatMul", ["e3", "ws"], ["else_out"])],
         "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(w_else, "we")])
+        initializer=[numpy_helper.from_array(w_else, "we"), numpy_helper.from_array(w_else2, "we2")])
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "win"], ["h0"]),
          helper.make_node("Relu", ["h0"], ["h"]),
