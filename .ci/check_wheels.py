@@ -208,7 +208,8 @@ def readme_table() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", action="store_true", help="print the support table for README.md")
-    parser.add_argument("--jobs", type=int, default=6, help="pip lookups in parallel (network bound)")
+    parser.add_argument("--jobs", type=int, default=len(PYTHONS) * len(PLATFORMS),
+                        help="combinations looked up in parallel (network bound; default all)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     combinations = [(python, platform) for python in PYTHONS for platform in PLATFORMS]
