@@ -61,7 +61,8 @@ class ActivationSizes:
 
 def activation_sizes(model: ir.Model | onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> ActivationSizes:
     """Per-sample bytes of every value of ``model``'s main graph, from shape inference on the
-    concrete shapes of the first sample of ``inputs`` (``onnxcomp.data`` feeds).
+    concrete shapes of one sample of ``inputs`` (``onnxcomp.data`` feeds): of the group of
+    equal-shaped feeds whose samples have the most input bytes, when feeds differ in shape.
 
     Args:
         model: the model (as IR or proto; not changed).
@@ -70,11 +71,12 @@ def activation_sizes(model: ir.Model | onnx.ModelProto, inputs: Mapping[str, np.
     Returns:
         The sizes; all values unknown when shape inference fails.
     """
-    from onnxcomp.data import batch
+    from onnxcomp.data import batch, batches
     from onnxcomp.io import to_proto
 
     proto = to_proto(model) if isinstance(model, ir.Model) else model
-    one = batch(inputs, 0, 1)
+    firsts = [batch(group, 0, 1) for group in batches(inputs, 1 << 62)]  # one sample of each group
+    one = max(firsts, key=lambda feed: sum(np.asarray(a).nbytes for a in feed.values()), default={})
     graph = onnx.GraphProto()
     graph.CopyFrom(_shape_only(proto.graph))
     for value in graph.input:

@@ -152,3 +152,13 @@ def test_compress_of_a_cnn_with_large_activations_stays_bounded(tmp_path: Path):
     peak = json.loads(report.read_text())["peak_rss_bytes"]
     assert "peak memory" in done.stdout
     assert 0 < peak < RSS_BOUND, f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+def test_feeds_of_different_shapes_are_sized_by_the_largest():
+    from onnxcomp.data import Feeds
+
+    model = ir.serde.deserialize_model(_cnn())
+    small = Feeds({"x": np.zeros((3, 1, 8, 8), np.float32)})
+    large = Feeds({"x": np.zeros((2, 1, 32, 16), np.float32)})
+    sizes = activation_sizes(model, Feeds(small, groups=[small, large]))
+    assert sizes.per_sample["a1"] == CHANNELS * 32 * 16 * 4
