@@ -248,8 +248,10 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
         rss = ", ".join(f"{row['peak_rss_bytes'] / 2**20:,.0f} MB" for row in (quarter, eighth) if row)
         secs = ", ".join(f"{row['seconds']:.0f} s" for row in (quarter, eighth) if row)
         app_note = f" (app fails on the original: {r['app_error'][:80]})" if r.get("app_error") else ""
+        # A row measured at another onnxcomp revision than the header's says so.
+        revision_note = f" (onnxcomp `{r['revision']}`)" if r.get("revision") else ""
         lines.append(
-            f"| {r['model']}{' (CI)' if r['light'] else ''} | {r['package']} {r['version']} | {r['exporter']} | "
+            f"| {r['model']}{' (CI)' if r['light'] else ''}{revision_note} | {r['package']} {r['version']} | {r['exporter']} | "
             f"{'; '.join(r['features'])} | {r['bytes']:,} | {r['metric']}{app_note} | {_cell(quarter, r['bytes'])} | "
             f"{_cell(eighth, r['bytes'])} | {_cell(r.get('quantize_dynamic'), r['bytes'])} | {rss} | {secs} |"
         )
