@@ -140,7 +140,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     try:
         reference_outputs = run_batches(reference_session, samples.inputs, batch_size, generated=samples.generated)
     except RunFailedError as error:
-        if not samples.generated:
+        if not samples.generated or not reference_session.get_outputs():  # not the inputs' fault
             raise
         # inputs generated without probing (nothing to choose) that do not run: nothing runs
         return _compress_unverified(model, options, original_data_bytes, progress,
@@ -298,6 +298,8 @@ def _compress_unverified(model: ir.Model, options: CompressOptions, input_bytes:
                    "give sample inputs with --data, or the inputs' shapes and values with --input-shape NAME:DIMS / "
                    "--input-value NAME=V, to verify them", reason)
     result = compress_streamed(model, options, input_bytes, progress, why="no generated input runs the model")
+    if result.data is not None:
+        session(result.data)  # the model is not run, but it must load where the original loaded
     result.report.update(streamed=False, verified=False, unverified_reason=reason)
     return result
 
