@@ -219,18 +219,17 @@ def pinned_value(spec: InputSpec, value: np.ndarray, count: int = 1) -> np.ndarr
     if spec.dims is None:
         return array
     per_sample = [d for axis, d in enumerate(spec.dims) if axis != spec.sample_axis]
-    if array.ndim != len(per_sample):
-        if array.size == 1 or (array.ndim == 1 and len(per_sample) >= 1 and all(
-                isinstance(d, int) for d in per_sample) and int(np.prod(per_sample)) == array.size):
-            array = array.reshape([d if isinstance(d, int) else 1 for d in per_sample] if array.size != 1
-                                  else [1] * len(per_sample))
+    misfit = OnnxcompError(f"--input-value {spec.name}: a value of shape {list(array.shape)} does not fit "
+                           f"{spec.name} {spec.describe()}")
+    if array.ndim != len(per_sample):  # a scalar or a flat list for a higher-rank input
+        if array.size == 1:  # one number fills the input (dynamic dims: size 1)
+            array = np.full([d if isinstance(d, int) else 1 for d in per_sample], array.reshape(()), array.dtype)
+        elif all(isinstance(d, int) for d in per_sample) and array.size == int(np.prod(per_sample)):
+            array = array.reshape(per_sample)
         else:
-            raise OnnxcompError(f"--input-value {spec.name}: a value of shape {list(array.shape)} does not fit "
-                                f"{spec.name} {spec.describe()}")
-    for size, dim in zip(array.shape, per_sample):
-        if isinstance(dim, int) and size != dim:
-            raise OnnxcompError(f"--input-value {spec.name}: a value of shape {list(array.shape)} does not fit "
-                                f"{spec.name} {spec.describe()}")
+            raise misfit
+    if any(isinstance(dim, int) and size != dim for size, dim in zip(array.shape, per_sample)):
+        raise misfit
     if spec.sample_axis is None:
         return array
     return np.repeat(np.expand_dims(array, spec.sample_axis), count, axis=spec.sample_axis)

@@ -300,6 +300,20 @@ def test_bad_pins_are_one_line_errors(shapes, values, fragment):
         generated_samples(_image_model(["N", 3, "H", "W"]), count=2, shapes=shapes, values=values)
 
 
+def test_pinned_values_take_the_inputs_shape_and_type():
+    from onnxcomp.signature import InputSpec, pinned_value
+
+    table = InputSpec("v", np.dtype("float32"), ("batch", 2, 3), 0)
+    assert pinned_value(table, np.arange(6), count=2).shape == (2, 2, 3)  # a flat list, per sample
+    assert np.all(pinned_value(table, np.asarray(5), count=3) == 5)  # one number fills it
+    rate = InputSpec("sr", np.dtype("int64"), (), None)
+    assert pinned_value(rate, np.asarray(16000.0)).dtype == np.int64
+    with pytest.raises(OnnxcompError, match=r"shape \[5\] does not fit v \[batch, 2, 3\]"):
+        pinned_value(table, np.arange(5))
+    with pytest.raises(OnnxcompError, match="expects int64 values, got 1.5"):
+        pinned_value(rate, np.asarray(1.5))
+
+
 def test_flag_spellings():
     assert parse_input_shape("x:1,3,640,640") == ("x", (1, 3, 640, 640))
     assert parse_input_shape("sr:") == ("sr", ())
