@@ -354,15 +354,17 @@ def slow_write(path, write):
     return original(path, stall)
 onnxcomp.io.atomic_write = slow_write
 from onnxcomp.cli import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[2:], isolate=sys.argv[1] == "isolated"))
 """
 
 
-def test_sigterm_while_writing_removes_the_temporary_file(tmp_path):
+@pytest.mark.parametrize("mode", ["in-process", "isolated"])
+def test_sigterm_while_writing_removes_the_temporary_file(tmp_path, mode):
+    """SIGTERM to the onnxcomp process (in "isolated" mode the parent of the process that writes)."""
     model = write_model(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()
-    process = subprocess.Popen([sys.executable, "-c", TERM_SCRIPT, "compress", str(model), "--target-size", TARGET,
+    process = subprocess.Popen([sys.executable, "-c", TERM_SCRIPT, mode, "compress", str(model), "--target-size", TARGET,
                                 "-o", str(out / "o.onnx"), "-q", "--no-sensitivity"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
