@@ -9,6 +9,8 @@ from collections.abc import Collection
 import numpy as np
 import onnx_ir as ir
 
+from onnxcomp import encoding
+
 logger = logging.getLogger(__name__)
 
 # op_type -> {input index: role}. "weight" may be pruned and clustered; "bias" is only clustered
@@ -81,8 +83,6 @@ class Storage:
 
     def restore_bytes(self) -> int:
         """Serialized bytes of the restoring nodes (and the zero-point constant)."""
-        from onnxcomp import encoding
-
         offset = 0 if self.offset is None else 4 * self.offset.size + encoding.INITIALIZER_BYTES + 3 * self.offset.ndim
         return self.restore_nodes() * encoding.NODE_BYTES + offset
 
@@ -150,7 +150,9 @@ class Weight:
 # Layout-only ops exporters put between a weight and its consumer (e.g. a tied embedding read
 # through Transpose). A weight read through them keeps its role; the decoded tensor feeds them
 # just as the initializer did, and ONNX Runtime folds them at load.
-PASS_THROUGH_OPS = {"Transpose", "Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+# Slice, Split and Concat also count: exporters reorder recurrent gates (slice the gate blocks out
+# of one stacked weight and concatenate them again) or unroll the cell into MatMuls.
+PASS_THROUGH_OPS = {"Transpose", "Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Concat"}
 FLOAT_CAST_TARGETS = {int(ir.DataType.FLOAT), int(ir.DataType.FLOAT16), int(ir.DataType.BFLOAT16), int(ir.DataType.DOUBLE)}
 MAX_PASS_THROUGH_DEPTH = 4
 
@@ -162,7 +164,11 @@ def _role(node: ir.Node, index: int) -> str | None:
 
 
 def _passes_through(node: ir.Node, index: int) -> bool:
-    if node.domain not in ("", "ai.onnx") or node.op_type not in PASS_THROUGH_OPS or index != 0 or len(node.outputs) != 1:
+    if node.domain not in ("", "ai.onnx") or node.op_type not in PASS_THROUGH_OPS:
+        return False
+    if index != 0 and node.op_type != "Concat":
+        return False
+    if len(node.outputs) != 1 and node.op_type != "Split":
         return False
     if node.op_type == "Cast":
         target = node.attributes.get("to")
@@ -183,10 +189,11 @@ def _slot_uses(value: ir.Value, depth: int = 0) -> list[tuple[ir.Node, str]] | N
             continue
         if depth >= MAX_PASS_THROUGH_DEPTH or not _passes_through(node, index):
             return None
-        below = _slot_uses(node.outputs[0], depth + 1)
-        if below is None:
-            return None
-        found.extend(below)
+        for output in node.outputs:
+            below = _slot_uses(output, depth + 1)
+            if below is None:
+                return None
+            found.extend(below)
     return found
 
 
