@@ -471,12 +471,15 @@ class Magika(ZooApp):
 # Captcha OCR and detection: ddddocr (PyTorch exporter; the OCR model is already quantized)
 
 
+def _ddddocr_sources() -> list[Path]:
+    return [package_dir("ddddocr") / "logo.png", skimage_image("text.png"), skimage_image("page.png")]
+
+
 def _ddddocr_inputs() -> list[bytes]:
     """Real text images: the package's logo, scikit-image's text and text lines of its page scan."""
     from PIL import Image
 
-    images = [package_dir("ddddocr") / "logo.png", skimage_image("text.png")]
-    crops = [Image.open(p).convert("RGB") for p in images]
+    crops = [Image.open(p).convert("RGB") for p in _ddddocr_sources()[:2]]
     page = Image.open(skimage_image("page.png")).convert("RGB")
     for top in range(0, page.height - 40, 40):
         crops.append(page.crop((0, top, page.width, top + 40)))
@@ -498,7 +501,7 @@ class DdddOcrOld(ZooApp):
     metric = "identical text"
 
     def inputs(self) -> list[Path]:
-        return [Path(f"image{i}.png") for i in range(len(_ddddocr_inputs()))]
+        return _ddddocr_sources()
 
     def run(self, model: Path) -> list[Any]:
         import ddddocr
@@ -507,6 +510,11 @@ class DdddOcrOld(ZooApp):
         # The package loads the model from its own folder; give its loader the candidate file.
         engine.ocr_engine.session = engine.ocr_engine.model_loader.load_model(str(model))
         return [engine.classification(blob) for blob in _ddddocr_inputs()]
+
+    def compare(self, ref: list[Any], out: list[Any]) -> Agreement:
+        matched = sum(r == o for r, o in zip(ref, out, strict=True))
+        detail = next((f"image {i}: {r!r} -> {o!r}" for i, (r, o) in enumerate(zip(ref, out)) if r != o), "")
+        return Agreement(matched, len(ref), matched == len(ref), detail[:200])
 
 
 class DdddOcrDet(ZooApp):
