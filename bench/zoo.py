@@ -230,7 +230,7 @@ def _shorten(text: str, head: int = 70, tail: int = 130) -> str:
     return text if len(text) <= head + tail + 5 else f"{text[:head]} ... {text[-tail:]}"
 
 
-def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revision: str | None = None) -> None:
+def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revision: str | None = None, notes: str = "") -> None:
     lines = [
         "# Real-model zoo: shipped models, compressed data-free, judged in their own applications",
         "",
@@ -238,6 +238,7 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
         f"onnxcomp at `{revision or _git_head()}`. Agreement = task outputs of the package's own pre- and "
         "post-processing on real inputs (shipped in packages), compressed vs original; 'identical' "
         "means every input gave the same output. quantize_dynamic = onnxruntime.quantization, uint8 weights.",
+        *(["", notes] if notes else []),
         "",
         "| model | package | exporter | features | bytes | metric | 1/4 | 1/8 | quantize_dynamic | peak RSS (1/4, 1/8) | time (1/4, 1/8) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -258,14 +259,14 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_results(results: list[dict[str, Any]], folder: Path, command: str, revision: str | None = None) -> None:
+def write_results(results: list[dict[str, Any]], folder: Path, command: str, revision: str | None = None, notes: str = "") -> None:
     """`zoo.json` (without the temporary model paths) and `zoo.md` in `folder`."""
     public = json.loads(json.dumps(results))
     for result in public:
         for row in [*result["compress"], result.get("quantize_dynamic") or {}]:
             row.pop("model", None)
     (folder / "zoo.json").write_text(json.dumps(public, indent=1) + "\n")
-    write_markdown(public, folder / "zoo.md", command, revision)
+    write_markdown(public, folder / "zoo.md", command, revision, notes)
 
 
 def _git_head() -> str:
