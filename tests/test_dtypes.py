@@ -137,6 +137,15 @@ def through_casts(model: onnx.ModelProto, name: str) -> str:
     return name
 
 
+def constant_values(model: onnx.ModelProto) -> set[str]:
+    """Values computed from initializers alone (decode subgraphs), not from the graph inputs."""
+    constant = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:  # topologically sorted
+        if all(not name or name in constant for name in node.input):
+            constant.update(node.output)
+    return constant
+
+
 def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in model.graph.node for out in node.output}
 
@@ -214,7 +223,7 @@ class _Reader:
 def quantized_model(kind: str, tmp_path) -> onnx.ModelProto:
     """`dynamic-*`: onnxruntime.quantization.quantize_dynamic (int8 weights; uint8 for the conv
     net, whose weights then have non-zero zero points). `qdq-*`: quantize_static in QDQ format,
-    per-channel int8 weights."""
+    per-channel int8 weights; `qop-*`: quantize_static in operator format (QLinearConv/QLinearMatMul)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     method, builder = kind.split("-")
@@ -225,16 +234,18 @@ def quantized_model(kind: str, tmp_path) -> onnx.ModelProto:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QUInt8 if builder == "conv" else QuantType.QInt8)
     else:
         quantize_static(str(source), str(target), _Reader(inputs_for(model, count=16, seed=9)),
-                        quant_format=QuantFormat.QDQ, per_channel=True)
+                        quant_format=QuantFormat.QDQ if method == "qdq" else QuantFormat.QOperator, per_channel=True)
     return onnx.load(str(target))
 
 
-QUANTIZED_SLOTS = {"MatMulInteger": (1,), "ConvInteger": (1,), "DynamicQuantizeLSTM": (1, 2), "DequantizeLinear": (0,)}
+QUANTIZED_SLOTS = {"MatMulInteger": (1,), "ConvInteger": (1,), "DynamicQuantizeLSTM": (1, 2), "DequantizeLinear": (0,),
+                   "QLinearConv": (3,), "QLinearMatMul": (3,)}
 INTEGER_TYPES = {TensorProto.INT8, TensorProto.UINT8}
 
 
 @pytest.mark.parametrize("kind, ops", [("dynamic-mlp", {"MatMulInteger"}), ("dynamic-lstm", {"DynamicQuantizeLSTM"}),
-                                       ("dynamic-conv", {"ConvInteger"}), ("qdq-conv", {"DequantizeLinear"})])
+                                       ("dynamic-conv", {"ConvInteger"}), ("qdq-conv", {"DequantizeLinear"}),
+                                       ("qop-conv", {"QLinearConv", "QLinearMatMul"})])
 def test_quantized_model_compresses_to_half_and_its_kernels_run_unchanged(kind, ops, tmp_path):
     source = quantized_model(kind, tmp_path)
     assert ops <= {node.op_type for node in source.graph.node}
@@ -246,8 +257,8 @@ def test_quantized_model_compresses_to_half_and_its_kernels_run_unchanged(kind, 
     # The quantized ops read their re-coded weights in the original integer type.
     stored_types = {t.name: t.data_type for t in source.graph.initializer}
     made = producers(compressed)
-    decoded = [(op, name) for op, name in weight_inputs(compressed, QUANTIZED_SLOTS)
-               if name in made and made[name].op_type != "QuantizeLinear"]  # not the activations
+    constant = constant_values(compressed)
+    decoded = [(op, name) for op, name in weight_inputs(compressed, QUANTIZED_SLOTS) if name in made and name in constant]
     assert {op for op, _ in decoded} & ops
     for _, name in decoded:
         assert made[name].op_type == "Cast" and made[name].attribute[0].i in INTEGER_TYPES
