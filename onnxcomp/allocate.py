@@ -16,8 +16,10 @@ import logging
 import numpy as np
 
 from onnxcomp import encoding, rows
+from onnxcomp.channel_scales import ChannelScales, channel_axes, channel_distortion, channel_scales, int8_reference, scale_bytes
 from onnxcomp.outliers import OUTLIER_MIN_PARAMS, price as outlier_prices
-from onnxcomp.quantize import Quantization, SortedWeights, grouped_quantize, prune_mask, vector_quantize
+from onnxcomp.quantize import (Quantization, SortedWeights, apply_quantization, grouped_quantize, prune_mask,
+                               vector_quantize)
 from onnxcomp.quantize import PRICE_SAMPLE, PRICE_SAMPLE_ABOVE
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,17 @@ GROUPED_BITS = (2, 3, 4, 5, 6)
 # row's error relative to its own scale, which per-row grouped codebooks keep and squared error
 # over the whole table does not see.
 VECTOR_SHAPES = ((2, (32, 64, 128, 256)), (4, (16, 64, 256)), (8, (256,)))
+# Per-channel-scaled lookups (kind "scaled", onnxcomp.channel_scales) at these code widths, and
+# the symmetric uniform grid of per-channel int8 (255 levels).
+SCALED_BITS = (3, 4, 5, 6, 7, 8)
+INT8_LEVELS_SCALED = 255
+# The int8 guard (see `allocate`) applies to weights of at least this many entries (smaller ones
+# cost little to keep near-exact, and the allocator's squared error already prices them).
+GUARD_MIN_PARAMS = 16
+# Tolerances tried in turn: a layer's candidates must keep its mean per-channel relative error
+# within this factor of per-channel int8's; the first factor whose restricted plan fits the budget
+# is used, none when no factor fits (budgets well under 8 bits per weight).
+GUARD_FACTORS = (1.0, 2.0, 4.0, 16.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +60,9 @@ class Candidate:
     bits: int = 32
     quant: Quantization | None = None
     load: int = 0  # estimated ns ONNX Runtime spends decoding it at session creation (encoding.fold_cost)
+    # kind "scaled": the weight is divided by these per-channel scales before `quant` codes it
+    scales: ChannelScales | None = dataclasses.field(default=None, compare=False)
+    channel: float = 0.0  # channel_scales.channel_distortion (mean per-channel relative error)
 
 
 @dataclasses.dataclass
@@ -58,6 +74,7 @@ class LayerOptions:
     sensitivity: float = 1.0
     importance: np.ndarray | None = None
     itemsize: int = 4  # bytes per value of the weight's own type (float16: 2, int8: 1)
+    int8_channel: float | None = None  # channel distortion of per-channel int8 (None: no guard)
 
     @property
     def dense(self) -> Candidate:
@@ -122,11 +139,72 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
     if outliers and not keep_zeros and role == "weight" and count >= OUTLIER_MIN_PARAMS:
         candidates.extend(Candidate("outliers", p.bytes, p.distortion, 0.0, p.bits, p.quant, p.load)
                           for p in outlier_prices(values, importance, energy))
+    guarded = (role == "weight" and not keep_zeros and itemsize == 4 and not restore_bytes and count >= GUARD_MIN_PARAMS
+               and np.isfinite(values).all())
+    if guarded:
+        candidates.extend(scaled_candidates(values, importance, energy))
     if role == "embedding" and rank == 2 and itemsize == 4 and not restore_bytes:
         candidates = [_row_priced(c, values.shape) for c in candidates]  # other types decode whole at load
     if restore_bytes:
         candidates = [c if c.kind == "dense" else dataclasses.replace(c, bytes=c.bytes + restore_bytes) for c in candidates]
-    return LayerOptions(name, tuple(values.shape), role, pareto(candidates), importance=importance, itemsize=itemsize)
+    front = pareto(candidates)
+    int8_channel = None
+    if guarded:  # the channel error of the front and of every scaled candidate; the rest count as unknown (inf)
+        measured = {id(c) for c in front} | {id(c) for c in candidates if c.kind == "scaled"}
+        candidates = [dataclasses.replace(c, channel=_channel_error(values, importance, c) if id(c) in measured else np.inf)
+                      for c in candidates]
+        front = pareto(candidates)
+        int8_channel = int8_reference(values, importance)
+    return LayerOptions(name, tuple(values.shape), role, front, importance=importance, itemsize=itemsize,
+                        int8_channel=int8_channel)
+
+
+def scaled_candidates(values: np.ndarray, importance: np.ndarray | None, energy: float) -> list[Candidate]:
+    """Per-channel-scaled lookups (`onnxcomp.channel_scales`): the weight divided by its per-channel
+    max-abs scales along each candidate channel axis, k-means at SCALED_BITS on the normalised
+    values weighted so that their error is the original's, plus the symmetric uniform 8-bit grid
+    (per-channel int8). Priced as a lookup of the normalised weight plus the scales and a Mul."""
+    candidates = []
+    rank, count = values.ndim, values.size
+    has_zero = bool(np.any(values == 0))
+    for axis in channel_axes(values.shape):
+        scales = channel_scales(values, axis)
+        normalized = scales.normalize(values)
+        spread = scales.importance(values.shape, importance)
+        extra = scale_bytes(scales.scales.size, rank)
+        sorted_weights = SortedWeights(normalized, spread)
+        for bits in SCALED_BITS:
+            quant = sorted_weights.quantize(0.0, (1 << bits) - (1 if has_zero else 0))
+            table = quant.codebook.size + (1 if has_zero else 0)
+            table_bits = encoding.bits_for(table)
+            candidates.append(Candidate("scaled", encoding.lookup_bytes(count, table_bits, table, rank) + extra,
+                                        quant.sse / energy, 0.0, table_bits, quant,
+                                        encoding.fold_cost("lookup", count, table_bits) + count, scales))
+        half = (INT8_LEVELS_SCALED - 1) // 2
+        grid = (np.arange(-half, half + 1, dtype=np.float32) / half).astype(np.float32)
+        decoded = apply_quantization(normalized, Quantization(float(np.nextafter(0.0, 1.0)), grid, 0.0, count))
+        sse = float(np.sum(spread * (decoded.astype(np.float64) - normalized) ** 2))
+        quant = Quantization(float(np.nextafter(0.0, 1.0)), grid, sse, int(np.count_nonzero(values)))
+        candidates.append(Candidate("scaled", encoding.lookup_bytes(count, 8, grid.size, rank, uniform=True) + extra,
+                                    sse / energy, 0.0, 8, quant, encoding.fold_cost("lookup", count, 8) + count, scales))
+    return candidates
+
+
+def decoded_values(values: np.ndarray, importance: np.ndarray | None, candidate: Candidate) -> np.ndarray:
+    """The weight as `candidate` would decode it (float32 working values)."""
+    if candidate.quant is None:
+        return np.asarray(values, np.float32)
+    if candidate.scales is None:
+        return apply_quantization(values, candidate.quant, importance)
+    normalized = candidate.scales.normalize(values)
+    spread = candidate.scales.importance(np.shape(values), importance)
+    return candidate.scales.restore(apply_quantization(normalized, candidate.quant, spread))
+
+
+def _channel_error(values: np.ndarray, importance: np.ndarray | None, candidate: Candidate) -> float:
+    if candidate.quant is None:
+        return 0.0
+    return channel_distortion(values, decoded_values(values, importance, candidate), importance)
 
 
 def _row_priced(candidate: Candidate, shape: tuple[int, ...]) -> Candidate:
@@ -186,11 +264,13 @@ def vector_candidates(values: np.ndarray, importance: np.ndarray | None, energy:
 
 
 def pareto(candidates: list[Candidate]) -> list[Candidate]:
-    """Keep candidates not beaten on bytes, distortion and load cost at once; ascending bytes
-    (a candidate only cheaper to load stays, for plans under a load budget)."""
+    """Keep candidates not beaten on bytes, distortion, load cost and channel error at once;
+    ascending bytes (a candidate only cheaper to load stays, for plans under a load budget; one
+    only better per channel stays, for the int8 guard)."""
     front: list[Candidate] = []
-    for candidate in sorted(candidates, key=lambda c: (c.bytes, c.distortion, c.load)):
-        if not any(kept.distortion <= candidate.distortion and kept.load <= candidate.load for kept in front):
+    for candidate in sorted(candidates, key=lambda c: (c.bytes, c.distortion, c.load, c.channel)):
+        if not any(kept.distortion <= candidate.distortion and kept.load <= candidate.load
+                   and kept.channel <= candidate.channel for kept in front):
             front.append(candidate)
     return front
 
@@ -230,8 +310,15 @@ def allocate(layers: list[LayerOptions], budget: int, max_load: int | None = Non
     Lagrange multiplier on load, bisected; when no plan meets it, or meeting it raises the
     weighted distortion beyond LOAD_DISTORTION_TOLERANCE, the plain optimum stands).
 
+    Int8 guard: where the budget allows it (GUARD_FACTORS, tightest first), each guarded layer
+    is planned among its candidates whose mean per-channel relative error is within the factor
+    of per-channel int8's (`LayerOptions.int8_channel`), so at about 8 bits per weight no layer is
+    coded worse than per-channel int8 would code it; squared error over the whole tensor alone
+    rounds narrow channels away.
+
     Returns None when even the smallest candidates exceed the budget.
     """
+    layers = guarded_layers(layers, budget)
     plan = _allocate(layers, budget, 0.0, None)
     if plan is None or max_load is None or plan.load <= max_load:
         return plan
@@ -259,6 +346,27 @@ def allocate(layers: list[LayerOptions], budget: int, max_load: int | None = Non
                      best.distortion / max(plan.distortion, 1e-30))
         return plan
     return best
+
+
+def guarded_layers(layers: list[LayerOptions], budget: int) -> list[LayerOptions]:
+    """The layers restricted by the int8 guard at the tightest GUARD_FACTORS that fits `budget`,
+    or the layers as they are when none fits or no layer is guarded."""
+    if not any(layer.int8_channel is not None for layer in layers):
+        return layers
+    for factor in GUARD_FACTORS:
+        restricted = [_within(layer, factor) for layer in layers]
+        if sum(layer.smallest.bytes for layer in restricted) <= budget:
+            logger.debug("int8 guard: channel error within %.0fx of per-channel int8", factor)
+            return restricted
+    return layers
+
+
+def _within(layer: LayerOptions, factor: float) -> LayerOptions:
+    if layer.int8_channel is None:
+        return layer
+    limit = factor * layer.int8_channel * (1 + 1e-6)
+    kept = [c for c in layer.candidates if c.channel <= limit]
+    return dataclasses.replace(layer, candidates=kept or [layer.dense])
 
 
 def _allocate(layers: list[LayerOptions], budget: int, mu: float, max_load: int | None) -> Allocation | None:

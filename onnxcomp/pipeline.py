@@ -18,6 +18,7 @@ import onnx_ir as ir
 
 from onnxcomp import io, rows
 from onnxcomp.allocate import Allocation, LayerOptions, allocate, layer_options, load_budget
+from onnxcomp.channel_scales import normalize_weights, rescale_weights
 from onnxcomp.canonicalize import canonicalize, check_interface, initializer_inputs, model_interface
 from onnxcomp.data import Batch, NoRunnableInputError, Samples, as_samples
 from onnxcomp.memory import MAX_BATCH, ActivationSizes, activation_sizes, batch_size as budget_batch, peak_rss_bytes
@@ -661,8 +662,10 @@ def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importa
     `hessians` (per weight, from real samples) switch on GPTQ error compensation (onnxcomp.gptq).
     """
     work = model.clone()
+    scaled = {name: c.scales for name, c in allocation.choices.items() if c.scales is not None}
     if hessians and not io.is_streamed(work):
-        compensate(work, allocation.choices, hessians)
+        compensate(work, {name: c for name, c in allocation.choices.items() if name not in scaled}, hessians)
+    normalize_weights(work, scaled)
     codebooks = {name: c.quant.codebook for name, c in allocation.choices.items() if c.quant is not None}
     grouped = {name: (c.quant.groups, c.quant.group_axis) for name, c in allocation.choices.items()
                if c.quant is not None and c.quant.groups > 1}
@@ -698,6 +701,7 @@ def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importa
             if work.graph.initializers.get(weight.name) is not weight.value:
                 weight.value.const_value = None  # encoded: drop the clustered float copy this list still holds
         io.load_external_leftovers(work)
+    rescale_weights(work, uses, scaled)
     if decoded is not None:
         decoded.update({name: node.inputs[index] for name, (node, index) in uses.items()})
     return clean_up(work, keep_metadata=keep_metadata, shorten_names=not keep_metadata)

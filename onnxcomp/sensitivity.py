@@ -97,7 +97,7 @@ def _probe(layer: LayerOptions):
     # vector-quantization probe, whose error spreads evenly over weights of any importance,
     # measured a different ratio that misallocated bytes between layers (calibrated LeNet-300 at
     # 1/28: 95.0% instead of 96.4%).
-    lossy = [c for c in layer.candidates if c.quant is not None and c.kind != "vector"]
+    lossy = [c for c in layer.candidates if c.quant is not None and c.kind not in ("vector", "scaled")]
     if not lossy:
         return None
     return min(lossy, key=lambda c: abs(c.bytes - target))
