@@ -171,7 +171,10 @@ def _progress_line(result: dict) -> str:
     if result["status"] == "ok":
         report = result["report"]
         metric, _, value = quality(report)
-        shown = f"{metric} {100 * value:.2f}%" if metric != "cosine" else f"cosine {value:.4f}"
+        if value is None:  # compressed unverified: no input ran the model
+            shown = "outputs not verified"
+        else:
+            shown = f"{metric} {100 * value:.2f}%" if metric != "cosine" else f"cosine {value:.4f}"
         return f"{target}: {format_size(report['output_bytes'])}, {shown} ({result['seconds']:.1f} s, pid {result['pid']})"
     if result["status"] == "unreachable":
         return f"{target}: unreachable (smallest {format_size(result['smallest_bytes'] or 0)})"
@@ -215,7 +218,11 @@ def plot_curve(summary: dict, path: Path) -> bool:
     except OnnxcompError:
         logger.warning("matplotlib is not installed: %s not written (pip install matplotlib)", path.name)
         return False
-    reached = [result for result in summary["results"] if result["status"] == "ok"]
+    reached = [result for result in summary["results"] if result["status"] == "ok"
+               and quality(result["report"])[2] is not None]  # unverified models have no quality to plot
+    if not reached or summary["original"].get("value") is None:
+        logger.warning("no verified result: %s not written", path.name)
+        return False
     metric = summary["original"]["metric"]
     sizes = [result["report"]["output_bytes"] for result in reached]
     values = [100 * quality(result["report"])[2] for result in reached]
