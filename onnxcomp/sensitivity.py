@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 PROBE_BYTES_FRACTION = 0.1  # probe with the candidate nearest 1/10 of the dense bytes (~3 bits)
 FLOOR = 1e-3  # relative: a layer never counts as free to distort
+# Activation statistics hold each fetched float32 activation as float64, moved to [rows, features]
+# and squared: 6 float32-sized copies besides ONNX Runtime's own.
+FETCHED_COPIES = 6
 
 
 def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dict[str, np.ndarray],
@@ -130,7 +133,7 @@ def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray
     against the weight: squared weight error times this is the expected squared output error.
 
     Accumulated batch by batch; a batch holds at most `batch_size` samples and its activations
-    (the fetched ones counted twice more: returned, then squared) stay within
+    (the fetched ones counted `FETCHED_COPIES` times more: float64 copies) stay within
     `memory.ACTIVATION_BUDGET` (`sizes`: per-sample bytes, inferred when None)."""
     wanted = {}
     for weight in weights:
@@ -160,17 +163,16 @@ def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray
     counts: dict[str, int] = {}
     axis_of = {a.name: axis for a, axis, _ in wanted.values()}
     sizes = sizes if sizes is not None else activation_sizes(proto, inputs)
-    batch_size = min(batch_size, budget_batch(sizes.total + 2 * sizes.of(names)))
+    batch_size = min(batch_size, budget_batch(sizes.total + FETCHED_COPIES * sizes.of(names)))
     for feed in batches(inputs, batch_size):
         results = dict(zip(output_names, sess.run(output_names, feed))) if output_names else {}
         results.update({n: feed[n] for n in names if n in feed})
         for name in names:
-            array = np.asarray(results.pop(name), np.float32)
+            array = np.asarray(results.pop(name), np.float64)
             moved = np.moveaxis(array, axis_of[name], -1).reshape(-1, array.shape[axis_of[name]])
-            squares = np.square(moved, out=None if np.may_share_memory(moved, array) else moved)
-            sums[name] = sums.get(name, 0) + np.sum(squares, axis=0, dtype=np.float64)
+            sums[name] = sums.get(name, 0) + np.sum(moved * moved, axis=0)
             counts[name] = counts.get(name, 0) + moved.shape[0]
-            del array, moved, squares
+            del array, moved
     importances = {}
     for weight_name, (activation, _, shape_fn) in wanted.items():
         mean_square = sums[activation.name] / max(counts[activation.name], 1)
