@@ -376,7 +376,8 @@ def discount_compensated(layers, values: dict[str, np.ndarray], hessians: dict[s
             continue
         ratios = {}
         for vector in (False, True):
-            applies = [c for c in layer.candidates if c.quant is not None and (c.quant.vector_dim > 1) == vector
+            applies = [c for c in layer.candidates if c.quant is not None and c.scales is None  # scaled: not compensated
+                       and (c.quant.vector_dim > 1) == vector
                        and c.quant.nonzeros >= weight.size and _row_snapper(c.quant, weight.shape) is not None]
             if not applies:
                 continue

@@ -664,7 +664,9 @@ def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importa
     work = model.clone()
     scaled = {name: c.scales for name, c in allocation.choices.items() if c.scales is not None}
     if hessians and not io.is_streamed(work):
-        compensate(work, {name: c for name, c in allocation.choices.items() if name not in scaled}, hessians)
+        compensated = {name: c for name, c in allocation.choices.items() if name not in scaled}
+        compensate(work, compensated, hessians)
+        allocation.choices.update(compensated)  # compensate refits codebooks in the mapping it is given
     normalize_weights(work, scaled)
     codebooks = {name: c.quant.codebook for name, c in allocation.choices.items() if c.quant is not None}
     grouped = {name: (c.quant.groups, c.quant.group_axis) for name, c in allocation.choices.items()
