@@ -159,3 +159,22 @@ def assert_single_matmul_decodes_exactly_and_folds(model: ir.Model, reference: i
     options.optimized_model_filepath = str(folder / "optimized.onnx")
     onnxruntime.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
     assert [node.op_type for node in onnx.load(str(folder / "optimized.onnx")).graph.node] == ["MatMul"]
+
+
+# A CLI run whose output write stalls after "WRITING" (for signals mid-write): argv[1] is
+# "isolated" (the job in the CLI's child process) or "in-process", the rest the CLI's arguments.
+STALLED_WRITE_SCRIPT = """
+import sys, time
+import onnxcomp.io
+original = onnxcomp.io.atomic_write
+def slow_write(path, write):
+    def stall(handle):
+        handle.write(b"partial")
+        handle.flush()
+        print("WRITING", flush=True)
+        time.sleep(60)
+    return original(path, stall)
+onnxcomp.io.atomic_write = slow_write
+from onnxcomp.cli import main
+sys.exit(main(sys.argv[2:], isolate=sys.argv[1] == "isolated"))
+"""

@@ -22,7 +22,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import REPO
+from tests.conftest import REPO, STALLED_WRITE_SCRIPT
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
@@ -512,23 +512,6 @@ def test_keyboard_interrupt_during_compress_leaves_no_output(tmp_path, capsys, m
     assert list(outputs.iterdir()) == []
 
 
-KILL_SCRIPT = """
-import sys, time
-import onnxcomp.io
-original = onnxcomp.io.atomic_write
-def slow_write(path, write):
-    def stall(handle):
-        handle.write(b"partial")
-        handle.flush()
-        print("WRITING", flush=True)
-        time.sleep(60)
-    return original(path, stall)
-onnxcomp.io.atomic_write = slow_write
-from onnxcomp.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_killed_process_leaves_no_output_file(tmp_path):
     """SIGKILL while the output is being written: the output name never appears (only the
     dot-prefixed temporary file may remain, which is never mistaken for a model)."""
@@ -536,7 +519,7 @@ def test_killed_process_leaves_no_output_file(tmp_path):
     outputs = tmp_path / "out"
     outputs.mkdir()
     output = outputs / "o.onnx"
-    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, "compress", str(path), "--target-size", "2000",
+    process = subprocess.Popen([sys.executable, "-c", STALLED_WRITE_SCRIPT, "in-process", "compress", str(path), "--target-size", "2000",
                                 "-o", str(output), "-q", "--no-sensitivity"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:

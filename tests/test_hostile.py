@@ -23,7 +23,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import REPO
+from tests.conftest import REPO, STALLED_WRITE_SCRIPT
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
@@ -341,30 +341,13 @@ def test_real_write_failure_is_one_line(tmp_path):
     assert leftovers(out) == []
 
 
-TERM_SCRIPT = """
-import sys, time
-import onnxcomp.io
-original = onnxcomp.io.atomic_write
-def slow_write(path, write):
-    def stall(handle):
-        handle.write(b"partial")
-        handle.flush()
-        print("WRITING", flush=True)
-        time.sleep(60)
-    return original(path, stall)
-onnxcomp.io.atomic_write = slow_write
-from onnxcomp.cli import main
-sys.exit(main(sys.argv[2:], isolate=sys.argv[1] == "isolated"))
-"""
-
-
 @pytest.mark.parametrize("mode", ["in-process", "isolated"])
 def test_sigterm_while_writing_removes_the_temporary_file(tmp_path, mode):
     """SIGTERM to the onnxcomp process (in "isolated" mode the parent of the process that writes)."""
     model = write_model(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()
-    process = subprocess.Popen([sys.executable, "-c", TERM_SCRIPT, mode, "compress", str(model), "--target-size", TARGET,
+    process = subprocess.Popen([sys.executable, "-c", STALLED_WRITE_SCRIPT, mode, "compress", str(model), "--target-size", TARGET,
                                 "-o", str(out / "o.onnx"), "-q", "--no-sensitivity"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
