@@ -37,7 +37,8 @@ def install(folder: Path):
 
     def compress_model(model, options, samples=None, *args, **kwargs):
         result = original(model, options, samples, *args, **kwargs)
-        save(folder, result, samples)
+        if result.report.get("verified", True):  # an unverified model has no input known to run
+            save(folder, result, samples, options)
         return result
 
     compress_model.__doc__ = original.__doc__
@@ -49,18 +50,23 @@ def install(folder: Path):
     return undo
 
 
-def _inputs(model, samples) -> dict[str, np.ndarray]:
-    from onnxcomp.data import generate_samples
+def _inputs(model, samples, options=None) -> dict[str, np.ndarray]:
+    """A few inputs the model runs on: the head of the given samples, else generated ones in the
+    configuration the pipeline would probe (with the user's pinned shapes and values)."""
+    from onnxcomp.data import Samples, first_group
+    from onnxcomp.probe import generated_samples
 
     first = model.graph.inputs[0].shape if model.graph.inputs else None
     fixed = first[0] if first is not None and len(first) and isinstance(first[0], int) else None
     count = fixed or SAMPLES
-    if samples is not None and samples.count >= count:
-        return {name: np.ascontiguousarray(array[:count]) for name, array in samples.inputs.items()}
-    return generate_samples(model, count=count, seed=1).inputs
+    if isinstance(samples, Samples) and samples.count >= count:
+        return dict(first_group(samples.head(count).inputs))
+    shapes = getattr(options, "input_shapes", None)
+    values = getattr(options, "input_values", None)
+    return dict(first_group(generated_samples(model, count=count, seed=1, shapes=shapes, values=values).inputs))
 
 
-def save(folder: Path, result, samples) -> None:
+def save(folder: Path, result, samples, options=None) -> None:
     import onnxruntime
 
     from onnxcomp.runtime.inference import session
@@ -68,7 +74,7 @@ def save(folder: Path, result, samples) -> None:
     digest = hashlib.sha256(result.data).hexdigest()[:16]
     if (folder / f"{digest}.json").exists():
         return
-    inputs = _inputs(result.model, samples)
+    inputs = _inputs(result.model, samples, options)
     sess = session(result.data)
     outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
     (folder / f"{digest}.onnx").write_bytes(result.data)
