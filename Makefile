@@ -21,7 +21,7 @@ ORT_PY := $(ORT_VENV)/bin/python
 # Where the test suite saves each model it compresses, with inputs and 1.19.2's outputs (tests/compat).
 COMPAT_DIR ?= out/compat
 
-.PHONY: setup setup-ort demo test compat bench clean python FORCE
+.PHONY: setup setup-ort demo test compat bench docs clean python FORCE
 
 python:
 	@test -n "$(PYTHON_EXE)" || { echo "no Python interpreter '$(PYTHON)' that runs (on PATH or in $(PYENV_ROOT)/versions): pass PYTHON=/path/to/python3.X"; exit 2; }
@@ -79,5 +79,16 @@ compat: setup-ort
 bench: setup
 	$(PY) -m bench.run
 
+# The documentation site (mkdocs.yml, docs/) in its own venv: it needs none of the runtimes.
+DOCS_VENV ?= .venv-docs
+$(DOCS_VENV)/.installed: pyproject.toml | python
+	$(PYTHON_EXE) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet --upgrade pip
+	$(DOCS_VENV)/bin/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(DOCS_VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) $(ORT_VENV) out
+	rm -rf $(VENV) $(ORT_VENV) $(DOCS_VENV) site out
