@@ -63,9 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--report-dir", help="write a self-contained HTML report (report.html: per-layer table, weight "
                                                "distributions before/after, bits/sparsity, bytes by encoding, fidelity, "
                                                "entropy bound and gzip'd size) and report.json into this folder; needs matplotlib")
-    compress.add_argument("--force", action="store_true", help="overwrite an existing output; write even below quality guards")
+    compress.add_argument("--force", action="store_true", help="overwrite an existing output (and --report file)")
+    compress.add_argument("--allow-low-fidelity", action="store_true",
+                          help="write the model even when it fails the quality floor or --max-accuracy-drop")
     compress.add_argument("--keep-metadata", action="store_true", help=KEEP_METADATA_HELP)
-    compress.add_argument("--min-fidelity", type=float, help="refuse to write if top-1 agreement (classifiers) or cosine falls below this")
+    compress.add_argument("--min-fidelity", type=float,
+                          help="quality floor: refuse to write (exit 4, with the smallest size that meets it) if an output's "
+                               "top-1 agreement (class scores) or cosine falls below this (default 0.95 agreement, 0.97 "
+                               "cosine; 0 turns the floor off)")
     compress.add_argument("--max-accuracy-drop", type=float, help="refuse to write if accuracy drops by more than this many points (needs labels)")
     compress.add_argument("--no-sensitivity", action="store_true", help="allocate bits by weight error alone (skip measuring layer sensitivity)")
     compress.add_argument("--eval-data", help="held-out samples (.npz) that pick the best epoch and measure the report's accuracy "
@@ -171,7 +176,7 @@ def _compress(args) -> int:
     epochs = args.epochs if args.epochs is not None else (DEFAULT_EPOCHS if args.data else 0)
     options = CompressOptions(target_bytes=target, keep_metadata=args.keep_metadata, sensitivity=not args.no_sensitivity,
                               seed=args.seed, min_fidelity=args.min_fidelity, max_accuracy_drop=args.max_accuracy_drop,
-                              force=args.force, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
+                              force=args.allow_low_fidelity, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                               method=args.method, epochs_given=args.epochs is not None, patience=args.patience,
                               input_shapes=input_shapes, input_values=input_values)
     if epochs < 0 or args.batch_size < 1 or args.lr <= 0 or (args.patience is not None and args.patience < 1):

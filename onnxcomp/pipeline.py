@@ -8,6 +8,7 @@ verify in ONNX Runtime -> save atomically.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -40,6 +41,7 @@ from onnxcomp.quantize import prune_mask
 from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, held_out_targets,
                               iterative_prune, require_training, soft_weight_sharing, with_weights)
 from onnxcomp.verify import accuracy, fidelity
+from onnxcomp.floor import check_floor, floor_for, unverified_floor
 from onnxcomp.weights import find_weights, no_weights_error, quantized_weights
 
 logger = logging.getLogger(__name__)
@@ -66,9 +68,9 @@ class CompressOptions:
     keep_metadata: bool = False
     sensitivity: bool = True
     seed: int = 0
-    min_fidelity: float | None = None  # cosine (or top-1 agreement for classifiers)
+    min_fidelity: float | None = None  # per output: cosine, top-1 agreement for class scores (None: onnxcomp.floor defaults, 0: off)
     max_accuracy_drop: float | None = None  # percentage points, needs labels
-    force: bool = False
+    force: bool = False  # write even below the quality guards (the CLI's --allow-low-fidelity)
     epochs: int = 0  # > 0 with labelled or unlabelled --data: fine-tuning (see onnxcomp.retrain)
     batch_size: int = 64
     lr: float = 1e-3
@@ -278,6 +280,11 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         report["accuracy"] = {"original": original_accuracy, "compressed": compressed_accuracy,
                               "samples": check.count, "held_out": check is not samples}
     _check_guards(report, options)
+    report["quality_floor"] = check_floor(
+        report_fidelity, floor_for(options.min_fidelity, options.force), options.target_bytes, original_data_bytes,
+        functools.partial(_fidelity_at, model, layers, fixed, options, importances, hessians, max_load, check,
+                          reference_outputs, batch_size),
+        names=[value.name for value in compressed.graph.outputs], log=lambda line: _log(progress, line))
     report["seconds"]["total"] = round(time.perf_counter() - started, 3)
     report["peak_rss_bytes"] = peak_rss_bytes()
     return CompressResult(compressed, attempt_data, report)
@@ -292,16 +299,16 @@ def _compress_unverified(model: ir.Model, options: CompressOptions, input_bytes:
     from onnxcomp.streaming import compress_streamed
 
     reason = describe_error(error.last_error) if error.last_error else str(error)
-    if options.min_fidelity is not None:
+    if options.min_fidelity is not None and options.min_fidelity > 0:
         raise OnnxcompError(f"--min-fidelity needs the model's outputs, but no generated input ran in ONNX Runtime "
                             f"({reason}); give sample inputs with --data")
     logger.warning("the compressed model's outputs are not verified: no generated input ran in ONNX Runtime (%s); "
                    "give sample inputs with --data, or the inputs' shapes and values with --input-shape NAME:DIMS / "
-                   "--input-value NAME=V, to verify them", reason)
+                   "--input-value NAME=V, to verify them; the quality floor cannot be checked", reason)
     result = compress_streamed(model, options, input_bytes, progress, why="no generated input runs the model")
     if result.data is not None:
         session(result.data)  # the model is not run, but it must load where the original loaded
-    result.report.update(streamed=False, verified=False, unverified_reason=reason)
+    result.report.update(streamed=False, verified=False, unverified_reason=reason, quality_floor=unverified_floor(reason))
     return result
 
 
@@ -325,11 +332,22 @@ def _check_guards(report: dict, options: CompressOptions) -> None:
     if options.max_accuracy_drop is not None and "accuracy" in report:
         drop = 100 * (report["accuracy"]["original"] - report["accuracy"]["compressed"])
         if drop > options.max_accuracy_drop:
-            raise FidelityError(f"accuracy drops by {drop:.2f} points, more than --max-accuracy-drop {options.max_accuracy_drop}; nothing written (use --force to write anyway)")
-    if options.min_fidelity is not None:
-        score = report["fidelity"].get("top1_agreement") or report["fidelity"].get("cosine")
-        if score is not None and score < options.min_fidelity:
-            raise FidelityError(f"fidelity {score:.4f} is below --min-fidelity {options.min_fidelity} by {options.min_fidelity - score:.4f}; nothing written (use --force to write anyway)")
+            raise FidelityError(f"accuracy drops by {drop:.2f} points, more than --max-accuracy-drop {options.max_accuracy_drop}; nothing written (use --allow-low-fidelity to write anyway)")
+    # --min-fidelity (and the default floor) are judged per output by onnxcomp.floor.check_floor
+
+
+def _fidelity_at(model: ir.Model, layers: list[LayerOptions], fixed: int, options: CompressOptions, importances: dict,
+                 hessians: dict | None, max_load: int | None, check: Samples, reference_outputs: list[np.ndarray],
+                 batch_size: int, target_bytes: int) -> dict | None:
+    """Fidelity of the same analyzed model compressed to `target_bytes` (the quality floor's
+    search): what a run with that target gives, without canonicalizing and measuring again
+    (with fine-tuning: the fine-tuned weights, not trained again). None if it does not fit."""
+    at_target = dataclasses.replace(options, target_bytes=target_bytes)
+    _, _, data, _, _ = _fit(model, layers, target_bytes - fixed, at_target, importances, None, hessians=hessians,
+                            max_load=max_load)
+    if data is None:
+        return None
+    return fidelity(reference_outputs, run_batches(session(data), check.inputs, batch_size))
 
 
 def _batch_size(model: ir.Model, sizes: ActivationSizes | None = None) -> int:

@@ -1,0 +1,252 @@
+"""The quality floor: a compressed model whose verified outputs drift too far is not handed back.
+
+After verification (`onnxcomp.verify.fidelity`), every numeric output is judged by the measure
+that fits what it is: top-1 agreement for outputs that look like class scores
+(`verify.looks_like_class_scores`: [N, C] floats), cosine similarity for the rest (regression
+outputs, embeddings, feature maps). By default an output must keep top-1 agreement
+`DEFAULT_AGREEMENT` or cosine `DEFAULT_COSINE`; ``--min-fidelity X`` sets both to X, and 0
+switches the floor off. When an output falls below, a short search (`search_passing_size`,
+`SEARCH_STEPS` compressions bisecting between the asked size and the original's) finds the
+smallest size tried that meets the floor, and `QualityFloorError` (exit 4) names both.
+
+Unverified compressions (no input ran the model) cannot be judged: the floor is reported as not
+checked, never as failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+from onnxcomp.errors import FidelityError
+from onnxcomp.sizes import format_size, parse_size
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COSINE = 0.97  # regression / embedding outputs
+DEFAULT_AGREEMENT = 0.95  # class-score outputs: share of samples whose top-1 class is unchanged
+SEARCH_STEPS = 4  # compressions tried between the asked size and the original's
+WRITE_ANYWAY_FLAG = "--allow-low-fidelity"
+
+
+@dataclasses.dataclass(frozen=True)
+class Floor:
+    """The smallest cosine and top-1 agreement each output must keep."""
+
+    cosine: float
+    agreement: float
+    explicit: bool  # set by --min-fidelity (else the defaults)
+
+    def as_dict(self) -> dict:
+        return {"cosine": self.cosine, "top1_agreement": self.agreement, "explicit": self.explicit}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shortfall:
+    """One output below its floor: which, by which measure, how far."""
+
+    output: str
+    metric: str  # "cosine" | "top-1 agreement"
+    value: float
+    floor: float
+    outputs: int = 1  # how many outputs were judged (the message names this one when several)
+
+    def describe(self, value: float | None = None) -> str:
+        return f"{self.metric} {_format(self.metric, self.value if value is None else value)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One compression tried by the search: its target and how its outputs fared."""
+
+    target_bytes: int
+    target_text: str  # how a user writes it: parse_size(target_text) == target_bytes
+    shortfall: Shortfall | None  # None: every output meets the floor
+    value: float | None  # the failing output's measure at this size (None: not measured)
+
+    @property
+    def passed(self) -> bool:
+        return self.shortfall is None
+
+    def as_dict(self) -> dict:
+        return {"target_bytes": self.target_bytes, "passed": self.passed, "value": self.value}
+
+
+class QualityFloorError(FidelityError):
+    """The compressed model's outputs fall below the quality floor (exit 4); nothing is written.
+
+    Attributes:
+        metric: "cosine" or "top-1 agreement" (of the output furthest below its floor).
+        measured: that output's value at the asked size.
+        floor: the value it had to keep.
+        target_bytes: the asked size.
+        suggested_bytes: the smallest size tried that meets the floor (None: none did).
+        probes: every size the search tried, smallest first.
+    """
+
+    def __init__(self, message: str, shortfall: Shortfall, target_bytes: int, suggested_bytes: int | None,
+                 probes: Sequence[Probe]):
+        super().__init__(message)
+        self.metric = shortfall.metric
+        self.output = shortfall.output
+        self.measured = shortfall.value
+        self.floor = shortfall.floor
+        self.target_bytes = target_bytes
+        self.suggested_bytes = suggested_bytes
+        self.probes = list(probes)
+
+
+def floor_for(min_fidelity: float | None, force: bool) -> Floor | None:
+    """The floor a run applies: None when `force` or ``min_fidelity <= 0`` turns it off."""
+    if force:
+        return None
+    if min_fidelity is None:
+        return Floor(DEFAULT_COSINE, DEFAULT_AGREEMENT, explicit=False)
+    if min_fidelity <= 0:
+        return None
+    return Floor(min_fidelity, min_fidelity, explicit=True)
+
+
+def worst_shortfall(fidelity: dict, floor: Floor, names: Sequence[str] | None = None) -> Shortfall | None:
+    """The output furthest below its floor in a `verify.fidelity` report, or None if all meet it.
+
+    Class-score outputs (those with a top-1 agreement) are judged by agreement, the others by
+    cosine; outputs without either (strings) or with NaN measures (infinite outputs) are skipped.
+    """
+    worst = None
+    judged = fidelity.get("outputs", {})
+    for index, (key, entry) in enumerate(judged.items()):
+        if entry.get("top1_agreement") is not None:
+            metric, value, limit = "top-1 agreement", entry["top1_agreement"], floor.agreement
+        elif entry.get("cosine") is not None:
+            metric, value, limit = "cosine", entry["cosine"], floor.cosine
+        else:
+            continue
+        if math.isnan(value) or value >= limit:
+            continue
+        name = names[index] if names is not None and index < len(names) else key
+        if worst is None or limit - value > worst.floor - worst.value:
+            worst = Shortfall(name, metric, float(value), limit, len(judged))
+    return worst
+
+
+def output_value(fidelity: dict, shortfall: Shortfall, names: Sequence[str] | None = None) -> float | None:
+    """The measure `shortfall` names, read for the same output from another fidelity report."""
+    key = "top1_agreement" if shortfall.metric == "top-1 agreement" else "cosine"
+    for index, (name, entry) in enumerate(fidelity.get("outputs", {}).items()):
+        label = names[index] if names is not None and index < len(names) else name
+        if label == shortfall.output:
+            return entry.get(key)
+    return None
+
+
+def round_size(size: float) -> tuple[int, str]:
+    """`size` rounded up to three significant digits in decimal units: (bytes, text) with
+    ``parse_size(text) == bytes``, so a suggested ``--target-size`` is exactly the size tried."""
+    for unit, factor in (("GB", 1000**3), ("MB", 1000**2), ("KB", 1000)):
+        if size >= factor:
+            value = size / factor
+            decimals = 2 if value < 10 else 1 if value < 100 else 0
+            text = f"{math.ceil(value * 10**decimals - 1e-9) / 10**decimals:.{decimals}f}".rstrip("0").rstrip(".") + unit
+            bytes_ = parse_size(text)
+            if bytes_ < size:  # float rounding in parse_size: one step more
+                text = f"{(math.ceil(value * 10**decimals) + 1) / 10**decimals:.{decimals}f}".rstrip("0").rstrip(".") + unit
+                bytes_ = parse_size(text)
+            return bytes_, text
+    return int(math.ceil(size)), f"{int(math.ceil(size))}B"
+
+
+def search_passing_size(measure: Callable[[int], dict | None], floor: Floor, shortfall: Shortfall, target_bytes: int,
+                        input_bytes: int, names: Sequence[str] | None = None, steps: int = SEARCH_STEPS,
+                        log: Callable[[str], None] | None = None) -> list[Probe]:
+    """Bisect (geometrically) between `target_bytes`, which failed, and `input_bytes` for the
+    smallest size whose compression meets `floor`; `measure(target)` compresses to `target` and
+    returns its fidelity report (None when that target could not be built). Returns the probes.
+    """
+    low, high = target_bytes, input_bytes
+    probes: list[Probe] = []
+    for _ in range(steps):
+        size, text = round_size(math.sqrt(low * high))
+        if size >= high or size <= low:
+            break
+        fidelity = measure(size)
+        if fidelity is None:
+            low = size
+            continue
+        failing = worst_shortfall(fidelity, floor, names)
+        probe = Probe(size, text, failing, output_value(fidelity, shortfall, names))
+        probes.append(probe)
+        if log:
+            verdict = "meets the floor" if probe.passed else f"{failing.output}: {failing.describe()} < {_format(failing.metric, failing.floor)}"
+            log(f"quality floor: at {format_size(size)} {verdict}")
+        if probe.passed:
+            high = size
+        else:
+            low = size
+    return sorted(probes, key=lambda probe: probe.target_bytes)
+
+
+def floor_error(shortfall: Shortfall, target_bytes: int, input_bytes: int, probes: Sequence[Probe],
+                floor: Floor) -> QualityFloorError:
+    """The one-line refusal: the measured value at the asked size and the smallest size that passed."""
+    where = "" if shortfall.outputs <= 1 else f" (output {shortfall.output})"
+    asked = f"{_fraction(input_bytes, target_bytes)} ({format_size(target_bytes)})"
+    kind = f"--min-fidelity {shortfall.floor:g}" if floor.explicit else "the default quality floor"
+    message = (f"at {asked} the outputs keep {shortfall.describe()} < {_format(shortfall.metric, shortfall.floor)}"
+               f"{where} ({kind}); ")
+    passing = next((probe for probe in probes if probe.passed), None)
+    if passing is not None:
+        kept = "" if passing.value is None else f" keeps {_format(shortfall.metric, passing.value)}"
+        message += (f"{_fraction(input_bytes, passing.target_bytes)} ({format_size(passing.target_bytes)}){kept}: "
+                    f"use --target-size {passing.target_text}, or {WRITE_ANYWAY_FLAG} to write the "
+                    f"{_fraction(input_bytes, target_bytes)} model anyway")
+    else:
+        largest = max(probes, key=lambda probe: probe.target_bytes, default=None)
+        tried = "" if largest is None else f"no size tried up to {format_size(largest.target_bytes)} meets it; "
+        message += f"{tried}lower --min-fidelity, or {WRITE_ANYWAY_FLAG} to write the model anyway"
+    message += "; nothing written"
+    return QualityFloorError(message, shortfall, target_bytes, None if passing is None else passing.target_bytes, probes)
+
+
+def check_floor(fidelity: dict, floor: Floor | None, target_bytes: int, input_bytes: int,
+                measure: Callable[[int], dict | None], names: Sequence[str] | None = None,
+                log: Callable[[str], None] | None = None) -> dict:
+    """Judge a verified compression against `floor`; raise `QualityFloorError` when it fails.
+
+    Args:
+        fidelity: `verify.fidelity`'s report of the compression at `target_bytes`.
+        floor: from `floor_for`; None: off (the report says so).
+        target_bytes: the asked size; input_bytes: the original's (the search's upper end).
+        measure: compresses to a target and returns its fidelity report (see `search_passing_size`).
+        names: the model's output names, in order (for the message).
+        log: progress lines.
+
+    Returns:
+        The report's ``quality_floor`` entry.
+    """
+    if floor is None:
+        return {"checked": False, "reason": "off (--min-fidelity 0 or --allow-low-fidelity)"}
+    shortfall = worst_shortfall(fidelity, floor, names)
+    if shortfall is None:
+        return {**floor.as_dict(), "checked": True, "passed": True}
+    if log:
+        log(f"quality floor: {shortfall.output}: {shortfall.describe()} < {_format(shortfall.metric, shortfall.floor)}; "
+            f"searching for a size that meets it")
+    probes = search_passing_size(measure, floor, shortfall, target_bytes, input_bytes, names, log=log)
+    raise floor_error(shortfall, target_bytes, input_bytes, probes, floor)
+
+
+def unverified_floor(reason: str) -> dict:
+    """The report's ``quality_floor`` entry when the outputs could not be run."""
+    return {"checked": False, "reason": f"outputs not verified ({reason})"}
+
+
+def _fraction(input_bytes: int, size: int) -> str:
+    ratio = input_bytes / max(size, 1)
+    return f"1/{ratio:.2g}" if ratio < 10 else f"1/{ratio:.0f}"
+
+
+def _format(metric: str, value: float) -> str:
+    return f"{100 * value:.4g}%" if metric == "top-1 agreement" else f"{value:.4g}"

@@ -1,0 +1,146 @@
+"""The quality floor: a compression whose verified outputs drift too far exits 4 with the
+measured value and a size that meets the floor; --allow-low-fidelity writes anyway,
+--min-fidelity sets (0: removes) the floor, and unverified compressions are not refused."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from onnxcomp.floor import (DEFAULT_AGREEMENT, DEFAULT_COSINE, Floor, QualityFloorError, floor_for, round_size,
+                            worst_shortfall)
+from onnxcomp.pipeline import CompressOptions, compress_model
+from onnxcomp.sizes import parse_size
+from tests.conftest import LENET300, build_model
+from tests.test_cli import assert_clean_failure, cli  # noqa: F401  (fixture)
+
+pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
+
+# A regression model (its output is not [N, C] class scores, so it is judged by cosine).
+REGRESSION_TEXT = """
+<ir_version: 10, opset_import: ["" : 17]>
+reg (float[N, 64] x) => (float[N, 1, 64] y) {
+  h = MatMul(x, w1)
+  r = Relu(h)
+  z = MatMul(r, w2)
+  y = Unsqueeze(z, axes)
+}
+"""
+BROKEN = "40KB"  # LeNet-300-100 (1.07 MB) data-free at 1/27: top-1 agreement ~62% on generated inputs
+
+
+def regression_model():
+    rng = np.random.default_rng(0)
+    return build_model(REGRESSION_TEXT, {"w1": rng.standard_normal((64, 256)).astype(np.float32),
+                                         "w2": rng.standard_normal((256, 64)).astype(np.float32),
+                                         "axes": np.array([1], np.int64)})
+
+
+def suggested_size(message: str) -> str:
+    found = re.search(r"use --target-size (\S+),", message)
+    assert found, message
+    return found.group(1)
+
+
+def test_broken_target_exits_4_naming_the_value_and_a_size_that_passes(cli, tmp_path):
+    output, report = tmp_path / "small.onnx", tmp_path / "report.json"
+    result = cli("compress", LENET300, "--target-size", BROKEN, "-o", output, "--no-sensitivity", "-q")
+    line = assert_clean_failure(result, "top-1 agreement", "< 95%", "default quality floor", "--allow-low-fidelity",
+                                code=4)
+    assert not output.exists() and not list(tmp_path.iterdir())  # nothing written, no temporary left
+    measured = float(re.search(r"keep top-1 agreement ([0-9.]+)%", line).group(1))
+    assert measured < 100 * DEFAULT_AGREEMENT
+    size = suggested_size(line)
+    assert BROKEN.removesuffix("KB") not in size and parse_size(size) > parse_size(BROKEN)
+
+    followed = cli("compress", LENET300, "--target-size", size, "-o", output, "--no-sensitivity", "-q",
+                   "--report", report)
+    assert followed.returncode == 0, followed.stderr
+    written = json.loads(report.read_text())
+    assert written["fidelity"]["top1_agreement"] >= DEFAULT_AGREEMENT
+    assert written["quality_floor"] == {"cosine": DEFAULT_COSINE, "top1_agreement": DEFAULT_AGREEMENT,
+                                        "explicit": False, "checked": True, "passed": True}
+    assert output.stat().st_size <= parse_size(size)
+
+
+def test_allow_low_fidelity_writes_and_force_alone_does_not(cli, tmp_path):
+    output = tmp_path / "small.onnx"
+    output.write_bytes(b"previous")
+    # --force only allows overwriting: a script that always passes it must not lose the floor
+    forced = cli("compress", LENET300, "--target-size", BROKEN, "-o", output, "--no-sensitivity", "-q", "--force")
+    assert_clean_failure(forced, "default quality floor", code=4)
+    assert output.read_bytes() == b"previous"
+    written = cli("compress", LENET300, "--target-size", BROKEN, "-o", output, "--no-sensitivity", "-q", "--force",
+                  "--allow-low-fidelity", "--report", tmp_path / "r.json")
+    assert written.returncode == 0, written.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["fidelity"]["top1_agreement"] < DEFAULT_AGREEMENT and report["quality_floor"]["checked"] is False
+    assert output.stat().st_size <= parse_size(BROKEN)
+
+
+def test_min_fidelity_sets_the_floor_and_zero_removes_it(cli, tmp_path):
+    low = cli("compress", LENET300, "--target-size", BROKEN, "-o", tmp_path / "low.onnx", "--no-sensitivity", "-q",
+              "--min-fidelity", "0.3", "--report", tmp_path / "low.json")
+    assert low.returncode == 0, low.stderr  # ~62% agreement meets an explicit 30%
+    assert json.loads((tmp_path / "low.json").read_text())["quality_floor"]["explicit"] is True
+    off = cli("compress", LENET300, "--target-size", BROKEN, "-o", tmp_path / "off.onnx", "--no-sensitivity", "-q",
+              "--min-fidelity", "0")
+    assert off.returncode == 0, off.stderr
+    high = cli("compress", LENET300, "--target-size", "300KB", "-o", tmp_path / "high.onnx", "--no-sensitivity", "-q",
+               "--min-fidelity", "0.9999")
+    line = assert_clean_failure(high, "(--min-fidelity 0.9999)", "< 99.99%", code=4)
+    assert not (tmp_path / "high.onnx").exists()
+    assert "no size tried" in line or "use --target-size" in line
+
+
+def test_api_raises_a_typed_error_with_the_measures_for_cosine_outputs():
+    model = regression_model()
+    with pytest.raises(QualityFloorError) as caught:
+        compress_model(model, CompressOptions(target_bytes=5000, sensitivity=False))
+    error = caught.value
+    assert error.exit_code == 4 and error.metric == "cosine" and error.floor == DEFAULT_COSINE
+    assert error.measured < DEFAULT_COSINE and f"cosine {error.measured:.4g} < 0.97" in str(error)
+    assert error.target_bytes == 5000 and error.suggested_bytes is not None and error.suggested_bytes > 5000
+    assert [probe.target_bytes for probe in error.probes] == sorted(probe.target_bytes for probe in error.probes)
+    passing = compress_model(model, CompressOptions(target_bytes=error.suggested_bytes, sensitivity=False))
+    assert passing.report["fidelity"]["cosine"] >= DEFAULT_COSINE
+    forced = compress_model(model, CompressOptions(target_bytes=5000, sensitivity=False, force=True))
+    assert forced.report["fidelity"]["cosine"] == pytest.approx(error.measured)
+
+
+def test_unverified_compression_is_not_refused(tmp_path):
+    from tests.test_isolation import run_cli, unrunnable_model
+
+    model, output, report = tmp_path / "unrunnable.onnx", tmp_path / "out.onnx", tmp_path / "report.json"
+    unrunnable_model(model)
+    result = run_cli("compress", model, "--target-size", "1KB", "-o", output, "--report", report, "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "the quality floor cannot be checked" in lines[0], result.stderr
+    written = json.loads(report.read_text())
+    assert written["verified"] is False and written["quality_floor"]["checked"] is False
+
+
+def test_each_output_is_judged_by_its_own_measure():
+    floor = Floor(DEFAULT_COSINE, DEFAULT_AGREEMENT, explicit=False)
+    fidelity = {"outputs": {"output_0": {"cosine": 0.99, "top1_agreement": 0.90},  # class scores: agreement counts
+                            "output_1": {"cosine": 0.96},  # regression: cosine counts
+                            "output_2": {"equal": True}}}
+    worst = worst_shortfall(fidelity, floor, ["logits", "boxes", "labels"])
+    assert (worst.output, worst.metric, worst.value, worst.outputs) == ("logits", "top-1 agreement", 0.90, 3)
+    fidelity["outputs"]["output_0"]["top1_agreement"] = 0.96
+    worst = worst_shortfall(fidelity, floor, ["logits", "boxes", "labels"])
+    assert (worst.output, worst.metric) == ("boxes", "cosine")
+    fidelity["outputs"]["output_1"]["cosine"] = float("nan")  # infinite outputs cannot be judged
+    assert worst_shortfall(fidelity, floor) is None
+    assert floor_for(None, force=True) is None and floor_for(0.0, force=False) is None
+    assert floor_for(0.5, force=False) == Floor(0.5, 0.5, explicit=True)
+
+
+@pytest.mark.parametrize("size", [999, 1000, 1001, 16_234.5, 81_634, 99_999, 4_350_001, 2_000_000_000])
+def test_suggested_sizes_parse_back_to_the_size_tried(size):
+    rounded, text = round_size(size)
+    assert parse_size(text) == rounded and size <= rounded <= max(size * 1.011, size + 1)
