@@ -109,7 +109,7 @@ def run_row(name: str, splits, out: Path, epochs_override: int | None = None, ba
         samples = train if with_labels else Samples(train.inputs, None)
         eval_samples = held if with_labels else Samples(held.inputs, None)
     options = CompressOptions(target_bytes=target, epochs=epochs, method=method if method != "none" else "auto",
-                              batch_size=batch_size, seed=seed)
+                              batch_size=batch_size, seed=seed, force=True)  # measured at every size: no quality floor
     started, cpu = time.perf_counter(), time.process_time()
     try:
         result = compress_model(load_model(source), options, samples=samples, eval_samples=eval_samples,
@@ -208,9 +208,9 @@ def curve(splits, out: Path, epochs: int = 40) -> list[dict]:
     source = ROOT / "models" / "lenet300.onnx"
     points = []
     for target in (100_000, 50_000, 25_000, 16_700, 12_000, 8_000):
-        result = compress_model(load_model(source), CompressOptions(target_bytes=target, epochs=epochs),
+        result = compress_model(load_model(source), CompressOptions(target_bytes=target, epochs=epochs, force=True),
                                 samples=train, eval_samples=held)
-        data_free = compress_model(load_model(source), CompressOptions(target_bytes=target))
+        data_free = compress_model(load_model(source), CompressOptions(target_bytes=target, force=True))
         points.append({"target": target, "bytes": len(result.data), "error": test_error(result.data, test),
                        "bytes_data_free": len(data_free.data), "error_data_free": test_error(data_free.data, test)})
         print(json.dumps(points[-1]), flush=True)

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     target = int(source.stat().st_size / args.ratio)
     compressed = out / "minilm-l3.compressed.onnx"
     started = time.perf_counter()
-    report = compress_file(source, compressed, CompressOptions(target_bytes=target), overwrite=True)
+    report = compress_file(source, compressed, CompressOptions(target_bytes=target, force=True), overwrite=True)
     seconds = time.perf_counter() - started
     texts = sentences()
     inputs = encode(texts)

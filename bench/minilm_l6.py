@@ -82,7 +82,7 @@ def run(source: Path, output: Path, target: int, inputs: dict[str, np.ndarray], 
 
     samples = load_samples(data, io.load_model(source)) if data is not None else None
     started = time.perf_counter()
-    report = compress_file(source, output, CompressOptions(target_bytes=target, epochs=0), samples=samples, overwrite=True)
+    report = compress_file(source, output, CompressOptions(target_bytes=target, epochs=0, force=True), samples=samples, overwrite=True)
     seconds = time.perf_counter() - started
     started = time.perf_counter()
     compressed = embeddings(output, inputs)

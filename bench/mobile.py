@@ -85,7 +85,7 @@ def bench_model(name: str, source: Path, ratio: int, latency_feeds, check_feeds,
     compressed = work / f"{stem}.onnx"
     target = source.stat().st_size // ratio
     started = time.perf_counter()
-    report = compress_file(source, compressed, CompressOptions(target_bytes=target), overwrite=True)
+    report = compress_file(source, compressed, CompressOptions(target_bytes=target, force=True), overwrite=True)
     compress_s = time.perf_counter() - started
     print(f"{name}: compressed {source.stat().st_size:,} -> {compressed.stat().st_size:,} bytes in {compress_s:.1f} s",
           flush=True)

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             output = out / f"{source.stem}.{ratio}x.{mode.replace(' ', '')}.onnx"
             samples = load_samples(CALIBRATION, load_model(source)) if mode == "calibrated" else None
             started = time.perf_counter()
-            report = compress_file(source, output, CompressOptions(target_bytes=target), samples=samples, overwrite=True)
+            report = compress_file(source, output, CompressOptions(target_bytes=target, force=True), samples=samples, overwrite=True)
             seconds = time.perf_counter() - started
             compressed = accuracy(output, images, labels)
             cost = timings([source, output], images[:64], args.repeats)
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     source = ROOT / "models" / "lenet300.onnx"
     for ratio in () if args.no_curve else (4, 8, 12, 16, 20, 24, 28):
         output = out / f"lenet300.curve.{ratio}x.onnx"
-        report = compress_file(source, output, CompressOptions(target_bytes=source.stat().st_size // ratio),
+        report = compress_file(source, output, CompressOptions(target_bytes=source.stat().st_size // ratio, force=True),
                                samples=load_samples(CALIBRATION, load_model(source)), overwrite=True)
         curve.append({"bytes": report["output_bytes"], "accuracy": accuracy(output, images, labels)})
         output.unlink()
