@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--allow-low-fidelity", action="store_true",
                           help="write the model even when it fails the quality floor or --max-accuracy-drop")
     compress.add_argument("--keep-metadata", action="store_true", help=KEEP_METADATA_HELP)
+    compress.add_argument("--equalize", action="store_true",
+                          help="cross-layer equalization first (Nagel et al. 2019): rescale consecutive Conv/Gemm/MatMul "
+                               "layers joined by Relu-like activations so their per-channel ranges match; the float "
+                               "model's outputs do not change (experimental, off by default)")
     compress.add_argument("--min-fidelity", type=float,
                           help="quality floor: refuse to write (exit 4, with the smallest size that meets it) if an output's "
                                "top-1 agreement (class scores) or cosine falls below this (default 0.95 agreement, 0.97 "
@@ -178,7 +182,7 @@ def _compress(args) -> int:
                               seed=args.seed, min_fidelity=args.min_fidelity, max_accuracy_drop=args.max_accuracy_drop,
                               force=args.allow_low_fidelity, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                               method=args.method, epochs_given=args.epochs is not None, patience=args.patience,
-                              input_shapes=input_shapes, input_values=input_values)
+                              input_shapes=input_shapes, input_values=input_values, equalize=args.equalize)
     if epochs < 0 or args.batch_size < 1 or args.lr <= 0 or (args.patience is not None and args.patience < 1):
         raise OnnxcompError("--epochs must be >= 0, --batch-size >= 1, --lr > 0 and --patience >= 1")
     if args.report_dir:

@@ -80,6 +80,7 @@ class CompressOptions:
     vib_gamma: float = 1.6e-4  # VIB penalty weight per neuron group
     input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # --input-shape NAME:D1,D2
     input_values: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # --input-value NAME=V
+    equalize: bool = False  # cross-layer equalization before pricing (onnxcomp.passes.equalize)
 
 
 @dataclasses.dataclass
@@ -128,6 +129,8 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     defaults = initializer_inputs(model)
     interface = model_interface(model, without=defaults.removed)
     model, weights = canonical_weights(model)
+    if options.equalize:
+        _equalize(model, progress)
     _log_initializer_inputs(defaults, progress)
     timings["canonicalize"] = time.perf_counter() - started
 
@@ -473,6 +476,16 @@ def canonical_weights(model: ir.Model) -> tuple[ir.Model, list]:
     if not weights:
         raise no_weights_error(model)
     return model, weights
+
+
+def _equalize(model: ir.Model, progress) -> None:
+    """Cross-layer equalization in place; the float model's outputs do not change."""
+    from onnxcomp.passes.equalize import EqualizeCrossLayerPass
+
+    result = EqualizeCrossLayerPass()(model)
+    _log(progress, f"equalize: {len(result.rows)} layer pairs rescaled" + "".join(
+        f"; {row['first']} channel range spread {row['spread_before']:.3g} -> {row['spread_after']:.3g}"
+        for row in result.rows[:4]) + ("; ..." if len(result.rows) > 4 else ""))
 
 
 def _log_initializer_inputs(defaults, progress) -> None:
