@@ -26,7 +26,7 @@ from onnxcomp import encoding, io
 from onnxcomp.canonicalize import canonicalize
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.passes.cleanup import clean_up
-from onnxcomp.report import StoredWeight, stored_weights
+from onnxcomp.report import GENERATED_INPUTS_NOTE, StoredWeight, stored_weights
 from onnxcomp.sizes import format_size
 
 logger = logging.getLogger(__name__)
@@ -289,6 +289,13 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _generated_note(report: dict) -> str:
+    """A visible note when fidelity was measured on generated inputs (no --data), else ''."""
+    if not report.get("fidelity", {}).get("generated_inputs"):
+        return ""
+    return f'<p class="note generated"><b>Generated inputs.</b> {html.escape(GENERATED_INPUTS_NOTE[0].upper() + GENERATED_INPUTS_NOTE[1:])}.</p>'
+
+
 def _quality_rows(report: dict) -> list[list[str]]:
     fid = report.get("fidelity", {})
     rows = []
@@ -336,7 +343,8 @@ def render_html(report: dict, analysis: dict, arrays: dict) -> str:
         ("summary", "Summary", f'<div class="cards">{card_html}</div>'
          f'<p class="note">{html.escape(report.get("input", ""))} -> {html.escape(report.get("output", ""))}, '
          f'target {format_size(report.get("target_bytes", 0))}</p>'),
-        ("quality", "Fidelity and accuracy", _table(["measure", "value", "measured on"], _quality_rows(report), {1})),
+        ("quality", "Fidelity and accuracy",
+         _generated_note(report) + _table(["measure", "value", "measured on"], _quality_rows(report), {1})),
         ("layers", "Layers", layer_table + '<p class="note">Measured on the saved model: decoded weights are '
          "evaluated in ONNX Runtime; stored = bytes of the initializers the weight is decoded from.</p>"),
         ("distributions", "Weight distributions before and after",

@@ -31,7 +31,8 @@ from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.passes.prune_weights import PruneWeightsPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
-from onnxcomp.report import layer_rows
+from onnxcomp.progress import task as live_task
+from onnxcomp.report import GENERATED_INPUTS_NOTE, layer_rows
 from onnxcomp.runtime.inference import RunFailedError, run_batches, session
 from onnxcomp.runtime.training_support import unavailable_reason as training_unavailable_reason
 from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, compensate, discount_compensated, input_hessians
@@ -40,7 +41,7 @@ from onnxcomp.sizes import format_size
 from onnxcomp.quantize import prune_mask
 from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, held_out_targets,
                               iterative_prune, require_training, soft_weight_sharing, with_weights)
-from onnxcomp.verify import accuracy, fidelity
+from onnxcomp.verify import accuracy, class_score_outputs, fidelity
 from onnxcomp.floor import check_floor, floor_for, unverified_floor
 from onnxcomp.weights import find_weights, no_weights_error, quantized_weights
 
@@ -251,9 +252,11 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         reference_outputs = run_batches(reference_session, check.inputs, batch_size)
     compressed_session = session(attempt_data)
     compressed_outputs = run_batches(compressed_session, check.inputs, batch_size)
-    report_fidelity = fidelity(reference_outputs, compressed_outputs)
+    report_fidelity = fidelity(reference_outputs, compressed_outputs, class_score_outputs(model))
     report_fidelity["samples"] = check.count
     report_fidelity["generated_inputs"] = check.generated
+    if check.generated:
+        report_fidelity["note"] = GENERATED_INPUTS_NOTE
     timings["verify"] = time.perf_counter() - tick
     report = {
         "input_bytes": original_data_bytes,
@@ -350,7 +353,7 @@ def _fidelity_at(model: ir.Model, layers: list[LayerOptions], fixed: int, option
                             max_load=max_load)
     if data is None:
         return None
-    return fidelity(reference_outputs, run_batches(session(data), check.inputs, batch_size))
+    return fidelity(reference_outputs, run_batches(session(data), check.inputs, batch_size), class_score_outputs(model))
 
 
 def _batch_size(model: ir.Model, sizes: ActivationSizes | None = None) -> int:
@@ -398,15 +401,21 @@ def _analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch_
     for weight in weights:  # integer weights: errors weighted by their per-channel dequantization scales
         if weight.storage.importance is not None and weight.name not in importances:
             importances[weight.name] = weight.storage.importance
-    layers = [layer_options(w.name, values[w.name], w.role, importances.get(w.name), itemsize=w.itemsize,
-                            restore_bytes=w.storage.restore_bytes(), outliers=w.storage.integer) for w in weights]
+    layers = []
+    with live_task("price weights", total=len(weights), unit="weights") as bar:  # a live bar on a terminal only
+        for w in weights:
+            layers.append(layer_options(w.name, values[w.name], w.role, importances.get(w.name), itemsize=w.itemsize,
+                                        restore_bytes=w.storage.restore_bytes(), outliers=w.storage.integer))
+            bar.advance()
     timings["price"] = timings.get("price", 0.0) + time.perf_counter() - tick
     if options.sensitivity:
         tick = time.perf_counter()
         count = _sensitivity_samples(samples, sizes, len(layers))
         _log(progress, f"measure sensitivity on {count} {'generated ' if samples.generated else ''}samples")
-        sensitivities = measure_sensitivity(model, layers, values, samples.head(count).inputs, batch_size,
-                                            storage={w.name: w.storage for w in weights}, sizes=sizes)
+        with live_task("measure sensitivity", total=len(layers), unit="layers") as bar:
+            sensitivities = measure_sensitivity(model, layers, values, samples.head(count).inputs, batch_size,
+                                                storage={w.name: w.storage for w in weights}, sizes=sizes,
+                                                progress=lambda index, total, name: bar.advance())
         for layer in layers:
             layer.sensitivity = sensitivities.get(layer.name, 1.0)
         timings["sensitivity"] = timings.get("sensitivity", 0.0) + time.perf_counter() - tick

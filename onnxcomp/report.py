@@ -17,6 +17,10 @@ from onnxcomp.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT
 
 # Weight inputs of already-quantized ops (their integer weights are re-coded like float ones).
 STORED_SLOTS = WEIGHT_SLOTS | {op: dict.fromkeys(slots, "weight") for op, slots in QUANTIZED_SLOTS.items()}
+# Every figure measured on generated inputs says so (CLI summary, report, sweep.md, sweep.png).
+GENERATED_INPUTS_NOTE = ("measured on generated inputs: how closely the compressed model follows the original on "
+                         "made-up data, not task quality; pass --data with real samples (and labels) to measure that")
+GENERATED_INPUTS_TAG = "generated inputs, see --data"
 
 logger = logging.getLogger(__name__)
 

@@ -77,14 +77,14 @@ class Planner:
 
 
 def _finetune(model: ir.Model, names: list[str], data: TrainingData, options: RetrainOptions, epochs: int,
-              lr: float, log, **kwargs):
+              lr: float, log, stage: str = "fine-tune", **kwargs):
     from onnxcomp.runtime.training import TrainConfig, finetune
 
     labels = data.train.labels
     held_out = data.held_out
     config = TrainConfig(epochs=max(1, epochs), batch_size=min(options.batch_size, data.train.count), lr=lr,
                          patience=options.patience if held_out is not None else None,
-                         seed=options.seed, log=log, restore_best=kwargs.pop("restore_best", None))
+                         seed=options.seed, log=log, stage=stage, restore_best=kwargs.pop("restore_best", None))
     # With labels, mix in the original model's soft outputs (temperature 2): retraining a small
     # network on hard labels alone overfits quickly; distillation keeps it near the original.
     result = finetune(
@@ -161,7 +161,7 @@ def iterative_prune(model: ir.Model, planner: Planner, dense_bytes: int, budget:
             continue
         _emit(log, f"prune round {r + 1}/{rounds}: keep {kept}/{total} weights ({100 * kept / max(total, 1):.1f}%), "
                    f"retrain {per_round[r]} epochs")
-        result = _finetune(model, names, data, options, per_round[r], options.lr, log,
+        result = _finetune(model, names, data, options, per_round[r], options.lr, log, stage=f"prune round {r + 1}/{rounds}",
                            masks={n: m for n, m in masks.items() if not m.all()})
         model = with_weights(model, result.weights)
     if idle:
@@ -235,7 +235,7 @@ def admm(model: ir.Model, planner: Planner, budget: int, data: TrainingData, opt
     for k in range(iterations):
         strength = rho[0] * (rho[1] / rho[0]) ** (k / max(iterations - 1, 1))
         targets = {name: z[name] - u[name] for name in names}
-        result = _finetune(model, names, data, options, 1, options.lr, log,
+        result = _finetune(model, names, data, options, 1, options.lr, log, stage=f"admm iteration {k + 1}/{iterations}",
                            regularizer=ADMMPenalty(targets, strength), restore_best=False)
         current = result.weights
         model = with_weights(model, current)
@@ -266,7 +266,7 @@ def soft_weight_sharing(model: ir.Model, planner: Planner, data: TrainingData, o
     names = [layer.name for layer in planner.price(model) if layer.role != "bias"]
     prior = GaussianMixturePrior(components, tau=tau, names=names)
     _emit(log, f"soft weight-sharing: {components}-component mixture prior over {len(names)} weights, {epochs} epochs")
-    result = _finetune(model, names, data, options, epochs, options.lr, log, regularizer=prior)
+    result = _finetune(model, names, data, options, epochs, options.lr, log, stage="soft weight-sharing", regularizer=prior)
     snapped = snap_to_mixture(result.weights, result.extra, merge_threshold=1.0)
     kept = sum(int(np.count_nonzero(v)) for v in snapped.values())
     _emit(log, f"the mixture's own snap would keep {kept}/{sum(v.size for v in snapped.values())} weights non-zero with "
@@ -300,7 +300,7 @@ def finetune_codebooks(model: ir.Model, allocation: Allocation, masks: dict[str,
         indices = np.searchsorted(codebook, snap_to_codebook(values, codebook)).clip(0, codebook.size - 1)
         codebooks[name] = (codebook, indices)
     _emit(log, f"fine-tune {sum(c.size for c, _ in codebooks.values())} shared values of {len(names)} weights for {epochs} epochs")
-    result = _finetune(model, names, data, options, epochs, options.lr / 2, log,
+    result = _finetune(model, names, data, options, epochs, options.lr / 2, log, stage="codebook fine-tune",
                        masks={n: masks[n] for n in names if n in masks}, codebooks=codebooks)
     weights = {}
     for name in names:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
+import onnx_ir as ir
 
 logger = logging.getLogger(__name__)
 
@@ -13,15 +15,56 @@ def looks_like_class_scores(output: np.ndarray) -> bool:
     return output.ndim == 2 and 2 <= output.shape[1] <= 100_000 and output.dtype.kind == "f"
 
 
-def fidelity(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict:
+# Output names that say what an [N, C] output is (checked on the name's words, embeddings first).
+_EMBEDDING_NAME = re.compile(r"embed|pool|hidden|feature|vector|encod|latent|represent", re.IGNORECASE)
+_SCORES_NAME = re.compile(r"logit|prob|score|class|label|pred|softmax", re.IGNORECASE)
+# Ops that pass values through unchanged in meaning; walked back over to find what made an output.
+_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Dropout", "CastLike"}
+# What ends an embedding head (pooling, normalization); a classifier ends in Gemm/MatMul/Softmax.
+_EMBEDDING_OPS = {"Div", "ReduceMean", "ReduceSum", "ReduceMax", "LayerNormalization", "LpNormalization",
+                  "ReduceL2", "Concat", "Tanh", "GlobalAveragePool", "GlobalMaxPool", "Normalizer"}
+
+
+def class_score_outputs(model: ir.Model) -> list[bool]:
+    """For each graph output, whether it holds class scores, so that top-1 agreement means something.
+
+    An [N, D] float output may be class scores or an embedding; argmax agreement over embedding
+    dimensions measures nothing. The output's name decides where it says (`*embedding*`,
+    `*pooled*` vs `*logits*`, `*probs*`), else the op that made it (past reshapes and casts): a
+    linear layer or softmax ends a classifier; pooling, normalization or a division (mean pooling,
+    L2 normalization) ends an embedding, and a graph input or constant passed through is neither.
+    Other producers count as class scores (the shape alone decides, as before).
+    """
+    flags = []
+    for value in model.graph.outputs:
+        name = value.name or ""
+        if _EMBEDDING_NAME.search(name):
+            flags.append(False)
+            continue
+        if _SCORES_NAME.search(name):
+            flags.append(True)
+            continue
+        source, producer = value, value.producer()
+        while producer is not None and producer.op_type in _PASS_THROUGH and producer.inputs and producer.inputs[0] is not None:
+            source = producer.inputs[0]
+            producer = source.producer()
+        if producer is None:  # a graph input or a constant passed through: no scores computed
+            flags.append(not (source.is_graph_input() or source.is_initializer()))
+        else:
+            flags.append(producer.op_type not in _EMBEDDING_OPS)
+    return flags
+
+
+def fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_scores: list[bool] | None = None) -> dict:
     """Compare every output: max/mean abs error, cosine similarity (per sample, averaged) and
-    top-1 agreement where an output looks like class scores ([N, C] floats). Outputs holding
-    infinities (e.g. a model with huge weights) give NaN measures, without numpy warnings."""
+    top-1 agreement where an output holds class scores: [N, C] floats that `class_scores` (one
+    flag per output, from `class_score_outputs`) does not rule out. Outputs holding infinities
+    (e.g. a model with huge weights) give NaN measures, without numpy warnings."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _fidelity(original, compressed)
+        return _fidelity(original, compressed, class_scores)
 
 
-def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict:
+def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_scores: list[bool] | None) -> dict:
     report: dict = {"outputs": {}}
     cosines, agreements = [], []
     for index, (a, b) in enumerate(zip(original, compressed)):
@@ -41,7 +84,8 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict:
             cos = np.where(norms > 0, np.sum(flat_a * flat_b, axis=1) / np.maximum(norms, 1e-300), 1.0)
             entry["cosine"] = float(np.mean(cos))
             cosines.append(entry["cosine"])
-        if looks_like_class_scores(np.asarray(a)):
+        scores = class_scores is None or index >= len(class_scores) or class_scores[index]
+        if scores and looks_like_class_scores(np.asarray(a)):
             entry["top1_agreement"] = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
             agreements.append(entry["top1_agreement"])
         report["outputs"][f"output_{index}"] = entry

@@ -195,7 +195,8 @@ def vib_eliminate(
         {**inputs, noise: gates_module.noise_switch(count, on=True)}, labels,
         regularizer=gates_module.GateKLPenalty(gates, gamma),
         eval_inputs=gated_eval, eval_labels=eval_labels,
-        config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, log=log, restore_best=False),
+        config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, log=log, stage="VIB gates",
+                           restore_best=False),
     )  # fmt: skip
     if result.diverged:
         logger.warning("VIB training diverged; using the last finite weights")
@@ -228,7 +229,8 @@ def vib_eliminate(
             ir.serde.serialize_model(pruned), remaining, inputs, labels,
             teacher_logits=teacher, distill_weight=0.5 if distill else None, temperature=2.0 if distill else 1.0,
             eval_inputs=eval_inputs, eval_labels=eval_labels,
-            config=TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=finetune_lr, seed=seed, log=log),
+            config=TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=finetune_lr, seed=seed, log=log,
+                               stage="VIB fine-tune"),
         )  # fmt: skip
         _set_weights(pruned, tuned.weights)
         report["finetune_history"] = tuned.history

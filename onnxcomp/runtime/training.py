@@ -62,6 +62,8 @@ class TrainConfig:
         patience: stop after this many epochs without a better held-out metric.
         max_steps: stop after this many optimizer steps in total.
         log: called with one progress line per epoch.
+        stage: what this training run is (e.g. "prune round 1/2"): names its epoch lines and its
+            live progress bar.
         restore_best: return the weights of the epoch with the best held-out metric. None:
             yes, unless ``regularizer`` is given (a prior or ADMM target trades held-out
             accuracy for structure, so the last epoch's weights are returned).
@@ -77,6 +79,7 @@ class TrainConfig:
     patience: int | None = None
     max_steps: int | None = None
     log: Callable[[str], None] | None = None
+    stage: str = "fine-tune"
     restore_best: bool | None = None
     eval_batch_size: int = 1024
 

@@ -129,6 +129,7 @@ class Evaluation:
 
     features: dict[str, np.ndarray]
     reference: np.ndarray
+    metric: str = "held-out accuracy"  # what matching `reference` measures, for the epoch lines
 
 
 def prepare_evaluation(model: onnx.ModelProto, eval_inputs, eval_labels, eval_teacher_logits,
@@ -141,10 +142,9 @@ def prepare_evaluation(model: onnx.ModelProto, eval_inputs, eval_labels, eval_te
     features = check_inputs(eval_inputs, dtypes, "eval_inputs")
     count = len(next(iter(features.values())))
     if eval_labels is not None:
-        reference = check_labels(eval_labels, count, classes, "eval_labels", "eval_inputs")
-    elif eval_teacher_logits is not None:
+        return Evaluation(features, check_labels(eval_labels, count, classes, "eval_labels", "eval_inputs"))
+    if eval_teacher_logits is not None:
         reference = check_teacher(eval_teacher_logits, count, classes, "eval_teacher_logits").argmax(1)
-    else:
-        logger.info("no eval labels or teacher logits: held-out metric is agreement with the input model")
-        reference = forward(model, features).argmax(1)
-    return Evaluation(features, reference)
+        return Evaluation(features, reference, "held-out top-1 agreement with the original")
+    logger.info("no eval labels or teacher logits: held-out metric is agreement with the input model")
+    return Evaluation(features, forward(model, features).argmax(1), "held-out top-1 agreement with the input model")

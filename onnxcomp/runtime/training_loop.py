@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from onnxcomp import progress
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.runtime import training_graph
 from onnxcomp.runtime.training_data import Evaluation
@@ -139,7 +140,9 @@ def train(session: TrainingSession, graph: TrainingGraph, arrays: list[np.ndarra
     session.module.train()
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        loss_sum, epoch_steps, run.diverged = _run_epoch(session, arrays, rng, step, total_steps, config)
+        steps = min(steps_per_epoch, max(total_steps - step, 0))
+        with progress.task(f"{config.stage}, epoch {epoch}/{config.epochs}", total=steps) as bar:
+            loss_sum, epoch_steps, run.diverged = _run_epoch(session, arrays, rng, step, total_steps, config, bar)
         step += epoch_steps
         parameters = None if run.diverged else session.read_parameters()
         if parameters is not None and not all(np.all(np.isfinite(p)) for p in parameters.values()):
@@ -157,7 +160,7 @@ def train(session: TrainingSession, graph: TrainingGraph, arrays: list[np.ndarra
             "diverged": run.diverged,
         }
         run.history.append(record)
-        _log(record, config)
+        _log(record, config, evaluation)
         if parameters is None:
             break
         improved = metric is not None and (best_metric is None or metric > best_metric)
@@ -176,7 +179,7 @@ def train(session: TrainingSession, graph: TrainingGraph, arrays: list[np.ndarra
 
 
 def _run_epoch(session: TrainingSession, arrays: list[np.ndarray], rng: np.random.Generator,
-               step: int, total_steps: int, config: TrainConfig) -> tuple[float, int, bool]:
+               step: int, total_steps: int, config: TrainConfig, bar: progress.Task) -> tuple[float, int, bool]:
     """One shuffled pass; returns (sum of losses, steps taken, NaN/inf loss seen)."""
     module, optimizer = session.module, session.optimizer
     batch_size = config.batch_size
@@ -202,6 +205,7 @@ def _run_epoch(session: TrainingSession, arrays: list[np.ndarray], rng: np.rando
         module.lazy_reset_grad()
         loss_sum += loss
         taken += 1
+        bar.advance()
     return loss_sum, taken, False
 
 
@@ -225,11 +229,16 @@ def _evaluate(module, evaluation: Evaluation, graph: TrainingGraph, num_classes:
     return float(np.mean(predictions == evaluation.reference))
 
 
-def _log(record: dict, config: TrainConfig) -> None:
-    held_out = "-" if record["metric"] is None else f"{record['metric']:.4f}"
+def _log(record: dict, config: TrainConfig, evaluation: Evaluation | None) -> None:
+    """One line per epoch, naming the stage and the held-out metric, e.g. "prune round 1/2, epoch
+    3/10: training loss 0.1234, held-out accuracy 98.12%, lr 0.000655 (0.8 s)"."""
+    if evaluation is None:
+        held_out = "no held-out data"
+    else:
+        held_out = f"{evaluation.metric} " + ("-" if record["metric"] is None else f"{100 * record['metric']:.2f}%")
     line = (
-        f"epoch {record['epoch']}/{config.epochs}: loss {record['loss']:.4f}, held-out {held_out}, "
-        f"lr {record['lr']:.3g}" + (", diverged (NaN/inf loss)" if record["diverged"] else "")
+        f"{config.stage}, epoch {record['epoch']}/{config.epochs}: training loss {record['loss']:.4f}, {held_out}, "
+        f"lr {record['lr']:.3g} ({record['seconds']:.1f} s)" + (", diverged (NaN/inf loss)" if record["diverged"] else "")
     )
     logger.info(line)
     if config.log is not None:
