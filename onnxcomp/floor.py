@@ -191,11 +191,10 @@ def search_passing_size(measure: Callable[[int], dict | None], floor: Floor, sho
 def floor_error(shortfall: Shortfall, target_bytes: int, input_bytes: int, probes: Sequence[Probe],
                 floor: Floor) -> QualityFloorError:
     """The one-line refusal: the measured value at the asked size and the smallest size that passed."""
-    where = "" if shortfall.outputs <= 1 else f" (output {shortfall.output})"
+    subject = "the outputs keep" if shortfall.outputs <= 1 else f"output {shortfall.output} keeps"
     asked = f"{_fraction(input_bytes, target_bytes)} ({format_size(target_bytes)})"
     kind = f"--min-fidelity {shortfall.floor:g}" if floor.explicit else "the default quality floor"
-    message = (f"at {asked} the outputs keep {shortfall.describe()} < {_format(shortfall.metric, shortfall.floor)}"
-               f"{where} ({kind}); ")
+    message = f"at {asked} {subject} {shortfall.describe()} < {_format(shortfall.metric, shortfall.floor)} ({kind}); "
     passing = next((probe for probe in probes if probe.passed), None)
     if passing is not None:
         kept = "" if passing.value is None else f" keeps {_format(shortfall.metric, passing.value)}"

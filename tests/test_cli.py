@@ -203,7 +203,8 @@ def test_sizes_met_across_targets(tmp_path):
     sizes = []
     for index, target in enumerate(targets):
         output = tmp_path / f"out{index}.onnx"
-        report = compress_file(LENET300, output, CompressOptions(target_bytes=target, sensitivity=False))
+        # force: the smallest sizes are asked for on purpose; they break the outputs (the quality floor would refuse)
+        report = compress_file(LENET300, output, CompressOptions(target_bytes=target, sensitivity=False, force=True))
         assert output.stat().st_size == report["output_bytes"] <= target, (target, report["output_bytes"])
         assert report["target_bytes"] == target
         sizes.append(report["output_bytes"])

@@ -144,3 +144,16 @@ def test_each_output_is_judged_by_its_own_measure():
 def test_suggested_sizes_parse_back_to_the_size_tried(size):
     rounded, text = round_size(size)
     assert parse_size(text) == rounded and size <= rounded <= max(size * 1.011, size + 1)
+
+
+def test_message_names_the_output_of_several_and_the_passing_size():
+    from onnxcomp.floor import Probe, Shortfall, floor_error
+
+    floor = Floor(DEFAULT_COSINE, DEFAULT_AGREEMENT, explicit=False)
+    shortfall = Shortfall("boxes", "cosine", 0.9012, DEFAULT_COSINE, outputs=2)
+    probes = [Probe(61_200, "61.2KB", shortfall, 0.93), Probe(81_600, "81.6KB", None, 0.981)]
+    error = floor_error(shortfall, 50_000, 400_000, probes, floor)
+    assert str(error) == ("at 1/8 (50 KB) output boxes keeps cosine 0.9012 < 0.97 (the default quality floor); "
+                          "1/4.9 (81.6 KB) keeps 0.981: use --target-size 81.6KB, or --allow-low-fidelity to write "
+                          "the 1/8 model anyway; nothing written")
+    assert error.suggested_bytes == 81_600 and error.output == "boxes" and error.measured == 0.9012
