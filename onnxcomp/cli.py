@@ -13,6 +13,9 @@ from pathlib import Path
 
 from onnxcomp import __version__
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.progress import live as live_progress
+from onnxcomp.progress import wanted as wanted_progress
+from onnxcomp.progress import write as write_progress
 from onnxcomp.text import printable
 from onnxcomp.retrain import METHODS
 from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
@@ -153,7 +156,7 @@ def _compress(args) -> int:
     from onnxcomp import io
     from onnxcomp.data import load_samples
     from onnxcomp.pipeline import CompressOptions, compress_file
-    from onnxcomp.report import COMPRESS_COLUMNS, format_table
+    from onnxcomp.report import COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, format_table
 
     target = parse_size(args.target_size)
     input_path = Path(args.input)
@@ -163,7 +166,7 @@ def _compress(args) -> int:
     def progress(message: str) -> None:
         report_stage(f"compressing {input_path} ({message})")  # named if ONNX Runtime crashes the job
         if not quiet:
-            print(f"  {printable(message)}", file=sys.stderr, flush=True)
+            write_progress(f"  {printable(message)}")  # above the live progress bar, if one shows
 
     _check_numbers(args)
     _check_compress_outputs(args, input_path, output_path)  # before any work: nothing over the input, all writable
@@ -221,6 +224,8 @@ def _compress(args) -> int:
                             "no generated input ran in ONNX Runtime: --data, --input-shape or --input-value would verify them)"))
         else:
             parts.append(", ".join(quality) + f" on {fid['samples']} {'generated' if fid['generated_inputs'] else 'sample'} inputs")
+            if fid["generated_inputs"]:
+                parts.append(f"  ({GENERATED_INPUTS_NOTE})")
         if "accuracy" in report:
             acc = report["accuracy"]
             parts.append(f"accuracy {100 * acc['original']:.2f}% -> {100 * acc['compressed']:.2f}% on {acc['samples']} labelled samples")
@@ -279,7 +284,7 @@ def _sweep(args) -> int:
     def progress(line: str) -> None:
         report_stage(f"sweeping {input_path} ({line})")
         if not args.quiet:
-            print(f"  {printable(line)}", file=sys.stderr, flush=True)
+            write_progress(f"  {printable(line)}")
 
     summary = run_sweep(input_path, targets, output_dir, options, jobs=args.jobs, progress=progress)
     if not args.quiet:
@@ -345,13 +350,15 @@ def _export_mobile(args) -> int:
 
 
 def _dispatch(args) -> int:
-    if args.command == "compress":
-        return _compress(args)
-    if args.command == "sweep":
-        return _sweep(args)
-    if args.command == "export-mobile":
-        return _export_mobile(args)
-    return _inspect(args)
+    # A live progress bar (stage, step, elapsed, estimate) only on a terminal and without -q.
+    with live_progress(wanted_progress(sys.stderr, getattr(args, "quiet", False))):
+        if args.command == "compress":
+            return _compress(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "export-mobile":
+            return _export_mobile(args)
+        return _inspect(args)
 
 
 def _run_isolated(args) -> int:

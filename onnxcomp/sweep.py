@@ -24,6 +24,8 @@ from pathlib import Path
 from onnxcomp import io
 from onnxcomp.errors import OnnxcompError, TargetUnreachableError
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, input_files, make_folder
+from onnxcomp.progress import task as live_task
+from onnxcomp.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
 from onnxcomp.runtime.isolated import ChildCrashed
 from onnxcomp.sizes import format_size, parse_size
 
@@ -116,9 +118,21 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(targets)))
     started = time.perf_counter()
     results = []
+    waiting = [label for label, _ in targets]
+
+    def announce(count: int) -> None:
+        # The pool starts the targets in the order given, `jobs` at a time, and each result frees
+        # a worker for the next one: that is when the next target starts.
+        for _ in range(min(count, len(waiting))):
+            label = waiting.pop(0)
+            if progress:
+                progress(f"{label}: started ({len(targets) - len(waiting)} of {len(targets)})")
+
+    announce(jobs)
     # spawn, not fork: the parent may hold ONNX Runtime thread pools, which do not survive a fork.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool, \
+            live_task("sweep", total=len(targets), unit="targets") as bar:
         futures = [pool.submit(compress_target, str(input_path), size, str(outputs[size]), options) for _, size in targets]
         for future in concurrent.futures.as_completed(futures):
             try:
@@ -128,8 +142,10 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
                                    f"out-of-memory kill) while sweeping {input_path}; the model cannot run on these inputs"
                                    ) from None
             results.append(result)
+            bar.advance()
             if progress:
                 progress(_progress_line(result))
+            announce(1)
     labels = {size: label for label, size in targets}
     for result in results:
         result["target"] = labels[result["target_bytes"]]
@@ -176,6 +192,8 @@ def _progress_line(result: dict) -> str:
             shown = "outputs not verified"
         else:
             shown = f"{metric} {100 * value:.2f}%" if metric != "cosine" else f"cosine {value:.4f}"
+            if _generated(report):
+                shown += f" ({GENERATED_INPUTS_TAG})"
         return f"{target}: {format_size(report['output_bytes'])}, {shown} ({result['seconds']:.1f} s, pid {result['pid']})"
     if result["status"] == "unreachable":
         return f"{target}: unreachable (smallest {format_size(result['smallest_bytes'] or 0)})"
@@ -186,8 +204,12 @@ def markdown_table(summary: dict) -> str:
     """The sweep as a Markdown table, original first."""
     lines = [f"# Sweep of {summary['input']}", "",
              f"{len(summary['results'])} targets, {summary['jobs']} processes, {summary['wall_seconds']:.1f} s wall, "
-             f"{summary['cpu_seconds']:.1f} s CPU in the workers", "",
-             "| target | file | ratio | quality | seconds | pid | status |", "|---|---|---|---|---|---|---|"]
+             f"{summary['cpu_seconds']:.1f} s CPU in the workers", ""]
+    generated = generated_inputs(summary)
+    if generated:
+        lines += [f"Quality {GENERATED_INPUTS_NOTE}.", ""]
+    lines += [f"| target | file | ratio | quality{f' ({GENERATED_INPUTS_TAG})' if generated else ''} | seconds | pid | status |",
+              "|---|---|---|---|---|---|---|"]
     original = summary.get("original")
     if original:
         lines.append(f"| original | {summary['input_bytes']:,} B | 1.0x | {original['metric']} {_percent(original['value'])} | | | |")
@@ -204,6 +226,15 @@ def markdown_table(summary: dict) -> str:
             message = result["message"].replace("|", "/").splitlines()[0][:200]
             lines.append(f"| {result['target']} | - | - | - | {result['seconds']:.1f} | {result['pid']} | failed: {message} |")
     return "\n".join(lines) + "\n"
+
+
+def _generated(report: dict) -> bool:
+    return bool(report.get("fidelity", {}).get("generated_inputs"))
+
+
+def generated_inputs(summary: dict) -> bool:
+    """Whether the sweep's quality figures were measured on generated inputs (no --data)."""
+    return any(result["status"] == "ok" and _generated(result["report"]) for result in summary["results"])
 
 
 def _percent(value: float | None) -> str:
@@ -242,8 +273,10 @@ def plot_curve(summary: dict, path: Path) -> bool:
             axis.annotate(f"{result['target']}\nunreachable", (result["target_bytes"], min(values)), fontsize=7, color="#666666")
     axis.set_xscale("log")
     axis.set_xlabel("file size (bytes, log scale)")
-    axis.set_ylabel(f"{metric} (%)")
-    axis.set_title(f"{Path(summary['input']).name}: size vs {metric}", fontsize=10)
+    generated = generated_inputs(summary)
+    axis.set_ylabel(f"{metric} (%)" + (" on generated inputs" if generated else ""))
+    axis.set_title(f"{Path(summary['input']).name}: size vs {metric}" + (f"\n({GENERATED_INPUTS_TAG}: not task quality)"
+                                                                         if generated else ""), fontsize=10)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
     figure.tight_layout()

