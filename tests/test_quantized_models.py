@@ -28,7 +28,10 @@ def test_fully_quantized_model_compresses_further_in_its_integer_type(build, op,
     source.write_bytes(build().SerializeToString())
     output, report = tmp_path / "out.onnx", tmp_path / "r.json"
     target = source.stat().st_size // 2
-    code = main(["compress", str(source), "--target-size", str(target), "-o", str(output), "--report", str(report)])
+    # uniformly drawn int8 weights at half: top-1 agreement ~78% on generated inputs, below the quality floor;
+    # the cosine bound below is this test's measure
+    code = main(["compress", str(source), "--target-size", str(target), "-o", str(output), "--report", str(report),
+                 "--allow-low-fidelity"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert output.stat().st_size <= target

@@ -510,7 +510,8 @@ def test_zoo_model_compresses_to_half_or_is_refused(name, tmp_path, cli_main):
     output = tmp_path / "out" / f"{name}.small.onnx"
     output.parent.mkdir()
 
-    code, stderr = cli_main("compress", source, "--target-size", target, "-o", output, "-q")
+    # the interface and dtypes are tested here; toy weights at half can fall below the quality floor
+    code, stderr = cli_main("compress", source, "--target-size", target, "-o", output, "-q", "--allow-low-fidelity")
 
     assert "Traceback" not in stderr
     assert source.read_bytes() == original
