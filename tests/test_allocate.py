@@ -227,3 +227,45 @@ def test_fold_cost_ranks_sparse_above_lookups_and_pairs_below_single_codes():
     pairs = encoding.fold_cost("vector", 400_000, 5, dim=2, codebook_rows=32)
     assert pairs < single
     assert encoding.fold_cost("dense", count) == 0
+
+
+def _channel_ranged_layers(rng):
+    """Four conv weights whose output channels span two decades, with sensitivities spread over
+    three decades (as measured on generated inputs): one weight looks a thousand times less
+    sensitive than the most sensitive."""
+    layers = []
+    for index, sensitivity in enumerate((1.0, 0.3, 0.03, 0.001)):
+        spread = np.logspace(-1, 1, 64)[rng.permutation(64)].astype(np.float32)
+        values = (rng.standard_normal((64, 32, 1, 1)) * spread[:, None, None, None]).astype(np.float32)
+        layer = layer_options(f"w{index}", values, "weight")
+        layer.sensitivity = sensitivity
+        layers.append(layer)
+    return layers
+
+
+def test_channel_aware_plan_where_the_int8_guard_does_not_fit(rng):
+    """At 7 bits per weight of budget (the decode graphs' own bytes take a share of it) the guard
+    fits at no factor: the plan neither prunes nor lets any guarded layer's per-channel error run
+    away, however low its measured sensitivity (before: the least sensitive weight coded in 1 bit,
+    188,000x per-channel int8's channel error, another pruned by half)."""
+    layers = _channel_ranged_layers(rng)
+    params = sum(int(np.prod(layer.shape)) for layer in layers)
+    budget = int(7 * params / 8)
+    assert all(sum(layer.smallest.bytes for layer in (allocate_module._within(layer, factor) for layer in layers)) > budget
+               for factor in allocate_module.GUARD_FACTORS)
+    plan = allocate(layers, budget)
+    assert plan is not None and plan.estimated_bytes <= budget
+    for layer in layers:
+        chosen = plan.choices[layer.name]
+        assert chosen.sparsity == 0.0, (layer.name, chosen.kind, chosen.sparsity)
+        assert chosen.channel <= 1000 * layer.int8_channel, (layer.name, chosen.kind, chosen.bits, chosen.channel / layer.int8_channel)
+    # the least sensitive layer still gets fewer bits than the most sensitive one
+    assert plan.choices["w3"].channel >= plan.choices["w0"].channel
+
+
+def test_channel_aware_leaves_low_budgets_alone(rng):
+    """Under CHANNEL_AWARE_BITS per weight the plan is the plain one (no scaled candidates)."""
+    layers = _channel_ranged_layers(rng)
+    params = sum(int(np.prod(layer.shape)) for layer in layers)
+    plan = allocate(layers, int(3 * params / 8))
+    assert plan is not None and all(c.kind != "scaled" for c in plan.choices.values())
