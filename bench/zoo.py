@@ -231,7 +231,15 @@ def _shorten(text: str, head: int = 70, tail: int = 130) -> str:
     return text if len(text) <= head + tail + 5 else f"{text[:head]} ... {text[-tail:]}"
 
 
+def _fraction_name(fraction: float) -> str:
+    """0.25 -> '1/4', 0.1667 -> '1/6'."""
+    inverse = 1 / fraction
+    return f"1/{round(inverse)}" if abs(inverse - round(inverse)) < 0.02 else f"{fraction:g}"
+
+
 def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revision: str | None = None, notes: str = "") -> None:
+    """The results table: one column per fraction measured on any model (largest first)."""
+    fractions = sorted({row["fraction"] for r in results for row in r["compress"]}, reverse=True) or [0.25, 0.125]
     lines = [
         "# Real-model zoo: shipped models, compressed data-free, judged in their own applications",
         "",
@@ -241,21 +249,23 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
         "means every input gave the same output. quantize_dynamic = onnxruntime.quantization, uint8 weights.",
         *(["", notes] if notes else []),
         "",
-        "| model | package | exporter | features | bytes | metric | 1/4 | 1/8 | quantize_dynamic | peak RSS (1/4, 1/8) | time (1/4, 1/8) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | package | exporter | features | bytes | metric | " + " | ".join(_fraction_name(f) for f in fractions)
+        + f" | quantize_dynamic | peak RSS ({', '.join(map(_fraction_name, fractions))}) | time ({', '.join(map(_fraction_name, fractions))}) |",
+        "|---|---|---|---|---|---|" + "---|" * len(fractions) + "---|---|---|",
     ]
     for r in results:
         rows = {row["fraction"]: row for row in r["compress"]}
-        quarter, eighth = rows.get(0.25), rows.get(0.125)
-        rss = ", ".join(f"{row['peak_rss_bytes'] / 2**20:,.0f} MB" for row in (quarter, eighth) if row)
-        secs = ", ".join(f"{row['seconds']:.0f} s" for row in (quarter, eighth) if row)
+        measured = [rows.get(f) for f in fractions]
+        rss = ", ".join(f"{row['peak_rss_bytes'] / 2**20:,.0f} MB" if row else "-" for row in measured)
+        secs = ", ".join(f"{row['seconds']:.0f} s" if row else "-" for row in measured)
         app_note = f" (app fails on the original: {r['app_error'][:80]})" if r.get("app_error") else ""
         # A row measured at another onnxcomp revision than the header's says so.
         revision_note = f" (onnxcomp `{r['revision']}`)" if r.get("revision") else ""
         lines.append(
             f"| {r['model']}{' (CI)' if r['light'] else ''}{revision_note} | {r['package']} {r['version']} | {r['exporter']} | "
-            f"{'; '.join(r['features'])} | {r['bytes']:,} | {r['metric']}{app_note} | {_cell(quarter, r['bytes'])} | "
-            f"{_cell(eighth, r['bytes'])} | {_cell(r.get('quantize_dynamic'), r['bytes'])} | {rss} | {secs} |"
+            f"{'; '.join(r['features'])} | {r['bytes']:,} | {r['metric']}{app_note} | "
+            + " | ".join(_cell(row, r['bytes']) for row in measured)
+            + f" | {_cell(r.get('quantize_dynamic'), r['bytes'])} | {rss} | {secs} |"
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -312,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown models {unknown}; known: {', '.join(APPS)}")
     fractions = [float(f) for f in args.fractions.split(",")]
-    command = "python -m bench.zoo" + ("" if args.models == ",".join(APPS) else f" --models {args.models}")
+    command = "python -m bench.zoo" + ("" if args.models == ",".join(APPS) else f" --models {args.models}") \
+        + ("" if args.fractions == parser.get_default("fractions") else f" --fractions {args.fractions}")
     args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
         work = args.work_dir or Path(tmp)
