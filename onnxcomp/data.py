@@ -29,6 +29,11 @@ DEFAULT_DYNAMIC_DIM = 1
 MAX_GENERATED_BYTES = 16 << 20  # generated inputs, all samples together: 3x224x224 images get 27
 MAX_SAMPLE_BYTES = 256 << 20  # one generated sample at most (declared shapes come from the file)
 MAX_DATA_BYTES = 4 << 30  # the arrays of an .npz (or a folder of them) that the model needs, as declared
+# Over INFLATION_FLOOR, the arrays an .npz member holds may be at most MAX_INFLATION times the bytes it
+# takes in the archive: a deflated member of 10 MB can hold 10 GB of zeros (real samples deflate 1-10x;
+# np.savez stores them uncompressed, 1x).
+INFLATION_FLOOR = 256 << 20
+MAX_INFLATION = 32
 Batch = Mapping[str, np.ndarray]  # one feed of the Python API's data: arrays named after the inputs (+ "labels")
 FORMS = ("give an .npz with each input's samples stacked along its sample axis (inputs without one given once), "
          "or a folder of .npz files, one feed each")
@@ -205,7 +210,11 @@ def load_samples(path: str | Path, model: ir.Model, values: Mapping[str, np.ndar
         if not files:
             raise OnnxcompError(f"data folder {path}: no .npz files in it (one .npz per feed)")
         names = _needed(model)
-        feeds = [_read_npz(file, names, MAX_DATA_BYTES) for file in files]
+        feeds, left = [], MAX_DATA_BYTES
+        for file in files:  # the limit is for all the files together
+            feeds.append(_read_npz(file, names, left,
+                                   limit_text=f"what is left of the {MAX_DATA_BYTES >> 30} GiB limit for the folder's data"))
+            left -= sum(array.nbytes for array in feeds[-1].values())
         return samples_from_feeds(feeds, model, f"data folder {path}", values, [f.name for f in files])
     if not path.is_file():
         raise OnnxcompError(f"data file {path}: no such file")
@@ -217,9 +226,21 @@ def _needed(model: ir.Model) -> set[str]:
     return {v.name for v in model.graph.inputs} | {LABELS}
 
 
-def _read_npz(path: Path, names: set[str], limit: int) -> dict[str, np.ndarray]:
-    """The members of an .npz that are in ``names``, after checking their declared sizes: the
-    others are never read (an unused multi-GB member costs nothing)."""
+def check_samples(path: str | Path, model: ir.Model) -> None:
+    """The checks `load_samples` makes before reading any array (a readable .npz, or a folder of
+    them, whose needed arrays are numeric and within the size limits), reading only headers."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file()) if path.is_dir() else [path]
+    left = MAX_DATA_BYTES
+    for file in files:
+        left -= _read_npz(file, _needed(model), left, headers_only=True)
+
+
+def _read_npz(path: Path, names: set[str], limit: int, limit_text: str = "", headers_only: bool = False):
+    """The members of an .npz that are in ``names``, after checking their declared sizes (at most
+    ``limit`` bytes together, and over INFLATION_FLOOR at most MAX_INFLATION times what they take
+    in the archive): the others are never read (an unused multi-GB member costs nothing). With
+    ``headers_only``, only the checks: returns the bytes the arrays declare."""
     try:
         with open(path, "rb") as file:
             magic = file.read(6)
@@ -232,7 +253,7 @@ def _read_npz(path: Path, names: set[str], limit: int) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
-            total = 0
+            total = stored = 0
             for name in sorted(set(members) & names):
                 with archive.open(members[name]) as member:
                     version = np.lib.format.read_magic(member)
@@ -243,9 +264,18 @@ def _read_npz(path: Path, names: set[str], limit: int) -> dict[str, np.ndarray]:
                     raise OnnxcompError(f"data file {path}: array {name!r} holds Python objects (pickled); "
                                         "give numeric arrays")
                 total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                stored += members[name].compress_size
                 if total > limit:
                     raise OnnxcompError(f"data file {path}: the arrays the model needs declare {total:.3g} bytes, "
-                                        f"over the {limit >> 30} GiB limit for sample data; give fewer samples")
+                                        f"over {limit_text or f'the {limit >> 30} GiB limit for sample data'}; "
+                                        "give fewer samples")
+                if total > INFLATION_FLOOR and total > MAX_INFLATION * stored:
+                    raise OnnxcompError(f"data file {path}: the arrays the model needs declare {total:.3g} bytes from "
+                                        f"{stored:,} compressed bytes ({total / max(stored, 1):.0f}:1; over "
+                                        f"{INFLATION_FLOOR >> 20} MiB the limit is {MAX_INFLATION}:1, against "
+                                        "compression bombs); save them uncompressed (np.savez) or give fewer samples")
+            if headers_only:
+                return total
             skipped = sorted(set(members) - names)
             if skipped:
                 logger.warning("%s: ignoring arrays %s (not model inputs)", path, ", ".join(skipped))

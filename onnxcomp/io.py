@@ -164,12 +164,13 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise OnnxcompError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
     except Exception as error:
         raise OnnxcompError(f"{path}: invalid ONNX model ({type(error).__name__}: {_first_line(error)})") from None
+    external = sum(_external_length(tensor) for tensor in _external_tensors(proto))
+    limits.check_value_sizes(proto, path.stat().st_size + external)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:
         raise OnnxcompError(f"{path}: cannot import the graph ({type(error).__name__}: {_first_line(error)})") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
-    external = sum(_external_length(tensor) for tensor in _external_tensors(proto))
     if external and external < IN_MEMORY_EXTERNAL_BYTES:
         # Every later step (ONNX Runtime sessions built from protos, serialization) then sees
         # ordinary tensors; the input's data file is only read.

@@ -24,6 +24,13 @@ MAX_NODES = 50_000  # all graphs together; LLM exports have ~5-30k; compress hol
 MAX_SUBGRAPH_DEPTH = 12  # If/Loop/Scan bodies inside bodies (~0.06 s to load at 12); real models nest 1-4 deep
 MAX_LOOP_TRIPS = 100_000  # a constant Loop trip count; a trivial body runs ~1.5 us per trip in ONNX Runtime
 MAX_DENSIFIED_BYTES = 1 << 30  # sparse initializers made dense, all together
+# One value the graph computes or declares (an input, an intermediate, an output), its size known
+# from the file alone: at most the larger of this and the model's own bytes. ConstantOfShape,
+# Expand, Range or Tile with constant operands can ask for terabytes from a few bytes (ONNX
+# Runtime folds the constant ones while it creates a session); onnxcomp's batches keep all of a
+# batch's activations within 256 MiB (`onnxcomp.memory.ACTIVATION_BUDGET`), so one value over it
+# cannot run within the memory the design plans for a small file.
+MAX_VALUE_BYTES = 256 << 20
 
 
 def check_graph(proto: onnx.ModelProto) -> None:
@@ -102,6 +109,68 @@ def _check_loop(node: onnx.NodeProto, scope: _Constants) -> None:
         n.op_type == "Identity" and list(n.input) == [condition_in] and condition_out in n.output for n in body.node)
     if passed_through:
         raise OnnxcompError(f"{label} has no trip count and its body never changes the loop condition: it never ends")
+
+
+def check_value_sizes(proto: onnx.ModelProto, model_bytes: int) -> None:
+    """Refuse a value whose size, from declared shapes and ONNX shape inference on the file alone
+    (constant initializer operands read; dimensions not known count as 1), exceeds the larger of
+    MAX_VALUE_BYTES and `model_bytes` (the model file and its external data).
+
+    Shape inference is a best effort: a model it cannot process is left to the later checks.
+
+    Raises:
+        OnnxcompError: naming the value, its shape and the limit.
+    """
+    from onnxcomp.memory import _shape_only
+
+    limit = max(MAX_VALUE_BYTES, model_bytes)
+    stripped = onnx.ModelProto()
+    stripped.ir_version = proto.ir_version
+    stripped.opset_import.extend(proto.opset_import)
+    stripped.functions.extend(proto.functions)
+    stripped.graph.CopyFrom(_shape_only(proto.graph))
+    stripped.graph.value_info.extend(proto.graph.value_info)
+    try:
+        # Without data propagation: it would materialise Range outputs as shapes (Range(0, 1e7) holds
+        # 1.4 GB for 9 s); the inference functions still read constant operands from initializers.
+        inferred = onnx.shape_inference.infer_shapes(stripped, strict_mode=False, data_prop=False)
+    except Exception as error:  # noqa: BLE001 - e.g. an op shape inference rejects: the checker reports it
+        logger.debug("shape inference for value sizes failed: %s", error)
+        return
+    for graph in _graphs(inferred.graph):
+        initializers = {tensor.name for tensor in graph.initializer}
+        for value in (*graph.input, *graph.value_info, *graph.output):
+            if value.name in initializers:
+                continue  # stored in the file: its size is its data's (checked by the loader)
+            size, dims = _lower_bound_bytes(value)
+            if size > limit:
+                raise OnnxcompError(f"value {value.name!r} of graph {graph.name!r} is declared or inferred as {dims} "
+                                    f"({size:,} B); the limit for one value is {limit:,} B (the larger of "
+                                    f"{MAX_VALUE_BYTES >> 20} MiB and the model's size)")
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    yield from _graphs(subgraph)
+
+
+def _lower_bound_bytes(value: onnx.ValueInfoProto) -> tuple[int, list]:
+    """(bytes with unknown dimensions as 1, the dims as shown) of a tensor value; (0, []) otherwise."""
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return 0, []
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or "?") for d in tensor.shape.dim]
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 1
+    return math.prod(d if isinstance(d, int) else 1 for d in dims) * itemsize, dims
 
 
 def densify_sparse_initializers(graph: onnx.GraphProto) -> bool:

@@ -109,9 +109,13 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     status "unreachable", not errors.
     """
     input_path, output_dir = Path(input_path), Path(output_dir)
-    io.load_model(input_path)  # a bad input fails once, here, not once per worker
+    model = io.load_model(input_path)  # a bad input fails once, here, not once per worker
     if options.data and not Path(options.data).is_file():
         raise OnnxcompError(f"{options.data}: no such file")
+    if options.data:
+        from onnxcomp.data import check_samples
+
+        check_samples(options.data, model)  # so do unreadable or oversized samples (headers only)
     outputs = {size: output_dir / f"{input_path.stem}.{label}.onnx" for label, size in targets}
     check_sweep_outputs(input_path, output_dir, [(label, outputs[size]) for label, size in targets], options)
     make_folder(output_dir, "the sweep folder", parents=True)

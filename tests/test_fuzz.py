@@ -695,8 +695,32 @@ def node_flood(proto, rng):
     proto.graph.node.append(onnx.NodeProto(op_type="Identity", input=[f"flood{count - 1}"], output=[output]))
 
 
-RESOURCE_MUTATIONS = [loop_bomb, loop_forever, deep_nesting, sparse_bomb, node_flood]
-RESOURCE_CASES = [(mutation.__name__, base, seed) for mutation in RESOURCE_MUTATIONS for seed in range(1 if mutation is node_flood else 4)
+def value_bomb(proto, rng):
+    """An extra graph output that constant operands make terabytes: ConstantOfShape, Range, Expand
+    of a constant or of the model's input, or Tile (ONNX Runtime folds the constant ones when it
+    creates a session, the others run out of memory; 20 GB peak for Expand before the bound)."""
+    kind = _pick(rng, ["ConstantOfShape", "Range", "Expand_constant", "Expand_input", "Tile"])
+    huge = int(_pick(rng, [10**5, 10**6, 10**9]))
+    first = proto.graph.input[0]
+    rank = len(first.type.tensor_type.shape.dim)
+    constants = {"bomb_shape": np.array([huge] * 2, np.int64), "bomb_one": np.ones(1, np.float32),
+                 "bomb_start": np.array(0, np.int64), "bomb_limit": np.array(huge * huge, np.int64),
+                 "bomb_delta": np.array(1, np.int64), "bomb_repeats": np.array([huge] * rank, np.int64)}
+    if kind == "Expand_input":  # broadcast from the right: [huge, huge, *input dims]
+        constants["bomb_shape"] = np.array([huge, huge] + [1] * rank, np.int64)
+    proto.graph.initializer.extend(numpy_helper.from_array(array, name) for name, array in constants.items())
+    node = {"ConstantOfShape": helper.make_node("ConstantOfShape", ["bomb_shape"], ["bomb"]),
+            "Range": helper.make_node("Range", ["bomb_start", "bomb_limit", "bomb_delta"], ["bomb"]),
+            "Expand_constant": helper.make_node("Expand", ["bomb_one", "bomb_shape"], ["bomb"]),
+            "Expand_input": helper.make_node("Expand", [first.name, "bomb_shape"], ["bomb"]),
+            "Tile": helper.make_node("Tile", [first.name, "bomb_repeats"], ["bomb"])}[kind]
+    proto.graph.node.append(node)
+    proto.graph.output.append(helper.make_tensor_value_info("bomb", TensorProto.UNDEFINED, None))
+
+
+RESOURCE_MUTATIONS = [loop_bomb, loop_forever, deep_nesting, sparse_bomb, node_flood, value_bomb]
+RESOURCE_CASES = [(mutation.__name__, base, seed) for mutation in RESOURCE_MUTATIONS
+                  for seed in range({node_flood: 1, value_bomb: 8}.get(mutation, 4))
                   for base in [("mlp", "structured", "embedding")[seed % 3]]]
 
 

@@ -644,3 +644,50 @@ def test_ctrl_c_ends_a_long_run_quickly(tmp_path):
     assert process.returncode == 130, process.stderr.read()
     assert elapsed < 3, elapsed
     assert all(not name.endswith(".tmp") and name != "o.onnx" for name in leftovers(out))
+
+
+# --- a hostile 10 MB file never takes over 1 GB in any command (bench/hostile.py builds them) ------
+
+MEMORY_CASES = ["huge_input_shape", "loop_trips", "sparse_dense_shape", "constant_of_shape", "expand_shape", "range_length",
+                "npz_declared", "npz_deflated"]
+
+
+@pytest.mark.parametrize("case", MEMORY_CASES)
+def test_hostile_10mb_file_stays_under_1gb_in_every_command(tmp_path, case):
+    """Every command (inspect, compress, sweep, export-mobile; compress and sweep for sample data)
+    on a 10 MB model, or a 10 MB model with a hostile .npz, that declares or inflates to gigabytes:
+    refused with one line naming the limit (exit 2), the process and each of its children peaking
+    under 1 GB. Before the value and inflation limits, expand_shape peaked at 20 GB (OOM-killed)
+    and npz_deflated read its 1.28 GB array."""
+    from bench.hostile import COMMANDS, RSS_LIMIT, command_line, run_measured, write_case
+
+    model, data = write_case(case, tmp_path / "in")
+    assert 10e6 < model.stat().st_size < 11e6 and (data is None or data.stat().st_size < 11e6)
+    commands = ("compress", "sweep") if data else COMMANDS
+    lines = []
+    for command in commands:
+        (tmp_path / command).mkdir()
+        lines.append(command_line(command, model, tmp_path / command, data))
+    result = run_measured(lines, timeout=600)
+    assert not result.timed_out
+    assert len(result.returncodes) == len(commands), result.stderrs
+    for command, code, err in zip(commands, result.returncodes, result.stderrs):
+        assert code == 2, (command, err)
+        assert "Traceback" not in err and "limit" in one_line_error(err), (command, err)
+        assert leftovers(tmp_path / command) == [], command
+    assert result.peak_rss < RSS_LIMIT, f"{result.peak_rss / 2**20:.0f} MiB"
+    assert result.peak_tree_pss < RSS_LIMIT, f"{result.peak_tree_pss / 2**20:.0f} MiB"
+
+
+def test_loop_if_heavy_small_model_finishes(tmp_path):
+    """A 10 KB model of Loops (1,000 iterations each) around If nested to the depth limit
+    compresses (exit 0, or 3 for an unreachable target) and does not hang; the hard bound is
+    generous (the machine may be loaded); bench/hostile.py measures the time."""
+    from bench.hostile import loop_if_heavy, run_measured
+
+    model = write_model(tmp_path / "in", loop_if_heavy())
+    assert 8_000 < model.stat().st_size < 12_000
+    result = run_measured([["compress", model, "--target-size", "10KB", "-o", tmp_path / "o.onnx", "-q"]], timeout=120)
+    assert not result.timed_out, "ran over 120 s"
+    assert result.returncodes == [0], result.stderrs
+    assert (tmp_path / "o.onnx").stat().st_size <= 10_000
