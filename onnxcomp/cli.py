@@ -104,7 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--targets", required=True, help="comma-separated sizes, e.g. 1MB,500KB,200KB")
     sweep.add_argument("-o", "--output-dir", help="folder for the models, sweep.json, sweep.md and sweep.png (default: INPUT.sweep next to the input)")
     sweep.add_argument("--data", help="sample inputs (.npz); with labels the curve is accuracy, else fidelity")
-    sweep.add_argument("-j", "--jobs", type=int, help="parallel processes (default: the number of CPUs)")
+    sweep.add_argument("-j", "--jobs", type=int, help="parallel processes, or Ray tasks in flight (default: the number of CPUs)")
+    sweep.add_argument("--executor", choices=("process", "ray"), default="process",
+                       help="run targets in local processes (default) or as Ray tasks (pip install 'onnxcomp[ray]'; "
+                            "paths must be on storage every node sees)")
+    sweep.add_argument("--ray-address", help="the Ray cluster to join, e.g. ray://head:10001 or 10.0.0.5:6379 "
+                                             "(default: RAY_ADDRESS, else a local Ray)")
     sweep.add_argument("--no-sensitivity", action="store_true", help="allocate bits by weight error alone")
     sweep.add_argument("--keep-metadata", action="store_true", help=KEEP_METADATA_HELP)
     sweep.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
@@ -286,7 +291,10 @@ def _sweep(args) -> int:
         if not args.quiet:
             write_progress(f"  {printable(line)}")
 
-    summary = run_sweep(input_path, targets, output_dir, options, jobs=args.jobs, progress=progress)
+    if args.ray_address and args.executor != "ray":
+        raise OnnxcompError("--ray-address needs --executor ray")
+    summary = run_sweep(input_path, targets, output_dir, options, jobs=args.jobs, progress=progress,
+                        executor=args.executor, ray_address=args.ray_address)
     if not args.quiet:
         print(markdown_table(summary), end="")
         print(f"wrote {output_dir}/sweep.json, sweep.md" + (", sweep.png" if "plot" in summary else ""))

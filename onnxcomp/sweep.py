@@ -2,18 +2,15 @@
 
 The unit of work is `compress_target`, a pure function of (input path, target bytes, output
 path, options) that writes one file and returns a JSON-able result dict. `run_sweep` maps it
-over the targets with a `concurrent.futures.ProcessPoolExecutor`; any other executor that maps
-a picklable function over arguments (Ray tasks, Dask delayed/futures) can run the same function
-on a cluster, as long as the paths are on storage every worker sees.
+over the targets with `onnxcomp.executors.map_unordered`: local spawned processes by default, or
+Ray tasks on a cluster (`--executor ray`), as long as the paths are on storage every worker sees.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import re
 import resource
@@ -23,10 +20,10 @@ from pathlib import Path
 
 from onnxcomp import io
 from onnxcomp.errors import OnnxcompError, TargetUnreachableError
+from onnxcomp.executors import map_unordered, require_ray
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, input_files, make_folder
 from onnxcomp.progress import task as live_task
 from onnxcomp.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
-from onnxcomp.runtime.isolated import ChildCrashed
 from onnxcomp.sizes import format_size, parse_size
 
 logger = logging.getLogger(__name__)
@@ -102,11 +99,13 @@ def quality(report: dict) -> tuple[str, float | None, float | None]:
 
 def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir: str | Path,
               options: SweepOptions, jobs: int | None = None,
-              progress: Callable[[str], None] | None = None) -> dict:
+              progress: Callable[[str], None] | None = None, executor: str = "process",
+              ray_address: str | None = None) -> dict:
     """Compress to every target in parallel; write the models, sweep.json, sweep.md and sweep.png.
 
     Returns the sweep summary (also in sweep.json). Unreachable targets are results with
-    status "unreachable", not errors.
+    status "unreachable", not errors. `executor` "ray" runs the targets as Ray tasks
+    (`onnxcomp.executors`; `ray_address` names the cluster, else RAY_ADDRESS or a local Ray).
     """
     input_path, output_dir = Path(input_path), Path(output_dir)
     model = io.load_model(input_path)  # a bad input fails once, here, not once per worker
@@ -118,33 +117,29 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
         check_samples(options.data, model)  # so do unreadable or oversized samples (headers only)
     outputs = {size: output_dir / f"{input_path.stem}.{label}.onnx" for label, size in targets}
     check_sweep_outputs(input_path, output_dir, [(label, outputs[size]) for label, size in targets], options)
+    if executor == "ray":
+        require_ray()  # before the folder is made
     make_folder(output_dir, "the sweep folder", parents=True)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(targets)))
     started = time.perf_counter()
     results = []
+    calls = [(str(input_path), size, str(outputs[size]), options) for _, size in targets]
+    crashed = (f"ONNX Runtime crashed in a sweep worker process (a native crash such as SIGFPE, or an out-of-memory "
+               f"kill) while sweeping {input_path}; the model cannot run on these inputs")
     waiting = [label for label, _ in targets]
 
     def announce(count: int) -> None:
-        # The pool starts the targets in the order given, `jobs` at a time, and each result frees
-        # a worker for the next one: that is when the next target starts.
+        # Both executors start the targets in the order given, `jobs` at a time, and each result
+        # frees a worker for the next one: that is when the next target starts.
         for _ in range(min(count, len(waiting))):
             label = waiting.pop(0)
             if progress:
                 progress(f"{label}: started ({len(targets) - len(waiting)} of {len(targets)})")
 
     announce(jobs)
-    # spawn, not fork: the parent may hold ONNX Runtime thread pools, which do not survive a fork.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool, \
-            live_task("sweep", total=len(targets), unit="targets") as bar:
-        futures = [pool.submit(compress_target, str(input_path), size, str(outputs[size]), options) for _, size in targets]
-        for future in concurrent.futures.as_completed(futures):
-            try:
-                result = future.result()
-            except concurrent.futures.process.BrokenProcessPool:  # a worker died natively: no exception to report
-                raise ChildCrashed(f"ONNX Runtime crashed in a sweep worker process (a native crash such as SIGFPE, or an "
-                                   f"out-of-memory kill) while sweeping {input_path}; the model cannot run on these inputs"
-                                   ) from None
+    with live_task("sweep", total=len(targets), unit="targets") as bar:
+        for result in map_unordered(compress_target, calls, executor=executor, jobs=jobs, ray_address=ray_address,
+                                    crashed=crashed):
             results.append(result)
             bar.advance()
             if progress:
@@ -158,6 +153,7 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
         "input": str(input_path),
         "input_bytes": io.file_bytes(input_path),
         "jobs": jobs,
+        "executor": executor,
         "wall_seconds": round(time.perf_counter() - started, 3),
         "cpu_seconds": round(sum(result["cpu_seconds"] for result in results), 3),
         "pids": sorted({result["pid"] for result in results}),
