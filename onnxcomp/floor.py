@@ -98,12 +98,15 @@ class QualityFloorError(FidelityError):
         self.probes = list(probes)
 
 
-def floor_for(min_fidelity: float | None, force: bool) -> Floor | None:
-    """The floor a run applies: None when `force` or ``min_fidelity <= 0`` turns it off."""
+def floor_for(min_fidelity: float | None, force: bool, fine_tuned: bool = False) -> Floor | None:
+    """The floor a run applies: None when `force` or ``min_fidelity <= 0`` turns it off, and for
+    fine-tuned runs without an explicit `min_fidelity`: training moves the model away from the
+    original on purpose (accuracy, `--max-accuracy-drop`, is their measure), and the search
+    could not train again at each size it tries."""
     if force:
         return None
     if min_fidelity is None:
-        return Floor(DEFAULT_COSINE, DEFAULT_AGREEMENT, explicit=False)
+        return None if fine_tuned else Floor(DEFAULT_COSINE, DEFAULT_AGREEMENT, explicit=False)
     if min_fidelity <= 0:
         return None
     return Floor(min_fidelity, min_fidelity, explicit=True)
@@ -211,12 +214,12 @@ def floor_error(shortfall: Shortfall, target_bytes: int, input_bytes: int, probe
 
 def check_floor(fidelity: dict, floor: Floor | None, target_bytes: int, input_bytes: int,
                 measure: Callable[[int], dict | None], names: Sequence[str] | None = None,
-                log: Callable[[str], None] | None = None) -> dict:
+                log: Callable[[str], None] | None = None, off_reason: str = "off") -> dict:
     """Judge a verified compression against `floor`; raise `QualityFloorError` when it fails.
 
     Args:
         fidelity: `verify.fidelity`'s report of the compression at `target_bytes`.
-        floor: from `floor_for`; None: off (the report says so).
+        floor: from `floor_for`; None: off (the report says so, with `off_reason`).
         target_bytes: the asked size; input_bytes: the original's (the search's upper end).
         measure: compresses to a target and returns its fidelity report (see `search_passing_size`).
         names: the model's output names, in order (for the message).
@@ -226,7 +229,7 @@ def check_floor(fidelity: dict, floor: Floor | None, target_bytes: int, input_by
         The report's ``quality_floor`` entry.
     """
     if floor is None:
-        return {"checked": False, "reason": "off (--min-fidelity 0 or --allow-low-fidelity)"}
+        return {"checked": False, "reason": off_reason}
     shortfall = worst_shortfall(fidelity, floor, names)
     if shortfall is None:
         return {**floor.as_dict(), "checked": True, "passed": True}
@@ -235,6 +238,15 @@ def check_floor(fidelity: dict, floor: Floor | None, target_bytes: int, input_by
             f"searching for a size that meets it")
     probes = search_passing_size(measure, floor, shortfall, target_bytes, input_bytes, names, log=log)
     raise floor_error(shortfall, target_bytes, input_bytes, probes, floor)
+
+
+def off_reason(min_fidelity: float | None, force: bool) -> str:
+    """Why `floor_for` gave no floor, for the report."""
+    if force:
+        return "off (--allow-low-fidelity)"
+    if min_fidelity is not None:
+        return "off (--min-fidelity 0)"
+    return "not applied to fine-tuned models (their measure is accuracy: --max-accuracy-drop)"
 
 
 def unverified_floor(reason: str) -> dict:

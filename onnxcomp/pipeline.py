@@ -42,7 +42,7 @@ from onnxcomp.quantize import prune_mask
 from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, held_out_targets,
                               iterative_prune, require_training, soft_weight_sharing, with_weights)
 from onnxcomp.verify import accuracy, class_score_outputs, fidelity
-from onnxcomp.floor import check_floor, floor_for, unverified_floor
+from onnxcomp.floor import check_floor, floor_for, off_reason, unverified_floor
 from onnxcomp.weights import find_weights, no_weights_error, quantized_weights
 
 logger = logging.getLogger(__name__)
@@ -287,10 +287,12 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
                               "samples": check.count, "held_out": check is not samples}
     _check_guards(report, options)
     report["quality_floor"] = check_floor(
-        report_fidelity, floor_for(options.min_fidelity, options.force), options.target_bytes, original_data_bytes,
+        report_fidelity, floor_for(options.min_fidelity, options.force, fine_tuned=training is not None),
+        options.target_bytes, original_data_bytes,
         functools.partial(_fidelity_at, model, layers, fixed, options, importances, hessians, max_load, check,
                           reference_outputs, batch_size),
-        names=[value.name for value in compressed.graph.outputs], log=lambda line: _log(progress, line))
+        names=[value.name for value in compressed.graph.outputs], log=lambda line: _log(progress, line),
+        off_reason=off_reason(options.min_fidelity, options.force))
     report["seconds"]["total"] = round(time.perf_counter() - started, 3)
     report["peak_rss_bytes"] = peak_rss_bytes()
     return CompressResult(compressed, attempt_data, report)

@@ -138,6 +138,9 @@ def test_each_output_is_judged_by_its_own_measure():
     assert worst_shortfall(fidelity, floor) is None
     assert floor_for(None, force=True) is None and floor_for(0.0, force=False) is None
     assert floor_for(0.5, force=False) == Floor(0.5, 0.5, explicit=True)
+    # fine-tuning moves the model away from the original on purpose: only an explicit floor applies
+    assert floor_for(None, force=False, fine_tuned=True) is None
+    assert floor_for(0.5, force=False, fine_tuned=True) == Floor(0.5, 0.5, explicit=True)
 
 
 @pytest.mark.parametrize("size", [999, 1000, 1001, 16_234.5, 81_634, 99_999, 4_350_001, 2_000_000_000])
