@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,10 @@ _undo_compat_collector = None
 
 def pytest_configure(config):
     global _undo_compat_collector
+    # A shell starts background jobs with SIGINT ignored, and every process inherits that (Python
+    # then installs no KeyboardInterrupt handler): the Ctrl-C tests need what a terminal gives.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     from tests.compat import collect
 
     folder = collect.enabled_folder()
