@@ -124,7 +124,7 @@ def bench_model(name: str, source: Path, ratio: int, latency_feeds, check_feeds,
         "check_samples": int(next(iter(check_feeds.values())).shape[0]),
         "export_max_abs_diff_seeded": chosen.max_abs_diff,
         "required_ops": chosen.required_ops,
-        "mobile_package": {
+        "mobile_package": None if chosen.onnx_check is None else {  # None: this onnxruntime ships no package op list
             ".onnx": {"opset": chosen.onnx_check.opset, "opset_supported": chosen.onnx_check.opset_supported,
                       "package_opsets": chosen.onnx_check.package_opsets, "unsupported_ops": chosen.onnx_check.unsupported},
             ".ort": {"opset": chosen.ort_check.opset, "opset_supported": chosen.ort_check.opset_supported,
@@ -159,7 +159,10 @@ def markdown(results: list[dict], skipped: list[str], meta: dict) -> str:
                            for w in result["sparse_weights"]) or "none"
         checks = []
         for label in (".onnx", ".ort"):
-            check = result["mobile_package"][label]
+            check = (result["mobile_package"] or {}).get(label)
+            if check is None:
+                checks.append("no package list in this onnxruntime")
+                continue
             parts = [] if check["opset_supported"] else [f"opset {check['opset']} not built"]
             parts += check["unsupported_ops"] and [f"ops missing: {', '.join(check['unsupported_ops'])}"] or []
             checks.append("; ".join(parts) or "all supported")
@@ -168,7 +171,8 @@ def markdown(results: list[dict], skipped: list[str], meta: dict) -> str:
                                   if isinstance(fidelity.get(key), (int, float))) or "-"
         lines.append(f"| {result['model']} | {result['source_bytes']:,} | {result['compressed_bytes']:,} | "
                      f"{fidelity_text} | {result['weights']} | {result['ort_weights']} | {sparse} | {checks[0]} | {checks[1]} |")
-    lines += ["", f"Pre-built mobile package opsets: {results[0]['mobile_package']['.onnx']['package_opsets'] if results else '-'}.",
+    package = results[0]["mobile_package"] if results else None
+    lines += ["", f"Pre-built mobile package opsets: {package['.onnx']['package_opsets'] if package else '-'}.",
               "", "A weight is stored sparse when its non-zeros' values + indices (ONNX Runtime saves int8/int16/int32 "
               "indices, the narrowest that holds the largest) take fewer bytes than the dense floats; when no weight "
               "qualifies (weights quantized but not pruned), the written .ort is the dense one. The .ort load includes "

@@ -321,7 +321,7 @@ def _inspect(args) -> int:
 
 
 def _export_mobile(args) -> int:
-    from onnxcomp.runtime.mobile import export_mobile
+    from onnxcomp.runtime.mobile import NO_PACKAGE_CHECK, export_mobile, ort_version
 
     result = export_mobile(args.model, args.output_dir, overwrite=args.force, ort_weights=args.ort_weights)
     if args.json:
@@ -346,7 +346,11 @@ def _export_mobile(args) -> int:
         print(f"note: the .ort is {result.ort_bytes / result.onnx_bytes:.1f}x the .onnx: ORT format holds weights decoded "
               "(dense, or sparse where that is smaller); full mobile packages load the compact .onnx directly")
     print(f"wrote {result.config_path} (operators for a reduced build)")
+    if result.onnx_check is None:
+        print(NO_PACKAGE_CHECK.format(version=ort_version()))
     for label, check in (("the .onnx", result.onnx_check), ("the .ort", result.ort_check)):
+        if check is None:
+            continue
         if not check.opset_supported:
             print(f"{label}: opset {check.opset} is not one the pre-built mobile package was built for "
                   f"({', '.join(map(str, check.package_opsets))})")

@@ -22,8 +22,14 @@ from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, report_stage
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
 
+# The smallest int64 divided by -1 overflows: ONNX Runtime's CPU Div kernel dies of SIGFPE on it in
+# 1.19 and in 1.32 (measured 2026-12-04). A zero divisor crashed 1.19 too, but 1.32 reports it as
+# an error ("Integer division by zero"), so the tests use the overflow: a native crash in both.
+INT64_MIN = np.iinfo(np.int64).min
+
+
 def integer_divide_model() -> onnx.ModelProto:
-    """z = a / b on int64: ONNX Runtime's CPU Div kernel dies of SIGFPE when b holds a zero."""
+    """z = a / b on int64: ONNX Runtime's CPU Div kernel dies of SIGFPE on INT64_MIN / -1."""
     graph = helper.make_graph(
         [helper.make_node("Div", ["a", "b"], ["z"], name="divide")], "divide",
         [helper.make_tensor_value_info(name, onnx.TensorProto.INT64, ["N", 4]) for name in ("a", "b")],
@@ -33,12 +39,12 @@ def integer_divide_model() -> onnx.ModelProto:
     return model
 
 
-def divide_by_zero() -> list:
+def divide_overflowing() -> list:
     from onnxcomp.runtime.inference import session
 
-    report_stage("dividing by zero")
+    report_stage("dividing INT64_MIN by -1")
     sess = session(integer_divide_model())
-    return sess.run(None, {"a": np.ones((2, 4), np.int64), "b": np.zeros((2, 4), np.int64)})
+    return sess.run(None, {"a": np.full((2, 4), INT64_MIN, np.int64), "b": np.full((2, 4), -1, np.int64)})
 
 
 def add(a: int, b: int, *, scale: int = 1) -> int:
@@ -77,11 +83,11 @@ def test_other_exceptions_keep_their_type_and_the_child_traceback():
 def test_native_crash_names_signal_and_last_stage():
     stages = []
     with pytest.raises(ChildCrashed) as caught:
-        call_isolated(divide_by_zero, stage="testing", on_stage=stages.append)
+        call_isolated(divide_overflowing, stage="testing", on_stage=stages.append)
     message = str(caught.value)
-    assert message.startswith("ONNX Runtime crashed (SIGFPE: integer divide by zero or overflow) while dividing by zero")
+    assert message.startswith("ONNX Runtime crashed (SIGFPE: integer divide by zero or overflow) while dividing INT64_MIN by -1")
     assert "\n" not in message and caught.value.exit_code == 2
-    assert caught.value.signal_number == signal.SIGFPE and stages == ["dividing by zero"]
+    assert caught.value.signal_number == signal.SIGFPE and stages == ["dividing INT64_MIN by -1"]
 
 
 def test_sigkill_reads_as_out_of_memory():
@@ -103,7 +109,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def divide_and_matmul_model(path: Path) -> None:
-    """y = x @ w (something to compress) next to z = a / b on int64 (SIGFPE when b holds a zero)."""
+    """y = x @ w (something to compress) next to z = a / b on int64 (SIGFPE on INT64_MIN / -1)."""
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"], name="project"), helper.make_node("Div", ["a", "b"], ["z"], name="divide")],
@@ -127,8 +133,8 @@ def run_cli(*args: str | os.PathLike, cwd: Path) -> subprocess.CompletedProcess:
 def crashing_model(tmp_path) -> tuple[Path, Path]:
     model = tmp_path / "divide.onnx"
     divide_and_matmul_model(model)
-    data = tmp_path / "zeros.npz"
-    np.savez(data, x=np.ones((8, 16), np.float32), a=np.ones((8, 4), np.int64), b=np.zeros((8, 4), np.int64))
+    data = tmp_path / "overflow.npz"
+    np.savez(data, x=np.ones((8, 16), np.float32), a=np.full((8, 4), INT64_MIN, np.int64), b=np.full((8, 4), -1, np.int64))
     return model, data
 
 
@@ -144,7 +150,7 @@ def test_native_crash_in_compress_is_one_line_and_exit_2(crashing_model, tmp_pat
     assert "(run the original model on 8 samples)" in lines[0] and "integer divisions in the model: Div 'divide'" in lines[0]
     assert "--data" in lines[0] and "no output was written" in lines[0]
     assert model.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["divide.onnx", "zeros.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["divide.onnx", "overflow.npz"]
 
 
 def test_native_crash_in_a_sweep_worker_is_one_line_and_exit_2(crashing_model, tmp_path):

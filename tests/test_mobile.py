@@ -12,8 +12,9 @@ import pytest
 
 from onnxcomp import allocate, io
 from onnxcomp.pipeline import CompressOptions, compress_model
-from onnxcomp.runtime.mobile import (check_ops, export_mobile, onnx_ops, ort_ready_model, read_operators_config,
-                                     sparse_form_bytes)
+from onnxcomp.runtime import mobile
+from onnxcomp.runtime.mobile import (NO_PACKAGE_CHECK, check_ops, export_mobile, onnx_ops, ort_ready_model,
+                                     package_config_path, package_operators, read_operators_config, sparse_form_bytes)
 from tests.conftest import LENET5, REPO, build_model, single_matmul
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
@@ -134,18 +135,64 @@ def test_transformer_ort_matches_onnx(tmp_path, rng):
     assert result.onnx_timing.load_s > 0 and result.ort_timing.run_s > 0
 
 
-def test_package_check_names_decode_ops(lenet5_compressed):
+# A reduced-build operator config in ONNX Runtime's format, shaped like the one the pre-built mobile
+# package was built with (onnxruntime 1.19 ships that one; 1.32 ships none): opsets 12-15, no
+# BitShift or ScatterElements, and a contrib op listed under ai.onnx opset 1 (not a package opset).
+PACKAGE_CONFIG = """# test package
+!globally_allowed_types;float,int8_t,uint8_t
+ai.onnx;12,13,14,15;Add,Cast,Conv,Flatten,Gather,Gemm,MatMul,MaxPool,Mul,Relu,Reshape,Shape,Sub
+ai.onnx;1;LayerNormalization
+"""
+
+
+@pytest.fixture
+def package(tmp_path):
+    path = tmp_path / "package.config"
+    path.write_text(PACKAGE_CONFIG)
+    return read_operators_config(path)
+
+
+def test_package_check_names_decode_ops(lenet5_compressed, package):
     proto = onnx.load(str(lenet5_compressed))
-    check = check_ops(onnx_ops(proto), 17)
+    check = check_ops(onnx_ops(proto), 17, package)
     assert check.package_opsets == [12, 13, 14, 15] and not check.opset_supported
-    # The pre-built mobile package has no BitShift or ScatterElements kernels; Conv (version 11) it has.
+    # The package has no BitShift kernel; Conv (version 11, registered from opset 12 on) it has.
     assert "ai.onnx:11:BitShift" in check.unsupported
     assert not any(entry.endswith(":Conv") or entry.endswith(":Gemm") for entry in check.unsupported)
 
 
-def test_package_check_passes_plain_ops():
-    check = check_ops({"ai.onnx": {13: {"Conv", "Relu", "Gemm", "MaxPool"}}}, 13)
+def test_package_check_passes_plain_ops(package):
+    check = check_ops({"ai.onnx": {13: {"Conv", "Relu", "Gemm", "MaxPool"}}}, 13, package)
     assert check.ok and check.unsupported == []
+    assert not check_ops({"ai.onnx": {13: {"BitShift"}}}, 13, package).ok
+
+
+def test_package_list_is_read_where_onnxruntime_ships_it():
+    """onnxruntime 1.19 ships the pre-built mobile package's operator list (with its checker); 1.32
+    removed both. Where it is shipped it is read (the package was built for opsets 12-15);
+    where not, there is no list and no error."""
+    import importlib.util
+
+    try:
+        shipped = importlib.util.find_spec(mobile.PACKAGE_CHECKER) is not None
+    except ModuleNotFoundError:
+        shipped = False
+    if shipped:
+        assert package_config_path().is_file()
+        operators = package_operators()
+        assert sorted(o for o in operators["ai.onnx"] if o != 1) == [12, 13, 14, 15]
+        assert "Conv" in operators["ai.onnx"][12] and "BitShift" not in {op for ops in operators["ai.onnx"].values() for op in ops}
+    else:
+        assert package_config_path() is None and package_operators() is None
+
+
+def test_export_without_a_package_list(lenet5_compressed, tmp_path, monkeypatch):
+    """An onnxruntime that ships no mobile package operator list (1.32) still exports; the check is left out."""
+    monkeypatch.setattr(mobile, "package_config_path", lambda: None)
+    result = export_mobile(lenet5_compressed, tmp_path / "mobile", measure_speed=False)
+    assert result.onnx_check is None and result.ort_check is None
+    assert result.ort_path.is_file() and result.config_path.is_file()
+    assert result.as_dict()["onnx_check"] is None
 
 
 def test_refuses_to_overwrite(lenet5_compressed, tmp_path):
@@ -174,7 +221,11 @@ def test_cli_export_mobile(lenet5_compressed, tmp_path):
     ort_line = next(line for line in lines if line.startswith(".ort"))
     assert f"{lenet5_compressed.stat().st_size:,}" in onnx_line
     assert f"{(tmp_path / 'm' / 'lenet5.ort').stat().st_size:,}" in ort_line
-    assert "BitShift" in result.stdout  # unsupported by the pre-built mobile package, said so
+    if package_config_path() is not None:
+        assert "BitShift" in result.stdout  # unsupported by the pre-built mobile package, said so
+        assert "ops not in the pre-built mobile package" in result.stdout
+    else:
+        assert NO_PACKAGE_CHECK.format(version=onnxruntime.__version__) in lines
     assert (tmp_path / "m" / "required_operators.config").is_file()
 
 

@@ -15,12 +15,17 @@ largest index (int8, int16, int32, else int64), so a weight costs about `nnz * (
 bytes)` bytes sparse against `4 * size` dense. The default (`ort_weights="auto"`) also converts
 the model as it is and keeps the smaller `.ort` of the two whose outputs match the `.onnx`.
 `export_mobile` reports the files' bytes, load time and latency side by side, and checks every
-operator against the operator set of ONNX Runtime's pre-built mobile package.
+operator against the operator set of ONNX Runtime's reduced-operator ("pre-built") mobile
+package where the installed onnxruntime still ships that package's operator list. Those packages
+were deprecated in ONNX Runtime 1.18 and are no longer built (the Android and iOS packages are
+full builds that run any operator); 1.19 still ships the list, later releases (1.32) do not, and
+there the check is left out (`MobileExport.onnx_check` is None) and the CLI says why.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import shutil
@@ -81,8 +86,8 @@ class MobileExport:
     onnx_bytes: int
     ort_bytes: int
     required_ops: dict[str, dict[int, list[str]]]  # domain -> opset -> ops, from the config
-    onnx_check: PackageCheck
-    ort_check: PackageCheck
+    onnx_check: PackageCheck | None  # None: this onnxruntime ships no reduced mobile package operator list
+    ort_check: PackageCheck | None
     onnx_timing: Timing | None = None
     ort_timing: Timing | None = None
     max_abs_diff: float | None = None  # .ort vs .onnx outputs on seeded inputs
@@ -143,11 +148,41 @@ def read_operators_config(config_path: Path) -> dict[str, dict[int, list[str]]]:
     return {domain: {opset: sorted(ops) for opset, ops in sorted(by_opset.items())} for domain, by_opset in required.items()}
 
 
-def package_config_path() -> Path:
-    """The operator config ONNX Runtime's pre-built mobile package was built with (ships with ORT)."""
+PACKAGE_CHECKER = "onnxruntime.tools.mobile_helpers.check_model_can_use_ort_mobile_pkg"
+NO_PACKAGE_CHECK = ("no operator check against the pre-built (reduced-operator) mobile package: onnxruntime {version} "
+                    "ships no operator list for it (those packages ended with ONNX Runtime 1.18; its Android and iOS "
+                    "packages are full builds that run every operator)")
+
+
+def ort_version() -> str:
+    """The installed onnxruntime's version."""
+    return _ort().__version__
+
+
+def package_config_path() -> Path | None:
+    """The operator config ONNX Runtime's pre-built (reduced-operator) mobile package was built with.
+
+    Returns:
+        The config file shipped with the installed onnxruntime, or None where it ships none (the
+        reduced mobile packages ended with ONNX Runtime 1.18; 1.32 removed the list and its checker).
+    """
+    try:
+        found = importlib.util.find_spec(PACKAGE_CHECKER) is not None
+    except ModuleNotFoundError:  # onnxruntime.tools.mobile_helpers itself is gone
+        found = False
+    if not found:
+        logger.debug("%s is not in this onnxruntime: no mobile package operator check", PACKAGE_CHECKER)
+        return None
     from onnxruntime.tools.mobile_helpers.check_model_can_use_ort_mobile_pkg import get_default_config_path
 
-    return Path(get_default_config_path())
+    path = Path(get_default_config_path())
+    return path if path.is_file() else None
+
+
+def package_operators() -> dict[str, dict[int, list[str]]] | None:
+    """The pre-built mobile package's operators (domain -> opset -> ops), or None where ORT ships no list."""
+    path = package_config_path()
+    return read_operators_config(path) if path is not None else None
 
 
 def _since_version(domain: str, op: str, opset: int) -> int | None:
@@ -159,14 +194,13 @@ def _since_version(domain: str, op: str, opset: int) -> int | None:
 
 
 def check_ops(used: dict[str, dict[int, set[str]]], opset: int,
-              package: dict[str, dict[int, list[str]]] | None = None) -> PackageCheck:
+              package: dict[str, dict[int, list[str]]]) -> PackageCheck:
     """Check ops used (domain -> op version -> op types) against the mobile package's operators.
 
     `opset` is the model's ai.onnx opset. Versions in `used` may be opsets or since-versions:
-    both map to the same kernel version.
+    both map to the same kernel version. `package` is a config as `read_operators_config` returns
+    it (e.g. `package_operators()`).
     """
-    if package is None:
-        package = read_operators_config(package_config_path())
     # ORT's checker drops this entry: a contrib op registered under ai.onnx opset 1.
     package_opsets = sorted(o for o in package.get(DEFAULT_DOMAIN, {}) if o != 1)
     unsupported = set()
@@ -471,7 +505,7 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
         os.replace(staged_ort, ort_out)
         os.replace(staged_config, config_out)
 
-    package = read_operators_config(package_config_path())
+    package = package_operators()
     ort_used = {domain: {opset: set(ops) for opset, ops in by_opset.items()} for domain, by_opset in required_ops.items()}
     return MobileExport(
         onnx_path=onnx_out if copy_onnx else model_path,
@@ -480,8 +514,8 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
         onnx_bytes=model_path.stat().st_size,
         ort_bytes=ort_out.stat().st_size,
         required_ops=required_ops,
-        onnx_check=check_ops(onnx_ops(proto), model_opset(proto), package),
-        ort_check=check_ops(ort_used, model_opset(proto), package),
+        onnx_check=check_ops(onnx_ops(proto), model_opset(proto), package) if package is not None else None,
+        ort_check=check_ops(ort_used, model_opset(proto), package) if package is not None else None,
         onnx_timing=timings[0],
         ort_timing=timings[1],
         max_abs_diff=max_abs_diff,
