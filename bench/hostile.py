@@ -127,8 +127,17 @@ def range_length() -> onnx.ModelProto:
     return proto
 
 
+def range_computed() -> onnx.ModelProto:
+    """Range(0, 30000 * 30000, 1) (the limit a Mul of two constants: 7.2 GB) cast and summed into the output."""
+    proto = range_length()
+    proto.graph.node.insert(1, helper.make_node("Mul", ["factor", "factor"], ["limit"]))
+    proto.graph.initializer.remove(next(t for t in proto.graph.initializer if t.name == "limit"))
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(30000, np.int64), "factor"))
+    return proto
+
+
 MODELS = {"huge_input_shape": huge_input_shape, "loop_trips": loop_trips, "sparse_dense_shape": sparse_dense_shape,
-          "constant_of_shape": constant_of_shape, "expand_shape": expand_shape, "range_length": range_length}
+          "constant_of_shape": constant_of_shape, "expand_shape": expand_shape, "range_length": range_length, "range_computed": range_computed}
 
 
 def npz_declared(path: Path, rows: int = HUGE) -> None:
@@ -352,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.mkdir()
                 result = run_measured([command_line(command, model, out, data)], timeout=args.timeout)
                 message = next((line for line in result.stderrs[0].splitlines() if line.startswith("onnxcomp: error:")), "")
-                rows.append(f"| {name} | {size / 1e6:.1f} MB | {command} | {'timeout' if result.timed_out else result.returncodes[0]} "
+                rows.append(f"| {name} | {f'{size / 1e6:.1f} MB' if size >= 1e6 else f'{size / 1e3:.1f} KB'} | {command} | {'timeout' if result.timed_out else result.returncodes[0]} "
                             f"| {result.seconds:.1f} | {result.cpu_seconds:.1f} | {message[len('onnxcomp: error: '):][:110].replace('|', '/')} |")
                 print(rows[-1], flush=True)
             out = Path(scratch) / name / "all"

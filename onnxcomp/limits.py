@@ -130,6 +130,7 @@ def check_value_sizes(proto: onnx.ModelProto, model_bytes: int) -> None:
     stripped.functions.extend(proto.functions)
     stripped.graph.CopyFrom(_shape_only(proto.graph))
     stripped.graph.value_info.extend(proto.graph.value_info)
+    _fold_small_constants(stripped.graph)
     try:
         # Without data propagation: it would materialise Range outputs as shapes (Range(0, 1e7) holds
         # 1.4 GB for 9 s); the inference functions still read constant operands from initializers.
@@ -147,6 +148,51 @@ def check_value_sizes(proto: onnx.ModelProto, model_bytes: int) -> None:
                 raise OnnxcompError(f"value {value.name!r} of graph {graph.name!r} is declared or inferred as {dims} "
                                     f"({size:,} B); the limit for one value is {limit:,} B (the larger of "
                                     f"{MAX_VALUE_BYTES >> 20} MiB and the model's size)")
+
+
+SMALL_CONSTANT = 1024  # elements: shape-like constants (Range limits, Expand shapes) are far smaller
+_ELEMENTWISE = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum}
+
+
+def _fold_small_constants(graph: onnx.GraphProto) -> None:
+    """Compute, in order, the main graph's nodes that do arithmetic on small constants (Add, Sub,
+    Mul, Max, Min, Neg, Abs, Cast, Concat, Identity of initializers or Constant nodes), and add
+    the small results as initializers, so that shape inference sees e.g. a Range limit of
+    Mul(30000, 30000). Nothing large is computed: every operand has at most SMALL_CONSTANT elements."""
+    known = {}
+    for tensor in graph.initializer:
+        if math.prod(tensor.dims) <= SMALL_CONSTANT and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            try:
+                known[tensor.name] = numpy_helper.to_array(tensor)
+            except Exception:  # noqa: BLE001 - unreadable data is the loader's to report
+                logger.debug("initializer %s not readable", tensor.name)
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or not node.output:
+            continue
+        attributes = {a.name: a for a in node.attribute}
+        try:
+            if node.op_type == "Constant" and "value" in attributes and math.prod(attributes["value"].t.dims) <= SMALL_CONSTANT:
+                result = numpy_helper.to_array(attributes["value"].t)
+            elif not node.input or not all(name in known for name in node.input):
+                continue
+            elif node.op_type in _ELEMENTWISE and len(node.input) == 2:
+                with np.errstate(all="ignore"):
+                    result = _ELEMENTWISE[node.op_type](known[node.input[0]], known[node.input[1]])
+            elif node.op_type in ("Neg", "Abs", "Identity"):
+                result = {"Neg": np.negative, "Abs": np.abs, "Identity": np.asarray}[node.op_type](known[node.input[0]])
+            elif node.op_type == "Cast" and "to" in attributes:
+                with np.errstate(all="ignore"):
+                    result = known[node.input[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(attributes["to"].i))
+            elif node.op_type == "Concat" and "axis" in attributes:
+                result = np.concatenate([known[name] for name in node.input], axis=attributes["axis"].i)
+            else:
+                continue
+        except Exception:  # noqa: BLE001 - operands the op rejects: ONNX Runtime will say so
+            continue
+        result = np.asarray(result)
+        if result.size <= SMALL_CONSTANT and result.dtype.kind in "biuf" and node.output[0] not in known:
+            known[node.output[0]] = result
+            graph.initializer.append(numpy_helper.from_array(result, node.output[0]))
 
 
 def _graphs(graph: onnx.GraphProto):

@@ -649,7 +649,7 @@ def test_ctrl_c_ends_a_long_run_quickly(tmp_path):
 # --- a hostile 10 MB file never takes over 1 GB in any command (bench/hostile.py builds them) ------
 
 MEMORY_CASES = ["huge_input_shape", "loop_trips", "sparse_dense_shape", "constant_of_shape", "expand_shape", "range_length",
-                "npz_declared", "npz_deflated"]
+                "range_computed", "npz_declared", "npz_deflated"]
 
 
 @pytest.mark.parametrize("case", MEMORY_CASES)
