@@ -48,6 +48,9 @@ GUARD_MIN_PARAMS = 16
 # within this factor of per-channel int8's; the first factor whose restricted plan fits the budget
 # is used, none when no factor fits (budgets well under 8 bits per weight).
 GUARD_FACTORS = (1.0, 2.0, 4.0, 16.0)
+# ...with this slack: float16 scales (`channel_scales`) round each channel's range up by < 2**-11,
+# which costs the scaled 8-bit grid ~0.1% of per-channel int8's error.
+GUARD_TOLERANCE = 1.01
 # From this many bits per weight of budget, when the guard does not fit at any factor, the guarded
 # layers are planned channel-aware (`channel_aware`): no pruning, each candidate charged the worse of
 # its squared error and its mean per-channel error, sensitivities shrunk towards their geometric mean.
@@ -184,7 +187,7 @@ def scaled_candidates(values: np.ndarray, importance: np.ndarray | None, energy:
         scales = channel_scales(values, axis)
         normalized = scales.normalize(values)
         spread = scales.importance(values.shape, importance)
-        extra = scale_bytes(scales.scales.size, rank)
+        extra = scale_bytes(scales.scales.size, rank, scales.half)
         sorted_weights = SortedWeights(normalized, spread)
         for bits in SCALED_BITS:
             quant = sorted_weights.quantize(0.0, (1 << bits) - (1 if has_zero else 0))
@@ -429,7 +432,7 @@ def _unscaled(layer: LayerOptions) -> LayerOptions:
 def _within(layer: LayerOptions, factor: float) -> LayerOptions:
     if layer.int8_channel is None:
         return layer
-    limit = factor * layer.int8_channel * (1 + 1e-6)
+    limit = factor * layer.int8_channel * GUARD_TOLERANCE
     kept = [c for c in layer.candidates if c.channel <= limit]
     return dataclasses.replace(layer, candidates=kept or [layer.dense])
 

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 INT8_LEVELS = 255
 # A channel is "all zero" below this max-abs: it keeps scale 1 (its zeros stay exact zeros).
 TINY = 1e-30
+# float16's normal range: scales inside it are stored as float16 (see `channel_scales`).
+HALF_MIN = float(np.finfo(np.float16).tiny)
+HALF_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,13 @@ class ChannelScales:
 
     axis: int
     scales: np.ndarray  # float32 [C]
+
+    @property
+    def half(self) -> bool:
+        """Every scale is a normal float16 value: stored as float16 (2 bytes per channel) and cast."""
+        scales = self.scales.astype(np.float32)
+        return bool(np.all((scales >= HALF_MIN) & (scales <= HALF_MAX))
+                    and np.array_equal(scales.astype(np.float16).astype(np.float32), scales))
 
     def view(self, rank: int) -> np.ndarray:
         """The scales shaped to broadcast against a weight of `rank` dimensions."""
@@ -76,17 +86,29 @@ def channel_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (0,) if shape[0] > 1 else ()
 
 
-def channel_scales(values: np.ndarray, axis: int) -> ChannelScales:
-    """Max-abs scale of each channel along `axis` (1 for an all-zero channel)."""
+def channel_scales(values: np.ndarray, axis: int, half: bool = True) -> ChannelScales:
+    """Max-abs scale of each channel along `axis` (1 for an all-zero channel).
+
+    `half`: where every scale lies in float16's normal range, each is rounded up to the next
+    float16 value, so the scales store in 2 bytes each and the normalised channels still span at
+    most [-1, 1] (at least [-(1 - 2**-11), ...]: the grid loses nothing that matters)."""
     values = np.asarray(values, np.float32)
     other = tuple(a for a in range(values.ndim) if a != axis)
     peak = np.max(np.abs(values), axis=other) if other else np.abs(values)
     scales = np.where(peak > TINY, peak, 1.0).astype(np.float32)
+    if half and np.all((scales >= HALF_MIN) & (scales <= HALF_MAX / 2)):
+        rounded = scales.astype(np.float16)
+        low = rounded.astype(np.float32) < scales
+        rounded[low] = np.nextafter(rounded[low], np.float16(np.inf))
+        scales = rounded.astype(np.float32)
     return ChannelScales(axis, scales)
 
 
-def scale_bytes(channels: int, rank: int) -> int:
-    """What the scales add to an encoded weight: the [C, 1, ...] float32 initializer and a Mul."""
+def scale_bytes(channels: int, rank: int, half: bool = False) -> int:
+    """What the scales add to an encoded weight: the [C, 1, ...] initializer (float32, or float16
+    and a Cast) and a Mul."""
+    if half:
+        return 2 * channels + encoding.INITIALIZER_BYTES + 3 * rank + 2 * encoding.NODE_BYTES
     return 4 * channels + encoding.INITIALIZER_BYTES + 3 * rank + encoding.NODE_BYTES
 
 
@@ -125,7 +147,7 @@ def int8_reference(values: np.ndarray, importance: np.ndarray | None = None) -> 
         return channel_distortion(values, np.round(values / step) * step, importance)
     best = np.inf
     for axis in axes:
-        scales = channel_scales(values, axis)
+        scales = channel_scales(values, axis, half=False)
         decoded = scales.restore(np.round(scales.normalize(values) * half) / half)
         best = min(best, channel_distortion(values, decoded, importance))
     return float(best)
@@ -137,20 +159,28 @@ def insert_scale(model: ir.Model, decoded: ir.Value, scales: ChannelScales, name
 
     Returns the product value."""
     rank = len(decoded.shape) if decoded.shape is not None else scales.scales.ndim
-    initializer = ir.Value(name=f"{name}_scale", const_value=ir.tensor(scales.view(rank), name=f"{name}_scale"))
+    stored = scales.view(rank).astype(np.float16) if scales.half else scales.view(rank)
+    initializer = ir.Value(name=f"{name}_scale", const_value=ir.tensor(stored, name=f"{name}_scale"))
     model.graph.register_initializer(initializer)
-    mul = ir.node("Mul", [decoded, initializer], name=f"{name}_rescale")
+    factor = initializer
+    cast = None
+    if scales.half:  # float16 scales, widened at load (the Cast folds like the rest of the decode)
+        cast = ir.node("Cast", [initializer], attributes={"to": ir.DataType.FLOAT}, name=f"{name}_scale_cast")
+        factor = cast.outputs[0]
+        factor.name = f"{name}_scale_f"
+    mul = ir.node("Mul", [decoded, factor], name=f"{name}_rescale")
     product = mul.outputs[0]
     product.name = f"{name}_rescaled"
     product.shape = decoded.shape
     product.type = decoded.type
     decoded.replace_all_uses_with(product)
     mul.replace_input_with(0, decoded)  # replace_all_uses_with rewired the Mul itself too
+    added = [mul] if cast is None else [cast, mul]
     producer = decoded.producer()
     if producer is not None and producer.graph is model.graph:
-        model.graph.insert_after(producer, mul)
+        model.graph.insert_after(producer, added)
     else:
-        model.graph.insert_before(model.graph.node(0), mul) if len(model.graph) else model.graph.append(mul)
+        model.graph.insert_before(model.graph.node(0), added) if len(model.graph) else model.graph.extend(added)
     if decoded.is_graph_output():  # graph outputs keep their value (never rename outputs)
         logger.debug("%s is a graph output; its readers get the rescaled copy", decoded.name)
     return product
