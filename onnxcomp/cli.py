@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--min-fidelity", type=float,
                           help="quality floor: refuse to write (exit 4, with the smallest size that meets it) if an output's "
                                "top-1 agreement (class scores) or cosine falls below this (default 0.95 agreement, 0.97 "
-                               "cosine; 0 turns the floor off)")
+                               "cosine; on generated inputs class scores pass on either; 0 turns the floor off)")
     compress.add_argument("--max-accuracy-drop", type=float, help="refuse to write if accuracy drops by more than this many points (needs labels)")
     compress.add_argument("--no-sensitivity", action="store_true", help="allocate bits by weight error alone (skip measuring layer sensitivity)")
     compress.add_argument("--eval-data", help="held-out samples (.npz) that pick the best epoch and measure the report's accuracy "

@@ -355,7 +355,8 @@ def _fidelity_at(model: ir.Model, layers: list[LayerOptions], fixed: int, option
                             max_load=max_load)
     if data is None:
         return None
-    return fidelity(reference_outputs, run_batches(session(data), check.inputs, batch_size), class_score_outputs(model))
+    measured = fidelity(reference_outputs, run_batches(session(data), check.inputs, batch_size), class_score_outputs(model))
+    return {**measured, "generated_inputs": check.generated}  # judged as the asked size's report is
 
 
 def _batch_size(model: ir.Model, sizes: ActivationSizes | None = None) -> int:
