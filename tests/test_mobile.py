@@ -13,7 +13,7 @@ import pytest
 from onnxcomp import allocate, io
 from onnxcomp.pipeline import CompressOptions, compress_model
 from onnxcomp.runtime import mobile
-from onnxcomp.runtime.mobile import (NO_PACKAGE_CHECK, check_ops, export_mobile, onnx_ops, ort_ready_model,
+from onnxcomp.runtime.mobile import (BUILD_ADVICE, NO_PACKAGE_CHECK, PACKAGE_NAME, check_ops, export_mobile, onnx_ops, ort_ready_model,
                                      package_config_path, package_operators, read_operators_config, sparse_form_bytes)
 from tests.conftest import LENET5, REPO, build_model, single_matmul
 
@@ -80,14 +80,16 @@ def lenet5_compressed(tmp_path_factory):
     return path
 
 
-def run_file(path, feeds):
+def run_file(path, feeds, optimize=True):
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    if not optimize:  # as a minimal build loads an .ort: no graph optimizers at all
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-def assert_same_outputs(onnx_path, ort_path, feeds):
-    expected, actual = run_file(onnx_path, feeds), run_file(ort_path, feeds)
+def assert_same_outputs(onnx_path, ort_path, feeds, optimize=True):
+    expected, actual = run_file(onnx_path, feeds), run_file(ort_path, feeds, optimize)
     assert len(expected) == len(actual)
     for e, a in zip(expected, actual):
         np.testing.assert_allclose(a, e, atol=ATOL, rtol=RTOL)
@@ -122,6 +124,29 @@ def test_lenet5_ort_matches_onnx(lenet5_compressed, tmp_path):
     assert not ops & {"BitShift", "Gather", "GatherElements", "ScatterElements", "CumSum"}  # decode ops are folded away
     assert result.required_ops == read_operators_config(result.config_path)
     assert str(result.ort_path) in result.config_path.read_text()  # header names the final file, not a staging one
+
+
+def test_lenet5_packed_ort_keeps_decode_graphs(lenet5_compressed, tmp_path):
+    """--ort-weights packed: the .ort is saved unoptimized, so the decode subgraphs stay in it: about
+    the .onnx's size, far smaller than the dense and sparse .ort, same outputs as the .onnx."""
+    packed = export_mobile(lenet5_compressed, tmp_path / "packed", ort_weights="packed")
+    dense = export_mobile(lenet5_compressed, tmp_path / "dense", measure_speed=False, ort_weights="dense")
+    sparse = export_mobile(lenet5_compressed, tmp_path / "sparse", measure_speed=False, ort_weights="sparse")
+
+    assert packed.ort_weights == "packed" and packed.ort_bytes == packed.ort_path.stat().st_size
+    assert packed.ort_bytes < 1.3 * packed.onnx_bytes
+    assert 4 * packed.ort_bytes < sparse.ort_bytes < dense.ort_bytes
+    assert packed.dense_ort_bytes is None and packed.weights == []
+
+    images = np.load(REPO / "models" / "data" / "mnist_test_1k.npz")["input"][:32]
+    assert_same_outputs(lenet5_compressed, packed.ort_path, {"input": images})
+    assert_same_outputs(lenet5_compressed, packed.ort_path, {"input": images}, optimize=False)
+    assert packed.max_abs_diff is not None and packed.max_abs_diff < ATOL
+    # The decode ops are in the .ort, so a minimal build must include them.
+    decode_ops = {node.op_type for node in onnx.load(str(lenet5_compressed)).graph.node} - {"Conv", "MaxPool", "Relu", "Gemm", "MatMul", "Add", "Flatten", "Reshape", "Softmax"}
+    assert decode_ops and decode_ops <= config_ops(packed.config_path)
+    assert not decode_ops & config_ops(dense.config_path)
+    assert packed.onnx_timing.load_s > 0 and packed.ort_timing.run_s > 0
 
 
 def test_transformer_ort_matches_onnx(tmp_path, rng):
@@ -220,13 +245,28 @@ def test_cli_export_mobile(lenet5_compressed, tmp_path):
     onnx_line = next(line for line in lines if line.startswith(".onnx"))
     ort_line = next(line for line in lines if line.startswith(".ort"))
     assert f"{lenet5_compressed.stat().st_size:,}" in onnx_line
-    assert f"{(tmp_path / 'm' / 'lenet5.ort').stat().st_size:,}" in ort_line
+    assert ort_line.startswith(".ort (sparse)") and f"{(tmp_path / 'm' / 'lenet5.ort').stat().st_size:,}" in ort_line
+    assert BUILD_ADVICE in result.stdout  # which file suits which build, every time
     if package_config_path() is not None:
-        assert "BitShift" in result.stdout  # unsupported by the pre-built mobile package, said so
-        assert "ops not in the pre-built mobile package" in result.stdout
+        # The op findings name the one package they concern and say the current packages run every op.
+        header = lines.index(next(line for line in lines if line.startswith(f"operator check against {PACKAGE_NAME} only")))
+        assert "1.18" in lines[header] and "full builds that run every operator" in lines[header]
+        assert any("BitShift" in line and line.startswith("  the .onnx: ops not in that package") for line in lines[header + 1:])
     else:
         assert NO_PACKAGE_CHECK.format(version=onnxruntime.__version__) in lines
     assert (tmp_path / "m" / "required_operators.config").is_file()
+
+
+def test_cli_export_mobile_packed(lenet5_compressed, tmp_path):
+    result = onnxcomp("export-mobile", lenet5_compressed, "-o", tmp_path / "m", "--ort-weights", "packed")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    ort_line = next(line for line in lines if line.startswith(".ort"))
+    assert ort_line.startswith(".ort (packed)") and f"{(tmp_path / 'm' / 'lenet5.ort').stat().st_size:,}" in ort_line
+    assert any(line.startswith("the .ort keeps the decode subgraphs:") for line in lines)
+    assert BUILD_ADVICE in result.stdout
+    refused = onnxcomp("export-mobile", lenet5_compressed, "-o", tmp_path / "n", "--ort-weights", "folded")
+    assert refused.returncode == 2 and "invalid choice" in refused.stderr and "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize("kind", ["missing", "not_onnx"])

@@ -14,12 +14,23 @@ re-sparsifies them when it saves ORT format, with the narrowest index type that 
 largest index (int8, int16, int32, else int64), so a weight costs about `nnz * (4 + index
 bytes)` bytes sparse against `4 * size` dense. The default (`ort_weights="auto"`) also converts
 the model as it is and keeps the smaller `.ort` of the two whose outputs match the `.onnx`.
+
+`ort_weights="packed"` saves the `.ort` with graph optimizations disabled instead: the decode
+subgraphs stay in it, so it is about the `.onnx`'s size, but ONNX Runtime does not constant-fold
+an ORT-format model when it loads one (full builds skip those optimizers for ORT format, minimal
+builds have none), so every run decodes the weights (LeNet-5 at 1/10: 186 KB instead of 1.73 MB,
+~10x slower per batch-1 run). It suits a minimal (ORT-format-only) build where the app's
+download size matters; a full onnxruntime-android/iOS package is better served by the `.onnx`,
+which it folds once at load.
+
 `export_mobile` reports the files' bytes, load time and latency side by side, and checks every
-operator against the operator set of ONNX Runtime's reduced-operator ("pre-built") mobile
-package where the installed onnxruntime still ships that package's operator list. Those packages
-were deprecated in ONNX Runtime 1.18 and are no longer built (the Android and iOS packages are
-full builds that run any operator); 1.19 still ships the list, later releases (1.32) do not, and
-there the check is left out (`MobileExport.onnx_check` is None) and the CLI says why.
+operator against the operator set of ONNX Runtime's reduced-operator ("pre-built")
+`onnxruntime-mobile` package where the installed onnxruntime still ships that package's operator
+list. That package ended with ONNX Runtime 1.18; today's pre-built Android and iOS packages
+(`onnxruntime-android`, `onnxruntime-c`/`onnxruntime-objc`) are full builds that run every
+operator, so the check concerns only that old package. 1.19 still ships the list, later releases
+(1.32) do not, and there the check is left out (`MobileExport.onnx_check` is None) and the CLI
+says why.
 """
 
 from __future__ import annotations
@@ -91,7 +102,8 @@ class MobileExport:
     onnx_timing: Timing | None = None
     ort_timing: Timing | None = None
     max_abs_diff: float | None = None  # .ort vs .onnx outputs on seeded inputs
-    ort_weights: str = "dense"  # how the written .ort stores weights: "dense" or "sparse" (some sparse_initializers)
+    ort_weights: str = "dense"  # how the written .ort stores weights: "dense", "sparse" (some sparse_initializers)
+    # or "packed" (decode subgraphs kept: decoded on every run)
     weights: list[dict] = dataclasses.field(default_factory=list)  # per decoded weight: the form chosen for the .ort
     dense_ort_bytes: int | None = None  # the .ort converted from the model as it is (decode folded to dense)
     dense_ort_timing: Timing | None = None
@@ -113,11 +125,17 @@ def _session_options(threads: int | None = 1):
     return options
 
 
-def convert_to_ort(model_path: str | os.PathLike, ort_path: str | os.PathLike) -> None:
-    """Write `model_path` as an ORT-format model, exactly as ONNX Runtime's converter would."""
+def convert_to_ort(model_path: str | os.PathLike, ort_path: str | os.PathLike, *, optimize: bool = True) -> None:
+    """Write `model_path` as an ORT-format model.
+
+    With `optimize` (default), exactly as ONNX Runtime's converter would: graph optimizations on,
+    so decode subgraphs are folded into dense weights. Without, the graph is saved as it is
+    (decode subgraphs kept; ORT does not fold them when it loads the .ort).
+    """
     ort = _ort()
     options = _session_options(threads=None)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.optimized_model_filepath = str(ort_path)
     options.add_session_config_entry("session.save_model_format", "ORT")
     options.add_session_config_entry("session.qdqisint8allowed", "0")
@@ -149,9 +167,15 @@ def read_operators_config(config_path: Path) -> dict[str, dict[int, list[str]]]:
 
 
 PACKAGE_CHECKER = "onnxruntime.tools.mobile_helpers.check_model_can_use_ort_mobile_pkg"
-NO_PACKAGE_CHECK = ("no operator check against the pre-built (reduced-operator) mobile package: onnxruntime {version} "
-                    "ships no operator list for it (those packages ended with ONNX Runtime 1.18; its Android and iOS "
-                    "packages are full builds that run every operator)")
+PACKAGE_NAME = "the reduced-operator onnxruntime-mobile package"
+PACKAGE_SCOPE = ("ended with ONNX Runtime 1.18; today's onnxruntime-android and iOS packages are full builds "
+                 "that run every operator")
+NO_PACKAGE_CHECK = ("no operator check against " + PACKAGE_NAME + ": onnxruntime {version} ships no operator list "
+                    "for it (it " + PACKAGE_SCOPE + ")")
+BUILD_ADVICE = ("which file for which build: full onnxruntime-android/iOS package: ship the .onnx (compact, "
+                "decoded once at load);\n"
+                "  minimal (ORT-format-only) build: --ort-weights packed where download size matters (decodes on "
+                "every run), dense where latency does")
 
 
 def ort_version() -> str:
@@ -239,7 +263,7 @@ def onnx_ops(proto: onnx.ModelProto) -> dict[str, dict[int, set[str]]]:
     return used
 
 
-ORT_WEIGHTS = ("auto", "dense", "sparse")
+ORT_WEIGHTS = ("auto", "dense", "sparse", "packed")
 
 
 def _index_bytes(max_index: int) -> int:
@@ -431,7 +455,9 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
     `ort_weights`: "sparse" converts the model rewritten by `ort_ready_model` (decoded weights,
     sparse ones as `sparse_initializer`); "dense" converts the model as it is (the converter
     folds the decode subgraphs into dense weights); "auto" (default) makes both and keeps the
-    smaller whose outputs match the .onnx (the dense one is kept when no weight is sparse enough).
+    smaller whose outputs match the .onnx (the dense one is kept when no weight is sparse enough);
+    "packed" saves the model as it is with graph optimizations off: decode subgraphs kept (about
+    the .onnx's size), decoded on every run.
 
     The input is only read. Everything is staged in a temporary folder inside `output_dir` and
     renamed into place, so each output appears whole or not at all. With `measure_speed`, the
@@ -461,8 +487,12 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
           tempfile.TemporaryDirectory(dir=output_dir, prefix=".onnxcomp-") as staging):
         staged_config = Path(staging) / CONFIG_NAME
         reference = _run_file(model_path, feeds)
-        dense_ort = sparse_ort = None
+        dense_ort = sparse_ort = packed_ort = None
         weights: list[dict] = []
+        if ort_weights == "packed":
+            packed_ort = Path(staging) / "packed" / ort_out.name
+            packed_ort.parent.mkdir()
+            convert_to_ort(model_path, packed_ort, optimize=False)
         if ort_weights in ("auto", "dense"):
             dense_ort = Path(staging) / "dense" / ort_out.name
             dense_ort.parent.mkdir()
@@ -477,7 +507,9 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
                 convert_to_ort(staged_input, sparse_ort)
         dense_diff = _max_diff(reference, _run_file(dense_ort, feeds), dense_ort) if dense_ort else None
         sparse_diff = _max_diff(reference, _run_file(sparse_ort, feeds), sparse_ort) if sparse_ort else None
-        staged_ort, chosen = (sparse_ort, "sparse") if sparse_ort else (dense_ort, "dense")
+        packed_diff = _max_diff(reference, _run_file(packed_ort, feeds), packed_ort) if packed_ort else None
+        staged_ort, chosen = ((packed_ort, "packed") if packed_ort else (sparse_ort, "sparse") if sparse_ort
+                              else (dense_ort, "dense"))
         if sparse_ort and dense_ort:
             # Same weight values either way: the sparse .ort must match the .onnx as closely as the
             # dense one does, up to float rounding (optimizers may fuse differently).
@@ -494,7 +526,7 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
             raise OnnxcompError(f"cannot read the operators of the ORT-format model: {_ort_error(error)}") from None
         # The config's header names the models it came from: name the final path, not the staging one.
         staged_config.write_text(staged_config.read_text().replace(str(staged_ort), str(ort_out)))
-        max_abs_diff = sparse_diff if chosen == "sparse" else dense_diff
+        max_abs_diff = {"packed": packed_diff, "sparse": sparse_diff, "dense": dense_diff}[chosen]
         timed = [model_path, staged_ort] + ([dense_ort] if dense_ort and staged_ort != dense_ort else [])
         timings = measure(timed, feeds) if measure_speed else [None] * len(timed)
         dense_ort_bytes = dense_ort.stat().st_size if dense_ort else None
