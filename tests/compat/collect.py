@@ -66,6 +66,38 @@ def _inputs(model, samples, options=None) -> dict[str, np.ndarray]:
     return dict(first_group(generated_samples(model, count=count, seed=1, shapes=shapes, values=values).inputs))
 
 
+# Ops that quantize a computed tensor: ONNX Runtime versions fuse them into different integer
+# kernels, whose rounding differs by up to a quantization step (an uncompressed QDQ MLP's outputs
+# differ by 0.0129 on magnitude 3.6 between onnxruntime 1.19.2 and 1.32.0, measured 2026-12-05).
+ACTIVATION_QUANTIZERS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                         "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
+
+
+def quantizes_activations(model) -> bool:
+    """Whether a node of `ACTIVATION_QUANTIZERS` reads a value computed from the graph inputs
+    (not a weight or a decode subgraph of weights, which ONNX Runtime folds at load)."""
+    from onnx_ir.traversal import RecursiveGraphIterator
+
+    def from_inputs(value, seen: set[int]) -> bool:
+        if value is None or value.const_value is not None or id(value) in seen:
+            return False
+        seen.add(id(value))
+        producer = value.producer()
+        if producer is None:
+            return value.graph is not None and value in value.graph.inputs or value.graph is None
+        return any(from_inputs(operand, seen) for operand in producer.inputs)
+
+    return any(node.op_type in ACTIVATION_QUANTIZERS and node.inputs and from_inputs(node.inputs[0], set())
+               for node in RecursiveGraphIterator(model.graph))
+
+
+def _storable(value) -> np.ndarray:
+    """String tensors (object arrays from ONNX Runtime) as fixed-width unicode: `np.load` reads
+    object arrays only with pickling, which run_compat.py (rightly) leaves off."""
+    array = np.asarray(value)
+    return array.astype(str) if array.dtype == object else array
+
+
 def save(folder: Path, result, samples, options=None) -> None:
     import onnxruntime
 
@@ -78,10 +110,11 @@ def save(folder: Path, result, samples, options=None) -> None:
     sess = session(result.data)
     outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
     (folder / f"{digest}.onnx").write_bytes(result.data)
-    np.savez(folder / f"{digest}.npz", **{f"in:{k}": v for k, v in inputs.items()},
-             **{f"out:{k}": np.asarray(v) for k, v in outputs.items()})
+    np.savez(folder / f"{digest}.npz", **{f"in:{k}": _storable(v) for k, v in inputs.items()},
+             **{f"out:{k}": _storable(v) for k, v in outputs.items()})
     info = {"test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0],
-            "onnxruntime": onnxruntime.__version__, "bytes": len(result.data)}
+            "onnxruntime": onnxruntime.__version__, "bytes": len(result.data),
+            "quantizes_activations": quantizes_activations(result.model)}
     # Written last: its presence marks a complete entry.
     (folder / f"{digest}.json").write_text(json.dumps(info, indent=1))
 
