@@ -182,7 +182,7 @@ def markdown(results: list[dict], skipped: list[str], meta: dict) -> str:
               "(ORT-format-only) build needs an `.ort`: `packed` where the app's download size matters (about the "
               "`.onnx`'s bytes, decodes on every run), `dense` where latency comes first (decoded weights)."]
     lines += ["", "| model | original | compressed .onnx | fidelity (generated inputs) | weights | auto wrote | "
-              "stored sparse by auto | ops the packed .ort adds to a minimal build |", "|---|---:|---:|---|---:|---|---|---|"]
+              "stored sparse by auto | ops the packed .ort needs beyond the dense .ort's (decode ops; ops the dense one fused) |", "|---|---:|---:|---|---:|---|---|---|"]
     for result in results:
         sparse = ", ".join(f"{w['name']} {'x'.join(map(str, w['shape']))} ({w['nonzero']:,} non-zero)"
                            for w in result["sparse_weights"]) or "none"
