@@ -63,9 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("-o", "--output", help="output .onnx (default: INPUT.compressed.onnx next to the input)")
     compress.add_argument("--data", help="sample inputs (.npz) for sensitivity and verification; labels optional")
     compress.add_argument("--report", help="write the JSON report here")
-    compress.add_argument("--report-dir", help="write a self-contained HTML report (report.html: per-layer table, weight "
-                                               "distributions before/after, bits/sparsity, bytes by encoding, fidelity, "
-                                               "entropy bound and gzip'd size) and report.json into this folder; needs matplotlib")
+    compress.add_argument("--report-dir", help="write a self-contained HTML report (report.html: size against quality "
+                                               "next to the original and per-channel int8, fidelity, bytes by encoding, "
+                                               "bits/sparsity, per-layer table, entropy bound and gzip'd size, weight "
+                                               "distributions before/after) and report.json into this folder; needs matplotlib")
     compress.add_argument("--force", action="store_true", help="overwrite an existing output (and --report file)")
     compress.add_argument("--allow-low-fidelity", action="store_true",
                           help="write the model even when it fails the quality floor or --max-accuracy-drop")
@@ -212,7 +213,8 @@ def _compress(args) -> int:
         from onnxcomp.html_report import write_report
 
         progress(f"write HTML report to {args.report_dir}")
-        write_report(args.report_dir, io.load_model(input_path), io.load_model(output_path), report, output_path.read_bytes())
+        write_report(args.report_dir, io.load_model(input_path), io.load_model(output_path), report, output_path.read_bytes(),
+                     samples=eval_samples or samples, seed=args.seed, input_shapes=input_shapes, input_values=input_values)
     if not quiet:
         print(format_table(report["layers"], COMPRESS_COLUMNS))
         fid = report["fidelity"]

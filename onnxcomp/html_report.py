@@ -1,8 +1,10 @@
-"""A self-contained HTML report of one compression (plots embedded as PNG; no network resources).
+"""A self-contained HTML report of one compression (plots as inline SVG; no network resources).
 
-What it shows, all measured on the two models rather than taken from the allocator's estimates:
-the per-layer table; each encoded weight's distribution before and after (original weights
-against the few values they collapsed onto, as in Ullrich et al.'s soft weight-sharing figure);
+What it shows, all measured on the models rather than taken from the allocator's estimates: at
+the top, file size against quality for the original, its per-channel int8 version
+(`onnxcomp.int8_reference`) and the compressed model, run on the same inputs; the per-layer
+table; each encoded weight's distribution before and after (original weights against the few
+values they collapsed onto, as in Ullrich et al.'s soft weight-sharing figure);
 bits, sparsity and parameters kept per layer; bytes by encoding; fidelity and accuracy; and the
 entropy bound of the encoded weights - the bytes an ideal entropy coder would need for the
 codes (and, for sparse layers, the positions) - next to the actual bytes and the gzip'd file.
@@ -10,10 +12,8 @@ codes (and, for sparse layers, the positions) - next to the actual bytes and the
 
 from __future__ import annotations
 
-import base64
 import gzip
 import html
-import io as bytes_io
 import json
 import logging
 import math
@@ -24,18 +24,18 @@ import onnx_ir as ir
 
 from onnxcomp import encoding, io
 from onnxcomp.canonicalize import canonicalize
+from onnxcomp.data import Samples
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.int8_reference import compare_with_int8
 from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.report import GENERATED_INPUTS_NOTE, StoredWeight, stored_weights
+from onnxcomp.report_plots import (COMPRESSED_COLOR, INT8_COLOR, ORIGINAL_COLOR, allocation_plot, distribution_plot,
+                                   encoding_plot, entropy_plot, quality_measure, size_quality_plot)
 from onnxcomp.sizes import format_size
 
 logger = logging.getLogger(__name__)
 
 MAX_DISTRIBUTION_PANELS = 12  # the largest encoded layers get a distribution plot each
-SCATTER_POINTS = 20_000
-ORIGINAL_COLOR, COMPRESSED_COLOR, BOUND_COLOR = "#7f7f7f", "#1f77b4", "#ff7f0e"
-ENCODING_COLORS = {"dense": "#7f7f7f", "lookup": "#1f77b4", "linear": "#2ca02c", "sparse": "#ff7f0e",
-                   "grouped": "#8c564b", "vector": "#e377c2", "decoded": "#9467bd", "graph and other": "#d9d9d9"}
 
 
 def require_matplotlib():
@@ -150,136 +150,40 @@ def analyze(original: ir.Model, compressed: ir.Model, report: dict, compressed_d
     return {"layers": layers, "totals": totals}, arrays
 
 
-def _png(figure) -> str:
-    buffer = bytes_io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    figure.clf()
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _short_label(name: str, width: int = 28) -> str:
-    return name if len(name) <= width else "..." + name[-(width - 3):]
-
-
-def distribution_plot(plt, name: str, original: np.ndarray | None, compressed: np.ndarray) -> str:
-    """Histogram of the original weights with the compressed values' counts as stems, and a
-    scatter of original against compressed weight (the values they collapsed onto)."""
-    same_shape = original is not None and original.shape == compressed.shape
-    figure, axes = plt.subplots(2 if same_shape else 1, 1, figsize=(4.4, 5.2 if same_shape else 2.8), squeeze=False)
-    top = axes[0][0]
-    levels, counts = np.unique(compressed, return_counts=True)
-    bins = np.histogram_bin_edges(original if original is not None else compressed, bins=120)
-    if original is not None:
-        top.hist(original.ravel(), bins=bins, color=ORIGINAL_COLOR, alpha=0.8, label="original")
-    if levels.size <= 64:
-        top.vlines(levels, 0.8, counts, color=COMPRESSED_COLOR, linewidth=1.6, label=f"compressed ({levels.size} values)")
-    else:  # too many values for stems: outline their histogram on the same bins
-        top.hist(compressed.ravel(), bins=bins, histtype="step", color=COMPRESSED_COLOR, linewidth=1.2,
-                 label=f"compressed ({levels.size} values)")
-    top.set_yscale("log")
-    top.set_ylabel("count")
-    top.set_title(_short_label(name, 40), fontsize=9)
-    top.legend(fontsize=7, loc="upper right")
-    if same_shape:
-        bottom = axes[1][0]
-        flat_original, flat_compressed = original.ravel(), compressed.ravel()
-        if flat_original.size > SCATTER_POINTS:
-            pick = np.random.default_rng(0).choice(flat_original.size, SCATTER_POINTS, replace=False)
-            flat_original, flat_compressed = flat_original[pick], flat_compressed[pick]
-        if levels.size <= 64:
-            bottom.hlines(levels, flat_original.min(), flat_original.max(), color="#dddddd", linewidth=0.6, zorder=0)
-        bottom.scatter(flat_original, flat_compressed, s=2, color=COMPRESSED_COLOR, alpha=0.3, linewidths=0)
-        bottom.set_xlabel("original weight")
-        bottom.set_ylabel("compressed weight")
-    figure.tight_layout()
-    return _png(figure)
-
-
-def allocation_plot(plt, layers: list[dict]) -> str:
-    """Bits, sparsity and parameters kept per layer, as horizontal bars."""
-    names = [_short_label(layer["name"]) for layer in layers]
-    positions = np.arange(len(layers))
-    height = 1.2 + 0.28 * len(layers)
-    kept = [100 * layer["params"] / layer["params_original"] if layer["params_original"] else 100 for layer in layers]
-    panels = [("bits per weight", [layer["bits"] for layer in layers], COMPRESSED_COLOR),
-              ("sparsity (% zeros)", [100 * layer["sparsity"] for layer in layers], BOUND_COLOR)]
-    if any(k < 100 for k in kept):
-        panels.append(("parameters kept (%)", kept, "#2ca02c"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.5, height), sharey=True, squeeze=False)
-    for axis, (title, data, color) in zip(axes[0], panels):
-        axis.barh(positions, data, color=color)
-        axis.set_title(title, fontsize=9)
-        for y, value in zip(positions, data):
-            axis.text(value, y, f" {value:.0f}", va="center", fontsize=7)
-    axes[0][0].set_yticks(positions, names, fontsize=7)
-    axes[0][0].invert_yaxis()
-    figure.tight_layout()
-    return _png(figure)
-
-
-def encoding_plot(plt, totals: dict) -> str:
-    """Bytes of the original and compressed files split by how weights are stored."""
-    figure, axis = plt.subplots(figsize=(8, 2.2))
-    bars = [("original", totals["original_bytes_by_encoding"]), ("compressed", totals["bytes_by_encoding"])]
-    for row, (label, parts) in enumerate(bars):
-        left = 0
-        for kind, size in parts.items():
-            axis.barh(row, size, left=left, color=ENCODING_COLORS.get(kind, "#bcbd22"), edgecolor="white",
-                      label=kind if row == 1 or kind == "dense" else None)
-            left += size
-        axis.text(left, row, f" {format_size(left)}", va="center", fontsize=8)
-    axis.set_yticks(range(len(bars)), [label for label, _ in bars])
-    axis.set_xlabel("bytes")
-    handles, labels = axis.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    axis.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figure.tight_layout()
-    return _png(figure)
-
-
-def entropy_plot(plt, layers: list[dict], totals: dict, input_bytes: int) -> str:
-    """Stored bytes against the entropy bound per encoded layer, and file totals with gzip."""
-    encoded = [layer for layer in layers if layer["encoding"] != "dense"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 1.6 + 0.35 * max(len(encoded), 4)),
-                                         gridspec_kw={"width_ratios": [3, 2]})
-    positions = np.arange(len(encoded))
-    left.barh(positions - 0.2, [layer["stored_bytes"] for layer in encoded], 0.4, color=COMPRESSED_COLOR, label="stored")
-    left.barh(positions + 0.2, [layer["entropy_bound_bytes"] for layer in encoded], 0.4, color=BOUND_COLOR,
-              label="entropy bound")
-    left.set_yticks(positions, [_short_label(layer["name"]) for layer in encoded], fontsize=7)
-    left.invert_yaxis()
-    left.set_xlabel("bytes")
-    left.set_title("encoded weights", fontsize=9)
-    left.legend(fontsize=7)
-    labels = ["original file", "compressed file", "gzip(compressed)", "entropy bound"]
-    sizes = [input_bytes, totals["file_bytes"], totals["gzip_bytes"], totals["file_entropy_bound_bytes"]]
-    colors = [ORIGINAL_COLOR, COMPRESSED_COLOR, "#2ca02c", BOUND_COLOR]
-    right.barh(range(4), sizes, color=colors)
-    for y, size in enumerate(sizes):
-        right.text(size, y, f" {format_size(size)}", va="center", fontsize=7)
-    right.set_yticks(range(4), labels, fontsize=8)
-    right.invert_yaxis()
-    right.set_xlabel("bytes")
-    right.set_title("whole file", fontsize=9)
-    figure.tight_layout()
-    return _png(figure)
-
-
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1250px; }
-h1 { font-size: 22px; } h2 { font-size: 17px; border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 28px; }
-table { border-collapse: collapse; font-size: 12px; } td, th { padding: 3px 8px; border-bottom: 1px solid #eee; }
-td.n, th.n { text-align: right; } .grid { display: flex; flex-wrap: wrap; gap: 8px; }
-.cards { display: flex; gap: 12px; flex-wrap: wrap; } .card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; }
-.card b { display: block; font-size: 18px; } .note { color: #666; font-size: 12px; }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: #1f2328; margin: 0;
+       background: #fff; }
+main { max-width: 1320px; margin: 0 auto; padding: 20px 32px 48px; }
+header h1 { font-size: 24px; margin: 0 0 2px; font-weight: 650; } header h1 span { color: #57606a; font-weight: 400; }
+header p { margin: 0; color: #57606a; font-size: 14px; overflow-wrap: anywhere; }
+h2 { font-size: 19px; font-weight: 650; margin: 36px 0 10px; padding-bottom: 6px; border-bottom: 1px solid #d8dee4; }
+.top { display: grid; grid-template-columns: minmax(0, 1fr) 330px; gap: 20px 28px; align-items: start; margin-top: 14px; }
+figure { margin: 0; } figcaption { font-size: 14px; color: #57606a; margin: 0 0 6px; }
+figcaption b { color: #1f2328; font-size: 16px; margin-right: 6px; }
+figure svg { display: block; max-width: 100%; height: auto; }
+.lead { border: 1px solid #d8dee4; border-radius: 8px; padding: 12px 14px 8px; }
+.cards { display: flex; flex-direction: column; gap: 10px; }
+.card { border: 1px solid #d8dee4; border-radius: 8px; padding: 10px 14px; font-size: 14px; color: #57606a; }
+.card b { display: block; font-size: 22px; color: #1f2328; font-weight: 650; font-variant-numeric: tabular-nums; }
+.card.hero { background: #f0f6fc; border-color: #b6d3f2; } .card.hero b { font-size: 30px; color: #0b5cad; }
+table { border-collapse: collapse; font-size: 14px; font-variant-numeric: tabular-nums; margin: 4px 0; }
+td, th { padding: 5px 12px; border-bottom: 1px solid #eaeef2; text-align: left; }
+th { font-weight: 600; border-bottom: 2px solid #d8dee4; background: #f6f8fa; } tr:hover td { background: #f6f8fa; }
+td.n, th.n { text-align: right; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(390px, 1fr)); gap: 18px 24px; }
+.grid figure { border: 1px solid #eaeef2; border-radius: 8px; padding: 8px 10px; }
+.grid figcaption b { font-size: 15px; }
+.row { display: flex; flex-wrap: wrap; gap: 16px 32px; align-items: flex-start; }
+.note { color: #57606a; font-size: 14px; max-width: 1100px; }
+.generated { background: #fff8c5; border: 1px solid #eed888; border-radius: 6px; padding: 8px 12px; color: #3b2e00; }
 """
 
 
-def _img(data: str, alt: str) -> str:
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+def _figure(svg_text: str, plot_id: str, caption: str = "", css_class: str = "plot") -> str:
+    """A figure holding one inline SVG plot; `caption` is HTML."""
+    head = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return f'<figure class="{css_class}" id="fig-{plot_id}" data-plot="{plot_id}">{head}{svg_text}</figure>'
 
 
 def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> str:
@@ -313,20 +217,56 @@ def _quality_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-def render_html(report: dict, analysis: dict, arrays: dict) -> str:
-    """The report page; every plot is an inline base64 PNG."""
+def size_quality_points(report: dict, comparison: dict | None) -> list[dict]:
+    """The size/quality figure's points: measured ones where the comparison ran, else sizes only."""
+    labels = {"original": ("original (float32)", ORIGINAL_COLOR), "int8": ("per-channel int8", INT8_COLOR),
+              "compressed": ("this model", COMPRESSED_COLOR)}
+    if comparison is None:
+        return [dict(label=labels["original"][0], color=ORIGINAL_COLOR, bytes=report.get("input_bytes", 0), measured=False),
+                dict(label=labels["compressed"][0], color=COMPRESSED_COLOR, bytes=report.get("output_bytes", 0),
+                     measured=False, highlight=True)]
+    return [dict(measures, label=labels[name][0], color=labels[name][1], measured=True, highlight=name == "compressed")
+            for name, measures in comparison["models"].items()]
+
+
+def _summary(report: dict, totals: dict, comparison: dict | None, comparison_error: str) -> str:
+    """The top of the page: the size/quality figure and the few numbers beside it."""
+    plt = require_matplotlib()
+    input_bytes, file_bytes = report.get("input_bytes", 0), totals["file_bytes"]
+    points = size_quality_points(report, comparison)
+    key, measure_label = quality_measure(points)
+    if comparison is not None:
+        source = f"{comparison['samples']} {'generated' if comparison['generated'] else 'sample'} inputs"
+        caption = (f"<b>Size against quality</b> {html.escape(measure_label.replace(' (%)', ''))} on {source}, "
+                   "each model run in ONNX Runtime. int8: weight-only, per output channel, symmetric.")
+    else:
+        caption = f"<b>Size against quality</b> sizes only: {html.escape(comparison_error)}"
+    figure = _figure(size_quality_plot(plt, points, report.get("target_bytes", 0)), "size-quality", caption, "plot lead")
+    cards = [("hero", f"{input_bytes / max(file_bytes, 1):.1f}x smaller", f"{format_size(input_bytes)} -> {format_size(file_bytes)}")]
+    if comparison is not None:
+        int8_bytes = comparison["models"]["int8"]["bytes"]
+        cards.append(("", f"{int8_bytes / max(file_bytes, 1):.1f}x smaller than int8", f"per-channel int8: {format_size(int8_bytes)}"))
+        if key:
+            percent = key != "cosine"
+            show = (lambda v: f"{100 * v:.2f}%") if percent else (lambda v: f"{v:.4f}")
+            models = comparison["models"]
+            detail = f"int8 {show(models['int8'][key])}" + (f", original {show(models['original'][key])}" if key == "accuracy" else "")
+            cards.append(("", show(models["compressed"][key]), f"{measure_label.replace(' (%)', '')}; {detail}"))
+    cards.append(("", format_size(totals["gzip_bytes"]), "gzip -9 of the file (a download)"))
+    cards.append(("", format_size(totals["file_entropy_bound_bytes"]), "file with weights at their entropy bound"))
+    card_html = "".join(f'<div class="card {kind}"><b>{html.escape(value)}</b>{html.escape(text)}</div>'
+                        for kind, value, text in cards)
+    return f'<div class="top">{figure}<div class="cards">{card_html}</div></div>{_generated_note(report)}'
+
+
+def render_html(report: dict, analysis: dict, arrays: dict, comparison: dict | None = None,
+                comparison_error: str = "") -> str:
+    """The report page; every plot is an inline SVG with its text as text."""
     plt = require_matplotlib()
     layers, totals = analysis["layers"], analysis["totals"]
     input_bytes = report.get("input_bytes", 0)
-    cards = [("file", f"{format_size(input_bytes)} -> {format_size(totals['file_bytes'])}"),
-             ("smaller", f"{input_bytes / max(totals['file_bytes'], 1):.1f}x"),
-             ("gzip'd file", format_size(totals["gzip_bytes"])),
-             ("entropy-bound file", format_size(totals["file_entropy_bound_bytes"]))]
-    if "accuracy" in report:
-        cards.append(("accuracy", f"{100 * report['accuracy']['original']:.2f}% -> {100 * report['accuracy']['compressed']:.2f}%"))
-    card_html = "".join(f'<div class="card">{html.escape(k)}<b>{html.escape(v)}</b></div>' for k, v in cards)
     table_rows = [[layer["name"], "x".join(map(str, layer["shape"])), f"{layer['params']:,}", layer["encoding"],
-                   str(layer["bits"]), str(layer["distinct"]), f"{100 * layer['sparsity']:.0f}%",
+                   f"{layer['bits']:g}", str(layer["distinct"]), f"{100 * layer['sparsity']:.0f}%",
                    format_size(4 * (layer["params_original"] or layer["params"])), format_size(layer["stored_bytes"]),
                    format_size(layer["entropy_bound_bytes"]),
                    "-" if layer["relative_error"] is None else f"{layer['relative_error']:.3g}"] for layer in layers]
@@ -334,49 +274,60 @@ def render_html(report: dict, analysis: dict, arrays: dict) -> str:
                           "entropy bound", "rel. L2 error"], table_rows, {2, 4, 5, 6, 7, 8, 9, 10})
     encoded = sorted((layer for layer in layers if layer["encoding"] != "dense"), key=lambda layer: -layer["params"])
     shown = encoded[:MAX_DISTRIBUTION_PANELS]
-    panels = "".join(_img(distribution_plot(plt, layer["name"], *arrays[layer["name"]]), f"distribution of {layer['name']}")
-                     for layer in shown)
+    panels = "".join(_figure(distribution_plot(plt, layer["name"], *arrays[layer["name"]], plot_id=f"dist-{index}"),
+                             f"dist-{index}", f"<b>{html.escape(layer['name'])}</b> {html.escape(layer['encoding'])}, "
+                             f"{layer['bits']:g} bits, {layer['distinct']} values, {layer['params']:,} weights")
+                     for index, layer in enumerate(shown))
     omitted = f'<p class="note">{len(encoded) - len(shown)} smaller encoded layers not shown.</p>' if len(encoded) > len(shown) else ""
     encoding_rows = [[kind, format_size(size), f"{100 * size / max(totals['file_bytes'], 1):.1f}%"]
                      for kind, size in totals["bytes_by_encoding"].items()]
     sections = [
-        ("summary", "Summary", f'<div class="cards">{card_html}</div>'
-         f'<p class="note">{html.escape(report.get("input", ""))} -> {html.escape(report.get("output", ""))}, '
-         f'target {format_size(report.get("target_bytes", 0))}</p>'),
+        ("summary", "", _summary(report, totals, comparison, comparison_error)),
         ("quality", "Fidelity and accuracy",
-         _generated_note(report) + _table(["measure", "value", "measured on"], _quality_rows(report), {1})),
+         _table(["measure", "value", "measured on"], _quality_rows(report), {1})
+         + '<p class="note">Measured by the compressor against the original model.</p>'),
+        ("encodings", "Bytes by encoding",
+         f'<div class="row">{_figure(encoding_plot(plt, totals), "encodings")}'
+         f'{_table(["stored as", "bytes", "of file"], encoding_rows, {1, 2})}</div>'),
+        ("allocation", "Bits, sparsity and parameters kept per layer", _figure(allocation_plot(plt, layers), "allocation")),
         ("layers", "Layers", layer_table + '<p class="note">Measured on the saved model: decoded weights are '
          "evaluated in ONNX Runtime; stored = bytes of the initializers the weight is decoded from.</p>"),
-        ("distributions", "Weight distributions before and after",
-         '<p class="note">Top: histogram of the original weights (grey) and how many compressed weights take each '
-         "of the few stored values (blue stems; the stem at 0 counts pruned weights). Bottom: each weight's original "
-         "value against its compressed value - weights collapse onto the codebook values.</p>"
-         f'<div class="grid">{panels}</div>{omitted}'),
-        ("allocation", "Bits, sparsity and parameters kept per layer", _img(allocation_plot(plt, layers), "allocation")),
-        ("encodings", "Bytes by encoding", _img(encoding_plot(plt, totals), "bytes by encoding")
-         + _table(["stored as", "bytes", "of file"], encoding_rows, {1, 2})),
         ("entropy", "Entropy bound and gzip",
          '<p class="note">Entropy bound: the bytes an ideal entropy coder would need for the codes of each encoded '
          "weight under their empirical distribution (codes including zero; for sparse layers the smaller of that and "
          "non-zero codes plus position gaps), plus the codebook. The file's bound replaces the stored weights by their "
          "bounds and keeps the rest of the file. gzip -9 of the file is what an app download would cost.</p>"
-         + _img(entropy_plot(plt, layers, totals, input_bytes), "entropy bound")
+         + _figure(entropy_plot(plt, layers, totals, input_bytes), "entropy")
          + _table(["", "bytes"], [["compressed file", f"{totals['file_bytes']:,}"], ["gzip -9 of the file", f"{totals['gzip_bytes']:,}"],
                                   ["stored weights", f"{totals['weights_stored_bytes']:,}"],
                                   ["entropy bound of the weights", f"{totals['weights_entropy_bound_bytes']:,}"],
                                   ["file with weights at the bound", f"{totals['file_entropy_bound_bytes']:,}"]], {1})),
+        ("distributions", "Weight distributions before and after",
+         '<p class="note">Top: histogram of the original weights (grey) and how many compressed weights take each '
+         "of the few stored values (blue stems; the stem at 0 counts pruned weights). Bottom: each weight's original "
+         "value against its compressed value - weights collapse onto the codebook values.</p>"
+         f'<div class="grid">{panels}</div>{omitted}'),
     ]
-    body = "".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>{content}</section>' for key, title, content in sections)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>onnxcomp report</title>'
-            f"<style>{STYLE}</style></head><body><h1>onnxcomp compression report</h1>{body}</body></html>")
+    body = "".join(f'<section id="{key}">{f"<h2>{html.escape(title)}</h2>" if title else ""}{content}</section>'
+                   for key, title, content in sections)
+    name = Path(report.get("input", "model")).name
+    header = (f"<header><h1>onnxcomp report <span>{html.escape(name)}</span></h1>"
+              f"<p>{html.escape(report.get('input', ''))} -> {html.escape(report.get('output', ''))}, "
+              f"target {format_size(report.get('target_bytes', 0))}</p></header>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>onnxcomp report: {html.escape(name)}</title>'
+            f"<style>{STYLE}</style></head><body><main>{header}{body}</main></body></html>")
 
 
 def write_report(report_dir: str | Path, original: ir.Model, compressed: ir.Model, report: dict,
-                 compressed_data: bytes | None = None) -> Path:
+                 compressed_data: bytes | None = None, *, samples: Samples | None = None, seed: int = 0,
+                 input_shapes: dict | None = None, input_values: dict | None = None) -> Path:
     """Write DIR/report.html and DIR/report.json (the compress report plus the measured analysis).
 
     Returns the path of the HTML file. `compressed_data` is the saved file's bytes (serialized
-    from `compressed` when not given).
+    from `compressed` when not given). The size/quality figure runs the original, its int8
+    version and the compressed model on `samples` (the compressor's check data), else on the
+    compressor's generated inputs (`seed`, `input_shapes`, `input_values` as given to it).
     """
     require_matplotlib()
     report_dir = Path(report_dir)
@@ -384,9 +335,19 @@ def write_report(report_dir: str | Path, original: ir.Model, compressed: ir.Mode
     if compressed_data is None:
         compressed_data = io.serialized_bytes(compressed)
     analysis, arrays = analyze(original, compressed, report, compressed_data)
-    page = render_html(report, analysis, arrays)
+    comparison, comparison_error = None, ""
+    if io.is_streamed(original):
+        comparison_error = "the model is too large to run three copies of it"
+    else:
+        try:
+            comparison = compare_with_int8(original, compressed_data, samples, seed, input_shapes, input_values,
+                                           original_bytes=report.get("input_bytes"))
+        except OnnxcompError as error:
+            comparison_error = f"the models could not be run ({error})"
+            logger.info("size/quality comparison skipped: %s", error)
+    page = render_html(report, analysis, arrays, comparison, comparison_error)
     html_path = report_dir / "report.html"
     io.atomic_write(html_path, lambda handle: handle.write(page.encode("utf-8")))
-    full = dict(report, analysis=analysis)
+    full = dict(report, analysis=dict(analysis, size_quality=comparison))
     io.atomic_write(report_dir / "report.json", lambda handle: handle.write(json.dumps(full, indent=2).encode()))
     return html_path

@@ -3,12 +3,13 @@ numbers, and how it looks in a real headless browser."""
 
 from __future__ import annotations
 
-import base64
+import html
 import json
 import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -20,10 +21,11 @@ from tests.conftest import LENET5, TEST_DATA
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 pytest.importorskip("matplotlib", reason="the HTML report needs matplotlib")
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = next((path for path in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if path), None)
 SECTIONS = ["summary", "quality", "layers", "distributions", "allocation", "encodings", "entropy"]
 PLOT_BLUE = (0x1F, 0x77, 0xB4)  # matplotlib's first colour; the page's CSS never uses it
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BYTE_TICK = re.compile(r"^(0|\d+(\.\d+)? (B|KB|MB|GB))$")
+WIDTH, HEIGHT = 1400, 1000  # a laptop-sized window: the first viewport
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +41,83 @@ def lenet5_report(tmp_path_factory):
     return folder / "html", output
 
 
-def test_report_has_sections_and_embedded_plots(lenet5_report):
+class _AxisText(HTMLParser):
+    """Text of every <text> element of each figure's matplotlib axes: {(figure id, axis group): [text]}."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[tuple[str, str]] = []
+        self.texts: dict[tuple[str, str], list[str]] = {}
+
+    def handle_starttag(self, tag, attrs):
+        self.stack.append((tag, dict(attrs).get("id") or ""))
+
+    def handle_endtag(self, tag):
+        while self.stack and self.stack.pop()[0] != tag:
+            pass
+
+    def handle_data(self, data):
+        if not self.stack or self.stack[-1][0] != "text" or not data.strip():
+            return
+        figure = next((i for t, i in self.stack if t == "figure"), None)
+        axis = next((found.group(1) for _, i in self.stack if (found := re.search(r"matplotlib\.(axis_\d+)$", i))), None)
+        if figure and axis:
+            self.texts.setdefault((figure, axis), []).append(data.strip())
+
+
+def axis_texts(page: str) -> dict[tuple[str, str], list[str]]:
+    parser = _AxisText()
+    parser.feed(page)
+    return parser.texts
+
+
+def test_report_has_sections_and_inline_svg_plots(lenet5_report):
     report_dir, output = lenet5_report
     page = (report_dir / "report.html").read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in page, section
-    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    figures = re.findall(r'<figure class="[^"]*" id="fig-([\w-]+)" data-plot="[\w-]+">(?:<figcaption>.*?</figcaption>)?<svg ', page)
     encoded = [layer for layer in json.loads((report_dir / "report.json").read_text())["analysis"]["layers"]
                if layer["encoding"] != "dense"]
-    # one distribution plot per encoded layer + allocation + encodings + entropy
-    assert len(images) == len(encoded) + 3
-    assert all(base64.b64decode(image).startswith(PNG_MAGIC) for image in images)
+    # size/quality first; then bytes by encoding, allocation, entropy and one distribution per encoded layer
+    assert figures[:4] == ["size-quality", "encodings", "allocation", "entropy"], figures
+    assert len(figures) == len(encoded) + 4
+    assert page.index('id="fig-size-quality"') < page.index("<table")
     # self-contained: nothing fetched from anywhere
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "<script" not in page and "<link" not in page
     assert "accuracy" in page and "gzip" in page and "entropy bound" in page.lower()
+
+
+def test_byte_axes_read_in_kb_and_mb(lenet5_report):
+    """Every byte axis is labelled in B/KB/MB, never in matplotlib's scientific offset (1e6)."""
+    report_dir, _ = lenet5_report
+    texts = axis_texts((report_dir / "report.html").read_text())
+    byte_axes = [("fig-size-quality", "axis_1"), ("fig-encodings", "axis_1"), ("fig-entropy", "axis_1"),
+                 ("fig-entropy", "axis_3")]  # entropy: the whole-file panel's x axis is the second axes' axis_1
+    for figure, axis in byte_axes:
+        ticks = [text for text in texts.get((figure, axis), []) if text not in ("bytes", "file size")]
+        assert len(ticks) >= 3, (figure, axis, ticks)
+        assert all(BYTE_TICK.match(tick) for tick in ticks), (figure, axis, ticks)
+        assert any(tick.endswith(("KB", "MB")) for tick in ticks), (figure, axis, ticks)
+    assert not any(re.search(r"\de[+-]?\d|\u00d710", text) for values in texts.values() for text in values)
+
+
+def test_size_quality_points_are_measured_on_the_compressors_inputs(lenet5_report):
+    report_dir, output = lenet5_report
+    report = json.loads((report_dir / "report.json").read_text())
+    comparison = report["analysis"]["size_quality"]
+    models = comparison["models"]
+    assert comparison["samples"] == report["fidelity"]["samples"] == 1000 and not comparison["generated"]
+    # the same inputs as the compressor's check: the same numbers for the compressed model
+    assert models["compressed"]["bytes"] == output.stat().st_size
+    assert models["compressed"]["accuracy"] == pytest.approx(report["accuracy"]["compressed"])
+    assert models["original"]["accuracy"] == pytest.approx(report["accuracy"]["original"])
+    assert models["compressed"]["top1_agreement"] == pytest.approx(report["fidelity"]["top1_agreement"])
+    assert models["original"]["bytes"] == report["input_bytes"]
+    # int8: a byte per weight plus float biases and scales, about a quarter of the float file
+    assert 0.24 < models["int8"]["bytes"] / report["input_bytes"] < 0.27
+    assert models["int8"]["top1_agreement"] > 0.98 and models["int8"]["cosine"] > 0.999
 
 
 def test_report_json_measures_the_saved_model(lenet5_report):
@@ -107,29 +171,82 @@ def test_report_dir_without_matplotlib_fails_before_compressing(tmp_path, monkey
     assert not output.exists()
 
 
-@pytest.mark.skipif(shutil.which(CHROMIUM) is None,
-                    reason=f"{CHROMIUM} not installed (apt-get install chromium; `make setup` tries it)")
-def test_report_renders_in_headless_chromium(lenet5_report, tmp_path):
+MEASURE_SCRIPT = """<script>
+addEventListener("load", () => {
+  const box = e => { const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, left: r.left, width: r.width, height: r.height}; };
+  const figures = [...document.querySelectorAll("figure")].map(f => ({id: f.id, box: box(f)}));
+  const ticks = [...document.querySelectorAll('#fig-size-quality g[id$="matplotlib.axis_1"] text')]
+    .map(t => ({text: t.textContent.trim(), box: box(t)}));
+  const out = document.createElement("pre");
+  out.id = "measured";
+  out.textContent = JSON.stringify({viewport: [innerWidth, innerHeight], figures, ticks});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium(tmp_path, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={WIDTH},{HEIGHT}",
+                           *arguments], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium; `make setup` tries it as root)")
+def test_report_in_headless_chromium_leads_with_size_quality(lenet5_report, tmp_path):
+    """At 1400 px the size/quality figure is the page's first figure, wholly in the first
+    viewport, wide and with legible KB/MB tick labels; the screenshot shows plots and text."""
     from PIL import Image
 
     report_dir, _ = lenet5_report
+    page = (report_dir / "report.html").read_text()
+    measured_page = tmp_path / "measure.html"
+    measured_page.write_text(page.replace("</body>", MEASURE_SCRIPT + "</body>"))
+    dump = _chromium(tmp_path, "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000", "--dump-dom",
+                     measured_page.as_uri())
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dump.stdout, re.S)
+    assert found, f"chromium laid out no page: {dump.stderr[-500:]}"
+    layout = json.loads(html.unescape(found.group(1)))
+    view_width, view_height = layout["viewport"]
+    assert view_width == WIDTH
+    first = layout["figures"][0]
+    assert first["id"] == "fig-size-quality", [figure["id"] for figure in layout["figures"]]
+    assert 0 <= first["box"]["top"] and first["box"]["bottom"] <= view_height, (first, view_height)
+    assert first["box"]["width"] >= 0.5 * WIDTH  # the lead figure, not a thumbnail
+    ticks = [tick for tick in layout["ticks"] if tick["text"] != "file size"]
+    assert len(ticks) >= 3 and all(BYTE_TICK.match(tick["text"]) for tick in ticks), ticks
+    assert any(tick["text"].endswith("MB") for tick in ticks) and any(tick["text"].endswith("KB") for tick in ticks), ticks
+    assert all(tick["box"]["height"] >= 12 for tick in ticks), ticks  # ~13 px text, not 7
+    assert all(0 <= tick["box"]["top"] and tick["box"]["bottom"] <= view_height for tick in ticks)
+
     screenshot = tmp_path / "report.png"
-    width, height = 1300, 3200
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={screenshot}",
-                    f"--window-size={width},{height}", (report_dir / "report.html").as_uri()],
-                   capture_output=True, timeout=120, check=False)
+    _chromium(tmp_path, f"--screenshot={screenshot}", (report_dir / "report.html").as_uri())
     assert screenshot.is_file(), "chromium wrote no screenshot"
     pixels = np.asarray(Image.open(screenshot).convert("RGB"))
-    assert pixels.shape[:2] == (height, width)
-    colours = np.unique(pixels.reshape(-1, 3), axis=0)
-    assert len(colours) > 500, "the page rendered nearly flat (no plots?)"
-    # The plots' blue must show up in several separate vertical bands of the page: distributions,
-    # per-layer bars, bytes by encoding, entropy bound.
-    blue = np.all(np.abs(pixels.astype(int) - PLOT_BLUE) <= 12, axis=2)
-    band_rows = height // 16
-    bands_with_plots = [band for band in range(16) if blue[band * band_rows:(band + 1) * band_rows].sum() > 300]
-    assert len(bands_with_plots) >= 4, bands_with_plots
-    # text and tables above the first plot: not all white
-    assert (pixels[:400] < 128).any()
+    assert pixels.shape[:2] == (HEIGHT, WIDTH)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200, "the page rendered nearly flat"
+    assert (pixels < 96).all(axis=2).sum() > 2000, "no dark text on the first screen"
+    # the plot's blue (this model's point) inside the first figure's box, in the first screen
+    box = first["box"]
+    region = pixels[int(box["top"]):int(box["bottom"]), int(box["left"]):int(box["left"] + box["width"])].astype(int)
+    assert (np.abs(region - PLOT_BLUE) <= 12).all(axis=2).sum() > 100, "no plotted point in the size/quality figure"
+
+
+def test_report_without_a_runnable_comparison_still_leads_with_sizes(lenet5_report, tmp_path, monkeypatch):
+    """Where the three models cannot be run, the figure shows their sizes and says why."""
+    from onnxcomp import html_report, io
+    from onnxcomp.errors import OnnxcompError
+
+    def cannot_run(*args, **kwargs):
+        raise OnnxcompError("no input ran")
+
+    monkeypatch.setattr(html_report, "compare_with_int8", cannot_run)
+    _, output = lenet5_report
+    report = json.loads((lenet5_report[0] / "report.json").read_text())
+    report.pop("analysis")
+    page = html_report.write_report(tmp_path / "html", io.load_model(LENET5), io.load_model(output), report).read_text()
+    assert page.index('id="fig-size-quality"') < page.index("<table")
+    assert "sizes only: the models could not be run (no input ran)" in page
+    texts = axis_texts(page)[("fig-size-quality", "axis_1")]
+    assert any(text.endswith("MB") for text in texts) and any(text.endswith("KB") for text in texts), texts
+    assert json.loads((tmp_path / "html" / "report.json").read_text())["analysis"]["size_quality"] is None

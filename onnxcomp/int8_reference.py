@@ -1,0 +1,119 @@
+"""The yardstick a compressed model is shown against: the same model with int8 weights.
+
+Weight-only, per-channel, symmetric int8 (255 levels, max-abs scale per output channel), the
+scheme of ONNX Runtime's and PyTorch's per-channel weight quantization: every float32 weight
+matrix or kernel (rank >= 2, in a weight slot) is stored as an INT8 initializer and one float32
+scale per channel, decoded by Cast -> Mul, which ONNX Runtime folds at load. Biases, vectors and
+everything else stay as they are. The HTML report saves it, measures its bytes and runs it on the
+same inputs as the compressed model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcomp import io
+from onnxcomp.canonicalize import canonicalize
+from onnxcomp.channel_scales import INT8_LEVELS, channel_axes, channel_distortion, channel_scales
+from onnxcomp.data import Samples
+from onnxcomp.memory import activation_sizes, batch_size as budget_batch
+from onnxcomp.passes.cleanup import clean_up
+from onnxcomp.probe import generated_samples
+from onnxcomp.signature import input_specs
+from onnxcomp.verify import accuracy, class_score_outputs, fidelity
+from onnxcomp.weights import find_weights
+
+logger = logging.getLogger(__name__)
+
+HALF_RANGE = (INT8_LEVELS - 1) // 2  # codes -127..127
+MAX_SAMPLES = 2000  # as many as the compressor verifies on
+GENERATED_SAMPLES = 256  # the compressor's generated verification inputs (same seed: the same inputs)
+
+
+def int8_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel int8 codes of a weight, its scales ([C, 1, ...] view, float32) and the axis.
+
+    Of the weight's candidate channel axes (`channel_scales.channel_axes`: output channels; for a
+    matrix either axis, as MatMul's output features are its last) the one with the smaller error."""
+    values = np.asarray(values, np.float32)
+    best = None
+    for axis in channel_axes(values.shape):
+        scales = channel_scales(values, axis, half=False)
+        codes = np.round(scales.normalize(values) * HALF_RANGE).astype(np.int8)
+        error = channel_distortion(values, scales.restore(codes.astype(np.float32) / HALF_RANGE))
+        if best is None or error < best[0]:
+            best = (error, codes, scales, axis)
+    assert best is not None, "int8_codes needs a weight of rank >= 2 with more than one channel"
+    _, codes, scales, axis = best
+    return codes, scales.view(values.ndim) / HALF_RANGE, axis
+
+
+def int8_model(model: ir.Model) -> ir.Model:
+    """A copy of `model`, canonicalized and cleaned up as the compressor does, with per-channel int8 weights."""
+    model = clean_up(canonicalize(model.clone()))
+    graph = model.graph
+    for weight in find_weights(model):
+        tensor = weight.value.const_value
+        if (weight.role == "bias" or tensor is None or tensor.dtype != ir.DataType.FLOAT
+                or not channel_axes(weight.shape)):
+            continue
+        codes, scale, _ = int8_codes(weight.numpy())
+        name = weight.name
+        stored = ir.Value(name=f"{name}_int8", const_value=ir.tensor(codes, name=f"{name}_int8"))
+        factor = ir.Value(name=f"{name}_scale", const_value=ir.tensor(scale.astype(np.float32), name=f"{name}_scale"))
+        graph.register_initializer(stored)
+        graph.register_initializer(factor)
+        cast = ir.node("Cast", [stored], attributes={"to": ir.DataType.FLOAT}, name=f"{name}_cast")
+        mul = ir.node("Mul", [cast.outputs[0], factor], name=f"{name}_dequantize")
+        decoded = mul.outputs[0]
+        decoded.name = f"{name}_decoded"
+        decoded.shape, decoded.type = weight.value.shape, weight.value.type
+        weight.value.replace_all_uses_with(decoded)
+        graph.insert_before(graph.node(0), [cast, mul]) if len(graph) else graph.extend([cast, mul])
+        graph.initializers.pop(name)
+    return clean_up(model)
+
+
+def compare_with_int8(original: ir.Model, compressed_data: bytes, samples: Samples | None = None, seed: int = 0,
+                      input_shapes: dict | None = None, input_values: dict | None = None,
+                      original_bytes: int | None = None) -> dict:
+    """Bytes and quality of the original, its per-channel int8 version and the compressed model,
+    all three run in ONNX Runtime on the same inputs: `samples` (at most MAX_SAMPLES), else the
+    compressor's generated inputs (same count, seed and pins). `original_bytes`: the input file's
+    size (default: the model serialized).
+
+    Returns {"samples", "generated", "models": {"original"|"int8"|"compressed": {"bytes", and
+    "top1_agreement", "cosine" against the original, "accuracy" where there are labels}}}.
+    Raises OnnxcompError (e.g. NoRunnableInputError) where the models cannot be run.
+    """
+    from onnxcomp.runtime.inference import run_batches, session
+
+    quantized = io.serialized_bytes(int8_model(original))
+    original_data = io.serialized_bytes(original)
+    if samples is None:
+        samples = generated_samples(canonicalize(original.clone()), GENERATED_SAMPLES, seed, input_shapes, input_values)
+    elif samples.count > MAX_SAMPLES:
+        samples = samples.head(MAX_SAMPLES)
+    batch = _batch_size(original, samples)
+    reference = run_batches(session(original_data), samples.inputs, batch, generated=samples.generated)
+    scores = class_score_outputs(original)
+    models = {}
+    for name, data in (("original", original_data), ("int8", quantized), ("compressed", compressed_data)):
+        outputs = reference if name == "original" else run_batches(session(data), samples.inputs, batch)
+        measured = fidelity(reference, outputs, scores)
+        entry = {"bytes": original_bytes if name == "original" and original_bytes else len(data), "top1_agreement": measured["top1_agreement"], "cosine": measured["cosine"]}
+        if samples.labels is not None:
+            entry["accuracy"] = accuracy(outputs[0], samples.labels)
+        models[name] = entry
+    return {"samples": samples.count, "generated": samples.generated, "models": models}
+
+
+def _batch_size(model: ir.Model, samples: Samples) -> int:
+    """The batch the model declares, else as many samples as fit the activation budget."""
+    for spec in input_specs(model):
+        if spec.sample_axis is not None and isinstance(spec.dims[spec.sample_axis], int):
+            return spec.dims[spec.sample_axis]
+    return budget_batch(activation_sizes(model, samples.inputs).total)

@@ -1,0 +1,53 @@
+"""The per-channel int8 yardstick of the HTML report's size/quality figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxcomp import io
+from onnxcomp.int8_reference import compare_with_int8, int8_codes, int8_model
+from tests.conftest import run
+
+pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
+
+
+def test_int8_codes_are_symmetric_per_channel(rng):
+    weight = rng.standard_normal((6, 40)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None]
+    codes, scale, axis = int8_codes(weight)
+    assert codes.dtype == np.int8 and codes.shape == weight.shape
+    assert np.abs(codes.astype(int)).max() == 127 and codes.min() >= -127
+    decoded = codes.astype(np.float32) * scale
+    # each code step is the channel's max-abs / 127: rounding errs by at most half a step
+    step = np.broadcast_to(scale, weight.shape)
+    assert np.all(np.abs(decoded - weight) <= 0.5 * step + 1e-7)
+    assert axis == 0  # rows of very different ranges: their own scales beat the columns'
+
+
+def test_int8_model_stores_weights_as_int8_and_keeps_outputs(mlp_model, rng):
+    reference = io.serialized_bytes(mlp_model)
+    quantized = int8_model(mlp_model)
+    stored = sorted((value.const_value.dtype.name, tuple(value.const_value.shape))
+                    for value in quantized.graph.initializers.values())  # names are shortened, as in the compressor's output
+    # weights as int8 with a float scale per channel (w1 feeds Gemm: either axis may win); the bias stays float
+    assert [entry for entry in stored if entry[0] == "INT8"] == [("INT8", (16, 32)), ("INT8", (32, 8))]
+    assert ("FLOAT", (32,)) in stored and len(stored) == 5
+    assert [node.op_type for node in quantized.graph].count("Cast") == 2
+    assert [v.name for v in quantized.graph.inputs] == ["x"] and [v.name for v in quantized.graph.outputs] == ["y"]
+    assert {value.name for value in mlp_model.graph.initializers.values()} == {"w1", "b1", "w2"}  # input untouched
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    (expected,), (actual,) = run(mlp_model, {"x": x}), run(quantized, {"x": x})
+    assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 0.01
+    data = io.serialized_bytes(quantized)
+    # 16x32 + 32x8 float weights -> one byte each plus a scale per channel
+    assert len(data) < len(reference) - 3 * (16 * 32 + 32 * 8) + 400
+
+
+def test_compare_runs_three_models_on_the_same_inputs(mlp_model):
+    original = io.serialized_bytes(mlp_model)
+    comparison = compare_with_int8(mlp_model, original)  # the "compressed" model is the original itself
+    models = comparison["models"]
+    assert comparison["generated"] and comparison["samples"] == 256
+    assert models["compressed"]["cosine"] == pytest.approx(1.0) and models["original"]["cosine"] == pytest.approx(1.0)
+    assert 0.99 < models["int8"]["cosine"] < 1.0
+    assert models["int8"]["bytes"] < models["original"]["bytes"] == len(original)
