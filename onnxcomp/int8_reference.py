@@ -91,24 +91,30 @@ def compare_with_int8(original: ir.Model, compressed_data: bytes, samples: Sampl
     """
     from onnxcomp.runtime.inference import run_batches, session
 
-    quantized = io.serialized_bytes(int8_model(original))
-    original_data = io.serialized_bytes(original)
     if samples is None:
         samples = generated_samples(canonicalize(original.clone()), GENERATED_SAMPLES, seed, input_shapes, input_values)
     elif samples.count > MAX_SAMPLES:
         samples = samples.head(MAX_SAMPLES)
     batch = _batch_size(original, samples)
-    reference = run_batches(session(original_data), samples.inputs, batch, generated=samples.generated)
     scores = class_score_outputs(original)
-    models = {}
-    for name, data in (("original", original_data), ("int8", quantized), ("compressed", compressed_data)):
-        outputs = reference if name == "original" else run_batches(session(data), samples.inputs, batch)
-        measured = fidelity(reference, outputs, scores)
-        entry = {"bytes": original_bytes if name == "original" and original_bytes else len(data), "top1_agreement": measured["top1_agreement"], "cosine": measured["cosine"]}
-        if samples.labels is not None:
-            entry["accuracy"] = accuracy(outputs[0], samples.labels)
-        models[name] = entry
+    original_data = io.serialized_bytes(original)
+    reference = run_batches(session(original_data), samples.inputs, batch, generated=samples.generated)
+    models = {"original": dict(bytes=original_bytes or len(original_data), **_quality(reference, reference, scores, samples))}
+    del original_data  # one model's bytes in memory at a time
+    for name, build in (("int8", lambda: io.serialized_bytes(int8_model(original))), ("compressed", lambda: compressed_data)):
+        data = build()
+        outputs = run_batches(session(data), samples.inputs, batch)
+        models[name] = dict(bytes=len(data), **_quality(reference, outputs, scores, samples))
+        del data
     return {"samples": samples.count, "generated": samples.generated, "models": models}
+
+
+def _quality(reference: list, outputs: list, scores: list[bool], samples: Samples) -> dict:
+    measured = fidelity(reference, outputs, scores)
+    quality = {"top1_agreement": measured["top1_agreement"], "cosine": measured["cosine"]}
+    if samples.labels is not None:
+        quality["accuracy"] = accuracy(outputs[0], samples.labels)
+    return quality
 
 
 def _batch_size(model: ir.Model, samples: Samples) -> int:

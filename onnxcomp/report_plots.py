@@ -246,16 +246,15 @@ def entropy_plot(plt, layers: list[dict], totals: dict, input_bytes: int) -> str
         figure, (left, right) = plt.subplots(1, 2, figsize=(12.0, 1.4 + 0.42 * max(len(encoded), 4)),
                                              gridspec_kw={"width_ratios": [3, 2]})
         positions = np.arange(len(encoded))
-        stored = [layer["stored_bytes"] for layer in encoded]
+        stored, bounds = [layer["stored_bytes"] for layer in encoded], [layer["entropy_bound_bytes"] for layer in encoded]
         left.barh(positions - 0.2, stored, 0.4, color=COMPRESSED_COLOR, label="stored")
-        left.barh(positions + 0.2, [layer["entropy_bound_bytes"] for layer in encoded], 0.4, color=BOUND_COLOR,
-                  label="entropy bound")
+        left.barh(positions + 0.2, bounds, 0.4, color=BOUND_COLOR, label="entropy bound")
         left.set_yticks(positions, [_short_label(layer["name"]) for layer in encoded])
         left.invert_yaxis()
         left.set_xlabel("bytes")
         left.set_title("encoded weights", loc="left")
         left.grid(True, axis="x")
-        left.set_xlim(0, max(stored + [1]) * 1.05)
+        left.set_xlim(0, max(stored + bounds + [1]) * 1.05)
         bytes_axis(left, "x")
         # above the bars, never on them
         left.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, borderaxespad=0.2)
