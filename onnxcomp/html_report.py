@@ -176,6 +176,7 @@ td.n, th.n { text-align: right; }
 .grid figcaption b { font-size: 15px; }
 .row { display: flex; flex-wrap: wrap; gap: 16px 32px; align-items: flex-start; }
 .note { color: #57606a; font-size: 14px; max-width: 1100px; }
+@media (max-width: 1100px) { .top { grid-template-columns: minmax(0, 1fr); } .cards { flex-flow: row wrap; } }
 .generated { background: #fff8c5; border: 1px solid #eed888; border-radius: 6px; padding: 8px 12px; color: #3b2e00; }
 """
 
