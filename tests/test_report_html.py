@@ -174,7 +174,8 @@ def test_report_dir_without_matplotlib_fails_before_compressing(tmp_path, monkey
 MEASURE_SCRIPT = """<script>
 addEventListener("load", () => {
   const box = e => { const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, left: r.left, width: r.width, height: r.height}; };
-  const figures = [...document.querySelectorAll("figure")].map(f => ({id: f.id, box: box(f)}));
+  const figures = [...document.querySelectorAll("figure")].map(f => ({id: f.id, box: box(f),
+    smallest_text: Math.min(...[...f.querySelectorAll("svg text")].map(t => t.getBoundingClientRect().height))}));
   const ticks = [...document.querySelectorAll('#fig-size-quality g[id$="matplotlib.axis_1"] text')]
     .map(t => ({text: t.textContent.trim(), box: box(t)}));
   const out = document.createElement("pre");
@@ -195,7 +196,8 @@ def _chromium(tmp_path, *arguments: str) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium; `make setup` tries it as root)")
 def test_report_in_headless_chromium_leads_with_size_quality(lenet5_report, tmp_path):
     """At 1400 px the size/quality figure is the page's first figure, wholly in the first
-    viewport, wide and with legible KB/MB tick labels; the screenshot shows plots and text."""
+    viewport, wide and with legible KB/MB tick labels; no plot's text is under 12 px; the
+    screenshot shows plots and text."""
     from PIL import Image
 
     report_dir, _ = lenet5_report
@@ -217,6 +219,8 @@ def test_report_in_headless_chromium_leads_with_size_quality(lenet5_report, tmp_
     assert len(ticks) >= 3 and all(BYTE_TICK.match(tick["text"]) for tick in ticks), ticks
     assert any(tick["text"].endswith("MB") for tick in ticks) and any(tick["text"].endswith("KB") for tick in ticks), ticks
     assert all(tick["box"]["height"] >= 12 for tick in ticks), ticks  # ~13 px text, not 7
+    small = [(figure["id"], figure["smallest_text"]) for figure in layout["figures"] if not figure["smallest_text"] >= 12]
+    assert not small, f"plot text under 12 px: {small}"
     assert all(0 <= tick["box"]["top"] and tick["box"]["bottom"] <= view_height for tick in ticks)
 
     screenshot = tmp_path / "report.png"
