@@ -317,9 +317,7 @@ def _inspect(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    columns = [c for c in COMPRESS_COLUMNS if c[0] != "bytes_before"] + [("levels", "distinct")]
-    columns = [("bytes_after", "stored") if c[0] == "bytes_after" else c for c in columns]
-    print(format_table(rows, columns))
+    print(format_table(rows, COMPRESS_COLUMNS + [("levels", "distinct")]))  # the compress summary's rows and bytes
     print(inspect_summary(rows, io.file_bytes(args.model)))
     return 0
 

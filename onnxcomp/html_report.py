@@ -28,7 +28,7 @@ from onnxcomp.data import Samples
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.int8_reference import compare_with_int8
 from onnxcomp.passes.cleanup import clean_up
-from onnxcomp.report import GENERATED_INPUTS_NOTE, StoredWeight, stored_weights
+from onnxcomp.report import GENERATED_INPUTS_NOTE, StoredWeight, inspect_weights, stored_weights, weight_row
 from onnxcomp.report_plots import (COMPRESSED_COLOR, INT8_COLOR, ORIGINAL_COLOR, allocation_plot, distribution_plot,
                                    encoding_plot, entropy_plot, quality_measure, size_quality_plot)
 from onnxcomp.sizes import format_size
@@ -64,24 +64,15 @@ def layer_analysis(compressed: StoredWeight, original: StoredWeight | None, row:
     The bound is the empirical entropy of the codes including zero over all elements; for a
     sparse layer it is the smaller of that and the entropy of the non-zero codes plus the
     entropy of the position gaps (what an ideal coder of the stored form needs). The codebook
-    (float values) is added as stored. Dense float weights count as their stored bytes.
+    (float values) is added as stored. Dense float weights count as their stored bytes. The
+    name, shape, encoding, bits and bytes are `onnxcomp.report.weight_row`'s, as `inspect` and
+    the compress summary show them.
     """
     values = compressed.array.ravel()
-    distinct = int(np.unique(values).size)
-    analysis = {
-        "name": original.name if original is not None else compressed.name,
-        "stored_name": compressed.name,
-        "role": compressed.role,
-        "encoding": compressed.encoding,
-        "shape": list(compressed.array.shape),
-        "params": int(values.size),
-        "params_original": int(original.array.size) if original is not None else None,
-        "distinct": distinct,
-        "bits": encoding.bits_for(distinct) if compressed.encoding != "dense" else 32,
-        "sparsity": float(np.count_nonzero(values == 0) / max(values.size, 1)),
-        "stored_bytes": compressed.stored_bytes,
-        "relative_error": row.get("relative_error") if row else None,
-    }
+    analysis = weight_row(compressed)
+    analysis.update(params_original=int(original.array.size) if original is not None else None,
+                    distinct=analysis["levels"], stored_bytes=analysis["bytes_after"],
+                    relative_error=row.get("relative_error") if row else None)
     if original is not None and original.array.shape == compressed.array.shape:
         reference = original.array.ravel().astype(np.float64)
         analysis["relative_error"] = float(np.linalg.norm(values - reference) / max(np.linalg.norm(reference), 1e-30))
@@ -124,9 +115,9 @@ def analyze(original: ir.Model, compressed: ir.Model, report: dict, compressed_d
     originals = {w.use: w for w in stored_weights(_canonical(original))}
     rows = {row["name"]: row for row in report.get("layers", [])}
     layers, arrays = [], {}
-    for weight in stored_weights(compressed):
+    for weight in inspect_weights(compressed):  # the rows `onnxcomp inspect` lists for the saved file
         source = originals.get(weight.use)
-        analysis = layer_analysis(weight, source, rows.get(source.name) if source is not None else None)
+        analysis = layer_analysis(weight, source, rows.get(weight.label))
         layers.append(analysis)
         arrays[analysis["name"]] = (source.array if source is not None else None, weight.array)
     stored_total = sum(layer["stored_bytes"] for layer in layers)
@@ -268,7 +259,7 @@ def render_html(report: dict, analysis: dict, arrays: dict, comparison: dict | N
     input_bytes = report.get("input_bytes", 0)
     table_rows = [[layer["name"], "x".join(map(str, layer["shape"])), f"{layer['params']:,}", layer["encoding"],
                    f"{layer['bits']:g}", str(layer["distinct"]), f"{100 * layer['sparsity']:.0f}%",
-                   format_size(4 * (layer["params_original"] or layer["params"])), format_size(layer["stored_bytes"]),
+                   format_size(layer["bytes_before"]), format_size(layer["bytes_after"]),
                    format_size(layer["entropy_bound_bytes"]),
                    "-" if layer["relative_error"] is None else f"{layer['relative_error']:.3g}"] for layer in layers]
     layer_table = _table(["layer", "shape", "params", "encoding", "bits", "distinct", "sparsity", "before", "stored",
@@ -292,7 +283,9 @@ def render_html(report: dict, analysis: dict, arrays: dict, comparison: dict | N
          f'{_table(["stored as", "bytes", "of file"], encoding_rows, {1, 2})}</div>'),
         ("allocation", "Bits, sparsity and parameters kept per layer", _figure(allocation_plot(plt, layers), "allocation")),
         ("layers", "Layers", layer_table + '<p class="note">Measured on the saved model: decoded weights are '
-         "evaluated in ONNX Runtime; stored = bytes of the initializers the weight is decoded from.</p>"),
+         "evaluated in ONNX Runtime; before = the weight stored dense; stored = bytes of the initializers the weight is "
+         "decoded from (a constant several decodes share counts as graph). The rows and bytes are those of the "
+         "compress summary and <code>onnxcomp inspect</code>.</p>"),
         ("entropy", "Entropy bound and gzip",
          '<p class="note">Entropy bound: the bytes an ideal entropy coder would need for the codes of each encoded '
          "weight under their empirical distribution (codes including zero; for sparse layers the smaller of that and "

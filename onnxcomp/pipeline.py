@@ -32,7 +32,7 @@ from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.passes.prune_weights import PruneWeightsPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
 from onnxcomp.progress import task as live_task
-from onnxcomp.report import GENERATED_INPUTS_NOTE, layer_rows
+from onnxcomp.report import GENERATED_INPUTS_NOTE, compressed_rows, layer_rows, record_weight_names, weight_uses
 from onnxcomp.runtime.inference import RunFailedError, run_batches, session
 from onnxcomp.runtime.training_support import unavailable_reason as training_unavailable_reason
 from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, compensate, discount_compensated, input_hessians
@@ -263,7 +263,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
         "output_bytes": len(attempt_data),
         "target_bytes": options.target_bytes,
         "ratio": original_data_bytes / len(attempt_data),
-        "layers": layer_rows(layers, allocation, compressed),
+        "layers": compressed_rows(attempt_data, layers, allocation) if attempt_data is not None else layer_rows(layers, allocation),
         "fidelity": report_fidelity,
         "attempts": attempt,
         "verified": True,  # the compressed model's outputs were compared with the original's in ONNX Runtime
@@ -749,12 +749,21 @@ def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importa
     rescale_weights(work, uses, scaled)
     if decoded is not None:
         decoded.update({name: node.inputs[index] for name, (node, index) in uses.items()})
-    return clean_up(work, keep_metadata=keep_metadata, shorten_names=not keep_metadata)
+    return clean_up_named(work, model, keep_metadata)
+
+
+def clean_up_named(work: ir.Model, original: ir.Model, keep_metadata: bool) -> ir.Model:
+    """`clean_up` (names shortened unless `keep_metadata`), keeping each weight's name in
+    `original` in the graph metadata (`onnxcomp.report.NAMES_KEY`; counted in the target)."""
+    located = weight_uses(work)  # matched to `original`'s weights by use, before names change
+    cleaned = clean_up(work, keep_metadata=keep_metadata, shorten_names=not keep_metadata)
+    record_weight_names(cleaned, located, original)
+    return cleaned
 
 
 def _fixed_bytes(model: ir.Model, layers: list[LayerOptions], keep_metadata: bool) -> int:
     """Serialized bytes of everything except the compressible weights' payload."""
-    cleaned = clean_up(model.clone(), keep_metadata=keep_metadata, shorten_names=not keep_metadata)
+    cleaned = clean_up_named(model.clone(), model, keep_metadata)
     return len(io.serialized_bytes(cleaned)) - sum(layer.dense.bytes for layer in layers)
 
 

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from onnxcomp import io
 from onnxcomp.allocate import LayerOptions, allocate, layer_options
 from onnxcomp.errors import OnnxcompError, TargetUnreachableError
-from onnxcomp.report import _producers, layer_rows
+from onnxcomp.report import _producers, compressed_rows, layer_rows
 from onnxcomp.runtime.inference import session
 from onnxcomp.sizes import format_size
 from onnxcomp.weights import find_weights, quantized_weights
@@ -74,7 +74,7 @@ def compress_streamed(model: ir.Model, options, input_bytes: int | None = None,
     timings["price"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    cleaned = pipeline.clean_up(model.clone(), keep_metadata=options.keep_metadata, shorten_names=not options.keep_metadata)
+    cleaned = pipeline.clean_up_named(model.clone(), model, options.keep_metadata)
     # Weights in external data serialize as a reference only; in-memory ones with their payload.
     fixed = len(io.serialized_bytes(cleaned)) - sum(layer.dense.bytes for layer in layers if layer.name not in external)
     del cleaned
@@ -111,7 +111,10 @@ def compress_streamed(model: ir.Model, options, input_bytes: int | None = None,
     timings["verify"] = time.perf_counter() - tick
     data = proto.SerializeToString() if size < io.MAX_PROTO_BYTES else None
     del proto
-    rows = layer_rows(layers, allocation, compressed)
+    # Measured on the saved bytes as for any compress (`compressed_rows`), except for weights held in
+    # external data: decoding them all at once would hold the whole model in memory.
+    rows = compressed_rows(data, layers, allocation) if data is not None and not io.is_streamed(model) \
+        else layer_rows(layers, allocation, compressed)
     for row in rows:
         if row["name"] in checks:
             row["measured_relative_error"] = checks[row["name"]]["relative_error"]

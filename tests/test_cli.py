@@ -124,15 +124,15 @@ def test_compress_report_fields(lenet300_compressed):
     assert report["target_bytes"] == 120_000
     assert report["output_bytes"] <= report["target_bytes"]
     names = [row["name"] for row in report["layers"]]
-    # fc3.bias (10 values) is below the size worth compressing and is not listed.
-    assert names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight"]
+    # every stored weight, fc3.bias (10 values, kept dense) too, as `onnxcomp inspect` lists them
+    assert names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
     for row in report["layers"]:
         assert LAYER_KEYS <= set(row), row
         assert row["params"] == int(np.prod(row["shape"]))
         assert row["encoding"] in {"dense", "lookup", "linear", "sparse"}
         assert 1 <= row["bits"] <= 32 and 0.0 <= row["sparsity"] < 1.0
         assert 0 < row["bytes_after"] <= row["bytes_before"]
-    assert sum(row["params"] for row in report["layers"]) == LENET300_PARAMS - 10
+    assert sum(row["params"] for row in report["layers"]) == LENET300_PARAMS
     assert any(row["encoding"] != "dense" for row in report["layers"])
     fidelity = report["fidelity"]
     assert fidelity["samples"] == 1000 and fidelity["generated_inputs"] is False

@@ -97,11 +97,14 @@ def test_metadata_kept_by_default_and_counted(shipped, tmp_path, rng):
     target = weights // 3 + len(CHARACTERS.encode())  # the dictionary alone is ~2/3 of the target
     out, report = compress(shipped, tmp_path, target)
     assert props(out) == props(shipped)
-    # the report's count is what the entries take in the file
+    # the report's count is what the entries take in the file: the model's, and the graph's map of
+    # the weights' original names (onnxcomp.weight_names)
     bare = onnx.ModelProto()
     bare.CopyFrom(out)
     del bare.metadata_props[:]
-    assert report["metadata_bytes"] == out.ByteSize() - bare.ByteSize()
+    del bare.graph.metadata_props[:]
+    # (plus the byte or two by which the graph's length prefix grows with the graph's entry)
+    assert report["metadata_bytes"] <= out.ByteSize() - bare.ByteSize() <= report["metadata_bytes"] + 2
     assert report["metadata_bytes"] > len(CHARACTERS.encode())
     assert report["output_bytes"] <= target
     # what only documents the export is dropped by default
@@ -238,7 +241,8 @@ def test_overridable_initializer_input_stays_an_input(tmp_path, rng):
     default = next(t for t in out.graph.initializer if t.name == "w2")
     original = next(t for t in proto.graph.initializer if t.name == "w2")
     assert np.array_equal(onnx.numpy_helper.to_array(default), onnx.numpy_helper.to_array(original))
-    assert "w2" not in {row["name"] for row in report["layers"]}
+    rows = {row["name"]: row for row in report["layers"]}
+    assert rows["w2"]["encoding"] == "dense" and rows["w2"]["bytes_after"] == dense  # stored as it was
     sample = feeds(rng)
     override = {**sample, "w2": np.zeros(SHAPES["w2"], np.float32)}  # the caller's value is used
     assert np.array_equal(run(out, override)[0], sample["bias_in"])
