@@ -32,12 +32,13 @@ from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.passes.prune_weights import PruneWeightsPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
 from onnxcomp.progress import task as live_task
-from onnxcomp.report import GENERATED_INPUTS_NOTE, compressed_rows, layer_rows, record_weight_names, weight_uses
+from onnxcomp.report import GENERATED_INPUTS_NOTE, compressed_rows, layer_rows
 from onnxcomp.runtime.inference import RunFailedError, run_batches, session
 from onnxcomp.runtime.training_support import unavailable_reason as training_unavailable_reason
 from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, compensate, discount_compensated, input_hessians
 from onnxcomp.sensitivity import activation_importance, embedding_importance, measure_sensitivity, row_counts
 from onnxcomp.sizes import format_size
+from onnxcomp.stored import record_weight_names, weight_uses
 from onnxcomp.quantize import prune_mask
 from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, held_out_targets,
                               iterative_prune, require_training, soft_weight_sharing, with_weights)
@@ -754,7 +755,7 @@ def _build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importa
 
 def clean_up_named(work: ir.Model, original: ir.Model, keep_metadata: bool) -> ir.Model:
     """`clean_up` (names shortened unless `keep_metadata`), keeping each weight's name in
-    `original` in the graph metadata (`onnxcomp.report.NAMES_KEY`; counted in the target)."""
+    `original` in the graph metadata (`onnxcomp.stored.NAMES_KEY`; counted in the target)."""
     located = weight_uses(work)  # matched to `original`'s weights by use, before names change
     cleaned = clean_up(work, keep_metadata=keep_metadata, shorten_names=not keep_metadata)
     record_weight_names(cleaned, located, original)

@@ -23,9 +23,10 @@ import onnx_ir as ir
 from onnxcomp import io
 from onnxcomp.allocate import LayerOptions, allocate, layer_options
 from onnxcomp.errors import OnnxcompError, TargetUnreachableError
-from onnxcomp.report import _producers, compressed_rows, layer_rows
+from onnxcomp.report import compressed_rows, layer_rows
 from onnxcomp.runtime.inference import session
 from onnxcomp.sizes import format_size
+from onnxcomp.stored import _producers
 from onnxcomp.weights import find_weights, quantized_weights
 
 logger = logging.getLogger(__name__)
