@@ -607,21 +607,27 @@ def _fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: Comp
         assert allocation is not None
         compressed = _build(model, allocation, options.keep_metadata, importances, hessians=hessians)
         data = io.serialized_bytes(compressed)
-        _log(progress, f"attempt {attempt}: {format_size(len(data))} (target {format_size(options.target_bytes)})")
+        tried = f"attempt {attempt}: {format_size(len(data))} (target {format_size(options.target_bytes)})"
         if len(data) <= options.target_bytes:
             best = (compressed, allocation, data, attempt, None)
             slack = options.target_bytes - len(data)
             if slack <= max(SLACK_MIN_BYTES, SLACK_FRACTION * options.target_bytes) or grown == GROW_ATTEMPTS:
+                _log(progress, f"{tried}: fits; kept")
                 return best
+            _log(progress, f"{tried}: fits with {format_size(slack)} unused; planning again to use it")
             grown += 1
             budget += slack // 2  # the plan-to-file step is not exact: claim half
             continue
         if best is not None:  # the grown plan overshot: the last fit stands
+            _log(progress, f"{tried}: over; keeping attempt {best[3]} ({format_size(len(best[2]))})")
             return best
         if at_floor:
+            _log(progress, f"{tried}: over, and no smaller plan exists")
             return compressed, allocation, None, attempt, len(data)
+        _log(progress, f"{tried}: over by {format_size(len(data) - options.target_bytes)}; planning that much smaller")
         budget -= len(data) - options.target_bytes + 16 * attempt
     if best is not None:
+        _log(progress, f"keeping attempt {best[3]} ({format_size(len(best[2]))})")
         return best
     return compressed, allocation, None, attempt, floor_bytes
 

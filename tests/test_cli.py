@@ -479,3 +479,22 @@ def test_inspect_into_a_closed_pipe_is_no_traceback(tmp_path):
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
     assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
     assert done.stdout.strip() == "141"
+
+
+def test_attempt_lines_say_which_build_is_kept(cli, tmp_path):
+    from onnxcomp.sizes import format_size
+
+    output = tmp_path / "l300.onnx"
+    # LeNet-300-100 at 60 KB: the first build leaves 700 B unused, so the fit loop plans again
+    result = cli("compress", LENET300, "--target-size", "60KB", "-o", output, "--no-sensitivity", "--allow-low-fidelity")
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in (result.stdout + result.stderr).splitlines()
+             if line.strip().startswith(("attempt ", "keeping attempt"))]
+    assert len(lines) >= 2, lines
+    verdicts = ("fits; kept", "unused; planning again to use it", "planning that much smaller", "over; keeping attempt",
+                "no smaller plan exists")
+    assert all(line.startswith("keeping attempt") or any(v in line for v in verdicts) for line in lines), lines
+    kept = [line for line in lines if "kept" in line or "keeping attempt" in line]
+    assert len(kept) == 1, lines
+    size = re.search(r"(?:attempt \d+: |\()([0-9.]+ [KMG]?B)", kept[0]).group(1)
+    assert size == format_size(output.stat().st_size)
