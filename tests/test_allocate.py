@@ -269,3 +269,29 @@ def test_channel_aware_leaves_low_budgets_alone(rng):
     params = sum(int(np.prod(layer.shape)) for layer in layers)
     plan = allocate(layers, int(3 * params / 8))
     assert plan is not None and all(c.kind != "scaled" for c in plan.choices.values())
+
+
+def test_guard_does_not_take_bytes_from_unguarded_layers(rng):
+    """A sensitive embedding table (outside the guard) beside guarded MatMul weights at 4-5 bits
+    per weight: the guard fits at its tightest factor only by squeezing the table (paraphrase-MiniLM-L3
+    at 1/8: every MatMul at per-channel int8, the word embedding at 2 bits, relative error 0.35).
+    The table keeps at most the distortion the plain plan gives it; the guarded layers get the rest."""
+    table = layer_options("table", (rng.standard_normal((2000, 32)) * 0.05).astype(np.float32), "embedding")
+    table.sensitivity = 10.0
+    weights = [layer_options(f"w{index}", (rng.standard_normal((64, 64)) * np.logspace(-1, 1, 64)[:, None]).astype(np.float32),
+                             "weight") for index in range(4)]
+    layers = [table] + weights
+    assert table.int8_channel is None and all(layer.int8_channel is not None for layer in weights)
+    params = sum(int(np.prod(layer.shape)) for layer in layers)
+    for bits in (4.0, 4.5, 5.0):
+        budget = int(bits * params / 8)
+        # the guard alone would fit at its tightest factor
+        assert sum(allocate_module._within(layer, 1.0).smallest.bytes for layer in layers) <= budget
+        plain = allocate_module._allocate([allocate_module._unscaled(layer) for layer in layers], budget, 0.0, None)
+        plan = allocate(layers, budget)
+        assert plan is not None and plan.estimated_bytes <= budget
+        assert plan.choices["table"].distortion <= plain.choices["table"].distortion, (
+            bits, plan.choices["table"].bits, plain.choices["table"].bits)
+        # at 5 bits the guard still fits beside the table's share
+        assert bits < 5.0 or all(plan.choices[layer.name].channel <= 16 * allocate_module.GUARD_TOLERANCE * layer.int8_channel
+                   for layer in weights), bits
