@@ -91,8 +91,16 @@ def layer_analysis(compressed: StoredWeight, original: StoredWeight | None, row:
             analysis.update(code_entropy_bytes=math.ceil(all_bits / 8), codebook_bytes=4 * tables[0].size,
                             entropy_bound_bytes=math.ceil(all_bits / 8) + 4 * tables[0].size)
             return analysis
+    side_bytes = 0
+    if compressed.encoding == "scaled" and (scale := channel_scale(compressed)) is not None:
+        # The codes index one shared grid; the decoded values are the grid times each channel's
+        # scale, so every channel has its own values. The bound counts the codes, plus the scales.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            normalized = np.where(scale != 0, compressed.array / scale.astype(np.float32), 0)
+        values = np.round(normalized.astype(np.float64), 5).ravel()
+        side_bytes = int(scale.nbytes)
     nonzero_levels = int(np.count_nonzero(np.unique(values)))
-    codebook_bytes = 8 if compressed.encoding == "linear" else 4 * nonzero_levels
+    codebook_bytes = (8 if compressed.encoding == "linear" else 4 * nonzero_levels) + side_bytes
     bound_bits = all_bits = entropy_bits(values)
     if compressed.encoding == "sparse":
         positions = np.flatnonzero(values)
@@ -103,6 +111,21 @@ def layer_analysis(compressed: StoredWeight, original: StoredWeight | None, row:
     analysis.update(code_entropy_bytes=math.ceil(all_bits / 8), codebook_bytes=codebook_bytes,
                     entropy_bound_bytes=math.ceil(bound_bits / 8) + codebook_bytes)
     return analysis
+
+
+def channel_scale(weight: StoredWeight) -> np.ndarray | None:
+    """The per-channel scales of a "scaled" weight: the stored float tensor of its rank that
+    broadcasts along exactly one of its axes (`onnxcomp.channel_scales.insert_scale`)."""
+    shape = weight.array.shape
+    for source in weight.sources:
+        value = source.const_value
+        if value is None or value.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16) or len(value.shape) != len(shape):
+            continue
+        dims = tuple(value.shape)
+        spread = [axis for axis, dim in enumerate(dims) if dim != 1]
+        if len(spread) == 1 and dims[spread[0]] == shape[spread[0]] and shape[spread[0]] > 1:
+            return value.numpy()
+    return None
 
 
 def _canonical(model: ir.Model) -> ir.Model:

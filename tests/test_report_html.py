@@ -254,3 +254,21 @@ def test_report_without_a_runnable_comparison_still_leads_with_sizes(lenet5_repo
     texts = axis_texts(page)[("fig-size-quality", "axis_1")]
     assert any(text.endswith("MB") for text in texts) and any(text.endswith("KB") for text in texts), texts
     assert json.loads((tmp_path / "html" / "report.json").read_text())["analysis"]["size_quality"] is None
+
+
+def test_scaled_bound_counts_the_shared_codes_not_the_decoded_values():
+    import onnx_ir as ir
+
+    rng = np.random.default_rng(0)
+    grid = np.linspace(-1, 1, 15, dtype=np.float32)  # 4-bit symmetric grid, no zero-level skew
+    codes = rng.integers(0, grid.size, (64, 128))
+    scales = (10.0 ** rng.uniform(-3, 0, (64, 1))).astype(np.float16)
+    values = grid[codes] * scales.astype(np.float32)  # 64 x 15 distinct decoded values
+    source = ir.Value(name="w_scale", const_value=ir.tensor(scales, name="w_scale"))
+    packed = values.size // 2  # 4-bit codes
+    weight = StoredWeight("w", "weight", values, "scaled", packed + scales.nbytes, [source], ("MatMul", 0, 1))
+    analysis = layer_analysis(weight, None, None)
+    # ~log2(15) bits per code: below the packed 4 bits; the scales are counted once
+    assert analysis["code_entropy_bytes"] <= packed
+    assert analysis["entropy_bound_bytes"] <= weight.stored_bytes + 4 * grid.size
+    assert analysis["codebook_bytes"] == 4 * np.count_nonzero(grid) + scales.nbytes
