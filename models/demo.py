@@ -30,6 +30,7 @@ def test_set() -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    import onnxcomp  # noqa: F401  (first: it quiets torch's CUDA_HOME warning, which the training build's import prints)
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
