@@ -174,7 +174,11 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if external and external < IN_MEMORY_EXTERNAL_BYTES:
         # Every later step (ONNX Runtime sessions built from protos, serialization) then sees
         # ordinary tensors; the input's data file is only read.
-        ir.external_data.load_to_model(model)
+        try:
+            ir.external_data.load_to_model(model)
+        except (OSError, ValueError) as error:  # e.g. the data file changed or emptied since it was checked
+            raise OnnxcompError(f"{path}: cannot read the model's external data ({type(error).__name__}: "
+                                f"{_first_line(error)}); was it changed while onnxcomp ran?") from None
     return model
 
 

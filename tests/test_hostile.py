@@ -460,6 +460,26 @@ def test_external_data_swapped_while_running(tmp_path, capsys):
         swapper.join()
 
 
+def test_external_data_emptied_after_the_checks_is_one_line(tmp_path, capsys, monkeypatch):
+    """The race the swap test hits now and then, made certain: the data file is emptied between
+    the checks and the read (mmap refuses an empty file with ValueError)."""
+    import onnxcomp.io
+    from onnxcomp import limits
+
+    model = external_model(tmp_path / "in")
+    data = tmp_path / "in" / "weights.bin"
+    checked = limits.check_value_sizes
+
+    def check_then_empty(*args, **kwargs):
+        checked(*args, **kwargs)
+        data.write_bytes(b"")
+
+    monkeypatch.setattr(onnxcomp.io.limits, "check_value_sizes", check_then_empty)
+    code, err = cli(capsys, "compress", model, "--target-size", TARGET, "-o", tmp_path / "o.onnx", "-q", "--no-sensitivity")
+    assert code == 2 and "external data" in one_line_error(err)
+    assert not (tmp_path / "o.onnx").exists()
+
+
 # --- silent wrong answers --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag", ["--min-fidelity", "--max-accuracy-drop", "--lr"])
