@@ -261,29 +261,27 @@ def _tree(root: int) -> list[int]:
     return found
 
 
+def _proc_kib(pid: int, file: str, key: str) -> int:
+    """A `key: N kB` line of /proc/PID/FILE, in bytes (0 when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/{file}") as handle:
+            for line in handle:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _hwm(pid: int) -> int:
     """The process's peak resident set (VmHWM): its own memory's high-water mark. (`wait4`'s
     ru_maxrss is not: Linux carries the parent's peak over fork and exec, so a command started
     from a 1 GB test process reports at least 1 GB whatever it does.)"""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kib(pid, "status", "VmHWM:")
 
 
 def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as handle:
-            for line in handle:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kib(pid, "smaps_rollup", "Pss:")
 
 
 def run_measured(commands: list[list[str]], timeout: float = 300, cwd: Path = REPO) -> Measured:

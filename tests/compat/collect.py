@@ -83,8 +83,8 @@ def quantizes_activations(model) -> bool:
             return False
         seen.add(id(value))
         producer = value.producer()
-        if producer is None:
-            return value.graph is not None and value in value.graph.inputs or value.graph is None
+        if producer is None:  # not a constant and computed by no node: a graph input
+            return True
         return any(from_inputs(operand, seen) for operand in producer.inputs)
 
     return any(node.op_type in ACTIVATION_QUANTIZERS and node.inputs and from_inputs(node.inputs[0], set())
