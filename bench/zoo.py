@@ -6,8 +6,8 @@ For each model of `bench.zoo_apps.APPS` (installed by `bench/zoo-requirements.tx
 `onnxcomp compress` command line data-free at each fraction of the model's bytes (exit code,
 wall time, the child's peak RSS from `os.wait4`), run the package's own application on real
 inputs with the original and with the compressed file (placed under the original file name),
-and score task agreement. ONNX Runtime's `quantize_dynamic` (uint8 weights) on the same model is
-the comparison row. Every compression and every application run is a child process, so a
+and score task agreement. Per-channel int8 weights (`onnxcomp.int8_reference`) and ONNX
+Runtime's `quantize_dynamic` (uint8 weights) on the same model are the comparison rows. Every compression and every application run is a child process, so a
 native crash is a row of the table, not the end of the benchmark.
 
 Writes `bench/results/zoo.json` and `bench/results/zoo.md`.
@@ -124,11 +124,13 @@ def compress(app: ZooApp, fraction: float, work: Path) -> dict[str, Any]:
     return row
 
 
-def quantize_dynamic_row(app: ZooApp, work: Path) -> dict[str, Any]:
-    output = work / f"{app.name}.quantize_dynamic.onnx"
+def reference_row(app: ZooApp, work: Path, kind: str) -> dict[str, Any]:
+    """A comparison row made in a child process: `kind` is "quantize_dynamic" (ONNX Runtime's
+    uint8 weights) or "int8" (per-channel symmetric int8 weights, `onnxcomp.int8_reference`)."""
+    output = work / f"{app.name}.{kind}.onnx"
     run = run_child(
-        [sys.executable, "-m", "bench.zoo", "--quantize", str(app.model_path()), str(output)],
-        work / f"{app.name}.quantize_dynamic.log",
+        [sys.executable, "-m", "bench.zoo", f"--{kind.replace('_', '-')}", str(app.model_path()), str(output)],
+        work / f"{app.name}.{kind}.log",
         COMPRESS_TIMEOUT_S,
     )
     row: dict[str, Any] = {"exit_code": run.returncode, "seconds": round(run.seconds, 1), "error": run.error}
@@ -193,11 +195,11 @@ def bench_model(app: ZooApp, fractions: list[float], work: Path, with_quantize: 
         judge(app, row, reference, work, f"{fraction:g}")
         logger.info("%s at %g: %s", app.name, fraction, {k: v for k, v in row.items() if k != "model"})
         result["compress"].append(row)
-    if with_quantize:
-        row = quantize_dynamic_row(app, work)
-        judge(app, row, reference, work, "quantize_dynamic")
-        logger.info("%s quantize_dynamic: %s", app.name, {k: v for k, v in row.items() if k != "model"})
-        result["quantize_dynamic"] = row
+    for kind in ("int8", "quantize_dynamic") if with_quantize else ():
+        row = reference_row(app, work, kind)
+        judge(app, row, reference, work, kind)
+        logger.info("%s %s: %s", app.name, kind, {k: v for k, v in row.items() if k != "model"})
+        result[kind] = row
     return result
 
 
@@ -246,12 +248,14 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
         f"`{command}` on {platform.machine()} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}, "
         f"onnxcomp at `{revision or _git_head()}`. Agreement = task outputs of the package's own pre- and "
         "post-processing on real inputs (shipped in packages), compressed vs original; 'identical' "
-        "means every input gave the same output. quantize_dynamic = onnxruntime.quantization, uint8 weights.",
+        "means every input gave the same output. Per-channel int8 = symmetric int8 weights with one scale per "
+        "output channel (`onnxcomp.int8_reference`, decoded by Cast and Mul); quantize_dynamic = "
+        "onnxruntime.quantization, uint8 weights.",
         *(["", notes] if notes else []),
         "",
         "| model | package | exporter | features | bytes | metric | " + " | ".join(_fraction_name(f) for f in fractions)
-        + f" | quantize_dynamic | peak RSS ({', '.join(map(_fraction_name, fractions))}) | time ({', '.join(map(_fraction_name, fractions))}) |",
-        "|---|---|---|---|---|---|" + "---|" * len(fractions) + "---|---|---|",
+        + f" | per-channel int8 | quantize_dynamic | peak RSS ({', '.join(map(_fraction_name, fractions))}) | time ({', '.join(map(_fraction_name, fractions))}) |",
+        "|---|---|---|---|---|---|" + "---|" * len(fractions) + "---|---|---|---|",
     ]
     for r in results:
         rows = {row["fraction"]: row for row in r["compress"]}
@@ -265,7 +269,7 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
             f"| {r['model']}{' (CI)' if r['light'] else ''}{revision_note} | {r['package']} {r['version']} | {r['exporter']} | "
             f"{'; '.join(r['features'])} | {r['bytes']:,} | {r['metric']}{app_note} | "
             + " | ".join(_cell(row, r['bytes']) for row in measured)
-            + f" | {_cell(r.get('quantize_dynamic'), r['bytes'])} | {rss} | {secs} |"
+            + f" | {_cell(r.get('int8'), r['bytes'])} | {_cell(r.get('quantize_dynamic'), r['bytes'])} | {rss} | {secs} |"
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -274,7 +278,7 @@ def write_results(results: list[dict[str, Any]], folder: Path, command: str, rev
     """`zoo.json` (without the temporary model paths) and `zoo.md` in `folder`."""
     public = json.loads(json.dumps(results))
     for result in public:
-        for row in [*result["compress"], result.get("quantize_dynamic") or {}]:
+        for row in [*result["compress"], result.get("int8") or {}, result.get("quantize_dynamic") or {}]:
             row.pop("model", None)
     (folder / "zoo.json").write_text(json.dumps(public, indent=1) + "\n")
     write_markdown(public, folder / "zoo.md", command, revision, notes)
@@ -300,21 +304,33 @@ def _child_quantize(model: str, output: str) -> None:
     quantize_dynamic(model, output, weight_type=QuantType.QUInt8)
 
 
+def _child_int8(model: str, output: str) -> None:
+    import onnx_ir as ir
+
+    from onnxcomp.int8_reference import int8_model
+
+    ir.save(int8_model(ir.load(model)), output)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(APPS), help="comma-separated names (default: all)")
     parser.add_argument("--fractions", default="0.25,0.125")
-    parser.add_argument("--no-quantize", action="store_true", help="skip the quantize_dynamic row")
+    parser.add_argument("--no-quantize", action="store_true", help="skip the comparison rows (per-channel int8, quantize_dynamic)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep compressed models and logs here")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--eval", nargs=3, metavar=("NAME", "MODEL", "OUT_JSON"), help=argparse.SUPPRESS)
-    parser.add_argument("--quantize", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--quantize-dynamic", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--int8", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.eval:
         _child_eval(*args.eval)
         return 0
-    if args.quantize:
-        _child_quantize(*args.quantize)
+    if args.quantize_dynamic:
+        _child_quantize(*args.quantize_dynamic)
+        return 0
+    if args.int8:
+        _child_int8(*args.int8)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = [n for n in args.models.split(",") if n]
