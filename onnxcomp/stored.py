@@ -45,7 +45,7 @@ class StoredWeight:
     encoding: str
     stored_bytes: int
     sources: list[ir.Value]
-    use: tuple[str, int, int]
+    use: tuple[str | int, ...]
     ids: ir.Value | None = None  # a table decoded per looked-up row at run time (onnxcomp.rows): its indices
     original_name: str | None = None  # from the model's NAMES_KEY map, when it has one
     itemsize: int | None = None  # bytes per value of the type it is stored in, when `array` is wider (bfloat16)
@@ -64,7 +64,7 @@ class _Found:
 
     value: ir.Value
     role: str
-    use: tuple[str, int, int]
+    use: tuple[str | int, ...]
     row: tuple[ir.Node, ir.Value] | None = None  # (last Gather, ids)
     own: ir.Value | None = None
 
@@ -102,15 +102,46 @@ def _locate(model: ir.Model) -> list[_Found]:
             if index >= len(node.inputs) or node.inputs[index] is None:
                 continue
             value = node.inputs[index]
-            if id(value) in seen_values or (id(value) not in constant_producers and value.const_value is None):
+            if id(value) not in constant_producers and value.const_value is None:
                 continue
-            if value.const_value is not None and value.dtype not in FLOAT_TYPES and value.dtype not in INTEGER_TYPES:
-                continue
-            seen_values.add(id(value))
-            own = _own_form(value)
-            found.append(_Found(value, "bias" if role == "bias" else "weight", (node.op_type, occurrence, index),
-                                own=own if own is not value else None))
+            for part, value in enumerate(_outer_weights(value, model.graph)):
+                use = (node.op_type, occurrence, index) + ((part,) if part else ())  # one key per stored weight
+                if id(value) in seen_values:
+                    continue
+                if value.const_value is not None and value.dtype not in FLOAT_TYPES and value.dtype not in INTEGER_TYPES:
+                    continue
+                seen_values.add(id(value))
+                own = _own_form(value)
+                found.append(_Found(value, "bias" if role == "bias" else "weight", use, own=own if own is not value else None))
     return found
+
+
+# Ops that only select or rearrange the entries of their first input (Concat: of all inputs).
+_LAYOUT_OPS = frozenset({"Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Identity", "Flatten"})
+
+
+def _outer_weights(value: ir.Value, main: ir.Graph) -> list[ir.Value]:
+    """For a weight slot inside an If/Loop body that reads outer weights through layout ops
+    (exported LSTMs slice weight_ih into gates and concatenate them in ONNX's order; the bias
+    slot concatenates bias_ih and bias_hh), those outer weights: that is what the file stores,
+    once, whichever branch runs. Else [`value`]."""
+
+    def roots(current: ir.Value) -> list[ir.Value] | None:
+        node = current.producer()
+        if node is None or node.graph is main:
+            return [current]
+        if node.op_type not in _LAYOUT_OPS or not node.inputs or node.inputs[0] is None:
+            return None
+        found: list[ir.Value] = []
+        for source in (node.inputs if node.op_type == "Concat" else node.inputs[:1]):
+            inner = roots(source) if source is not None else []
+            if inner is None:
+                return None
+            found.extend(v for v in inner if all(v is not f for f in found))
+        return found
+
+    outer = roots(value)
+    return outer if outer else [value]
 
 
 def _own_form(value: ir.Value) -> ir.Value:
@@ -148,12 +179,12 @@ def weight_names(model: ir.Model) -> dict[str, str]:
     return {k: v for k, v in names.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(names, dict) else {}
 
 
-def weight_uses(model: ir.Model) -> list[tuple[ir.Value, tuple[str, int, int]]]:
+def weight_uses(model: ir.Model) -> list[tuple[ir.Value, tuple[str | int, ...]]]:
     """(weight value, use) of every weight, in first-use order (cheap: nothing is decoded)."""
     return [(found.weight, found.use) for found in _locate(model)]
 
 
-def record_weight_names(model: ir.Model, located: list[tuple[ir.Value, tuple[str, int, int]]], original: ir.Model) -> None:
+def record_weight_names(model: ir.Model, located: list[tuple[ir.Value, tuple[str | int, ...]]], original: ir.Model) -> None:
     """Store in `model`'s graph metadata (NAMES_KEY) the original name of each weight whose name
     differs: `located` are `model`'s weights (`weight_uses`, taken before names were shortened),
     matched to `original`'s by use. Names `original` itself maps (an onnxcomp output compressed
@@ -254,8 +285,16 @@ def _before_restore(value: ir.Value) -> ir.Value:
 
 
 def _constant_values(graph: ir.Graph) -> set[int]:
+    """Values known at load time, in the graph and in its If/Loop bodies (a body reading an outer
+    constant through Slice/Concat, as exported LSTMs regroup their gates, computes constants too)."""
     constant: set[int] = {id(v) for v in graph.initializers.values()}
-    for node in graph:
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                constant.update(id(v) for v in attr.value.initializers.values())
+            elif attr.type == ir.AttributeType.GRAPHS:
+                constant.update(id(v) for body in attr.value for v in body.initializers.values())
+    for node in ir.traversal.RecursiveGraphIterator(graph):
         if node.op_type != "Constant" and (not node.inputs or not all(i is not None and id(i) in constant for i in node.inputs)):
             continue
         if any(attr.type == ir.AttributeType.GRAPH for attr in node.attributes.values()):
@@ -297,14 +336,32 @@ def _run_decode(full, values: list[ir.Value], stop: ir.Value | None = None,
     from onnxcomp.runtime.inference import session
 
     produced = {o.name for v in values for n in _producers(v, stop) for o in n.outputs}
-    keep = [p for p in full.graph.node if set(p.output) & produced]
+    keep = [p for p in _all_nodes(full.graph) if set(p.output) & produced]
     inputs = [] if stop is None else [onnx.helper.make_tensor_value_info(
         stop.name, onnx.TensorProto.INT32 if stop.dtype == ir.DataType.INT32 else onnx.TensorProto.INT64, None)]
     outputs = [onnx.ValueInfoProto(name=v.name) for v in values]  # any type: ONNX Runtime infers it
-    proto = onnx.helper.make_model(onnx.helper.make_graph(keep, "decode", inputs, outputs, initializer=list(full.graph.initializer)),
+    initializers = [t for graph in _all_graphs(full.graph) for t in graph.initializer]
+    proto = onnx.helper.make_model(onnx.helper.make_graph(keep, "decode", inputs, outputs, initializer=initializers),
                                    opset_imports=list(full.opset_import))
     proto.ir_version = min(full.ir_version, 10)
     return session(proto).run([v.name for v in values], feeds or {})
+
+
+def _all_graphs(graph) -> list:
+    """A GraphProto and its If/Loop/Scan bodies, outer first (value names are unique across them)."""
+    graphs = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                graphs.extend(_all_graphs(body))
+    return graphs
+
+
+def _all_nodes(graph) -> list:
+    """The NodeProtos of a graph and its bodies, each body's nodes after those of the graph
+    holding it: a decode chain that continues inside a body (a Slice of an outer weight) reads
+    only values computed before the node that holds the body."""
+    return [node for body in _all_graphs(graph) for node in body.node]
 
 
 def _evaluate(values: list[ir.Value], full) -> dict[str, np.ndarray]:

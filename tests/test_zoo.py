@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -437,6 +438,50 @@ class Case:
     refused: str | None = None  # expected fragment of the refusal message, None = must compress
     min_cosine: float = 0.98
 
+def lstm_gates_in_if() -> onnx.ModelProto:
+    """As PyTorch's TorchScript exporter writes an LSTM inside an If (silero-vad's op15 file): each
+    branch slices the outer weight_ih/weight_hh into gates, concatenates them in ONNX's order and
+    unsqueezes them; the bias slot concatenates bias_ih and bias_hh."""
+    rng = _rng(12)
+    hidden, features = 32, 16
+    outer = {
+        "weight_ih": (rng.standard_normal((4 * hidden, features)) / np.sqrt(features)).astype(np.float32),
+        "weight_hh": (rng.standard_normal((4 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32),
+        "bias_ih": (0.1 * rng.standard_normal(4 * hidden)).astype(np.float32),
+        "bias_hh": (0.1 * rng.standard_normal(4 * hidden)).astype(np.float32),
+    }
+
+    def branch(tag: str) -> onnx.GraphProto:
+        nodes, parts = [], {}
+        for name in outer:
+            pieces = []
+            for gate, (start, end) in enumerate(((0, hidden), (3 * hidden, 4 * hidden), (hidden, 3 * hidden))):
+                nodes.append(helper.make_node("Constant", [], [f"{tag}{name}_s{gate}"], value_ints=[start]))
+                nodes.append(helper.make_node("Constant", [], [f"{tag}{name}_e{gate}"], value_ints=[end]))
+                nodes.append(helper.make_node("Slice", [name, f"{tag}{name}_s{gate}", f"{tag}{name}_e{gate}"], [f"{tag}{name}_{gate}"]))
+                pieces.append(f"{tag}{name}_{gate}")
+            nodes.append(helper.make_node("Concat", pieces, [f"{tag}{name}_iofc"], axis=0))
+            parts[name] = f"{tag}{name}_iofc"
+        nodes.append(helper.make_node("Concat", [parts["bias_ih"], parts["bias_hh"]], [f"{tag}b"], axis=0))
+        nodes.append(helper.make_node("Constant", [], [f"{tag}axes"], value_ints=[0]))
+        for name, slot in (("weight_ih", "W"), ("weight_hh", "R")):
+            nodes.append(helper.make_node("Unsqueeze", [parts[name], f"{tag}axes"], [f"{tag}{slot}"]))
+        nodes.append(helper.make_node("Unsqueeze", [f"{tag}b", f"{tag}axes"], [f"{tag}B"]))
+        nodes.append(helper.make_node("LSTM", ["x", f"{tag}W", f"{tag}R", f"{tag}B", "", "h0", "c0"],
+                                      [f"{tag}y", f"{tag}out"], hidden_size=hidden))
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"{tag}out", TensorProto.FLOAT, None)])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["h"], then_branch=branch("t_"), else_branch=branch("e_"))],
+        "lstm_if",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, "N", features]),
+         helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, "N", hidden]),
+         helper.make_tensor_value_info("c0", TensorProto.FLOAT, [1, "N", hidden]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, "N", hidden])],
+        initializer=[numpy_helper.from_array(array, name) for name, array in outer.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)], ir_version=8)
+
 
 ZOO = {
     "mlp": Case(mlp),
@@ -451,6 +496,7 @@ ZOO = {
     "convtranspose_decoder": Case(convtranspose_decoder),
     "constant_node_weights": Case(constant_node_weights),
     "if_subgraph_weights": Case(if_subgraph_weights),
+    "lstm_gates_in_if": Case(lstm_gates_in_if),
     "int8_dynamic": Case(int8_dynamic_quantized, min_cosine=0.9),  # uniform random int8: the hardest case
     "int8_qdq": Case(int8_qdq, min_cosine=0.9),
     "int8_with_float_head": Case(int8_with_float_head),
@@ -541,3 +587,23 @@ def test_zoo_model_inspects(name, tmp_path, capsys):
     source.write_bytes(ZOO[name].build().SerializeToString())
     assert main(["inspect", str(source)]) == 0
     assert "parameters" in capsys.readouterr().out
+
+
+def test_weights_read_through_gate_slices_in_a_branch_are_listed_once_by_name(tmp_path, cli_main, capsys):
+    """inspect and the compress report list the outer weights an If branch slices into LSTM gates
+    (not the branch's sliced views, and not once per branch), with the bytes they are stored in."""
+    import json
+
+    source = tmp_path / "lstm_if.onnx"
+    source.write_bytes(lstm_gates_in_if().SerializeToString())
+    names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+    from onnxcomp.report import inspect_model
+
+    assert [row["name"] for row in inspect_model(ir.load(str(source)))] == names
+    report = tmp_path / "report.json"
+    code, stderr = cli_main("compress", source, "--target-size", source.stat().st_size // 4, "-o", tmp_path / "small.onnx",
+                            "--report", report, "-q", "--allow-low-fidelity")
+    assert code == 0, stderr
+    rows = json.loads(report.read_text())["layers"]
+    assert [row["name"] for row in rows] == names
+    assert all(0 < row["bytes_after"] < row["bytes_before"] for row in rows[:2]), rows
