@@ -187,12 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
 @contextlib.contextmanager
 def _without_compensation():
     """EliminateNeuronsPass that drops removed channels without folding them into biases."""
-    fold = eliminate_neurons._fold_constants
-    eliminate_neurons._fold_constants = lambda *args: None
+    fold = eliminate_neurons.fold_constants
+    eliminate_neurons.fold_constants = lambda *args: None
     try:
         yield
     finally:
-        eliminate_neurons._fold_constants = fold
+        eliminate_neurons.fold_constants = fold
 
 
 def _markdown(summary: dict) -> str:
