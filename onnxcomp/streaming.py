@@ -4,7 +4,7 @@ Inputs with more than `io.IN_MEMORY_EXTERNAL_BYTES` of external data stay memory
 (`io.load_model`). Running such a model in ONNX Runtime needs every weight in memory at once
 (and a compressed one, while ONNX Runtime folds its decode subgraphs at load, several times
 that), so this path never runs the whole model: it prices each weight by its own squared error
-(as `--no-sensitivity` does), encodes weight by weight (`pipeline._build` unmaps each weight
+(as `--no-sensitivity` does), encodes weight by weight (`stages.build.build` unmaps each weight
 after encoding it) and verifies each decoded weight in its own small ONNX Runtime session
 against the original. Peak memory is then a small multiple of the largest weight plus the
 compressed output, not a multiple of the model. Data-free only.
@@ -13,25 +13,30 @@ compressed output, not a multiple of the model. Data-free only.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from onnxcomp import io
-from onnxcomp.allocate import LayerOptions, allocate, layer_options
-from onnxcomp.errors import OnnxcompError, TargetUnreachableError
+from onnxcomp.allocate import LayerOptions, layer_options
+from onnxcomp.data import NoRunnableInputError
+from onnxcomp.errors import OnnxcompError
+from onnxcomp.floor import unverified_floor
+from onnxcomp.passes.cleanup import metadata_bytes
 from onnxcomp.report import compressed_rows, layer_rows
-from onnxcomp.runtime.inference import session
+from onnxcomp.runtime.inference import describe_error, session
 from onnxcomp.sizes import format_size
+from onnxcomp.stages.analyze import canonical_weights
+from onnxcomp.stages.build import clean_up_named
+from onnxcomp.stages.fit import MAX_ATTEMPTS, fit, unreachable
+from onnxcomp.stages.options import CompressOptions, CompressResult
+from onnxcomp.stages.steps import Progress, Steps
 from onnxcomp.stored import _producers
-from onnxcomp.weights import find_weights, quantized_weights
+from onnxcomp.weights import find_weights
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("onnxcomp.pipeline")  # the run's warnings, under the name users configure
 
-MAX_ATTEMPTS = 8
 CHECK_CHUNK = 1 << 20
 
 
@@ -46,81 +51,50 @@ def refuse_data(options, samples, eval_samples) -> None:
         raise OnnxcompError(f"{reason}; --min-fidelity and --max-accuracy-drop need model outputs and are not supported for them")
 
 
-def compress_streamed(model: ir.Model, options, input_bytes: int | None = None,
-                      progress: Callable[[str], None] | None = None, why: str = "weights stay memory-mapped"):
+def compress_streamed(model: ir.Model, options: CompressOptions, input_bytes: int | None = None,
+                      progress: Progress = None, why: str = "weights stay memory-mapped") -> CompressResult:
     """`pipeline.compress_model` for a model whose weights stay memory-mapped (see module doc), or
     one that no input runs (``why`` says which, in the progress log)."""
-    from onnxcomp import pipeline
+    steps = Steps(progress)
+    with steps.timed("canonicalize", f"canonicalize ({why}: compressing one weight at a time, data-free)"):
+        model, weights = canonical_weights(model)
 
-    def log(message: str) -> None:
-        pipeline._log(progress, message)
+    with steps.timed("price", f"price {len(weights)} weights ({format_size(sum(w.itemsize * w.size for w in weights))}), one at a time"):
+        layers: list[LayerOptions] = []
+        external: set[str] = set()
+        for weight in weights:
+            tensor = weight.value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                external.add(weight.name)
+            layers.append(layer_options(weight.name, weight.numpy(), weight.role, itemsize=weight.itemsize,
+                                        restore_bytes=weight.storage.restore_bytes(), outliers=weight.storage.integer))
+            io.release(tensor)
 
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    log(f"canonicalize ({why}: compressing one weight at a time, data-free)")
-    model, weights = pipeline.canonical_weights(model)
-    timings["canonicalize"] = time.perf_counter() - started
-
-    tick = time.perf_counter()
-    log(f"price {len(weights)} weights ({format_size(sum(w.itemsize * w.size for w in weights))}), one at a time")
-    layers: list[LayerOptions] = []
-    external: set[str] = set()
-    for weight in weights:
-        tensor = weight.value.const_value
-        if isinstance(tensor, ir.ExternalTensor):
-            external.add(weight.name)
-        layers.append(layer_options(weight.name, weight.numpy(), weight.role, itemsize=weight.itemsize,
-                                    restore_bytes=weight.storage.restore_bytes(), outliers=weight.storage.integer))
-        io.release(tensor)
-    timings["price"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    cleaned = pipeline.clean_up_named(model.clone(), model, options.keep_metadata)
-    # Weights in external data serialize as a reference only; in-memory ones with their payload.
-    fixed = len(io.serialized_bytes(cleaned)) - sum(layer.dense.bytes for layer in layers if layer.name not in external)
-    del cleaned
-    budget = options.target_bytes - fixed
-    floor_total = sum(layer.smallest.bytes for layer in layers)
-    compressed = allocation = proto = None
-    decoded: dict[str, ir.Value] = {}
-    size = 0
-    attempt = 0
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        at_floor = budget <= floor_total
-        allocation = allocate(layers, max(budget, floor_total))
-        assert allocation is not None
-        decoded = {}
-        compressed = pipeline._build(model, allocation, options.keep_metadata, {}, decoded=decoded)
-        proto = io.to_proto(compressed)
-        size = proto.ByteSize()
-        log(f"attempt {attempt}: {format_size(size)} (target {format_size(options.target_bytes)})")
-        if size <= options.target_bytes:
-            break
-        if at_floor:
-            raise TargetUnreachableError(
-                f"target {format_size(options.target_bytes)} ({options.target_bytes} B) is below the smallest size onnxcomp "
-                f"can reach for this model: {format_size(size)} ({size} B)", smallest_bytes=size)
-        budget -= size - options.target_bytes + 16 * attempt
-    else:
+    with steps.timed("allocate_and_encode"):
+        cleaned = clean_up_named(model.clone(), model, options.keep_metadata)
+        # Weights in external data serialize as a reference only; in-memory ones with their payload.
+        fixed = len(io.serialized_bytes(cleaned)) - sum(layer.dense.bytes for layer in layers if layer.name not in external)
+        del cleaned
+        # Tighten only: a plan grown into the slack would be built (weight by weight) again.
+        result = fit(model, layers, options.target_bytes - fixed, options, {}, progress, grow_attempts=0, decoded=True)
+    if not result.fits and result.floor_bytes is not None:
+        raise unreachable(model, layers, options, {}, result.floor_bytes)
+    if not result.fits:
         raise OnnxcompError(f"could not fit the target {format_size(options.target_bytes)} in {MAX_ATTEMPTS} attempts "
-                            f"(last {format_size(size)})")
-    timings["allocate_and_encode"] = time.perf_counter() - tick
+                            f"(last {format_size(result.size)})")
 
-    tick = time.perf_counter()
-    log(f"verify: decode each weight in ONNX Runtime and compare with the original ({len(decoded)} weights)")
-    checks = verify_weights(model, proto, decoded)
-    timings["verify"] = time.perf_counter() - tick
-    data = proto.SerializeToString() if size < io.MAX_PROTO_BYTES else None
-    del proto
+    with steps.timed("verify", f"verify: decode each weight in ONNX Runtime and compare with the original ({len(result.decoded)} weights)"):
+        checks = verify_weights(model, io.to_proto(result.model), result.decoded)
     # Measured on the saved bytes as for any compress (`compressed_rows`), except for weights held in
     # external data: decoding them all at once would hold the whole model in memory.
-    rows = compressed_rows(data, layers, allocation) if data is not None and not io.is_streamed(model) \
-        else layer_rows(layers, allocation, compressed)
+    rows = compressed_rows(result.data, layers, result.allocation) if result.data is not None and not io.is_streamed(model) \
+        else layer_rows(layers, result.allocation, result.model)
     for row in rows:
         if row["name"] in checks:
             row["measured_relative_error"] = checks[row["name"]]["relative_error"]
     energy = sum(c["energy"] for c in checks.values())
     error = sum(c["squared_error"] for c in checks.values())
+    size = result.size
     report = {
         "input_bytes": input_bytes or size,
         "output_bytes": size,
@@ -140,12 +114,30 @@ def compress_streamed(model: ir.Model, options, input_bytes: int | None = None,
             "outputs": {},
         },
         "streamed": True,
-        "attempts": attempt,
-        "metadata_bytes": pipeline.metadata_bytes(compressed),
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "attempts": result.attempts,
+        "metadata_bytes": metadata_bytes(result.model),
+        "seconds": steps.rounded(total=True),
     }
-    report["seconds"]["total"] = round(time.perf_counter() - started, 3)
-    return pipeline.CompressResult(compressed, data, report)
+    return CompressResult(result.model, result.data, report)
+
+
+def compress_unverified(model: ir.Model, options: CompressOptions, input_bytes: int, progress: Progress,
+                        error: NoRunnableInputError) -> CompressResult:
+    """No generated input runs the model and no samples were given: compress anyway, as the streamed
+    path does (each weight priced by its own error, each decoded weight checked in ONNX Runtime),
+    without running the model; the report says ``verified: false``."""
+    reason = describe_error(error.last_error) if error.last_error else str(error)
+    if options.min_fidelity is not None and options.min_fidelity > 0:
+        raise OnnxcompError(f"--min-fidelity needs the model's outputs, but no generated input ran in ONNX Runtime "
+                            f"({reason}); give sample inputs with --data")
+    logger.warning("the compressed model's outputs are not verified: no generated input ran in ONNX Runtime (%s); "
+                   "give sample inputs with --data, or the inputs' shapes and values with --input-shape NAME:DIMS / "
+                   "--input-value NAME=V, to verify them; the quality floor cannot be checked", reason)
+    result = compress_streamed(model, options, input_bytes, progress, why="no generated input runs the model")
+    if result.data is not None:
+        session(result.data)  # the model is not run, but it must load where the original loaded
+    result.report.update(streamed=False, verified=False, unverified_reason=reason, quality_floor=unverified_floor(reason))
+    return result
 
 
 def verify_weights(original: ir.Model, proto: onnx.ModelProto, decoded: dict[str, ir.Value]) -> dict[str, dict]:

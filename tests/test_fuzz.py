@@ -498,14 +498,14 @@ def test_keyboard_interrupt_leaves_no_output(tmp_path, capsys, monkeypatch):
 
 
 def test_keyboard_interrupt_during_compress_leaves_no_output(tmp_path, capsys, monkeypatch):
-    import onnxcomp.pipeline
+    import onnxcomp.stages.analyze
 
     path = _write(tmp_path / "in", BASE_BYTES["mlp"])
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(onnxcomp.pipeline, "canonicalize", interrupt)
+    monkeypatch.setattr(onnxcomp.stages.analyze, "canonicalize", interrupt)
     outputs = tmp_path / "out"
     outputs.mkdir()
     code, _ = _invoke(capsys, ["compress", str(path), "--target-size", "2000", "-o", str(outputs / "o.onnx"), "-q"])

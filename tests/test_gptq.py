@@ -109,7 +109,7 @@ def test_vector_compensation_survives_encoding():
     """The pipeline's build encodes the compensated weight with the refitted codebook: the
     compressed model reads back exactly vector_gptq's weight."""
     from onnxcomp.allocate import Allocation, Candidate
-    from onnxcomp.pipeline import _build
+    from onnxcomp.stages.build import build
     from onnxcomp.runtime.inference import session
 
     inputs, weight, hessian = _problem(64, 128)
@@ -124,7 +124,7 @@ def test_vector_compensation_survives_encoding():
     hessians = input_hessians(model, find_weights(model), {"x": inputs.astype(np.float32)}, 500)
     quant = vector_quantize(weight, None, 2, (32,))[0]
     allocation = Allocation({"w": Candidate("vector", 1, 0.0, 0.0, 5, quant)}, 1, 0.0)
-    built = _build(model, allocation, False, {}, hessians=hessians)
+    built = build(model, allocation, False, {}, hessians=hessians)
     assert any(node.op_type == "Gather" for node in built.graph)
     expected, codebook = vector_gptq(weight, hessians["w"], quant.codebook)
     np.testing.assert_array_equal(allocation.choices["w"].quant.codebook, codebook)

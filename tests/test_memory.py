@@ -14,7 +14,8 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from onnxcomp import memory, pipeline, sensitivity
+from onnxcomp import memory, sensitivity
+from onnxcomp.stages import analyze
 from onnxcomp.gptq import input_hessians
 from onnxcomp.memory import activation_sizes, batch_size
 from onnxcomp.weights import find_weights
@@ -83,11 +84,11 @@ def test_pipeline_batch_follows_activation_bytes_not_a_constant():
     model = ir.serde.deserialize_model(_cnn())
     big = activation_sizes(model, {"x": np.zeros((1, 1, 256, 256), np.float32)})  # ~8 MB a value
     small = activation_sizes(model, {"x": np.zeros((1, 1, 4, 4), np.float32)})
-    assert pipeline._batch_size(model, big) == memory.ACTIVATION_BUDGET // big.total < 256
-    assert pipeline._batch_size(model, small) == memory.MAX_BATCH
+    assert analyze.batch_size(model, big) == memory.ACTIVATION_BUDGET // big.total < 256
+    assert analyze.batch_size(model, small) == memory.MAX_BATCH
     fixed = ir.serde.deserialize_model(_cnn())
     fixed.graph.inputs[0].shape = ir.Shape([3, 1, 8, 8])
-    assert pipeline._batch_size(fixed, big) == 3  # a declared batch is the batch the model takes
+    assert analyze.batch_size(fixed, big) == 3  # a declared batch is the batch the model takes
 
 
 def test_statistics_are_streamed_and_equal_to_one_batch(monkeypatch):

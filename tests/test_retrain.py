@@ -185,18 +185,18 @@ def test_default_epochs_skip_models_that_are_not_classifiers(tmp_path, capsys):
 
 
 def test_auto_eliminates_neurons_only_at_tight_targets(tmp_path, train_samples):
-    from onnxcomp.pipeline import _wants_vib
+    from onnxcomp.stages.finetune import wants_vib
     from onnxcomp.retrain import TrainingData
     from onnxcomp.weights import find_weights
 
     weights = find_weights(load_model(MODEL))  # 266,200 weights: 2 bits each is 66,550 B
     training = TrainingData(train=train_samples, held_out=None, teacher=None, held_out_teacher=None)
-    assert _wants_vib(CompressOptions(target_bytes=60_000, epochs=1), training, weights)
-    assert not _wants_vib(CompressOptions(target_bytes=70_000, epochs=1), training, weights)
+    assert wants_vib(CompressOptions(target_bytes=60_000, epochs=1), training, weights)
+    assert not wants_vib(CompressOptions(target_bytes=70_000, epochs=1), training, weights)
     unlabeled = train_samples.head(train_samples.count)
     unlabeled.labels = None
-    assert not _wants_vib(CompressOptions(target_bytes=10_000, epochs=1), TrainingData(unlabeled, None, None, None), weights)
-    assert _wants_vib(CompressOptions(target_bytes=10**6, epochs=1, method="vib"), training, weights)
+    assert not wants_vib(CompressOptions(target_bytes=10_000, epochs=1), TrainingData(unlabeled, None, None, None), weights)
+    assert wants_vib(CompressOptions(target_bytes=10**6, epochs=1, method="vib"), training, weights)
     # end to end at a loose target: auto prunes, nothing is gated or removed
     report = compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=80_000, epochs=1), samples=train_samples)
     assert report["training"]["method"] == "auto" and "neurons" not in report
@@ -250,12 +250,12 @@ def test_codebook_finetune_trains_vector_codebooks_as_vectors(train_samples):
 
 
 def test_held_out_scores_rank_candidates(tmp_path, train_samples):
-    from onnxcomp.pipeline import _held_out_scores
+    from onnxcomp.stages.finetune import held_out_scores
     from onnxcomp.retrain import TrainingData
 
     good = MODEL.read_bytes()
     compress_file(MODEL, tmp_path / "tiny.onnx", CompressOptions(target_bytes=8_000, force=True))  # data-free at 1/133: broken
     training = TrainingData(train=train_samples, held_out=train_samples.head(500), teacher=None, held_out_teacher=None)
-    scores = _held_out_scores(training, (good, (tmp_path / "tiny.onnx").read_bytes()), 256)
+    scores = held_out_scores(training, (good, (tmp_path / "tiny.onnx").read_bytes()), 256)
     assert scores[0] > 0.9 > scores[1]
-    assert _held_out_scores(TrainingData(train_samples, None, None, None), (good,), 256) == []
+    assert held_out_scores(TrainingData(train_samples, None, None, None), (good,), 256) == []

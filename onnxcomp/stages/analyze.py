@@ -1,0 +1,198 @@
+"""Canonicalize the model, then price every weight's candidates and measure layer sensitivities."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcomp import rows
+from onnxcomp.allocate import LayerOptions, layer_options
+from onnxcomp.canonicalize import canonicalize, initializer_inputs, model_interface
+from onnxcomp.data import Samples
+from onnxcomp.errors import OnnxcompError
+from onnxcomp.memory import MAX_BATCH, ActivationSizes, batch_size as budget_batch
+from onnxcomp.passes.equalize import EqualizeCrossLayerPass
+from onnxcomp.progress import task as live_task
+from onnxcomp.sensitivity import activation_importance, embedding_importance, measure_sensitivity, row_counts
+from onnxcomp.signature import input_specs
+from onnxcomp.stages.build import fixed_bytes
+from onnxcomp.stages.options import CompressOptions
+from onnxcomp.stages.steps import Progress, Steps, log
+from onnxcomp.weights import find_weights, no_weights_error
+
+SENSITIVITY_SAMPLES = 64
+# Generated inputs: the sensitivity probes together compute at most this many activation bytes
+# (samples x per-sample activation bytes x probes), with at least MIN_SENSITIVITY_SAMPLES samples.
+SENSITIVITY_WORK_BYTES = 16 << 30
+MIN_SENSITIVITY_SAMPLES = 8
+IMPORTANCE_SAMPLES = 256
+
+
+@dataclasses.dataclass
+class Canonical:
+    """The canonical model, its compressible weights, and what the compressed model must keep."""
+
+    model: ir.Model
+    weights: list
+    interface: object  # `canonicalize.model_interface`: names, order, dtypes, declared shapes
+    defaults: object  # `canonicalize.initializer_inputs`: graph inputs that have an initializer
+
+
+def canonical_model(model: ir.Model, options: CompressOptions, progress: Progress) -> Canonical:
+    """Canonicalize (`model` is changed: pass a copy), equalize if asked, say what happened to
+    graph inputs that have an initializer."""
+    defaults = initializer_inputs(model)
+    interface = model_interface(model, without=defaults.removed)
+    model, weights = canonical_weights(model)
+    if options.equalize:
+        equalize(model, progress)
+    _log_initializer_inputs(defaults, progress)
+    return Canonical(model, weights, interface, defaults)
+
+
+def canonical_weights(model: ir.Model) -> tuple[ir.Model, list]:
+    """Canonicalize the model and find its compressible weights; refuse what cannot be compressed."""
+    model = canonicalize(model)
+    if model.opset_imports.get("", 0) < 11:
+        raise OnnxcompError(f"model uses opset {model.opset_imports.get('', 0)}; onnxcomp needs opset 11 or newer (convert it with onnx.version_converter)")
+    weights = find_weights(model)
+    if not weights:
+        raise no_weights_error(model)
+    return model, weights
+
+
+def equalize(model: ir.Model, progress: Progress) -> None:
+    """Cross-layer equalization in place; the float model's outputs do not change."""
+    result = EqualizeCrossLayerPass()(model)
+    log(progress, f"equalize: {len(result.rows)} layer pairs rescaled" + "".join(
+        f"; {row['first']} channel range spread {row['spread_before']:.3g} -> {row['spread_after']:.3g}"
+        for row in result.rows[:4]) + ("; ..." if len(result.rows) > 4 else ""))
+
+
+def _log_initializer_inputs(defaults, progress: Progress) -> None:
+    """Say what happened to graph inputs that have an initializer (see `initializer_inputs`)."""
+    if defaults.removed:
+        log(progress, f"{len(defaults.removed)} initializers listed as graph inputs by convention (IR < 4 or every "
+                      f"initializer listed) are no longer inputs and are compressed: {', '.join(defaults.removed[:8])}"
+                      + (", ..." if len(defaults.removed) > 8 else ""))
+    if defaults.kept:
+        log(progress, f"{len(defaults.kept)} graph inputs with a default value stay inputs (callers may override "
+                      f"them) and are stored dense: {', '.join(defaults.kept[:8])}" + (", ..." if len(defaults.kept) > 8 else ""))
+
+
+def batch_size(model: ir.Model, sizes: ActivationSizes | None = None) -> int:
+    """The batch the model declares (a fixed size on the sample axis), else as many samples as
+    fit `memory.ACTIVATION_BUDGET` with `sizes` per sample (at most `memory.MAX_BATCH`)."""
+    for spec in input_specs(model):
+        if spec.sample_axis is not None and isinstance(spec.dims[spec.sample_axis], int):
+            return spec.dims[spec.sample_axis]
+    return MAX_BATCH if sizes is None else budget_batch(sizes.total)
+
+
+def sensitivity_samples(samples: Samples, sizes: ActivationSizes, probes: int) -> int:
+    """Samples for the sensitivity probes: `SENSITIVITY_SAMPLES` of given data; of generated
+    data, as many as keep the probes' activations within `SENSITIVITY_WORK_BYTES` (at least
+    `MIN_SENSITIVITY_SAMPLES`), so that time does not grow as layers x samples x activation size."""
+    count = min(samples.count, SENSITIVITY_SAMPLES)
+    if not samples.generated or sizes.total <= 0:
+        return count
+    return min(count, max(MIN_SENSITIVITY_SAMPLES, SENSITIVITY_WORK_BYTES // (sizes.total * (probes + 1))))
+
+
+def analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch: int, steps: Steps,
+            sizes: ActivationSizes) -> tuple[dict, list[LayerOptions]]:
+    """Per-weight importances and priced candidates, with measured layer sensitivities."""
+    weights = find_weights(model)
+    with steps.timed("price", f"price {len(weights)} weights"):
+        values = {w.name: w.numpy().astype(np.float32) for w in weights}
+        importances = activation_importance(model, weights, samples.head(IMPORTANCE_SAMPLES).inputs, batch,
+                                            sizes=sizes)
+        if not samples.generated:  # which embedding rows real inputs read (generated ids are uniform)
+            importances.update(embedding_importance(model, weights, samples.inputs, batch, sizes=sizes))
+        for weight in weights:  # integer weights: errors weighted by their per-channel dequantization scales
+            if weight.storage.importance is not None and weight.name not in importances:
+                importances[weight.name] = weight.storage.importance
+        layers = []
+        with live_task("price weights", total=len(weights), unit="weights") as bar:  # a live bar on a terminal only
+            for w in weights:
+                layers.append(layer_options(w.name, values[w.name], w.role, importances.get(w.name), itemsize=w.itemsize,
+                                            restore_bytes=w.storage.restore_bytes(), outliers=w.storage.integer))
+                bar.advance()
+    if options.sensitivity:
+        count = sensitivity_samples(samples, sizes, len(layers))
+        with steps.timed("sensitivity", f"measure sensitivity on {count} {'generated ' if samples.generated else ''}samples"), \
+                live_task("measure sensitivity", total=len(layers), unit="layers") as bar:
+            sensitivities = measure_sensitivity(model, layers, values, samples.head(count).inputs, batch,
+                                                storage={w.name: w.storage for w in weights}, sizes=sizes,
+                                                progress=lambda index, total, name: bar.advance())
+        for layer in layers:
+            layer.sensitivity = sensitivities.get(layer.name, 1.0)
+    return importances, layers
+
+
+def price(model: ir.Model, importances: dict, sensitivity_of: dict[str, float],
+          keep_zeros: bool = False) -> list[LayerOptions]:
+    """Candidates for the model's current weights with the first analysis's sensitivities
+    (for retraining, whose codebook stages know one codebook per weight only)."""
+    layers = [layer_options(w.name, w.numpy().astype(np.float32), w.role, importances.get(w.name), keep_zeros,
+                            grouped=False)
+              for w in find_weights(model)]
+    for layer in layers:
+        layer.sensitivity = sensitivity_of.get(layer.name, 1.0)
+    return layers
+
+
+def split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOptions], options: CompressOptions,
+                   progress: Progress) -> list[LayerOptions]:
+    """Split embedding tables whose rows the samples read unevenly into the rows they read
+    (hot) and the rest (cold), so that bytes go where real input reads (`rows.split_table`,
+    in place); returns the layers with each split table's two parts instead of it.
+
+    How often other input reads rows the samples never did is estimated with Good-Turing (the
+    share of lookups that hit a row read exactly once, N1 / N); each part's sensitivity is the
+    table's, scaled by its share of the squared weights weighted by those read rates, so the
+    allocator minimises the expected distortion of lookups. A table is left whole when the split
+    (its row map included) would not fit the target at the smallest settings.
+    """
+    wanted = [layer for layer in layers if layer.role == "embedding" and len(layer.shape) == 2
+              and importances.get(layer.name) is not None and layer.shape[0] >= rows.SPLIT_MIN_ROWS
+              and rows.row_gathers(model.graph.initializers[layer.name]) is not None
+              and model.graph.initializers[layer.name].dtype == ir.DataType.FLOAT]
+    if not wanted:
+        return layers
+    budget = options.target_bytes - fixed_bytes(model, layers, options.keep_metadata)
+    result = list(layers)
+    for layer in wanted:
+        importance = importances[layer.name]
+        counts = row_counts(importance)
+        hot = counts > 0
+        if not 0 < hot.sum() <= rows.SPLIT_MAX_HOT_SHARE * hot.size:
+            continue
+        values = model.graph.initializers[layer.name].const_value.numpy().astype(np.float32)
+        total = counts.sum()
+        unseen = max(float(np.count_nonzero(counts == 1)), 1.0) / total
+        rate = np.where(hot, (1 - unseen) * counts / total, unseen / np.count_nonzero(~hot))
+        energy = rate * np.square(values).sum(axis=1)
+        parts = []
+        for suffix, part in (("_hot", hot), ("_cold", ~hot)):
+            options_of_part = layer_options(layer.name + suffix, values[part], "embedding", importance[part])
+            options_of_part.sensitivity = layer.sensitivity * float(energy[part].sum() / energy.sum())
+            parts.append(options_of_part)
+        others = [item for item in result if item is not layer]
+        map_bytes = hot.size * (2 if hot.size <= 65535 else 4) + rows.SPLIT_GRAPH_BYTES
+        if sum(item.smallest.bytes for item in others + parts) + map_bytes > budget:
+            log(progress, f"{layer.name}: not split (the row map would not fit the target)")
+            continue
+        names = rows.split_table(model, layer.name, hot)
+        if names is None:
+            continue
+        for part, name in zip(parts, names):
+            part.name = name
+            importances[name] = part.importance
+        importances.pop(layer.name)
+        result = others + parts
+        log(progress, f"{layer.name}: the samples read {int(hot.sum())} of {hot.size} rows; unseen rows estimated at "
+                      f"{100 * unseen:.1f}% of lookups; split into {names[0]} and {names[1]}")
+    return result

@@ -1,0 +1,93 @@
+"""Plan and build until the serialized model fits the target."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+
+from onnxcomp import io
+from onnxcomp.allocate import Allocation, LayerOptions, allocate
+from onnxcomp.errors import TargetUnreachableError
+from onnxcomp.sizes import format_size
+from onnxcomp.stages.build import build
+from onnxcomp.stages.options import CompressOptions
+from onnxcomp.stages.steps import Progress, log
+
+MAX_ATTEMPTS = 8
+GROW_ATTEMPTS = 2  # re-plans with the unused bytes added when a fit leaves slack
+SLACK_FRACTION = 0.01
+SLACK_MIN_BYTES = 64
+
+
+@dataclasses.dataclass
+class Fit:
+    """The kept build (or, when none fits, the last one tried)."""
+
+    model: ir.Model
+    allocation: Allocation
+    data: bytes | None  # its serialized bytes; None over protobuf's 2 GB limit
+    size: int  # serialized bytes
+    attempts: int  # the attempt that built it
+    fits: bool
+    floor_bytes: int | None = None  # not fitting at the smallest plan: the size that plan came to
+    decoded: dict[str, ir.Value] = dataclasses.field(default_factory=dict)  # see `build`, when asked for
+
+
+def fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: CompressOptions, importances: dict,
+        progress: Progress, hessians: dict | None = None, max_load: int | None = None,
+        grow_attempts: int = GROW_ATTEMPTS, decoded: bool = False) -> Fit:
+    """Allocate and build until the serialized model fits: tighten the budget by the overshoot,
+    and when a fit leaves more than SLACK_FRACTION of the target unused, plan again with the
+    slack added (at most `grow_attempts` times), keeping the largest build that fits."""
+    floor_total = sum(layer.smallest.bytes for layer in layers)
+    last = best = None
+    grown = 0
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        # Never plan below the smallest candidates: the floor itself is always tried once.
+        at_floor = budget <= floor_total
+        allocation = allocate(layers, max(budget, floor_total), max_load)
+        assert allocation is not None
+        values: dict[str, ir.Value] | None = {} if decoded else None
+        compressed = build(model, allocation, options.keep_metadata, importances, decoded=values, hessians=hessians)
+        proto = io.to_proto(compressed)
+        size = proto.ByteSize()
+        data = proto.SerializeToString() if size < io.MAX_PROTO_BYTES else None
+        del proto
+        last = Fit(compressed, allocation, data, size, attempt, size <= options.target_bytes, decoded=values or {})
+        tried = f"attempt {attempt}: {format_size(size)} (target {format_size(options.target_bytes)})"
+        if last.fits:
+            best = last
+            slack = options.target_bytes - size
+            if slack <= max(SLACK_MIN_BYTES, SLACK_FRACTION * options.target_bytes) or grown == grow_attempts:
+                log(progress, f"{tried}: fits; kept")
+                return best
+            log(progress, f"{tried}: fits with {format_size(slack)} unused; planning again to use it")
+            grown += 1
+            budget += slack // 2  # the plan-to-file step is not exact: claim half
+            continue
+        if best is not None:  # the grown plan overshot: the last fit stands
+            log(progress, f"{tried}: over; keeping attempt {best.attempts} ({format_size(best.size)})")
+            return best
+        if at_floor:
+            log(progress, f"{tried}: over, and no smaller plan exists")
+            last.floor_bytes = size
+            return last
+        log(progress, f"{tried}: over by {format_size(size - options.target_bytes)}; planning that much smaller")
+        budget -= size - options.target_bytes + 16 * attempt
+    if best is not None:
+        log(progress, f"keeping attempt {best.attempts} ({format_size(best.size)})")
+        return best
+    return last
+
+
+def unreachable(model: ir.Model, layers: list[LayerOptions], options: CompressOptions, importances: dict,
+                floor_bytes: int | None) -> TargetUnreachableError:
+    """The error for a target below the smallest build (built here when `floor_bytes` is None)."""
+    if floor_bytes is None:
+        smallest = allocate(layers, sum(layer.smallest.bytes for layer in layers))
+        floor_bytes = len(io.serialized_bytes(build(model, smallest, options.keep_metadata, importances)))
+    return TargetUnreachableError(
+        f"target {format_size(options.target_bytes)} ({options.target_bytes} B) is below the smallest size onnxcomp can reach for this model: {format_size(floor_bytes)} ({floor_bytes} B)",
+        smallest_bytes=floor_bytes,
+    )

@@ -1,0 +1,160 @@
+"""Run the original model for reference, then the compressed one; the report and its guards."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcomp.allocate import LayerOptions
+from onnxcomp.data import NoRunnableInputError, Samples
+from onnxcomp.errors import FidelityError
+from onnxcomp.floor import check_floor, floor_for, off_reason
+from onnxcomp.memory import ActivationSizes, activation_sizes
+from onnxcomp.passes.cleanup import metadata_bytes
+from onnxcomp.probe import generated_samples
+from onnxcomp.report import GENERATED_INPUTS_NOTE, compressed_rows
+from onnxcomp.retrain import TrainingData
+from onnxcomp.runtime.inference import RunFailedError, run_batches, session
+from onnxcomp.stages.analyze import batch_size
+from onnxcomp.stages.fit import Fit, fit
+from onnxcomp.stages.options import CompressOptions
+from onnxcomp.stages.steps import Progress, Steps, log
+from onnxcomp.verify import accuracy, class_score_outputs, fidelity
+from onnxcomp.weights import quantized_weights
+
+VERIFY_SAMPLES = 2000
+
+
+@dataclasses.dataclass
+class Reference:
+    """The samples a run works with and the original model's outputs on them."""
+
+    samples: Samples
+    outputs: list[np.ndarray]
+    batch_size: int
+    sizes: ActivationSizes
+
+
+def run_original(model: ir.Model, original, samples: Samples | None, options: CompressOptions,
+                 progress: Progress) -> Reference:
+    """Run the original model (`original`, an ONNX Runtime session) on the samples, or on
+    generated ones without samples. Raises NoRunnableInputError when no generated input runs."""
+    if samples is None:
+        samples = generated_samples(model, min(VERIFY_SAMPLES, 256), options.seed, options.input_shapes,
+                                    options.input_values)
+    sizes = activation_sizes(model, samples.inputs)
+    batch = batch_size(model, sizes)
+    log(progress, f"run the original model on {samples.count} {'generated ' if samples.generated else ''}samples")
+    try:
+        outputs = run_batches(original, samples.inputs, batch, generated=samples.generated)
+    except RunFailedError as error:
+        if not samples.generated or not original.get_outputs():  # not the inputs' fault
+            raise
+        # inputs generated without probing (nothing to choose) that do not run: nothing runs
+        raise NoRunnableInputError(str(error), last_error=error.cause) from None
+    return Reference(samples, outputs, batch, sizes)
+
+
+def left_quantized(model: ir.Model, result: Fit, progress: Progress) -> list[dict]:
+    """Already-quantized weights the plan left as they are, said once."""
+    quantized = quantized_weights(model, exclude={name for name, c in result.allocation.choices.items() if c.quant is not None})
+    if quantized:
+        log(progress, f"left as they are: {len(quantized)} already-quantized weights ("
+                      + ", ".join(f"{q['name']} {q['dtype']} {q['bytes']} B, {'/'.join(q['ops'])}" for q in quantized) + ")")
+    return quantized
+
+
+def held_out(samples: Samples, eval_samples: Samples | None, training: TrainingData | None) -> Samples:
+    """What verification runs on: the evaluation samples, else the held-out part of training, else the samples."""
+    return eval_samples or (training.held_out if training is not None and training.held_out is not None else samples)
+
+
+def verify_outputs(model: ir.Model, original, reference: Reference, check: Samples,
+                   data: bytes) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
+    """Fidelity of the compressed model (`data`) to the original on `check`; also returns both
+    models' outputs on it."""
+    reference_outputs = reference.outputs
+    if check is not reference.samples:
+        reference_outputs = run_batches(original, check.inputs, reference.batch_size)
+    compressed_outputs = run_batches(session(data), check.inputs, reference.batch_size)
+    measured = fidelity(reference_outputs, compressed_outputs, class_score_outputs(model))
+    measured["samples"] = check.count
+    measured["generated_inputs"] = check.generated
+    if check.generated:
+        measured["note"] = GENERATED_INPUTS_NOTE
+    return measured, reference_outputs, compressed_outputs
+
+
+def make_report(result: Fit, layers: list[LayerOptions], options: CompressOptions, input_bytes: int, measured: dict,
+                steps: Steps, defaults, neurons: dict | None, quantized: list[dict], training: TrainingData | None,
+                check: Samples, samples: Samples, outputs: tuple[list[np.ndarray], list[np.ndarray]]) -> dict:
+    """The run's report (before the quality floor); `outputs`: the original's and the compressed
+    model's on `check`."""
+    report = {
+        "input_bytes": input_bytes,
+        "output_bytes": len(result.data),
+        "target_bytes": options.target_bytes,
+        "ratio": input_bytes / len(result.data),
+        "layers": compressed_rows(result.data, layers, result.allocation),
+        "fidelity": measured,
+        "attempts": result.attempts,
+        "verified": True,  # the compressed model's outputs were compared with the original's in ONNX Runtime
+        "metadata_bytes": metadata_bytes(result.model),  # counted in the target (the allocator's fixed bytes)
+        "seconds": steps.rounded(),
+    }
+    if defaults.removed or defaults.kept:
+        report["initializer_inputs"] = defaults.as_dict()
+    if neurons is not None:
+        report["neurons"] = neurons
+    if quantized:
+        report["quantized_left"] = quantized  # already-quantized weights, kept as they are
+    if training is not None:
+        report["training"] = {"method": options.method, "epochs": options.epochs, "samples": training.train.count,
+                              "held_out": 0 if training.held_out is None else training.held_out.count,
+                              "labels": training.train.labels is not None}
+    if check.labels is not None:
+        original_accuracy = accuracy(outputs[0][0], check.labels)
+        compressed_accuracy = accuracy(outputs[1][0], check.labels)
+        report["accuracy"] = {"original": original_accuracy, "compressed": compressed_accuracy,
+                              "samples": check.count, "held_out": check is not samples}
+    return report
+
+
+def check_guards(report: dict, options: CompressOptions) -> None:
+    if options.force:
+        return
+    if options.max_accuracy_drop is not None and "accuracy" in report:
+        drop = 100 * (report["accuracy"]["original"] - report["accuracy"]["compressed"])
+        if drop > options.max_accuracy_drop:
+            raise FidelityError(f"accuracy drops by {drop:.2f} points, more than --max-accuracy-drop {options.max_accuracy_drop}; nothing written (use --allow-low-fidelity to write anyway)")
+    # --min-fidelity (and the default floor) are judged per output by onnxcomp.floor.check_floor
+
+
+def quality_floor(report: dict, model: ir.Model, layers: list[LayerOptions], fixed: int, options: CompressOptions,
+                  importances: dict, hessians: dict | None, max_load: int | None, check: Samples,
+                  reference_outputs: list[np.ndarray], batch: int, input_bytes: int, fine_tuned: bool,
+                  names: list[str], progress: Progress) -> dict:
+    """`onnxcomp.floor.check_floor` for this run, searching smaller targets with `fidelity_at`."""
+    return check_floor(
+        report["fidelity"], floor_for(options.min_fidelity, options.force, fine_tuned=fine_tuned),
+        options.target_bytes, input_bytes,
+        functools.partial(fidelity_at, model, layers, fixed, options, importances, hessians, max_load, check,
+                          reference_outputs, batch),
+        names=names, log=lambda line: log(progress, line), off_reason=off_reason(options.min_fidelity, options.force))
+
+
+def fidelity_at(model: ir.Model, layers: list[LayerOptions], fixed: int, options: CompressOptions, importances: dict,
+                hessians: dict | None, max_load: int | None, check: Samples, reference_outputs: list[np.ndarray],
+                batch: int, target_bytes: int) -> dict | None:
+    """Fidelity of the same analyzed model compressed to `target_bytes` (the quality floor's
+    search): what a run with that target gives, without canonicalizing and measuring again
+    (with fine-tuning: the fine-tuned weights, not trained again). None if it does not fit."""
+    at_target = dataclasses.replace(options, target_bytes=target_bytes)
+    result = fit(model, layers, target_bytes - fixed, at_target, importances, None, hessians=hessians, max_load=max_load)
+    if not result.fits:
+        return None
+    measured = fidelity(reference_outputs, run_batches(session(result.data), check.inputs, batch), class_score_outputs(model))
+    return {**measured, "generated_inputs": check.generated}  # judged as the asked size's report is
