@@ -11,29 +11,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import io
-from onnxcomp.allocate import load_budget
 from onnxcomp.canonicalize import check_interface
 from onnxcomp.data import Batch, NoRunnableInputError, Samples, as_samples
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, discount_compensated, input_hessians
 from onnxcomp.memory import activation_sizes, peak_rss_bytes
 from onnxcomp.outputs import Output, check_outputs, input_files
 from onnxcomp.runtime.inference import session
 from onnxcomp.stages.analyze import analyze, canonical_model, split_hot_rows
 from onnxcomp.stages.build import fixed_bytes
 from onnxcomp.stages.finetune import eliminate_neurons, finetune_and_fit, training_data, training_or_calibration, wants_vib
-from onnxcomp.stages.fit import fit, unreachable
+from onnxcomp.stages.fit import Plan, fit_calibrated, unreachable
 from onnxcomp.stages.options import CompressOptions, CompressResult
 from onnxcomp.stages.steps import Progress, Steps
 from onnxcomp.stages.verify import (check_guards, held_out, left_quantized, make_report, quality_floor, run_original,
                                     verify_outputs)
 from onnxcomp.retrain import require_training
 from onnxcomp.streaming import compress_streamed, compress_unverified, refuse_data
-from onnxcomp.weights import find_weights
 
 __all__ = ["CompressOptions", "CompressResult", "compress_file", "compress_model"]
 
@@ -72,7 +68,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     samples, batch, sizes = reference.samples, reference.batch_size, reference.sizes
 
     training = training_data(options, samples, eval_samples, reference.outputs[0], model, batch)
-    neurons = hessians = max_load = None
+    neurons = None
     if training is not None:
         require_training()
         if wants_vib(options, training, canonical.weights, progress):
@@ -82,37 +78,24 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     importances, layers = analyze(model, samples, options, batch, steps, sizes)
     if training is None and not samples.generated:
         layers = split_hot_rows(model, importances, layers, options, progress)
-    fixed = fixed_bytes(model, layers, options.keep_metadata)
+    plan = Plan(model, layers, importances, fixed_bytes(model, layers, options.keep_metadata))
     if training is not None:
-        model, layers, result = finetune_and_fit(model, layers, options.target_bytes - fixed, importances, training,
-                                                 options, batch, steps)
+        plan, result = finetune_and_fit(plan, training, options, batch, steps)
     else:
-        if not samples.generated and not io.is_streamed(model):  # real samples: quantize with GPTQ error compensation (onnxcomp.gptq)
-            with steps.timed("hessians"):
-                hessians = input_hessians(model, [w for w in find_weights(model) if w.storage.plain],
-                                          samples.head(GPTQ_SAMPLES).inputs, batch, sizes=sizes)
-                layers = discount_compensated(layers, {w.name: w.numpy().astype(np.float32) for w in find_weights(model)
-                                                       if w.name in hessians}, hessians)
-        # Keep session creation within allocate.MAX_LOAD_RATIO of the original's (fine-tuned
-        # weights keep the zero pattern they were trained with, so only here).
-        max_load = load_budget(input_bytes)
-        with steps.timed("allocate_and_encode"):
-            result = fit(model, layers, options.target_bytes - fixed, options, importances, progress,
-                         hessians=hessians, max_load=max_load)
+        plan, result = fit_calibrated(plan, options, samples, batch, sizes, input_bytes, steps)
     if not result.fits:
-        raise unreachable(model, layers, options, importances, result.floor_bytes)
+        raise unreachable(plan.model, plan.layers, options, plan.importances, result.floor_bytes)
     check_interface(canonical.interface, result.model)  # names, order, dtypes, declared shapes: a drop-in replacement
-    quantized = left_quantized(model, result, progress)
+    quantized = left_quantized(plan.model, result, progress)
 
     check = held_out(samples, eval_samples, training)
     with steps.timed("verify", "verify in ONNX Runtime"):
-        measured, reference_outputs, compressed_outputs = verify_outputs(model, original, reference, check, result.data)
-    report = make_report(result, layers, options, input_bytes, measured, steps, canonical.defaults, neurons, quantized,
+        measured, reference_outputs, compressed_outputs = verify_outputs(plan.model, original, reference, check, result.data)
+    report = make_report(result, plan.layers, options, input_bytes, measured, steps, canonical.defaults, neurons, quantized,
                          training, check, samples, (reference_outputs, compressed_outputs))
     check_guards(report, options)
-    report["quality_floor"] = quality_floor(
-        report, model, layers, fixed, options, importances, hessians, max_load, check, reference_outputs, batch,
-        input_bytes, training is not None, [value.name for value in result.model.graph.outputs], progress)
+    report["quality_floor"] = quality_floor(report, plan, options, check, reference_outputs, batch, input_bytes,
+                                            training is not None, [v.name for v in result.model.graph.outputs], progress)
     report["seconds"]["total"] = steps.rounded(total=True)["total"]
     report["peak_rss_bytes"] = peak_rss_bytes()
     return CompressResult(result.model, result.data, report)

@@ -9,17 +9,16 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import io
-from onnxcomp.allocate import LayerOptions
 from onnxcomp.channels import analyze_channels
 from onnxcomp.data import Samples
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, held_out_targets,
-                              iterative_prune, require_training, soft_weight_sharing, with_weights)
+                              iterative_prune, soft_weight_sharing, with_weights)
 from onnxcomp.runtime.inference import run_batches, session
 from onnxcomp.runtime.training_support import unavailable_reason as training_unavailable_reason
 from onnxcomp.stages.analyze import price
 from onnxcomp.stages.build import prune_masks
-from onnxcomp.stages.fit import Fit, fit, unreachable
+from onnxcomp.stages.fit import Fit, Plan, fit, unreachable
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Progress, Steps, log
 from onnxcomp.verify import accuracy
@@ -153,13 +152,13 @@ def retrain_options(options: CompressOptions) -> RetrainOptions:
     return RetrainOptions(options.method, options.epochs, options.batch_size, options.lr, options.seed, options.patience)
 
 
-def finetune_and_fit(model: ir.Model, layers: list[LayerOptions], budget: int, importances: dict,
-                     training: TrainingData, options: CompressOptions, batch_size: int,
-                     steps: Steps) -> tuple[ir.Model, list[LayerOptions], Fit]:
+def finetune_and_fit(plan: Plan, training: TrainingData, options: CompressOptions, batch_size: int,
+                     steps: Steps) -> tuple[Plan, Fit]:
     """Prune (or share weights) while training, fit the trained model, then fine-tune the fitted
-    plan's codebooks where that does not lose held-out accuracy. Returns the trained model, its
-    candidates and the kept build (which may not fit: the caller raises)."""
-    progress = steps.progress
+    plan's codebooks where that does not lose held-out accuracy. Returns the trained model's plan
+    and the kept build (which may not fit: the caller raises)."""
+    model, layers, importances, progress = plan.model, plan.layers, plan.importances, steps.progress
+    budget = options.target_bytes - plan.fixed
     sensitivity_of = {layer.name: layer.sensitivity for layer in layers}
     planner = Planner(price=lambda m: price(m, importances, sensitivity_of), importances=importances)
     with steps.timed("fine-tune"):
@@ -188,8 +187,9 @@ def finetune_and_fit(model: ir.Model, layers: list[LayerOptions], budget: int, i
         if not result.fits:
             layers = planner.price(model)
             result = fit(model, layers, budget, options, importances, progress)
+    plan = Plan(model, layers, importances, plan.fixed)
     if not result.fits:
-        return model, layers, result
+        return plan, result
     with steps.timed("codebook fine-tune"):
         weights = finetune_codebooks(model, result.allocation, prune_masks(model, result.allocation, importances), training,
                                      retrain_options(options), codebook_epochs, log=train_log)
@@ -208,7 +208,7 @@ def finetune_and_fit(model: ir.Model, layers: list[LayerOptions], budget: int, i
                       "before; keeping the untuned ones")
         else:
             result = dataclasses.replace(rebuilt, attempts=result.attempts)
-    return model, layers, result
+    return plan, result
 
 
 def held_out_scores(training: TrainingData, candidates: tuple[bytes, ...], batch_size: int) -> list[float]:

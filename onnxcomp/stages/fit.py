@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import io
-from onnxcomp.allocate import Allocation, LayerOptions, allocate
+from onnxcomp.allocate import Allocation, LayerOptions, allocate, load_budget
+from onnxcomp.data import Samples
 from onnxcomp.errors import TargetUnreachableError
+from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, discount_compensated, input_hessians
+from onnxcomp.memory import ActivationSizes
 from onnxcomp.sizes import format_size
 from onnxcomp.stages.build import build
 from onnxcomp.stages.options import CompressOptions
-from onnxcomp.stages.steps import Progress, log
+from onnxcomp.stages.steps import Progress, Steps, log
+from onnxcomp.weights import find_weights
 
 MAX_ATTEMPTS = 8
 GROW_ATTEMPTS = 2  # re-plans with the unused bytes added when a fit leaves slack
 SLACK_FRACTION = 0.01
 SLACK_MIN_BYTES = 64
+
+
+@dataclasses.dataclass
+class Plan:
+    """What builds are planned from: the analyzed model, its priced candidates, and the bytes
+    every build spends beyond the weights' payload (`build.fixed_bytes`)."""
+
+    model: ir.Model
+    layers: list[LayerOptions]
+    importances: dict
+    fixed: int
+    hessians: dict[str, np.ndarray] | None = None  # real samples without fine-tuning: GPTQ (onnxcomp.gptq)
+    max_load: int | None = None  # decode-time budget (allocate.load_budget), without fine-tuning
 
 
 @dataclasses.dataclass
@@ -79,6 +97,29 @@ def fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: Compr
         log(progress, f"keeping attempt {best.attempts} ({format_size(best.size)})")
         return best
     return last
+
+
+def fit_plan(plan: Plan, options: CompressOptions, progress: Progress) -> Fit:
+    """`fit` the plan to `options.target_bytes`."""
+    return fit(plan.model, plan.layers, options.target_bytes - plan.fixed, options, plan.importances, progress,
+               hessians=plan.hessians, max_load=plan.max_load)
+
+
+def fit_calibrated(plan: Plan, options: CompressOptions, samples: Samples, batch: int, sizes: ActivationSizes,
+                   input_bytes: int, steps: Steps) -> tuple[Plan, Fit]:
+    """Without fine-tuning: with real samples, plan for GPTQ error compensation (input Hessians
+    per weight); keep session creation within allocate.MAX_LOAD_RATIO of the original's (every
+    encoding is open, where fine-tuned weights keep the zero pattern they were trained with); fit."""
+    layers, hessians = plan.layers, None
+    if not samples.generated and not io.is_streamed(plan.model):
+        with steps.timed("hessians"):
+            hessians = input_hessians(plan.model, [w for w in find_weights(plan.model) if w.storage.plain],
+                                      samples.head(GPTQ_SAMPLES).inputs, batch, sizes=sizes)
+            layers = discount_compensated(layers, {w.name: w.numpy().astype(np.float32) for w in find_weights(plan.model)
+                                                   if w.name in hessians}, hessians)
+    plan = dataclasses.replace(plan, layers=layers, hessians=hessians, max_load=load_budget(input_bytes))
+    with steps.timed("allocate_and_encode"):
+        return plan, fit_plan(plan, options, steps.progress)
 
 
 def unreachable(model: ir.Model, layers: list[LayerOptions], options: CompressOptions, importances: dict,

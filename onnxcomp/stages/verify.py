@@ -19,7 +19,7 @@ from onnxcomp.report import GENERATED_INPUTS_NOTE, compressed_rows
 from onnxcomp.retrain import TrainingData
 from onnxcomp.runtime.inference import RunFailedError, run_batches, session
 from onnxcomp.stages.analyze import batch_size
-from onnxcomp.stages.fit import Fit, fit
+from onnxcomp.stages.fit import Fit, Plan, fit_plan
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Progress, Steps, log
 from onnxcomp.verify import accuracy, class_score_outputs, fidelity
@@ -133,28 +133,25 @@ def check_guards(report: dict, options: CompressOptions) -> None:
     # --min-fidelity (and the default floor) are judged per output by onnxcomp.floor.check_floor
 
 
-def quality_floor(report: dict, model: ir.Model, layers: list[LayerOptions], fixed: int, options: CompressOptions,
-                  importances: dict, hessians: dict | None, max_load: int | None, check: Samples,
+def quality_floor(report: dict, plan: Plan, options: CompressOptions, check: Samples,
                   reference_outputs: list[np.ndarray], batch: int, input_bytes: int, fine_tuned: bool,
                   names: list[str], progress: Progress) -> dict:
     """`onnxcomp.floor.check_floor` for this run, searching smaller targets with `fidelity_at`."""
     return check_floor(
         report["fidelity"], floor_for(options.min_fidelity, options.force, fine_tuned=fine_tuned),
         options.target_bytes, input_bytes,
-        functools.partial(fidelity_at, model, layers, fixed, options, importances, hessians, max_load, check,
-                          reference_outputs, batch),
+        functools.partial(fidelity_at, plan, options, check, reference_outputs, batch),
         names=names, log=lambda line: log(progress, line), off_reason=off_reason(options.min_fidelity, options.force))
 
 
-def fidelity_at(model: ir.Model, layers: list[LayerOptions], fixed: int, options: CompressOptions, importances: dict,
-                hessians: dict | None, max_load: int | None, check: Samples, reference_outputs: list[np.ndarray],
+def fidelity_at(plan: Plan, options: CompressOptions, check: Samples, reference_outputs: list[np.ndarray],
                 batch: int, target_bytes: int) -> dict | None:
     """Fidelity of the same analyzed model compressed to `target_bytes` (the quality floor's
     search): what a run with that target gives, without canonicalizing and measuring again
     (with fine-tuning: the fine-tuned weights, not trained again). None if it does not fit."""
-    at_target = dataclasses.replace(options, target_bytes=target_bytes)
-    result = fit(model, layers, target_bytes - fixed, at_target, importances, None, hessians=hessians, max_load=max_load)
+    result = fit_plan(plan, dataclasses.replace(options, target_bytes=target_bytes), None)
     if not result.fits:
         return None
-    measured = fidelity(reference_outputs, run_batches(session(result.data), check.inputs, batch), class_score_outputs(model))
+    measured = fidelity(reference_outputs, run_batches(session(result.data), check.inputs, batch),
+                        class_score_outputs(plan.model))
     return {**measured, "generated_inputs": check.generated}  # judged as the asked size's report is
