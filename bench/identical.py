@@ -4,7 +4,8 @@
     python -m bench.identical --compare before.json after.json
 
 Configurations: data-free LeNet-300-100 at 1/12 of its bytes and LeNet-5 at 1/10 (as `bench.run`
-compresses them in its "no data" mode), and paraphrase-MiniLM-L3 at 1/6.5 (as `bench.minilm`), the
+compresses them in its "no data" mode), calibrated LeNet-300-100 at 1/12 (bench.run's "calibrated" mode:
+the 2,000 MNIST training images of `CALIBRATION`), and paraphrase-MiniLM-L3 at 1/6.5 (as `bench.minilm`), the
 latter only where its package is installed. Data-free compression runs neither channel analysis
 nor neuron elimination, so `EliminateNeuronsPass` also runs on its own: data-free by weight norm
 on the three MNIST models and MiniLM-L3, and with half of each group's channels kept by
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.run import CALIBRATION, MODELS, ROOT
+from onnxcomp.data import load_samples
 from onnxcomp.io import load_model, save_model
 from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass, replacement_errors
 from onnxcomp.pipeline import CompressOptions, compress_file
@@ -40,6 +42,8 @@ def configurations(with_minilm: bool) -> list[tuple[str, Path, partial]]:
     """(name, source model, function(source, output) that writes the file to hash)."""
     lenets = [(f"{name} 1/{ratio} no data", ROOT / "models" / file, ratio) for name, (file, ratio) in MODELS.items()]
     rows = [(name, source, partial(compress, ratio=ratio)) for name, source, ratio in lenets]
+    file, ratio = MODELS["LeNet-300-100"]
+    rows.append((f"LeNet-300-100 1/{ratio} calibrated", ROOT / "models" / file, partial(compress, ratio=ratio, calibrated=True)))
     for file, threshold, by_replacement in ELIMINATIONS:
         rows.append((f"{file} eliminate norm {threshold}", ROOT / "models" / file, partial(eliminate, threshold=threshold)))
         if by_replacement:
@@ -57,9 +61,10 @@ def configurations(with_minilm: bool) -> list[tuple[str, Path, partial]]:
     return rows
 
 
-def compress(source: Path, output: Path, ratio: float) -> None:
+def compress(source: Path, output: Path, ratio: float, calibrated: bool = False) -> None:
     target = int(source.stat().st_size / ratio)
-    compress_file(source, output, CompressOptions(target_bytes=target, force=True), overwrite=True)
+    samples = load_samples(CALIBRATION, load_model(source)) if calibrated else None
+    compress_file(source, output, CompressOptions(target_bytes=target, force=True), samples=samples, overwrite=True)
 
 
 def eliminate(source: Path, output: Path, threshold: float | None = None) -> None:
