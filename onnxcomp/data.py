@@ -13,21 +13,20 @@ import dataclasses
 import logging
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.feeds import (  # noqa: F401  (batch, batches, first_group, join_outputs: re-exported)
+    Feeds, as_feeds, batch, batches, feed_groups, first_group, group_count, join_outputs, sample_count, slice_feeds)
 from onnxcomp.signature import InputSpec, check_values, input_specs, pinned_value
 
 logger = logging.getLogger(__name__)
 
 LABELS = "labels"
-DEFAULT_DYNAMIC_DIM = 1
-MAX_GENERATED_BYTES = 16 << 20  # generated inputs, all samples together: 3x224x224 images get 27
-MAX_SAMPLE_BYTES = 256 << 20  # one generated sample at most (declared shapes come from the file)
 MAX_DATA_BYTES = 4 << 30  # the arrays of an .npz (or a folder of them) that the model needs, as declared
 # Over INFLATION_FLOOR, the arrays an .npz member holds may be at most MAX_INFLATION times the bytes it
 # takes in the archive: a deflated member of 10 MB can hold 10 GB of zeros (real samples deflate 1-10x;
@@ -53,99 +52,6 @@ class NoRunnableInputError(OnnxcompError):
         self.last_error = last_error
 
 
-class Feeds(dict):
-    """Arrays named after the model's inputs, with each one's sample axis.
-
-    ``axes[name]`` is the axis samples are stacked along (None: one value fed with every batch;
-    inputs not listed: axis 0, or None for rank 0). When feeds differ in shape, ``groups`` holds
-    the equal-shaped parts (each a Feeds) and the mapping itself shows the first of them.
-    """
-
-    def __init__(self, arrays: Mapping[str, np.ndarray] = (), axes: Mapping[str, int | None] | None = None,
-                 groups: list[Feeds] | None = None):
-        super().__init__(arrays)
-        self.axes: dict[str, int | None] = dict(axes or {})
-        self.groups: list[Feeds] | None = groups if groups and len(groups) > 1 else None
-
-    def axis(self, name: str) -> int | None:
-        if name in self.axes:
-            return self.axes[name]
-        return 0 if np.ndim(self[name]) else None
-
-
-def _feeds(inputs: Mapping[str, np.ndarray]) -> Feeds:
-    return inputs if isinstance(inputs, Feeds) else Feeds(inputs)
-
-
-def _parts(inputs: Mapping[str, np.ndarray]) -> list[Feeds]:
-    feeds = _feeds(inputs)
-    return feeds.groups or [feeds]
-
-
-def _count(feeds: Feeds) -> int:
-    counts = [np.shape(array)[feeds.axis(name)] for name, array in feeds.items() if feeds.axis(name) is not None]
-    return counts[0] if counts else 1
-
-
-def sample_count(inputs: Mapping[str, np.ndarray]) -> int:
-    """Samples along each input's sample axis, over all groups. Inputs without a sample axis
-    (a scalar flag or rate) are one value fed with every batch."""
-    return sum(_count(part) for part in _parts(inputs))
-
-
-def _slice(feeds: Feeds, start: int, stop: int) -> Feeds:
-    arrays = {}
-    for name, array in feeds.items():
-        axis = feeds.axis(name)
-        if axis is None:
-            arrays[name] = array
-        else:
-            index = [slice(None)] * np.ndim(array)
-            index[axis] = slice(start, stop)
-            arrays[name] = array[tuple(index)]
-    return Feeds(arrays, feeds.axes)
-
-
-def batch(inputs: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-    """Samples [start, stop) of every input along its sample axis, within the group of feeds
-    that holds sample ``start``; inputs without a sample axis are passed whole."""
-    parts = _parts(inputs)
-    for part in parts[:-1]:
-        count = _count(part)
-        if start < count:
-            return _slice(part, start, min(stop, count))
-        start, stop = start - count, stop - count
-    return _slice(parts[-1], start, stop)
-
-
-def batches(inputs: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Every sample once, in feeds of at most ``batch_size`` samples, group by group."""
-    size = max(int(batch_size), 1)  # a model may declare a batch of 0
-    for part in _parts(inputs):
-        for start in range(0, _count(part), size):
-            yield _slice(part, start, start + size)
-
-
-def first_group(inputs: Mapping[str, np.ndarray]) -> Feeds:
-    """The largest group of equal-shaped feeds (all of them when they share one shape)."""
-    return _parts(inputs)[0]
-
-
-def join_outputs(chunks: list[np.ndarray], sizes: list[int]) -> np.ndarray:
-    """One output over consecutive batches of ``sizes`` samples: concatenated along the axis
-    whose length follows the batch sizes (the output's sample axis), else - outputs that do not
-    stack, e.g. from feeds of different shapes - flattened and concatenated, so that outputs are
-    still compared element by element."""
-    if len(chunks) == 1:
-        return chunks[0]
-    first = chunks[0]
-    for axis in range(first.ndim):
-        if all(c.ndim == first.ndim and c.shape[axis] == n and c.shape[:axis] + c.shape[axis + 1:]
-               == first.shape[:axis] + first.shape[axis + 1:] for c, n in zip(chunks, sizes)):
-            return np.concatenate(chunks, axis=axis)
-    return np.concatenate([np.ravel(c) for c in chunks])
-
-
 @dataclasses.dataclass
 class Samples:
     """Sample inputs for a model: ``inputs`` (a :class:`Feeds`), optional integer ``labels`` (one
@@ -156,7 +62,7 @@ class Samples:
     generated: bool = False
 
     def __post_init__(self) -> None:
-        self.inputs = _feeds(self.inputs)
+        self.inputs = as_feeds(self.inputs)
 
     @property
     def count(self) -> int:
@@ -175,11 +81,11 @@ class Samples:
     def head(self, count: int) -> Samples:
         """The first ``count`` samples (in :func:`batches` order)."""
         parts, left = [], count
-        for part in _parts(self.inputs):
+        for part in feed_groups(self.inputs):
             if left <= 0:
                 break
-            parts.append(_slice(part, 0, left))
-            left -= _count(parts[-1])
+            parts.append(slice_feeds(part, 0, left))
+            left -= group_count(parts[-1])
         inputs = parts[0] if len(parts) == 1 else Feeds(parts[0], parts[0].axes, parts)
         labels = None if self.labels is None else self.labels[:count]
         return Samples(inputs, labels, self.generated)
@@ -327,7 +233,7 @@ def samples_from_feeds(feeds: list[Mapping[str, np.ndarray]], model: ir.Model, w
         groups.setdefault(key, []).append({**checked.inputs, **({} if checked.labels is None else {LABELS: checked.labels})})
     parts, labels = [], []
     axes = {s.name: s.sample_axis for s in specs}
-    for members in sorted(groups.values(), key=lambda m: -sum(_count(Feeds(f, axes)) for f in m)):
+    for members in sorted(groups.values(), key=lambda m: -sum(group_count(Feeds(f, axes)) for f in m)):
         arrays = {}
         for spec in specs:
             if spec.sample_axis is None:
@@ -422,126 +328,3 @@ def _check_shape(array: np.ndarray, spec: InputSpec, where: str) -> None:
             for axis, dim in enumerate(spec.dims)):
         raise OnnxcompError(f"{where}: array {spec.name!r} has shape {list(array.shape)}, the model expects "
                             f"{spec.describe()} ({where_samples}); {_forms(where)}")
-
-
-def generate_samples(model: ir.Model, count: int = 64, seed: int = 0, shapes: Mapping[str, Iterable[int]] | None = None,
-                     values: Mapping[str, np.ndarray] | None = None, sizes: Mapping[str, int] | None = None) -> Samples:
-    """Seeded inputs from the declared shapes and dtypes.
-
-    Args:
-        model: the model.
-        count: samples along each input's sample axis (fewer when the inputs are large).
-        seed: the random seed.
-        shapes: user-pinned shapes (``--input-shape``).
-        values: user-pinned values (``--input-value``), fed with every sample.
-        sizes: sizes of the dynamic dims (see ``onnxcomp.probe``); unlisted ones get a first guess from their name.
-
-    Integer inputs that index an embedding table cover the whole id range the table allows;
-    masks (``*mask*``) and booleans are all ones.
-    """
-    from onnxcomp.probe import dim_sizes  # the first guess per dynamic dim
-
-    rng = np.random.default_rng(seed)
-    specs = input_specs(model, {k: tuple(v) for k, v in (shapes or {}).items()})
-    sizes = dict(dim_sizes(model, specs)) | dict(sizes or {})
-    values = values or {}
-    check_values(specs, values)
-    per_sample = 0.0
-    for spec in specs:
-        if spec.dims is None:
-            raise OnnxcompError(f"model input {spec.name!r} has no shape; pass --data with sample inputs or --input-shape")
-        _generated_dtype(spec)
-        if spec.sample_axis is not None:
-            per_sample += spec.dtype.itemsize * float(np.prod(_shape(spec, sizes, 1), dtype=np.float64)) / \
-                _shape(spec, sizes, 1)[spec.sample_axis]
-    # Declared shapes come from the file: cap what they make us allocate (fewer samples first).
-    if per_sample > MAX_SAMPLE_BYTES:
-        raise OnnxcompError(f"model inputs declare {per_sample:.3g} bytes per sample, too large to generate test inputs; "
-                            "pass --data with sample inputs or a smaller --input-shape")
-    count = max(1, min(count, MAX_GENERATED_BYTES // max(int(per_sample), 1)))
-    inputs = {}
-    for spec in specs:
-        if spec.name in values:
-            inputs[spec.name] = pinned_value(spec, values[spec.name], count)
-            continue
-        shape = _shape(spec, sizes, count)
-        dtype = spec.dtype
-        if dtype.kind == "f":
-            array = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind == "b" or "mask" in spec.name.lower():
-            array = np.ones(shape, dtype=dtype)
-        else:
-            rows = _integer_bound(model, spec.name)
-            # Every id the table allows, shuffled: rows that look unused would be pruned away.
-            ids = np.resize(np.arange(rows), max(int(np.prod(shape)), 1))
-            array = rng.permutation(ids)[: int(np.prod(shape))].reshape(shape).astype(dtype)
-        inputs[spec.name] = array
-    return Samples(Feeds(inputs, {s.name: s.sample_axis for s in specs}), None, generated=True)
-
-
-def _shape(spec: InputSpec, sizes: Mapping[str, int], count: int) -> list[int]:
-    if spec.pinned is not None:
-        shape = list(spec.pinned)
-        if spec.sample_axis is not None:
-            shape[spec.sample_axis] = count
-        return shape
-    shape = []
-    for axis, dim in enumerate(spec.dims or ()):
-        if axis == spec.sample_axis:
-            shape.append(count)
-        elif isinstance(dim, int):
-            shape.append(dim)
-        else:
-            shape.append(int(sizes.get(dim_key(spec, axis), DEFAULT_DYNAMIC_DIM)))
-    return shape
-
-
-def dim_key(spec: InputSpec, axis: int) -> str:
-    """The name a dynamic dim goes by: its ``dim_param`` (shared by the inputs), else ``input[axis]``."""
-    dim = spec.dims[axis] if spec.dims else None
-    return dim if isinstance(dim, str) else f"{spec.name}[{axis}]"
-
-
-def _generated_dtype(spec: InputSpec) -> np.dtype:
-    if spec.dtype is None or spec.dtype.kind not in "fiub":
-        raise OnnxcompError(f"model input {spec.name!r} has a type onnxcomp cannot generate (only numeric tensors); "
-                            "pass --data with sample inputs")
-    return spec.dtype
-
-
-def _integer_bound(model: ir.Model, name: str) -> int:
-    """Upper bound (exclusive) for generated integer inputs: the rows of the smallest table they
-    index (Gather), the depth of a OneHot, or the ids an ``Equal`` compares them with (a one-hot
-    built by hand, as tf2onnx exports it) - followed through shape and type changes; else 2."""
-    value = next(v for v in model.graph.inputs if v.name == name)
-    bounds = []
-    frontier, seen = [value], set()
-    while frontier:
-        current = frontier.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for node, index in current.uses():
-            other = node.inputs[1 - index] if node.op_type == "Equal" and len(node.inputs) == 2 else None
-            if node.op_type == "Gather" and index == 1 and node.inputs[0] is not None:
-                data = node.inputs[0]
-                if data.shape is not None and len(data.shape) and isinstance(data.shape[0], int) and data.shape[0] > 0:
-                    bounds.append(data.shape[0])
-            elif node.op_type == "OneHot" and index == 0 and _constant(node.inputs[1]) is not None:
-                bounds.append(int(np.max(_constant(node.inputs[1]))))
-            elif other is not None and (ids := _constant(other)) is not None and ids.dtype.kind in "iu" and ids.size:
-                if 0 <= ids.min() and ids.max() < (1 << 24):
-                    bounds.append(int(ids.max()) + 1)
-            elif node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand") and index == 0:
-                frontier.extend(node.outputs)
-    return min(bounds) if bounds else 2
-
-
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    tensor = value.const_value
-    if tensor is None and value.producer() is not None and value.producer().op_type == "Constant":
-        attribute = value.producer().attributes.get("value")
-        tensor = attribute.as_tensor() if attribute is not None else None
-    return None if tensor is None else tensor.numpy()

@@ -31,6 +31,7 @@ MAX_DENSIFIED_BYTES = 1 << 30  # sparse initializers made dense, all together
 # batch's activations within 256 MiB (`onnxcomp.memory.ACTIVATION_BUDGET`), so one value over it
 # cannot run within the memory the design plans for a small file.
 MAX_VALUE_BYTES = 256 << 20
+STRIP_ELEMENTS = 1024  # initializers above this many elements are left out of shape inference (weights)
 
 
 def check_graph(proto: onnx.ModelProto) -> None:
@@ -121,14 +122,12 @@ def check_value_sizes(proto: onnx.ModelProto, model_bytes: int) -> None:
     Raises:
         OnnxcompError: naming the value, its shape and the limit.
     """
-    from onnxcomp.memory import _shape_only
-
     limit = max(MAX_VALUE_BYTES, model_bytes)
     stripped = onnx.ModelProto()
     stripped.ir_version = proto.ir_version
     stripped.opset_import.extend(proto.opset_import)
     stripped.functions.extend(proto.functions)
-    stripped.graph.CopyFrom(_shape_only(proto.graph))
+    stripped.graph.CopyFrom(shape_only(proto.graph))
     stripped.graph.value_info.extend(proto.graph.value_info)
     _fold_small_constants(stripped.graph)
     try:
@@ -264,3 +263,21 @@ def densify_sparse_initializers(graph: onnx.GraphProto) -> bool:
     del graph.sparse_initializer[:]
     graph.initializer.extend(dense)
     return True
+
+
+def shape_only(graph: onnx.GraphProto) -> onnx.GraphProto:
+    """``graph`` with large initializers turned into inputs of the same type and shape (their
+    values are not needed to infer shapes; small ones, such as Reshape targets, are kept)."""
+    copy = onnx.GraphProto()
+    copy.name = graph.name
+    copy.node.extend(graph.node)
+    copy.input.extend(graph.input)
+    copy.output.extend(graph.output)
+    listed = {v.name for v in graph.input}
+    for tensor in graph.initializer:
+        if int(np.prod(tensor.dims, dtype=np.int64)) > STRIP_ELEMENTS:
+            if tensor.name not in listed:
+                copy.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            copy.initializer.append(tensor)
+    return copy

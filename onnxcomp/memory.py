@@ -19,6 +19,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxcomp.feeds import batch, batches
+from onnxcomp.io import to_proto
+from onnxcomp.limits import shape_only
+
 try:
     import resource
 except ImportError:  # Windows
@@ -31,7 +35,6 @@ logger = logging.getLogger(__name__)
 # reference session lives through a whole compression: two of them stay well within 1 GB.
 ACTIVATION_BUDGET = 256 << 20
 MAX_BATCH = 256  # samples per batch when activations are small
-STRIP_ELEMENTS = 1024  # initializers above this many elements are left out of shape inference (weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +74,11 @@ def activation_sizes(model: ir.Model | onnx.ModelProto, inputs: Mapping[str, np.
     Returns:
         The sizes; all values unknown when shape inference fails.
     """
-    from onnxcomp.data import batch, batches
-    from onnxcomp.io import to_proto
-
     proto = to_proto(model) if isinstance(model, ir.Model) else model
     firsts = [batch(group, 0, 1) for group in batches(inputs, 1 << 62)]  # one sample of each group
     one = max(firsts, key=lambda feed: sum(np.asarray(a).nbytes for a in feed.values()), default={})
     graph = onnx.GraphProto()
-    graph.CopyFrom(_shape_only(proto.graph))
+    graph.CopyFrom(shape_only(proto.graph))
     for value in graph.input:
         if value.name in one and value.type.HasField("tensor_type"):
             shape = value.type.tensor_type.shape
@@ -102,24 +102,6 @@ def activation_sizes(model: ir.Model | onnx.ModelProto, inputs: Mapping[str, np.
         else:
             sizes[name] = size
     return ActivationSizes(sizes, frozenset(unknown))
-
-
-def _shape_only(graph: onnx.GraphProto) -> onnx.GraphProto:
-    """``graph`` with large initializers turned into inputs of the same type and shape (their
-    values are not needed to infer shapes; small ones, such as Reshape targets, are kept)."""
-    copy = onnx.GraphProto()
-    copy.name = graph.name
-    copy.node.extend(graph.node)
-    copy.input.extend(graph.input)
-    copy.output.extend(graph.output)
-    listed = {v.name for v in graph.input}
-    for tensor in graph.initializer:
-        if int(np.prod(tensor.dims, dtype=np.int64)) > STRIP_ELEMENTS:
-            if tensor.name not in listed:
-                copy.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-        else:
-            copy.initializer.append(tensor)
-    return copy
 
 
 def _bytes(info: onnx.ValueInfoProto | None) -> int | None:

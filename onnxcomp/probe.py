@@ -12,45 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.data import NoRunnableInputError, Samples, dim_key, generate_samples
+from onnxcomp.data import NoRunnableInputError, Samples
+from onnxcomp.dims import dim_variables, pinned_sizes, rate_inputs
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.generated import generate_samples
 from onnxcomp.signature import InputSpec, check_pins, input_specs
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SIZES = (224, 320, 256, 640, 128, 64, 32, 480, 96)
-AUDIO_LENGTHS = (512, 1600, 16000, 256, 1024, 4000, 8000)
-TOKEN_COUNTS = (16, 32, 64, 128, 8)
-OTHER_SIZES = (16, 1, 32, 64, 8, 100, 2, 3, 4, 128)
 SAMPLE_RATES = (16000, 8000)
 MAX_PROBES = 24
 PROBE_TIMEOUT_S = 120.0  # one child's whole run: session creation plus its configurations
-
-SPATIAL = re.compile(r"(^|[_.])(h|w|height|width|img_?h|img_?w|image_?(height|width|size))$|height|width", re.IGNORECASE)
-SEQUENCE = re.compile(r"seq|length|len$|time|frames?|samples|steps|tokens", re.IGNORECASE)
-RATE = re.compile(r"^(sr|sample_?rate|sampling_?rate|rate|fs)$", re.IGNORECASE)
-
-
-@dataclasses.dataclass(frozen=True)
-class DimVariable:
-    """A dynamic dim to choose (shared by every input that names it).
-
-    Attributes:
-        key: its ``dim_param``, or ``input[axis]`` for an anonymous one.
-        kind: ``spatial``, ``audio``, ``tokens`` or ``other``.
-        candidates: sizes to try, best guess first.
-    """
-
-    key: str
-    kind: str
-    candidates: tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,107 +43,12 @@ class Configuration:
         return ", ".join(parts) or "the declared shapes"
 
 
-def dim_variables(model: ir.Model, specs: list[InputSpec]) -> list[DimVariable]:
-    """The dynamic dims generated inputs must choose (not sample axes, not pinned ones)."""
-    stride = _stride_product(model)
-    hints = _reshape_hints(model)
-    pinned = _pinned_sizes(specs)
-    found: dict[str, DimVariable] = {}
-    rated = bool(rate_inputs(specs, {}))
-    for spec in specs:
-        for axis, dim in enumerate(spec.dims or ()):
-            key = dim_key(spec, axis)
-            if axis == spec.sample_axis or isinstance(dim, int) or key in pinned or key in found:
-                continue
-            kind = _kind(spec, axis, dim, rated)
-            found[key] = DimVariable(key, kind, _candidates(kind, stride, hints))
-    return list(found.values())
-
-
-def dim_sizes(model: ir.Model, specs: list[InputSpec]) -> dict[str, int]:
-    """First guess for every dynamic dim (pinned shapes decide the dims they name)."""
-    sizes = {v.key: v.candidates[0] for v in dim_variables(model, specs)}
-    sizes.update(_pinned_sizes(specs))
-    return sizes
-
-
-def _pinned_sizes(specs: list[InputSpec]) -> dict[str, int]:
-    sizes = {}
-    for spec in specs:
-        if spec.pinned is not None:
-            for axis, size in enumerate(spec.pinned):
-                if axis != spec.sample_axis and not isinstance(spec.dims[axis], int):
-                    sizes[dim_key(spec, axis)] = size
-    return sizes
-
-
-def _kind(spec: InputSpec, axis: int, dim: str | None, rated: bool) -> str:
-    floating = spec.dtype is not None and spec.dtype.kind == "f"
-    rank = spec.rank or 0
-    if rated and floating and rank == 2 and axis != spec.sample_axis:
-        return "audio"  # a waveform beside a sample-rate input
-    if isinstance(dim, str):
-        if SPATIAL.search(dim):
-            return "spatial"
-        if SEQUENCE.search(dim):
-            if not floating:
-                return "tokens"
-            return "audio" if rank <= 2 else "other"
-    if floating and rank == 4 and axis >= 2:
-        return "spatial"
-    if not floating and rank == 2 and axis == 1:
-        return "tokens"
-    return "other"
-
-
-def _candidates(kind: str, stride: int, hints: list[int]) -> tuple[int, ...]:
-    if kind == "spatial":
-        sizes = [s for s in IMAGE_SIZES if s % stride == 0] + [stride * k for k in (7, 10, 4, 2, 1)]
-        sizes += [h for h in hints if h >= 8]
-    elif kind == "audio":
-        sizes = list(AUDIO_LENGTHS)
-    elif kind == "tokens":
-        sizes = list(TOKEN_COUNTS)
-    else:
-        sizes = list(OTHER_SIZES) + hints
-    return tuple(dict.fromkeys(s for s in sizes if s > 0))
-
-
-def _stride_product(model: ir.Model) -> int:
-    """How much the convolutions and poolings shrink an image, at most 32: sizes that divide by
-    it survive every downsampling and the upsampling back (Resize by 2, feature-pyramid Adds)."""
-    product = 1
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type in ("Conv", "MaxPool", "AveragePool"):
-            strides = node.attributes.get("strides")
-            if strides is not None:
-                product *= max(strides.as_ints() or [1])
-    return min(product, 32)  # 32 is what FPN/YOLO-style heads need; parallel strided branches overcount
-
-
-def _reshape_hints(model: ir.Model) -> list[int]:
-    """Sizes named in constant Reshape targets (a reshape to a fixed frame size or image side)."""
-    hints: list[int] = []
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type == "Reshape" and len(node.inputs) > 1 and node.inputs[1] is not None:
-            constant = node.inputs[1].const_value
-            if constant is not None:
-                hints.extend(int(d) for d in constant.numpy().ravel().tolist() if 8 <= d <= 4096)
-    return list(dict.fromkeys(hints))[:8]
-
-
-def rate_inputs(specs: list[InputSpec], values: Mapping[str, np.ndarray]) -> list[str]:
-    """Integer scalar inputs named like a sample rate, not pinned by the user."""
-    return [s.name for s in specs if s.name not in values and s.dims == () and s.dtype is not None
-            and s.dtype.kind in "iu" and RATE.match(s.name)]
-
-
 def configurations(model: ir.Model, specs: list[InputSpec], values: Mapping[str, np.ndarray]) -> list[Configuration]:
     """Configurations to probe, best first: every dim at its k-th candidate, for k = 0, 1, ...,
     each with every sample rate; at most ``MAX_PROBES``."""
     variables = dim_variables(model, specs)
     rates = rate_inputs(specs, values)
-    pinned = _pinned_sizes(specs)
+    pinned = pinned_sizes(specs)
     depth = max([len(v.candidates) for v in variables] or [1])
     found: dict[tuple, Configuration] = {}
     for level in range(depth):

@@ -13,9 +13,9 @@ import onnx_ir as ir
 import pytest
 
 from onnxcomp.cli import main
-from onnxcomp.data import (NoRunnableInputError, Samples, as_samples, batches, generate_samples, join_outputs,
-                           load_samples, sample_count)
+from onnxcomp.data import NoRunnableInputError, Samples, as_samples, batches, join_outputs, load_samples, sample_count
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.generated import generate_samples
 from onnxcomp.pipeline import CompressOptions, compress_model
 from onnxcomp.probe import generated_samples
 from onnxcomp.runtime.inference import run_batches, session

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.feeds import batches, join_outputs, sample_count
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +52,10 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike, threads: int | N
 
 def run_batches(sess, inputs: dict[str, np.ndarray], batch_size: int = 256, generated: bool = False) -> list[np.ndarray]:
     """Run all samples through a session in batches (group by group, each input along its own
-    sample axis); returns each output joined along its sample axis (``data.join_outputs``).
+    sample axis); returns each output joined along its sample axis (``feeds.join_outputs``).
 
     ``generated``: the inputs were generated, not given (a failure then suggests the flags that pin them).
     """
-    from onnxcomp.data import batches, join_outputs, sample_count
-
     names = [o.name for o in sess.get_outputs()]
     chunks: list[list[np.ndarray]] = [[] for _ in names]
     sizes: list[int] = []

@@ -49,7 +49,7 @@ import numpy as np
 import onnx
 
 from onnxcomp import io
-from onnxcomp.data import generate_samples
+from onnxcomp.generated import generate_samples
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, folder_removed_on_failure, input_files, same_file
 from onnxcomp.runtime.inference import _ort

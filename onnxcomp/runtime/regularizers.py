@@ -8,7 +8,6 @@ the learned extra tensors in `FinetuneResult.extra`, keyed ``"<regularizer.name>
 
 from __future__ import annotations
 
-import abc
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -17,27 +16,9 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.runtime.training_graph import GraphBuilder, PenaltyInputs
+from onnxcomp.runtime.training_graph import GraphBuilder, PenaltyInputs, Regularizer  # Regularizer: re-exported
 
 logger = logging.getLogger(__name__)
-
-
-class Regularizer(abc.ABC):
-    """A penalty on the trainable weights, built into the training graph.
-
-    Subclasses implement `add_penalty`; tensors created there with ``graph.parameter(array,
-    key)`` are trained with the model and handed to `report` (by key) after training.
-    """
-
-    name = "regularizer"
-
-    @abc.abstractmethod
-    def add_penalty(self, graph: GraphBuilder, inputs: PenaltyInputs) -> ir.Value:
-        """Adds nodes computing the scalar penalty (in units of the mean per-sample loss)."""
-
-    def report(self, parameters: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Turns the learned parameters (by key) into what `FinetuneResult.extra` shows."""
-        return dict(parameters)
 
 
 def _selected(inputs: PenaltyInputs, names: Sequence[str] | None) -> list[str]:

@@ -14,10 +14,10 @@ thing and the trained tensors come back under their original names.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -25,9 +25,6 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from onnxcomp.errors import OnnxcompError
-
-if TYPE_CHECKING:
-    from onnxcomp.runtime.regularizers import Regularizer
 
 logger = logging.getLogger(__name__)
 
@@ -397,3 +394,21 @@ def _initial_effective_values(graph, trainable, masks, codebooks) -> dict[str, n
             array = array * np.asarray(masks[name], np.float32)
         values[name] = np.asarray(array, np.float32)
     return values
+
+
+class Regularizer(abc.ABC):
+    """A penalty on the trainable weights, built into the training graph.
+
+    Subclasses implement `add_penalty`; tensors created there with ``graph.parameter(array,
+    key)`` are trained with the model and handed to `report` (by key) after training.
+    """
+
+    name = "regularizer"
+
+    @abc.abstractmethod
+    def add_penalty(self, graph: GraphBuilder, inputs: PenaltyInputs) -> ir.Value:
+        """Adds nodes computing the scalar penalty (in units of the mean per-sample loss)."""
+
+    def report(self, parameters: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Turns the learned parameters (by key) into what `FinetuneResult.extra` shows."""
+        return dict(parameters)

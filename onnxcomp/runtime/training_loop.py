@@ -16,7 +16,7 @@ import re
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -27,10 +27,44 @@ from onnxcomp.runtime import training_graph
 from onnxcomp.runtime.training_data import Evaluation
 from onnxcomp.runtime.training_graph import TrainingGraph
 
-if TYPE_CHECKING:
-    from onnxcomp.runtime.training import TrainConfig
-
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How `finetune` trains.
+
+    Attributes:
+        epochs: passes over the training data.
+        batch_size: samples per step; the last partial batch of an epoch is dropped.
+        lr: peak learning rate of AdamW.
+        seed: seeds the shuffling.
+        lr_schedule: ``"cosine"`` (per-step decay to 0 over the run) or ``"constant"``.
+        weight_decay: L2 penalty ``weight_decay / 2 * sum(w**2)`` on the trainable weights,
+            built into the graph (Han et al.), so it never touches regularizer parameters.
+        patience: stop after this many epochs without a better held-out metric.
+        max_steps: stop after this many optimizer steps in total.
+        log: called with one progress line per epoch.
+        stage: what this training run is (e.g. "prune round 1/2"): names its epoch lines and its
+            live progress bar.
+        restore_best: return the weights of the epoch with the best held-out metric. None:
+            yes, unless ``regularizer`` is given (a prior or ADMM target trades held-out
+            accuracy for structure, so the last epoch's weights are returned).
+        eval_batch_size: samples per held-out evaluation run.
+    """
+
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.0
+    patience: int | None = None
+    max_steps: int | None = None
+    log: Callable[[str], None] | None = None
+    stage: str = "fine-tune"
+    restore_best: bool | None = None
+    eval_batch_size: int = 1024
 
 _NO_GRADIENT = re.compile(r"gradient builder has not been registered: (\S+) for node (\S*)")
 
