@@ -367,7 +367,7 @@ def discount_compensated(layers, values: dict[str, np.ndarray], hessians: dict[s
     and scale the distortion of every candidate it applies to by that ratio: once for the
     unpruned scalar codebooks (GPTQ), once for the vector codebooks (`vector_gptq`). Without
     this the plan would spend bytes as if every weight were snapped."""
-    from onnxcomp.allocate import pareto
+    from onnxcomp.pricing import pareto
 
     for layer in layers:
         hessian = hessians.get(layer.name)

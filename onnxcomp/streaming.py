@@ -19,11 +19,11 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp import io
-from onnxcomp.allocate import LayerOptions, layer_options
 from onnxcomp.data import NoRunnableInputError
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.floor import unverified_floor
 from onnxcomp.passes.cleanup import metadata_bytes
+from onnxcomp.pricing import LayerOptions, layer_options
 from onnxcomp.report import compressed_rows, layer_rows
 from onnxcomp.runtime.inference import describe_error, session
 from onnxcomp.sizes import format_size

@@ -7,8 +7,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxcomp import allocate, encoding
-from onnxcomp.allocate import layer_options
+from onnxcomp import allocate, encoding, pricing
+from onnxcomp.pricing import layer_options
 from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
@@ -138,11 +138,11 @@ def test_compress_with_grouped_codebooks_is_more_faithful_at_the_same_size(rng, 
     options = CompressOptions(target_bytes=target, epochs=0, force=True)  # compares fidelity below the floor
     scaled = compress_model(single_matmul(weight), options)
     assert [row["encoding"] for row in scaled.report["layers"]] == ["scaled"]
-    monkeypatch.setattr(allocate, "SCALED_BITS", ())  # per-channel scales win on these rows (see above)
-    monkeypatch.setattr(allocate, "UNIFORM_BITS_SCALED", ())
+    monkeypatch.setattr(pricing, "SCALED_BITS", ())  # per-channel scales win on these rows (see above)
+    monkeypatch.setattr(pricing, "UNIFORM_BITS_SCALED", ())
     with_groups = compress_model(single_matmul(weight), options)
     assert 1 - scaled.report["fidelity"]["cosine"] <= 1 - with_groups.report["fidelity"]["cosine"]
-    monkeypatch.setattr(allocate, "GROUPED_MIN_PARAMS", 1 << 60)
+    monkeypatch.setattr(pricing, "GROUPED_MIN_PARAMS", 1 << 60)
     without = compress_model(single_matmul(weight), options)
     assert [row["encoding"] for row in with_groups.report["layers"]] == ["grouped"]
     assert [row["encoding"] for row in without.report["layers"]] != ["grouped"]

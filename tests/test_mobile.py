@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxcomp import allocate, io
+from onnxcomp import io, pricing
 from onnxcomp.pipeline import CompressOptions, compress_model
-from onnxcomp.runtime import mobile
+from onnxcomp.runtime import mobile_ops
 from onnxcomp.runtime.mobile import (BUILD_ADVICE, NO_PACKAGE_CHECK, PACKAGE_NAME, check_ops, export_mobile, onnx_ops, ort_ready_model,
                                      package_config_path, package_operators, read_operators_config, sparse_form_bytes)
 from tests.conftest import LENET5, REPO, build_model, single_matmul
@@ -75,7 +75,7 @@ def lenet5_compressed(tmp_path_factory):
     # These tests export a pruned (sparse) layer; without vector codebooks, which store the
     # 500x800 layer unpruned at 1/10, the plan prunes it.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(allocate, "VECTOR_SHAPES", ())
+        patch.setattr(pricing, "VECTOR_SHAPES", ())
         compressed(io.load_model(LENET5), path, 10)
     return path
 
@@ -199,7 +199,7 @@ def test_package_list_is_read_where_onnxruntime_ships_it():
     import importlib.util
 
     try:
-        shipped = importlib.util.find_spec(mobile.PACKAGE_CHECKER) is not None
+        shipped = importlib.util.find_spec(mobile_ops.PACKAGE_CHECKER) is not None
     except ModuleNotFoundError:
         shipped = False
     if shipped:
@@ -213,7 +213,7 @@ def test_package_list_is_read_where_onnxruntime_ships_it():
 
 def test_export_without_a_package_list(lenet5_compressed, tmp_path, monkeypatch):
     """An onnxruntime that ships no mobile package operator list (1.32) still exports; the check is left out."""
-    monkeypatch.setattr(mobile, "package_config_path", lambda: None)
+    monkeypatch.setattr(mobile_ops, "package_config_path", lambda: None)
     result = export_mobile(lenet5_compressed, tmp_path / "mobile", measure_speed=False)
     assert result.onnx_check is None and result.ort_check is None
     assert result.ort_path.is_file() and result.config_path.is_file()

@@ -17,7 +17,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp import allocate
+from onnxcomp import pricing
 from onnxcomp.pipeline import CompressOptions, compress_model
 from onnxcomp.runtime.inference import session
 
@@ -76,7 +76,7 @@ def model() -> onnx.ModelProto:
 @pytest.fixture
 def per_tensor_only(monkeypatch):
     """The allocator without per-channel scaled candidates: one codebook (or grid) per tensor."""
-    monkeypatch.setattr(allocate, "scaled_candidates", lambda *args, **kwargs: [])
+    monkeypatch.setattr(pricing, "scaled_candidates", lambda *args, **kwargs: [])
 
 
 def test_per_tensor_codebooks_lose_the_narrow_channels(model, per_tensor_only):

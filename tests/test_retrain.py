@@ -229,7 +229,8 @@ def test_rounds_with_nothing_to_prune_train_towards_the_quantized_weights(tmp_pa
 
 
 def test_codebook_finetune_trains_vector_codebooks_as_vectors(train_samples):
-    from onnxcomp.allocate import Allocation, vector_candidates
+    from onnxcomp.allocate import Allocation
+    from onnxcomp.pricing import vector_candidates
     from onnxcomp.quantize import snap_to_vectors
     from onnxcomp.retrain import RetrainOptions, TrainingData, finetune_codebooks
     from onnxcomp.weights import find_weights

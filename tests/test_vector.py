@@ -6,8 +6,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxcomp import allocate, encoding
-from onnxcomp.allocate import layer_options
+from onnxcomp import allocate, encoding, pricing
+from onnxcomp.pricing import layer_options
 from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
@@ -122,7 +122,7 @@ def test_compress_with_vector_codebooks_is_more_faithful_at_the_same_size(rng, m
     target = weight.size // 4 + 5000
     options = CompressOptions(target_bytes=target, epochs=0, force=True)  # compares fidelity below the floor
     with_vectors = compress_model(single_matmul(weight), options)
-    monkeypatch.setattr(allocate, "VECTOR_SHAPES", ())
+    monkeypatch.setattr(pricing, "VECTOR_SHAPES", ())
     without = compress_model(single_matmul(weight), options)
     assert [row["encoding"] for row in with_vectors.report["layers"]] == ["vector"]
     assert [row["encoding"] for row in without.report["layers"]] != ["vector"]

@@ -36,7 +36,6 @@ says why.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 import shutil
@@ -49,36 +48,30 @@ import numpy as np
 import onnx
 
 from onnxcomp import io
-from onnxcomp.generated import generate_samples
 from onnxcomp.errors import OnnxcompError
+from onnxcomp.generated import generate_samples
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, folder_removed_on_failure, input_files, same_file
 from onnxcomp.runtime.inference import _ort
+from onnxcomp.runtime.mobile_ops import (  # noqa: F401  (the names the CLI and tests import from here: re-exported)
+    BUILD_ADVICE,
+    NO_PACKAGE_CHECK,
+    PACKAGE_NAME,
+    PACKAGE_SCOPE,
+    PackageCheck,
+    check_ops,
+    model_opset,
+    onnx_ops,
+    ort_version,
+    package_config_path,
+    package_operators,
+    read_operators_config,
+    write_operators_config,
+)
+from onnxcomp.runtime.mobile_weights import ORT_WEIGHTS, ort_ready_model, sparse_form_bytes  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "required_operators.config"
-DEFAULT_DOMAIN = "ai.onnx"
-
-
-@dataclasses.dataclass
-class PackageCheck:
-    """A model's operators checked against the pre-built mobile package's operator config.
-
-    ONNX Runtime registers one kernel per operator version ("since version"), so an op is
-    supported when the package holds the same version of it. `unsupported` lists
-    `domain:version:op` for the ops it does not hold. `opset_supported` is the separate,
-    stricter test of ONNX Runtime's own checker (`check_onnx_model_mobile_usability`): whether
-    the model's opset is one the package was built for.
-    """
-
-    opset: int
-    package_opsets: list[int]
-    opset_supported: bool
-    unsupported: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return self.opset_supported and not self.unsupported
 
 
 @dataclasses.dataclass
@@ -147,254 +140,6 @@ def convert_to_ort(model_path: str | os.PathLike, ort_path: str | os.PathLike, *
         raise OnnxcompError(f"ONNX Runtime cannot convert {model_path} to ORT format: {_ort_error(error)}") from None
     if not Path(ort_path).is_file():
         raise OnnxcompError(f"ONNX Runtime wrote no ORT-format model for {model_path}")
-
-
-def write_operators_config(ort_paths: list[Path], config_path: Path) -> dict[str, dict[int, list[str]]]:
-    """Write the reduced-build operator config for the given .ort models; return its contents."""
-    from onnxruntime.tools.ort_format_model import create_config_from_models
-
-    # ORT's tools log an INFO line per config through their own handler; keep the CLI quiet.
-    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
-    create_config_from_models(ort_paths, config_path, enable_type_reduction=False)
-    return read_operators_config(config_path)
-
-
-def read_operators_config(config_path: Path) -> dict[str, dict[int, list[str]]]:
-    from onnxruntime.tools.reduced_build_config_parser import parse_config
-
-    required, _ = parse_config(str(config_path), enable_type_reduction=False)
-    return {domain: {opset: sorted(ops) for opset, ops in sorted(by_opset.items())} for domain, by_opset in required.items()}
-
-
-PACKAGE_CHECKER = "onnxruntime.tools.mobile_helpers.check_model_can_use_ort_mobile_pkg"
-PACKAGE_NAME = "the reduced-operator onnxruntime-mobile package"
-PACKAGE_SCOPE = ("ended with ONNX Runtime 1.18; today's onnxruntime-android and iOS packages are full builds "
-                 "that run every operator")
-NO_PACKAGE_CHECK = ("no operator check against " + PACKAGE_NAME + ": onnxruntime {version} ships no operator list "
-                    "for it (it " + PACKAGE_SCOPE + ")")
-BUILD_ADVICE = ("which file for which build: full onnxruntime-android/iOS package: ship the .onnx (compact, "
-                "decoded once at load);\n"
-                "  minimal (ORT-format-only) build: --ort-weights packed where download size matters (decodes on "
-                "every run), dense where latency does")
-
-
-def ort_version() -> str:
-    """The installed onnxruntime's version."""
-    return _ort().__version__
-
-
-def package_config_path() -> Path | None:
-    """The operator config ONNX Runtime's pre-built (reduced-operator) mobile package was built with.
-
-    Returns:
-        The config file shipped with the installed onnxruntime, or None where it ships none (the
-        reduced mobile packages ended with ONNX Runtime 1.18; 1.32 removed the list and its checker).
-    """
-    try:
-        found = importlib.util.find_spec(PACKAGE_CHECKER) is not None
-    except ModuleNotFoundError:  # onnxruntime.tools.mobile_helpers itself is gone
-        found = False
-    if not found:
-        logger.debug("%s is not in this onnxruntime: no mobile package operator check", PACKAGE_CHECKER)
-        return None
-    from onnxruntime.tools.mobile_helpers.check_model_can_use_ort_mobile_pkg import get_default_config_path
-
-    path = Path(get_default_config_path())
-    return path if path.is_file() else None
-
-
-def package_operators() -> dict[str, dict[int, list[str]]] | None:
-    """The pre-built mobile package's operators (domain -> opset -> ops), or None where ORT ships no list."""
-    path = package_config_path()
-    return read_operators_config(path) if path is not None else None
-
-
-def _since_version(domain: str, op: str, opset: int) -> int | None:
-    """The version of `op` in effect at `opset` (what ORT kernels are registered by)."""
-    try:
-        return onnx.defs.get_schema(op, opset, "" if domain == DEFAULT_DOMAIN else domain).since_version
-    except Exception:  # no ONNX schema: ORT-internal or contrib op; its listed opset is its version
-        return None
-
-
-def check_ops(used: dict[str, dict[int, set[str]]], opset: int,
-              package: dict[str, dict[int, list[str]]]) -> PackageCheck:
-    """Check ops used (domain -> op version -> op types) against the mobile package's operators.
-
-    `opset` is the model's ai.onnx opset. Versions in `used` may be opsets or since-versions:
-    both map to the same kernel version. `package` is a config as `read_operators_config` returns
-    it (e.g. `package_operators()`).
-    """
-    # ORT's checker drops this entry: a contrib op registered under ai.onnx opset 1.
-    package_opsets = sorted(o for o in package.get(DEFAULT_DOMAIN, {}) if o != 1)
-    unsupported = set()
-    for domain, by_version in used.items():
-        available = package.get(domain, {})
-        for version, ops in by_version.items():
-            for op in ops:
-                needed = _since_version(domain, op, version) or version
-                held = {(_since_version(domain, op, o) or o) for o, listed in available.items() if op in listed}
-                if needed not in held:
-                    unsupported.add(f"{domain}:{needed}:{op}")
-    return PackageCheck(opset, package_opsets, opset in package_opsets, sorted(unsupported))
-
-
-def model_opset(proto: onnx.ModelProto) -> int:
-    return next((entry.version for entry in proto.opset_import if entry.domain in ("", DEFAULT_DOMAIN)), 0)
-
-
-def onnx_ops(proto: onnx.ModelProto) -> dict[str, dict[int, set[str]]]:
-    """domain -> opset -> op types used by a model (subgraphs included; Constant is folded at load)."""
-    opsets = {(entry.domain or DEFAULT_DOMAIN): entry.version for entry in proto.opset_import}
-    used: dict[str, dict[int, set[str]]] = {}
-
-    def walk(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            domain = node.domain or DEFAULT_DOMAIN
-            if not (domain == DEFAULT_DOMAIN and node.op_type == "Constant"):
-                used.setdefault(domain, {}).setdefault(opsets.get(domain, 1), set()).add(node.op_type)
-            for attribute in node.attribute:
-                if attribute.HasField("g"):
-                    walk(attribute.g)
-                for subgraph in attribute.graphs:
-                    walk(subgraph)
-
-    walk(proto.graph)
-    return used
-
-
-ORT_WEIGHTS = ("auto", "dense", "sparse", "packed")
-
-
-def _index_bytes(max_index: int) -> int:
-    """Bytes per index ONNX Runtime uses when it saves a sparse initializer in ORT format."""
-    for size, dtype in ((1, np.int8), (2, np.int16), (4, np.int32)):
-        if max_index <= np.iinfo(dtype).max:
-            return size
-    return 8
-
-
-def _nonzero(flat: np.ndarray) -> np.ndarray:
-    """Positions ONNX Runtime keeps when it sparsifies: it tests the bits, so -0.0 counts as non-zero."""
-    return np.flatnonzero(flat.view(np.uint32) if flat.dtype == np.float32 else flat)
-
-
-def sparse_form_bytes(array: np.ndarray) -> int:
-    """Bytes of a float32 weight's values + indices as an ORT-format sparse initializer."""
-    flat = np.ascontiguousarray(array).reshape(-1)
-    nonzero = _nonzero(flat)
-    if not nonzero.size:
-        return 0
-    return int(nonzero.size * (flat.itemsize + _index_bytes(int(nonzero[-1]))))
-
-
-def make_sparse_initializer(name: str, array: np.ndarray) -> onnx.SparseTensorProto:
-    """A COO sparse tensor with flat int64 indices (the ONNX standard form; ORT narrows them itself)."""
-    flat = np.ascontiguousarray(array).reshape(-1)
-    nonzero = _nonzero(flat)
-    values = onnx.numpy_helper.from_array(flat[nonzero], name)
-    indices = onnx.numpy_helper.from_array(nonzero.astype(np.int64), f"{name}.indices")
-    return onnx.helper.make_sparse_tensor(values, indices, list(array.shape))
-
-
-def ort_ready_model(model_path: str | os.PathLike) -> tuple[onnx.ModelProto, list[dict]]:
-    """The model with every weight's decode subgraph replaced by its decoded value, each weight
-    stored as a plain initializer or a `sparse_initializer`, whichever the .ort holds in fewer
-    bytes. Returns the model and one row per float weight (name, shape, form, bytes).
-
-    Decoding reuses `onnxcomp.report.stored_weights` (decode subgraphs evaluated in ONNX Runtime).
-    The result may not pass `onnx.checker` (it rejects some valid sparse initializers); ONNX
-    Runtime loads it.
-    """
-    from onnxcomp.report import stored_weights
-
-    proto = onnx.load(str(model_path), load_external_data=False)
-    graph = proto.graph
-    graph_inputs = {value.name for value in graph.input}
-    initializers = {tensor.name: tensor for tensor in graph.initializer}
-    producer = {output: node for node in graph.node for output in node.output}
-    rows = []
-    replaced: set[str] = set()
-    candidates: set[str] = set()  # initializers feeding replaced decode subgraphs
-    decode_inputs: set[str] = set()  # inputs of rewritten row decodes, dropped when nothing else reads them
-    for weight in stored_weights(io.load_model(model_path)):
-        array = np.ascontiguousarray(weight.array)
-        name = weight.name
-        decoded = name in producer and name not in initializers
-        if array.dtype != np.float32 or not (decoded or name in initializers) or name in graph_inputs or name in replaced:
-            continue
-        dense_bytes, sparse_bytes = int(array.nbytes), sparse_form_bytes(array)
-        form = "sparse" if sparse_bytes < dense_bytes else "dense"
-        rows.append({"name": name, "shape": list(array.shape), "stored_as": weight.encoding, "form": form,
-                     "nonzero": int(_nonzero(array.reshape(-1)).size), "dense_bytes": dense_bytes, "sparse_bytes": sparse_bytes})
-        if not decoded and form == "dense":
-            continue  # already a plain initializer
-        if weight.ids is not None:  # decoded per looked-up row at run time: Gather rows of the dense table
-            rows[-1]["form"] = "dense"
-            _gather_rows(graph, producer[name], array, weight.ids.name, decode_inputs)
-            candidates.update(source.name for source in weight.sources if source.name)
-            continue
-        replaced.add(name)
-        if decoded:
-            candidates.update(source.name for source in weight.sources if source.name)
-        else:
-            graph.initializer.remove(initializers.pop(name))
-        if form == "sparse":
-            graph.sparse_initializer.append(make_sparse_initializer(name, array))
-        else:
-            graph.initializer.append(onnx.numpy_helper.from_array(array, name))
-    _drop_dead_decode_nodes(graph, replaced, candidates, decode_inputs)
-    return proto, rows
-
-
-def _gather_rows(graph: onnx.GraphProto, last: onnx.NodeProto, table: np.ndarray, ids: str, dropped: set[str]) -> None:
-    """Turn a run-time row decode's final Gather into a Gather of the dense table's rows."""
-    name = f"{last.output[0]}_table"
-    graph.initializer.append(onnx.numpy_helper.from_array(table, name))
-    dropped.update(last.input)
-    del last.input[:]
-    last.input.extend([name, ids])
-
-
-def _used_names(graph: onnx.GraphProto) -> set[str]:
-    used = {value.name for value in graph.output}
-    for node in graph.node:
-        used.update(node.input)
-        for attribute in node.attribute:
-            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                used |= _used_names(subgraph)  # outer-scope names read inside subgraphs
-    return used
-
-
-def _drop_dead_decode_nodes(graph: onnx.GraphProto, replaced: set[str], candidates: set[str],
-                            dropped: set[str] = frozenset()) -> None:
-    """Remove the nodes that produced the replaced weights, then whatever decode nodes and
-    initializers nothing reads any more (only those of the replaced weights' subgraphs and the
-    `dropped` values)."""
-    decode_nodes = list(dropped)
-    for node in list(graph.node):
-        if replaced & set(node.output):
-            graph.node.remove(node)
-            decode_nodes.extend(node.input)
-    pending = set(decode_nodes)
-    while pending:
-        used = _used_names(graph)
-        removed = False
-        for node in list(graph.node):
-            if set(node.output) & pending and not set(node.output) & used:
-                graph.node.remove(node)
-                pending.update(node.input)
-                removed = True
-        if not removed:
-            break
-    used = _used_names(graph)
-    for tensor in list(graph.initializer):
-        if tensor.name in candidates | pending and tensor.name not in used and tensor.name not in replaced:
-            graph.initializer.remove(tensor)
-    kept = used | {value.name for value in graph.output}
-    for info in list(graph.value_info):
-        if info.name not in kept:
-            graph.value_info.remove(info)
 
 
 def measure(paths: list[Path], feeds: dict[str, np.ndarray], loads: int = 3, runs: int = 50) -> list[Timing]:

@@ -8,12 +8,12 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import rows
-from onnxcomp.allocate import LayerOptions, layer_options
 from onnxcomp.canonicalize import canonicalize, initializer_inputs, model_interface
 from onnxcomp.data import Samples
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.memory import MAX_BATCH, ActivationSizes, batch_size as budget_batch
 from onnxcomp.passes.equalize import EqualizeCrossLayerPass
+from onnxcomp.pricing import LayerOptions, layer_options
 from onnxcomp.progress import task as live_task
 from onnxcomp.sensitivity import activation_importance, embedding_importance, measure_sensitivity, row_counts
 from onnxcomp.signature import input_specs

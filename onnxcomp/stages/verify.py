@@ -8,12 +8,12 @@ import functools
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.allocate import LayerOptions
 from onnxcomp.data import NoRunnableInputError, Samples
 from onnxcomp.errors import FidelityError
 from onnxcomp.floor import check_floor, floor_for, off_reason
 from onnxcomp.memory import ActivationSizes, activation_sizes
 from onnxcomp.passes.cleanup import metadata_bytes
+from onnxcomp.pricing import LayerOptions
 from onnxcomp.probe import generated_samples
 from onnxcomp.report import GENERATED_INPUTS_NOTE, compressed_rows
 from onnxcomp.retrain import TrainingData
