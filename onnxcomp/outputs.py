@@ -100,10 +100,7 @@ def check_folder(folder: Path, what: str) -> None:
     """`folder` exists, is a folder, and this process may create files in it."""
     if not folder.exists():
         raise OnnxcompError(f"{what} {folder} does not exist")
-    if not folder.is_dir():
-        raise OnnxcompError(f"{what} {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OnnxcompError(f"{what} {folder} is not writable")
+    _writable_folder(folder, f"{what} ")
 
 
 def check_new_folder(folder: Path, what: str, *, parents: bool = False) -> None:
@@ -118,10 +115,15 @@ def check_new_folder(folder: Path, what: str, *, parents: bool = False) -> None:
             ancestor = ancestor.parent
     elif not ancestor.exists():
         raise OnnxcompError(f"{what} {folder} cannot be created: {ancestor} does not exist")
-    if not ancestor.is_dir():
-        raise OnnxcompError(f"{what} {folder} cannot be created: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OnnxcompError(f"{what} {folder} cannot be created: {ancestor} is not writable")
+    _writable_folder(ancestor, f"{what} {folder} cannot be created: ")
+
+
+def _writable_folder(folder: Path, problem: str) -> None:
+    """`folder` is a folder this process may create files in; else an error, `problem` + why."""
+    if not folder.is_dir():
+        raise OnnxcompError(f"{problem}{folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OnnxcompError(f"{problem}{folder} is not writable")
 
 
 def make_folder(folder: Path, what: str, *, parents: bool = False) -> list[Path]:

@@ -24,23 +24,9 @@ import onnx_ir as ir
 
 from onnxcomp.channels.rules import RULES
 from onnxcomp.channels.tracer import Tracer
-from onnxcomp.channels.types import (
-    AttributeEdit,
-    ChannelAnalysis,
-    ChannelGroup,
-    ChannelRef,
-    Dim,
-    Layout,
-    Origin,
-    Segment,
-    ShapeEdit,
-    TensorEdit,
-    Tracked,
-    constant,
-    layout_length,
-    layout_units,
-    segment_offsets,
-)
+from onnxcomp.channels.types import (AttributeEdit, ChannelAnalysis, ChannelGroup, ChannelRef, Dim, Layout, Origin,
+                                     Segment, ShapeEdit, TensorEdit, Tracked, constant, layout_length, layout_units,
+                                     segment_offsets)
 
 __all__ = [
     "AttributeEdit",

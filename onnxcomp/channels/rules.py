@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import onnx_ir as ir
 
 from onnxcomp.channels.layers import conv, conv_transpose, gemm, matmul
@@ -37,36 +40,55 @@ _REDUCE_OPS = frozenset(
 _SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
-def unary(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    if tracer.only(node, inputs, (0,)) and inputs[0] is not None:
-        outputs = len(node.outputs) if node.op_type == "Dropout" else 1
-        tracer.pass_through(node, inputs[0], outputs=outputs)
+def through_input_0(rule: Callable[[Tracer, ir.Node, Tracked], None]) -> Rule:
+    """The rule of an op that passes channels through its input 0 only: channels that enter any
+    other input are blocked (`Tracer.only`), and ``rule`` runs with input 0's channels, if any."""
+
+    @functools.wraps(rule)
+    def checked(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
+        if tracer.only(node, inputs, (0,)) and inputs[0] is not None:
+            rule(tracer, node, inputs[0])
+
+    return checked
 
 
-def pool(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    t = inputs[0]
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
-    if t.axis != 1:
-        tracer.block(t.layout, f"channel axis is not axis 1 at {tracer.name(node)}")
-        return
-    tracer.pass_through(node, t)
+def _blocks(tracer: Tracer, t: Tracked, condition: bool, reason: str) -> bool:
+    """Block ``t``'s channels, saying why, when ``condition`` holds; returns ``condition``."""
+    if condition:
+        tracer.block(t.layout, reason)
+    return condition
 
 
-def batch_normalization(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    _normalization(tracer, node, inputs, (1, 2, 3, 4))
+def _pass_unless(tracer: Tracer, node: ir.Node, t: Tracked, condition: bool, reason: str,
+                 axis: int | None = None) -> None:
+    """Pass ``t``'s channels on (to ``axis``: by default the same), unless ``condition`` holds:
+    then block them, saying why."""
+    if not _blocks(tracer, t, condition, reason):
+        tracer.pass_through(node, t, axis=axis)
 
 
-def instance_normalization(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    _normalization(tracer, node, inputs, (1, 2))
+@through_input_0
+def unary(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
+    tracer.pass_through(node, t, outputs=len(node.outputs) if node.op_type == "Dropout" else 1)
 
 
-def _normalization(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None], params) -> None:
-    t = inputs[0]
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
-    if t.axis != 1:
-        tracer.block(t.layout, f"channel axis is not axis 1 at {tracer.name(node)}")
+@through_input_0
+def pool(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
+    _pass_unless(tracer, node, t, t.axis != 1, f"channel axis is not axis 1 at {tracer.name(node)}")
+
+
+@through_input_0
+def batch_normalization(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
+    _normalization(tracer, node, t, (1, 2, 3, 4))
+
+
+@through_input_0
+def instance_normalization(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
+    _normalization(tracer, node, t, (1, 2))
+
+
+def _normalization(tracer: Tracer, node: ir.Node, t: Tracked, params) -> None:
+    if _blocks(tracer, t, t.axis != 1, f"channel axis is not axis 1 at {tracer.name(node)}"):
         return
     for index in params:
         if constant(node.inputs[index]) is None:
@@ -77,30 +99,21 @@ def _normalization(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None], 
     tracer.pass_through(node, t)
 
 
-def layer_normalization(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    t = inputs[0]
+@through_input_0
+def layer_normalization(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
     rank = tracer.rank(node.inputs[0])
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
-    if rank is None or t.axis >= node.attributes.get_int("axis", -1) % rank:
-        tracer.block(t.layout, f"{tracer.name(node)} normalizes over the channel axis")
-        return
-    tracer.pass_through(node, t)
+    _pass_unless(tracer, node, t, rank is None or t.axis >= node.attributes.get_int("axis", -1) % rank,
+                 f"{tracer.name(node)} normalizes over the channel axis")
 
 
-def softmax(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    t = inputs[0]
+@through_input_0
+def softmax(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
     rank = tracer.rank(node.inputs[0])
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
-    if rank is None:
-        tracer.block(t.layout, f"rank unknown at {tracer.name(node)}")
+    if _blocks(tracer, t, rank is None, f"rank unknown at {tracer.name(node)}"):
         return
     axis = node.attributes.get_int("axis", -1 if tracer.opset >= 13 else 1) % rank
-    if t.axis == axis or (tracer.opset < 13 and t.axis >= axis):
-        tracer.block(t.layout, f"{tracer.name(node)} normalizes over the channel axis")
-        return
-    tracer.pass_through(node, t)
+    _pass_unless(tracer, node, t, t.axis == axis or (tracer.opset < 13 and t.axis >= axis),
+                 f"{tracer.name(node)} normalizes over the channel axis")
 
 
 def elementwise(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
@@ -178,27 +191,24 @@ def flatten(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None
     dims = tracer.dims(node.inputs[0])
     if t is None:
         return
-    if dims is None:
-        tracer.block(t.layout, f"shape unknown at {tracer.name(node)}")
+    if _blocks(tracer, t, dims is None, f"shape unknown at {tracer.name(node)}"):
         return
     axis = node.attributes.get_int("axis", 1)
     axis = axis + len(dims) if axis < 0 else axis
     inner = static_product(dims[t.axis + 1 :])
-    if t.axis != axis or inner is None:
-        tracer.block(t.layout, f"{tracer.name(node)} does not keep channels in contiguous blocks")
+    if _blocks(tracer, t, t.axis != axis or inner is None,
+               f"{tracer.name(node)} does not keep channels in contiguous blocks"):
         return
     tracer.set(node.outputs[0], 1, scale_inner(t.layout, inner))
 
 
-def reshape(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    t = inputs[0]
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
+@through_input_0
+def reshape(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
     target = constant(node.inputs[1])
     in_dims, out_dims = tracer.dims(node.inputs[0]), tracer.dims(node.outputs[0])
     reason = f"{tracer.name(node)} reshapes the channel axis to an unknown shape"
-    if target is None or in_dims is None or out_dims is None:
-        tracer.block(t.layout, f"{reason} (computed or unknown shape)")
+    if _blocks(tracer, t, target is None or in_dims is None or out_dims is None,
+               f"{reason} (computed or unknown shape)"):
         return
     c = t.axis
     suffix = static_product(in_dims[c + 1 :])
@@ -244,76 +254,56 @@ def transpose(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> No
     tracer.pass_through(node, t, axis=perm.index(t.axis))
 
 
-def squeeze(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    t = inputs[0]
+@through_input_0
+def squeeze(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
     rank = tracer.rank(node.inputs[0])
     axes = tracer.axes_of(node, 1)
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
-    if rank is None or not axes:
-        tracer.block(t.layout, f"{tracer.name(node)} squeezes unknown axes")
+    if _blocks(tracer, t, rank is None or not axes, f"{tracer.name(node)} squeezes unknown axes"):
         return
     axes = [a % rank for a in axes]
-    if t.axis in axes:
-        tracer.block(t.layout, f"{tracer.name(node)} squeezes the channel axis")
-        return
-    tracer.pass_through(node, t, axis=t.axis - sum(a < t.axis for a in axes))
+    _pass_unless(tracer, node, t, t.axis in axes,
+                 f"{tracer.name(node)} squeezes the channel axis", axis=t.axis - sum(a < t.axis for a in axes))
 
 
-def unsqueeze(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    t = inputs[0]
-    rank = tracer.rank(node.outputs[0])
-    axes = tracer.axes_of(node, 1)
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
-    if rank is None or axes is None:
-        tracer.block(t.layout, f"{tracer.name(node)} inserts unknown axes")
+@through_input_0
+def unsqueeze(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
+    rank, axes = tracer.rank(node.outputs[0]), tracer.axes_of(node, 1)  # the output's rank: axes index it
+    if _blocks(tracer, t, rank is None or axes is None, f"{tracer.name(node)} inserts unknown axes"):
         return
     kept = [a for a in range(rank) if a not in {x % rank for x in axes}]
     tracer.pass_through(node, t, axis=kept[t.axis])
 
 
-def slice_(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    t = inputs[0]
+@through_input_0
+def slice_(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
     rank = tracer.rank(node.inputs[0])
     axes = tracer.axes_of(node, 3)
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
-    if rank is None or not axes or t.axis in [a % rank for a in axes]:
-        tracer.block(t.layout, f"{tracer.name(node)} may slice the channel axis")
-        return
-    tracer.pass_through(node, t)
+    _pass_unless(tracer, node, t, rank is None or not axes or t.axis in [a % rank for a in axes],
+                 f"{tracer.name(node)} may slice the channel axis")
 
 
-def reduction(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    t = inputs[0]
+@through_input_0
+def reduction(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
     rank = tracer.rank(node.inputs[0])
     axes = tracer.axes_of(node, 1)
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
-    if rank is None or axes is None:
-        tracer.block(t.layout, f"{tracer.name(node)} reduces unknown axes")
+    if _blocks(tracer, t, rank is None or axes is None, f"{tracer.name(node)} reduces unknown axes"):
         return
     if not axes and node.attributes.get_int("noop_with_empty_axes", 0):
         tracer.pass_through(node, t)
         return
     axes = [a % rank for a in axes] or list(range(rank))
-    if t.axis in axes:
-        tracer.block(t.layout, f"{tracer.name(node)} reduces over the channel axis")
+    if _blocks(tracer, t, t.axis in axes, f"{tracer.name(node)} reduces over the channel axis"):
         return
     keep = node.attributes.get_int("keepdims", 1)
     tracer.pass_through(node, t, axis=t.axis if keep else t.axis - sum(a < t.axis for a in axes))
 
 
-def pad(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    t = inputs[0]
+@through_input_0
+def pad(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
     rank = tracer.rank(node.inputs[0])
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
     pads = tracer.axes_of(node, 1, "pads")
     axes = tracer.axes_of(node, 3)
-    if rank is None or not pads or axes is None:
-        tracer.block(t.layout, f"{tracer.name(node)} has unknown pads")
+    if _blocks(tracer, t, rank is None or not pads or axes is None, f"{tracer.name(node)} has unknown pads"):
         return
     axes = [a % rank for a in axes] or list(range(rank))
     if t.axis in axes:
@@ -324,17 +314,14 @@ def pad(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
     tracer.pass_through(node, t)
 
 
-def resize(tracer: Tracer, node: ir.Node, inputs: list[Tracked | None]) -> None:
-    t = inputs[0]
+@through_input_0
+def resize(tracer: Tracer, node: ir.Node, t: Tracked) -> None:
     rank = tracer.rank(node.inputs[0])
-    if not tracer.only(node, inputs, (0,)) or t is None:
-        return
     scales_index = 1 if tracer.opset < 11 else 2
     scales = constant(node.inputs[scales_index]) if len(node.inputs) > scales_index else None
     sizes = constant(node.inputs[3]) if len(node.inputs) > 3 else None
     axes = list(node.attributes.get_ints("axes", range(rank or 0)))
-    if rank is None:
-        tracer.block(t.layout, f"rank unknown at {tracer.name(node)}")
+    if _blocks(tracer, t, rank is None, f"rank unknown at {tracer.name(node)}"):
         return
     axes = [a % rank for a in axes]
     if t.axis not in axes:

@@ -271,9 +271,7 @@ class Tracer:
     def check_constants(self) -> None:
         """Block weights that are shared or not constant; per-channel params get copied."""
         for edit in self.tensor_edits:
-            value = edit.node.inputs[edit.input_index] if edit.input_index < len(
-                edit.node.inputs
-            ) else None
+            value = edit.value
             if value is None:
                 continue
             if constant(value) is None:
@@ -299,9 +297,7 @@ class Tracer:
             g: ([], []) for g in range(len(components))
         }
         for edit in self.tensor_edits:
-            value = edit.node.inputs[edit.input_index] if edit.input_index < len(
-                edit.node.inputs
-            ) else None
+            value = edit.value
             if value is None:
                 continue
             producer = edit.role in ("weight", "bias")

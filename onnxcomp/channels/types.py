@@ -70,6 +70,12 @@ class TensorEdit:
     layout: Layout
     role: str
 
+    @property
+    def value(self) -> ir.Value | None:
+        """The input the edit lays out; None where the node has no such input."""
+        inputs = self.node.inputs
+        return inputs[self.input_index] if self.input_index < len(inputs) else None
+
 
 @dataclasses.dataclass(frozen=True)
 class ShapeEdit:

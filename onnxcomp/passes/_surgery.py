@@ -73,8 +73,7 @@ def cut_channels(analysis: ChannelAnalysis, masks: dict[int, np.ndarray], namer:
     graph = analysis.model.graph
     for edit in analysis.tensor_edits:
         keep = _keep_indices(edit.layout, masks)
-        array = constant(edit.node.inputs[edit.input_index]) if keep is not None and \
-            edit.input_index < len(edit.node.inputs) else None
+        array = constant(edit.value) if keep is not None else None
         if array is None:
             continue
         axis = edit.axis

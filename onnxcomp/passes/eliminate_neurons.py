@@ -336,13 +336,8 @@ def _select(
 # -- removing them -------------------------------------------------------------------------
 
 
-def _remove_channels(
-    analysis: ChannelAnalysis,
-    group_masks: dict[int, np.ndarray],
-    consts: dict[ir.Value, np.ndarray],
-    estimates: dict[ir.Value, np.ndarray],
-    means: dict[ir.Value, np.ndarray],
-) -> None:
+def _remove_channels(analysis: ChannelAnalysis, group_masks: dict[int, np.ndarray], consts: dict[ir.Value, np.ndarray],
+                     estimates: dict[ir.Value, np.ndarray], means: dict[ir.Value, np.ndarray]) -> None:
     """Fold the removed channels' contribution into biases, then cut them out of the graph."""
     namer = Namer(analysis.model.graph)
     masks = {o: group_masks[g] for o, g in analysis.group_of_origin.items() if g in group_masks}
