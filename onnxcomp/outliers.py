@@ -82,6 +82,7 @@ def price(values: np.ndarray, importance: np.ndarray | None, energy: float) -> l
             load = encoding.fold_cost("lookup", flat.size, bits) + int(encoding.SPARSE_ENTRY_NS * sparse.entries)
             quant = dataclasses.replace(quant, nonzeros=quant.nonzeros + kept, outlier_threshold=threshold)
             priced.append(Priced(size, quant.sse / max(energy, 1e-30), encoding.bits_for(table), quant, load))
+        del bulk  # before the next share's: two sorted copies with prefix sums at once double the peak
     return priced
 
 

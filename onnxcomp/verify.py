@@ -10,6 +10,8 @@ import onnx_ir as ir
 
 logger = logging.getLogger(__name__)
 
+FIDELITY_CHUNK_BYTES = 16 << 20  # float64 bytes of each output slice compared at once
+
 
 def looks_like_class_scores(output: np.ndarray) -> bool:
     return output.ndim == 2 and 2 <= output.shape[1] <= 100_000 and output.dtype.kind == "f"
@@ -71,21 +73,16 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
         if not _numeric(a):  # e.g. a string label table routed to an output: same or not
             report["outputs"][f"output_{index}"] = {"equal": bool(np.array_equal(np.asarray(a), np.asarray(b)))}
             continue
-        a64 = np.asarray(a, dtype=np.float64)
-        b64 = np.asarray(b, dtype=np.float64)
+        a, b = np.asarray(a), np.asarray(b)
         entry: dict = {}
-        if a64.size:
-            diff = np.abs(a64 - b64)
-            entry["max_abs_error"] = float(diff.max())
-            entry["mean_abs_error"] = float(diff.mean())
-            flat_a = a64.reshape(len(a64), -1) if a64.ndim > 1 else a64.reshape(1, -1)
-            flat_b = b64.reshape(len(b64), -1) if b64.ndim > 1 else b64.reshape(1, -1)
-            norms = np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_b, axis=1)
-            cos = np.where(norms > 0, np.sum(flat_a * flat_b, axis=1) / np.maximum(norms, 1e-300), 1.0)
+        if a.size:
+            max_error, error_sum, cos = _errors(a, b)
+            entry["max_abs_error"] = max_error
+            entry["mean_abs_error"] = error_sum / a.size
             entry["cosine"] = float(np.mean(cos))
             cosines.append(entry["cosine"])
         scores = class_scores is None or index >= len(class_scores) or class_scores[index]
-        if scores and looks_like_class_scores(np.asarray(a)):
+        if scores and looks_like_class_scores(a):
             entry["top1_agreement"] = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
             agreements.append(entry["top1_agreement"])
         report["outputs"][f"output_{index}"] = entry
@@ -94,6 +91,26 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
     report["max_abs_error"] = max((e.get("max_abs_error", 0.0) for e in report["outputs"].values()), default=0.0)
     report["mean_abs_error"] = float(np.mean([e.get("mean_abs_error", 0.0) for e in report["outputs"].values()])) if report["outputs"] else 0.0
     return report
+
+
+def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Max and sum of |a - b| and each row's cosine (rows: the first axis; one row for a vector),
+    in float64 over slices of rows: outputs of hundreds of samples can take hundreds of MB, and
+    whole float64 copies of both and their products would take several times that."""
+    rows = len(a) if a.ndim > 1 else 1
+    flat_a, flat_b = a.reshape(rows, -1), np.asarray(b).reshape(rows, -1)
+    step = max(1, FIDELITY_CHUNK_BYTES // (8 * max(flat_a.shape[1], 1)))
+    max_error, error_sum, cosines = 0.0, 0.0, []
+    for start in range(0, rows, step):
+        part_a = flat_a[start:start + step].astype(np.float64)
+        part_b = flat_b[start:start + step].astype(np.float64)
+        diff = np.abs(part_a - part_b)
+        max_error = float(np.max([max_error, diff.max()]))  # NaN stays NaN
+        error_sum += float(diff.sum())
+        del diff
+        norms = np.linalg.norm(part_a, axis=1) * np.linalg.norm(part_b, axis=1)
+        cosines.append(np.where(norms > 0, np.sum(part_a * part_b, axis=1) / np.maximum(norms, 1e-300), 1.0))
+    return max_error, error_sum, np.concatenate(cosines)
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -107,9 +124,12 @@ def output_distortion(reference: list[np.ndarray], candidate: list[np.ndarray]) 
     for a, b in zip(reference, candidate):
         if not _numeric(a):  # non-numeric outputs (strings) carry no weights' error
             continue
-        a64 = np.asarray(a, np.float64)
-        error += float(np.sum((a64 - np.asarray(b, np.float64)) ** 2))
-        energy += float(np.sum(a64 * a64))
+        flat_a, flat_b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+        step = FIDELITY_CHUNK_BYTES // 8  # float64 copies a slice at a time
+        for start in range(0, max(flat_a.size, 1), step):
+            a64 = flat_a[start:start + step].astype(np.float64)
+            error += float(np.sum((a64 - flat_b[start:start + step].astype(np.float64)) ** 2))
+            energy += float(np.sum(a64 * a64))
     return error / max(energy, 1e-30)
 
 

@@ -26,6 +26,8 @@ from onnxcomp.verify import accuracy, class_score_outputs, fidelity
 from onnxcomp.weights import quantized_weights
 
 VERIFY_SAMPLES = 2000
+GENERATED_OUTPUT_BYTES = 64 << 20  # the original's outputs on generated samples, all together
+MIN_GENERATED_SAMPLES = 16
 
 
 @dataclasses.dataclass
@@ -47,8 +49,10 @@ def run_original(model: ir.Model, original, samples: Samples | None, options: Co
                                     options.input_values)
     sizes = activation_sizes(model, samples.inputs)
     batch = batch_size(model, sizes)
-    log(progress, f"run the original model on {samples.count} {'generated ' if samples.generated else ''}samples")
     try:
+        if samples.generated:
+            samples = _within_output_budget(original, samples, batch)
+        log(progress, f"run the original model on {samples.count} {'generated ' if samples.generated else ''}samples")
         outputs = run_batches(original, samples.inputs, batch, generated=samples.generated)
     except RunFailedError as error:
         if not samples.generated or not original.get_outputs():  # not the inputs' fault
@@ -56,6 +60,17 @@ def run_original(model: ir.Model, original, samples: Samples | None, options: Co
         # inputs generated without probing (nothing to choose) that do not run: nothing runs
         raise NoRunnableInputError(str(error), last_error=error.cause) from None
     return Reference(samples, outputs, batch, sizes)
+
+
+def _within_output_budget(original, samples: Samples, batch: int) -> Samples:
+    """The first of the generated samples whose outputs take at most `GENERATED_OUTPUT_BYTES`
+    (at least `MIN_GENERATED_SAMPLES`), measured on the first batch: verification holds the
+    original's outputs, the compressed model's and the batches they are joined from at once, so
+    256 samples of an OCR model's [T, N, 8210] float logits (0.9 MB each) held ~700 MB."""
+    first = run_batches(original, samples.head(min(batch, samples.count)).inputs, batch, generated=True)
+    per_sample = sum(np.asarray(output).nbytes for output in first) / max(min(batch, samples.count), 1)
+    count = max(MIN_GENERATED_SAMPLES, int(GENERATED_OUTPUT_BYTES // max(per_sample, 1.0)))
+    return samples if count >= samples.count else samples.head(count)
 
 
 def left_quantized(model: ir.Model, result: Fit, progress: Progress) -> list[dict]:
