@@ -1,7 +1,8 @@
 """Per-layer sensitivity: how much the model's outputs move per unit of weight distortion.
 
-The weights are turned into graph inputs of one measurement session, so each probe is a single
-run with one weight replaced by a quantized copy - no per-layer session rebuilds.
+The probed weights are turned into graph inputs of a measurement session, so each probe is a
+single run with one weight replaced by a quantized copy - one session per group of layers, not
+per layer.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 PROBE_BYTES_FRACTION = 0.1  # probe with the candidate nearest 1/10 of the dense bytes (~3 bits)
 FLOOR = 1e-3  # relative: a layer never counts as free to distort
+# Layers probed per measurement session: more sessions to build, fewer weights run unpacked.
+PROBE_GROUP = 16
 # Activation statistics hold each fetched float32 activation as float64, moved to [rows, features]
 # and squared: 6 float32-sized copies besides ONNX Runtime's own.
 FETCHED_COPIES = 6
@@ -33,6 +36,11 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
                         inputs: dict[str, np.ndarray], batch_size: int, progress=None,
                         storage: dict | None = None, sizes: ActivationSizes | None = None) -> dict[str, float]:
     """Return, per layer, output distortion / weight distortion at a probe setting.
+
+    Layers are probed `PROBE_GROUP` at a time: one session per group, in which only the group's
+    weights are graph inputs and the rest stay initializers (ONNX Runtime prepacks constant
+    Conv/MatMul weights; a weight fed as an input runs the slower unpacked kernel). Each group's
+    reference run uses the same session as its probes, so kernel rounding cancels.
 
     `values` are float32 working values; `storage` (per weight name, `onnxcomp.weights.Storage`)
     says how a weight of another type is stored: it is fed as float32 holding the stored values
@@ -48,32 +56,31 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
         return cast[name].stored(array).astype(np.float32) if name in cast else array
 
     proto = to_proto(model)
-    names = {layer.name for layer in layers}
-    kept = [t for t in proto.graph.initializer if t.name not in names]
-    moved = [t for t in proto.graph.initializer if t.name in names]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
-    for tensor in moved:
-        elem_type = onnx.TensorProto.FLOAT if tensor.name in cast else tensor.data_type
-        proto.graph.input.append(onnx.helper.make_tensor_value_info(feed_name(tensor.name), elem_type, list(tensor.dims)))
-        if tensor.name in cast:
-            proto.graph.node.insert(0, onnx.helper.make_node("Cast", [feed_name(tensor.name)], [tensor.name], to=tensor.data_type))
     sizes = sizes if sizes is not None else activation_sizes(model, inputs)
     batch_size = min(batch_size, budget_batch(sizes.total))
-    sess = session(proto)
-    feeds = {feed_name(name): stored(name, array) for name, array in values.items()}
-    reference = run_batches_with_weights(sess, inputs, feeds, batch_size)
-    sensitivities: dict[str, float] = {}
-    for index, layer in enumerate(layers):
+    probes = [(index, layer, _probe(layer)) for index, layer in enumerate(layers)]
+    skipped = [(index, layer) for index, layer, probe in probes
+               if probe is None or probe.quant is None or probe.distortion <= 0]
+    probes = [(index, layer, probe) for index, layer, probe in probes
+              if probe is not None and probe.quant is not None and probe.distortion > 0]
+    for index, layer in skipped:
         if progress:
             progress(index, len(layers), layer.name)
-        probe = _probe(layer)
-        if probe is None or probe.quant is None or probe.distortion <= 0:
-            continue
-        perturbed = dict(feeds)
-        perturbed[feed_name(layer.name)] = stored(layer.name, apply_quantization(values[layer.name], probe.quant, layer.importance))
-        outputs = run_batches_with_weights(sess, inputs, perturbed, batch_size)
-        sensitivities[layer.name] = output_distortion(reference, outputs) / probe.distortion
+    sensitivities: dict[str, float] = {}
+    for start in range(0, len(probes), PROBE_GROUP):
+        group = probes[start:start + PROBE_GROUP]
+        sess = session(_weights_as_inputs(proto, {layer.name for _, layer, _ in group}, cast, feed_name))
+        feeds = {feed_name(layer.name): stored(layer.name, values[layer.name]) for _, layer, _ in group}
+        reference = run_batches_with_weights(sess, inputs, feeds, batch_size)
+        for index, layer, probe in group:
+            if progress:
+                progress(index, len(layers), layer.name)
+            perturbed = dict(feeds)
+            perturbed[feed_name(layer.name)] = stored(layer.name, apply_quantization(values[layer.name], probe.quant,
+                                                                                     layer.importance))
+            outputs = run_batches_with_weights(sess, inputs, perturbed, batch_size)
+            sensitivities[layer.name] = output_distortion(reference, outputs) / probe.distortion
+        del sess
     if sensitivities:
         top = max(sensitivities.values())
         for name in sensitivities:
@@ -81,6 +88,22 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
         for layer in layers:
             sensitivities.setdefault(layer.name, top)
     return sensitivities
+
+
+def _weights_as_inputs(proto: onnx.ModelProto, names: set[str], cast: dict, feed_name) -> onnx.ModelProto:
+    """A copy of `proto` whose initializers `names` are graph inputs (cast ones fed as float32)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    kept = [t for t in copy.graph.initializer if t.name not in names]
+    moved = [t for t in copy.graph.initializer if t.name in names]
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(kept)
+    for tensor in moved:
+        elem_type = onnx.TensorProto.FLOAT if tensor.name in cast else tensor.data_type
+        copy.graph.input.append(onnx.helper.make_tensor_value_info(feed_name(tensor.name), elem_type, list(tensor.dims)))
+        if tensor.name in cast:
+            copy.graph.node.insert(0, onnx.helper.make_node("Cast", [feed_name(tensor.name)], [tensor.name], to=tensor.data_type))
+    return copy
 
 
 def run_batches_with_weights(sess, inputs, weights, batch_size):
