@@ -27,7 +27,7 @@ SENSITIVITY_SAMPLES = 64
 # (samples x per-sample activation bytes x probes), with at least MIN_SENSITIVITY_SAMPLES samples.
 # Generated samples are all alike: one 800x608 sample of a detector gives its 204 layers'
 # sensitivities within 2% of two samples' (rank unchanged), at half the runs.
-SENSITIVITY_WORK_BYTES = 8 << 30
+SENSITIVITY_WORK_BYTES = 16 << 30
 MIN_SENSITIVITY_SAMPLES = 1
 IMPORTANCE_SAMPLES = 256
 
