@@ -26,7 +26,7 @@ import numpy as np
 
 from onnxcomp.data import Samples
 from onnxcomp.errors import TargetUnreachableError
-from onnxcomp.io import file_bytes, load_model
+from onnxcomp.modelfile import file_bytes, load_model
 from onnxcomp.pipeline import CompressOptions, compress_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +144,7 @@ def throughput(steps: int = 300, batch: int = 64) -> dict:
     images = rng.random((steps * batch, 1, 28, 28), dtype=np.float32)
     labels = rng.integers(0, 10, steps * batch)
     proto_model = load_model(ROOT / "models" / "lenet5.onnx")
-    from onnxcomp.io import to_proto
+    from onnxcomp.modelfile import to_proto
 
     proto = to_proto(proto_model)
     names = [i.name for i in proto.graph.initializer if len(i.dims) > 1]

@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.run import CALIBRATION, MODELS, ROOT
 from onnxcomp.data import load_samples
-from onnxcomp.io import load_model, save_model
+from onnxcomp.modelfile import load_model, save_model
 from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass, replacement_errors
 from onnxcomp.pipeline import CompressOptions, compress_file
 

@@ -76,11 +76,11 @@ def embeddings(model_file: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 def run(source: Path, output: Path, target: int, inputs: dict[str, np.ndarray], reference: np.ndarray,
         data: Path | None) -> dict:
-    from onnxcomp import io
+    from onnxcomp import modelfile
     from onnxcomp.data import load_samples
     from onnxcomp.pipeline import CompressOptions, compress_file
 
-    samples = load_samples(data, io.load_model(source)) if data is not None else None
+    samples = load_samples(data, modelfile.load_model(source)) if data is not None else None
     started = time.perf_counter()
     report = compress_file(source, output, CompressOptions(target_bytes=target, epochs=0, force=True), samples=samples, overwrite=True)
     seconds = time.perf_counter() - started

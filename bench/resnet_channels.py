@@ -44,7 +44,7 @@ import onnx_ir as ir
 from bench.vib_lenet300 import latencies, test_error
 from models.mnist import load_mnist
 from onnxcomp.channels import ChannelAnalysis, analyze_channels, constant, segment_offsets
-from onnxcomp.io import load_model, save_model
+from onnxcomp.modelfile import load_model, save_model
 from onnxcomp.passes import eliminate_neurons
 from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass, _outgoing_norms, replacement_errors
 from onnxcomp.runtime.training import TrainConfig, finetune, model_forward_logits

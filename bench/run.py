@@ -22,7 +22,7 @@ import numpy as np
 
 from models.demo import test_set
 from onnxcomp.data import load_samples
-from onnxcomp.io import load_model
+from onnxcomp.modelfile import load_model
 from onnxcomp.pipeline import CompressOptions, compress_file
 
 ROOT = Path(__file__).resolve().parent.parent

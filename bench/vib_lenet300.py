@@ -26,7 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from models.mnist import load_mnist
-from onnxcomp.io import load_model, save_model
+from onnxcomp.modelfile import load_model, save_model
 from onnxcomp.vib import vib_eliminate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -150,9 +150,9 @@ def _input_pins(args, model_path: Path) -> tuple[dict, dict]:
 
     shapes, values = dict(map(parse_input_shape, args.input_shape)), dict(map(parse_input_value, args.input_value))
     if shapes or values:
-        from onnxcomp import io
+        from onnxcomp import modelfile
 
-        check_pins(io.load_model(model_path), shapes, values)  # before any work
+        check_pins(modelfile.load_model(model_path), shapes, values)  # before any work
     return shapes, values
 
 
@@ -161,7 +161,7 @@ def _default_output(input_path: Path) -> Path:
 
 
 def _compress(args) -> int:
-    from onnxcomp import io
+    from onnxcomp import modelfile
     from onnxcomp.data import load_samples
     from onnxcomp.pipeline import CompressOptions, compress_file
     from onnxcomp.report import COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, format_table
@@ -181,11 +181,11 @@ def _compress(args) -> int:
     samples = eval_samples = None
     input_shapes, input_values = _input_pins(args, input_path)
     if args.data:
-        samples = load_samples(args.data, io.load_model(input_path), input_values)
+        samples = load_samples(args.data, modelfile.load_model(input_path), input_values)
     if args.eval_data:
         if not args.data:
             raise OnnxcompError("--eval-data needs --data (the training samples)")
-        eval_samples = load_samples(args.eval_data, io.load_model(input_path), input_values)
+        eval_samples = load_samples(args.eval_data, modelfile.load_model(input_path), input_values)
     if args.max_accuracy_drop is not None and all(s is None or s.labels is None for s in (samples, eval_samples)):
         raise OnnxcompError("--max-accuracy-drop needs labels (a 'labels' array in --data) to measure accuracy")
     epochs = args.epochs if args.epochs is not None else (DEFAULT_EPOCHS if args.data else 0)
@@ -206,14 +206,14 @@ def _compress(args) -> int:
                            eval_samples=eval_samples)
     if args.report:
         report_path = Path(args.report)
-        from onnxcomp.io import atomic_write
+        from onnxcomp.modelfile import atomic_write
 
         atomic_write(report_path, lambda handle: handle.write(json.dumps(report, indent=2).encode()))
     if args.report_dir:
         from onnxcomp.html_report import write_report
 
         progress(f"write HTML report to {args.report_dir}")
-        write_report(args.report_dir, io.load_model(input_path), io.load_model(output_path), report, output_path.read_bytes(),
+        write_report(args.report_dir, modelfile.load_model(input_path), modelfile.load_model(output_path), report, output_path.read_bytes(),
                      samples=eval_samples or samples, seed=args.seed, input_shapes=input_shapes, input_values=input_values)
     if not quiet:
         print(format_table(report["layers"], COMPRESS_COLUMNS))
@@ -309,16 +309,16 @@ def _sweep(args) -> int:
 
 
 def _inspect(args) -> int:
-    from onnxcomp import io
+    from onnxcomp import modelfile
     from onnxcomp.report import COMPRESS_COLUMNS, format_table, inspect_model, inspect_summary
 
-    model = io.load_model(args.model)
+    model = modelfile.load_model(args.model)
     rows = inspect_model(model)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(format_table(rows, COMPRESS_COLUMNS + [("levels", "distinct")]))  # the compress summary's rows and bytes
-    print(inspect_summary(rows, io.file_bytes(args.model)))
+    print(inspect_summary(rows, modelfile.file_bytes(args.model)))
     return 0
 
 
@@ -416,7 +416,7 @@ def _run_isolated(args) -> int:
 
 
 def _terminated(signum, frame) -> None:
-    from onnxcomp.io import Terminated
+    from onnxcomp.modelfile import Terminated
 
     raise Terminated()
 
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None, isolate: bool | None = None) -> int:
         parser.print_help()
         return 2
     started = time.perf_counter()
-    from onnxcomp.io import Terminated, terminate_cleanly
+    from onnxcomp.modelfile import Terminated, terminate_cleanly
 
     try:
         with terminate_cleanly():  # SIGTERM unwinds like Ctrl-C: temporary files are removed

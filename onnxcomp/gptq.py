@@ -34,7 +34,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp.data import batches
-from onnxcomp.io import to_proto
+from onnxcomp.modelfile import to_proto
 from onnxcomp.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
 from onnxcomp.quantize import Quantization, nearest_rows
 from onnxcomp.runtime.inference import session

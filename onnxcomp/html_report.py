@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding, io
+from onnxcomp import encoding, modelfile
 from onnxcomp.canonicalize import canonicalize
 from onnxcomp.data import Samples
 from onnxcomp.errors import OnnxcompError
@@ -350,10 +350,10 @@ def write_report(report_dir: str | Path, original: ir.Model, compressed: ir.Mode
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     if compressed_data is None:
-        compressed_data = io.serialized_bytes(compressed)
+        compressed_data = modelfile.serialized_bytes(compressed)
     analysis, arrays = analyze(original, compressed, report, compressed_data)
     comparison, comparison_error = None, ""
-    if io.is_streamed(original):
+    if modelfile.is_streamed(original):
         comparison_error = "the model is too large to run three copies of it"
     else:
         try:
@@ -364,7 +364,7 @@ def write_report(report_dir: str | Path, original: ir.Model, compressed: ir.Mode
             logger.info("size/quality comparison skipped: %s", error)
     page = render_html(report, analysis, arrays, comparison, comparison_error)
     html_path = report_dir / "report.html"
-    io.atomic_write(html_path, lambda handle: handle.write(page.encode("utf-8")))
+    modelfile.atomic_write(html_path, lambda handle: handle.write(page.encode("utf-8")))
     full = dict(report, analysis=dict(analysis, size_quality=comparison))
-    io.atomic_write(report_dir / "report.json", lambda handle: handle.write(json.dumps(full, indent=2).encode()))
+    modelfile.atomic_write(report_dir / "report.json", lambda handle: handle.write(json.dumps(full, indent=2).encode()))
     return html_path

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.canonicalize import canonicalize
 from onnxcomp.channel_scales import INT8_LEVELS, channel_axes, channel_distortion, channel_scales
 from onnxcomp.data import Samples
@@ -97,11 +97,11 @@ def compare_with_int8(original: ir.Model, compressed_data: bytes, samples: Sampl
         samples = samples.head(MAX_SAMPLES)
     batch = _batch_size(original, samples)
     scores = class_score_outputs(original)
-    original_data = io.serialized_bytes(original)
+    original_data = modelfile.serialized_bytes(original)
     reference = run_batches(session(original_data), samples.inputs, batch, generated=samples.generated)
     models = {"original": dict(bytes=original_bytes or len(original_data), **_quality(reference, reference, scores, samples))}
     del original_data  # one model's bytes in memory at a time
-    for name, build in (("int8", lambda: io.serialized_bytes(int8_model(original))), ("compressed", lambda: compressed_data)):
+    for name, build in (("int8", lambda: modelfile.serialized_bytes(int8_model(original))), ("compressed", lambda: compressed_data)):
         data = build()
         outputs = run_batches(session(data), samples.inputs, batch)
         models[name] = dict(bytes=len(data), **_quality(reference, outputs, scores, samples))

@@ -20,7 +20,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp.feeds import batch, batches
-from onnxcomp.io import to_proto
+from onnxcomp.modelfile import to_proto
 from onnxcomp.limits import shape_only
 
 try:

@@ -5,7 +5,7 @@ work, each of those paths is checked against every file the run reads (the input
 external-data files, the sample data), through symlinks and hard links (same device and
 inode), against the other outputs of the same run, and for writability: the folder exists, is
 a folder and can be written, the path is not a folder. An existing output is replaced only
-with --force. The write itself is atomic (`onnxcomp.io.atomic_write`).
+with --force. The write itself is atomic (`onnxcomp.modelfile.atomic_write`).
 """
 
 from __future__ import annotations

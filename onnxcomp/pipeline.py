@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.canonicalize import check_interface
 from onnxcomp.data import Batch, NoRunnableInputError, Samples, as_samples
 from onnxcomp.errors import OnnxcompError
@@ -44,7 +44,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     tuning holds out a tenth of `samples` (at most 5000). Either may be `Samples` or an iterable
     of batches: dicts of arrays named after the model's inputs, plus optional integer `labels`.
     """
-    if io.is_streamed(model):  # weights too large to hold: one weight at a time, data-free
+    if modelfile.is_streamed(model):  # weights too large to hold: one weight at a time, data-free
         refuse_data(options, samples, eval_samples)
         result = compress_streamed(model, options, input_bytes, progress)
         result.report["verified"] = False  # each decoded weight is checked, the model's outputs are not run
@@ -53,7 +53,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     samples = as_samples(samples, model, "samples", options.input_values)
     eval_samples = as_samples(eval_samples, model, "eval_samples", options.input_values)
     steps = Steps(progress)
-    original_proto = io.to_proto(model)
+    original_proto = modelfile.to_proto(model)
     input_bytes = input_bytes or original_proto.ByteSize()
     original = session(original_proto)
     # Work on a model of our own: the passes below change the graph in place, and renaming an
@@ -108,12 +108,12 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
     input_path, output_path = Path(input_path), Path(output_path)
     # Never over the input or its external data (links included); the folder exists and is writable.
     check_outputs([Output(output_path, "the output model")], input_files(input_path), force=overwrite)
-    model = io.load_model(input_path)
-    input_bytes = io.file_bytes(input_path)
+    model = modelfile.load_model(input_path)
+    input_bytes = modelfile.file_bytes(input_path)
     result = compress_model(model, options, samples=samples, input_bytes=input_bytes, progress=progress,
                             eval_samples=eval_samples)
-    too_big = result.data is None or len(result.data) >= io.MAX_PROTO_BYTES  # weights go to external data
-    written = io.save_model(result.model, output_path, overwrite=overwrite) if too_big else _write(output_path, result.data, overwrite)
+    too_big = result.data is None or len(result.data) >= modelfile.MAX_PROTO_BYTES  # weights go to external data
+    written = modelfile.save_model(result.model, output_path, overwrite=overwrite) if too_big else _write(output_path, result.data, overwrite)
     result.report["output_bytes"] = written
     result.report["peak_rss_bytes"] = peak_rss_bytes()  # this process or its largest child, writing included
     result.report["output"] = str(output_path)
@@ -127,5 +127,5 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
 def _write(path: Path, data: bytes, overwrite: bool) -> int:
     if path.exists() and not overwrite:
         raise OnnxcompError(f"{path} exists; pass --force to overwrite it")
-    io.atomic_write(path, lambda handle: handle.write(data))
+    modelfile.atomic_write(path, lambda handle: handle.write(data))
     return path.stat().st_size

@@ -9,7 +9,7 @@ Dense point clouds (the weight scatter) are rasterized inside the SVG to keep th
 
 from __future__ import annotations
 
-import io as bytes_io
+import io
 import logging
 import re
 
@@ -36,7 +36,7 @@ STYLE = {
 def svg(plt, figure, plot_id: str) -> str:
     """The figure as an inline <svg> element (no XML prolog), closed afterwards; the ids inside
     it are prefixed with `plot_id` so that several figures share a page."""
-    buffer = bytes_io.StringIO()
+    buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight", pad_inches=0.05, metadata={"Date": None})
     plt.close(figure)
     text = buffer.getvalue()

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.allocate import Allocation, LayerOptions, allocate
 from onnxcomp.data import Samples
 from onnxcomp.errors import OnnxcompError
@@ -88,7 +88,7 @@ def _finetune(model: ir.Model, names: list[str], data: TrainingData, options: Re
     # With labels, mix in the original model's soft outputs (temperature 2): retraining a small
     # network on hard labels alone overfits quickly; distillation keeps it near the original.
     result = finetune(
-        io.to_proto(model), names, data.train.inputs, labels,
+        modelfile.to_proto(model), names, data.train.inputs, labels,
         teacher_logits=data.teacher, distill_weight=0.5 if labels is not None else None, temperature=2.0,
         eval_inputs=None if held_out is None else held_out.inputs,
         eval_labels=None if held_out is None else held_out.labels,

@@ -1,7 +1,7 @@
 """Large models: compress one weight at a time, never holding the whole model in memory.
 
-Inputs with more than `io.IN_MEMORY_EXTERNAL_BYTES` of external data stay memory-mapped
-(`io.load_model`). Running such a model in ONNX Runtime needs every weight in memory at once
+Inputs with more than `modelfile.IN_MEMORY_EXTERNAL_BYTES` of external data stay memory-mapped
+(`modelfile.load_model`). Running such a model in ONNX Runtime needs every weight in memory at once
 (and a compressed one, while ONNX Runtime folds its decode subgraphs at load, several times
 that), so this path never runs the whole model: it prices each weight by its own squared error
 (as `--no-sensitivity` does), encodes weight by weight (`stages.build.build` unmaps each weight
@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.data import NoRunnableInputError
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.floor import unverified_floor
@@ -42,7 +42,7 @@ CHECK_CHUNK = 1 << 20
 
 def refuse_data(options, samples, eval_samples) -> None:
     """Options that need the whole model in ONNX Runtime are refused for streamed models."""
-    gib = io.IN_MEMORY_EXTERNAL_BYTES / 2**30
+    gib = modelfile.IN_MEMORY_EXTERNAL_BYTES / 2**30
     reason = (f"models with more than {gib:g} GiB of external-data weights are compressed data-free, one weight at a "
               "time (running the whole model would need all of it in memory)")
     if samples is not None or eval_samples is not None or options.epochs > 0 and options.epochs_given:
@@ -68,12 +68,12 @@ def compress_streamed(model: ir.Model, options: CompressOptions, input_bytes: in
                 external.add(weight.name)
             layers.append(layer_options(weight.name, weight.numpy(), weight.role, itemsize=weight.itemsize,
                                         restore_bytes=weight.storage.restore_bytes(), outliers=weight.storage.integer))
-            io.release(tensor)
+            modelfile.release(tensor)
 
     with steps.timed("allocate_and_encode"):
         cleaned = clean_up_named(model.clone(), model, options.keep_metadata)
         # Weights in external data serialize as a reference only; in-memory ones with their payload.
-        fixed = len(io.serialized_bytes(cleaned)) - sum(layer.dense.bytes for layer in layers if layer.name not in external)
+        fixed = len(modelfile.serialized_bytes(cleaned)) - sum(layer.dense.bytes for layer in layers if layer.name not in external)
         del cleaned
         # Tighten only: a plan grown into the slack would be built (weight by weight) again.
         result = fit(model, layers, options.target_bytes - fixed, options, {}, progress, grow_attempts=0, decoded=True)
@@ -84,10 +84,10 @@ def compress_streamed(model: ir.Model, options: CompressOptions, input_bytes: in
                             f"(last {format_size(result.size)})")
 
     with steps.timed("verify", f"verify: decode each weight in ONNX Runtime and compare with the original ({len(result.decoded)} weights)"):
-        checks = verify_weights(model, io.to_proto(result.model), result.decoded)
+        checks = verify_weights(model, modelfile.to_proto(result.model), result.decoded)
     # Measured on the saved bytes as for any compress (`compressed_rows`), except for weights held in
     # external data: decoding them all at once would hold the whole model in memory.
-    rows = compressed_rows(result.data, layers, result.allocation) if result.data is not None and not io.is_streamed(model) \
+    rows = compressed_rows(result.data, layers, result.allocation) if result.data is not None and not modelfile.is_streamed(model) \
         else layer_rows(layers, result.allocation, result.model)
     for row in rows:
         if row["name"] in checks:
@@ -174,5 +174,5 @@ def verify_weights(original: ir.Model, proto: onnx.ModelProto, decoded: dict[str
             "max_abs_error": max_abs,
         }
         del got, reference
-        io.release(weight.value.const_value)
+        modelfile.release(weight.value.const_value)
     return results

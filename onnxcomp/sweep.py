@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.errors import OnnxcompError, TargetUnreachableError
 from onnxcomp.executors import map_unordered, require_ray
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, input_files, make_folder
@@ -65,7 +65,7 @@ def compress_target(input_path: str, target_bytes: int, output_path: str, option
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     result: dict = {"target_bytes": target_bytes, "output": output_path, "pid": os.getpid()}
     try:
-        samples = load_samples(options.data, io.load_model(input_path), options.input_values) if options.data else None
+        samples = load_samples(options.data, modelfile.load_model(input_path), options.input_values) if options.data else None
         compress_options = CompressOptions(target_bytes=target_bytes, keep_metadata=options.keep_metadata,
                                            sensitivity=options.sensitivity, seed=options.seed,
                                            input_shapes=options.input_shapes, input_values=options.input_values,
@@ -108,7 +108,7 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     (`onnxcomp.executors`; `ray_address` names the cluster, else RAY_ADDRESS or a local Ray).
     """
     input_path, output_dir = Path(input_path), Path(output_dir)
-    model = io.load_model(input_path)  # a bad input fails once, here, not once per worker
+    model = modelfile.load_model(input_path)  # a bad input fails once, here, not once per worker
     if options.data and not Path(options.data).is_file():
         raise OnnxcompError(f"{options.data}: no such file")
     if options.data:
@@ -151,7 +151,7 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     results.sort(key=lambda result: -result["target_bytes"])
     summary = {
         "input": str(input_path),
-        "input_bytes": io.file_bytes(input_path),
+        "input_bytes": modelfile.file_bytes(input_path),
         "jobs": jobs,
         "executor": executor,
         "wall_seconds": round(time.perf_counter() - started, 3),
@@ -163,8 +163,8 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     if reached:
         metric, original, _ = quality(reached[0]["report"])
         summary["original"] = {"metric": metric, "value": original}
-    io.atomic_write(output_dir / "sweep.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
-    io.atomic_write(output_dir / "sweep.md", lambda handle: handle.write(markdown_table(summary).encode()))
+    modelfile.atomic_write(output_dir / "sweep.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
+    modelfile.atomic_write(output_dir / "sweep.md", lambda handle: handle.write(markdown_table(summary).encode()))
     plot = output_dir / "sweep.png"
     if reached and plot_curve(summary, plot):
         summary["plot"] = str(plot)
@@ -280,6 +280,6 @@ def plot_curve(summary: dict, path: Path) -> bool:
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
-    io.atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
+    modelfile.atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
     plt.close(figure)
     return True

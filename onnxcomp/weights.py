@@ -247,7 +247,7 @@ def check_finite(weights: list[Weight]) -> None:
             )
         del values
         if isinstance(weight.value.const_value, ir.ExternalTensor):
-            from onnxcomp.io import release
+            from onnxcomp.modelfile import release
 
             release(weight.value.const_value)  # memory-mapped: unmap, read again when needed
 

@@ -170,8 +170,8 @@ def assert_single_matmul_decodes_exactly_and_folds(model: ir.Model, reference: i
 # "isolated" (the job in the CLI's child process) or "in-process", the rest the CLI's arguments.
 STALLED_WRITE_SCRIPT = """
 import sys, time
-import onnxcomp.io
-original = onnxcomp.io.atomic_write
+import onnxcomp.modelfile
+original = onnxcomp.modelfile.atomic_write
 def slow_write(path, write):
     def stall(handle):
         handle.write(b"partial")
@@ -179,7 +179,7 @@ def slow_write(path, write):
         print("WRITING", flush=True)
         time.sleep(60)
     return original(path, stall)
-onnxcomp.io.atomic_write = slow_write
+onnxcomp.modelfile.atomic_write = slow_write
 from onnxcomp.cli import main
 sys.exit(main(sys.argv[2:], isolate=sys.argv[1] == "isolated"))
 """

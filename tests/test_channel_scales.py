@@ -14,7 +14,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.allocate import allocate, layer_options
 from onnxcomp.encoding import NODE_BYTES
 from onnxcomp.channel_scales import (ChannelScales, channel_distortion, channel_scales, insert_scale, int8_reference,
@@ -150,7 +150,7 @@ def test_insert_scale_rescales_every_reader(rng):
     normalize_weights(model, {"w": scales})
     assert np.max(np.abs(model.graph.initializers["w"].const_value.numpy())) <= 1.0 + 1e-6
     insert_scale(model, model.graph.initializers["w"], scales, "w")
-    rebuilt = io.to_proto(model)
+    rebuilt = modelfile.to_proto(model)
     onnx.checker.check_model(rebuilt)
     got = session(rebuilt).run(None, {"x": feed})
     for want, have in zip(expected, got):
@@ -184,7 +184,7 @@ def test_scales_store_as_float16_where_they_fit(rng):
     model = ir.serde.deserialize_model(proto)
     normalize_weights(model, {"w": scales})
     insert_scale(model, model.graph.initializers["w"], scales, "w")
-    rebuilt = io.to_proto(model)
+    rebuilt = modelfile.to_proto(model)
     onnx.checker.check_model(rebuilt)
     stored = {t.name: t for t in rebuilt.graph.initializer}["w_scale"]
     assert stored.data_type == TensorProto.FLOAT16

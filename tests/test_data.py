@@ -9,7 +9,7 @@ import pytest
 
 from onnxcomp.data import as_samples, load_samples
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.io import load_model
+from onnxcomp.modelfile import load_model
 from onnxcomp.pipeline import CompressOptions, compress_model
 
 ROOT = Path(__file__).resolve().parent.parent

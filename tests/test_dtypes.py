@@ -374,13 +374,13 @@ def test_heavy_tailed_integer_weight_keeps_its_outliers_exact(tmp_path):
 
 @pytest.mark.parametrize("kind", ["float16", "dynamic-conv"])
 def test_inspect_lists_weights_decoded_to_their_own_type(kind, tmp_path):
-    from onnxcomp import io
+    from onnxcomp import modelfile
     from onnxcomp.report import inspect_model
 
     source = half_model("mlp", kind) if kind == "float16" else quantized_model(kind, tmp_path)
     _, output, _ = compress(source, tmp_path, 1 / 2)
     itemsize = 2 if kind == "float16" else 1
-    rows = inspect_model(io.load_model(output))
+    rows = inspect_model(modelfile.load_model(output))
     before = inspect_model(ir.serde.deserialize_model(source))
     assert [row["shape"] for row in rows] == [row["shape"] for row in before] and rows
     assert all(row["bytes_before"] == itemsize * row["params"] for row in rows)
@@ -392,10 +392,10 @@ def test_inspect_lists_weights_decoded_to_their_own_type(kind, tmp_path):
 def test_streamed_float16_model_is_priced_and_verified_in_its_own_type(tmp_path, monkeypatch):
     """Models too large to hold (external data) take the one-weight-at-a-time path; float16
     weights there are priced at 2 bytes and their decodes checked against the stored values."""
-    from onnxcomp import io
+    from onnxcomp import modelfile
     from onnxcomp.pipeline import CompressOptions, compress_file
 
-    monkeypatch.setattr(io, "IN_MEMORY_EXTERNAL_BYTES", 1 << 12)
+    monkeypatch.setattr(modelfile, "IN_MEMORY_EXTERNAL_BYTES", 1 << 12)
     source = half_model("mlp", "float16")
     folder = tmp_path / "in"
     folder.mkdir()
@@ -404,8 +404,8 @@ def test_streamed_float16_model_is_priced_and_verified_in_its_own_type(tmp_path,
     stored.CopyFrom(source)  # saving with external data rewrites the proto's tensors
     onnx.save(stored, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="half.data",
               size_threshold=0)
-    assert io.is_streamed(io.load_model(path))
-    target = io.file_bytes(path) // 3
+    assert modelfile.is_streamed(modelfile.load_model(path))
+    target = modelfile.file_bytes(path) // 3
     report = compress_file(path, tmp_path / "out.onnx", CompressOptions(target_bytes=target))
     assert report["streamed"] and report["output_bytes"] <= target
     assert report["fidelity"]["weights"] >= 2 and 0 < report["fidelity"]["relative_error"] < 0.2

@@ -475,10 +475,10 @@ def test_random_valid_models(seed, tmp_path, capsys):
 # --- interrupted runs leave no partial output ------------------------------------------------------
 
 def test_keyboard_interrupt_leaves_no_output(tmp_path, capsys, monkeypatch):
-    import onnxcomp.io
+    import onnxcomp.modelfile
 
     path = _write(tmp_path / "in", BASE_BYTES["mlp"])
-    original_write = onnxcomp.io.atomic_write
+    original_write = onnxcomp.modelfile.atomic_write
 
     def interrupted_write(target, write):
         def half_then_interrupt(handle):
@@ -487,7 +487,7 @@ def test_keyboard_interrupt_leaves_no_output(tmp_path, capsys, monkeypatch):
 
         return original_write(target, half_then_interrupt)
 
-    monkeypatch.setattr(onnxcomp.io, "atomic_write", interrupted_write)
+    monkeypatch.setattr(onnxcomp.modelfile, "atomic_write", interrupted_write)
     outputs = tmp_path / "out"
     outputs.mkdir()
     code, stderr = _invoke(capsys, ["compress", str(path), "--target-size", "2000", "-o", str(outputs / "o.onnx"),

@@ -2,7 +2,7 @@
 atomic, OS errors are one line (exit 2), and no small file makes a run unbounded.
 
 Each case failed (data loss, a traceback, a silent wrong answer or a hang) before the checks in
-onnxcomp/outputs.py, onnxcomp/limits.py and onnxcomp/io.py existed. The CLI runs in this process
+onnxcomp/outputs.py, onnxcomp/limits.py and onnxcomp/modelfile.py existed. The CLI runs in this process
 (`main(argv)`), except where a signal, a resource limit or another user is part of the case.
 """
 
@@ -300,7 +300,7 @@ def test_read_only_folder_is_refused_before_work(readonly_place, command):
 @pytest.mark.parametrize("code_name", ["ENOSPC", "EACCES", "EROFS"])
 @pytest.mark.parametrize("which", ["model", "report"])
 def test_os_error_while_writing_is_one_line(tmp_path, capsys, monkeypatch, code_name, which):
-    import onnxcomp.io
+    import onnxcomp.modelfile
 
     model = write_model(tmp_path / "in")
     out = tmp_path / "out"
@@ -313,7 +313,7 @@ def test_os_error_while_writing_is_one_line(tmp_path, capsys, monkeypatch, code_
             raise OSError(number, os.strerror(number), str(destination))
         return real_replace(source, destination)
 
-    monkeypatch.setattr(onnxcomp.io.os, "replace", failing_replace)
+    monkeypatch.setattr(onnxcomp.modelfile.os, "replace", failing_replace)
     code, err = cli(capsys, "compress", model, "--target-size", TARGET, "-o", out / "o.onnx", "--report", out / "r.json", "-q")
     assert code == 2
     assert os.strerror(getattr(errno, code_name)) in one_line_error(err)
@@ -463,7 +463,7 @@ def test_external_data_swapped_while_running(tmp_path, capsys):
 def test_external_data_emptied_after_the_checks_is_one_line(tmp_path, capsys, monkeypatch):
     """The race the swap test hits now and then, made certain: the data file is emptied between
     the checks and the read (mmap refuses an empty file with ValueError)."""
-    import onnxcomp.io
+    import onnxcomp.modelfile
     from onnxcomp import limits
 
     model = external_model(tmp_path / "in")
@@ -474,7 +474,7 @@ def test_external_data_emptied_after_the_checks_is_one_line(tmp_path, capsys, mo
         checked(*args, **kwargs)
         data.write_bytes(b"")
 
-    monkeypatch.setattr(onnxcomp.io.limits, "check_value_sizes", check_then_empty)
+    monkeypatch.setattr(onnxcomp.modelfile.limits, "check_value_sizes", check_then_empty)
     code, err = cli(capsys, "compress", model, "--target-size", TARGET, "-o", tmp_path / "o.onnx", "-q", "--no-sensitivity")
     assert code == 2 and "external data" in one_line_error(err)
     assert not (tmp_path / "o.onnx").exists()
@@ -504,10 +504,10 @@ def test_accuracy_guard_without_labels_is_refused_before_work(tmp_path, capsys, 
 
 
 def test_external_data_without_length_stays_in_memory(tmp_path, capsys):
-    from onnxcomp import io
+    from onnxcomp import modelfile
 
     model = external_model(tmp_path / "in", length=False)
-    assert not io.is_streamed(io.load_model(model))  # small: loaded, not the large-model path
+    assert not modelfile.is_streamed(modelfile.load_model(model))  # small: loaded, not the large-model path
     code, err = cli(capsys, "compress", model, "--target-size", TARGET, "-o", tmp_path / "o.onnx", "-q")
     assert code == 0, err
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.int8_reference import compare_with_int8, int8_codes, int8_model
 from tests.conftest import run
 
@@ -25,7 +25,7 @@ def test_int8_codes_are_symmetric_per_channel(rng):
 
 
 def test_int8_model_stores_weights_as_int8_and_keeps_outputs(mlp_model, rng):
-    reference = io.serialized_bytes(mlp_model)
+    reference = modelfile.serialized_bytes(mlp_model)
     quantized = int8_model(mlp_model)
     stored = sorted((value.const_value.dtype.name, tuple(value.const_value.shape))
                     for value in quantized.graph.initializers.values())  # names are shortened, as in the compressor's output
@@ -38,13 +38,13 @@ def test_int8_model_stores_weights_as_int8_and_keeps_outputs(mlp_model, rng):
     x = rng.standard_normal((32, 16)).astype(np.float32)
     (expected,), (actual,) = run(mlp_model, {"x": x}), run(quantized, {"x": x})
     assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 0.01
-    data = io.serialized_bytes(quantized)
+    data = modelfile.serialized_bytes(quantized)
     # 16x32 + 32x8 float weights -> one byte each plus a scale per channel
     assert len(data) < len(reference) - 3 * (16 * 32 + 32 * 8) + 400
 
 
 def test_compare_runs_three_models_on_the_same_inputs(mlp_model):
-    original = io.serialized_bytes(mlp_model)
+    original = modelfile.serialized_bytes(mlp_model)
     comparison = compare_with_int8(mlp_model, original)  # the "compressed" model is the original itself
     models = comparison["models"]
     assert comparison["generated"] and comparison["samples"] == 256

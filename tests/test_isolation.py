@@ -173,14 +173,14 @@ def test_onnxcomp_error_in_the_child_keeps_its_exit_code(tmp_path):
 
 KILLED_WHILE_WRITING = """
 import os, signal, sys
-import onnxcomp.io
+import onnxcomp.modelfile
 
 def killed_write(path, write):
     with open(path.with_name("." + path.name + ".partial.tmp"), "wb") as handle:
         handle.write(b"partial")
     os.kill(os.getpid(), signal.SIGKILL)
 
-onnxcomp.io.atomic_write = killed_write
+onnxcomp.modelfile.atomic_write = killed_write
 from onnxcomp.cli import main
 sys.exit(main(sys.argv[1:], isolate=True))
 """

@@ -1,4 +1,4 @@
-"""Large models (external data over io.IN_MEMORY_EXTERNAL_BYTES) take the streamed path: one
+"""Large models (external data over modelfile.IN_MEMORY_EXTERNAL_BYTES) take the streamed path: one
 weight at a time, data-free, each decoded weight checked in ONNX Runtime. Here the threshold is
 lowered so a small generated model (bench.large_model's builder) exercises that path in CI; the
 3 GB measurement is `python -m bench.large_model` (bench/results/large_model.md)."""
@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from bench.large_model import generate
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.pipeline import CompressOptions, compress_file
 from tests.conftest import run
 
@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
 
 @pytest.fixture
 def streamed_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "IN_MEMORY_EXTERNAL_BYTES", 1 << 16)
+    monkeypatch.setattr(modelfile, "IN_MEMORY_EXTERNAL_BYTES", 1 << 16)
     folder = tmp_path / "in"
     path = generate(folder, 0.00016, hidden=64, ffn=128)  # 2 blocks + head: ~0.4 MB of external data
     return path
@@ -27,8 +27,8 @@ def streamed_model(tmp_path, monkeypatch):
 
 def test_streamed_compression_fits_verifies_and_runs(streamed_model, tmp_path):
     before = {p.name: p.read_bytes() for p in streamed_model.parent.iterdir()}
-    assert io.is_streamed(io.load_model(streamed_model))
-    input_bytes = io.file_bytes(streamed_model)
+    assert modelfile.is_streamed(modelfile.load_model(streamed_model))
+    input_bytes = modelfile.file_bytes(streamed_model)
     output = tmp_path / "out.onnx"
 
     report = compress_file(streamed_model, output, CompressOptions(target_bytes=input_bytes // 6))

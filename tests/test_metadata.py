@@ -13,7 +13,7 @@ import pytest
 
 from onnxcomp.canonicalize import initializer_inputs
 from onnxcomp.decode import DecodeBuilder
-from onnxcomp.io import to_proto
+from onnxcomp.modelfile import to_proto
 from onnxcomp.passes.cleanup import clean_up, metadata_bytes
 from onnxcomp.pipeline import CompressOptions, compress_file
 from onnxcomp.report import format_table, inspect_model

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxcomp import io, pricing
+from onnxcomp import modelfile, pricing
 from onnxcomp.pipeline import CompressOptions, compress_model
 from onnxcomp.runtime import mobile_ops
 from onnxcomp.runtime.mobile import (BUILD_ADVICE, NO_PACKAGE_CHECK, PACKAGE_NAME, check_ops, export_mobile, onnx_ops, ort_ready_model,
@@ -63,7 +63,7 @@ def transformer_model(rng):
 
 def compressed(model, path, ratio: int) -> bytes:
     """Compress data-free to 1/ratio of the dense size and write it to `path`."""
-    dense = len(io.serialized_bytes(model))
+    dense = len(modelfile.serialized_bytes(model))
     result = compress_model(model, CompressOptions(target_bytes=dense // ratio, sensitivity=False))
     path.write_bytes(result.data)
     return result.data
@@ -76,7 +76,7 @@ def lenet5_compressed(tmp_path_factory):
     # 500x800 layer unpruned at 1/10, the plan prunes it.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pricing, "VECTOR_SHAPES", ())
-        compressed(io.load_model(LENET5), path, 10)
+        compressed(modelfile.load_model(LENET5), path, 10)
     return path
 
 
@@ -324,7 +324,7 @@ def test_pruned_compressed_model_gives_small_sparse_ort(tmp_path, rng):
 def test_sparse_dense_initializer_and_dense_kept(tmp_path, rng):
     """Plain float initializers are sparsified too when that is smaller; a dense weight stays dense."""
     path = tmp_path / "plain.onnx"
-    path.write_bytes(io.serialized_bytes(pruned_matmul(rng, sparsity=0.8)))
+    path.write_bytes(modelfile.serialized_bytes(pruned_matmul(rng, sparsity=0.8)))
     proto, rows = ort_ready_model(path)
     assert [row["form"] for row in rows] == ["sparse"] and not proto.graph.initializer
     assert len(proto.graph.sparse_initializer) == 1
@@ -334,7 +334,7 @@ def test_sparse_dense_initializer_and_dense_kept(tmp_path, rng):
                                atol=ATOL, rtol=RTOL)
 
     dense_path = tmp_path / "dense.onnx"
-    dense_path.write_bytes(io.serialized_bytes(pruned_matmul(rng, sparsity=0.2)))
+    dense_path.write_bytes(modelfile.serialized_bytes(pruned_matmul(rng, sparsity=0.2)))
     result = export_mobile(dense_path, tmp_path / "out", measure_speed=False)
     assert result.ort_weights == "dense" and [row["form"] for row in result.weights] == ["dense"]
     assert result.ort_bytes == result.dense_ort_bytes

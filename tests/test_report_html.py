@@ -238,7 +238,7 @@ def test_report_in_headless_chromium_leads_with_size_quality(lenet5_report, tmp_
 
 def test_report_without_a_runnable_comparison_still_leads_with_sizes(lenet5_report, tmp_path, monkeypatch):
     """Where the three models cannot be run, the figure shows their sizes and says why."""
-    from onnxcomp import html_report, io
+    from onnxcomp import html_report, modelfile
     from onnxcomp.errors import OnnxcompError
 
     def cannot_run(*args, **kwargs):
@@ -248,7 +248,7 @@ def test_report_without_a_runnable_comparison_still_leads_with_sizes(lenet5_repo
     _, output = lenet5_report
     report = json.loads((lenet5_report[0] / "report.json").read_text())
     report.pop("analysis")
-    page = html_report.write_report(tmp_path / "html", io.load_model(LENET5), io.load_model(output), report).read_text()
+    page = html_report.write_report(tmp_path / "html", modelfile.load_model(LENET5), modelfile.load_model(output), report).read_text()
     assert page.index('id="fig-size-quality"') < page.index("<table")
     assert "sizes only: the models could not be run (no input ran)" in page
     texts = axis_texts(page)[("fig-size-quality", "axis_1")]

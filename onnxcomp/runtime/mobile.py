@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.generated import generate_samples
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, folder_removed_on_failure, input_files, same_file
@@ -213,13 +213,13 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
         raise OnnxcompError(f"ort_weights must be one of {', '.join(ORT_WEIGHTS)}, not {ort_weights!r}")
     model_path = Path(model_path)
     output_dir = Path(output_dir)
-    model = io.load_model(model_path)  # clean one-line errors for missing / non-ONNX files
+    model = modelfile.load_model(model_path)  # clean one-line errors for missing / non-ONNX files
     proto = onnx.load(str(model_path), load_external_data=False)
     check_new_folder(output_dir, "the output folder")  # created only once the work starts; removed if it fails
     stem = model_path.name[: -len(".onnx")] if model_path.name.lower().endswith(".onnx") else model_path.name
     onnx_out, ort_out, config_out = output_dir / f"{stem}.onnx", output_dir / f"{stem}.ort", output_dir / CONFIG_NAME
     copy_onnx = not same_file(onnx_out, model_path)  # exporting into the model's own folder: no copy
-    if copy_onnx and io.file_bytes(model_path) != model_path.stat().st_size:
+    if copy_onnx and modelfile.file_bytes(model_path) != model_path.stat().st_size:
         raise OnnxcompError(f"{model_path} keeps weights in external data; export-mobile needs a single-file model")
     targets = [ort_out, config_out] + ([onnx_out] if copy_onnx else [])
     existing = [str(path) for path in targets if path.exists()]

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import onnx
 
-from onnxcomp import io
+from onnxcomp import modelfile
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def ort_ready_model(model_path: str | os.PathLike) -> tuple[onnx.ModelProto, lis
     replaced: set[str] = set()
     candidates: set[str] = set()  # initializers feeding replaced decode subgraphs
     decode_inputs: set[str] = set()  # inputs of rewritten row decodes, dropped when nothing else reads them
-    for weight in stored_weights(io.load_model(model_path)):
+    for weight in stored_weights(modelfile.load_model(model_path)):
         array = np.ascontiguousarray(weight.array)
         name = weight.name
         decoded = name in producer and name not in initializers

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.allocate import Allocation, LayerOptions
 from onnxcomp.channel_scales import normalize_weights, rescale_weights
 from onnxcomp.gptq import compensate
@@ -28,14 +28,14 @@ def build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importan
           hessians: dict[str, np.ndarray] | None = None) -> ir.Model:
     """Apply an allocation to a copy of the canonical model: prune, cluster, encode, clean up.
 
-    Weights still in external data (`io.is_streamed`) are encoded one at a time and unmapped
+    Weights still in external data (`modelfile.is_streamed`) are encoded one at a time and unmapped
     after, so only one weight's float values (and their temporaries) are in memory at once.
     `decoded`, when given, receives per weight name the value its consumers now read.
     `hessians` (per weight, from real samples) switch on GPTQ error compensation (onnxcomp.gptq).
     """
     work = model.clone()
     scaled = {name: c.scales for name, c in allocation.choices.items() if c.scales is not None}
-    if hessians and not io.is_streamed(work):
+    if hessians and not modelfile.is_streamed(work):
         compensated = {name: c for name, c in allocation.choices.items() if name not in scaled}
         compensate(work, compensated, hessians)
         allocation.choices.update(compensated)  # compensate refits codebooks in the mapping it is given
@@ -59,7 +59,7 @@ def build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importan
 
     weights = find_weights(work)
     uses = {w.name: next(iter(w.value.uses())) for w in weights}
-    if not io.is_streamed(work):
+    if not modelfile.is_streamed(work):
         encode(prune_masks(work, allocation, importances) if masks is None else masks, None)
     else:
         for weight in weights:
@@ -71,10 +71,10 @@ def build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importan
             else:
                 single = {weight.name: masks[weight.name]} if weight.name in masks else {}
             encode(single, {weight.name})
-            io.release(tensor)
+            modelfile.release(tensor)
             if work.graph.initializers.get(weight.name) is not weight.value:
                 weight.value.const_value = None  # encoded: drop the clustered float copy this list still holds
-        io.load_external_leftovers(work)
+        modelfile.load_external_leftovers(work)
     rescale_weights(work, uses, scaled)
     if decoded is not None:
         decoded.update({name: node.inputs[index] for name, (node, index) in uses.items()})
@@ -93,7 +93,7 @@ def clean_up_named(work: ir.Model, original: ir.Model, keep_metadata: bool) -> i
 def fixed_bytes(model: ir.Model, layers: list[LayerOptions], keep_metadata: bool) -> int:
     """Serialized bytes of everything except the compressible weights' payload."""
     cleaned = clean_up_named(model.clone(), model, keep_metadata)
-    return len(io.serialized_bytes(cleaned)) - sum(layer.dense.bytes for layer in layers)
+    return len(modelfile.serialized_bytes(cleaned)) - sum(layer.dense.bytes for layer in layers)
 
 
 def prune_masks(model: ir.Model, allocation: Allocation, importances: dict,

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.channels import analyze_channels
 from onnxcomp.data import Samples
 from onnxcomp.errors import OnnxcompError
@@ -72,7 +72,7 @@ def training_data(options: CompressOptions, samples: Samples, eval_samples: Samp
         train_teacher = teacher[order[count:]]
     held_out_teacher = None
     if held_out is not None and held_out.labels is None:
-        held_out_teacher = run_batches(session(io.to_proto(model)), held_out.inputs, batch_size)[0]
+        held_out_teacher = run_batches(session(modelfile.to_proto(model)), held_out.inputs, batch_size)[0]
     if train.count < options.batch_size:
         raise OnnxcompError(f"--data has {train.count} training samples, fewer than one batch of {options.batch_size}; lower --batch-size")
     return TrainingData(train, held_out, train_teacher, held_out_teacher)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import io
+from onnxcomp import modelfile
 from onnxcomp.allocate import Allocation, LayerOptions, allocate, load_budget
 from onnxcomp.data import Samples
 from onnxcomp.errors import TargetUnreachableError
@@ -68,9 +68,9 @@ def fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: Compr
         assert allocation is not None
         values: dict[str, ir.Value] | None = {} if decoded else None
         compressed = build(model, allocation, options.keep_metadata, importances, decoded=values, hessians=hessians)
-        proto = io.to_proto(compressed)
+        proto = modelfile.to_proto(compressed)
         size = proto.ByteSize()
-        data = proto.SerializeToString() if size < io.MAX_PROTO_BYTES else None
+        data = proto.SerializeToString() if size < modelfile.MAX_PROTO_BYTES else None
         del proto
         last = Fit(compressed, allocation, data, size, attempt, size <= options.target_bytes, decoded=values or {})
         tried = f"attempt {attempt}: {format_size(size)} (target {format_size(options.target_bytes)})"
@@ -111,7 +111,7 @@ def fit_calibrated(plan: Plan, options: CompressOptions, samples: Samples, batch
     per weight); keep session creation within allocate.MAX_LOAD_RATIO of the original's (every
     encoding is open, where fine-tuned weights keep the zero pattern they were trained with); fit."""
     layers, hessians = plan.layers, None
-    if not samples.generated and not io.is_streamed(plan.model):
+    if not samples.generated and not modelfile.is_streamed(plan.model):
         with steps.timed("hessians"):
             hessians = input_hessians(plan.model, [w for w in find_weights(plan.model) if w.storage.plain],
                                       samples.head(GPTQ_SAMPLES).inputs, batch, sizes=sizes)
@@ -127,7 +127,7 @@ def unreachable(model: ir.Model, layers: list[LayerOptions], options: CompressOp
     """The error for a target below the smallest build (built here when `floor_bytes` is None)."""
     if floor_bytes is None:
         smallest = allocate(layers, sum(layer.smallest.bytes for layer in layers))
-        floor_bytes = len(io.serialized_bytes(build(model, smallest, options.keep_metadata, importances)))
+        floor_bytes = len(modelfile.serialized_bytes(build(model, smallest, options.keep_metadata, importances)))
     return TargetUnreachableError(
         f"target {format_size(options.target_bytes)} ({options.target_bytes} B) is below the smallest size onnxcomp can reach for this model: {format_size(floor_bytes)} ({floor_bytes} B)",
         smallest_bytes=floor_bytes,

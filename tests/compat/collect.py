@@ -126,7 +126,7 @@ def save_file(path: Path, samples=None) -> None:
         return
     from types import SimpleNamespace
 
-    from onnxcomp.io import load_model
+    from onnxcomp.modelfile import load_model
 
     folder.mkdir(parents=True, exist_ok=True)
     save(folder, SimpleNamespace(data=Path(path).read_bytes(), model=load_model(path)), samples)
