@@ -444,11 +444,6 @@ def _encoded_choices(values: np.ndarray, sparsity: float) -> dict[str, Choice]:
     return choices
 
 
-def best_choice(values: np.ndarray, itemsize: int = 4, restore_bytes: int = 0) -> Choice:
-    choices = encoding_choices(values, itemsize, restore_bytes)
-    return min(choices.values(), key=lambda choice: choice.bytes)
-
-
 # -- load cost ------------------------------------------------------------------------------
 # ONNX Runtime folds decode subgraphs node by node at session creation, single-threaded, copying
 # every folded output several times. `fold_cost` estimates what one weight's decode adds to

@@ -83,11 +83,6 @@ def report_stage(stage: str) -> None:
             pass
 
 
-def in_isolated_child() -> bool:
-    """True inside a process started by :func:`call_isolated`."""
-    return _to_parent is not None
-
-
 def call_isolated(function: Callable[..., T], /, *args: Any, timeout: float | None = None, stage: str = "",
                   on_stage: Callable[[str], None] | None = None, start_method: str = "forkserver", **kwargs: Any) -> T:
     """Run ``function(*args, **kwargs)`` in a child process and return its result.

@@ -187,11 +187,6 @@ def _output_scale(outputs: list[np.ndarray]) -> float:
     return max((float(np.max(np.abs(o.astype(np.float64)))) for o in outputs if o.size and np.issubdtype(o.dtype, np.number)), default=0.0)
 
 
-def compare_outputs(onnx_path: Path, ort_path: Path, feeds: dict[str, np.ndarray]) -> float:
-    """Largest absolute difference between the two models' outputs on the same inputs."""
-    return _max_diff(_run_file(onnx_path, feeds), _run_file(ort_path, feeds), ort_path)
-
-
 def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, *, overwrite: bool = False,
                   measure_speed: bool = True, seed: int = 0, ort_weights: str = "auto") -> MobileExport:
     """Write `<stem>.onnx` (a copy of the input), `<stem>.ort` and `required_operators.config` into
