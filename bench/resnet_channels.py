@@ -46,7 +46,7 @@ from models.mnist import load_mnist
 from onnxcomp.channels import ChannelAnalysis, analyze_channels, constant, segment_offsets
 from onnxcomp.modelfile import load_model, save_model
 from onnxcomp.passes import eliminate_neurons
-from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass, _outgoing_norms, replacement_errors
+from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass, outgoing_norms, replacement_errors
 from onnxcomp.runtime.training import TrainConfig, finetune, model_forward_logits
 from onnxcomp.weights import find_weights
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(original_path)
     started = time.perf_counter()
     analysis = analyze_channels(model)
-    outgoing, incoming = _outgoing_norms(analysis), incoming_norms(analysis)
+    outgoing, incoming = outgoing_norms(analysis), incoming_norms(analysis)
     samples = {"input": images[: args.mean_samples]} if args.mean_samples else None
     if args.score == "replacement":
         if samples is None:

@@ -78,12 +78,12 @@ def allocate(layers: list[LayerOptions], budget: int, max_load: int | None = Non
     Returns None when even the smallest candidates exceed the budget.
     """
     layers = guarded_layers(layers, budget)
-    plan = _allocate(layers, budget, 0.0, None)
+    plan = allocate_at_load_price(layers, budget, 0.0, None)
     if plan is None or max_load is None or plan.load <= max_load:
         return plan
     low, high = 0.0, 1e-12
     while True:
-        trial = _allocate(layers, budget, high, max_load)
+        trial = allocate_at_load_price(layers, budget, high, max_load)
         if trial is not None and trial.load <= max_load:
             break
         if high > 1e6:
@@ -93,7 +93,7 @@ def allocate(layers: list[LayerOptions], budget: int, max_load: int | None = Non
     best = trial
     for _ in range(24):
         middle = (low * high) ** 0.5 if low else high / 2
-        trial = _allocate(layers, budget, middle, max_load)
+        trial = allocate_at_load_price(layers, budget, middle, max_load)
         if trial is not None and trial.load <= max_load:
             best, high = trial, middle
         else:
@@ -114,10 +114,10 @@ def guarded_layers(layers: list[LayerOptions], budget: int) -> list[LayerOptions
     first two, layers outside the guard keep at least the plain plan's quality (`_unguarded_floor`)."""
     if not any(layer.int8_channel is not None for layer in layers):
         return layers
-    plain = [_unscaled(layer) for layer in layers]
+    plain = [unscaled(layer) for layer in layers]
     floored = _unguarded_floor(layers, plain, budget)
     for factor in GUARD_FACTORS:
-        restricted = [_within(layer, factor) for layer in floored]
+        restricted = [within_guard(layer, factor) for layer in floored]
         if sum(layer.smallest.bytes for layer in restricted) <= budget:
             logger.debug("int8 guard: channel error within %.0fx of per-channel int8", factor)
             return restricted
@@ -141,7 +141,7 @@ def _unguarded_floor(layers: list[LayerOptions], plain: list[LayerOptions], budg
     MatMuls keep 6-8-bit scaled codings beside a 4-bit embedding: 0.9935, was 0.9845 (3 bits)."""
     if all(layer.int8_channel is not None for layer in layers):
         return layers
-    reference = _allocate(plain, budget, 0.0, None)
+    reference = allocate_at_load_price(plain, budget, 0.0, None)
     if reference is None:
         return layers
     result = []
@@ -186,8 +186,8 @@ def channel_aware(layers: list[LayerOptions]) -> list[LayerOptions]:
     return result
 
 
-def _unscaled(layer: LayerOptions) -> LayerOptions:
-    """Without the guard, the plain candidates only: scaled lookups are not GPTQ-compensated, and
+def unscaled(layer: LayerOptions) -> LayerOptions:
+    """`layer` without its scaled candidates, as the plan without the guard sees it: scaled lookups are not GPTQ-compensated, and
     where squared error alone decides (well under 8 bits per weight) per-tensor codebooks placed
     by it did as well or better (calibrated LeNet-300 at 1/12: 98.30% plain, 98.22% with scaled)."""
     if layer.int8_channel is None:
@@ -195,7 +195,10 @@ def _unscaled(layer: LayerOptions) -> LayerOptions:
     return dataclasses.replace(layer, candidates=[c for c in layer.candidates if c.kind != "scaled"])
 
 
-def _within(layer: LayerOptions, factor: float) -> LayerOptions:
+def within_guard(layer: LayerOptions, factor: float) -> LayerOptions:
+    """`layer` kept to its candidates whose mean per-channel relative error is within `factor`
+    (times GUARD_TOLERANCE) of per-channel int8's; the dense one when none is. Layers outside the
+    guard are returned as they are."""
     if layer.int8_channel is None:
         return layer
     limit = factor * layer.int8_channel * GUARD_TOLERANCE
@@ -203,7 +206,11 @@ def _within(layer: LayerOptions, factor: float) -> LayerOptions:
     return dataclasses.replace(layer, candidates=kept or [layer.dense])
 
 
-def _allocate(layers: list[LayerOptions], budget: int, mu: float, max_load: int | None) -> Allocation | None:
+def allocate_at_load_price(layers: list[LayerOptions], budget: int, mu: float, max_load: int | None) -> Allocation | None:
+    """The plan for `layers` as they are (no guard): per layer the candidate minimising weighted
+    distortion + lambda * bytes + `mu` * load, lambda bisected to meet `budget`, then leftover
+    bytes spent greedily (within `max_load` when given). None when the smallest candidates exceed
+    `budget`."""
     if not layers:
         return Allocation({}, 0, 0.0)
     minimum = sum(layer.smallest.bytes for layer in layers)

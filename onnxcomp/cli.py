@@ -46,7 +46,8 @@ KEEP_METADATA_HELP = ("also keep doc strings, node and value metadata (e.g. expo
                       "dictionaries - and its inputs and outputs are always kept)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The `onnxcomp` command line: its subcommands (compress, inspect, sweep, export-mobile) and flags."""
     parser = argparse.ArgumentParser(
         prog="onnxcomp",
         description="Compress ONNX models to a byte budget; outputs run on stock ONNX Runtime.",
@@ -442,7 +443,7 @@ def main(argv: list[str] | None = None, isolate: bool | None = None) -> int:
         isolate: run the command in a child process so that a native crash in ONNX Runtime becomes a
             one-line error (default: when reading ``sys.argv``, i.e. as the ``onnxcomp`` program).
     """
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="onnxcomp: %(message)s")
     if args.command is None:

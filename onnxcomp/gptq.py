@@ -113,7 +113,7 @@ def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batc
     return {weight: sums[name] / max(counts[name], 1) for weight, name in activation_of.items()}
 
 
-def _row_snapper(quant: Quantization, shape: tuple[int, int]):
+def row_snapper(quant: Quantization, shape: tuple[int, int]):
     """f(i, row) -> the row snapped to the codebook(s) its entries use in this Quantization."""
     rows, columns = shape
     codebook = np.asarray(quant.codebook, np.float32)
@@ -341,7 +341,7 @@ def compensate(model: ir.Model, choices: dict, hessians: dict[str, np.ndarray]) 
             continue
         if choice.quant.nonzeros < weight.size or len(weight.shape) != 2 or hessian.shape[0] != weight.shape[0]:
             continue  # pruned weights keep plain snapping (their masks come from the original values)
-        snap = _row_snapper(choice.quant, weight.shape)
+        snap = row_snapper(choice.quant, weight.shape)
         if snap is None:
             continue
         values = weight.numpy().astype(np.float32)
@@ -378,11 +378,11 @@ def discount_compensated(layers, values: dict[str, np.ndarray], hessians: dict[s
         for vector in (False, True):
             applies = [c for c in layer.candidates if c.quant is not None and c.scales is None  # scaled: not compensated
                        and (c.quant.vector_dim > 1) == vector
-                       and c.quant.nonzeros >= weight.size and _row_snapper(c.quant, weight.shape) is not None]
+                       and c.quant.nonzeros >= weight.size and row_snapper(c.quant, weight.shape) is not None]
             if not applies:
                 continue
             probe = min(applies, key=lambda c: abs(c.bytes - layer.dense.bytes / 8))
-            snap = _row_snapper(probe.quant, weight.shape)
+            snap = row_snapper(probe.quant, weight.shape)
             plain = output_error(weight, np.stack([snap(i, weight[i]) for i in range(weight.shape[0])]), hessian)
             if plain <= 0:
                 continue

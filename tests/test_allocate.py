@@ -251,7 +251,7 @@ def test_channel_aware_plan_where_the_int8_guard_does_not_fit(rng):
     layers = _channel_ranged_layers(rng)
     params = sum(int(np.prod(layer.shape)) for layer in layers)
     budget = int(7 * params / 8)
-    assert all(sum(layer.smallest.bytes for layer in (allocate_module._within(layer, factor) for layer in layers)) > budget
+    assert all(sum(layer.smallest.bytes for layer in (allocate_module.within_guard(layer, factor) for layer in layers)) > budget
                for factor in allocate_module.GUARD_FACTORS)
     plan = allocate(layers, budget)
     assert plan is not None and plan.estimated_bytes <= budget
@@ -286,8 +286,8 @@ def test_guard_does_not_take_bytes_from_unguarded_layers(rng):
     for bits in (4.0, 4.5, 5.0):
         budget = int(bits * params / 8)
         # the guard alone would fit at its tightest factor
-        assert sum(allocate_module._within(layer, 1.0).smallest.bytes for layer in layers) <= budget
-        plain = allocate_module._allocate([allocate_module._unscaled(layer) for layer in layers], budget, 0.0, None)
+        assert sum(allocate_module.within_guard(layer, 1.0).smallest.bytes for layer in layers) <= budget
+        plain = allocate_module.allocate_at_load_price([allocate_module.unscaled(layer) for layer in layers], budget, 0.0, None)
         plan = allocate(layers, budget)
         assert plan is not None and plan.estimated_bytes <= budget
         assert plan.choices["table"].distortion <= plain.choices["table"].distortion, (

@@ -90,7 +90,7 @@ def test_relative_links_resolve(page: Path):
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
-    parser = cli._parser()
+    parser = cli.build_parser()
     actions = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
     assert actions, "onnxcomp's parser has no subcommands"
     return dict(actions[0].choices)
@@ -127,7 +127,7 @@ def test_every_cli_flag_is_in_the_reference():
             continue
         missing += [f"{name} {flag}" for flag in flags(parser) if not mentions(reference[name], flag)]
     page = (DOCS / "cli.md").read_text()
-    missing += [f"onnxcomp {flag}" for flag in flags(cli._parser()) if not mentions(page, flag)]
+    missing += [f"onnxcomp {flag}" for flag in flags(cli.build_parser()) if not mentions(page, flag)]
     assert not missing, "flags missing from docs/cli.md: " + ", ".join(missing)
 
 

@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from onnxcomp.gptq import _row_snapper, compensate, gptq, input_hessians, output_error, vector_gptq
+from onnxcomp.gptq import compensate, gptq, input_hessians, output_error, row_snapper, vector_gptq
 from onnxcomp.quantize import SortedWeights, grouped_quantize, snap_to_vectors, vector_quantize
 from onnxcomp.weights import find_weights
 
@@ -28,7 +28,7 @@ def test_gptq_stays_on_codebook_and_lowers_output_error(kind):
         "grouped-columns": lambda: grouped_quantize(weight, None, 8, (8,), 1)[0],
         "vector": lambda: vector_quantize(weight, None, 2, (32,))[0],
     }[kind]()
-    snap = _row_snapper(quant, weight.shape)
+    snap = row_snapper(quant, weight.shape)
     plain = np.stack([snap(i, weight[i]) for i in range(weight.shape[0])])
     compensated = gptq(weight, hessian, snap)
 
@@ -95,7 +95,7 @@ def test_vector_gptq_refits_the_codebook_and_beats_snapping(dim, clusters):
     hessian = inputs.T @ inputs / len(inputs)
     codebook = vector_quantize(weight, None, dim, (clusters,))[0].codebook
     plain = output_error(weight, snap_to_vectors(weight, codebook), hessian)
-    fixed = output_error(weight, gptq(weight, hessian, _row_snapper(
+    fixed = output_error(weight, gptq(weight, hessian, row_snapper(
         vector_quantize(weight, None, dim, (clusters,))[0], weight.shape)), hessian)
     quantized, refitted = vector_gptq(weight, hessian, codebook)
     assert refitted.shape == codebook.shape and not np.array_equal(refitted, codebook)

@@ -370,7 +370,7 @@ def test_export_mobile_failure_leaves_no_folder(tmp_path, capsys, monkeypatch):
     def cannot_run(path, feeds):
         raise mobile.OnnxcompError("ONNX Runtime failed to run the model")
 
-    monkeypatch.setattr(mobile, "_run_file", cannot_run)
+    monkeypatch.setattr(mobile, "run_file", cannot_run)
     code, err = cli(capsys, "export-mobile", model, "-o", tmp_path / "mobile")
     assert code == 2 and one_line_error(err)
     assert not (tmp_path / "mobile").exists()

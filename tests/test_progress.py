@@ -153,13 +153,13 @@ def test_fine_tuning_on_a_terminal_shows_epoch_bars_and_named_epoch_lines(tmp_pa
 def test_epoch_line_names_stage_and_metric():
     from onnxcomp.runtime.training import TrainConfig
     from onnxcomp.runtime.training_data import Evaluation
-    from onnxcomp.runtime.training_loop import _log
+    from onnxcomp.runtime.training_loop import log_epoch
 
     lines: list[str] = []
     config = TrainConfig(epochs=10, log=lines.append, stage="codebook fine-tune")
     record = {"epoch": 3, "loss": 0.25, "metric": 0.9812, "lr": 1e-3, "seconds": 1.5, "diverged": False}
-    _log(record, config, Evaluation({}, np.zeros(1), "held-out top-1 agreement with the original"))
-    _log(record, config, None)
+    log_epoch(record, config, Evaluation({}, np.zeros(1), "held-out top-1 agreement with the original"))
+    log_epoch(record, config, None)
     assert lines[0] == ("codebook fine-tune, epoch 3/10: training loss 0.2500, held-out top-1 agreement with the "
                         "original 98.12%, lr 0.001 (1.5 s)")
     assert lines[1].startswith("codebook fine-tune, epoch 3/10: training loss 0.2500, no held-out data")

@@ -28,7 +28,7 @@ def _no_training(monkeypatch, missing: str = "onnxruntime.training") -> None:
     def fail() -> None:
         raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
 
-    monkeypatch.setattr(training_support, "_import_training", fail)
+    monkeypatch.setattr(training_support, "import_training_api", fail)
 
 
 def _marker_environment(python: tuple[int, int], sys_platform: str, machine: str, extra: str) -> dict[str, str]:

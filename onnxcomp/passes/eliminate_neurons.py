@@ -195,7 +195,7 @@ class EliminateNeuronsPass(ir.passes.InPlacePass):
         Returns the masks, the known channel constants and the estimates that take every
         removed channel's incoming weights as zero.
         """
-        out_norms = _outgoing_norms(analysis)
+        out_norms = outgoing_norms(analysis)
         zero_in = _zero_incoming(analysis, out_norms, self.threshold)
         consts = channel_constants(analysis, zero_in)
         if self.keep is not None:
@@ -270,7 +270,7 @@ def replacement_errors(
 # -- choosing channels ---------------------------------------------------------------------
 
 
-def _outgoing_norms(analysis: ChannelAnalysis) -> dict[int, np.ndarray]:
+def outgoing_norms(analysis: ChannelAnalysis) -> dict[int, np.ndarray]:
     """Per group: L2 norm of each channel's weights in all layers that read it."""
     norms2 = {group.id: np.zeros(group.size) for group in analysis.groups}
     for edit in analysis.tensor_edits:

@@ -164,7 +164,8 @@ def measure(paths: list[Path], feeds: dict[str, np.ndarray], loads: int = 3, run
     return [Timing(statistics.median(lt), statistics.median(rt)) for lt, rt in zip(load_times, run_times)]
 
 
-def _run_file(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_file(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of the .onnx or .ort file at `path` on `feeds` (CPU); an OnnxcompError naming the file when it does not run."""
     ort = _ort()
     try:
         sess = ort.InferenceSession(str(path), _session_options(threads=None), providers=["CPUExecutionProvider"])
@@ -226,7 +227,7 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
     with (folder_removed_on_failure(output_dir, "the output folder"),
           tempfile.TemporaryDirectory(dir=output_dir, prefix=".onnxcomp-") as staging):
         staged_config = Path(staging) / CONFIG_NAME
-        reference = _run_file(model_path, feeds)
+        reference = run_file(model_path, feeds)
         dense_ort = sparse_ort = packed_ort = None
         weights: list[dict] = []
         if ort_weights == "packed":
@@ -245,9 +246,9 @@ def export_mobile(model_path: str | os.PathLike, output_dir: str | os.PathLike, 
                 sparse_ort = Path(staging) / "sparse" / ort_out.name
                 sparse_ort.parent.mkdir()
                 convert_to_ort(staged_input, sparse_ort)
-        dense_diff = _max_diff(reference, _run_file(dense_ort, feeds), dense_ort) if dense_ort else None
-        sparse_diff = _max_diff(reference, _run_file(sparse_ort, feeds), sparse_ort) if sparse_ort else None
-        packed_diff = _max_diff(reference, _run_file(packed_ort, feeds), packed_ort) if packed_ort else None
+        dense_diff = _max_diff(reference, run_file(dense_ort, feeds), dense_ort) if dense_ort else None
+        sparse_diff = _max_diff(reference, run_file(sparse_ort, feeds), sparse_ort) if sparse_ort else None
+        packed_diff = _max_diff(reference, run_file(packed_ort, feeds), packed_ort) if packed_ort else None
         staged_ort, chosen = ((packed_ort, "packed") if packed_ort else (sparse_ort, "sparse") if sparse_ort
                               else (dense_ort, "dense"))
         if sparse_ort and dense_ort:

@@ -194,7 +194,7 @@ def train(session: TrainingSession, graph: TrainingGraph, arrays: list[np.ndarra
             "diverged": run.diverged,
         }
         run.history.append(record)
-        _log(record, config, evaluation)
+        log_epoch(record, config, evaluation)
         if parameters is None:
             break
         improved = metric is not None and (best_metric is None or metric > best_metric)
@@ -263,7 +263,7 @@ def _evaluate(module, evaluation: Evaluation, graph: TrainingGraph, num_classes:
     return float(np.mean(predictions == evaluation.reference))
 
 
-def _log(record: dict, config: TrainConfig, evaluation: Evaluation | None) -> None:
+def log_epoch(record: dict, config: TrainConfig, evaluation: Evaluation | None) -> None:
     """One line per epoch, naming the stage and the held-out metric, e.g. "prune round 1/2, epoch
     3/10: training loss 0.1234, held-out accuracy 98.12%, lr 0.000655 (0.8 s)"."""
     if evaluation is None:

@@ -58,7 +58,8 @@ def training_build_has_wheels(interpreter: Interpreter) -> bool:
     return oldest <= interpreter.python <= newest and (interpreter.sys_platform, interpreter.machine) in TRAINING_PLATFORMS
 
 
-def _import_training() -> None:
+def import_training_api() -> None:
+    """Import ONNX Runtime's training API; raises ImportError where it is not installed or does not load."""
     importlib.import_module("onnxruntime.training.api")
 
 
@@ -72,7 +73,7 @@ def unavailable_reason(interpreter: Interpreter | None = None) -> str | None:
         None when ONNX Runtime's training API imports, else the reason.
     """
     try:
-        _import_training()
+        import_training_api()
     except ImportError as error:  # also a training build whose native part fails to load
         logger.debug("onnxruntime.training does not import: %s", error)
         return _reason(error, interpreter or Interpreter.current())
