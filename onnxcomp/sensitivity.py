@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from onnxcomp.allocate import LayerOptions
 from onnxcomp.data import batches, join_outputs, sample_count
-from onnxcomp.io import to_proto
+from onnxcomp.modelfile import to_proto
 from onnxcomp.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
 from onnxcomp.quantize import apply_quantization
 from onnxcomp.runtime.inference import session
