@@ -14,6 +14,13 @@ from onnxcomp import encoding
 DECODE_OPSET = 11
 
 
+def ensure_opset(model: ir.Model, version: int) -> None:
+    """Raise the default-domain opset to `version` if lower (decode ops need opset 11)."""
+    current = model.opset_imports.get("", 1)
+    if current < version:
+        model.opset_imports[""] = version
+
+
 def _names_in(graph: ir.Graph) -> set[str]:
     """Every node and value name of `graph` and its subgraphs (ONNX wants each unique)."""
     names = {v.name for v in (*graph.inputs, *graph.initializers.values()) if v.name}

@@ -9,14 +9,14 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import outliers
-from onnxcomp.passes._stats import StatsPassResult
+from onnxcomp.passes._stats import StatsPassResult, WeightPass
 from onnxcomp.quantize import SortedWeights, snap_to_codebook, snap_to_grouped_codebooks, snap_to_vectors
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
 
 
-class ClusterWeightsPass(ir.passes.InPlacePass):
+class ClusterWeightsPass(WeightPass):
     """Replace each weight's values by their nearest of a few shared values (a codebook).
 
     Args:

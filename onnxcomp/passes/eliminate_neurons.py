@@ -35,7 +35,7 @@ from onnxcomp.channels import ChannelAnalysis, ChannelGroup, analyze_channels, c
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.passes._channel_constants import channel_blocks, channel_constants
 from onnxcomp.passes._compensate import consumer_means, fold_constants, foldable, measure_moments, occurrences
-from onnxcomp.passes._stats import StatsPassResult
+from onnxcomp.passes._stats import StatsPassResult, interface
 from onnxcomp.passes._surgery import Namer, cut_channels
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class EliminateNeuronsPass(ir.passes.InPlacePass):
         CheckerPass()(model)
 
     def call(self, model: ir.Model) -> EliminateNeuronsResult:
-        interface = _interface(model)
+        interface_before = interface(model)
         shapes_before = _weight_shapes(model)
         params_before = _parameter_count(model)
         result = EliminateNeuronsResult(model, modified=False, params_before=params_before)
@@ -162,7 +162,7 @@ class EliminateNeuronsPass(ir.passes.InPlacePass):
                 removed[analysis.groups[group_id].name] += int((~mask).sum())
             result.rounds += 1
         assert first is not None
-        if _interface(model) != interface:
+        if interface(model) != interface_before:
             raise ir.passes.PostconditionError("neuron elimination changed the model interface")
         result.modified = bool(removed)
         result.removed = dict(removed)
@@ -346,13 +346,6 @@ def _remove_channels(analysis: ChannelAnalysis, group_masks: dict[int, np.ndarra
 
 
 # -- bookkeeping ---------------------------------------------------------------------------
-
-
-def _interface(model: ir.Model) -> list[tuple]:
-    return [
-        (v.name, v.dtype, None if v.shape is None else tuple(v.shape.dims))
-        for v in [*model.graph.inputs, *model.graph.outputs]
-    ]
 
 
 def _weight_shapes(model: ir.Model) -> dict[str, tuple[str, str, tuple[int, ...]]]:

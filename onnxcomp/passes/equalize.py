@@ -27,7 +27,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.passes._stats import StatsPassResult
+from onnxcomp.passes._stats import StatsPassResult, WeightPass
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class _Pair:
     scale: np.ndarray  # accumulated s per channel (first layer divided, second multiplied)
 
 
-class EqualizeCrossLayerPass(ir.passes.InPlacePass):
+class EqualizeCrossLayerPass(WeightPass):
     """Even out per-channel weight ranges of consecutive layers without changing the outputs.
 
     Args:

@@ -9,18 +9,11 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import encoding, outliers, rows as row_decode
-from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, rewire
-from onnxcomp.passes._stats import StatsPassResult
+from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, ensure_opset, rewire
+from onnxcomp.passes._stats import StatsPassResult, WeightPass
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
-
-
-def ensure_opset(model: ir.Model, version: int) -> None:
-    """Raise the default-domain opset to `version` if lower (decode ops need opset 11)."""
-    current = model.opset_imports.get("", 1)
-    if current < version:
-        model.opset_imports[""] = version
 
 
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +41,7 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows[first], key
 
 
-class InsertDequantizeLookupPass(ir.passes.InPlacePass):
+class InsertDequantizeLookupPass(WeightPass):
     """Replace each weight with few distinct values by packed codes and a decode subgraph.
 
     Codes of 1-8 bits are packed into uint8/uint32/uint64 words (whichever is smallest) and

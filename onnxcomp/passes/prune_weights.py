@@ -8,13 +8,13 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.passes._stats import StatsPassResult
+from onnxcomp.passes._stats import StatsPassResult, WeightPass
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
 
 
-class PruneWeightsPass(ir.passes.InPlacePass):
+class PruneWeightsPass(WeightPass):
     """Set the smallest-magnitude entries of each prunable weight to exactly zero.
 
     Args:

@@ -9,15 +9,14 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import encoding
-from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, rewire
-from onnxcomp.passes._stats import StatsPassResult
-from onnxcomp.passes.insert_dequantize_lookup import ensure_opset
+from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, ensure_opset, rewire
+from onnxcomp.passes._stats import StatsPassResult, WeightPass
 from onnxcomp.weights import find_weights
 
 logger = logging.getLogger(__name__)
 
 
-class SubstituteSparseOpsPass(ir.passes.InPlacePass):
+class SubstituteSparseOpsPass(WeightPass):
     """Store a sparse, clustered weight as non-zero codes plus narrow relative position deltas.
 
     Positions are deltas of 1-8 bits (width chosen per weight) with filler entries (delta =
