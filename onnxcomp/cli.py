@@ -21,7 +21,7 @@ from onnxcomp.retrain import METHODS
 from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
 
 DEFAULT_EPOCHS = 10
-from onnxcomp.sizes import format_size, parse_size
+from onnxcomp.sizes import SIZE_FORMS, format_size, parse_target
 
 logger = logging.getLogger("onnxcomp")
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress = commands.add_parser("compress", help="compress a model to a target size",
                                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     compress.add_argument("input", help="input .onnx model (never modified)")
-    compress.add_argument("--target-size", required=True, help="maximum output size, e.g. 1MB, 500KiB, 90000")
+    compress.add_argument("--target-size", required=True, help="maximum output size: " + SIZE_FORMS.replace("%", "%%"))
     compress.add_argument("-o", "--output", help="output .onnx (default: INPUT.compressed.onnx next to the input)")
     compress.add_argument("--data", help="sample inputs (.npz) for sensitivity and verification; labels optional")
     compress.add_argument("--report", help="write the JSON report here")
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="compress to several targets in parallel and plot size against accuracy/fidelity")
     sweep.add_argument("input", help="input .onnx model (never modified)")
-    sweep.add_argument("--targets", required=True, help="comma-separated sizes, e.g. 1MB,500KB,200KB")
+    sweep.add_argument("--targets", required=True, help="comma-separated target sizes, e.g. 1MB,500KB,200KB or 1/4,1/8,1/16 (each as --target-size)")
     sweep.add_argument("-o", "--output-dir", help="folder for the models, sweep.json, sweep.md and sweep.png (default: INPUT.sweep next to the input)")
     sweep.add_argument("--data", help="sample inputs (.npz); with labels the curve is accuracy, else fidelity")
     sweep.add_argument("-j", "--jobs", type=int, help="parallel processes, or Ray tasks in flight (default: the number of CPUs)")
@@ -167,8 +167,8 @@ def _compress(args) -> int:
     from onnxcomp.pipeline import CompressOptions, compress_file
     from onnxcomp.report import COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, format_table
 
-    target = parse_size(args.target_size)
     input_path = Path(args.input)
+    target = parse_target(args.target_size, lambda: modelfile.file_bytes(input_path))
     output_path = Path(args.output) if args.output else _default_output(input_path)
     quiet = args.quiet
 
@@ -286,7 +286,7 @@ def _sweep(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise OnnxcompError("--jobs must be >= 1")
     _check_seed(args.seed)
-    targets = parse_targets(args.targets)
+    targets = parse_targets(args.targets, input_path)
     input_shapes, input_values = _input_pins(args, input_path)
     options = SweepOptions(data=args.data, sensitivity=not args.no_sensitivity, seed=args.seed,
                            keep_metadata=args.keep_metadata, overwrite=args.force,

@@ -131,17 +131,23 @@ def check_tensors(proto: onnx.ModelProto) -> None:
             raise OnnxcompError(f"tensor {name!r} has {array.size} values, but its shape {list(tensor.dims)} needs {math.prod(tensor.dims)}")
 
 
+def require_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path; OnnxcompError if it does not exist or is not a file."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxcompError(f"{path}: no such file")
+    if not path.is_file():
+        raise OnnxcompError(f"{path}: not a file")
+    return path
+
+
 def load_model(path: str | os.PathLike) -> ir.Model:
     """Read an .onnx file (external data memory-mapped, never modified) into onnx_ir.
 
     Raises OnnxcompError with one line that names the problem for anything that is not a
     loadable ONNX model.
     """
-    path = Path(path)
-    if not path.exists():
-        raise OnnxcompError(f"{path}: no such file")
-    if not path.is_file():
-        raise OnnxcompError(f"{path}: not a file")
+    path = require_file(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as error:
@@ -342,7 +348,7 @@ def _os_reason(error: BaseException) -> str:
 
 def file_bytes(path: str | os.PathLike) -> int:
     """Bytes on disk of a model: the .onnx plus every external data file it references."""
-    path = Path(path)
+    path = require_file(path)
     total = path.stat().st_size
     try:
         proto = onnx.load(str(path), load_external_data=False)

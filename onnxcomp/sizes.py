@@ -1,8 +1,10 @@
-"""Byte sizes as users write them: B, KB/MB/GB (powers of 1000), KiB/MiB/GiB (powers of 1024)."""
+"""Byte sizes as users write them: B, KB/MB/GB (powers of 1000), KiB/MiB/GiB (powers of 1024);
+and target sizes relative to the input model: 1/8, 12.5%, 8x (eight times smaller)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from onnxcomp.errors import OnnxcompError
 
@@ -12,7 +14,12 @@ UNITS = {
     "kib": 1024, "mib": 1024**2, "gib": 1024**3,
     "k": 1000, "m": 1000**2, "g": 1000**3,
 }
-_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)"
+_PATTERN = re.compile(rf"^\s*{_NUMBER}\s*([A-Za-z]*)\s*$")
+_FRACTION = re.compile(rf"^\s*{_NUMBER}\s*/\s*{_NUMBER}\s*$")
+_PERCENT = re.compile(rf"^\s*{_NUMBER}\s*%\s*$")
+_TIMES = re.compile(rf"^\s*{_NUMBER}\s*[xX]\s*$")
+SIZE_FORMS = "a size (1MB, 500KiB, 90000) or a part of the input's size (1/8, 12.5%, 8x for eight times smaller)"
 
 
 def parse_size(text: str) -> int:
@@ -29,6 +36,40 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise OnnxcompError(f"size must be positive, got {text!r}")
     return size
+
+
+def relative_part(text: str) -> float | None:
+    """The part of the input's size a relative target asks for ('1/8', '12.5%', '8x' -> 0.125);
+    None for an absolute size (`parse_size`). Raises OnnxcompError for a part that is not in (0, 1]."""
+    text = str(text)
+    if match := _FRACTION.match(text):
+        numerator, denominator = float(match.group(1)), float(match.group(2))
+        part = numerator / denominator if denominator > 0 else float("inf")
+    elif match := _PERCENT.match(text):
+        part = float(match.group(1)) / 100
+    elif match := _TIMES.match(text):
+        times = float(match.group(1))
+        part = 1 / times if times > 0 else float("inf")
+    else:
+        return None
+    if not 0 < part <= 1:
+        raise OnnxcompError(f"target {text!r} asks for {part:g} of the input's size; a relative target is a part of it "
+                            "in (0, 1]: e.g. 1/8, 12.5% or 8x (eight times smaller)")
+    return part
+
+
+def parse_target(text: str, input_bytes: Callable[[], int]) -> int:
+    """A target size in bytes: absolute as `parse_size` reads it, or relative to the input model's
+    bytes (`relative_part`), which `input_bytes` is called for only then."""
+    part = relative_part(text)
+    if part is None:
+        try:
+            return parse_size(text)
+        except OnnxcompError as error:
+            if str(error).startswith("cannot read size"):
+                raise OnnxcompError(f"cannot read target size {text!r}: use {SIZE_FORMS}") from None
+            raise
+    return max(1, int(input_bytes() * part))
 
 
 def format_size(size: float) -> str:

@@ -24,7 +24,7 @@ from onnxcomp.executors import map_unordered, require_ray
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, input_files, make_folder
 from onnxcomp.progress import task as live_task
 from onnxcomp.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
-from onnxcomp.sizes import format_size, parse_size
+from onnxcomp.sizes import format_size, parse_target
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +42,26 @@ class SweepOptions:
     input_values: dict = dataclasses.field(default_factory=dict)  # --input-value: {name: array}
 
 
-def parse_targets(text: str) -> list[tuple[str, int]]:
-    """'1MB,500KB,200KB' -> [(label, bytes), ...], largest first, duplicates (by bytes) dropped."""
+def parse_targets(text: str, input_path: str | Path | None = None) -> list[tuple[str, int]]:
+    """'1MB,500KB,200KB' -> [(label, bytes), ...], largest first, duplicates (by bytes) dropped.
+    Relative targets ('1/8', '12.5%', '8x') are parts of the bytes of the model at `input_path`."""
     targets: dict[int, str] = {}
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        size = parse_size(item)
-        label = item.replace(" ", "") if re.fullmatch(r"[0-9A-Za-z.]+", item.replace(" ", "")) else f"{size}B"
+        size = parse_target(item, lambda: _input_bytes(input_path))
+        safe = item.replace(" ", "").replace("/", "-").replace("%", "pct")  # labels name the output files
+        label = safe if re.fullmatch(r"[0-9A-Za-z.-]+", safe) else f"{size}B"
         targets.setdefault(size, label)
     if not targets:
         raise OnnxcompError("--targets needs at least one size, e.g. --targets 1MB,500KB,200KB")
     return sorted(((label, size) for size, label in targets.items()), key=lambda target: -target[1])
+
+
+def _input_bytes(input_path: str | Path | None) -> int:
+    if input_path is None:
+        raise OnnxcompError("a relative target (1/8, 12.5%, 8x) needs the input model")
+    return modelfile.file_bytes(input_path)
 
 
 def compress_target(input_path: str, target_bytes: int, output_path: str, options: SweepOptions) -> dict:

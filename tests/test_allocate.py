@@ -11,7 +11,6 @@ from onnxcomp import allocate as allocate_module, encoding
 from onnxcomp.allocate import Allocation, Candidate, LayerOptions, allocate, layer_options, pareto
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.quantize import SortedWeights, apply_quantization
-from onnxcomp.sizes import parse_size
 
 SPARSITIES = (0.0, 0.3, 0.5, 0.9, 0.97)
 
@@ -156,40 +155,6 @@ def test_allocate_gives_sensitive_layers_more_bytes(rng):
 
 def test_allocate_without_layers():
     assert allocate([], 0) == Allocation({}, 0, 0.0)
-
-
-# -- parse_size -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("12345", 12345),
-    ("100B", 100),
-    ("1KB", 1000),
-    ("1MB", 1000**2),
-    ("2GB", 2 * 1000**3),
-    ("1KiB", 1024),
-    ("1MiB", 1024**2),
-    ("1GiB", 1024**3),
-    ("1.5MB", 1_500_000),
-    ("0.5KiB", 512),
-    (".25MB", 250_000),
-    ("500 KiB", 512_000),
-    ("  90 kb  ", 90_000),
-    ("10mb", 10_000_000),
-    ("10Mb", 10_000_000),
-    ("3mIb", 3 * 1024**2),
-    ("1e3", 1000),
-    ("2.5e-3GB", 2_500_000),
-    ("1.0009KB", 1000),  # rounded down
-])
-def test_parse_size_accepts(text, expected):
-    assert parse_size(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "   ", "abc", "-5MB", "1XB", "MB", "1.2.3MB", "1 M B", "0", "0.4B", "5 MBs"])
-def test_parse_size_rejects(text):
-    with pytest.raises(OnnxcompError, match=r"size"):
-        parse_size(text)
 
 
 # -- load budget (session creation) ----------------------------------------------------------

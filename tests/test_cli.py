@@ -218,6 +218,13 @@ def test_sizes_met_across_targets(tmp_path):
         assert logits.shape == (3, 10)
 
 
+def test_relative_target_size_is_a_part_of_the_input_file(tmp_path, cli):
+    output = tmp_path / "tenth.onnx"
+    result = cli("compress", LENET300, "--target-size", "1/10", "-o", output, "--no-sensitivity", "-q")
+    assert result.returncode == 0, result.err
+    assert LENET300.stat().st_size // 20 < output.stat().st_size <= LENET300.stat().st_size // 10
+
+
 def test_target_below_smallest_exits_3_with_smallest_size(tmp_path):
     output = tmp_path / "small.onnx"
     result = onnxcomp("compress", LENET300, "--target-size", "1KB", "-o", output, "--no-sensitivity", "-q")
@@ -396,7 +403,7 @@ def test_data_file_that_is_not_npz(tmp_path, cli):
     assert_clean_failure(missing, "no such file")
 
 
-@pytest.mark.parametrize("size", ["abc", "1XB", "", "0", "--target-size=-5MB"])
+@pytest.mark.parametrize("size", ["abc", "1XB", "", "0", "--target-size=-5MB", "5/4", "0x", "200%"])
 def test_bad_target_size(tmp_path, cli, size):
     args = [size] if size.startswith("--") else ["--target-size", size]
     result = cli("compress", LENET300, *args, "-o", tmp_path / "o.onnx", "-q")
