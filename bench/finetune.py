@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxcomp.data import Samples
+from onnxcomp.samples.data import Samples
 from onnxcomp.errors import TargetUnreachableError
 from onnxcomp.modelfile import file_bytes, load_model
 from onnxcomp.pipeline import CompressOptions, compress_model
@@ -88,7 +88,7 @@ def nonzero_weights(data: bytes) -> int:
     import onnx_ir as ir
     import onnx
 
-    from onnxcomp.report import stored_weights
+    from onnxcomp.reporting.report import stored_weights
 
     model = ir.serde.deserialize_model(onnx.load_from_string(data))
     return sum(int(np.count_nonzero(w.array)) for w in stored_weights(model) if w.role != "bias")

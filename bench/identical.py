@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.run import CALIBRATION, MODELS, ROOT
-from onnxcomp.data import load_samples
+from onnxcomp.samples.data import load_samples
 from onnxcomp.modelfile import load_model, save_model
 from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass, replacement_errors
 from onnxcomp.pipeline import CompressOptions, compress_file

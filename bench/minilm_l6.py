@@ -77,7 +77,7 @@ def embeddings(model_file: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
 def run(source: Path, output: Path, target: int, inputs: dict[str, np.ndarray], reference: np.ndarray,
         data: Path | None) -> dict:
     from onnxcomp import modelfile
-    from onnxcomp.data import load_samples
+    from onnxcomp.samples.data import load_samples
     from onnxcomp.pipeline import CompressOptions, compress_file
 
     samples = load_samples(data, modelfile.load_model(source)) if data is not None else None

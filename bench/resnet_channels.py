@@ -9,7 +9,7 @@ meet in an Add) shares one mask, as `onnxcomp.channels.analyze_channels` dictate
 rest with `EliminateNeuronsPass`, and fine-tunes the smaller network on ONNX Runtime's training
 backend (`onnxcomp.runtime.training.finetune`) on the first ``--finetune-samples`` MNIST training
 images with labels plus distillation from the original model (50/50, temperature 2, as
-`onnxcomp.vib.vib_eliminate` does); train[55000:] is the held-out set that picks the epoch.
+`onnxcomp.training.vib.vib_eliminate` does); train[55000:] is the held-out set that picks the epoch.
 
 The default score is `replacement_errors`: the output error replacing a channel by its mean
 causes (its variance on the first ``--mean-samples`` training images times the squared weights
@@ -48,7 +48,7 @@ from onnxcomp.modelfile import load_model, save_model
 from onnxcomp.passes import eliminate_neurons
 from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass, outgoing_norms, replacement_errors
 from onnxcomp.runtime.training import TrainConfig, finetune, model_forward_logits
-from onnxcomp.weights import find_weights
+from onnxcomp.model.weights import find_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = slice(55000, None)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from models.demo import test_set
-from onnxcomp.data import load_samples
+from onnxcomp.samples.data import load_samples
 from onnxcomp.modelfile import load_model
 from onnxcomp.pipeline import CompressOptions, compress_file
 

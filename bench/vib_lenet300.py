@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from models.mnist import load_mnist
 from onnxcomp.modelfile import load_model, save_model
-from onnxcomp.vib import vib_eliminate
+from onnxcomp.training.vib import vib_eliminate
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("input:input", "/fc1/Gemm", "/fc2/Gemm")

@@ -6,7 +6,7 @@ For each model of `bench.zoo_apps.APPS` (installed by `bench/zoo-requirements.tx
 `onnxcomp compress` command line data-free at each fraction of the model's bytes (exit code,
 wall time, the child's peak RSS from `os.wait4`), run the package's own application on real
 inputs with the original and with the compressed file (placed under the original file name),
-and score task agreement. Per-channel int8 weights (`onnxcomp.int8_reference`) and ONNX
+and score task agreement. Per-channel int8 weights (`onnxcomp.reporting.int8_reference`) and ONNX
 Runtime's `quantize_dynamic` (uint8 weights) on the same model are the comparison rows. Every compression and every application run is a child process, so a
 native crash is a row of the table, not the end of the benchmark.
 
@@ -155,7 +155,7 @@ def compress(app: ZooApp, fraction: float, work: Path, data: Path | None = None)
 
 def reference_row(app: ZooApp, work: Path, kind: str) -> dict[str, Any]:
     """A comparison row made in a child process: `kind` is "quantize_dynamic" (ONNX Runtime's
-    uint8 weights) or "int8" (per-channel symmetric int8 weights, `onnxcomp.int8_reference`)."""
+    uint8 weights) or "int8" (per-channel symmetric int8 weights, `onnxcomp.reporting.int8_reference`)."""
     output = work / f"{app.name}.{kind}.onnx"
     run = run_child(
         [sys.executable, "-m", "bench.zoo", f"--{kind.replace('_', '-')}", str(app.model_path()), str(output)],
@@ -289,7 +289,7 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
         f"onnxcomp at `{revision or _git_head()}`. Agreement = task outputs of the package's own pre- and "
         "post-processing on real inputs (shipped in packages), compressed vs original; 'identical' "
         "means every input gave the same output. Per-channel int8 = symmetric int8 weights with one scale per "
-        "output channel (`onnxcomp.int8_reference`, decoded by Cast and Mul); quantize_dynamic = "
+        "output channel (`onnxcomp.reporting.int8_reference`, decoded by Cast and Mul); quantize_dynamic = "
         "onnxruntime.quantization, uint8 weights.",
         *(["", notes] if notes else []),
         "",
@@ -408,7 +408,7 @@ def _child_quantize(model: str, output: str) -> None:
 def _child_int8(model: str, output: str) -> None:
     import onnx_ir as ir
 
-    from onnxcomp.int8_reference import int8_model
+    from onnxcomp.reporting.int8_reference import int8_model
 
     ir.save(int8_model(ir.load(model)), output)
 

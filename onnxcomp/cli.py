@@ -17,7 +17,7 @@ from onnxcomp.progress import live as live_progress
 from onnxcomp.progress import wanted as wanted_progress
 from onnxcomp.progress import write as write_progress
 from onnxcomp.text import printable
-from onnxcomp.retrain import METHODS
+from onnxcomp.training.retrain import METHODS
 from onnxcomp.runtime.isolated import ChildCrashed, call_isolated, remove_temporaries, report_stage
 
 DEFAULT_EPOCHS = 10
@@ -147,7 +147,7 @@ def _add_input_flags(parser: argparse.ArgumentParser) -> None:
 
 def _input_pins(args, model_path: Path) -> tuple[dict, dict]:
     """--input-shape and --input-value as {name: dims} and {name: array}, checked against the model."""
-    from onnxcomp.signature import check_pins, parse_input_shape, parse_input_value
+    from onnxcomp.samples.signature import check_pins, parse_input_shape, parse_input_value
 
     shapes, values = dict(map(parse_input_shape, args.input_shape)), dict(map(parse_input_value, args.input_value))
     if shapes or values:
@@ -163,9 +163,9 @@ def _default_output(input_path: Path) -> Path:
 
 def _compress(args) -> int:
     from onnxcomp import modelfile
-    from onnxcomp.data import load_samples
+    from onnxcomp.samples.data import load_samples
     from onnxcomp.pipeline import CompressOptions, compress_file
-    from onnxcomp.report import COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, format_table
+    from onnxcomp.reporting.report import COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, format_table
 
     input_path = Path(args.input)
     target = parse_target(args.target_size, lambda: modelfile.file_bytes(input_path))
@@ -198,7 +198,7 @@ def _compress(args) -> int:
     if epochs < 0 or args.batch_size < 1 or args.lr <= 0 or (args.patience is not None and args.patience < 1):
         raise OnnxcompError("--epochs must be >= 0, --batch-size >= 1, --lr > 0 and --patience >= 1")
     if args.report_dir:
-        from onnxcomp.html_report import require_matplotlib
+        from onnxcomp.reporting.html_report import require_matplotlib
 
         require_matplotlib()  # fail before compressing, not after
     if not quiet:
@@ -211,7 +211,7 @@ def _compress(args) -> int:
 
         atomic_write(report_path, lambda handle: handle.write(json.dumps(report, indent=2).encode()))
     if args.report_dir:
-        from onnxcomp.html_report import write_report
+        from onnxcomp.reporting.html_report import write_report
 
         progress(f"write HTML report to {args.report_dir}")
         write_report(args.report_dir, modelfile.load_model(input_path), modelfile.load_model(output_path), report, output_path.read_bytes(),
@@ -311,7 +311,7 @@ def _sweep(args) -> int:
 
 def _inspect(args) -> int:
     from onnxcomp import modelfile
-    from onnxcomp.report import COMPRESS_COLUMNS, format_table, inspect_model, inspect_summary
+    from onnxcomp.reporting.report import COMPRESS_COLUMNS, format_table, inspect_model, inspect_summary
 
     model = modelfile.load_model(args.model)
     rows = inspect_model(model)

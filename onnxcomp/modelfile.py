@@ -16,7 +16,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxcomp import limits
+from onnxcomp.model import limits
 from onnxcomp.errors import OnnxcompError
 
 logger = logging.getLogger(__name__)

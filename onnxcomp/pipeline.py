@@ -14,10 +14,10 @@ from pathlib import Path
 import onnx_ir as ir
 
 from onnxcomp import modelfile
-from onnxcomp.canonicalize import check_interface
-from onnxcomp.data import Batch, NoRunnableInputError, Samples, as_samples
+from onnxcomp.model.canonicalize import check_interface
+from onnxcomp.samples.data import Batch, NoRunnableInputError, Samples, as_samples
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.memory import activation_sizes, peak_rss_bytes
+from onnxcomp.model.memory import activation_sizes, peak_rss_bytes
 from onnxcomp.outputs import Output, check_outputs, input_files
 from onnxcomp.runtime.inference import session
 from onnxcomp.stages.analyze import analyze, canonical_model, split_hot_rows
@@ -28,7 +28,7 @@ from onnxcomp.stages.options import CompressOptions, CompressResult
 from onnxcomp.stages.steps import Progress, Steps
 from onnxcomp.stages.verify import (check_guards, held_out, left_quantized, make_report, quality_floor, run_original,
                                     verify_outputs)
-from onnxcomp.retrain import require_training
+from onnxcomp.training.retrain import require_training
 from onnxcomp.streaming import compress_streamed, compress_unverified, refuse_data
 
 __all__ = ["CompressOptions", "CompressResult", "compress_file", "compress_model"]

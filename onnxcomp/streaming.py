@@ -19,12 +19,12 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp import modelfile
-from onnxcomp.data import NoRunnableInputError
+from onnxcomp.samples.data import NoRunnableInputError
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.floor import unverified_floor
+from onnxcomp.reporting.floor import unverified_floor
 from onnxcomp.passes.cleanup import metadata_bytes
-from onnxcomp.pricing import LayerOptions, layer_options
-from onnxcomp.report import compressed_rows, layer_rows
+from onnxcomp.planning.pricing import LayerOptions, layer_options
+from onnxcomp.reporting.report import compressed_rows, layer_rows
 from onnxcomp.runtime.inference import describe_error, session
 from onnxcomp.sizes import format_size
 from onnxcomp.stages.analyze import canonical_weights
@@ -32,8 +32,8 @@ from onnxcomp.stages.build import clean_up_named
 from onnxcomp.stages.fit import MAX_ATTEMPTS, fit, unreachable
 from onnxcomp.stages.options import CompressOptions, CompressResult
 from onnxcomp.stages.steps import Progress, Steps
-from onnxcomp.stored import _producers
-from onnxcomp.weights import find_weights
+from onnxcomp.encodings.stored import _producers
+from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger("onnxcomp.pipeline")  # the run's warnings, under the name users configure
 

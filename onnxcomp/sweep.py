@@ -23,7 +23,7 @@ from onnxcomp.errors import OnnxcompError, TargetUnreachableError
 from onnxcomp.executors import map_unordered, require_ray
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, input_files, make_folder
 from onnxcomp.progress import task as live_task
-from onnxcomp.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
+from onnxcomp.reporting.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
 from onnxcomp.sizes import format_size, parse_target
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _input_bytes(input_path: str | Path | None) -> int:
 def compress_target(input_path: str, target_bytes: int, output_path: str, options: SweepOptions) -> dict:
     """Compress `input_path` to at most `target_bytes` into `output_path`; never raises for a
     target that cannot be met or a model that fails - the result's ``status`` says so."""
-    from onnxcomp.data import load_samples
+    from onnxcomp.samples.data import load_samples
     from onnxcomp.pipeline import CompressOptions, compress_file
 
     started, cpu_started = time.perf_counter(), _cpu_seconds()
@@ -120,7 +120,7 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     if options.data and not Path(options.data).is_file():
         raise OnnxcompError(f"{options.data}: no such file")
     if options.data:
-        from onnxcomp.data import check_samples
+        from onnxcomp.samples.data import check_samples
 
         check_samples(options.data, model)  # so do unreadable or oversized samples (headers only)
     outputs = {size: output_dir / f"{input_path.stem}.{label}.onnx" for label, size in targets}
@@ -252,7 +252,7 @@ def _percent(value: float | None) -> str:
 def plot_curve(summary: dict, path: Path) -> bool:
     """Size-quality curve with the original marked; False (and a warning) without matplotlib."""
     try:
-        from onnxcomp.html_report import require_matplotlib
+        from onnxcomp.reporting.html_report import require_matplotlib
 
         plt = require_matplotlib()
     except OnnxcompError:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp import encoding
+from onnxcomp.encodings import encoding
 from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.prune_weights import PruneWeightsPass
 from tests.conftest import run, to_proto

@@ -7,10 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from onnxcomp import allocate as allocate_module, encoding
-from onnxcomp.allocate import Allocation, Candidate, LayerOptions, allocate, layer_options, pareto
+from onnxcomp.encodings import encoding
+from onnxcomp.planning import allocate as allocate_module
+from onnxcomp.planning.allocate import Allocation, Candidate, LayerOptions, allocate, layer_options, pareto
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.quantize import SortedWeights, apply_quantization
+from onnxcomp.encodings.quantize import SortedWeights, apply_quantization
 
 SPARSITIES = (0.0, 0.3, 0.5, 0.9, 0.97)
 

@@ -1,4 +1,4 @@
-"""Per-output-channel scales and the per-channel int8 guard (onnxcomp.channel_scales, allocate).
+"""Per-output-channel scales and the per-channel int8 guard (onnxcomp.encodings.channel_scales, allocate).
 
 A convolution whose output channels span 1e-3..1e3 (as BatchNorm folding leaves them), followed
 by a convolution that undoes the scales (so every channel matters downstream equally): one
@@ -15,9 +15,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp import modelfile
-from onnxcomp.allocate import allocate, layer_options
-from onnxcomp.encoding import NODE_BYTES
-from onnxcomp.channel_scales import (ChannelScales, channel_distortion, channel_scales, insert_scale, int8_reference,
+from onnxcomp.planning.allocate import allocate, layer_options
+from onnxcomp.encodings.encoding import NODE_BYTES
+from onnxcomp.encodings.channel_scales import (ChannelScales, channel_distortion, channel_scales, insert_scale, int8_reference,
                                      normalize_weights, scale_bytes)
 from onnxcomp.pipeline import CompressOptions, compress_model
 from onnxcomp.runtime.inference import session

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxcomp.data import as_samples, load_samples
+from onnxcomp.samples.data import as_samples, load_samples
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.modelfile import load_model
 from onnxcomp.pipeline import CompressOptions, compress_model

@@ -6,8 +6,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxcomp import encoding
-from onnxcomp.decode import DecodeBuilder
+from onnxcomp.encodings import encoding
+from onnxcomp.encodings.decode import DecodeBuilder
 from tests.conftest import run
 from tests.pass_helpers import check_valid, op_types
 

@@ -197,7 +197,7 @@ def test_half_precision_weights_compress_to_a_target_in_their_own_type(kind, dty
 
 def test_clustering_a_float16_weight_keeps_its_type_and_is_idempotent():
     from onnxcomp.passes.cluster_weights import ClusterWeightsPass
-    from onnxcomp.weights import find_weights
+    from onnxcomp.model.weights import find_weights
 
     model = ir.serde.deserialize_model(half_model("mlp", "float16"))
     first = ClusterWeightsPass(bits=3)(model)
@@ -279,7 +279,7 @@ def test_quantized_model_compresses_to_half_and_its_kernels_run_unchanged(kind, 
 
 def test_pruned_integer_weight_is_stored_as_its_zero_point():
     from onnxcomp.passes.prune_weights import PruneWeightsPass
-    from onnxcomp.weights import find_weights
+    from onnxcomp.model.weights import find_weights
 
     rng = np.random.default_rng(4)
     weight = rng.integers(0, 256, size=(8, 4, 3, 3), dtype=np.uint8)
@@ -326,7 +326,7 @@ def test_integer_decode_adds_the_zero_point_back_and_casts_exactly(tmp_path):
 
 
 def test_already_quantized_weights_are_found_with_their_scales(tmp_path):
-    from onnxcomp.weights import find_weights, quantized_weights
+    from onnxcomp.model.weights import find_weights, quantized_weights
 
     model = ir.serde.deserialize_model(quantized_model("dynamic-lstm", tmp_path))
     found = {w.name: w for w in find_weights(model)}
@@ -375,7 +375,7 @@ def test_heavy_tailed_integer_weight_keeps_its_outliers_exact(tmp_path):
 @pytest.mark.parametrize("kind", ["float16", "dynamic-conv"])
 def test_inspect_lists_weights_decoded_to_their_own_type(kind, tmp_path):
     from onnxcomp import modelfile
-    from onnxcomp.report import inspect_model
+    from onnxcomp.reporting.report import inspect_model
 
     source = half_model("mlp", kind) if kind == "float16" else quantized_model(kind, tmp_path)
     _, output, _ = compress(source, tmp_path, 1 / 2)

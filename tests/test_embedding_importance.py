@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.sensitivity import embedding_importance, row_counts
-from onnxcomp.weights import find_weights
+from onnxcomp.planning.sensitivity import embedding_importance, row_counts
+from onnxcomp.model.weights import find_weights
 
 
 def _embedding_model(rows: int = 300, width: int = 4) -> ir.Model:

@@ -95,7 +95,7 @@ def test_keeps_evenly_spaced_feeds_first_and_last_included(tmp_path: Path, recor
 
 
 def test_onnxcomp_reads_the_recorded_folder(tmp_path: Path) -> None:
-    from onnxcomp.data import load_samples
+    from onnxcomp.samples.data import load_samples
 
     step = _save(STEP, tmp_path / "step.onnx")
     with recording_feeds(step, tmp_path / "feeds"):

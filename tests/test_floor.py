@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from onnxcomp.floor import (DEFAULT_AGREEMENT, DEFAULT_COSINE, Floor, QualityFloorError, floor_for, round_size,
+from onnxcomp.reporting.floor import (DEFAULT_AGREEMENT, DEFAULT_COSINE, Floor, QualityFloorError, floor_for, round_size,
                             worst_shortfall)
 from onnxcomp.pipeline import CompressOptions, compress_model
 from onnxcomp.sizes import parse_size
@@ -167,7 +167,7 @@ def test_suggested_sizes_parse_back_to_the_size_tried(size):
 
 
 def test_message_names_the_output_of_several_and_the_passing_size():
-    from onnxcomp.floor import Probe, Shortfall, floor_error
+    from onnxcomp.reporting.floor import Probe, Shortfall, floor_error
 
     floor = Floor(DEFAULT_COSINE, DEFAULT_AGREEMENT, explicit=False)
     shortfall = Shortfall("boxes", "cosine", 0.9012, DEFAULT_COSINE, outputs=2)

@@ -685,7 +685,7 @@ def sparse_bomb(proto, rng):
 
 def node_flood(proto, rng):
     """Over the node limit with a chain of Identity nodes (a few MB)."""
-    from onnxcomp.limits import MAX_NODES
+    from onnxcomp.model.limits import MAX_NODES
 
     output = proto.graph.output[0].name
     for node in proto.graph.node:

@@ -16,9 +16,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 from onnxcomp.pipeline import CompressOptions, compress_file
-from onnxcomp.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
+from onnxcomp.reporting.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
 from onnxcomp.sweep import markdown_table, plot_curve
-from onnxcomp.verify import class_score_outputs, fidelity
+from onnxcomp.reporting.verify import class_score_outputs, fidelity
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET300 = ROOT / "models" / "lenet300.onnx"

@@ -1,4 +1,4 @@
-"""GPTQ error compensation (onnxcomp.gptq): same codebooks, lower output error than snapping."""
+"""GPTQ error compensation (onnxcomp.planning.gptq): same codebooks, lower output error than snapping."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from onnxcomp.gptq import compensate, gptq, input_hessians, output_error, row_snapper, vector_gptq
-from onnxcomp.quantize import SortedWeights, grouped_quantize, snap_to_vectors, vector_quantize
-from onnxcomp.weights import find_weights
+from onnxcomp.planning.gptq import compensate, gptq, input_hessians, output_error, row_snapper, vector_gptq
+from onnxcomp.encodings.quantize import SortedWeights, grouped_quantize, snap_to_vectors, vector_quantize
+from onnxcomp.model.weights import find_weights
 
 
 def _problem(rows: int = 64, columns: int = 96):
@@ -72,8 +72,8 @@ def test_hessians_skip_padding_and_compensate_in_place():
 
 
 def test_discount_lowers_only_compensable_candidates():
-    from onnxcomp.allocate import layer_options
-    from onnxcomp.gptq import discount_compensated
+    from onnxcomp.planning.allocate import layer_options
+    from onnxcomp.planning.gptq import discount_compensated
 
     _, weight, hessian = _problem(64, 1024)  # 65,536 entries: grouped and vector candidates too
     layer = layer_options("w", weight, "weight")
@@ -108,7 +108,7 @@ def test_vector_gptq_refits_the_codebook_and_beats_snapping(dim, clusters):
 def test_vector_compensation_survives_encoding():
     """The pipeline's build encodes the compensated weight with the refitted codebook: the
     compressed model reads back exactly vector_gptq's weight."""
-    from onnxcomp.allocate import Allocation, Candidate
+    from onnxcomp.planning.allocate import Allocation, Candidate
     from onnxcomp.stages.build import build
     from onnxcomp.runtime.inference import session
 

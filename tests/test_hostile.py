@@ -2,7 +2,7 @@
 atomic, OS errors are one line (exit 2), and no small file makes a run unbounded.
 
 Each case failed (data loss, a traceback, a silent wrong answer or a hang) before the checks in
-onnxcomp/outputs.py, onnxcomp/limits.py and onnxcomp/modelfile.py existed. The CLI runs in this process
+onnxcomp/outputs.py, onnxcomp/model/limits.py and onnxcomp/modelfile.py existed. The CLI runs in this process
 (`main(argv)`), except where a signal, a resource limit or another user is part of the case.
 """
 
@@ -464,7 +464,7 @@ def test_external_data_emptied_after_the_checks_is_one_line(tmp_path, capsys, mo
     """The race the swap test hits now and then, made certain: the data file is emptied between
     the checks and the read (mmap refuses an empty file with ValueError)."""
     import onnxcomp.modelfile
-    from onnxcomp import limits
+    from onnxcomp.model import limits
 
     model = external_model(tmp_path / "in")
     data = tmp_path / "in" / "weights.bin"
@@ -623,7 +623,7 @@ def test_loops_within_the_bounds_still_compress(tmp_path, capsys):
 
 
 def test_node_count_is_bounded(tmp_path, capsys, monkeypatch):
-    from onnxcomp import limits
+    from onnxcomp.model import limits
 
     monkeypatch.setattr(limits, "MAX_NODES", 50)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h0"])] + [helper.make_node("Relu", [f"h{i}"], [f"h{i + 1}"]) for i in range(60)]

@@ -13,13 +13,13 @@ import onnx_ir as ir
 import pytest
 
 from onnxcomp.cli import main
-from onnxcomp.data import NoRunnableInputError, Samples, as_samples, batches, join_outputs, load_samples, sample_count
+from onnxcomp.samples.data import NoRunnableInputError, Samples, as_samples, batches, join_outputs, load_samples, sample_count
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.generated import generate_samples
+from onnxcomp.samples.generated import generate_samples
 from onnxcomp.pipeline import CompressOptions, compress_model
-from onnxcomp.probe import generated_samples
+from onnxcomp.samples.probe import generated_samples
 from onnxcomp.runtime.inference import run_batches, session
-from onnxcomp.signature import input_specs, parse_input_shape, parse_input_value
+from onnxcomp.samples.signature import input_specs, parse_input_shape, parse_input_value
 
 RNG = np.random.default_rng(0)
 
@@ -320,7 +320,7 @@ def test_bad_pins_are_one_line_errors(shapes, values, fragment):
 
 
 def test_pinned_values_take_the_inputs_shape_and_type():
-    from onnxcomp.signature import InputSpec, pinned_value
+    from onnxcomp.samples.signature import InputSpec, pinned_value
 
     table = InputSpec("v", np.dtype("float32"), ("batch", 2, 3), 0)
     assert pinned_value(table, np.arange(6), count=2).shape == (2, 2, 3)  # a flat list, per sample

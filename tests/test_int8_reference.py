@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from onnxcomp import modelfile
-from onnxcomp.int8_reference import compare_with_int8, int8_codes, int8_model
+from onnxcomp.reporting.int8_reference import compare_with_int8, int8_codes, int8_model
 from tests.conftest import run
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")

@@ -14,11 +14,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from onnxcomp import memory, sensitivity
+from onnxcomp.model import memory
+from onnxcomp.planning import sensitivity
 from onnxcomp.stages import analyze
-from onnxcomp.gptq import input_hessians
-from onnxcomp.memory import activation_sizes, batch_size
-from onnxcomp.weights import find_weights
+from onnxcomp.planning.gptq import input_hessians
+from onnxcomp.model.memory import activation_sizes, batch_size
+from onnxcomp.model.weights import find_weights
 
 RNG = np.random.default_rng(0)
 CHANNELS = 32
@@ -156,7 +157,7 @@ def test_compress_of_a_cnn_with_large_activations_stays_bounded(tmp_path: Path):
 
 
 def test_feeds_of_different_shapes_are_sized_by_the_largest():
-    from onnxcomp.data import Feeds
+    from onnxcomp.samples.data import Feeds
 
     model = ir.serde.deserialize_model(_cnn())
     small = Feeds({"x": np.zeros((3, 1, 8, 8), np.float32)})

@@ -11,12 +11,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from onnxcomp.canonicalize import initializer_inputs
-from onnxcomp.decode import DecodeBuilder
+from onnxcomp.model.canonicalize import initializer_inputs
+from onnxcomp.encodings.decode import DecodeBuilder
 from onnxcomp.modelfile import to_proto
 from onnxcomp.passes.cleanup import clean_up, metadata_bytes
 from onnxcomp.pipeline import CompressOptions, compress_file
-from onnxcomp.report import format_table, inspect_model
+from onnxcomp.reporting.report import format_table, inspect_model
 from onnxcomp.text import printable
 from tests.conftest import LENET5, run
 
@@ -357,7 +357,7 @@ def test_compress_prints_names_escaped(tmp_path, rng, capsys):
 
 
 def test_check_interface_names_the_first_change(shipped):
-    from onnxcomp.canonicalize import check_interface, model_interface
+    from onnxcomp.model.canonicalize import check_interface, model_interface
     from onnxcomp.errors import OnnxcompError
 
     model = ir.serde.deserialize_model(shipped)

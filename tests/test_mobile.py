@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxcomp import modelfile, pricing
+from onnxcomp import modelfile
+from onnxcomp.planning import pricing
 from onnxcomp.pipeline import CompressOptions, compress_model
 from onnxcomp.runtime import mobile_ops
 from onnxcomp.runtime.mobile import (BUILD_ADVICE, NO_PACKAGE_CHECK, PACKAGE_NAME, check_ops, export_mobile, onnx_ops, ort_ready_model,

@@ -13,8 +13,8 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from onnxcomp import verify
-from onnxcomp.quantize import SortedWeights
+from onnxcomp.reporting import verify
+from onnxcomp.encodings.quantize import SortedWeights
 from onnxcomp.stages import verify as stages_verify
 from onnxcomp.stages.options import CompressOptions
 

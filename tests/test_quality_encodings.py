@@ -3,7 +3,7 @@
 inverse, as the next layer's folded normalisation does). After canonicalize folds the BatchNorm,
 one codebook per tensor spends its levels on the widest channels and rounds the narrow ones
 away. Cross-layer equalization (onnxcomp.passes.equalize) in front of per-tensor codebooks keeps
-the outputs; the per-channel scaled encoding (onnxcomp.channel_scales) should, and does not yet
+the outputs; the per-channel scaled encoding (onnxcomp.encodings.channel_scales) should, and does not yet
 for the second layer, whose ranges lie along its input channels (expected failure).
 
 (Outliers: tests/test_dtypes.py::test_heavy_tailed_integer_weight_keeps_its_outliers_exact.)
@@ -17,7 +17,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp import pricing
+from onnxcomp.planning import pricing
 from onnxcomp.pipeline import CompressOptions, compress_model
 from onnxcomp.runtime.inference import session
 

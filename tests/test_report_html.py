@@ -14,8 +14,8 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from onnxcomp.html_report import entropy_bits, layer_analysis
-from onnxcomp.report import StoredWeight
+from onnxcomp.reporting.html_report import entropy_bits, layer_analysis
+from onnxcomp.reporting.report import StoredWeight
 from tests.conftest import LENET5, TEST_DATA
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
@@ -238,7 +238,8 @@ def test_report_in_headless_chromium_leads_with_size_quality(lenet5_report, tmp_
 
 def test_report_without_a_runnable_comparison_still_leads_with_sizes(lenet5_report, tmp_path, monkeypatch):
     """Where the three models cannot be run, the figure shows their sizes and says why."""
-    from onnxcomp import html_report, modelfile
+    from onnxcomp import modelfile
+    from onnxcomp.reporting import html_report
     from onnxcomp.errors import OnnxcompError
 
     def cannot_run(*args, **kwargs):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxcomp.data import load_samples
+from onnxcomp.samples.data import load_samples
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.modelfile import load_model
 from onnxcomp.pipeline import CompressOptions, compress_file
@@ -94,7 +94,7 @@ def test_eval_samples_are_used_for_selection_and_report(tmp_path, train_samples)
 
 
 def test_prune_rounds_and_cubic_schedule():
-    from onnxcomp.retrain import prune_rounds, sparsity_schedule
+    from onnxcomp.training.retrain import prune_rounds, sparsity_schedule
 
     assert prune_rounds(64, 40) == 3 and prune_rounds(2, 40) == 1 and prune_rounds(1000, 2) == 2
     schedule = sparsity_schedule(4)
@@ -186,8 +186,8 @@ def test_default_epochs_skip_models_that_are_not_classifiers(tmp_path, capsys):
 
 def test_auto_eliminates_neurons_only_at_tight_targets(tmp_path, train_samples):
     from onnxcomp.stages.finetune import wants_vib
-    from onnxcomp.retrain import TrainingData
-    from onnxcomp.weights import find_weights
+    from onnxcomp.training.retrain import TrainingData
+    from onnxcomp.model.weights import find_weights
 
     weights = find_weights(load_model(MODEL))  # 266,200 weights: 2 bits each is 66,550 B
     training = TrainingData(train=train_samples, held_out=None, teacher=None, held_out_teacher=None)
@@ -208,7 +208,7 @@ def test_rounds_with_nothing_to_prune_train_towards_the_quantized_weights(tmp_pa
     # At 300 KB (8 bits per weight) clustering alone meets the budget: no round prunes, and its
     # epoch goes to ADMM towards the allocation's projection when that moves the weights by at
     # least ADMM_MIN_GAP of their norm (forced here both ways), else it is left unused.
-    from onnxcomp import retrain
+    from onnxcomp.training import retrain
 
     monkeypatch.setattr(retrain, "ADMM_MIN_GAP", min_gap)
     lines: list[str] = []
@@ -229,11 +229,11 @@ def test_rounds_with_nothing_to_prune_train_towards_the_quantized_weights(tmp_pa
 
 
 def test_codebook_finetune_trains_vector_codebooks_as_vectors(train_samples):
-    from onnxcomp.allocate import Allocation
-    from onnxcomp.pricing import vector_candidates
-    from onnxcomp.quantize import snap_to_vectors
-    from onnxcomp.retrain import RetrainOptions, TrainingData, finetune_codebooks
-    from onnxcomp.weights import find_weights
+    from onnxcomp.planning.allocate import Allocation
+    from onnxcomp.planning.pricing import vector_candidates
+    from onnxcomp.encodings.quantize import snap_to_vectors
+    from onnxcomp.training.retrain import RetrainOptions, TrainingData, finetune_codebooks
+    from onnxcomp.model.weights import find_weights
 
     model = load_model(MODEL)
     weight = next(w for w in find_weights(model) if w.shape == (100, 300))
@@ -252,7 +252,7 @@ def test_codebook_finetune_trains_vector_codebooks_as_vectors(train_samples):
 
 def test_held_out_scores_rank_candidates(tmp_path, train_samples):
     from onnxcomp.stages.finetune import held_out_scores
-    from onnxcomp.retrain import TrainingData
+    from onnxcomp.training.retrain import TrainingData
 
     good = MODEL.read_bytes()
     compress_file(MODEL, tmp_path / "tiny.onnx", CompressOptions(target_bytes=8_000, force=True))  # data-free at 1/133: broken

@@ -1,4 +1,4 @@
-"""Embedding tables decoded per looked-up row at run time (onnxcomp.rows)."""
+"""Embedding tables decoded per looked-up row at run time (onnxcomp.encodings.rows)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp import rows
+from onnxcomp.encodings import rows
 from onnxcomp.passes import InsertDequantizeLookupPass
-from onnxcomp.report import inspect_model, stored_weights
+from onnxcomp.reporting.report import inspect_model, stored_weights
 from onnxcomp.runtime.mobile import ort_ready_model
 
 V, D = 1000, 48
@@ -179,7 +179,7 @@ def pooled_embedding_model(rows_count: int = 4000, width: int = 32) -> onnx.Mode
 
 
 def test_calibrated_compress_gives_rows_the_samples_read_more_bits():
-    from onnxcomp.data import Samples
+    from onnxcomp.samples.data import Samples
     from onnxcomp.pipeline import CompressOptions, compress_model
 
     proto = pooled_embedding_model()
@@ -204,7 +204,7 @@ def test_calibrated_compress_gives_rows_the_samples_read_more_bits():
 def test_split_never_makes_a_reachable_target_unreachable():
     """Just above the smallest size the row map does not fit: the table stays whole and the
     target is still met."""
-    from onnxcomp.data import Samples
+    from onnxcomp.samples.data import Samples
     from onnxcomp.errors import TargetUnreachableError
     from onnxcomp.pipeline import CompressOptions, compress_model
 
@@ -225,7 +225,7 @@ def test_split_never_makes_a_reachable_target_unreachable():
 def test_compress_model_leaves_the_callers_model_alone():
     """The pipeline works on its own copy: the caller's ir.Model and the protos it wraps keep
     their graph and names (renaming an onnx_ir initializer writes through to its TensorProto)."""
-    from onnxcomp.data import Samples
+    from onnxcomp.samples.data import Samples
     from onnxcomp.pipeline import CompressOptions, compress_model
 
     proto = pooled_embedding_model()

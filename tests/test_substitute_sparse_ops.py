@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxcomp import encoding
+from onnxcomp.encodings import encoding
 from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass

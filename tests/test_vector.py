@@ -6,13 +6,14 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxcomp import allocate, encoding, pricing
-from onnxcomp.pricing import layer_options
+from onnxcomp.encodings import encoding
+from onnxcomp.planning import allocate, pricing
+from onnxcomp.planning.pricing import layer_options
 from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
-from onnxcomp.quantize import SortedWeights, apply_quantization, snap_to_vectors, vector_quantize
-from onnxcomp.report import inspect_model
+from onnxcomp.encodings.quantize import SortedWeights, apply_quantization, snap_to_vectors, vector_quantize
+from onnxcomp.reporting.report import inspect_model
 from tests.conftest import assert_single_matmul_decodes_exactly_and_folds, single_matmul, to_proto
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")

@@ -12,7 +12,7 @@ from onnxcomp.channels import analyze_channels
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass
 from onnxcomp.runtime.gates import NOISE_INPUT, insert_gates, noise_switch
-from onnxcomp.vib import fold_gate_means, vib_eliminate
+from onnxcomp.training.vib import fold_gate_means, vib_eliminate
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 from onnx import numpy_helper
 
-from onnxcomp.weights import find_weights
+from onnxcomp.model.weights import find_weights
 
 HIDDEN, FEATURES = 8, 6
 

@@ -597,7 +597,7 @@ def test_weights_read_through_gate_slices_in_a_branch_are_listed_once_by_name(tm
     source = tmp_path / "lstm_if.onnx"
     source.write_bytes(lstm_gates_in_if().SerializeToString())
     names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-    from onnxcomp.report import inspect_model
+    from onnxcomp.reporting.report import inspect_model
 
     assert [row["name"] for row in inspect_model(ir.load(str(source)))] == names
     report = tmp_path / "report.json"

@@ -47,8 +47,8 @@ def measure_moments(
     activations (the fetched ones counted four times more: as float64, then squared) stay
     within ``memory.ACTIVATION_BUDGET``.
     """
-    from onnxcomp.data import Feeds, batches, first_group, sample_count
-    from onnxcomp.memory import activation_sizes, batch_size
+    from onnxcomp.samples.data import Feeds, batches, first_group, sample_count
+    from onnxcomp.model.memory import activation_sizes, batch_size
     from onnxcomp.runtime.inference import session
 
     wanted = {v.name: v for v in values if v is not None and v.name}

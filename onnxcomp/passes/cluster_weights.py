@@ -8,10 +8,10 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import outliers
+from onnxcomp.encodings import outliers
 from onnxcomp.passes._stats import StatsPassResult, WeightPass
-from onnxcomp.quantize import SortedWeights, snap_to_codebook, snap_to_grouped_codebooks, snap_to_vectors
-from onnxcomp.weights import find_weights
+from onnxcomp.encodings.quantize import SortedWeights, snap_to_codebook, snap_to_grouped_codebooks, snap_to_vectors
+from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +25,17 @@ class ClusterWeightsPass(WeightPass):
             weights or per weight name; weights not named are left alone.
         codebooks: per weight name, an explicit sorted codebook of non-zero values to snap to
             (the allocator's k-means result); wins over `bits`. A 2-D codebook [G, K] is one
-            codebook per group (grouped lookup, `onnxcomp.quantize.group_view`): group g snaps
+            codebook per group (grouped lookup, `onnxcomp.encodings.quantize.group_view`): group g snaps
             to codebook row g; zeros are snapped like any value (grouped codebooks never prune).
         group_axes: per weight name with a 2-D codebook, 0 (groups of rows, the default) or 1
             (groups of columns).
         vectors: weight names whose 2-D codebook [K, dim] holds vectors (vector quantization,
-            `onnxcomp.quantize.vector_quantize`): each run of `dim` consecutive entries (flat
+            `onnxcomp.encodings.quantize.vector_quantize`): each run of `dim` consecutive entries (flat
             order) snaps to its nearest codebook row; zeros are snapped like any value.
         names: process only these weights (None: every weight). Large models are encoded one
             weight at a time with this, so only one weight's float values are in memory.
         outliers: per weight name with a 1-D codebook, a magnitude threshold: entries beyond it
-            keep their exact values (dense-and-sparse, `onnxcomp.outliers`).
+            keep their exact values (dense-and-sparse, `onnxcomp.encodings.outliers`).
 
     Centres are initialised linearly over the weight range (Deep Compression found linear
     initialisation best). Idempotent: a weight that already has at most 2**bits distinct

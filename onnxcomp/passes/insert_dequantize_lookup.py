@@ -8,10 +8,10 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding, outliers, rows as row_decode
-from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, ensure_opset, rewire
+from onnxcomp.encodings import encoding, outliers, rows as row_decode
+from onnxcomp.encodings.decode import DECODE_OPSET, DecodeBuilder, ensure_opset, rewire
 from onnxcomp.passes._stats import StatsPassResult, WeightPass
-from onnxcomp.weights import find_weights
+from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class InsertDequantizeLookupPass(WeightPass):
 
     Args:
         groups: per weight name, a planned grouped lookup: a group count G (groups of rows) or
-            (G, axis) with axis 0 (rows) or 1 (columns), see `onnxcomp.quantize.group_view`.
+            (G, axis) with axis 0 (rows) or 1 (columns), see `onnxcomp.encodings.quantize.group_view`.
             Each group has its own codebook of at most 2**bits values (Cast -> Reshape -> Add(code
             offsets) -> Gather(G codebooks) -> Reshape). Used when every group has at most 256
             distinct values and it is the smallest encoding.
@@ -64,7 +64,7 @@ class InsertDequantizeLookupPass(WeightPass):
             are at most 256 distinct runs and it is the smallest encoding.
         names: process only these weights (None: every weight). Large models are encoded one
             weight at a time with this, so only one weight's float values are in memory.
-        outliers: per weight name, a planned dense-and-sparse lookup (`onnxcomp.outliers`): the
+        outliers: per weight name, a planned dense-and-sparse lookup (`onnxcomp.encodings.outliers`): the
             magnitude beyond which entries are stored exactly as a sparse stream, the rest as
             codes of at most 256 values. Used when smaller than every plain encoding.
     """
@@ -153,7 +153,7 @@ class InsertDequantizeLookupPass(WeightPass):
 
     def _rows(self, model: ir.Model, builder: DecodeBuilder, weight, values: np.ndarray, report: list[dict]) -> bool:
         """Encode an embedding table read only by row Gathers for run-time row decoding
-        (`onnxcomp.rows`); False when it is not such a table or the encoding saves nothing."""
+        (`onnxcomp.encodings.rows`); False when it is not such a table or the encoding saves nothing."""
         if weight.role != "embedding" or weight.name in self.vectors or not weight.storage.plain:
             return False  # row decoding yields float32 rows; other types are decoded whole at load
         gathers = row_decode.row_gathers(weight.value)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.passes._stats import StatsPassResult, WeightPass
-from onnxcomp.weights import find_weights
+from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from collections.abc import Collection
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding
-from onnxcomp.decode import DECODE_OPSET, DecodeBuilder, ensure_opset, rewire
+from onnxcomp.encodings import encoding
+from onnxcomp.encodings.decode import DECODE_OPSET, DecodeBuilder, ensure_opset, rewire
 from onnxcomp.passes._stats import StatsPassResult, WeightPass
-from onnxcomp.weights import find_weights
+from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.feeds import batches, join_outputs, sample_count
+from onnxcomp.samples.feeds import batches, join_outputs, sample_count
 
 logger = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ import onnx
 
 from onnxcomp import modelfile
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.generated import generate_samples
+from onnxcomp.samples.generated import generate_samples
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, folder_removed_on_failure, input_files, same_file
 from onnxcomp.runtime.inference import _ort
 from onnxcomp.runtime.mobile_ops import (  # noqa: F401  (the names the CLI and tests import from here: re-exported)

@@ -53,11 +53,11 @@ def ort_ready_model(model_path: str | os.PathLike) -> tuple[onnx.ModelProto, lis
     stored as a plain initializer or a `sparse_initializer`, whichever the .ort holds in fewer
     bytes. Returns the model and one row per float weight (name, shape, form, bytes).
 
-    Decoding reuses `onnxcomp.report.stored_weights` (decode subgraphs evaluated in ONNX Runtime).
+    Decoding reuses `onnxcomp.reporting.report.stored_weights` (decode subgraphs evaluated in ONNX Runtime).
     The result may not pass `onnx.checker` (it rejects some valid sparse initializers); ONNX
     Runtime loads it.
     """
-    from onnxcomp.report import stored_weights
+    from onnxcomp.reporting.report import stored_weights
 
     proto = onnx.load(str(model_path), load_external_data=False)
     graph = proto.graph

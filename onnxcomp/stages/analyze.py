@@ -7,20 +7,20 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import rows
-from onnxcomp.canonicalize import canonicalize, initializer_inputs, model_interface
-from onnxcomp.data import Samples
+from onnxcomp.encodings import rows
+from onnxcomp.model.canonicalize import canonicalize, initializer_inputs, model_interface
+from onnxcomp.samples.data import Samples
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.memory import MAX_BATCH, ActivationSizes, batch_size as budget_batch
+from onnxcomp.model.memory import MAX_BATCH, ActivationSizes, batch_size as budget_batch
 from onnxcomp.passes.equalize import EqualizeCrossLayerPass
-from onnxcomp.pricing import LayerOptions, layer_options
+from onnxcomp.planning.pricing import LayerOptions, layer_options
 from onnxcomp.progress import task as live_task
-from onnxcomp.sensitivity import activation_importance, embedding_importance, measure_sensitivity, row_counts
-from onnxcomp.signature import input_specs
+from onnxcomp.planning.sensitivity import activation_importance, embedding_importance, measure_sensitivity, row_counts
+from onnxcomp.samples.signature import input_specs
 from onnxcomp.stages.build import fixed_bytes
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Progress, Steps, log
-from onnxcomp.weights import find_weights, no_weights_error
+from onnxcomp.model.weights import find_weights, no_weights_error
 
 SENSITIVITY_SAMPLES = 64
 # Generated inputs: the sensitivity probes together compute at most this many activation bytes

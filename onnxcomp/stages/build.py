@@ -8,17 +8,17 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import modelfile
-from onnxcomp.allocate import Allocation, LayerOptions
-from onnxcomp.channel_scales import normalize_weights, rescale_weights
-from onnxcomp.gptq import compensate
+from onnxcomp.planning.allocate import Allocation, LayerOptions
+from onnxcomp.encodings.channel_scales import normalize_weights, rescale_weights
+from onnxcomp.planning.gptq import compensate
 from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.passes.prune_weights import PruneWeightsPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
-from onnxcomp.quantize import prune_mask
-from onnxcomp.stored import record_weight_names, weight_uses
-from onnxcomp.weights import find_weights
+from onnxcomp.encodings.quantize import prune_mask
+from onnxcomp.encodings.stored import record_weight_names, weight_uses
+from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importan
     Weights still in external data (`modelfile.is_streamed`) are encoded one at a time and unmapped
     after, so only one weight's float values (and their temporaries) are in memory at once.
     `decoded`, when given, receives per weight name the value its consumers now read.
-    `hessians` (per weight, from real samples) switch on GPTQ error compensation (onnxcomp.gptq).
+    `hessians` (per weight, from real samples) switch on GPTQ error compensation (onnxcomp.planning.gptq).
     """
     work = model.clone()
     scaled = {name: c.scales for name, c in allocation.choices.items() if c.scales is not None}
@@ -83,7 +83,7 @@ def build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importan
 
 def clean_up_named(work: ir.Model, original: ir.Model, keep_metadata: bool) -> ir.Model:
     """`clean_up` (names shortened unless `keep_metadata`), keeping each weight's name in
-    `original` in the graph metadata (`onnxcomp.stored.NAMES_KEY`; counted in the target)."""
+    `original` in the graph metadata (`onnxcomp.encodings.stored.NAMES_KEY`; counted in the target)."""
     located = weight_uses(work)  # matched to `original`'s weights by use, before names change
     cleaned = clean_up(work, keep_metadata=keep_metadata, shorten_names=not keep_metadata)
     record_weight_names(cleaned, located, original)

@@ -1,5 +1,5 @@
 """Fine-tuning with data: the training split, neuron elimination (VIB), pruning or weight
-sharing while training, and codebook fine-tuning of the plan that fits (onnxcomp.retrain)."""
+sharing while training, and codebook fine-tuning of the plan that fits (onnxcomp.training.retrain)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import onnx_ir as ir
 
 from onnxcomp import modelfile
 from onnxcomp.channels import analyze_channels
-from onnxcomp.data import Samples
+from onnxcomp.samples.data import Samples
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, held_out_targets,
+from onnxcomp.training.retrain import (Planner, RetrainOptions, TrainingData, admm, finetune_codebooks, held_out_targets,
                               iterative_prune, soft_weight_sharing, with_weights)
 from onnxcomp.runtime.inference import run_batches, session
 from onnxcomp.runtime.training_support import unavailable_reason as training_unavailable_reason
@@ -21,9 +21,9 @@ from onnxcomp.stages.build import prune_masks
 from onnxcomp.stages.fit import Fit, Plan, fit, unreachable
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Progress, Steps, log
-from onnxcomp.verify import accuracy
-from onnxcomp.vib import vib_eliminate
-from onnxcomp.weights import find_weights
+from onnxcomp.reporting.verify import accuracy
+from onnxcomp.training.vib import vib_eliminate
+from onnxcomp.model.weights import find_weights
 
 HOLD_OUT_MIN = 500
 HOLD_OUT_MAX = 5000

@@ -8,16 +8,16 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import modelfile
-from onnxcomp.allocate import Allocation, LayerOptions, allocate, load_budget
-from onnxcomp.data import Samples
+from onnxcomp.planning.allocate import Allocation, LayerOptions, allocate, load_budget
+from onnxcomp.samples.data import Samples
 from onnxcomp.errors import TargetUnreachableError
-from onnxcomp.gptq import SAMPLES as GPTQ_SAMPLES, discount_compensated, input_hessians
-from onnxcomp.memory import ActivationSizes
+from onnxcomp.planning.gptq import SAMPLES as GPTQ_SAMPLES, discount_compensated, input_hessians
+from onnxcomp.model.memory import ActivationSizes
 from onnxcomp.sizes import format_size
 from onnxcomp.stages.build import build
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Progress, Steps, log
-from onnxcomp.weights import find_weights
+from onnxcomp.model.weights import find_weights
 
 MAX_ATTEMPTS = 8
 GROW_ATTEMPTS = 2  # re-plans with the unused bytes added when a fit leaves slack
@@ -34,7 +34,7 @@ class Plan:
     layers: list[LayerOptions]
     importances: dict
     fixed: int
-    hessians: dict[str, np.ndarray] | None = None  # real samples without fine-tuning: GPTQ (onnxcomp.gptq)
+    hessians: dict[str, np.ndarray] | None = None  # real samples without fine-tuning: GPTQ (onnxcomp.planning.gptq)
     max_load: int | None = None  # decode-time budget (allocate.load_budget), without fine-tuning
 
 

@@ -8,22 +8,22 @@ import functools
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.data import NoRunnableInputError, Samples
+from onnxcomp.samples.data import NoRunnableInputError, Samples
 from onnxcomp.errors import FidelityError
-from onnxcomp.floor import check_floor, floor_for, off_reason
-from onnxcomp.memory import ActivationSizes, activation_sizes
+from onnxcomp.reporting.floor import check_floor, floor_for, off_reason
+from onnxcomp.model.memory import ActivationSizes, activation_sizes
 from onnxcomp.passes.cleanup import metadata_bytes
-from onnxcomp.pricing import LayerOptions
-from onnxcomp.probe import generated_samples
-from onnxcomp.report import GENERATED_INPUTS_NOTE, compressed_rows
-from onnxcomp.retrain import TrainingData
+from onnxcomp.planning.pricing import LayerOptions
+from onnxcomp.samples.probe import generated_samples
+from onnxcomp.reporting.report import GENERATED_INPUTS_NOTE, compressed_rows
+from onnxcomp.training.retrain import TrainingData
 from onnxcomp.runtime.inference import RunFailedError, run_batches, session
 from onnxcomp.stages.analyze import batch_size
 from onnxcomp.stages.fit import Fit, Plan, fit_plan
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Progress, Steps, log
-from onnxcomp.verify import accuracy, class_score_outputs, fidelity
-from onnxcomp.weights import quantized_weights
+from onnxcomp.reporting.verify import accuracy, class_score_outputs, fidelity
+from onnxcomp.model.weights import quantized_weights
 
 VERIFY_SAMPLES = 2000
 GENERATED_OUTPUT_BYTES = 64 << 20  # the original's outputs on generated samples, all together
@@ -145,13 +145,13 @@ def check_guards(report: dict, options: CompressOptions) -> None:
         drop = 100 * (report["accuracy"]["original"] - report["accuracy"]["compressed"])
         if drop > options.max_accuracy_drop:
             raise FidelityError(f"accuracy drops by {drop:.2f} points, more than --max-accuracy-drop {options.max_accuracy_drop}; nothing written (use --allow-low-fidelity to write anyway)")
-    # --min-fidelity (and the default floor) are judged per output by onnxcomp.floor.check_floor
+    # --min-fidelity (and the default floor) are judged per output by onnxcomp.reporting.floor.check_floor
 
 
 def quality_floor(report: dict, plan: Plan, options: CompressOptions, check: Samples,
                   reference_outputs: list[np.ndarray], batch: int, input_bytes: int, fine_tuned: bool,
                   names: list[str], progress: Progress) -> dict:
-    """`onnxcomp.floor.check_floor` for this run, searching smaller targets with `fidelity_at`."""
+    """`onnxcomp.reporting.floor.check_floor` for this run, searching smaller targets with `fidelity_at`."""
     return check_floor(
         report["fidelity"], floor_for(options.min_fidelity, options.force, fine_tuned=fine_tuned),
         options.target_bytes, input_bytes,

@@ -53,8 +53,8 @@ def install(folder: Path):
 def _inputs(model, samples, options=None) -> dict[str, np.ndarray]:
     """A few inputs the model runs on: the head of the given samples, else generated ones in the
     configuration the pipeline would probe (with the user's pinned shapes and values)."""
-    from onnxcomp.data import Samples, first_group
-    from onnxcomp.probe import generated_samples
+    from onnxcomp.samples.data import Samples, first_group
+    from onnxcomp.samples.probe import generated_samples
 
     first = model.graph.inputs[0].shape if model.graph.inputs else None
     fixed = first[0] if first is not None and len(first) and isinstance(first[0], int) else None

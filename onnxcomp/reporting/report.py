@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding
-from onnxcomp.canonicalize import canonicalize
+from onnxcomp.encodings import encoding
+from onnxcomp.model.canonicalize import canonicalize
 from onnxcomp.sizes import format_size
-from onnxcomp.stored import StoredWeight, stored_weights
+from onnxcomp.encodings.stored import StoredWeight, stored_weights
 from onnxcomp.text import printable
 
 # Every figure measured on generated inputs says so (CLI summary, report, sweep.md, sweep.png).

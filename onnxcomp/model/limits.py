@@ -28,7 +28,7 @@ MAX_DENSIFIED_BYTES = 1 << 30  # sparse initializers made dense, all together
 # from the file alone: at most the larger of this and the model's own bytes. ConstantOfShape,
 # Expand, Range or Tile with constant operands can ask for terabytes from a few bytes (ONNX
 # Runtime folds the constant ones while it creates a session); onnxcomp's batches keep all of a
-# batch's activations within 256 MiB (`onnxcomp.memory.ACTIVATION_BUDGET`), so one value over it
+# batch's activations within 256 MiB (`onnxcomp.model.memory.ACTIVATION_BUDGET`), so one value over it
 # cannot run within the memory the design plans for a small file.
 MAX_VALUE_BYTES = 256 << 20
 STRIP_ELEMENTS = 1024  # initializers above this many elements are left out of shape inference (weights)

@@ -1,7 +1,7 @@
 """Seeded sample inputs generated from a model's declared input shapes and dtypes.
 
-Dynamic dims take their first guessed size (``onnxcomp.dims``) unless sizes are given;
-``onnxcomp.probe`` chooses sizes that ONNX Runtime runs.
+Dynamic dims take their first guessed size (``onnxcomp.samples.dims``) unless sizes are given;
+``onnxcomp.samples.probe`` chooses sizes that ONNX Runtime runs.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.data import Samples
-from onnxcomp.dims import dim_key, dim_sizes
+from onnxcomp.samples.data import Samples
+from onnxcomp.samples.dims import dim_key, dim_sizes
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.feeds import Feeds
-from onnxcomp.signature import InputSpec, check_values, input_specs, pinned_value
+from onnxcomp.samples.feeds import Feeds
+from onnxcomp.samples.signature import InputSpec, check_values, input_specs, pinned_value
 
 DEFAULT_DYNAMIC_DIM = 1
 MAX_GENERATED_BYTES = 16 << 20  # generated inputs, all samples together: 3x224x224 images get 27
@@ -32,7 +32,7 @@ def generate_samples(model: ir.Model, count: int = 64, seed: int = 0, shapes: Ma
         seed: the random seed.
         shapes: user-pinned shapes (``--input-shape``).
         values: user-pinned values (``--input-value``), fed with every sample.
-        sizes: sizes of the dynamic dims (see ``onnxcomp.probe``); unlisted ones get a first guess from their name.
+        sizes: sizes of the dynamic dims (see ``onnxcomp.samples.probe``); unlisted ones get a first guess from their name.
 
     Integer inputs that index an embedding table cover the whole id range the table allows;
     masks (``*mask*``) and booleans are all ones.

@@ -1,6 +1,6 @@
 """Weights as a saved model stores them: found by the compute op that reads them, decoded in
 ONNX Runtime (decode subgraphs and run-time row decodes), and named as the original model named
-them (the `NAMES_KEY` map `compress` keeps). `onnxcomp.report` builds every per-weight row from
+them (the `NAMES_KEY` map `compress` keeps). `onnxcomp.reporting.report` builds every per-weight row from
 these; the mobile export decodes with them."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.rows import decoded_tables
-from onnxcomp.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT_SLOTS
+from onnxcomp.encodings.rows import decoded_tables
+from onnxcomp.model.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT_SLOTS
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class StoredWeight:
     stored_bytes: int
     sources: list[ir.Value]
     use: tuple[str | int, ...]
-    ids: ir.Value | None = None  # a table decoded per looked-up row at run time (onnxcomp.rows): its indices
+    ids: ir.Value | None = None  # a table decoded per looked-up row at run time (onnxcomp.encodings.rows): its indices
     original_name: str | None = None  # from the model's NAMES_KEY map, when it has one
     itemsize: int | None = None  # bytes per value of the type it is stored in, when `array` is wider (bfloat16)
 
@@ -248,7 +248,7 @@ def _decoded_kind(value: ir.Value, table_2d: bool) -> str:
     scale = inner.producer()
     if scale is not None and scale.op_type == "Mul" and len(scale.inputs) == 2 and all(scale.inputs) \
             and scale.inputs[0].producer() is not None and _channel_scales(scale.inputs[1]):
-        return "scaled"  # a lookup times per-channel scales (onnxcomp.channel_scales.insert_scale)
+        return "scaled"  # a lookup times per-channel scales (onnxcomp.encodings.channel_scales.insert_scale)
     ops = {n.op_type for n in _producers(inner)}
     if "ScatterElements" in ops:
         return "sparse" if "ConstantOfShape" in ops else "outliers"  # outliers: scattered into a lookup
@@ -271,7 +271,7 @@ def _channel_scales(value: ir.Value) -> bool:
 
 
 def _before_restore(value: ir.Value) -> ir.Value:
-    """The float32 decode output before `onnxcomp.decode.restore` (Cast to the weight's type,
+    """The float32 decode output before `onnxcomp.encodings.decode.restore` (Cast to the weight's type,
     after an Add of a float32 zero point for integer weights)."""
     node = value.producer()
     if node is None or node.op_type != "Cast":
@@ -392,7 +392,7 @@ def _evaluate_rows(last: ir.Node, ids: ir.Value, full) -> np.ndarray | None:
 def _ids_rank(last: ir.Node, ids: ir.Value) -> int:
     """The rank of a row decode's indices when the file does not declare it (an intermediate
     value, e.g. the cold half of a split table): the decode's Reshape to [0] * rank + [-1 or 1]
-    (`onnxcomp.rows`) says it; 1 when there is none (any rank then decodes the same rows)."""
+    (`onnxcomp.encodings.rows`) says it; 1 when there is none (any rank then decodes the same rows)."""
     for node in _producers(last.outputs[0], stop=ids):
         shape = node.inputs[1] if node.op_type == "Reshape" and len(node.inputs) > 1 else None
         if shape is not None and shape.const_value is not None:

@@ -20,7 +20,7 @@ from onnxscript.rewriter.rules.common import (
 
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.modelfile import is_streamed
-from onnxcomp.weights import check_finite, find_weights
+from onnxcomp.model.weights import check_finite, find_weights
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.data import NoRunnableInputError, Samples
-from onnxcomp.dims import dim_variables, pinned_sizes, rate_inputs
+from onnxcomp.samples.data import NoRunnableInputError, Samples
+from onnxcomp.samples.dims import dim_variables, pinned_sizes, rate_inputs
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.generated import generate_samples
-from onnxcomp.signature import InputSpec, check_pins, input_specs
+from onnxcomp.samples.generated import generate_samples
+from onnxcomp.samples.signature import InputSpec, check_pins, input_specs
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.feeds import batch, batches
+from onnxcomp.samples.feeds import batch, batches
 from onnxcomp.modelfile import to_proto
-from onnxcomp.limits import shape_only
+from onnxcomp.model.limits import shape_only
 
 try:
     import resource
@@ -64,7 +64,7 @@ class ActivationSizes:
 
 def activation_sizes(model: ir.Model | onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> ActivationSizes:
     """Per-sample bytes of every value of ``model``'s main graph, from shape inference on the
-    concrete shapes of one sample of ``inputs`` (``onnxcomp.data`` feeds): of the group of
+    concrete shapes of one sample of ``inputs`` (``onnxcomp.samples.data`` feeds): of the group of
     equal-shaped feeds whose samples have the most input bytes, when feeds differ in shape.
 
     Args:

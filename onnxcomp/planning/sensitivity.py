@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.allocate import LayerOptions
-from onnxcomp.data import batches, join_outputs, sample_count
+from onnxcomp.planning.allocate import LayerOptions
+from onnxcomp.samples.data import batches, join_outputs, sample_count
 from onnxcomp.modelfile import to_proto
-from onnxcomp.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
-from onnxcomp.quantize import apply_quantization
+from onnxcomp.model.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
+from onnxcomp.encodings.quantize import apply_quantization
 from onnxcomp.runtime.inference import session
-from onnxcomp.verify import output_distortion
+from onnxcomp.reporting.verify import output_distortion
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
     Conv/MatMul weights; a weight fed as an input runs the slower unpacked kernel). Each group's
     reference run uses the same session as its probes, so kernel rounding cancels.
 
-    `values` are float32 working values; `storage` (per weight name, `onnxcomp.weights.Storage`)
+    `values` are float32 working values; `storage` (per weight name, `onnxcomp.model.weights.Storage`)
     says how a weight of another type is stored: it is fed as float32 holding the stored values
     (rounded, zero point added) and cast to its type in the graph (ONNX Runtime's Python API
     takes no bfloat16 arrays). Batches hold at most `batch_size` samples and stay within

@@ -25,7 +25,7 @@ import onnx_ir as ir
 from onnxcomp.channels import ChannelAnalysis, analyze_channels, constant, segment_offsets
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.passes.eliminate_neurons import EliminateNeuronsPass
-from onnxcomp.weights import find_weights
+from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger(__name__)
 

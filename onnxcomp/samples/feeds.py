@@ -1,6 +1,6 @@
 """Feeds: a model's input arrays with each one's sample axis, and batching over them.
 
-Each input's samples lie along its own sample axis (``onnxcomp.signature``); an input without
+Each input's samples lie along its own sample axis (``onnxcomp.samples.signature``); an input without
 one is fed whole with every batch. Feeds whose shapes differ are kept as groups of equal-shaped
 feeds, and :func:`batches` goes through them group by group.
 """

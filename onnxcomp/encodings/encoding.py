@@ -410,7 +410,7 @@ def encoding_choices(values: np.ndarray, itemsize: int = 4, restore_bytes: int =
     """Price every applicable encoding for a weight's actual (working, float32) values.
 
     `itemsize` is the bytes per value of the weight's own type (dense storage); `restore_bytes`
-    what every decode adds to give the weight back that type (`onnxcomp.weights.Storage`)."""
+    what every decode adds to give the weight back that type (`onnxcomp.model.weights.Storage`)."""
     values = np.asarray(values, dtype=np.float32)
     rank = values.ndim
     count = values.size

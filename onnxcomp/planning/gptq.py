@@ -33,10 +33,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.data import batches
+from onnxcomp.samples.data import batches
 from onnxcomp.modelfile import to_proto
-from onnxcomp.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
-from onnxcomp.quantize import Quantization, nearest_rows
+from onnxcomp.model.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
+from onnxcomp.encodings.quantize import Quantization, nearest_rows
 from onnxcomp.runtime.inference import session
 
 logger = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ def compensate(model: ir.Model, choices: dict, hessians: dict[str, np.ndarray]) 
     entries, so clustering keeps them). A vector choice's codebook is refitted (`vector_gptq`):
     its entry in `choices` is replaced by one carrying the new codebook, which clustering and
     encoding then use. Returns how many weights were replaced."""
-    from onnxcomp.weights import find_weights
+    from onnxcomp.model.weights import find_weights
 
     done = 0
     for weight in find_weights(model):
@@ -367,7 +367,7 @@ def discount_compensated(layers, values: dict[str, np.ndarray], hessians: dict[s
     and scale the distortion of every candidate it applies to by that ratio: once for the
     unpruned scalar codebooks (GPTQ), once for the vector codebooks (`vector_gptq`). Without
     this the plan would spend bytes as if every weight were snapped."""
-    from onnxcomp.pricing import pareto
+    from onnxcomp.planning.pricing import pareto
 
     for layer in layers:
         hessian = hessians.get(layer.name)

@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from onnxcomp.pricing import Candidate, LayerOptions, layer_options, pareto  # noqa: F401  (layer_options, pareto: re-exported)
+from onnxcomp.planning.pricing import Candidate, LayerOptions, layer_options, pareto  # noqa: F401  (layer_options, pareto: re-exported)
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Pricing one weight's storage options: every (sparsity, bits, encoding) setting the encoder can
 write, priced by its byte model and by the squared error it causes (relative to the weight's
-energy); `layer_options` keeps the Pareto front that `onnxcomp.allocate` chooses from.
+energy); `layer_options` keeps the Pareto front that `onnxcomp.planning.allocate` chooses from.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import logging
 
 import numpy as np
 
-from onnxcomp import encoding, rows
-from onnxcomp.channel_scales import ChannelScales, channel_axes, channel_distortion, channel_scales, int8_reference, scale_bytes
-from onnxcomp.outliers import OUTLIER_MIN_PARAMS, price as outlier_prices
-from onnxcomp.quantize import (Quantization, SortedWeights, apply_quantization, grouped_quantize, prune_mask,
+from onnxcomp.encodings import encoding, rows
+from onnxcomp.encodings.channel_scales import ChannelScales, channel_axes, channel_distortion, channel_scales, int8_reference, scale_bytes
+from onnxcomp.encodings.outliers import OUTLIER_MIN_PARAMS, price as outlier_prices
+from onnxcomp.encodings.quantize import (Quantization, SortedWeights, apply_quantization, grouped_quantize, prune_mask,
                                vector_quantize)
-from onnxcomp.quantize import PRICE_SAMPLE, PRICE_SAMPLE_ABOVE
+from onnxcomp.encodings.quantize import PRICE_SAMPLE, PRICE_SAMPLE_ABOVE
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ GROUPED_BITS = (2, 3, 4, 5, 6)
 # row's error relative to its own scale, which per-row grouped codebooks keep and squared error
 # over the whole table does not see.
 VECTOR_SHAPES = ((2, (32, 64, 128, 256)), (4, (16, 64, 256)), (8, (256,)))
-# Per-channel-scaled lookups (kind "scaled", onnxcomp.channel_scales) at these code widths, and
+# Per-channel-scaled lookups (kind "scaled", onnxcomp.encodings.channel_scales) at these code widths, and
 # the symmetric uniform grid of per-channel int8 (255 levels).
 SCALED_BITS = (3, 4, 5, 6, 7, 8)
 # ...and symmetric uniform grids at these widths (8: the 255 levels of per-channel int8).
@@ -96,8 +96,8 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
     tables), vector-lookup candidates (VECTOR_SHAPES) for weights of at least
     GROUPED_MIN_PARAMS entries. `itemsize` prices the dense weight in its own type (2 bytes per
     float16 value, 1 per int8); `restore_bytes` is added to every encoded candidate (the decode's
-    Add/Cast back to that type, `onnxcomp.weights.Storage`). `outliers` adds dense-and-sparse
-    candidates (`onnxcomp.outliers`) for weights of at least OUTLIER_MIN_PARAMS entries.
+    Add/Cast back to that type, `onnxcomp.model.weights.Storage`). `outliers` adds dense-and-sparse
+    candidates (`onnxcomp.encodings.outliers`) for weights of at least OUTLIER_MIN_PARAMS entries.
     """
     values = np.asarray(values, dtype=np.float32)
     rank = values.ndim
@@ -158,7 +158,7 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
 
 
 def scaled_candidates(values: np.ndarray, importance: np.ndarray | None, energy: float) -> list[Candidate]:
-    """Per-channel-scaled lookups (`onnxcomp.channel_scales`): the weight divided by its per-channel
+    """Per-channel-scaled lookups (`onnxcomp.encodings.channel_scales`): the weight divided by its per-channel
     max-abs scales along each candidate channel axis, k-means at SCALED_BITS on the normalised
     values weighted so that their error is the original's, plus symmetric uniform grids at
     UNIFORM_BITS_SCALED (8 bits: per-channel int8). Priced as a lookup of the normalised weight plus the scales and a Mul."""
@@ -210,7 +210,7 @@ def _channel_error(values: np.ndarray, importance: np.ndarray | None, candidate:
 
 
 def _row_priced(candidate: Candidate, shape: tuple[int, ...]) -> Candidate:
-    """An embedding table's lookup as `onnxcomp.rows` stores it (rows packed one by one and
+    """An embedding table's lookup as `onnxcomp.encodings.rows` stores it (rows packed one by one and
     decoded per looked-up row at run time); other kinds as they are."""
     quant = candidate.quant
     if quant is None or candidate.kind not in ("lookup", "grouped"):

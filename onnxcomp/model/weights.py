@@ -9,7 +9,7 @@ from collections.abc import Collection
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding
+from onnxcomp.encodings import encoding
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Storage:
     are worked on as ``stored - zero_point`` (so a pruned entry, 0, is stored as the zero point)
     and stored back rounded and clipped to their type; `scale` is the dequantization scale
     where the consumer names one (broadcastable to the weight). The decode subgraph adds the
-    zero point back and casts to `dtype` (`onnxcomp.decode.DecodeBuilder.restore`), so the
+    zero point back and casts to `dtype` (`onnxcomp.encodings.decode.DecodeBuilder.restore`), so the
     consumers read the weight's own type.
     """
 

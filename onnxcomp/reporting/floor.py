@@ -1,6 +1,6 @@
 """The quality floor: a compressed model whose verified outputs drift too far is not handed back.
 
-After verification (`onnxcomp.verify.fidelity`), every numeric output is judged by the measure
+After verification (`onnxcomp.reporting.verify.fidelity`), every numeric output is judged by the measure
 that fits what it is: top-1 agreement for outputs that look like class scores
 (`verify.looks_like_class_scores`: [N, C] floats), cosine similarity for the rest (regression
 outputs, embeddings, feature maps). On generated inputs a class-score output passes on either

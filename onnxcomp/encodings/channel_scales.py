@@ -7,12 +7,12 @@ narrow channel carries is lost although it cost nothing in squared error. Per-ch
 (max-abs scale per output channel) keeps every channel's relative error near 1/255 of its range.
 
 Here a weight is divided by its per-channel max-abs scale, the normalised tensor is clustered
-and encoded like any other (`onnxcomp.encoding`), and one Mul by the [C, 1, ...] scales (folded
+and encoded like any other (`onnxcomp.encodings.encoding`), and one Mul by the [C, 1, ...] scales (folded
 by ONNX Runtime at load, like the rest of the decode) gives the weight back. The allocator prices
 it in real bytes (codes + codebook + 4 bytes per channel + the Mul).
 
 `channel_distortion` measures what per-tensor squared error hides: the mean over channels of
-each channel's relative squared error. The allocator's int8 guard (`onnxcomp.allocate`) keeps
+each channel's relative squared error. The allocator's int8 guard (`onnxcomp.planning.allocate`) keeps
 every layer at or below what per-channel int8 would give on that measure when the budget allows.
 """
 
@@ -25,8 +25,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding
-from onnxcomp.weights import find_weights
+from onnxcomp.encodings import encoding
+from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import functools
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding
+from onnxcomp.encodings import encoding
 
 WORD_TYPES = {8: np.uint8, 32: np.uint32, 64: np.uint64}
 INDEX_TYPES = (ir.DataType.INT32, ir.DataType.INT64)
@@ -193,9 +193,9 @@ def _take_over(graph: ir.Graph, gather: ir.Node, value: ir.Value) -> None:
 
 def row_codes(values: np.ndarray, groups: int = 1, axis: int = 0) -> RowCodes | None:
     """Codes and codebooks of a clustered weight (each group <= 256 distinct values), or None.
-    Groups as in `onnxcomp.quantize.group_view`; used for row-decoded tables and for grouped
+    Groups as in `onnxcomp.encodings.quantize.group_view`; used for row-decoded tables and for grouped
     lookups decoded at load."""
-    from onnxcomp.quantize import from_group_view, group_view
+    from onnxcomp.encodings.quantize import from_group_view, group_view
 
     if groups <= 1:
         unique, codes = np.unique(values, return_inverse=True)

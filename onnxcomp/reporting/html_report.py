@@ -2,7 +2,7 @@
 
 What it shows, all measured on the models rather than taken from the allocator's estimates: at
 the top, file size against quality for the original, its per-channel int8 version
-(`onnxcomp.int8_reference`) and the compressed model, run on the same inputs; the per-layer
+(`onnxcomp.reporting.int8_reference`) and the compressed model, run on the same inputs; the per-layer
 table; each encoded weight's distribution before and after (original weights against the few
 values they collapsed onto, as in Ullrich et al.'s soft weight-sharing figure);
 bits, sparsity and parameters kept per layer; bytes by encoding; fidelity and accuracy; and the
@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding, modelfile
-from onnxcomp.canonicalize import canonicalize
-from onnxcomp.data import Samples
+from onnxcomp import modelfile
+from onnxcomp.encodings import encoding
+from onnxcomp.model.canonicalize import canonicalize
+from onnxcomp.samples.data import Samples
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.int8_reference import compare_with_int8
+from onnxcomp.reporting.int8_reference import compare_with_int8
 from onnxcomp.passes.cleanup import clean_up
-from onnxcomp.report import GENERATED_INPUTS_NOTE, StoredWeight, inspect_weights, stored_weights, weight_row
-from onnxcomp.report_plots import (COMPRESSED_COLOR, INT8_COLOR, ORIGINAL_COLOR, allocation_plot, distribution_plot,
+from onnxcomp.reporting.report import GENERATED_INPUTS_NOTE, StoredWeight, inspect_weights, stored_weights, weight_row
+from onnxcomp.reporting.report_plots import (COMPRESSED_COLOR, INT8_COLOR, ORIGINAL_COLOR, allocation_plot, distribution_plot,
                                    encoding_plot, entropy_plot, quality_measure, size_quality_plot)
 from onnxcomp.sizes import format_size
 
@@ -65,7 +66,7 @@ def layer_analysis(compressed: StoredWeight, original: StoredWeight | None, row:
     sparse layer it is the smaller of that and the entropy of the non-zero codes plus the
     entropy of the position gaps (what an ideal coder of the stored form needs). The codebook
     (float values) is added as stored. Dense float weights count as their stored bytes. The
-    name, shape, encoding, bits and bytes are `onnxcomp.report.weight_row`'s, as `inspect` and
+    name, shape, encoding, bits and bytes are `onnxcomp.reporting.report.weight_row`'s, as `inspect` and
     the compress summary show them.
     """
     values = compressed.array.ravel()
@@ -115,7 +116,7 @@ def layer_analysis(compressed: StoredWeight, original: StoredWeight | None, row:
 
 def channel_scale(weight: StoredWeight) -> np.ndarray | None:
     """The per-channel scales of a "scaled" weight: the stored float tensor of its rank that
-    broadcasts along exactly one of its axes (`onnxcomp.channel_scales.insert_scale`)."""
+    broadcasts along exactly one of its axes (`onnxcomp.encodings.channel_scales.insert_scale`)."""
     shape = weight.array.shape
     for source in weight.sources:
         value = source.const_value

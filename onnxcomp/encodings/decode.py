@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding
+from onnxcomp.encodings import encoding
 
 DECODE_OPSET = 11
 
@@ -289,7 +289,7 @@ class DecodeBuilder:
 def restore(builder: DecodeBuilder, decoded: ir.Value, storage, stem: str) -> ir.Value:
     """The decoded float32 working values -> the weight's own type: Add(zero point) for integer
     weights with a non-zero zero point, Cast to float16/bfloat16/int8/uint8/... Both fold at load
-    with the rest of the decode. `storage` is the weight's `onnxcomp.weights.Storage`."""
+    with the rest of the decode. `storage` is the weight's `onnxcomp.model.weights.Storage`."""
     if storage.offset is not None:
         decoded = builder.op("Add", [decoded, builder.constant(np.asarray(storage.offset, np.float32), stem + "_zp")])
     if not storage.plain:

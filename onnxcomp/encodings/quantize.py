@@ -42,7 +42,7 @@ class Quantization:
     groups: int = 1  # > 1: one codebook per group of the weight's entries (see group_view)
     group_axis: int = 0  # 0: groups of consecutive rows (flat blocks); 1: groups of consecutive columns
     vector_dim: int = 1  # > 1: vector quantization, codebook [K, vector_dim] (see vector_quantize)
-    outlier_threshold: float | None = None  # entries with |w| above stay exact (onnxcomp.outliers)
+    outlier_threshold: float | None = None  # entries with |w| above stay exact (onnxcomp.encodings.outliers)
 
 
 def sample_positions(size: int, count: int) -> np.ndarray:

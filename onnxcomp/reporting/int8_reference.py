@@ -16,15 +16,15 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import modelfile
-from onnxcomp.canonicalize import canonicalize
-from onnxcomp.channel_scales import INT8_LEVELS, channel_axes, channel_distortion, channel_scales
-from onnxcomp.data import Samples
-from onnxcomp.memory import activation_sizes, batch_size as budget_batch
+from onnxcomp.model.canonicalize import canonicalize
+from onnxcomp.encodings.channel_scales import INT8_LEVELS, channel_axes, channel_distortion, channel_scales
+from onnxcomp.samples.data import Samples
+from onnxcomp.model.memory import activation_sizes, batch_size as budget_batch
 from onnxcomp.passes.cleanup import clean_up
-from onnxcomp.probe import generated_samples
-from onnxcomp.signature import input_specs
-from onnxcomp.verify import accuracy, class_score_outputs, fidelity
-from onnxcomp.weights import find_weights
+from onnxcomp.samples.probe import generated_samples
+from onnxcomp.samples.signature import input_specs
+from onnxcomp.reporting.verify import accuracy, class_score_outputs, fidelity
+from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 A dynamic dim gets candidate sizes from its name (``height``/``W`` -> image sizes in multiples
 of the graph's stride product, ``sequence`` -> audio lengths or token counts) and from constant
-``Reshape`` targets. Generated inputs (``onnxcomp.generated``) take the first guess; probing
-(``onnxcomp.probe``) tries the others in order.
+``Reshape`` targets. Generated inputs (``onnxcomp.samples.generated``) take the first guess; probing
+(``onnxcomp.samples.probe``) tries the others in order.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.signature import InputSpec
+from onnxcomp.samples.signature import InputSpec
 
 logger = logging.getLogger(__name__)
 

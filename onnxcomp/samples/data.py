@@ -1,6 +1,6 @@
 """Sample inputs: user data (.npz, a folder of .npz feeds, Python feeds) or seeded generated data.
 
-Each input's samples lie along its own sample axis (``onnxcomp.signature``): axis 1 of a
+Each input's samples lie along its own sample axis (``onnxcomp.samples.signature``): axis 1 of a
 recurrent ``state [2, batch, 128]``; an input without one (a scalar sample rate) is one value
 fed whole with every batch. Feeds whose shapes differ (variable image sizes, sequence lengths)
 cannot be stacked: they are kept as groups of equal-shaped feeds, and every consumer iterates
@@ -20,9 +20,9 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.feeds import (  # noqa: F401  (batch, batches, first_group, join_outputs: re-exported)
+from onnxcomp.samples.feeds import (  # noqa: F401  (batch, batches, first_group, join_outputs: re-exported)
     Feeds, as_feeds, batch, batches, feed_groups, first_group, group_count, join_outputs, sample_count, slice_feeds)
-from onnxcomp.signature import InputSpec, check_values, input_specs, pinned_value
+from onnxcomp.samples.signature import InputSpec, check_values, input_specs, pinned_value
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp import encoding
-from onnxcomp.quantize import Quantization, SortedWeights
+from onnxcomp.encodings import encoding
+from onnxcomp.encodings.quantize import Quantization, SortedWeights
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ with the same layout (exact zeros + a few values per layer) that the allocator t
   mixture, then the same final stage.
 - ``admm`` (Yang et al. 2020): ADMM between the loss and "sparse + quantized within the byte
   budget": the Z-step is the allocator's knapsack projection of W + U.
-- ``vib`` (Dai et al. 2018, `onnxcomp.vib`): removes whole neurons first, then ``prune``.
+- ``vib`` (Dai et al. 2018, `onnxcomp.training.vib`): removes whole neurons first, then ``prune``.
 - ``auto``: ``vib`` then ``prune`` where the model has neuron groups to gate and the data has
   labels, else ``prune``.
 
@@ -31,10 +31,10 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp import modelfile
-from onnxcomp.allocate import Allocation, LayerOptions, allocate
-from onnxcomp.data import Samples
+from onnxcomp.planning.allocate import Allocation, LayerOptions, allocate
+from onnxcomp.samples.data import Samples
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.quantize import SortedWeights, apply_quantization, nearest_rows, prune_mask, snap_to_codebook
+from onnxcomp.encodings.quantize import SortedWeights, apply_quantization, nearest_rows, prune_mask, snap_to_codebook
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Weight encodings and their decode subgraphs: codebooks, packing, and how a saved model stores weights."""

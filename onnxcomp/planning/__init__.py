@@ -1,0 +1,1 @@
+"""Planning: each weight's priced options, layer sensitivity, error compensation and the allocation under the budget."""

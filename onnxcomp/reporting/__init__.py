@@ -1,0 +1,1 @@
+"""What a run reports: fidelity, the quality floor, the int8 yardstick, per-layer tables and the HTML report."""

@@ -1,0 +1,1 @@
+"""Sample inputs: the user's data, the model's input signature, and generated inputs that run it."""

@@ -1,0 +1,1 @@
+"""Training methods: compression-aware fine-tuning and neuron elimination (VIBNet)."""
