@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,9 +127,11 @@ def capture_feeds(app: ZooApp, work: Path, limit: int) -> dict[str, Any]:
     return info
 
 
-def compress(app: ZooApp, fraction: float, work: Path, data: Path | None = None) -> dict[str, Any]:
+def compress(app: ZooApp, fraction: float, work: Path, data: Path | None = None, repeat: int = 1) -> dict[str, Any]:
     """Compress to `fraction` of the model's bytes: data-free, or calibrated on the feed folder
-    `data` without fine-tuning."""
+    `data` without fine-tuning. With `repeat` > 1 the same compression runs that many times:
+    seconds is their median, peak RSS their largest, and `same_bytes` whether every run wrote the
+    same file."""
     original = app.model_path()
     target = int(original.stat().st_size * fraction)
     tag = f"{fraction:g}" + (".calibrated" if data else "")
@@ -136,16 +140,25 @@ def compress(app: ZooApp, fraction: float, work: Path, data: Path | None = None)
                                      "--allow-low-fidelity"]  # the table measures every fraction, low quality included
     if data is not None:
         command += ["--data", str(data), "--epochs", "0"]
-    run = run_child(command, work / f"{app.name}.{tag}.compress.log", COMPRESS_TIMEOUT_S)
+    runs, digests = [], set()
+    for _ in range(max(repeat, 1)):
+        run = run_child(command, work / f"{app.name}.{tag}.compress.log", COMPRESS_TIMEOUT_S)
+        runs.append(run)
+        if run.returncode != 0:
+            break
+        digests.add(hashlib.sha256(output.read_bytes()).hexdigest() if output.exists() else None)
     row: dict[str, Any] = {
         "fraction": fraction,
         "target_bytes": target,
         "exit_code": run.returncode,
-        "seconds": round(run.seconds, 1),
-        "peak_rss_bytes": run.peak_rss_bytes,
+        "seconds": round(statistics.median(r.seconds for r in runs), 1),
+        "peak_rss_bytes": max(r.peak_rss_bytes for r in runs),
         "error": run.error,
         "bytes": output.stat().st_size if run.returncode == 0 and output.exists() else None,
     }
+    if repeat > 1:
+        row["seconds_runs"] = [round(r.seconds, 1) for r in runs]
+        row["same_bytes"] = len(digests) == 1
     if data is not None:
         row["calibrated"] = True
     if row["bytes"] is not None:
@@ -203,7 +216,7 @@ def _with_original_metadata(app: ZooApp, model: Path) -> Path | None:
 
 
 def bench_model(app: ZooApp, fractions: list[float], work: Path, with_quantize: bool, calibrate: int = 0,
-                data_free: bool = True) -> dict[str, Any]:
+                data_free: bool = True, repeat: int = 1) -> dict[str, Any]:
     original = app.model_path()
     logger.info("%s: %s (%d bytes)", app.name, original, original.stat().st_size)
     result: dict[str, Any] = {
@@ -221,7 +234,7 @@ def bench_model(app: ZooApp, fractions: list[float], work: Path, with_quantize: 
     result["app_error"] = error
     result["compress"] = []
     for fraction in fractions if data_free else ():
-        row = compress(app, fraction, work)
+        row = compress(app, fraction, work, repeat=repeat)
         judge(app, row, reference, work, f"{fraction:g}")
         logger.info("%s at %g: %s", app.name, fraction, {k: v for k, v in row.items() if k != "model"})
         result["compress"].append(row)
@@ -231,7 +244,7 @@ def bench_model(app: ZooApp, fractions: list[float], work: Path, with_quantize: 
         result["compress_calibrated"] = []
         folder = result["calibration"].get("folder")
         for fraction in fractions if folder else ():
-            row = compress(app, fraction, work, Path(folder))
+            row = compress(app, fraction, work, Path(folder), repeat=repeat)
             judge(app, row, reference, work, f"{fraction:g}.calibrated")
             logger.info("%s at %g calibrated: %s", app.name, fraction, {k: v for k, v in row.items() if k != "model"})
             result["compress_calibrated"].append(row)
@@ -301,7 +314,7 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
         rows = {row["fraction"]: row for row in r["compress"]}
         measured = [rows.get(f) for f in fractions]
         rss = ", ".join(f"{row['peak_rss_bytes'] / 2**20:,.0f} MB" if row else "-" for row in measured)
-        secs = ", ".join(f"{row['seconds']:.0f} s" if row else "-" for row in measured)
+        secs = ", ".join(_seconds_cell(row) for row in measured)
         app_note = f" (app fails on the original: {r['app_error'][:80]})" if r.get("app_error") else ""
         # A row measured at another onnxcomp revision than the header's says so.
         revision_note = f" (onnxcomp `{r['revision']}`)" if r.get("revision") else ""
@@ -343,7 +356,7 @@ def _calibrated_table(results: list[dict[str, Any]]) -> list[str]:
         names_in = info.get("inputs", [])
         inputs = f"{len(names_in)} files: {', '.join(names_in[:4])}{', ...' if len(names_in) > 4 else ''}"
         rss = ", ".join(f"{row['peak_rss_bytes'] / 2**20:,.0f} MB" if row else "-" for row in measured)
-        secs = ", ".join(f"{row['seconds']:.0f} s" if row else "-" for row in measured)
+        secs = ", ".join(_seconds_cell(row) for row in measured)
         lines.append(f"| {r['model']} | {inputs} | {feeds} | " + " | ".join(_cell(row, r["bytes"]) for row in measured) + f" | {rss} | {secs} |")
     lines += ["", "Models with identical task outputs, and mean agreement (a failed compression counts 0), of the models above:", ""]
     for fraction in fractions:
@@ -356,15 +369,22 @@ def _calibrated_table(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_results(results: list[dict[str, Any]], folder: Path, command: str, revision: str | None = None, notes: str = "") -> None:
-    """`zoo.json` (without the temporary model paths) and `zoo.md` in `folder`."""
+def _seconds_cell(row: dict[str, Any] | None) -> str:
+    if not row:
+        return "-"
+    return f"{row['seconds']:.0f} s" + (" (runs wrote different bytes)" if row.get("same_bytes") is False else "")
+
+
+def write_results(results: list[dict[str, Any]], folder: Path, command: str, revision: str | None = None, notes: str = "",
+                  stem: str = "zoo") -> None:
+    """`<stem>.json` (without the temporary model paths) and `<stem>.md` in `folder`."""
     public = json.loads(json.dumps(results))
     for result in public:
         for row in [*result["compress"], *result.get("compress_calibrated", []), result.get("int8") or {}, result.get("quantize_dynamic") or {}]:
             row.pop("model", None)
         (result.get("calibration") or {}).pop("folder", None)
-    (folder / "zoo.json").write_text(json.dumps(public, indent=1) + "\n")
-    write_markdown(public, folder / "zoo.md", command, revision, notes)
+    (folder / f"{stem}.json").write_text(json.dumps(public, indent=1) + "\n")
+    write_markdown(public, folder / f"{stem}.md", command, revision, notes)
 
 
 def _git_head() -> str:
@@ -423,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", type=int, default=0, metavar="N",
                         help="also compress calibrated (--data, no fine-tuning) on up to N feeds the app passes the model on its calibration inputs")
     parser.add_argument("--no-data-free", action="store_true", help="with --calibrate: only the calibrated rows")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run each compression N times: the time column is the median, peak RSS the largest; "
+                             "writes zoo_median<N>.md and .json")
     parser.add_argument("--capture", nargs=4, metavar=("NAME", "FOLDER", "N", "SUMMARY_JSON"), help=argparse.SUPPRESS)
     parser.add_argument("--eval", nargs=3, metavar=("NAME", "MODEL", "OUT_JSON"), help=argparse.SUPPRESS)
     parser.add_argument("--quantize-dynamic", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
@@ -449,16 +472,21 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.zoo" + ("" if args.models == ",".join(APPS) else f" --models {args.models}") \
         + ("" if args.fractions == parser.get_default("fractions") else f" --fractions {args.fractions}") \
         + (f" --calibrate {args.calibrate}" if args.calibrate else "") + (" --no-data-free" if args.no_data_free else "") \
-        + (" --no-quantize" if args.no_quantize else "")
+        + (" --no-quantize" if args.no_quantize else "") + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
+    stem = "zoo" if args.repeat <= 1 else f"zoo_median{args.repeat}"
+    notes = "" if args.repeat <= 1 else (
+        f"Each compression ran {args.repeat} times one after another: time is the median of the runs, peak RSS the "
+        "largest, and every run wrote the same bytes unless a cell says otherwise.")
     args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         results: list[dict[str, Any]] = []
         for name in names:
-            results.append(bench_model(APPS[name], fractions, work, not args.no_quantize, args.calibrate, not args.no_data_free))
-            write_results(results, args.results, command)  # after each model: a long run keeps what it measured
-    print((args.results / "zoo.md").read_text())
+            results.append(bench_model(APPS[name], fractions, work, not args.no_quantize, args.calibrate, not args.no_data_free,
+                                       args.repeat))
+            write_results(results, args.results, command, notes=notes, stem=stem)  # after each model: a long run keeps what it measured
+    print((args.results / f"{stem}.md").read_text())
     return 0
 
 
