@@ -19,7 +19,8 @@ _PATTERN = re.compile(rf"^\s*{_NUMBER}\s*([A-Za-z]*)\s*$")
 _FRACTION = re.compile(rf"^\s*{_NUMBER}\s*/\s*{_NUMBER}\s*$")
 _PERCENT = re.compile(rf"^\s*{_NUMBER}\s*%\s*$")
 _TIMES = re.compile(rf"^\s*{_NUMBER}\s*[xX]\s*$")
-SIZE_FORMS = "a size (1MB, 500KiB, 90000) or a part of the input's size (1/8, 12.5%, 8x for eight times smaller)"
+RELATIVE_FORMS = "1/8, 12.5%, 8x for eight times smaller"
+SIZE_FORMS = f"a size (1MB, 500KiB, 90000) or a part of the input's size ({RELATIVE_FORMS})"
 
 
 def parse_size(text: str) -> int:
@@ -54,7 +55,7 @@ def relative_part(text: str) -> float | None:
         return None
     if not 0 < part <= 1:
         raise OnnxcompError(f"target {text!r} asks for {part:g} of the input's size; a relative target is a part of it "
-                            "in (0, 1]: e.g. 1/8, 12.5% or 8x (eight times smaller)")
+                            f"in (0, 1], e.g. {RELATIVE_FORMS}")
     return part
 
 
@@ -62,14 +63,12 @@ def parse_target(text: str, input_bytes: Callable[[], int]) -> int:
     """A target size in bytes: absolute as `parse_size` reads it, or relative to the input model's
     bytes (`relative_part`), which `input_bytes` is called for only then."""
     part = relative_part(text)
-    if part is None:
-        try:
-            return parse_size(text)
-        except OnnxcompError as error:
-            if str(error).startswith("cannot read size"):
-                raise OnnxcompError(f"cannot read target size {text!r}: use {SIZE_FORMS}") from None
-            raise
-    return max(1, int(input_bytes() * part))
+    if part is not None:
+        return max(1, int(input_bytes() * part))
+    match = _PATTERN.match(str(text))
+    if not match or match.group(2).lower() not in UNITS:
+        raise OnnxcompError(f"cannot read target size {text!r}: use {SIZE_FORMS}")
+    return parse_size(text)
 
 
 def format_size(size: float) -> str:

@@ -9,6 +9,7 @@ Ray tasks on a cluster (`--executor ray`), as long as the paths are on storage e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -46,10 +47,11 @@ def parse_targets(text: str, input_path: str | Path | None = None) -> list[tuple
     """'1MB,500KB,200KB' -> [(label, bytes), ...], largest first, duplicates (by bytes) dropped.
     Relative targets ('1/8', '12.5%', '8x') are parts of the bytes of the model at `input_path`."""
     targets: dict[int, str] = {}
+    input_bytes = functools.cache(lambda: _input_bytes(input_path))  # read once, and only for a relative target
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        size = parse_target(item, lambda: _input_bytes(input_path))
+        size = parse_target(item, input_bytes)
         safe = item.replace(" ", "").replace("/", "-").replace("%", "pct")  # labels name the output files
         label = safe if re.fullmatch(r"[0-9A-Za-z.-]+", safe) else f"{size}B"
         targets.setdefault(size, label)

@@ -99,3 +99,13 @@ def assert_codes_stored_narrow(reference: ir.Model, encoded: ir.Model, weight_na
     payload = sum(v.const_value.nbytes for v in added.values())
     weight = reference.graph.initializers[weight_name].const_value
     assert payload < weight.nbytes
+
+
+def assert_shared_weight_decoded_once(result, model: ir.Model, decode_op: str) -> ir.Value:
+    """A weight read by two MatMuls is encoded once (one row, one `decode_op`), and both read the
+    same decoded value, which is returned."""
+    assert [row["name"] for row in result.rows] == ["w"]
+    assert op_types(model).count(decode_op) == 1
+    first, second = [n for n in model.graph if n.op_type == "MatMul"]
+    assert first.inputs[1] is second.inputs[1]
+    return first.inputs[1]

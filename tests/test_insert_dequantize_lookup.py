@@ -13,7 +13,7 @@ from onnxcomp.passes.prune_weights import PruneWeightsPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
 from tests.conftest import MLP_TEXT, build_model, run, single_matmul, to_proto
 from tests.pass_helpers import (
-    arrays, assert_codes_stored_narrow, assert_encoded_like, check_valid, feeds_for, op_types, prune_and_cluster,
+    arrays, assert_codes_stored_narrow, assert_encoded_like, assert_shared_weight_decoded_once, check_valid, feeds_for, op_types, prune_and_cluster,
 )
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
@@ -53,13 +53,9 @@ def test_lookup_uniform_codebook_uses_linear_form(rng):
 def test_lookup_shared_weight_decoded_once_and_both_consumers_rewired(shared_model, rng):
     reference = prune_and_cluster(shared_model, None, 4)
     model = reference.clone()
-    result = InsertDequantizeLookupPass()(model)
-    assert [row["name"] for row in result.rows] == ["w"]
-    assert op_types(model).count("GatherElements") == 1
-    first, second = [n for n in model.graph if n.op_type == "MatMul"]
-    assert first.inputs[1] is second.inputs[1]
-    assert {node.op_type for node, _ in first.inputs[1].uses()} == {"MatMul"}
-    assert len(list(first.inputs[1].uses())) == 2
+    decoded = assert_shared_weight_decoded_once(InsertDequantizeLookupPass()(model), model, "GatherElements")
+    assert {node.op_type for node, _ in decoded.uses()} == {"MatMul"}
+    assert len(list(decoded.uses())) == 2
     assert_codes_stored_narrow(reference, model, "w")
     assert_encoded_like(reference, model, rng)
 
