@@ -43,7 +43,8 @@ HALF_MAX = float(np.finfo(np.float16).max)
 @dataclasses.dataclass(frozen=True)
 class ChannelScales:
     """Per-channel max-abs scales of one weight along `axis` (0: rows/output channels of Conv
-    and Gemm(transB); rank-1 axis -1: columns, the output features of a MatMul weight)."""
+    and Gemm(transB); 1: a convolution kernel's input channels, or a matrix's columns, the
+    output features of a MatMul weight)."""
 
     axis: int
     scales: np.ndarray  # float32 [C]
@@ -84,6 +85,17 @@ def channel_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
     if len(shape) == 2:
         return (0, 1) if shape[0] > 1 and shape[1] > 1 else ()
     return (0,) if shape[0] > 1 else ()
+
+
+def scale_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Axes along which a scaled candidate may normalise the weight: the `channel_axes`, and for
+    convolution kernels also axis 1 (input channels per group), whose ranges differ where the
+    layer reads channels of very different scales (an input normalisation folded into the first
+    convolution, a BatchNorm or equalization scale in front of the layer)."""
+    axes = channel_axes(shape)
+    if len(shape) >= 3 and axes and shape[1] > 1:
+        return axes + (1,)
+    return axes
 
 
 def channel_scales(values: np.ndarray, axis: int, half: bool = True) -> ChannelScales:
@@ -137,9 +149,10 @@ def channel_distortion(values: np.ndarray, decoded: np.ndarray, importance: np.n
 
 def int8_reference(values: np.ndarray, importance: np.ndarray | None = None) -> float:
     """`channel_distortion` of the best per-channel int8 coding of this weight (symmetric max-abs
-    scale per channel, over the weight's candidate channel axes; per tensor for vectors)."""
+    scale per channel, over the axes a scaled candidate may use, `scale_axes`; per tensor for
+    vectors)."""
     values = np.asarray(values, np.float32)
-    axes = channel_axes(values.shape)
+    axes = scale_axes(values.shape)
     half = (INT8_LEVELS - 1) // 2
     if not axes:
         peak = float(np.max(np.abs(values))) if values.size else 0.0

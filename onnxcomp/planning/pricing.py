@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from onnxcomp.encodings import encoding, rows
-from onnxcomp.encodings.channel_scales import ChannelScales, channel_axes, channel_distortion, channel_scales, int8_reference, scale_bytes
+from onnxcomp.encodings.channel_scales import ChannelScales, channel_axes, channel_distortion, channel_scales, int8_reference, scale_axes, scale_bytes
 from onnxcomp.encodings.outliers import OUTLIER_MIN_PARAMS, price as outlier_prices
 from onnxcomp.encodings.quantize import (Quantization, SortedWeights, apply_quantization, grouped_quantize, prune_mask,
                                vector_quantize)
@@ -159,13 +159,13 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
 
 def scaled_candidates(values: np.ndarray, importance: np.ndarray | None, energy: float) -> list[Candidate]:
     """Per-channel-scaled lookups (`onnxcomp.encodings.channel_scales`): the weight divided by its per-channel
-    max-abs scales along each candidate channel axis, k-means at SCALED_BITS on the normalised
+    max-abs scales along each axis of `scale_axes` (output channels; a kernel's input channels), k-means at SCALED_BITS on the normalised
     values weighted so that their error is the original's, plus symmetric uniform grids at
     UNIFORM_BITS_SCALED (8 bits: per-channel int8). Priced as a lookup of the normalised weight plus the scales and a Mul."""
     candidates = []
     rank, count = values.ndim, values.size
     has_zero = bool(np.any(values == 0))
-    for axis in channel_axes(values.shape):
+    for axis in scale_axes(values.shape):
         scales = channel_scales(values, axis)
         normalized = scales.normalize(values)
         spread = scales.importance(values.shape, importance)
