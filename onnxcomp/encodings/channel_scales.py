@@ -87,15 +87,25 @@ def channel_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (0,) if shape[0] > 1 else ()
 
 
-def scale_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
+def scale_axes(values: np.ndarray) -> tuple[int, ...]:
     """Axes along which a scaled candidate may normalise the weight: the `channel_axes`, and for
-    convolution kernels also axis 1 (input channels per group), whose ranges differ where the
-    layer reads channels of very different scales (an input normalisation folded into the first
-    convolution, a BatchNorm or equalization scale in front of the layer)."""
+    convolution kernels also axis 1 (input channels per group) where its channel ranges vary more
+    than the output channels' (variance of log max-abs): the layer reads channels of very
+    different scales (an input normalisation folded into the first convolution, a BatchNorm or
+    equalization scale in front of it). Elsewhere output scales do at least as well."""
+    shape = np.shape(values)
     axes = channel_axes(shape)
-    if len(shape) >= 3 and axes and shape[1] > 1:
+    if len(shape) >= 3 and axes and shape[1] > 1 and _log_spread(values, 1) > _log_spread(values, 0):
         return axes + (1,)
     return axes
+
+
+def _log_spread(values: np.ndarray, axis: int) -> float:
+    """Variance of the log max-abs of the non-zero channels along `axis`."""
+    other = tuple(a for a in range(np.ndim(values)) if a != axis)
+    peaks = np.max(np.abs(values), axis=other)
+    peaks = peaks[peaks > TINY]
+    return float(np.var(np.log(peaks))) if peaks.size > 1 else 0.0
 
 
 def channel_scales(values: np.ndarray, axis: int, half: bool = True) -> ChannelScales:
@@ -152,7 +162,7 @@ def int8_reference(values: np.ndarray, importance: np.ndarray | None = None) -> 
     scale per channel, over the axes a scaled candidate may use, `scale_axes`; per tensor for
     vectors)."""
     values = np.asarray(values, np.float32)
-    axes = scale_axes(values.shape)
+    axes = scale_axes(values)
     half = (INT8_LEVELS - 1) // 2
     if not axes:
         peak = float(np.max(np.abs(values))) if values.size else 0.0

@@ -149,33 +149,29 @@ class SortedWeights:
         # Linear initialisation over the surviving range (Han et al. 2016 found it best: it keeps
         # centres on the rare large weights that matter most), skipping the pruned gap.
         centres = _linear_init(low, high, k, gap_low, gap_high)
+        edges = np.empty(k + 1, dtype=np.intp)  # cluster i holds sorted entries edges[i]:edges[i + 1]
+        edges[0], edges[-1] = 0, self.sorted.size
         for _ in range(KMEANS_ITERATIONS):
-            a, b = self._cluster_ranges(centres)
-            weights = w_prefix[b] - w_prefix[a]
-            sums = wx_prefix[b] - wx_prefix[a]
-            counts = count_prefix[b] - count_prefix[a]
-            filled = (counts > 0) & (weights > 0)
+            edges[1:-1] = np.searchsorted(self.sorted, (centres[1:] + centres[:-1]) / 2, side="left")
+            weights = np.diff(w_prefix[edges])
+            # a cluster with weight holds kept entries (every kept entry has importance > 0)
+            filled = weights > 0
             updated = centres.copy()
-            updated[filled] = sums[filled] / weights[filled]
-            updated = np.sort(updated)
+            updated[filled] = np.diff(wx_prefix[edges])[filled] / weights[filled]
+            updated.sort()
             converged = bool(np.max(np.abs(updated - centres)) <= 1e-12)
             centres = updated
             if converged:
                 break
-        a, b = self._cluster_ranges(centres)
-        counts = count_prefix[b] - count_prefix[a]
-        weights = w_prefix[b] - w_prefix[a]
-        sums = wx_prefix[b] - wx_prefix[a]
-        sums2 = wxx_prefix[b] - wxx_prefix[a]
+        edges[1:-1] = np.searchsorted(self.sorted, (centres[1:] + centres[:-1]) / 2, side="left")
+        counts = np.diff(count_prefix[edges])
+        weights = np.diff(w_prefix[edges])
+        sums = np.diff(wx_prefix[edges])
+        sums2 = np.diff(wxx_prefix[edges])
         centres32 = centres.astype(np.float32).astype(np.float64)
         sse = float(np.sum(sums2 - 2 * centres32 * sums + weights * centres32 * centres32))
         codebook = np.unique(centres[counts > 0].astype(np.float32))
         return Quantization(threshold, codebook, max(sse, 0.0) * self.scale + pruned_sse, whole)
-
-    def _cluster_ranges(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        bounds = (centres[1:] + centres[:-1]) / 2
-        cuts = np.searchsorted(self.sorted, bounds, side="left")
-        return np.concatenate([[0], cuts]), np.concatenate([cuts, [self.sorted.size]])
 
 
 def _exact_integers(flat: np.ndarray) -> bool:

@@ -165,7 +165,7 @@ def scaled_candidates(values: np.ndarray, importance: np.ndarray | None, energy:
     candidates = []
     rank, count = values.ndim, values.size
     has_zero = bool(np.any(values == 0))
-    for axis in scale_axes(values.shape):
+    for axis in scale_axes(values):
         scales = channel_scales(values, axis)
         normalized = scales.normalize(values)
         spread = scales.importance(values.shape, importance)
