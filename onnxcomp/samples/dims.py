@@ -55,7 +55,7 @@ class DimVariable:
 
 def dim_variables(model: ir.Model, specs: list[InputSpec]) -> list[DimVariable]:
     """The dynamic dims generated inputs must choose (not sample axes, not pinned ones)."""
-    stride = _stride_product(model)
+    stride = stride_product(model)
     hints = _reshape_hints(model)
     pinned = pinned_sizes(specs)
     found: dict[str, DimVariable] = {}
@@ -119,7 +119,7 @@ def _candidates(kind: str, stride: int, hints: list[int]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(s for s in sizes if s > 0))
 
 
-def _stride_product(model: ir.Model) -> int:
+def stride_product(model: ir.Model) -> int:
     """How much the convolutions and poolings shrink an image, at most 32: sizes that divide by
     it survive every downsampling and the upsampling back (Resize by 2, feature-pyramid Adds)."""
     product = 1

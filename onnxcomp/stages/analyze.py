@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.encodings import rows
 from onnxcomp.model.canonicalize import canonicalize, initializer_inputs, model_interface
+from onnxcomp.samples.crop import cropped, sample_input_bytes, spread
 from onnxcomp.samples.data import Samples
+from onnxcomp.samples.feeds import feed_groups, slice_feeds
+from onnxcomp.modelfile import to_proto
+from onnxcomp.runtime.inference import session
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.model.memory import MAX_BATCH, ActivationSizes, batch_size as budget_batch
 from onnxcomp.passes.equalize import EqualizeCrossLayerPass
@@ -22,6 +27,8 @@ from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Progress, Steps, log
 from onnxcomp.model.weights import find_weights, no_weights_error
 
+logger = logging.getLogger(__name__)
+
 SENSITIVITY_SAMPLES = 64
 # Generated inputs: the sensitivity probes together compute at most this many activation bytes
 # (samples x per-sample activation bytes x probes), with at least MIN_SENSITIVITY_SAMPLES samples.
@@ -29,6 +36,12 @@ SENSITIVITY_SAMPLES = 64
 # sensitivities within 2% of two samples' (rank unchanged), at half the runs.
 SENSITIVITY_WORK_BYTES = 16 << 30
 MIN_SENSITIVITY_SAMPLES = 1
+# Given data: when the samples do not fit that budget, at least this many are probed, spread over
+# the data, each centre-cropped along its dynamic spatial dims (`onnxcomp.samples.crop`) so that
+# one probe run computes at most SENSITIVITY_RUN_BYTES of activations (one 800x608 generated
+# sample of a text detector is about 0.9 GB; generated samples are probed at that size).
+MIN_GIVEN_SENSITIVITY_SAMPLES = 4
+SENSITIVITY_RUN_BYTES = 1 << 30
 IMPORTANCE_SAMPLES = 256
 
 
@@ -93,14 +106,50 @@ def batch_size(model: ir.Model, sizes: ActivationSizes | None = None) -> int:
     return MAX_BATCH if sizes is None else budget_batch(sizes.total)
 
 
-def sensitivity_samples(samples: Samples, sizes: ActivationSizes, probes: int) -> int:
-    """Samples for the sensitivity probes: `SENSITIVITY_SAMPLES` of given data; of generated
-    data, as many as keep the probes' activations within `SENSITIVITY_WORK_BYTES` (at least
-    `MIN_SENSITIVITY_SAMPLES`), so that time does not grow as layers x samples x activation size."""
+def sensitivity_samples(samples: Samples, sizes: ActivationSizes, probes: int, model: ir.Model) -> tuple[Samples, str]:
+    """Samples for the sensitivity probes (at most `SENSITIVITY_SAMPLES`), so that time does not
+    grow as layers x samples x activation size. Generated: as many as keep the probes'
+    activations within `SENSITIVITY_WORK_BYTES`, at least `MIN_SENSITIVITY_SAMPLES` (they are all
+    alike). Given: all of them when one probe run computes at most `SENSITIVITY_RUN_BYTES` (or
+    its share of `SENSITIVITY_WORK_BYTES`, if larger); else as many as fit, at least
+    `MIN_GIVEN_SENSITIVITY_SAMPLES`, spread over the data, and when those still exceed it,
+    centre-cropped along the model's dynamic spatial dims (`crop.cropped`; whole when it has
+    none, or the crops do not run).
+
+    Returns the samples and, when they are crops, what they were cropped to (for the log)."""
     count = min(samples.count, SENSITIVITY_SAMPLES)
-    if not samples.generated or sizes.total <= 0:
-        return count
-    return min(count, max(MIN_SENSITIVITY_SAMPLES, SENSITIVITY_WORK_BYTES // (sizes.total * (probes + 1))))
+    if sizes.total <= 0:
+        return samples.head(count), ""
+    if samples.generated:
+        fits = SENSITIVITY_WORK_BYTES // (sizes.total * (probes + 1))
+        return samples.head(min(count, max(MIN_SENSITIVITY_SAMPLES, fits))), ""
+    run_bytes = max(SENSITIVITY_RUN_BYTES, SENSITIVITY_WORK_BYTES // (probes + 1))
+    if count * sizes.total <= run_bytes:
+        return samples.head(count), ""
+    keep = min(count, max(MIN_GIVEN_SENSITIVITY_SAMPLES, run_bytes // sizes.total))
+    chosen = spread(samples, keep)
+    if keep * sizes.total <= run_bytes:
+        return chosen, ""
+    largest = max(sample_input_bytes(part) for part in feed_groups(samples.inputs))  # what `sizes` was inferred on
+    smaller = cropped(chosen, model, run_bytes / keep, sizes.total / max(largest, 1))
+    if smaller is None or not _runs(model, smaller):
+        return chosen, ""
+    shapes = sorted({"x".join(map(str, array.shape)) for part in feed_groups(smaller.inputs) for array in part.values()
+                     if np.ndim(array) >= 3})
+    return smaller, f" (centre crops: {', '.join(shapes[:4])}{', ...' if len(shapes) > 4 else ''})"
+
+
+def _runs(model: ir.Model, samples: Samples) -> bool:
+    """Whether the model runs on one sample of each group of `samples` (crops change shapes)."""
+    try:
+        sess = session(to_proto(model))
+        names = [output.name for output in sess.get_outputs()]
+        for part in feed_groups(samples.inputs):
+            sess.run(names, dict(slice_feeds(part, 0, 1)))
+    except Exception as error:  # noqa: BLE001  (any failure: probe the uncropped samples instead)
+        logger.info("cropped samples do not run (%s); probing whole samples", str(error).splitlines()[0][:200])
+        return False
+    return True
 
 
 def analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch: int, steps: Steps,
@@ -123,11 +172,13 @@ def analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch: 
                                             restore_bytes=w.storage.restore_bytes(), outliers=w.storage.integer))
                 bar.advance()
     if options.sensitivity:
-        count = sensitivity_samples(samples, sizes, len(layers))
-        with steps.timed("sensitivity", f"measure sensitivity on {count} {'generated ' if samples.generated else ''}samples"), \
+        probed, crops = sensitivity_samples(samples, sizes, len(layers), model)
+        kind = "generated " if samples.generated else ""
+        with steps.timed("sensitivity", f"measure sensitivity on {probed.count} {kind}samples{crops}"), \
                 live_task("measure sensitivity", total=len(layers), unit="layers") as bar:
-            sensitivities = measure_sensitivity(model, layers, values, samples.head(count).inputs, batch,
-                                                storage={w.name: w.storage for w in weights}, sizes=sizes,
+            sensitivities = measure_sensitivity(model, layers, values, probed.inputs, batch,
+                                                storage={w.name: w.storage for w in weights},
+                                                sizes=None if crops else sizes,
                                                 progress=lambda index, total, name: bar.advance())
         for layer in layers:
             layer.sensitivity = sensitivities.get(layer.name, 1.0)
