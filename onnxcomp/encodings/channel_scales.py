@@ -134,27 +134,43 @@ def scale_bytes(channels: int, rank: int, half: bool = False) -> int:
     return 4 * channels + encoding.INITIALIZER_BYTES + 3 * rank + encoding.NODE_BYTES
 
 
+class ChannelMeasure:
+    """`channel_distortion` against one weight, its per-channel energies computed once (a layer's
+    candidates are all measured against the same values)."""
+
+    def __init__(self, values: np.ndarray, importance: np.ndarray | None = None, axes: tuple[int, ...] | None = None):
+        self.values = np.asarray(values, np.float64)
+        self.spread = None if importance is None else np.broadcast_to(np.asarray(importance, np.float64), self.values.shape)
+        energy = self.values ** 2
+        if self.spread is not None:
+            energy = energy * self.spread
+        self.axes = channel_axes(self.values.shape) if axes is None else axes
+        self.total = energy.sum()
+        self.per_axis = []  # (axis, other axes, per-channel energy, live channels)
+        for axis in self.axes:
+            other = tuple(a for a in range(self.values.ndim) if a != axis)
+            per_energy = energy.sum(axis=other)
+            self.per_axis.append((other, per_energy, per_energy > 1e-30 * max(float(per_energy.max()), 1e-300)))
+
+    def of(self, decoded: np.ndarray) -> float:
+        error = (np.asarray(decoded, np.float64) - self.values) ** 2
+        if self.spread is not None:
+            error = error * self.spread
+        if not self.axes:
+            return float(error.sum() / max(self.total, 1e-30))
+        worst = 0.0
+        for other, per_energy, live in self.per_axis:
+            per_error = error.sum(axis=other)
+            if live.any():
+                worst = max(worst, float(np.mean(per_error[live] / per_energy[live])))
+        return worst
+
+
 def channel_distortion(values: np.ndarray, decoded: np.ndarray, importance: np.ndarray | None = None,
                        axes: tuple[int, ...] | None = None) -> float:
     """Mean over channels of each channel's (importance-weighted) relative squared error; with
     several candidate channel axes, the worst of them. Channels without energy are skipped."""
-    values = np.asarray(values, np.float64)
-    error = (np.asarray(decoded, np.float64) - values) ** 2
-    energy = values ** 2
-    if importance is not None:
-        spread = np.broadcast_to(np.asarray(importance, np.float64), values.shape)
-        error, energy = error * spread, energy * spread
-    axes = channel_axes(values.shape) if axes is None else axes
-    if not axes:
-        return float(error.sum() / max(energy.sum(), 1e-30))
-    worst = 0.0
-    for axis in axes:
-        other = tuple(a for a in range(values.ndim) if a != axis)
-        per_error, per_energy = error.sum(axis=other), energy.sum(axis=other)
-        live = per_energy > 1e-30 * max(float(per_energy.max()), 1e-300)
-        if live.any():
-            worst = max(worst, float(np.mean(per_error[live] / per_energy[live])))
-    return worst
+    return ChannelMeasure(values, importance, axes).of(decoded)
 
 
 def int8_reference(values: np.ndarray, importance: np.ndarray | None = None) -> float:

@@ -11,10 +11,10 @@ import logging
 import numpy as np
 
 from onnxcomp.encodings import encoding, rows
-from onnxcomp.encodings.channel_scales import ChannelScales, channel_axes, channel_distortion, channel_scales, int8_reference, scale_axes, scale_bytes
+from onnxcomp.encodings.channel_scales import ChannelMeasure, ChannelScales, channel_axes, channel_scales, int8_reference, scale_axes, scale_bytes
 from onnxcomp.encodings.outliers import OUTLIER_MIN_PARAMS, price as outlier_prices
 from onnxcomp.encodings.quantize import (Quantization, SortedWeights, apply_quantization, grouped_quantize, prune_mask,
-                               vector_quantize)
+                               snap_to_codebook, vector_quantize)
 from onnxcomp.encodings.quantize import PRICE_SAMPLE, PRICE_SAMPLE_ABOVE
 
 logger = logging.getLogger(__name__)
@@ -148,8 +148,9 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
     if guarded:
         # The plain front stays as it is (sensitivity probes and GPTQ discounts pick from it); the
         # scaled candidates form their own front on bytes, distortion, load and channel error.
-        front = [dataclasses.replace(c, channel=_channel_error(values, importance, c)) for c in front]
-        scaled = [dataclasses.replace(c, channel=_channel_error(values, importance, c))
+        channel_error = ChannelErrors(values, importance)
+        front = [dataclasses.replace(c, channel=channel_error(c)) for c in front]
+        scaled = [dataclasses.replace(c, channel=channel_error(c))
                   for c in scaled_candidates(values, importance, energy) if c.bytes < front[-1].bytes]
         front = sorted(front + pareto(scaled), key=lambda c: (c.bytes, c.distortion, c.load, c.channel))
         int8_channel = int8_reference(values, importance)
@@ -203,10 +204,74 @@ def decoded_values(values: np.ndarray, importance: np.ndarray | None, candidate:
     return candidate.scales.restore(apply_quantization(normalized, candidate.quant, spread))
 
 
-def _channel_error(values: np.ndarray, importance: np.ndarray | None, candidate: Candidate) -> float:
-    if candidate.quant is None:
-        return 0.0
-    return channel_distortion(values, decoded_values(values, importance, candidate), importance)
+class ChannelErrors:
+    """Channel errors (`channel_scales.channel_distortion`) of one weight's candidates, the same
+    numbers `decoded_values` and `channel_distortion` give. What every candidate's decode needs
+    (float64 values, saliencies, sort order; per-channel energies) is computed once per weight,
+    and once per set of channel scales for the scaled candidates, not once per candidate."""
+
+    def __init__(self, values: np.ndarray, importance: np.ndarray | None):
+        self.values, self.importance = values, importance
+        self.measure = ChannelMeasure(values, importance)
+        self.plain = _Snapper(values, importance, self.measure.values)
+        self.scaled: dict[int, tuple[ChannelScales, _Snapper]] = {}
+
+    def __call__(self, candidate: Candidate) -> float:
+        quant = candidate.quant
+        if quant is None:
+            return 0.0
+        if quant.vector_dim > 1 or quant.groups > 1 or quant.outlier_threshold is not None or self.values.ndim == 0:
+            return self.measure.of(decoded_values(self.values, self.importance, candidate))
+        scales = candidate.scales
+        if scales is None:
+            return self.measure.of(self.plain.decode(quant))
+        if id(scales) not in self.scaled:  # every scaled candidate of one axis shares its scales
+            self.scaled[id(scales)] = (scales, _Snapper(scales.normalize(self.values),
+                                                        scales.importance(np.shape(self.values), self.importance)))
+        return self.measure.of(scales.restore(self.scaled[id(scales)][1].decode(quant)))
+
+
+class _Snapper:
+    """`quantize.apply_quantization` of one tensor with per-tensor codebooks (no groups, vectors or
+    outliers), for many codebooks: prune by saliency, snap to the nearest centre by cutting the
+    sorted values at the codebook's midpoints (one binary search per centre, not per entry)."""
+
+    def __init__(self, values: np.ndarray, importance: np.ndarray | None, wide: np.ndarray | None = None):
+        self.values = np.asarray(values, np.float32)
+        self.importance = importance
+        self.wide = self.values.astype(np.float64) if wide is None else wide
+        self._saliency = self._order = self._sorted = None  # on first use
+
+    def decode(self, quant: Quantization) -> np.ndarray:
+        decoded = self._snapped(quant.codebook)
+        decoded[~((self._saliencies() >= quant.saliency_threshold) & (self.wide != 0))] = 0.0
+        return decoded
+
+    def _saliencies(self) -> np.ndarray:
+        if self._saliency is None:  # as `quantize.prune_mask` computes them
+            if self.importance is None:
+                self._saliency = self.wide * self.wide
+            else:
+                floor = 1e-12 * max(float(np.max(self.importance)), 1e-30)
+                spread = np.broadcast_to(np.asarray(self.importance, np.float64), self.wide.shape)
+                self._saliency = np.maximum(spread, floor) * self.wide * self.wide
+        return self._saliency
+
+    def _snapped(self, codebook: np.ndarray) -> np.ndarray:
+        if codebook.size < 2:
+            return snap_to_codebook(self.values, codebook)
+        if self._order is None:
+            flat = self.wide.reshape(-1)
+            self._order = np.argsort(flat, kind="stable")
+            self._sorted = flat[self._order]
+        bounds = (codebook[1:].astype(np.float64) + codebook[:-1]) / 2
+        # snap_to_codebook's code of x counts the bounds below x: the sorted values up to
+        # bound j (inclusive) have codes <= j
+        cuts = np.searchsorted(self._sorted, bounds, side="right")
+        counts = np.diff(np.concatenate(([0], cuts, [self._sorted.size])))
+        flat = np.empty(self._sorted.size, np.float32)
+        flat[self._order] = np.repeat(codebook, counts).astype(np.float32)
+        return flat.reshape(self.values.shape)
 
 
 def _row_priced(candidate: Candidate, shape: tuple[int, ...]) -> Candidate:
