@@ -89,23 +89,14 @@ def channel_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def scale_axes(values: np.ndarray) -> tuple[int, ...]:
     """Axes along which a scaled candidate may normalise the weight: the `channel_axes`, and for
-    convolution kernels also axis 1 (input channels per group) where its channel ranges vary more
-    than the output channels' (variance of log max-abs): the layer reads channels of very
-    different scales (an input normalisation folded into the first convolution, a BatchNorm or
-    equalization scale in front of it). Elsewhere output scales do at least as well."""
+    convolution kernels also axis 1 (input channels per group), whose ranges differ where the
+    layer reads channels of very different scales (an input normalisation folded into the first
+    convolution, a BatchNorm or equalization scale in front of the layer)."""
     shape = np.shape(values)
     axes = channel_axes(shape)
-    if len(shape) >= 3 and axes and shape[1] > 1 and _log_spread(values, 1) > _log_spread(values, 0):
+    if len(shape) >= 3 and axes and shape[1] > 1:
         return axes + (1,)
     return axes
-
-
-def _log_spread(values: np.ndarray, axis: int) -> float:
-    """Variance of the log max-abs of the non-zero channels along `axis`."""
-    other = tuple(a for a in range(np.ndim(values)) if a != axis)
-    peaks = np.max(np.abs(values), axis=other)
-    peaks = peaks[peaks > TINY]
-    return float(np.var(np.log(peaks))) if peaks.size > 1 else 0.0
 
 
 def channel_scales(values: np.ndarray, axis: int, half: bool = True) -> ChannelScales:
