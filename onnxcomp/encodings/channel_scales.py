@@ -137,7 +137,7 @@ class ChannelMeasure:
             energy = energy * self.spread
         self.axes = channel_axes(self.values.shape) if axes is None else axes
         self.total = energy.sum()
-        self.per_axis = []  # (axis, other axes, per-channel energy, live channels)
+        self.per_axis = []  # per channel axis: (the other axes, per-channel energy, channels with energy)
         for axis in self.axes:
             other = tuple(a for a in range(self.values.ndim) if a != axis)
             per_energy = energy.sum(axis=other)
