@@ -106,7 +106,23 @@ def test_crops_that_do_not_run_fall_back_to_whole_samples(monkeypatch):
     assert note == "" and shapes_of(probed) == [(4, 3, 256, 512)]
 
 
-@pytest.mark.parametrize("size, stride, expected", [(736, 32, 352), (100, 32, 48), (30, 32, 14), (64, 32, 32)])
-def test_shorter_sides_keep_the_stride(size, stride, expected):
+@pytest.mark.parametrize("size, factor, expected", [(736, 0.5, 352), (1000, 0.5, 496), (1000, 0.05, 128), (100, 0.5, 100),
+                                                    (48, 0.1, 48)])
+def test_shorter_sides_keep_the_stride(size, factor, expected):
     from onnxcomp.samples.crop import _shorter
-    assert _shorter(size, 0.5 if size != 64 else 0.1, stride) == expected
+    assert _shorter(size, factor, 32) == expected  # multiples of gcd(size, 32), at least 4 strides
+
+
+def test_crops_are_checked_in_a_child():
+    model = conv_model()
+    assert analyze._runs(model, page_feeds(model, [(64, 96), (32, 32)]))
+    # a model that takes one size only: x + a constant [1, 3, 64, 64]
+    graph = helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "fixed",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.ones((1, 3, 64, 64), np.float32), "c")])
+    fixed = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fixed.ir_version = 8
+    fixed = ir.serde.deserialize_model(fixed)
+    assert analyze._runs(fixed, page_feeds(fixed, [(64, 64)]))
+    assert not analyze._runs(fixed, page_feeds(fixed, [(32, 32)]))

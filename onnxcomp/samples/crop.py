@@ -22,6 +22,9 @@ from onnxcomp.samples.dims import dim_key, dim_variables, stride_product
 from onnxcomp.samples.feeds import Feeds, feed_groups, group_count
 from onnxcomp.samples.signature import input_specs
 
+# A cropped side keeps at least this many strides of the graph's stride product (128 pixels at 32).
+MIN_STRIDES = 4
+
 
 def spread(samples: Samples, count: int) -> Samples:
     """`count` samples evenly spaced over all of `samples` (in `batches` order; each group of
@@ -99,6 +102,9 @@ def sample_input_bytes(feeds: Feeds) -> int:
 
 def _shorter(size: int, factor: float, stride: int) -> int:
     """`size` times `factor`, rounded down to a multiple of gcd(size, stride) (the stride, or
-    the largest power of two that divides `size` when that is smaller), never below one step."""
+    the largest power of two that divides `size` when that is smaller), never below MIN_STRIDES
+    strides (a side already that short stays as it is: a text-line recognizer's 48-pixel height)."""
+    if size <= MIN_STRIDES * stride:
+        return size
     step = math.gcd(size, stride)
-    return max(step, int(size * factor) // step * step)
+    return max(MIN_STRIDES * stride, int(size * factor) // step * step)

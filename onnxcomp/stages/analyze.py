@@ -15,6 +15,7 @@ from onnxcomp.samples.data import Samples
 from onnxcomp.samples.feeds import feed_groups, slice_feeds
 from onnxcomp.modelfile import to_proto
 from onnxcomp.runtime.inference import session
+from onnxcomp.runtime.isolated import call_isolated
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.model.memory import MAX_BATCH, ActivationSizes, batch_size as budget_batch
 from onnxcomp.passes.equalize import EqualizeCrossLayerPass
@@ -42,6 +43,7 @@ MIN_SENSITIVITY_SAMPLES = 1
 # sample of a text detector is about 0.9 GB; generated samples are probed at that size).
 MIN_GIVEN_SENSITIVITY_SAMPLES = 4
 SENSITIVITY_RUN_BYTES = 1 << 30
+CROP_CHECK_TIMEOUT_S = 120.0
 IMPORTANCE_SAMPLES = 256
 
 
@@ -140,14 +142,26 @@ def sensitivity_samples(samples: Samples, sizes: ActivationSizes, probes: int, m
 
 
 def _runs(model: ir.Model, samples: Samples) -> bool:
-    """Whether the model runs on one sample of each group of `samples` (crops change shapes)."""
+    """Whether the model runs on one sample of each group of `samples` (crops change shapes), in
+    a child process: ONNX Runtime can die natively on a size it cannot take (PP-OCR's text
+    recognizer: SIGFPE, integer division by zero)."""
+    feeds = [dict(slice_feeds(part, 0, 1)) for part in feed_groups(samples.inputs)]
     try:
-        sess = session(to_proto(model))
-        names = [output.name for output in sess.get_outputs()]
-        for part in feed_groups(samples.inputs):
-            sess.run(names, dict(slice_feeds(part, 0, 1)))
-    except Exception as error:  # noqa: BLE001  (any failure: probe the uncropped samples instead)
+        return call_isolated(_run_child, to_proto(model).SerializeToString(), feeds, timeout=CROP_CHECK_TIMEOUT_S,
+                             stage="checking the cropped samples")
+    except OnnxcompError as error:  # the child crashed (ChildCrashed), hung or could not load the model
         logger.info("cropped samples do not run (%s); probing whole samples", str(error).splitlines()[0][:200])
+        return False
+
+
+def _run_child(model_bytes: bytes, feeds: list[dict]) -> bool:
+    """(In the isolated child.) Whether every feed runs."""
+    sess = session(model_bytes)
+    names = [output.name for output in sess.get_outputs()]
+    try:
+        for feed in feeds:
+            sess.run(names, feed)
+    except Exception:  # noqa: BLE001  (any failure: the caller probes whole samples instead)
         return False
     return True
 
