@@ -354,16 +354,15 @@ def apply_quantization(values: np.ndarray, quant: Quantization, importance: np.n
     return result
 
 
-def snap_to_codebook(values: np.ndarray, codebook: np.ndarray, wide: np.ndarray | None = None) -> np.ndarray:
-    """Nearest-centre assignment for a sorted 1-D codebook (`wide`: the values as float64, when
-    the caller already holds them)."""
+def snap_to_codebook(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Nearest-centre assignment for a sorted 1-D codebook."""
     values = np.asarray(values, dtype=np.float32)
     if codebook.size == 0:
         return np.zeros_like(values)
     if codebook.size == 1:
         return np.full_like(values, codebook[0])
     bounds = (codebook[1:].astype(np.float64) + codebook[:-1]) / 2
-    index = np.searchsorted(bounds, values.astype(np.float64) if wide is None else wide, side="left")
+    index = np.searchsorted(bounds, values.astype(np.float64), side="left")
     return codebook[index].astype(np.float32)
 
 

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from onnxcomp.encodings import encoding, rows
-from onnxcomp.encodings.channel_scales import ChannelMeasure, ChannelScales, channel_axes, channel_scales, int8_reference, scale_axes, scale_bytes
+from onnxcomp.encodings.channel_scales import ChannelMeasure, ChannelScales, channel_scales, int8_reference, scale_axes, scale_bytes
 from onnxcomp.encodings.outliers import OUTLIER_MIN_PARAMS, price as outlier_prices
 from onnxcomp.encodings.quantize import (Quantization, SortedWeights, apply_quantization, grouped_quantize, prune_mask,
                                snap_to_codebook, vector_quantize)
@@ -160,8 +160,8 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
 
 def scaled_candidates(values: np.ndarray, importance: np.ndarray | None, energy: float) -> list[Candidate]:
     """Per-channel-scaled lookups (`onnxcomp.encodings.channel_scales`): the weight divided by its per-channel
-    max-abs scales along each axis of `scale_axes` (output channels; a kernel's input channels), k-means at SCALED_BITS on the normalised
-    values weighted so that their error is the original's, plus symmetric uniform grids at
+    max-abs scales along each axis of `scale_axes` (output channels; a kernel's input channels),
+    k-means at SCALED_BITS on the normalised values weighted so that their error is the original's, plus symmetric uniform grids at
     UNIFORM_BITS_SCALED (8 bits: per-channel int8). Priced as a lookup of the normalised weight plus the scales and a Mul."""
     candidates = []
     rank, count = values.ndim, values.size
@@ -214,7 +214,7 @@ class ChannelErrors:
         self.values, self.importance = values, importance
         self.measure = ChannelMeasure(values, importance)
         self.plain = _Snapper(values, importance, self.measure.values)
-        self.scaled: dict[int, tuple[ChannelScales, _Snapper]] = {}
+        self.scaled: dict[int, tuple[ChannelScales, _Snapper]] = {}  # by id; the scales kept so the id stays theirs
 
     def __call__(self, candidate: Candidate) -> float:
         quant = candidate.quant
