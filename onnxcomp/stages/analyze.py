@@ -39,8 +39,8 @@ SENSITIVITY_WORK_BYTES = 16 << 30
 MIN_SENSITIVITY_SAMPLES = 1
 # Given data: when the samples do not fit that budget, at least this many are probed, spread over
 # the data, each centre-cropped along its dynamic spatial dims (`onnxcomp.samples.crop`) so that
-# one probe run computes at most SENSITIVITY_RUN_BYTES of activations (one 800x608 generated
-# sample of a text detector is about 0.9 GB; generated samples are probed at that size).
+# one probe run computes at most SENSITIVITY_RUN_BYTES of activations (one 640x640 sample of the
+# PP-OCRv4 text detector: 0.69 GB, by `memory.activation_sizes`; its 736x2976 pages: 3.7 GB).
 MIN_GIVEN_SENSITIVITY_SAMPLES = 4
 SENSITIVITY_RUN_BYTES = 1 << 30
 CROP_CHECK_TIMEOUT_S = 120.0
