@@ -55,7 +55,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     steps = Steps(progress)
     original_proto = modelfile.to_proto(model)
     input_bytes = input_bytes or original_proto.ByteSize()
-    original = session(original_proto)
+    original = session(original_proto, arena=False)  # lives through the run: no arena held at its peak
     # Work on a model of our own: the passes below change the graph in place, and renaming an
     # initializer writes through to the TensorProto it wraps (onnx_ir), i.e. to the caller's.
     with steps.timed("canonicalize", "canonicalize"):

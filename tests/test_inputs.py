@@ -224,6 +224,18 @@ def test_join_outputs_uses_each_outputs_sample_axis():
     assert join_outputs([np.zeros((3, 5)), np.zeros((1, 7))], [3, 1]).shape == (22,)  # not stackable: flattened
 
 
+def test_join_outputs_equals_concatenate_and_lets_each_batch_go():
+    chunks = [RNG.standard_normal((2, 3, 4)), RNG.standard_normal((2, 1, 4)).astype(np.float32)]
+    expected = np.concatenate(chunks, axis=1)
+    joined = join_outputs(chunks, [3, 1])
+    np.testing.assert_array_equal(joined, expected)
+    assert joined.dtype == expected.dtype
+    assert chunks == [None, None]  # copied and dropped: the batches and the joined output are not held at once
+    ragged = [np.arange(6.0).reshape(2, 3), np.arange(4.0).reshape(2, 2).T]
+    expected = np.concatenate([np.ravel(c) for c in ragged])
+    np.testing.assert_array_equal(join_outputs(ragged, [2, 2]), expected)
+
+
 # ---- probing ----------------------------------------------------------------------------------
 
 def test_probing_survives_a_native_crash_and_moves_on():

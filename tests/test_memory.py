@@ -111,6 +111,10 @@ def test_statistics_are_streamed_and_equal_to_one_batch(monkeypatch):
     assert set(whole) == set(streamed) == {"w1", "w2", "w3", "w4"}
     for name in whole:
         np.testing.assert_allclose(streamed[name], whole[name], rtol=1e-5)
+    monkeypatch.setattr(sensitivity, "SQUARES_CHUNK_BYTES", 64)  # float64 squares a few rows at a time
+    sliced = sensitivity.activation_importance(model, weights, inputs, 256)
+    for name in whole:
+        np.testing.assert_allclose(sliced[name], whole[name], rtol=1e-12)
 
 
 def test_hessians_batch_within_the_budget(monkeypatch):
@@ -164,3 +168,13 @@ def test_feeds_of_different_shapes_are_sized_by_the_largest():
     large = Feeds({"x": np.zeros((2, 1, 32, 16), np.float32)})
     sizes = activation_sizes(model, Feeds(small, groups=[small, large]))
     assert sizes.per_sample["a1"] == CHANNELS * 32 * 16 * 4
+
+
+def test_long_lived_sessions_run_without_the_arena():
+    """The reference session lives through a compression; without ONNX Runtime's CPU arena it does
+    not hold its peak (one forward pass at the largest feed) all that time."""
+    from onnxcomp.runtime.inference import session
+
+    proto = _cnn()
+    assert session(proto).get_session_options().enable_cpu_mem_arena
+    assert not session(proto, arena=False).get_session_options().enable_cpu_mem_arena

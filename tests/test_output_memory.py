@@ -8,6 +8,8 @@ once in the dense-and-sparse pricing) and 256 samples of 0.9 MB logits held seve
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -103,3 +105,34 @@ def test_fidelity_in_slices_equals_the_whole(monkeypatch):
     assert verify.output_distortion(original, compressed) == pytest.approx(distortion, rel=1e-12)
     infinite = [np.array([[1.0, np.inf], [2.0, 3.0]])]
     assert np.isnan(verify.fidelity(infinite, [np.array([[1.0, np.inf], [2.0, 3.5]])])["max_abs_error"])
+
+
+def test_a_row_wider_than_a_slice_is_compared_a_slice_of_columns_at_a_time(monkeypatch):
+    """Feeds of different shapes join into one flattened row (`join_outputs`); it is compared in
+    slices too, not copied whole to float64 (the PP-OCRv4 recognizer's 264 MB row peaked at 3.1 GB)."""
+    original = [RNG.standard_normal(1000).astype(np.float32), RNG.standard_normal((3, 400)).astype(np.float32)]
+    compressed = [a + (0.1 * RNG.standard_normal(a.shape)).astype(np.float32) for a in original]
+    compressed[1][1] = 0.0  # collapsed to zeros: cosine 0, not 1
+    whole = verify.fidelity(original, compressed)
+    monkeypatch.setattr(verify, "FIDELITY_CHUNK_BYTES", 200)  # 25 float64 values: every row is wider
+    sliced = verify.fidelity(original, compressed)
+    for name, entry in whole["outputs"].items():
+        assert sliced["outputs"][name]["max_abs_error"] == entry["max_abs_error"]
+        assert sliced["outputs"][name]["cosine"] == pytest.approx(entry["cosine"], rel=1e-12)
+        assert sliced["outputs"][name]["mean_abs_error"] == pytest.approx(entry["mean_abs_error"], rel=1e-12)
+    a = original[0].astype(np.float64)
+    b = compressed[0].astype(np.float64)
+    assert sliced["outputs"]["output_0"]["cosine"] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), rel=1e-12)
+    assert sliced["outputs"]["output_1"]["cosine"] < 0.67
+    zeros = [np.zeros((2, 3)), np.zeros(4)]
+    assert verify.fidelity(zeros, zeros)["cosine"] == 1.0  # both zero: the same output
+    assert verify.fidelity([np.ones(4)], [np.zeros(4)])["cosine"] == 0.0
+    row = RNG.standard_normal(2_000_000).astype(np.float32)  # 8 MB: 16 MB a float64 copy
+    monkeypatch.setattr(verify, "FIDELITY_CHUNK_BYTES", 1 << 20)
+    tracemalloc.start()
+    try:
+        verify.fidelity([row], [row + np.float32(0.01)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (8 << 20) + (8 << 20)  # the compressed row itself and a few 1 MB slices; whole copies: 48 MB

@@ -27,9 +27,11 @@ PROBE_BYTES_FRACTION = 0.1  # probe with the candidate nearest 1/10 of the dense
 FLOOR = 1e-3  # relative: a layer never counts as free to distort
 # Layers probed per measurement session: more sessions to build, fewer weights run unpacked.
 PROBE_GROUP = 16
-# Activation statistics hold each fetched float32 activation as float64, moved to [rows, features]
-# and squared: 6 float32-sized copies besides ONNX Runtime's own.
-FETCHED_COPIES = 6
+# Activation statistics hold each fetched activation and its copy moved to [rows, features]; squares
+# are summed in float64 a slice of SQUARES_CHUNK_BYTES at a time. Whole float64 copies (6 float32-
+# sized copies of the largest activation) took the PP-OCRv4 detector's calibrated run to 1.6 GB.
+FETCHED_COPIES = 2
+SQUARES_CHUNK_BYTES = 16 << 20
 
 
 def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dict[str, np.ndarray],
@@ -179,7 +181,7 @@ def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray
             proto.graph.output.append(onnx.ValueInfoProto(name=activation.name))
             existing.add(activation.name)
     feeds_inputs = {i.name for i in proto.graph.input}
-    sess = session(proto)
+    sess = session(proto, arena=False)  # fetches every input activation at once
     names = sorted({a.name for a, _, _ in wanted.values()})
     output_names = [n for n in names if n not in feeds_inputs]
     sums: dict[str, np.ndarray] = {}
@@ -190,12 +192,7 @@ def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray
     for feed in batches(inputs, batch_size):
         results = dict(zip(output_names, sess.run(output_names, feed))) if output_names else {}
         results.update({n: feed[n] for n in names if n in feed})
-        for name in names:
-            array = np.asarray(results.pop(name), np.float64)
-            moved = np.moveaxis(array, axis_of[name], -1).reshape(-1, array.shape[axis_of[name]])
-            sums[name] = sums.get(name, 0) + np.sum(moved * moved, axis=0)
-            counts[name] = counts.get(name, 0) + moved.shape[0]
-            del array, moved
+        _sum_squares(results, axis_of, sums, counts)
     importances = {}
     for weight_name, (activation, _, shape_fn) in wanted.items():
         mean_square = sums[activation.name] / max(counts[activation.name], 1)
@@ -207,6 +204,19 @@ def activation_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray
             continue
         importances[weight_name] = importance
     return importances
+
+
+def _sum_squares(results: dict[str, np.ndarray], axis_of: dict[str, int], sums: dict, counts: dict) -> None:
+    """Add each fetched activation's per-feature sum of squares and row count, and drop it from `results`."""
+    for name in list(results):
+        array = np.asarray(results.pop(name))
+        moved = np.moveaxis(array, axis_of[name], -1).reshape(-1, array.shape[axis_of[name]])
+        del array
+        step = max(1, SQUARES_CHUNK_BYTES // (8 * max(moved.shape[1], 1)))
+        for start in range(0, moved.shape[0], step):  # float64 a slice of rows at a time
+            part = moved[start:start + step].astype(np.float64)
+            sums[name] = sums.get(name, 0) + np.sum(part * part, axis=0)
+        counts[name] = counts.get(name, 0) + moved.shape[0]
 
 
 def values_shape(weights, name: str) -> tuple[int, ...]:
@@ -259,7 +269,7 @@ def embedding_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray]
     for name in computed:
         if name not in existing:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, dtypes[name], None))
-    sess = session(proto) if computed else None
+    sess = session(proto, arena=False) if computed else None
     counts = {name: np.zeros(values_shape(weights, name)[0], np.float64) for name in wanted}
     skipped: set[str] = set()
     # Padding positions (mask 0, e.g. an `attention_mask` input) read rows that change nothing.

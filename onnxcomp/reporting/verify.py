@@ -96,10 +96,15 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
 def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Max and sum of |a - b| and each row's cosine (rows: the first axis; one row for a vector),
     in float64 over slices of rows: outputs of hundreds of samples can take hundreds of MB, and
-    whole float64 copies of both and their products would take several times that."""
+    whole float64 copies of both and their products would take several times that. A row wider
+    than a slice (the flattened outputs of feeds of different shapes are one row) goes a slice of
+    columns at a time."""
     rows = len(a) if a.ndim > 1 else 1
     flat_a, flat_b = a.reshape(rows, -1), np.asarray(b).reshape(rows, -1)
-    step = max(1, FIDELITY_CHUNK_BYTES // (8 * max(flat_a.shape[1], 1)))
+    width = max(flat_a.shape[1], 1)
+    if 8 * width > FIDELITY_CHUNK_BYTES:
+        return _wide_errors(flat_a, flat_b)
+    step = max(1, FIDELITY_CHUNK_BYTES // (8 * width))
     max_error, error_sum, cosines = 0.0, 0.0, []
     for start in range(0, rows, step):
         part_a = flat_a[start:start + step].astype(np.float64)
@@ -108,9 +113,38 @@ def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float, np.ndarray]:
         max_error = float(np.max([max_error, diff.max()]))  # NaN stays NaN
         error_sum += float(diff.sum())
         del diff
-        norms = np.linalg.norm(part_a, axis=1) * np.linalg.norm(part_b, axis=1)
-        cosines.append(np.where(norms > 0, np.sum(part_a * part_b, axis=1) / np.maximum(norms, 1e-300), 1.0))
+        norm_a, norm_b = np.linalg.norm(part_a, axis=1), np.linalg.norm(part_b, axis=1)
+        cosines.append(_cosine(np.sum(part_a * part_b, axis=1), norm_a, norm_b))
     return max_error, error_sum, np.concatenate(cosines)
+
+
+def _cosine(dot: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray) -> np.ndarray:
+    """Cosine of rows from their dot products and norms: 1 where both rows are zero, 0 where
+    only one is (a compressed output collapsed to zeros matches nothing)."""
+    norms = norm_a * norm_b
+    return np.where(norms > 0, dot / np.maximum(norms, 1e-300), np.where((norm_a == 0) & (norm_b == 0), 1.0, 0.0))
+
+
+def _wide_errors(flat_a: np.ndarray, flat_b: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """`_errors` for rows wider than FIDELITY_CHUNK_BYTES of float64: dot products and squared
+    norms summed over slices of columns. The PP-OCRv4 recognizer's 166 text lines of different
+    widths (one 264 MB row of logits) peaked at 3.1 GB in whole-row float64 copies."""
+    step = max(1, FIDELITY_CHUNK_BYTES // 8)
+    max_error, error_sum, cosines = 0.0, 0.0, []
+    for row_a, row_b in zip(flat_a, flat_b):
+        dot = energy_a = energy_b = 0.0
+        for start in range(0, row_a.size, step):
+            part_a = row_a[start:start + step].astype(np.float64)
+            part_b = row_b[start:start + step].astype(np.float64)
+            diff = np.abs(part_a - part_b)
+            max_error = float(np.max([max_error, diff.max()]))  # NaN stays NaN
+            error_sum += float(diff.sum())
+            del diff
+            dot += float(np.dot(part_a, part_b))
+            energy_a += float(np.dot(part_a, part_a))
+            energy_b += float(np.dot(part_b, part_b))
+        cosines.append(_cosine(np.float64(dot), np.sqrt(energy_a), np.sqrt(energy_b)))
+    return max_error, error_sum, np.asarray(cosines, np.float64)
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -90,16 +90,36 @@ def first_group(inputs: Mapping[str, np.ndarray]) -> Feeds:
     return feed_groups(inputs)[0]
 
 
-def join_outputs(chunks: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+def join_outputs(chunks: list, sizes: list[int]) -> np.ndarray:
     """One output over consecutive batches of ``sizes`` samples: concatenated along the axis
     whose length follows the batch sizes (the output's sample axis), else - outputs that do not
     stack, e.g. from feeds of different shapes - flattened and concatenated, so that outputs are
-    still compared element by element."""
+    still compared element by element.
+
+    Each chunk is copied into the joined array and dropped from ``chunks`` (set to None), so that
+    the batches and the joined output are not held at once (the caller's list is left holding None)."""
     if len(chunks) == 1:
         return chunks[0]
     first = chunks[0]
     for axis in range(first.ndim):
         if all(c.ndim == first.ndim and c.shape[axis] == n and c.shape[:axis] + c.shape[axis + 1:]
                == first.shape[:axis] + first.shape[axis + 1:] for c, n in zip(chunks, sizes)):
-            return np.concatenate(chunks, axis=axis)
-    return np.concatenate([np.ravel(c) for c in chunks])
+            return _concatenate(chunks, axis)
+    for index, chunk in enumerate(chunks):
+        chunks[index] = np.ravel(chunk)
+    return _concatenate(chunks, 0)
+
+
+def _concatenate(chunks: list, axis: int) -> np.ndarray:
+    """`np.concatenate(chunks, axis)`, releasing each chunk once it is copied."""
+    shape = list(chunks[0].shape)
+    shape[axis] = sum(chunk.shape[axis] for chunk in chunks)
+    joined = np.empty(shape, np.result_type(*chunks))
+    start = 0
+    for index, chunk in enumerate(chunks):
+        place = [slice(None)] * joined.ndim
+        place[axis] = slice(start, start + chunk.shape[axis])
+        joined[tuple(place)] = chunk
+        start += chunk.shape[axis]
+        chunks[index] = None
+    return joined

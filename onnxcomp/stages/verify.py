@@ -94,7 +94,7 @@ def verify_outputs(model: ir.Model, original, reference: Reference, check: Sampl
     reference_outputs = reference.outputs
     if check is not reference.samples:
         reference_outputs = run_batches(original, check.inputs, reference.batch_size)
-    compressed_outputs = run_batches(session(data), check.inputs, reference.batch_size)
+    compressed_outputs = run_batches(session(data, arena=False), check.inputs, reference.batch_size)
     measured = fidelity(reference_outputs, compressed_outputs, class_score_outputs(model))
     measured["samples"] = check.count
     measured["generated_inputs"] = check.generated
