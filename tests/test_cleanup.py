@@ -89,6 +89,44 @@ def test_clean_up_leaves_nodes_unnamed(decorated_proto):
     assert [node.name for node in proto.graph.node] == ["", "", ""]
 
 
+def test_slices_keep_unique_names_so_onnx_runtime_loads_the_model(rng):
+    """Two Reshapes each read by Gather(0), Gather(1) and Slice(2:): ONNX Runtime's
+    GatherSliceToSplitFusion names each Split after its Slice, so with unnamed Slices both are
+    "/GatherSliceToSplitFusion/" and the session fails ("two nodes with same node name")."""
+    ort = pytest.importorskip("onnxruntime")
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    twice (float[12] x0, float[12] x1) => (float[3] y0, float[3] y1) {
+      r0 = Reshape(x0, shape)
+      a0 = Gather <axis = 0> (r0, zero)
+      b0 = Gather <axis = 0> (r0, one)
+      s0 = Slice(r0, start, end, axis, step)
+      t0 = ReduceSum <keepdims = 0> (s0, axis)
+      c0 = Add(a0, b0)
+      y0 = Add(c0, t0)
+      r1 = Reshape(x1, shape)
+      a1 = Gather <axis = 0> (r1, zero)
+      b1 = Gather <axis = 0> (r1, one)
+      s1 = Slice(r1, start, end, axis, step)
+      t1 = ReduceSum <keepdims = 0> (s1, axis)
+      c1 = Add(a1, b1)
+      y1 = Add(c1, t1)
+    }
+    """
+    constants = {"shape": np.array([4, 3], np.int64), "zero": np.array(0, np.int64), "one": np.array(1, np.int64),
+                 "start": np.array([2], np.int64), "end": np.array([4], np.int64), "axis": np.array([0], np.int64),
+                 "step": np.array([1], np.int64)}
+    proto = to_proto(clean_up(build_model(text, constants)))
+    names = [node.name for node in proto.graph.node if node.op_type == "Slice"]
+    assert len(set(names)) == 2 and all(names)
+    assert {node.name for node in proto.graph.node if node.op_type != "Slice"} == {""}  # the rest stay unnamed
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal(12).astype(np.float32)
+    y0, _ = session.run(None, {"x0": x, "x1": x})
+    grid = x.reshape(4, 3)
+    np.testing.assert_allclose(y0, grid[0] + grid[1] + grid[2:].sum(0), rtol=1e-6)
+
+
 def test_shorten_names_second_run_not_modified(decorated_proto):
     model = clean_up(deserialize(decorated_proto))
     assert not ShortenNamesPass()(model).modified

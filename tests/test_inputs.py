@@ -46,8 +46,8 @@ vad (float[batch, sequence] input, int64 sr, float[2, batch, 128] state) => (flo
 """
 
 
-def _audio_model() -> ir.Model:
-    proto = onnx.parser.parse_model(AUDIO_TEXT)
+def _audio_model(text: str = AUDIO_TEXT) -> ir.Model:
+    proto = onnx.parser.parse_model(text)
     for name, array in {"w": RNG.standard_normal((512, 128)).astype(np.float32) * 0.05,
                         "zero1": np.array([0], np.int64), "minus1": np.array([-1], np.int64),
                         "thirtytwo": np.array([32], np.int64),
@@ -143,6 +143,19 @@ def test_anonymous_dims_beside_a_dynamic_leading_dim_are_sample_axes():
     proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "?"
     proto.graph.input[2].type.tensor_type.shape.dim[1].dim_param = "?"
     assert input_specs(ir.serde.deserialize_model(proto))[0].dims == (None, None)
+
+
+def test_a_fixed_batch_of_one_is_found_on_the_axis_that_holds_it():
+    """silero-vad's OpenVINO export: input [1, 576], state [2, 1, 128], every dim fixed. State's
+    samples are on axis 1; axis 0 (2) made generated states [1, 1, 128], which ONNX Runtime
+    refuses, and compression fell back to unverified."""
+    model = _audio_model(AUDIO_TEXT.replace("float[batch, sequence] input", "float[1, 512] input")
+                         .replace("float[2, batch, 128] state", "float[2, 1, 128] state")
+                         .replace("float[batch, 128] output", "float[1, 128] output"))
+    specs = {s.name: s for s in input_specs(model)}
+    assert (specs["input"].sample_axis, specs["state"].sample_axis, specs["sr"].sample_axis) == (0, 1, None)
+    samples = generated_samples(model, count=4, values={"sr": np.array(16000)})
+    assert samples.inputs["state"].shape[0] == 2 and samples.inputs["state"].shape[1] == samples.inputs["input"].shape[0]
 
 
 def test_generated_audio_inputs_find_the_sample_rate_and_frame_size():

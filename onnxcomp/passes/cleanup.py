@@ -30,10 +30,14 @@ def _short(index: int) -> str:
 
 
 class ShortenNamesPass(ir.passes.InPlacePass):
-    """Rename internal values, initializers and nodes to short base-36 names.
+    """Rename internal values and initializers to short base-36 names and drop node names.
 
     Graph inputs and outputs keep their names (the model's interface never changes). Names in
     subgraphs are shortened too; outer-scope references follow because they are the same values.
+    Slice nodes keep a short unique name: ONNX Runtime's GatherSliceToSplitFusion (1.19 to at
+    least 1.21) names the Split it makes after the Slice, so two such fusions of unnamed Slices
+    give two nodes named "/GatherSliceToSplitFusion/" and the model does not load (silero-vad's
+    OpenVINO export, compressed).
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -59,7 +63,11 @@ class ShortenNamesPass(ir.passes.InPlacePass):
         for value in initializers:
             model.graph.initializers[value.name] = value  # type: ignore[index]
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
-            if node.name:
+            if node.op_type == "Slice" and node.domain in ("", "ai.onnx"):
+                name = fresh()
+                modified |= node.name != name
+                node.name = name
+            elif node.name:
                 node.name = None
                 modified = True
             for output in node.outputs:

@@ -113,6 +113,9 @@ def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
     batch = sample_dim(dims_of)
     # Without a shared name, an input whose leading dim is dynamic marks the anonymous dims as samples.
     anonymous = batch is None and any(dims and dims[0] is None for dims in dims_of)
+    # Without either, the first input's fixed leading dim is the batch every input holds somewhere:
+    # silero-vad's OpenVINO export takes input [1, 576] and state [2, 1, 128].
+    fixed = None if batch is not None or anonymous else next((dims[0] for dims in dims_of if dims), None)
     specs = []
     for value, dims in zip(values, dims_of):
         try:
@@ -124,17 +127,19 @@ def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
             _check_pinned(value.name, dims, pinned)
             if dims is None:
                 dims = tuple(None for _ in pinned)
-        specs.append(InputSpec(value.name, dtype, dims, _sample_axis(dims, batch, anonymous), pinned))
+        specs.append(InputSpec(value.name, dtype, dims, _sample_axis(dims, batch, anonymous, fixed), pinned))
     return specs
 
 
-def _sample_axis(dims: tuple[Dim, ...] | None, batch: str | None, anonymous: bool) -> int | None:
+def _sample_axis(dims: tuple[Dim, ...] | None, batch: str | None, anonymous: bool, fixed: Dim = None) -> int | None:
     if not dims:
         return None  # a scalar (or a shapeless input): one value for every sample
     if batch is not None and batch in dims:
         return dims.index(batch)
     if anonymous and None in dims:
         return dims.index(None)  # e.g. state [2, ?, 128] beside input [?, ?]
+    if isinstance(fixed, int) and dims[0] != fixed and fixed in dims:
+        return dims.index(fixed)  # e.g. state [2, 1, 128] beside input [1, 576]: a fixed batch of 1 on axis 1
     if batch is None or dims[0] is None:
         # No shared name: axis 0 as exporters put it (a fixed leading dim is a fixed batch size).
         return 0
