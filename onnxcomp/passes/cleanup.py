@@ -42,7 +42,7 @@ class ShortenNamesPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         interface = {v.name for v in model.graph.inputs} | {v.name for v in model.graph.outputs}
-        counter = 0
+        counter = slices = 0
         modified = False
 
         def fresh() -> str:
@@ -64,7 +64,8 @@ class ShortenNamesPass(ir.passes.InPlacePass):
             model.graph.initializers[value.name] = value  # type: ignore[index]
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
             if node.op_type == "Slice" and node.domain in ("", "ai.onnx"):
-                name = fresh()
+                name = "_" + _short(slices)  # node names are their own namespace
+                slices += 1
                 modified |= node.name != name
                 node.name = name
             elif node.name:
