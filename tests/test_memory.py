@@ -178,3 +178,24 @@ def test_long_lived_sessions_run_without_the_arena():
     proto = _cnn()
     assert session(proto).get_session_options().enable_cpu_mem_arena
     assert not session(proto, arena=False).get_session_options().enable_cpu_mem_arena
+
+
+def test_pricing_a_weight_holds_one_sorted_copy_at_a_time():
+    """Pricing sorts the weight with prefix sums (~60 bytes an entry) for the plain codebooks and
+    again for each axis of the scaled ones; a copy that is no longer read is let go before the
+    next is built. A 54 MB OCR model's 8.4M-entry classifier peaked at 2.44 GB RSS holding them
+    all, 1.79 GB without (same candidates)."""
+    import tracemalloc
+
+    from onnxcomp.planning.pricing import layer_options
+
+    values = RNG.standard_normal((192, 192, 3, 3)).astype(np.float32)  # two scaled axes
+    importance = (RNG.random((1, 192, 1, 1)) + 0.1).astype(np.float32)
+    tracemalloc.start()
+    try:
+        options = layer_options("w", values, "weight", importance)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert any(c.kind == "scaled" for c in options.candidates)
+    assert peak / values.size < 180, peak / values.size  # holding every sorted copy: ~220 bytes an entry

@@ -130,6 +130,9 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
                     best = Candidate("sparse", price.bytes, distortion, sparsity, price.value_bits, quant,
                                      encoding.fold_cost("sparse", count, entries=int(1.05 * quant.nonzeros)))
             candidates.append(best)
+    # The sorted copy and its prefix sums take ~60 bytes an entry (8.4M entries: 520 MB); nothing
+    # below reads them, and the scaled candidates build their own.
+    del sorted_weights
     if grouped and not keep_zeros and role != "bias" and count >= GROUPED_MIN_PARAMS and np.isfinite(values).all():
         candidates.extend(grouped_candidates(values, importance, energy))
         if role == "weight":
@@ -190,6 +193,7 @@ def scaled_candidates(values: np.ndarray, importance: np.ndarray | None, energy:
             candidates.append(Candidate("scaled", encoding.lookup_bytes(count, bits, grid.size, rank, uniform=True) + extra,
                                         sse / energy, 0.0, bits, quant, encoding.fold_cost("lookup", count, bits) + count,
                                         scales))
+        del sorted_weights, normalized, spread  # one axis's sorted copy at a time, not two
     return candidates
 
 
@@ -226,6 +230,8 @@ class ChannelErrors:
         if scales is None:
             return self.measure.of(self.plain.decode(quant))
         if id(scales) not in self.scaled:  # every scaled candidate of one axis shares its scales
+            # Candidates come axis by axis: the previous axis's sorted copy (~30 bytes an entry) goes.
+            self.scaled.clear()
             self.scaled[id(scales)] = (scales, _Snapper(scales.normalize(self.values),
                                                         scales.importance(np.shape(self.values), self.importance)))
         return self.measure.of(scales.restore(self.scaled[id(scales)][1].decode(quant)))
