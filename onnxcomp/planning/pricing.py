@@ -218,7 +218,9 @@ class ChannelErrors:
         self.values, self.importance = values, importance
         self.measure = ChannelMeasure(values, importance)
         self.plain = _Snapper(values, importance, self.measure.values)
-        self.scaled: dict[int, tuple[ChannelScales, _Snapper]] = {}  # by id; the scales kept so the id stays theirs
+        # The snapper of the latest scaled candidates' scales: candidates come axis by axis, so the
+        # previous axis's sorted copy (~30 bytes an entry) goes when the next axis starts.
+        self.scaled: tuple[ChannelScales, _Snapper] | None = None
 
     def __call__(self, candidate: Candidate) -> float:
         quant = candidate.quant
@@ -229,12 +231,10 @@ class ChannelErrors:
         scales = candidate.scales
         if scales is None:
             return self.measure.of(self.plain.decode(quant))
-        if id(scales) not in self.scaled:  # every scaled candidate of one axis shares its scales
-            # Candidates come axis by axis: the previous axis's sorted copy (~30 bytes an entry) goes.
-            self.scaled.clear()
-            self.scaled[id(scales)] = (scales, _Snapper(scales.normalize(self.values),
-                                                        scales.importance(np.shape(self.values), self.importance)))
-        return self.measure.of(scales.restore(self.scaled[id(scales)][1].decode(quant)))
+        if self.scaled is None or self.scaled[0] is not scales:  # one axis's candidates share its scales
+            self.scaled = (scales, _Snapper(scales.normalize(self.values),
+                                            scales.importance(np.shape(self.values), self.importance)))
+        return self.measure.of(scales.restore(self.scaled[1].decode(quant)))
 
 
 class _Snapper:
