@@ -123,7 +123,7 @@ class InsertDequantizeLookupPass(WeightPass):
             unique, codes = np.unique(values, return_inverse=True)
             stem = weight.name
             if choice.kind == "linear":
-                zero, scale, grid_codes = encoding.uniform_grid(unique, 8)  # type: ignore[misc]
+                zero, scale, grid_codes = encoding.uniform_grid(unique, encoding.MAX_GRID_BITS)  # type: ignore[misc]
                 decoded = builder.linear(grid_codes[codes], zero, scale, choice.bits, weight.shape, stem)
             else:
                 decoded = builder.lookup(codes, unique, choice.bits, weight.shape, stem)

@@ -35,7 +35,7 @@ VECTOR_SHAPES = ((2, (32, 64, 128, 256)), (4, (16, 64, 256)), (8, (256,)))
 # the symmetric uniform grid of per-channel int8 (255 levels).
 SCALED_BITS = (3, 4, 5, 6, 7, 8)
 # ...and symmetric uniform grids at these widths (8: the 255 levels of per-channel int8).
-UNIFORM_BITS_SCALED = (4, 5, 6, 7, 8)
+UNIFORM_BITS_SCALED = (4, 5, 6, 7, 8, 10, 12)
 # The int8 guard (see `allocate`) applies to weights of at least this many entries (smaller ones
 # cost little to keep near-exact, and the allocator's squared error already prices them).
 GUARD_MIN_PARAMS = 16
@@ -187,14 +187,30 @@ def scaled_candidates(values: np.ndarray, importance: np.ndarray | None, energy:
             # which on small layers saves more bytes than k-means' better levels are worth.
             half = (1 << (bits - 1)) - 1
             grid = (np.arange(-half, half + 1, dtype=np.float32) / half).astype(np.float32)
-            decoded = apply_quantization(normalized, Quantization(float(np.nextafter(0.0, 1.0)), grid, 0.0, count))
-            sse = float(np.sum(spread * (decoded.astype(np.float64) - normalized) ** 2))
+            sse = _uniform_sse(normalized, spread, half)
             quant = Quantization(float(np.nextafter(0.0, 1.0)), grid, sse, int(np.count_nonzero(values)))
             candidates.append(Candidate("scaled", encoding.lookup_bytes(count, bits, grid.size, rank, uniform=True) + extra,
                                         sse / energy, 0.0, bits, quant, encoding.fold_cost("lookup", count, bits) + count,
                                         scales))
         del sorted_weights, normalized, spread  # one axis's sorted copy at a time, not two
     return candidates
+
+
+UNIFORM_CHUNK = 1 << 20  # entries rounded at once: a few float64 copies of a slice, not of the weight
+
+
+def _uniform_sse(normalized: np.ndarray, spread: np.ndarray | None, half: int) -> float:
+    """Weighted squared error of `normalized` (in [-1, 1]) rounded to the grid k / `half`,
+    k = -half..half: arithmetic rounding, not a search over the 2 * half + 1 levels (4095 at 12 bits)."""
+    flat = normalized.reshape(-1)
+    weights = None if spread is None else np.broadcast_to(spread, normalized.shape).reshape(-1)
+    sse = 0.0
+    for start in range(0, flat.size, UNIFORM_CHUNK):
+        part = flat[start:start + UNIFORM_CHUNK].astype(np.float64)
+        error = (np.clip(np.rint(part * half), -half, half) / half).astype(np.float32) - part
+        error *= error
+        sse += float(np.sum(error if weights is None else weights[start:start + UNIFORM_CHUNK] * error))
+    return sse
 
 
 def decoded_values(values: np.ndarray, importance: np.ndarray | None, candidate: Candidate) -> np.ndarray:

@@ -166,10 +166,16 @@ def _scaled_bits(weight: StoredWeight) -> int:
     codebooks = [a for a in arrays if a.dtype == ir.DataType.FLOAT and len(a.shape) == 1 and a.size > 1]
     if codebooks:
         return encoding.bits_for(max(a.size for a in codebooks))
-    codes = max((a.nbytes for a in arrays if a.dtype in (ir.DataType.UINT8, ir.DataType.UINT32, ir.DataType.UINT64)),
-                default=0)
+    shifts = [a.numpy().ravel() for a in arrays if a.dtype in _WORDS and len(a.shape) == 2 and a.shape[1] == 1 and a.size > 1]
+    steps = {int(d) for shift in shifts for d in np.diff(shift.astype(np.int64))}
+    if len(steps) == 1:  # the packed fields' right shifts: 0, bits, 2 bits, ...
+        return steps.pop()
+    codes = max((a.nbytes for a in arrays if a.dtype in _WORDS), default=0)
     size = int(weight.array.size)
     return next((bits for bits in range(1, 9) if encoding.choose_packing(size, bits).payload_bytes >= codes), 8)
+
+
+_WORDS = (ir.DataType.UINT8, ir.DataType.UINT32, ir.DataType.UINT64)
 
 
 def _vector_bits(weight: StoredWeight) -> float:
