@@ -99,7 +99,7 @@ def test_large_samples_are_spread_and_cropped(monkeypatch):
 def test_crops_that_do_not_run_fall_back_to_whole_samples(monkeypatch):
     monkeypatch.setattr(analyze, "SENSITIVITY_RUN_BYTES", 1 << 20)
     monkeypatch.setattr(analyze, "SENSITIVITY_WORK_BYTES", 1 << 20)
-    monkeypatch.setattr(analyze, "_runs", lambda model, samples: False)
+    monkeypatch.setattr(analyze, "runs_isolated", lambda model, samples: False)
     model = conv_model()
     samples = page_feeds(model, [(256, 512)] * 8)
     probed, note = analyze.sensitivity_samples(samples, ActivationSizes({"x": 8 << 20}), 10, model)
@@ -109,13 +109,13 @@ def test_crops_that_do_not_run_fall_back_to_whole_samples(monkeypatch):
 @pytest.mark.parametrize("size, factor, expected", [(736, 0.5, 352), (1000, 0.5, 496), (1000, 0.05, 128), (100, 0.5, 100),
                                                     (48, 0.1, 48)])
 def test_shorter_sides_keep_the_stride(size, factor, expected):
-    from onnxcomp.samples.crop import _shorter
-    assert _shorter(size, factor, 32) == expected  # multiples of gcd(size, 32), at least 4 strides
+    from onnxcomp.samples.crop import shorter_side
+    assert shorter_side(size, factor, 32) == expected  # multiples of gcd(size, 32), at least 4 strides
 
 
 def test_crops_are_checked_in_a_child():
     model = conv_model()
-    assert analyze._runs(model, page_feeds(model, [(64, 96), (32, 32)]))
+    assert analyze.runs_isolated(model, page_feeds(model, [(64, 96), (32, 32)]))
     # a model that takes one size only: x + a constant [1, 3, 64, 64]
     graph = helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "fixed",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
@@ -124,5 +124,5 @@ def test_crops_are_checked_in_a_child():
     fixed = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     fixed.ir_version = 8
     fixed = ir.serde.deserialize_model(fixed)
-    assert analyze._runs(fixed, page_feeds(fixed, [(64, 64)]))
-    assert not analyze._runs(fixed, page_feeds(fixed, [(32, 32)]))
+    assert analyze.runs_isolated(fixed, page_feeds(fixed, [(64, 64)]))
+    assert not analyze.runs_isolated(fixed, page_feeds(fixed, [(32, 32)]))

@@ -1,8 +1,10 @@
 """The onnxcomp package has no import cycle (`python -m bench.imports`), counting the imports
-inside functions too; and the checker finds a cycle that only a function-level import closes."""
+inside functions too; the checker finds a cycle that only a function-level import closes; and no
+test or bench reaches for a private name of the package."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +36,39 @@ def test_cycle_through_a_function_level_import_fails(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "cycle: pkg.high (line 1) -> pkg.sub.low (line 2) -> pkg.high" in out
     assert out.rstrip().endswith("2 cycles")
+
+
+def private_uses(source: str) -> list[str]:
+    """onnxcomp names starting with one underscore that `source` imports, reads as module
+    attributes or patches by name: what tests and benches must not depend on."""
+    tree = ast.parse(source)
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("onnxcomp"):
+            found += [node.module] if any(part.startswith("_") for part in node.module.split(".")) else []
+            found += [alias.name for alias in node.names if alias.name.startswith("_")]
+            modules |= {alias.asname or alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            modules |= {(alias.asname or alias.name).split(".")[0] for alias in node.names if alias.name.startswith("onnxcomp")}
+    private = lambda name: name.startswith("_") and not name.startswith("__")  # noqa: E731
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr) and isinstance(node.value, ast.Name) \
+                and node.value.id in modules:
+            found.append(f"{node.value.id}.{node.attr}")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "setattr" and len(node.args) >= 2 \
+                and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str) and private(node.args[1].value):
+            found.append(node.args[1].value)
+    return found
+
+
+def test_tests_and_benches_use_only_public_names():
+    used = {str(path.relative_to(ROOT)): private_uses(path.read_text())
+            for folder in ("tests", "bench") for path in sorted((ROOT / folder).rglob("*.py"))}
+    assert {path: names for path, names in used.items() if names} == {}
+
+
+def test_private_uses_sees_imports_attributes_and_patches():
+    source = ("from onnxcomp.stages import analyze\nfrom onnxcomp.samples.crop import _shorter\n"
+              "from onnxcomp.passes._stats import WeightPass\nanalyze._runs(1)\n"
+              "def test(monkeypatch):\n    monkeypatch.setattr(analyze, '_runs', None)\n")
+    assert private_uses(source) == ["_shorter", "onnxcomp.passes._stats", "analyze._runs", "_runs"]

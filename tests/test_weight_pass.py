@@ -1,4 +1,4 @@
-"""The contract of the passes that rewrite weights (onnxcomp.passes._stats.WeightPass): they
+"""The contract of the passes that rewrite weights (onnxcomp.passes.weight_pass.WeightPass): they
 need an ONNX opset, and leave the model's inputs and outputs as they found them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from onnxcomp.passes import (ClusterWeightsPass, InsertDequantizeLookupPass, PruneWeightsPass,
                              SubstituteSparseOpsPass)
-from onnxcomp.passes._stats import WeightPass, interface
+from onnxcomp.passes.weight_pass import WeightPass, interface
 from onnxcomp.passes.equalize import EqualizeCrossLayerPass
 from tests.conftest import single_matmul
 

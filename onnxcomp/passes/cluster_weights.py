@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.encodings import outliers
-from onnxcomp.passes._stats import StatsPassResult, WeightPass
+from onnxcomp.passes.weight_pass import StatsPassResult, WeightPass
 from onnxcomp.encodings.quantize import SortedWeights, snap_to_codebook, snap_to_grouped_codebooks, snap_to_vectors
 from onnxcomp.model.weights import find_weights
 

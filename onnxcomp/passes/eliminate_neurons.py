@@ -35,7 +35,7 @@ from onnxcomp.channels import ChannelAnalysis, ChannelGroup, analyze_channels, c
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.passes._channel_constants import channel_blocks, channel_constants
 from onnxcomp.passes._compensate import consumer_means, fold_constants, foldable, measure_moments, occurrences
-from onnxcomp.passes._stats import StatsPassResult, interface
+from onnxcomp.passes.weight_pass import StatsPassResult, interface
 from onnxcomp.passes._surgery import Namer, cut_channels
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.passes._stats import StatsPassResult, WeightPass
+from onnxcomp.passes.weight_pass import StatsPassResult, WeightPass
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from onnxcomp.encodings import encoding, outliers, rows as row_decode
 from onnxcomp.encodings.decode import DECODE_OPSET, DecodeBuilder, ensure_opset, rewire
-from onnxcomp.passes._stats import StatsPassResult, WeightPass
+from onnxcomp.passes.weight_pass import StatsPassResult, WeightPass
 from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger(__name__)

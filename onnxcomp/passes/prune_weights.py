@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.passes._stats import StatsPassResult, WeightPass
+from onnxcomp.passes.weight_pass import StatsPassResult, WeightPass
 from onnxcomp.model.weights import find_weights
 
 logger = logging.getLogger(__name__)

@@ -75,7 +75,7 @@ def cropped(samples: Samples, model: ir.Model, limit: float, per_input_byte: flo
             for axis in axes.get(name, ()):
                 key = dim_key(specs[name], axis)
                 if key not in lengths:
-                    lengths[key] = _shorter(np.shape(array)[axis], area ** (1 / max(len(axes[name]), 1)), stride)
+                    lengths[key] = shorter_side(np.shape(array)[axis], area ** (1 / max(len(axes[name]), 1)), stride)
         arrays = {}
         for name, array in part.items():
             index = [slice(None)] * np.ndim(array)
@@ -100,7 +100,7 @@ def sample_input_bytes(feeds: Feeds) -> int:
     return sum(np.asarray(array).nbytes // (1 if feeds.axis(name) is None else count) for name, array in feeds.items())
 
 
-def _shorter(size: int, factor: float, stride: int) -> int:
+def shorter_side(size: int, factor: float, stride: int) -> int:
     """`size` times `factor`, rounded down to a multiple of gcd(size, stride) (the stride, or
     the largest power of two that divides `size` when that is smaller), never below MIN_STRIDES
     strides (a side already that short stays as it is: a text-line recognizer's 48-pixel height)."""

@@ -134,14 +134,14 @@ def sensitivity_samples(samples: Samples, sizes: ActivationSizes, probes: int, m
         return chosen, ""
     largest = max(sample_input_bytes(part) for part in feed_groups(samples.inputs))  # what `sizes` was inferred on
     smaller = cropped(chosen, model, run_bytes / keep, sizes.total / max(largest, 1))
-    if smaller is None or not _runs(model, smaller):
+    if smaller is None or not runs_isolated(model, smaller):
         return chosen, ""
     shapes = sorted({"x".join(map(str, array.shape)) for part in feed_groups(smaller.inputs) for array in part.values()
                      if np.ndim(array) >= 3})
     return smaller, f" (centre crops: {', '.join(shapes[:4])}{', ...' if len(shapes) > 4 else ''})"
 
 
-def _runs(model: ir.Model, samples: Samples) -> bool:
+def runs_isolated(model: ir.Model, samples: Samples) -> bool:
     """Whether the model runs on one sample of each group of `samples` (crops change shapes), in
     a child process: ONNX Runtime can die natively on a size it cannot take (PP-OCR's text
     recognizer: SIGFPE, integer division by zero)."""
