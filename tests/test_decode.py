@@ -107,7 +107,7 @@ def test_sparse_decode_two_level_prefix_sum_is_exact(rng, entries):
         assert within.inputs[1].const_value.numpy() == 0  # contiguous rows: axis 0
 
 
-@pytest.mark.parametrize("bits", [8, 10, 12])
+@pytest.mark.parametrize("bits", [8, 9, 10, 12])
 def test_uniform_grid_finds_wide_float32_grids(bits):
     """A symmetric grid of 2**bits - 1 levels in float32 (what the scaled encoding stores, before
     the scales) is recognised exactly: the smallest gap alone drifts by float32 rounding and, over

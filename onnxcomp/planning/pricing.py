@@ -34,8 +34,9 @@ VECTOR_SHAPES = ((2, (32, 64, 128, 256)), (4, (16, 64, 256)), (8, (256,)))
 # Per-channel-scaled lookups (kind "scaled", onnxcomp.encodings.channel_scales) at these code widths, and
 # the symmetric uniform grid of per-channel int8 (255 levels).
 SCALED_BITS = (3, 4, 5, 6, 7, 8)
-# ...and symmetric uniform grids at these widths (8: the 255 levels of per-channel int8).
-UNIFORM_BITS_SCALED = (4, 5, 6, 7, 8, 10, 12)
+# ...and symmetric uniform grids at these widths (8: the 255 levels of per-channel int8). 9-12 bits
+# serve budgets over 8 bits a weight; no 11: it packs like 12 (five codes to a 64-bit word).
+UNIFORM_BITS_SCALED = (4, 5, 6, 7, 8, 9, 10, 12)
 # The int8 guard (see `allocate`) applies to weights of at least this many entries (smaller ones
 # cost little to keep near-exact, and the allocator's squared error already prices them).
 GUARD_MIN_PARAMS = 16
