@@ -29,7 +29,7 @@ LIGHT = [app for app in APPS.values() if app.light]
 # Light models whose task output at 1/4 is not yet identical (measured 2026-12-04 at 56dd0e7:
 # silero_vad 1160/1161 frames (the differing frame scores 0.4985 in the original), orientation
 # 18/20 labels (two photos whose four class scores lie within 0.006; quantize_dynamic 17/20
-# there); at 00e1113 and 2d4f25f (2026-12-05) orientation keeps 17/20, at 4d05ae9 19/20). Each must keep at least this share of agreeing outputs, so a regression still fails;
+# there); at 00e1113 and 2d4f25f (2026-12-05) orientation keeps 17/20, at 4d05ae9 19/20, at cbd413d 20/20). Each must keep at least this share of agreeing outputs, so a regression still fails;
 # reaching identical passes outright. ocr_cls (8/10 lines at e3d0f60) and magika are identical
 # and asserted so.
 QUARTER_FLOORS = {"silero_vad": 0.99, "orientation": 0.85}
