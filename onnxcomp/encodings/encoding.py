@@ -362,7 +362,7 @@ def uniform_grid(codebook: np.ndarray, bits: int) -> tuple[float, float, np.ndar
 
 MAX_CODEBOOK = 256
 # Uniform grids (kind "linear": rebuilt arithmetically, no codebook) are addressed with up to this
-# many bits: per-channel grids of 10-12 bits sit between int8 and float32 for the weights that
+# many bits: per-channel grids of 9-12 bits sit between int8 and float32 for the weights that
 # matter most at ~4x.
 MAX_GRID_BITS = 12
 
