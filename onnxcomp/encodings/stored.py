@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.encodings.rows import decoded_tables
+from onnxcomp.encodings.row_lookup import decoded_tables
 from onnxcomp.model.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT_SLOTS
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class StoredWeight:
     stored_bytes: int
     sources: list[ir.Value]
     use: tuple[str | int, ...]
-    ids: ir.Value | None = None  # a table decoded per looked-up row at run time (onnxcomp.encodings.rows): its indices
+    ids: ir.Value | None = None  # a table decoded per looked-up row at run time (onnxcomp.encodings.row_lookup): its indices
     original_name: str | None = None  # from the model's NAMES_KEY map, when it has one
     itemsize: int | None = None  # bytes per value of the type it is stored in, when `array` is wider (bfloat16)
 
@@ -392,7 +392,7 @@ def _evaluate_rows(last: ir.Node, ids: ir.Value, full) -> np.ndarray | None:
 def _ids_rank(last: ir.Node, ids: ir.Value) -> int:
     """The rank of a row decode's indices when the file does not declare it (an intermediate
     value, e.g. the cold half of a split table): the decode's Reshape to [0] * rank + [-1 or 1]
-    (`onnxcomp.encodings.rows`) says it; 1 when there is none (any rank then decodes the same rows)."""
+    (`onnxcomp.encodings.row_lookup`) says it; 1 when there is none (any rank then decodes the same rows)."""
     for node in _producers(last.outputs[0], stop=ids):
         shape = node.inputs[1] if node.op_type == "Reshape" and len(node.inputs) > 1 else None
         if shape is not None and shape.const_value is not None:

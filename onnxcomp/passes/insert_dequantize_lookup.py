@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.encodings import encoding, outliers, rows as row_decode
+from onnxcomp.encodings import encoding, outliers, row_lookup
 from onnxcomp.encodings.decode import DECODE_OPSET, DecodeBuilder, ensure_opset, rewire
 from onnxcomp.passes.weight_pass import StatsPassResult, WeightPass
 from onnxcomp.model.weights import find_weights
@@ -153,23 +153,23 @@ class InsertDequantizeLookupPass(WeightPass):
 
     def _rows(self, model: ir.Model, builder: DecodeBuilder, weight, values: np.ndarray, report: list[dict]) -> bool:
         """Encode an embedding table read only by row Gathers for run-time row decoding
-        (`onnxcomp.encodings.rows`); False when it is not such a table or the encoding saves nothing."""
+        (`onnxcomp.encodings.row_lookup`); False when it is not such a table or the encoding saves nothing."""
         if weight.role != "embedding" or weight.name in self.vectors or not weight.storage.plain:
             return False  # row decoding yields float32 rows; other types are decoded whole at load
-        gathers = row_decode.row_gathers(weight.value)
+        gathers = row_lookup.row_gathers(weight.value)
         if gathers is None:
             return False
         groups, axis = self.groups.get(weight.name, (1, 0))
         if groups > 1 and (values.size if axis == 0 else values.shape[-1]) % groups:
             groups = 1
-        table = row_decode.row_codes(values, groups, axis)
+        table = row_lookup.row_codes(values, groups, axis)
         if table is None:
             return False
-        size = row_decode.row_lookup_bytes(values.shape, table.bits, table.codebooks.size, table.groups, table.axis == 1)
+        size = row_lookup.row_lookup_bytes(values.shape, table.bits, table.codebooks.size, table.groups, table.axis == 1)
         dense = encoding.dense_bytes(values.size, values.ndim)
         if size >= dense:
             return False
-        row_decode.RowDecoder(model.graph, builder).replace(gathers, table, weight.name)
+        row_lookup.RowDecoder(model.graph, builder).replace(gathers, table, weight.name)
         model.graph.initializers.pop(weight.name)
         report.append({"name": weight.name, "encoding": "grouped" if table.groups > 1 else "lookup", "bits": table.bits,
                        "groups": table.groups, "group_axis": table.axis, "levels": int(table.codebooks.size),
@@ -195,7 +195,7 @@ class InsertDequantizeLookupPass(WeightPass):
         groups, axis = self.groups.get(name, (1, 0))
         if groups <= 1 or (axis == 1 and values.ndim < 2) or (values.size if axis == 0 else values.shape[-1]) % groups:
             return None
-        table = row_decode.row_codes(values, groups, axis)
+        table = row_lookup.row_codes(values, groups, axis)
         if table is None:
             logger.debug("%s: a group has more than %d distinct values", name, encoding.MAX_CODEBOOK)
             return None

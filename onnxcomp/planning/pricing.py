@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from onnxcomp.encodings import encoding, rows
+from onnxcomp.encodings import encoding, row_lookup
 from onnxcomp.encodings.channel_scales import ChannelMeasure, ChannelScales, channel_scales, int8_reference, scale_axes, scale_bytes
 from onnxcomp.encodings.outliers import OUTLIER_MIN_PARAMS, price as outlier_prices
 from onnxcomp.encodings.quantize import (Quantization, SortedWeights, apply_quantization, grouped_quantize, prune_mask,
@@ -298,16 +298,16 @@ class _Snapper:
 
 
 def _row_priced(candidate: Candidate, shape: tuple[int, ...]) -> Candidate:
-    """An embedding table's lookup as `onnxcomp.encodings.rows` stores it (rows packed one by one and
+    """An embedding table's lookup as `onnxcomp.encodings.row_lookup` stores it (rows packed one by one and
     decoded per looked-up row at run time); other kinds as they are."""
     quant = candidate.quant
     if quant is None or candidate.kind not in ("lookup", "grouped"):
         return candidate
     if candidate.kind == "lookup":
         entries = quant.codebook.size + (1 if quant.nonzeros < int(np.prod(shape)) else 0)
-        price = rows.row_lookup_bytes(shape, candidate.bits, entries)
+        price = row_lookup.row_lookup_bytes(shape, candidate.bits, entries)
     else:
-        price = rows.row_lookup_bytes(shape, candidate.bits, quant.groups << candidate.bits, quant.groups, quant.group_axis == 1)
+        price = row_lookup.row_lookup_bytes(shape, candidate.bits, quant.groups << candidate.bits, quant.groups, quant.group_axis == 1)
     return dataclasses.replace(candidate, bytes=price, load=0)  # decoded per looked-up row at run time
 
 

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.encodings import rows
+from onnxcomp.encodings import row_lookup
 from onnxcomp.model.canonicalize import canonicalize, initializer_inputs, model_interface
 from onnxcomp.samples.crop import cropped, sample_input_bytes, spread
 from onnxcomp.samples.data import Samples
@@ -214,7 +214,7 @@ def price(model: ir.Model, importances: dict, sensitivity_of: dict[str, float],
 def split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOptions], options: CompressOptions,
                    progress: Progress) -> list[LayerOptions]:
     """Split embedding tables whose rows the samples read unevenly into the rows they read
-    (hot) and the rest (cold), so that bytes go where real input reads (`rows.split_table`,
+    (hot) and the rest (cold), so that bytes go where real input reads (`row_lookup.split_table`,
     in place); returns the layers with each split table's two parts instead of it.
 
     How often other input reads rows the samples never did is estimated with Good-Turing (the
@@ -224,8 +224,8 @@ def split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOptions
     (its row map included) would not fit the target at the smallest settings.
     """
     wanted = [layer for layer in layers if layer.role == "embedding" and len(layer.shape) == 2
-              and importances.get(layer.name) is not None and layer.shape[0] >= rows.SPLIT_MIN_ROWS
-              and rows.row_gathers(model.graph.initializers[layer.name]) is not None
+              and importances.get(layer.name) is not None and layer.shape[0] >= row_lookup.SPLIT_MIN_ROWS
+              and row_lookup.row_gathers(model.graph.initializers[layer.name]) is not None
               and model.graph.initializers[layer.name].dtype == ir.DataType.FLOAT]
     if not wanted:
         return layers
@@ -235,7 +235,7 @@ def split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOptions
         importance = importances[layer.name]
         counts = row_counts(importance)
         hot = counts > 0
-        if not 0 < hot.sum() <= rows.SPLIT_MAX_HOT_SHARE * hot.size:
+        if not 0 < hot.sum() <= row_lookup.SPLIT_MAX_HOT_SHARE * hot.size:
             continue
         values = model.graph.initializers[layer.name].const_value.numpy().astype(np.float32)
         total = counts.sum()
@@ -248,11 +248,11 @@ def split_hot_rows(model: ir.Model, importances: dict, layers: list[LayerOptions
             options_of_part.sensitivity = layer.sensitivity * float(energy[part].sum() / energy.sum())
             parts.append(options_of_part)
         others = [item for item in result if item is not layer]
-        map_bytes = hot.size * (2 if hot.size <= 65535 else 4) + rows.SPLIT_GRAPH_BYTES
+        map_bytes = hot.size * (2 if hot.size <= 65535 else 4) + row_lookup.SPLIT_GRAPH_BYTES
         if sum(item.smallest.bytes for item in others + parts) + map_bytes > budget:
             log(progress, f"{layer.name}: not split (the row map would not fit the target)")
             continue
-        names = rows.split_table(model, layer.name, hot)
+        names = row_lookup.split_table(model, layer.name, hot)
         if names is None:
             continue
         for part, name in zip(parts, names):

@@ -1,4 +1,4 @@
-"""Embedding tables decoded per looked-up row at run time (onnxcomp.encodings.rows)."""
+"""Embedding tables decoded per looked-up row at run time (onnxcomp.encodings.row_lookup)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.encodings import rows
+from onnxcomp.encodings import row_lookup
 from onnxcomp.passes import InsertDequantizeLookupPass
 from onnxcomp.reporting.report import inspect_model, stored_weights
 from onnxcomp.runtime.mobile import ort_ready_model
@@ -64,9 +64,9 @@ def run(proto: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 @pytest.mark.parametrize("columns", [7, 48, 385])
 def test_pack_rows_round_trip(bits, columns):
     codes = np.random.default_rng(bits).integers(0, 1 << bits, size=(13, columns))
-    words = rows.pack_rows(codes, bits)
+    words = row_lookup.pack_rows(codes, bits)
     assert words.shape[0] == 13
-    assert np.array_equal(rows.unpack_rows(words, bits, columns), codes)
+    assert np.array_equal(row_lookup.unpack_rows(words, bits, columns), codes)
 
 
 @pytest.mark.parametrize("groups, levels, axis", [(None, 100, 0), (None, 16, 0), (16, 8, 0), (8, 16, 0), (4, 4, 1)])
@@ -114,7 +114,7 @@ def test_tied_table_decodes_at_load():
     """A table also read as a MatMul weight is decoded whole at load, as before."""
     table = clustered_table(1, 16)
     source = embedding_model(table, tied=True)
-    assert rows.row_gathers(ir.serde.deserialize_model(source).graph.initializers["E"]) is None
+    assert row_lookup.row_gathers(ir.serde.deserialize_model(source).graph.initializers["E"]) is None
     model, report = encoded(source)
     assert report and "rows" not in report[0]
     feeds = {"ids": np.array([[1, 2]]), "h": np.ones((1, V), np.float32)}
@@ -128,7 +128,7 @@ def test_gather_along_columns_is_not_a_row_lookup():
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [4])],
                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)], [numpy_helper.from_array(table, "E")])
     model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8))
-    assert rows.row_gathers(model.graph.initializers["E"]) is None
+    assert row_lookup.row_gathers(model.graph.initializers["E"]) is None
 
 
 def test_second_pass_changes_nothing():
@@ -145,7 +145,7 @@ def test_split_table_is_exact_and_each_part_decodes_by_rows():
     model = ir.serde.deserialize_model(source)
     hot = np.zeros(V, bool)
     hot[np.random.default_rng(4).choice(V, 120, replace=False)] = True
-    names = rows.split_table(model, "E", hot)
+    names = row_lookup.split_table(model, "E", hot)
     assert names == ("E_hot", "E_cold")
     ids = np.random.default_rng(5).integers(-V, V, size=(4, 9))
     assert np.array_equal(run(ir.serde.serialize_model(model), {"ids": ids})[0], run(source, {"ids": ids})[0])
@@ -158,7 +158,7 @@ def test_split_table_is_exact_and_each_part_decodes_by_rows():
 
 def test_split_table_refuses_tables_read_otherwise():
     model = ir.serde.deserialize_model(embedding_model(clustered_table(1, 16), tied=True))
-    assert rows.split_table(model, "E", np.arange(V) < 10) is None
+    assert row_lookup.split_table(model, "E", np.arange(V) < 10) is None
     assert "E" in model.graph.initializers
 
 
@@ -248,7 +248,7 @@ def test_scalar_and_three_dimensional_ids():
         source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
         model = ir.serde.deserialize_model(source)
         if split:
-            rows.split_table(model, "E", np.arange(V) % 7 == 0)
+            row_lookup.split_table(model, "E", np.arange(V) % 7 == 0)
         report = InsertDequantizeLookupPass(groups={"E": (16, 0)})(model).rows
         assert all(r["rows"] == "run time" for r in report) and len(report) == (2 if split else 1)
         assert [o.name for o in model.graph.outputs] == ["y"]
