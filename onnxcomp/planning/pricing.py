@@ -200,17 +200,17 @@ def scaled_candidates(values: np.ndarray, importance: np.ndarray | None, energy:
 UNIFORM_CHUNK = 1 << 20  # entries rounded at once: a few float64 copies of a slice, not of the weight
 
 
-def _uniform_sse(normalized: np.ndarray, spread: np.ndarray | None, half: int) -> float:
-    """Weighted squared error of `normalized` (in [-1, 1]) rounded to the grid k / `half`,
-    k = -half..half: arithmetic rounding, not a search over the 2 * half + 1 levels (4095 at 12 bits)."""
-    flat = normalized.reshape(-1)
-    weights = None if spread is None else np.broadcast_to(spread, normalized.shape).reshape(-1)
+def _uniform_sse(normalized: np.ndarray, spread: np.ndarray, half: int) -> float:
+    """Squared error of `normalized` (in [-1, 1]) rounded to the grid k / `half`, k = -half..half,
+    weighted by `spread` (same shape): arithmetic rounding, not a search over the 2 * half + 1
+    levels (4095 at 12 bits)."""
+    flat, weights = normalized.reshape(-1), spread.reshape(-1)
     sse = 0.0
     for start in range(0, flat.size, UNIFORM_CHUNK):
         part = flat[start:start + UNIFORM_CHUNK].astype(np.float64)
         error = (np.clip(np.rint(part * half), -half, half) / half).astype(np.float32) - part
         error *= error
-        sse += float(np.sum(error if weights is None else weights[start:start + UNIFORM_CHUNK] * error))
+        sse += float(np.sum(weights[start:start + UNIFORM_CHUNK] * error))
     return sse
 
 
