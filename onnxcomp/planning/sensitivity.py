@@ -19,7 +19,7 @@ from onnxcomp.modelfile import to_proto
 from onnxcomp.model.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
 from onnxcomp.encodings.quantize import apply_quantization
 from onnxcomp.runtime.inference import session
-from onnxcomp.reporting.verify import output_distortion
+from onnxcomp.reporting.verify import output_distortion, output_weights
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
         sess = session(_weights_as_inputs(proto, {layer.name for _, layer, _ in group}, cast, feed_name))
         feeds = {feed_name(layer.name): stored(layer.name, values[layer.name]) for _, layer, _ in group}
         reference = run_batches_with_weights(sess, inputs, feeds, batch_size)
+        weights = output_weights(reference, carried_outputs(reference, inputs))
         for index, layer, probe in group:
             if progress:
                 progress(index, len(layers), layer.name)
@@ -81,7 +82,7 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
             perturbed[feed_name(layer.name)] = stored(layer.name, apply_quantization(values[layer.name], probe.quant,
                                                                                      layer.importance))
             outputs = run_batches_with_weights(sess, inputs, perturbed, batch_size)
-            sensitivities[layer.name] = output_distortion(reference, outputs) / probe.distortion
+            sensitivities[layer.name] = output_distortion(reference, outputs, weights) / probe.distortion
         del sess
     if sensitivities:
         top = max(sensitivities.values())
@@ -90,6 +91,12 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
         for layer in layers:
             sensitivities.setdefault(layer.name, top)
     return sensitivities
+
+
+def carried_outputs(outputs: list[np.ndarray], inputs: dict[str, np.ndarray]) -> set[int]:
+    """The outputs shaped like an input: a recurrent state the application feeds back."""
+    shapes = {np.shape(array) for array in inputs.values()}
+    return {index for index, output in enumerate(outputs) if np.shape(output) in shapes and np.ndim(output) > 0}
 
 
 def _weights_as_inputs(proto: onnx.ModelProto, names: set[str], cast: dict, feed_name) -> onnx.ModelProto:
