@@ -80,6 +80,7 @@ def test_weights_follow_the_axis_whose_channels_differ_in_scale():
     weights = weights.channels
     energies = np.sum(np.square(output.astype(np.float64)), axis=(0, 2))
     assert weights[2:].min() > 1e4 * weights[:2].max()
+    assert weights[0] == weights[1]  # the large-scale group (box coordinates, one unit) shares one weight
     assert np.isclose(np.sum(weights * energies), energies.sum())  # the output's weight among outputs stays
     # Channels of one scale: no weighting, and the weighted distortion is the plain one.
     plain = rng.standard_normal((5, 6, 40)).astype(np.float32)
