@@ -206,9 +206,9 @@ def output_weights(reference: list[np.ndarray], carried: Collection[int] = ()) -
     weights = [_within(np.asarray(output)) if _numeric(output) else OutputWeights() for output in reference]
     judged = [i for i, output in enumerate(reference)
               if i not in carried and _numeric(output) and np.asarray(output).size > 1]
-    moments = [_slice_moments(np.asarray(reference[i]).reshape(1, -1), 0) for i in judged]
-    sizes = np.array([np.asarray(reference[i]).size for i in judged], np.float64)
     if len(judged) >= 2:
+        moments = [_slice_moments(np.asarray(reference[i]).reshape(1, -1), 0) for i in judged]
+        sizes = np.array([np.asarray(reference[i]).size for i in judged], np.float64)
         sums = np.array([m[0][0] for m in moments])
         energies = np.array([m[1][0] for m in moments])
         scales = _group_scales(np.maximum(energies / sizes - (sums / sizes) ** 2, 0.0), energies)
