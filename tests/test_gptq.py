@@ -7,7 +7,8 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from onnxcomp.planning.gptq import compensate, gptq, input_hessians, output_error, row_snapper, vector_gptq
+from onnxcomp.planning.compensation import compensate, input_hessians
+from onnxcomp.planning.gptq import gptq, output_error, row_snapper, vector_gptq
 from onnxcomp.encodings.quantize import SortedWeights, grouped_quantize, snap_to_vectors, vector_quantize
 from onnxcomp.model.weights import find_weights
 
@@ -73,7 +74,7 @@ def test_hessians_skip_padding_and_compensate_in_place():
 
 def test_discount_lowers_only_compensable_candidates():
     from onnxcomp.planning.allocate import layer_options
-    from onnxcomp.planning.gptq import discount_compensated
+    from onnxcomp.planning.compensation import discount_compensated
 
     _, weight, hessian = _problem(64, 1024)  # 65,536 entries: grouped and vector candidates too
     layer = layer_options("w", weight, "weight")
@@ -81,8 +82,8 @@ def test_discount_lowers_only_compensable_candidates():
     discount_compensated([layer], {"w": weight}, {"w": hessian})
     after = {(c.kind, c.bytes, c.sparsity): c.distortion for c in layer.candidates}
     lowered = [key for key, value in after.items() if key in before and value < before[key]]
-    assert all(kind in ("lookup", "grouped", "vector") and sparsity == 0 for kind, _, sparsity in lowered)
-    assert {kind for kind, _, _ in lowered} >= {"grouped", "vector"}
+    assert all(kind in ("lookup", "grouped", "vector", "scaled") and sparsity == 0 for kind, _, sparsity in lowered)
+    assert {kind for kind, _, _ in lowered} >= {"grouped", "vector", "scaled"}
     assert all(value == before[key] for key, value in after.items() if key in before and key[0] in ("sparse", "dense"))
 
 
@@ -132,3 +133,91 @@ def test_vector_compensation_survives_encoding():
     np.testing.assert_array_equal(decoded, expected)
     plain = snap_to_vectors(weight, quant.codebook)
     assert output_error(weight, expected, hessians["w"]) < output_error(weight, plain, hessians["w"])
+
+
+def _conv_model(weight: np.ndarray, group: int, attributes: str) -> ir.Model:
+    proto = onnx.parser.parse_model(f"""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[N, {weight.shape[1] * group}, H, W] x) => (float[N, {weight.shape[0]}, P, Q] y) {{
+            y = Conv <group = {group}{attributes}> (x, w)
+        }}
+    """)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(weight, "w"))
+    return ir.serde.deserialize_model(proto)
+
+
+@pytest.mark.parametrize("group, attributes", [
+    (1, ", pads = [1, 1, 1, 1]"),
+    (1, ", strides = [2, 2], auto_pad = \"SAME_UPPER\""),
+    (2, ", dilations = [2, 2]"),
+    (6, ", pads = [1, 0, 1, 0]"),  # depthwise
+])
+def test_conv_hessians_are_im2col_and_compensation_lowers_the_output_error(group, attributes):
+    """A convolution's H per group is P^T P over its input patches (what torch's unfold cuts);
+    GPTQ on the group matrices, with per-channel scales, lowers the error ONNX Runtime measures
+    at the Conv's output, and the written kernel stays on the codebook times the scales."""
+    import torch
+
+    from onnxcomp.encodings.channel_scales import ChannelScales
+    from onnxcomp.runtime.inference import session
+
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((6, 6 // group, 3, 3)) * np.logspace(-2, 0, 6)[:, None, None, None]).astype(np.float32)
+    model = _conv_model(weight, group, attributes)
+    x = rng.standard_normal((40, 6, 10, 10)).astype(np.float32)
+    for _ in range(2):  # spatially smooth, as images and feature maps are: neighbouring taps correlate
+        x = (x + np.roll(x, 1, 2) + np.roll(x, 1, 3) + np.roll(x, (1, 1), (2, 3))) / 2
+    hessians = input_hessians(model, find_weights(model), {"x": x}, 16)
+    assert hessians["w"].shape == (group, 6 // group * 9, 6 // group * 9)
+    pads = [int(p) for p in attributes.split("pads = [")[1].split("]")[0].split(",")] if "pads = [" in attributes else [0] * 4
+    if "SAME_UPPER" in attributes:
+        pads = [0, 0, 1, 1]  # 10 -> 5 with stride 2 and a 3x3 kernel: one row and column at the end
+    dilation = 2 if "dilations" in attributes else 1
+    stride = 2 if "strides" in attributes else 1
+    padded = torch.from_numpy(np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3]))))
+    for g, expected in enumerate(hessians["w"]):
+        part = padded[:, g * 6 // group:(g + 1) * 6 // group]
+        patches = torch.nn.functional.unfold(part, 3, dilation=dilation, stride=stride).numpy()  # [N, K, L]
+        rows = patches.transpose(0, 2, 1).reshape(-1, patches.shape[1]).astype(np.float64)
+        np.testing.assert_allclose(expected, rows.T @ rows / len(rows), rtol=1e-4, atol=1e-6)
+
+    scales = ChannelScales(0, np.abs(weight).reshape(6, -1).max(1).astype(np.float32))
+    quant = SortedWeights(scales.normalize(weight)).quantize(0.0, 3)
+
+    class Choice:
+        pass
+
+    choice = Choice()
+    choice.quant, choice.scales = quant, scales
+    original = session(ir.serde.serialize_model(model)).run(None, {"x": x})[0]
+    plain = scales.restore(row_snapper(quant, (6, weight[0].size))(0, scales.normalize(weight).reshape(6, -1)).reshape(weight.shape))
+    assert compensate(model, {"w": choice}, hessians) == 1
+    written = find_weights(model)[0].numpy()
+    np.testing.assert_allclose(written, scales.restore(row_snapper(quant, (6, weight[0].size))(
+        0, scales.normalize(written).reshape(6, -1)).reshape(weight.shape)), rtol=1e-6)
+
+    def error(kernel):
+        _conv = _conv_model(kernel, group, attributes)
+        return float(np.sum((session(ir.serde.serialize_model(_conv)).run(None, {"x": x})[0] - original) ** 2))
+
+    assert error(written) < (0.9 if dilation == 1 else 1.0) * error(plain)  # dilated taps correlate less
+
+
+def test_stacked_gptq_is_gptq_on_each_matrix():
+    """Batched over matrices (a depthwise convolution's groups), GPTQ gives what it gives on
+    each matrix alone, scales included."""
+    from onnxcomp.planning.gptq import inverse_factor, stacked_gptq
+
+    rng = np.random.default_rng(5)
+    stack = rng.standard_normal((5, 9, 2)).astype(np.float32)
+    hessians = []
+    for _ in range(5):
+        inputs = rng.standard_normal((200, 9)) @ rng.standard_normal((9, 9))
+        hessians.append(inputs.T @ inputs / 200)
+    spread = np.broadcast_to(rng.uniform(0.5, 2.0, (5, 1, 2)), stack.shape).astype(np.float32)
+    book = np.linspace(-1, 1, 7).astype(np.float32)
+    together = stacked_gptq(stack, [inverse_factor(h) for h in hessians], book, spread)
+    for m, h in enumerate(hessians):
+        def snap(i, row, m=m):
+            return (book[np.abs(row[:, None] / spread[m, i][:, None] - book).argmin(1)] * spread[m, i]).astype(np.float32)
+        np.testing.assert_allclose(together[m], gptq(stack[m], h, snap), rtol=1e-6)

@@ -17,7 +17,7 @@ import pytest
 from onnxcomp.model import memory
 from onnxcomp.planning import sensitivity
 from onnxcomp.stages import analyze
-from onnxcomp.planning.gptq import input_hessians
+from onnxcomp.planning.compensation import input_hessians
 from onnxcomp.model.memory import activation_sizes, batch_size
 from onnxcomp.model.weights import find_weights
 

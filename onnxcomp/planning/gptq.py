@@ -1,14 +1,13 @@
-"""Quantization with error compensation from calibration inputs (GPTQ, Frantar et al. 2023).
+"""Quantization with error compensation (GPTQ, Frantar et al. 2023): the algorithms on matrices.
 
 Snapping each weight to its nearest codebook entry minimises the weight's own squared error.
 What matters is the layer's output error ||X W - X Q||^2 = tr((W - Q)^T H (W - Q)) with
 H = X^T X over sample inputs X. GPTQ quantizes W [in, out] one input row at a time and moves
 the rounding error of that row onto the rows not yet quantized, weighted by the inverse
-Hessian, so correlated inputs absorb each other's errors. The codebooks stay the allocator's
-(single or grouped lookup); only which entry each weight takes changes, so the bytes are the
-same. Applied to MatMul weights [in, out] (and Gemm with transB=0) that are neither pruned nor
-shared, and only with real samples (generated inputs give a meaningless H). A weight whose
-compensated error on H is not below plain snapping's keeps plain snapping.
+Hessian, so correlated inputs absorb each other's errors. The codebooks stay the allocator's;
+only which entry each weight takes changes, so the bytes are the same. `stacked_gptq` runs it on
+many matrices at once (a depthwise convolution's groups), each entry on a scalar codebook times
+its channel scale. `onnxcomp.planning.compensation` applies all this to a model's weights.
 
 Vector codebooks (runs of `dim` entries along a row, `vector_quantize`) follow GPTVQ (van Baalen
 et al. 2024), which updates the codebook along with the assignment: the k-means centres only
@@ -17,100 +16,31 @@ layer 0 FFN output, where a few inputs carry outsized activations, GPTQ alone ke
 plain snapping's output error). After each GPTQ pass every centre moves to the mean of the
 vectors GPTQ wanted before snapping that took it, and GPTQ runs again (VECTOR_ROUNDS passes);
 the best pass's centres are then refitted by least squares to minimise the output error with
-the assignment fixed. On that layer this ends below 1e-4 of snapping's error. The new codebook
-replaces the choice's (in the `choices` passed to `compensate`), so clustering and encoding
-keep the exact rows written.
+the assignment fixed. On that layer this ends below 1e-4 of snapping's error.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import weakref
 
 import numpy as np
-import onnx
-import onnx_ir as ir
 
-from onnxcomp.samples.data import batches
-from onnxcomp.modelfile import to_proto
-from onnxcomp.model.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
 from onnxcomp.encodings.quantize import Quantization, nearest_rows
-from onnxcomp.runtime.inference import session
 
 logger = logging.getLogger(__name__)
 
 # Of the mean diagonal, added to H for a stable inverse (GPTQ uses 0.01). On MiniLM-L6's FFN
 # output layers, 0.01-0.1 gave the same held-out error; the larger value trusts few samples less.
 DAMPING = 0.1
-SAMPLES = 1024  # calibration samples that build H
 ACT_ORDER = True
 BLOCK = 128  # rows per lazy batch update
 VECTOR_ROUNDS = 4  # GPTQ passes for a vector codebook, each moving the centres to GPTQ's targets
 REFIT_ITERATIONS = 15  # conjugate-gradient steps of the final least-squares codebook refit
-# vector_gptq results per H array (id), by (weights, codebook, settings): every build of the fit
-# loop compensates again. An entry lives as long as its H (one compression run), then goes.
+# vector_gptq results and inverse factors per H array (id): every build of the fit loop
+# compensates again. An entry lives as long as its H (one compression run), then goes.
 _VECTOR_CACHE: dict[int, dict] = {}
-
-
-def _compensable(node: ir.Node, weight: ir.Value) -> bool:
-    index = next(i for i, v in enumerate(node.inputs) if v is weight)
-    shape = weight.const_value.shape if weight.const_value is not None else None
-    if shape is None or len(shape) != 2:
-        return False
-    if node.op_type == "MatMul":
-        return index == 1
-    if node.op_type == "Gemm":
-        attrs = {k: a.value for k, a in node.attributes.items()}
-        return index == 1 and not attrs.get("transA", 0) and not attrs.get("transB", 0)
-    return False
-
-
-def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batch_size: int,
-                   sizes: ActivationSizes | None = None) -> dict[str, np.ndarray]:
-    """Per compensable weight, H = X^T X / n over its input rows X (float64 [in, in]).
-
-    Positions where a same-shaped `*mask*` input is 0 (padding) are left out: they do not reach
-    the output that matters. Accumulated batch by batch; a batch holds at most `batch_size`
-    samples and its activations (the fetched ones counted once more) stay within
-    `memory.ACTIVATION_BUDGET` (`sizes`: per-sample bytes, inferred when None).
-    """
-    activation_of: dict[str, str] = {}
-    for weight in weights:
-        uses = list(weight.value.uses())
-        if (weight.role == "bias" or len(uses) != 1 or uses[0][0].graph is not model.graph  # subgraph values cannot be fetched
-                or not _compensable(uses[0][0], weight.value)):
-            continue
-        activation = uses[0][0].inputs[0]
-        if activation is not None and activation.name:
-            activation_of[weight.name] = activation.name
-    if not activation_of:
-        return {}
-    proto = to_proto(model)
-    graph_inputs = {i.name for i in proto.graph.input}
-    existing = {o.name for o in proto.graph.output}
-    names = sorted(set(activation_of.values()))
-    for name in names:
-        if name not in existing and name not in graph_inputs:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    fetched = [name for name in names if name not in graph_inputs]
-    masks = [name for name in sorted(graph_inputs) if "mask" in name.lower() and name in inputs]
-    sess = session(proto)
-    sizes = sizes if sizes is not None else activation_sizes(proto, inputs)
-    batch_size = min(batch_size, budget_batch(sizes.total + sizes.of(names)))
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for feed in batches(inputs, batch_size):
-        results = dict(zip(fetched, sess.run(fetched, feed))) if fetched else {}
-        results.update({name: feed[name] for name in names if name in feed})
-        for name in names:
-            array = np.asarray(results[name], np.float32)
-            mask = next((feed[m] for m in masks if array.ndim >= 2 and feed[m].shape == array.shape[:-1]), None)
-            rows = array[np.asarray(mask) != 0] if mask is not None else array.reshape(-1, array.shape[-1])
-            sums[name] = sums.get(name, 0) + (rows.T @ rows).astype(np.float64)
-            counts[name] = counts.get(name, 0) + rows.shape[0]
-    return {weight: sums[name] / max(counts[name], 1) for weight, name in activation_of.items()}
 
 
 def row_snapper(quant: Quantization, shape: tuple[int, int]):
@@ -123,7 +53,7 @@ def row_snapper(quant: Quantization, shape: tuple[int, int]):
             return None
         return _vector_snapper(codebook)
     if quant.groups <= 1:
-        return lambda i, row: _snap(row, np.sort(codebook.ravel()))
+        return lambda i, row: nearest_entries(row, np.sort(codebook.ravel()))
     groups = quant.groups
     books = [np.sort(book) for book in codebook.reshape(groups, -1)]
     if quant.group_axis == 0:
@@ -145,7 +75,8 @@ def _vector_snapper(codebook: np.ndarray):
     return lambda i, row: codebook[nearest_rows(row.reshape(-1, dim), codebook)].reshape(-1)
 
 
-def _snap(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+def nearest_entries(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Each value replaced by its nearest entry of the sorted 1-D `codebook` (any shape)."""
     if codebook.size == 1:
         return np.full_like(values, codebook[0])
     bounds = (codebook[1:].astype(np.float64) + codebook[:-1]) / 2
@@ -156,40 +87,56 @@ def _snap_by_group(row: np.ndarray, group: np.ndarray, books: list[np.ndarray]) 
     out = np.empty_like(row)
     for g in np.unique(group):
         where = group == g
-        out[where] = _snap(row[where], books[g])
+        out[where] = nearest_entries(row[where], books[g])
     return out
 
 
-def gptq(values: np.ndarray, hessian: np.ndarray, snap, targets: np.ndarray | None = None) -> np.ndarray:
-    """Quantize W [in, out] row by row with `snap(i, row)`, compensating through H [in, in].
-    `targets` [in, out], when given, receives each row as GPTQ wanted it before snapping."""
-    work = np.array(values, dtype=np.float64)
-    rows = work.shape[0]
+def inverse_factor(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """GPTQ's row order for H [in, in] and the upper Cholesky factor U of the damped H^-1 in that
+    order (U^T U = H^-1); U is None where H is not positive definite (plain snapping then).
+    Cached per H array (`_memo_for`): every candidate and every build reuses it."""
+    memo = _memo_for(hessian)
+    key = ("factor", DAMPING, ACT_ORDER)
+    if key in memo:
+        return memo[key]
     hessian = np.array(hessian, dtype=np.float64)
+    rows = hessian.shape[0]
     dead = np.diag(hessian) <= 0
     hessian[dead, dead] = 1.0
-    if ACT_ORDER:
-        # Rows of the busiest inputs first, while the most rows remain to absorb their error
-        # (GPTQ's "act order"; helps where a few input features carry outsized activations).
-        order = np.argsort(-np.diag(hessian), kind="stable")
-        wanted = None if targets is None else np.empty_like(work)
-        permuted = gptq_ordered(work[order], hessian[np.ix_(order, order)], lambda i, row: snap(order[i], row), wanted)
-        quantized = np.empty_like(permuted)
-        quantized[order] = permuted
-        if targets is not None:
-            targets[order] = wanted
-        return quantized
-    return gptq_ordered(work, hessian, snap, targets)
-
-
-def gptq_ordered(work: np.ndarray, hessian: np.ndarray, snap, targets: np.ndarray | None = None) -> np.ndarray:
-    """GPTQ in the given row order (float64 work copy and H with dead inputs already fixed)."""
-    rows = work.shape[0]
+    # Rows of the busiest inputs first, while the most rows remain to absorb their error
+    # (GPTQ's "act order"; helps where a few input features carry outsized activations).
+    order = np.argsort(-np.diag(hessian), kind="stable") if ACT_ORDER else np.arange(rows)
+    hessian = hessian[np.ix_(order, order)]
     hessian[np.diag_indices(rows)] += DAMPING * float(np.mean(np.diag(hessian)))
     try:
-        upper = np.linalg.cholesky(np.linalg.inv(hessian)).T  # U^T U = H^-1, upper triangular
+        upper = np.linalg.cholesky(np.linalg.inv(hessian)).T
     except np.linalg.LinAlgError:
         logger.debug("Hessian not positive definite; plain nearest-entry snapping")
+        upper = None
+    memo[key] = (order, upper)
+    return order, upper
+
+
+def gptq(values: np.ndarray, hessian: np.ndarray, snap, targets: np.ndarray | None = None,
+         factor: tuple[np.ndarray, np.ndarray | None] | None = None) -> np.ndarray:
+    """Quantize W [in, out] row by row with `snap(i, row)`, compensating through H [in, in]
+    (`factor`: its `inverse_factor`, computed when None). `targets` [in, out], when given,
+    receives each row as GPTQ wanted it before snapping."""
+    order, upper = inverse_factor(hessian) if factor is None else factor
+    work = np.array(values, dtype=np.float64)[order]
+    wanted = None if targets is None else np.empty_like(work)
+    permuted = _gptq_ordered(work, upper, lambda i, row: snap(order[i], row), wanted)
+    quantized = np.empty_like(permuted)
+    quantized[order] = permuted
+    if targets is not None:
+        targets[order] = wanted
+    return quantized
+
+
+def _gptq_ordered(work: np.ndarray, upper: np.ndarray | None, snap, targets: np.ndarray | None = None) -> np.ndarray:
+    """GPTQ over the rows of `work` (float64, in the factor's order), updated in place."""
+    rows = work.shape[0]
+    if upper is None:
         if targets is not None:
             targets[:] = work
         return np.stack([snap(i, work[i].astype(np.float32)) for i in range(rows)])
@@ -210,6 +157,39 @@ def gptq_ordered(work: np.ndarray, hessian: np.ndarray, snap, targets: np.ndarra
             errors[j] = error
         work[last:] -= upper[first:last, last:].T @ errors
     return quantized
+
+
+def stacked_gptq(stack: np.ndarray, factors: list, book: np.ndarray, spread: np.ndarray | None) -> np.ndarray:
+    """GPTQ on m matrices at once, [m, in, out], each with its own H (`factors`: its
+    `inverse_factor`), every entry snapped to book value x its `spread` entry (the channel scale;
+    None: 1). One pass over the rows for all matrices: a depthwise convolution's hundreds of
+    9-row matrices cost 9 steps, not hundreds of GPTQ runs."""
+    count, rows, _ = stack.shape
+    take = np.arange(count)[:, None]
+    orders = np.stack([order for order, _ in factors])
+    upper = np.stack([np.eye(rows) if factor is None else factor for _, factor in factors])  # identity: plain snapping
+    work = np.asarray(stack, np.float64)[take, orders]
+    scale = None if spread is None else np.asarray(spread, np.float32)[take, orders]
+    quantized = np.empty(work.shape, np.float32)
+    for first in range(0, rows, BLOCK):
+        last = min(first + BLOCK, rows)
+        block = work[:, first:last].copy()
+        errors = np.empty_like(block)
+        for j in range(last - first):
+            row, at = block[:, j], first + j
+            if scale is None:
+                snapped = nearest_entries(row.astype(np.float32), book)
+            else:
+                snapped = (nearest_entries((row.astype(np.float32) / scale[:, at]).astype(np.float32), book)
+                           * scale[:, at]).astype(np.float32)
+            quantized[:, at] = snapped
+            error = (row - snapped) / upper[:, at, at][:, None]
+            block[:, j + 1:] -= upper[:, at, at + 1:last][:, :, None] * error[:, None, :]
+            errors[:, j] = error
+        work[:, last:] -= np.matmul(upper[:, first:last, last:].transpose(0, 2, 1), errors)
+    result = np.empty_like(quantized)
+    result[take, orders] = quantized
+    return result
 
 
 def _per_centre(codes: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
@@ -326,72 +306,11 @@ def output_error(values: np.ndarray, quantized: np.ndarray, hessian: np.ndarray)
     return float(np.sum(difference * (hessian @ difference)))
 
 
-def compensate(model: ir.Model, choices: dict, hessians: dict[str, np.ndarray]) -> int:
-    """Replace, in place, each compensable weight by its GPTQ-quantized values (exact codebook
-    entries, so clustering keeps them). A vector choice's codebook is refitted (`vector_gptq`):
-    its entry in `choices` is replaced by one carrying the new codebook, which clustering and
-    encoding then use. Returns how many weights were replaced."""
-    from onnxcomp.model.weights import find_weights
-
-    done = 0
-    for weight in find_weights(model):
-        choice = choices.get(weight.name)
-        hessian = hessians.get(weight.name)
-        if choice is None or choice.quant is None or hessian is None or weight.value.const_value is None:
-            continue
-        if choice.quant.nonzeros < weight.size or len(weight.shape) != 2 or hessian.shape[0] != weight.shape[0]:
-            continue  # pruned weights keep plain snapping (their masks come from the original values)
-        snap = row_snapper(choice.quant, weight.shape)
-        if snap is None:
-            continue
-        values = weight.numpy().astype(np.float32)
-        codebook = None
-        if choice.quant.vector_dim > 1:
-            quantized, codebook = vector_gptq(values, hessian, choice.quant.codebook)
-        else:
-            quantized = gptq(values, hessian, snap)
-        plain = np.stack([snap(i, values[i]) for i in range(values.shape[0])])
-        if output_error(values, quantized, hessian) >= output_error(values, plain, hessian):
-            logger.debug("%s: compensation did not lower the error on the samples; plain snapping", weight.name)
-            continue
-        weight.value.const_value = ir.tensor(quantized, name=weight.name)
-        if codebook is not None:
-            choices[weight.name] = dataclasses.replace(choice, quant=dataclasses.replace(choice.quant, codebook=codebook))
-        done += 1
-    return done
-
-
-def discount_compensated(layers, values: dict[str, np.ndarray], hessians: dict[str, np.ndarray]) -> list:
-    """Tell the allocator what compensation buys: per compensable layer, measure GPTQ's output
-    error against plain snapping at one probe candidate (the one nearest 1/8 of the dense bytes)
-    and scale the distortion of every candidate it applies to by that ratio: once for the
-    unpruned scalar codebooks (GPTQ), once for the vector codebooks (`vector_gptq`). Without
-    this the plan would spend bytes as if every weight were snapped."""
-    from onnxcomp.planning.pricing import pareto
-
-    for layer in layers:
-        hessian = hessians.get(layer.name)
-        weight = values.get(layer.name)
-        if hessian is None or weight is None or weight.ndim != 2 or hessian.shape[0] != weight.shape[0]:
-            continue
-        ratios = {}
-        for vector in (False, True):
-            applies = [c for c in layer.candidates if c.quant is not None and c.scales is None  # scaled: not compensated
-                       and (c.quant.vector_dim > 1) == vector
-                       and c.quant.nonzeros >= weight.size and row_snapper(c.quant, weight.shape) is not None]
-            if not applies:
-                continue
-            probe = min(applies, key=lambda c: abs(c.bytes - layer.dense.bytes / 8))
-            snap = row_snapper(probe.quant, weight.shape)
-            plain = output_error(weight, np.stack([snap(i, weight[i]) for i in range(weight.shape[0])]), hessian)
-            if plain <= 0:
-                continue
-            quantized = vector_gptq(weight, hessian, probe.quant.codebook)[0] if vector else gptq(weight, hessian, snap)
-            ratio = min(1.0, max(output_error(weight, quantized, hessian) / plain, 0.05))
-            logger.debug("%s: %s compensation keeps %.2f of the snapping error", layer.name,
-                         "vector" if vector else "scalar", ratio)
-            ratios.update({id(c): ratio for c in applies})
-        if ratios:
-            layer.candidates = pareto([dataclasses.replace(c, distortion=c.distortion * ratios[id(c)]) if id(c) in ratios
-                                       else c for c in layer.candidates])
-    return layers
+def group_factors(hessian: np.ndarray) -> list:
+    """`inverse_factor` of each H: of H [in, in] as a list of one, of H [m, K, K] one per matrix;
+    cached with the H array."""
+    memo = _memo_for(hessian)
+    key = ("group factors", DAMPING, ACT_ORDER)
+    if key not in memo:
+        memo[key] = [inverse_factor(hessian)] if hessian.ndim == 2 else [inverse_factor(np.array(h)) for h in hessian]
+    return memo[key]

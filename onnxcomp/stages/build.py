@@ -10,7 +10,7 @@ import onnx_ir as ir
 from onnxcomp import modelfile
 from onnxcomp.planning.allocate import Allocation, LayerOptions
 from onnxcomp.encodings.channel_scales import normalize_weights, rescale_weights
-from onnxcomp.planning.gptq import compensate
+from onnxcomp.planning.compensation import compensate
 from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
@@ -36,9 +36,7 @@ def build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importan
     work = model.clone()
     scaled = {name: c.scales for name, c in allocation.choices.items() if c.scales is not None}
     if hessians and not modelfile.is_streamed(work):
-        compensated = {name: c for name, c in allocation.choices.items() if name not in scaled}
-        compensate(work, compensated, hessians)
-        allocation.choices.update(compensated)  # compensate refits codebooks in the mapping it is given
+        compensate(work, allocation.choices, hessians)  # scaled weights: on their codebook times their scales
     normalize_weights(work, scaled)
     codebooks = {name: c.quant.codebook for name, c in allocation.choices.items() if c.quant is not None}
     grouped = {name: (c.quant.groups, c.quant.group_axis) for name, c in allocation.choices.items()

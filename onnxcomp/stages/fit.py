@@ -11,7 +11,7 @@ from onnxcomp import modelfile
 from onnxcomp.planning.allocate import Allocation, LayerOptions, allocate, load_budget
 from onnxcomp.samples.data import Samples
 from onnxcomp.errors import TargetUnreachableError
-from onnxcomp.planning.gptq import SAMPLES as GPTQ_SAMPLES, discount_compensated, input_hessians
+from onnxcomp.planning.compensation import SAMPLES as GPTQ_SAMPLES, discount_compensated, input_hessians
 from onnxcomp.model.memory import ActivationSizes
 from onnxcomp.sizes import format_size
 from onnxcomp.stages.build import build
