@@ -221,3 +221,47 @@ def test_stacked_gptq_is_gptq_on_each_matrix():
         def snap(i, row, m=m):
             return (book[np.abs(row[:, None] / spread[m, i][:, None] - book).argmin(1)] * spread[m, i]).astype(np.float32)
         np.testing.assert_allclose(together[m], gptq(stack[m], h, snap), rtol=1e-6)
+
+
+def test_conv_hessians_in_chunks_match_one_run(monkeypatch):
+    """With a budget too small for two layers' inputs at once, each convolution's input is
+    fetched in its own run of the model, and H is what one run gives."""
+    from onnxcomp.planning import compensation
+
+    rng = np.random.default_rng(2)
+    proto = onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[N, 4, 8, 8] x) => (float[N, 4, 8, 8] y) {
+            h = Conv <pads = [1, 1, 1, 1]> (x, a)
+            r = Relu (h)
+            k = Conv <pads = [1, 1, 1, 1]> (r, b)
+            s = Relu (k)
+            y = Conv <pads = [1, 1, 1, 1]> (s, c)
+        }
+    """)
+    for name in "abc":
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), name))
+    model = ir.serde.deserialize_model(proto)
+    x = rng.standard_normal((6, 4, 8, 8)).astype(np.float32)
+    runs = []
+    original_run = compensation.session
+
+    def counting_session(proto):
+        sess = original_run(proto)
+
+        class Counted:
+            def run(self, names, feed):
+                runs.append(list(names))
+                return sess.run(names, feed)
+        return Counted()
+
+    monkeypatch.setattr(compensation, "session", counting_session)
+    whole = input_hessians(model, find_weights(model), {"x": x}, 16)
+    assert [sorted(names) for names in runs] == [["r", "s"]]
+    runs.clear()
+    monkeypatch.setattr(compensation, "ACTIVATION_BUDGET", 1)
+    chunked = input_hessians(model, find_weights(model), {"x": x}, 16)
+    assert sorted(whole) == sorted(chunked) == ["a", "b", "c"]
+    assert runs == [["r"], ["s"]]  # x is a graph input: no run
+    for name in whole:
+        np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-6)

@@ -23,13 +23,13 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp.encodings.quantize import Quantization, snap_to_vectors
-from onnxcomp.model.memory import ActivationSizes, activation_sizes, batch_size as budget_batch
+from onnxcomp.model.memory import ACTIVATION_BUDGET, ActivationSizes, activation_sizes, batch_size as budget_batch
 from onnxcomp.modelfile import to_proto
 from onnxcomp.planning.gptq import (group_factors, nearest_entries, gptq, output_error, row_snapper, stacked_gptq,
                                     vector_gptq)
 from onnxcomp.planning.patches import ROWS as PATCH_ROWS, ConvPatches, kernel, matrices
 from onnxcomp.runtime.inference import session
-from onnxcomp.samples.data import batches, sample_count
+from onnxcomp.samples.data import batches, feed_groups, sample_count
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batc
     Positions where a same-shaped `*mask*` input is 0 (padding) are left out: they do not reach
     the output that matters. Accumulated batch by batch; a batch holds at most `batch_size`
     samples and its activations (the fetched ones counted once more) stay within
-    `memory.ACTIVATION_BUDGET` (`sizes`: per-sample bytes, inferred when None).
+    `memory.ACTIVATION_BUDGET` (`sizes`: per-sample bytes, inferred when None). Convolutions'
+    inputs are fetched in chunks of layers that stay within that budget per sample, one run of
+    the model per chunk (a text detector's 736x2976 page feeds its convolutions 0.5 GB).
     """
     activation_of: dict[str, str] = {}
     convolutions: dict[str, ConvPatches] = {}
@@ -82,37 +84,73 @@ def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batc
     proto = to_proto(model)
     graph_inputs = {i.name for i in proto.graph.input}
     existing = {o.name for o in proto.graph.output}
-    names = sorted(set(activation_of.values()))
-    for name in names:
+    for name in sorted(set(activation_of.values())):
         if name not in existing and name not in graph_inputs:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    sess = session(proto)
+    matrices_of = {w: a for w, a in activation_of.items() if w not in convolutions}
+    hessians = _matrix_hessians(sess, proto, matrices_of, inputs, batch_size, sizes) if matrices_of else {}
+    if convolutions:
+        hessians |= _conv_hessians(sess, proto, {w: (activation_of[w], c) for w, c in convolutions.items()}, inputs)
+    return hessians
+
+
+def _matrix_hessians(sess, proto: onnx.ModelProto, activation_of: dict[str, str], inputs, batch_size: int,
+                     sizes: ActivationSizes | None) -> dict[str, np.ndarray]:
+    graph_inputs = {i.name for i in proto.graph.input}
+    names = sorted(set(activation_of.values()))
     fetched = [name for name in names if name not in graph_inputs]
     masks = [name for name in sorted(graph_inputs) if "mask" in name.lower() and name in inputs]
-    sess = session(proto)
     sizes = sizes if sizes is not None else activation_sizes(proto, inputs)
     batch_size = min(batch_size, budget_batch(sizes.total + sizes.of(names)))
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    total = max(sample_count(inputs), 1)
-    rng = np.random.default_rng(0)
     for feed in batches(inputs, batch_size):
         results = dict(zip(fetched, sess.run(fetched, feed))) if fetched else {}
         results.update({name: feed[name] for name in names if name in feed})
-        share = -(-PATCH_ROWS * sample_count(feed) // total)
-        for weight, layout in convolutions.items():
-            found = layout.hessian_sums(np.asarray(results[activation_of[weight]], np.float32), share, rng)
-            if found is not None:
-                sums[weight] = sums.get(weight, 0) + found[0]
-                counts[weight] = counts.get(weight, 0) + found[1]
-        for name in {activation_of[w] for w in activation_of if w not in convolutions}:
+        for name in names:
             array = np.asarray(results[name], np.float32)
             mask = next((feed[m] for m in masks if array.ndim >= 2 and feed[m].shape == array.shape[:-1]), None)
             rows = array[np.asarray(mask) != 0] if mask is not None else array.reshape(-1, array.shape[-1])
             sums[name] = sums.get(name, 0) + (rows.T @ rows).astype(np.float64)
             counts[name] = counts.get(name, 0) + rows.shape[0]
-    hessians = {weight: sums[weight] / counts[weight] for weight in convolutions if counts.get(weight)}
-    return hessians | {weight: sums[name] / max(counts[name], 1) for weight, name in activation_of.items()
-                       if weight not in convolutions}
+    return {weight: sums[name] / max(counts[name], 1) for weight, name in activation_of.items()}
+
+
+def _conv_hessians(sess, proto: onnx.ModelProto, convolutions: dict[str, tuple[str, ConvPatches]],
+                   inputs) -> dict[str, np.ndarray]:
+    """H [g, K, K] per convolution from at most `patches.ROWS` sampled patches over all samples,
+    each batch giving its share; per group of equal-shaped feeds, the layers' inputs are fetched
+    in chunks of at most `memory.ACTIVATION_BUDGET` per sample."""
+    graph_inputs = {i.name for i in proto.graph.input}
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    total = max(sample_count(inputs), 1)
+    rng = np.random.default_rng(0)
+    for part in feed_groups(inputs):
+        sizes = activation_sizes(proto, part)
+        chunks: list[list[str]] = [[]]
+        for weight in convolutions:  # graph order: a chunk's activations come from one stretch of the model
+            chunk = chunks[-1] + [weight]
+            if chunks[-1] and sizes.of(convolutions[w][0] for w in chunk) > ACTIVATION_BUDGET:
+                chunks.append([weight])
+            else:
+                chunks[-1] = chunk
+        for chunk in chunks:
+            names = sorted({convolutions[w][0] for w in chunk})
+            fetched = [name for name in names if name not in graph_inputs]
+            for feed in batches(part, budget_batch(sizes.total + sizes.of(names))):
+                results = dict(zip(fetched, sess.run(fetched, feed))) if fetched else {}
+                results.update({name: feed[name] for name in names if name in feed})
+                share = -(-PATCH_ROWS * sample_count(feed) // total)
+                for weight in chunk:
+                    name, layout = convolutions[weight]
+                    found = layout.hessian_sums(np.asarray(results[name], np.float32), share, rng)
+                    if found is not None:
+                        sums[weight] = sums.get(weight, 0) + found[0]
+                        counts[weight] = counts.get(weight, 0) + found[1]
+                del results
+    return {weight: sums[weight] / counts[weight] for weight in convolutions if counts.get(weight)}
 
 
 def _scalar_book(quant: Quantization, values: np.ndarray, hessian: np.ndarray, scales=None) -> np.ndarray | None:
