@@ -159,3 +159,51 @@ def test_class_scores_keep_their_precision_beside_pixel_boxes(monkeypatch, conca
     assert 3 * weighted[1] < unweighted[1]
     assert max(weighted) < 4 * min(weighted)  # the same order of error: one quantizer step decides
     assert unweighted[1] > 10 * unweighted[0]
+
+
+def _classifier(softmax: bool, opset: int = 17, identity: bool = False) -> onnx.ModelProto:
+    """x [N, 32] -> MatMul w1 -> Relu -> MatMul w2 -> logits [N, 10], sure of their class
+    (scaled by 20); then Softmax (and an Identity), or the logits centred (minus their mean)."""
+    rng = np.random.default_rng(4)
+    arrays = {"w1": (rng.standard_normal((32, 64)) / np.sqrt(32)).astype(np.float32),
+              "w2": (rng.standard_normal((64, 10)) * 20 / np.sqrt(64)).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["z"])]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["z"], ["p" if identity else "y"], axis=1))
+        if identity:
+            nodes.append(helper.make_node("Identity", ["p"], ["y"]))
+    else:
+        nodes += [helper.make_node("ReduceMean", ["z"], ["m"], axes=[1]), helper.make_node("Sub", ["z", "m"], ["y"])]
+    graph = helper.make_graph(nodes, "classifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+                              [numpy_helper.from_array(array, name) for name, array in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("opset, identity", [(17, False), (11, True)])
+def test_sensitivity_of_a_sure_softmax_is_measured_on_its_logits(opset, identity):
+    """A softmax sure of its class hides its logits' errors from a small probe; measured on
+    the centred logits, each layer's sensitivity is what a model ending in those logits gives."""
+    from onnxcomp.planning.allocate import layer_options
+    from onnxcomp.planning.sensitivity import measure_sensitivity, softmax_logits
+
+    inputs = {"x": np.random.default_rng(5).standard_normal((256, 32)).astype(np.float32)}
+
+    def sensitivities(proto):
+        model = ir.serde.deserialize_model(proto)
+        values = {name: t.const_value.numpy() for name, t in model.graph.initializers.items()}
+        layers = [layer_options(name, values[name], "weight") for name in ("w1", "w2")]
+        return measure_sensitivity(model, layers, values, inputs, 256)
+
+    sure = _classifier(True, opset, identity)
+    replaced, logits = softmax_logits(sure)
+    assert [o.name for o in replaced.graph.output] == ["z"] and logits == {0: (1, opset < 13)}
+    assert [o.name for o in sure.graph.output] == ["y"]  # the model itself is left alone
+    measured, centred_logits = sensitivities(sure), sensitivities(_classifier(False))
+    for name in ("w1", "w2"):
+        assert measured[name] == pytest.approx(centred_logits[name], rel=1e-3)
+    probabilities = session(sure).run(None, inputs)[0]
+    assert np.median(probabilities.max(1)) > 0.95  # sure of its class: where probabilities hid the errors
