@@ -57,7 +57,7 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
     def stored(name: str, array: np.ndarray) -> np.ndarray:
         return cast[name].stored(array).astype(np.float32) if name in cast else array
 
-    proto, logits = softmax_logits(to_proto(model))
+    proto = to_proto(model)
     sizes = sizes if sizes is not None else activation_sizes(model, inputs)
     batch_size = min(batch_size, budget_batch(sizes.total))
     probes = [(index, layer, _probe(layer)) for index, layer in enumerate(layers)]
@@ -73,15 +73,15 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
         group = probes[start:start + PROBE_GROUP]
         sess = session(_weights_as_inputs(proto, {layer.name for _, layer, _ in group}, cast, feed_name))
         feeds = {feed_name(layer.name): stored(layer.name, values[layer.name]) for _, layer, _ in group}
-        reference = centred(run_batches_with_weights(sess, inputs, feeds, batch_size), logits)
-        weights = output_weights(reference, carried_outputs(reference, inputs) | set(logits))
+        reference = run_batches_with_weights(sess, inputs, feeds, batch_size)
+        weights = output_weights(reference, carried_outputs(reference, inputs))
         for index, layer, probe in group:
             if progress:
                 progress(index, len(layers), layer.name)
             perturbed = dict(feeds)
             perturbed[feed_name(layer.name)] = stored(layer.name, apply_quantization(values[layer.name], probe.quant,
                                                                                      layer.importance))
-            outputs = centred(run_batches_with_weights(sess, inputs, perturbed, batch_size), logits)
+            outputs = run_batches_with_weights(sess, inputs, perturbed, batch_size)
             sensitivities[layer.name] = output_distortion(reference, outputs, weights) / probe.distortion
         del sess
     if sensitivities:
@@ -93,51 +93,6 @@ def measure_sensitivity(model: ir.Model, layers: list[LayerOptions], values: dic
     return sensitivities
 
 
-def softmax_logits(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[int, tuple[int, bool]]]:
-    """A copy of `proto` in which each graph output computed by a Softmax (then Identity nodes, if
-    any) is that Softmax's input (the logits), and per such output the Softmax's axis and whether
-    it normalises over every axis from there on (before opset 13).
-
-    A probe perturbs a layer a little; a softmax that is sure of its class (0.95) moves its
-    output by p (1 - p) of the logits' change, so layers before it look nearly free. Compressed
-    that far, the logits move a lot: PP-OCRv4's recognizer, whose 6,625-way softmax made its
-    classifier look free, got that classifier at 46% relative error and lost every text line.
-    Logits are measured centred over the softmax's axes (`centred`), since a shift they share
-    changes nothing."""
-    producers = {output: node for node in proto.graph.node for output in node.output}
-    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
-    names = {o.name for o in proto.graph.output}
-    copy, logits = None, {}
-    for index, output in enumerate(proto.graph.output):
-        node = producers.get(output.name)
-        while node is not None and node.op_type == "Identity":  # Paddle2ONNX ends graphs in an Identity
-            node = producers.get(node.input[0])
-        if node is None or node.op_type != "Softmax" or node.domain not in ("", "ai.onnx") or node.input[0] in names:
-            continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1 if version < 13 else -1)
-        copy = copy or _copied(proto)
-        copy.graph.output[index].CopyFrom(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
-        logits[index] = (axis, version < 13)
-    return (copy or proto), logits
-
-
-def _copied(proto: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    return copy
-
-
-def centred(outputs: list[np.ndarray], logits: dict) -> list[np.ndarray]:
-    """The logits outputs (`softmax_logits`) minus their mean over the softmax's axes: the axis,
-    and before opset 13 every axis from it on (the softmax of the flattened trailing dims)."""
-    for index, (axis, trailing) in logits.items():
-        array = np.asarray(outputs[index], np.float32)
-        first = axis % max(array.ndim, 1)
-        axes = tuple(range(first, array.ndim)) if trailing else (first,)
-        outputs[index] = array - array.mean(axis=axes, keepdims=True)
-    return outputs
-
-
 def carried_outputs(outputs: list[np.ndarray], inputs: dict[str, np.ndarray]) -> set[int]:
     """The outputs shaped like an input: a recurrent state the application feeds back."""
     shapes = {np.shape(array) for array in inputs.values()}
@@ -146,7 +101,8 @@ def carried_outputs(outputs: list[np.ndarray], inputs: dict[str, np.ndarray]) ->
 
 def _weights_as_inputs(proto: onnx.ModelProto, names: set[str], cast: dict, feed_name) -> onnx.ModelProto:
     """A copy of `proto` whose initializers `names` are graph inputs (cast ones fed as float32)."""
-    copy = _copied(proto)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
     kept = [t for t in copy.graph.initializer if t.name not in names]
     moved = [t for t in copy.graph.initializer if t.name in names]
     del copy.graph.initializer[:]
