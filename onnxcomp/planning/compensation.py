@@ -34,9 +34,6 @@ from onnxcomp.samples.data import batches, feed_groups, sample_count
 logger = logging.getLogger(__name__)
 
 SAMPLES = 1024  # calibration samples that build H
-# Bit widths at which `discount_compensated` measures GPTQ's gain on a layer (each candidate takes
-# the nearest): measuring every candidate cost ddddocr's YOLOX detector 66 s of GPTQ runs.
-DISCOUNT_BITS = (2, 4, 6)
 
 
 def _compensable(node: ir.Node, weight: ir.Value) -> bool | ConvPatches:
@@ -247,11 +244,10 @@ def compensate(model: ir.Model, choices: dict, hessians: dict[str, np.ndarray]) 
 def discount_compensated(layers, values: dict[str, np.ndarray], hessians: dict[str, np.ndarray]) -> list:
     """Tell the allocator what compensation buys: per compensable layer, scale the distortion of
     each unpruned scalar-codebook candidate (channel-scaled or not) by GPTQ's output error over
-    plain snapping's, measured at the candidates nearest DISCOUNT_BITS bits and taken from the
-    measured one nearest in bits (the larger ratio on a tie); of every vector candidate by
-    `vector_gptq`'s ratio at one probe (the candidate nearest 1/8 of the dense bytes). Without
-    this the plan would spend bytes as if every weight were snapped. One ratio taken at 4 bits
-    and applied at 1 bit made the plan code convolutions in two levels (nudenet at 1/8)."""
+    plain snapping's for that candidate, and of every vector candidate by `vector_gptq`'s ratio
+    at one probe (the candidate nearest 1/8 of the dense bytes). Without this the plan would
+    spend bytes as if every weight were snapped. Measured per candidate: one ratio taken at 4
+    bits and applied at 1 bit made the plan code convolutions in two levels (nudenet at 1/8)."""
     from onnxcomp.planning.pricing import pareto
 
     for layer in layers:
@@ -264,27 +260,20 @@ def discount_compensated(layers, values: dict[str, np.ndarray], hessians: dict[s
             applies = [c for c in layer.candidates if c.quant is not None and (c.scales is not None) == (family == "scaled")
                        and (c.quant.vector_dim > 1) == (family == "vector") and c.quant.nonzeros >= weight.size
                        and _applies(c.quant, weight, hessian, c.scales)]
-            if not applies:
-                continue
-            if family == "vector":  # vector_gptq is costly: one probe stands for all
-                probes = [min(applies, key=lambda c: abs(c.bytes - layer.dense.bytes / 8))]
-            else:
-                probes = list({id(c): c for c in (min(applies, key=lambda c: abs(c.bits - bits)) for bits in DISCOUNT_BITS)}.values())
-            measured = []
-            for probe in probes:
+            if family == "vector" and applies:  # vector_gptq is costly: one probe stands for all
+                applies = [min(applies, key=lambda c: abs(c.bytes - layer.dense.bytes / 8))] + applies
+            for candidate in applies[:1] if family == "vector" else applies:
                 if family == "vector":
-                    plain = output_error(weight, snap_to_vectors(weight, probe.quant.codebook), hessian)
-                    error = output_error(weight, vector_gptq(weight, hessian, probe.quant.codebook)[0], hessian)
+                    plain = output_error(weight, snap_to_vectors(weight, candidate.quant.codebook), hessian)
+                    error = output_error(weight, vector_gptq(weight, hessian, candidate.quant.codebook)[0], hessian)
                 else:
-                    _, error, plain = _compensated(weight, hessian, probe.quant, probe.scales)
-                if plain > 0:
-                    measured.append((probe.bits, min(1.0, max(error / plain, 0.05))))
-                    logger.debug("%s: %s compensation at %s bits keeps %.2f of the snapping error", layer.name, family,
-                                 probe.bits, measured[-1][1])
-            if measured:
-                for c in applies:
-                    nearest = min(abs(c.bits - bits) for bits, _ in measured)
-                    ratios[id(c)] = max(ratio for bits, ratio in measured if abs(c.bits - bits) == nearest)
+                    _, error, plain = _compensated(weight, hessian, candidate.quant, candidate.scales)
+                if plain <= 0:
+                    continue
+                ratio = min(1.0, max(error / plain, 0.05))
+                logger.debug("%s: %s compensation at %s bits keeps %.2f of the snapping error", layer.name, family,
+                             candidate.bits, ratio)
+                ratios.update({id(c): ratio for c in (applies if family == "vector" else [candidate])})
         if ratios:
             layer.candidates = pareto([dataclasses.replace(c, distortion=c.distortion * ratios[id(c)]) if id(c) in ratios
                                        else c for c in layer.candidates])
