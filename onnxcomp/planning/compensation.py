@@ -153,7 +153,7 @@ def _conv_hessians(sess, proto: onnx.ModelProto, convolutions: dict[str, tuple[s
     return {weight: sums[weight] / counts[weight] for weight in convolutions if counts.get(weight)}
 
 
-def _scalar_book(quant: Quantization, values: np.ndarray, hessian: np.ndarray, scales=None) -> np.ndarray | None:
+def _scalar_book(quant: Quantization) -> np.ndarray | None:
     """The sorted scalar codebook `stacked_gptq` snaps to, or None where the weight is left to
     `row_snapper` (a MatMul weight without scales and with grouped codebooks) or to nothing (a
     convolution's or a channel-scaled weight's grouped or vector codebook)."""
@@ -167,7 +167,7 @@ def _applies(quant: Quantization, values: np.ndarray, hessian: np.ndarray, scale
         return False
     if hessian.ndim == 2 and scales is None:
         return row_snapper(quant, values.shape) is not None
-    return _scalar_book(quant, values, hessian, scales) is not None
+    return _scalar_book(quant) is not None
 
 
 def _as_matrices(values: np.ndarray, hessian: np.ndarray) -> np.ndarray | None:
@@ -185,7 +185,7 @@ def _compensated(values: np.ndarray, hessian: np.ndarray, quant: Quantization, s
     """(GPTQ-quantized weight, its output error on H, plain snapping's) for a scalar codebook."""
     stack = _as_matrices(values, hessian)
     hessians = hessian[None] if hessian.ndim == 2 else hessian
-    book = _scalar_book(quant, values, hessian, scales)
+    book = _scalar_book(quant)
     if book is None:  # a MatMul weight's grouped codebooks
         snap = row_snapper(quant, values.shape)
         quantized = gptq(values, hessian, snap, factor=group_factors(hessian)[0])[None]
