@@ -97,8 +97,12 @@ def inverse_factor(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     Cached per H array (`_memo_for`): every candidate and every build reuses it."""
     memo = _memo_for(hessian)
     key = ("factor", DAMPING, ACT_ORDER)
-    if key in memo:
-        return memo[key]
+    if key not in memo:
+        memo[key] = _inverse_factor(hessian)
+    return memo[key]
+
+
+def _inverse_factor(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     hessian = np.array(hessian, dtype=np.float64)
     rows = hessian.shape[0]
     dead = np.diag(hessian) <= 0
@@ -113,7 +117,6 @@ def inverse_factor(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     except np.linalg.LinAlgError:
         logger.debug("Hessian not positive definite; plain nearest-entry snapping")
         upper = None
-    memo[key] = (order, upper)
     return order, upper
 
 
@@ -312,5 +315,5 @@ def group_factors(hessian: np.ndarray) -> list:
     memo = _memo_for(hessian)
     key = ("group factors", DAMPING, ACT_ORDER)
     if key not in memo:
-        memo[key] = [inverse_factor(hessian)] if hessian.ndim == 2 else [inverse_factor(np.array(h)) for h in hessian]
+        memo[key] = [inverse_factor(hessian)] if hessian.ndim == 2 else [_inverse_factor(h) for h in hessian]
     return memo[key]
