@@ -7,7 +7,11 @@ For each model of `bench.zoo_apps.APPS` (installed by `bench/zoo-requirements.tx
 wall time, the child's peak RSS from `os.wait4`), run the package's own application on real
 inputs with the original and with the compressed file (placed under the original file name),
 and score task agreement. Per-channel int8 weights (`onnxcomp.reporting.int8_reference`) and ONNX
-Runtime's `quantize_dynamic` (uint8 weights) on the same model are the comparison rows. Every compression and every application run is a child process, so a
+Runtime's `quantize_dynamic` (uint8 weights) on the same model are the comparison rows, and a
+control: every weight rounded per channel to 10 bits (1,023 levels, kept as float), a change of
+about 0.1% of each channel's range. Where the control already changes the task output, the
+application's output sits on a knife edge for those inputs (a text line just above a detection
+threshold, a space at a CTC tie), and "identical" there measures luck as much as compression. Every compression and every application run is a child process, so a
 native crash is a row of the table, not the end of the benchmark.
 
 With `--calibrate N`, each model is also compressed calibrated, without fine-tuning
@@ -46,6 +50,7 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 COMPRESS_TIMEOUT_S = 1800
+CONTROL_BITS = 10
 APP_TIMEOUT_S = 900
 
 
@@ -168,7 +173,8 @@ def compress(app: ZooApp, fraction: float, work: Path, data: Path | None = None,
 
 def reference_row(app: ZooApp, work: Path, kind: str) -> dict[str, Any]:
     """A comparison row made in a child process: `kind` is "quantize_dynamic" (ONNX Runtime's
-    uint8 weights) or "int8" (per-channel symmetric int8 weights, `onnxcomp.reporting.int8_reference`)."""
+    uint8 weights), "int8" (per-channel symmetric int8 weights, `onnxcomp.reporting.int8_reference`)
+    or "control" (weights rounded per channel to CONTROL_BITS, stored as float)."""
     output = work / f"{app.name}.{kind}.onnx"
     run = run_child(
         [sys.executable, "-m", "bench.zoo", f"--{kind.replace('_', '-')}", str(app.model_path()), str(output)],
@@ -248,7 +254,7 @@ def bench_model(app: ZooApp, fractions: list[float], work: Path, with_quantize: 
             judge(app, row, reference, work, f"{fraction:g}.calibrated")
             logger.info("%s at %g calibrated: %s", app.name, fraction, {k: v for k, v in row.items() if k != "model"})
             result["compress_calibrated"].append(row)
-    for kind in ("int8", "quantize_dynamic") if with_quantize else ():
+    for kind in ("int8", "quantize_dynamic", "control") if with_quantize else ():
         row = reference_row(app, work, kind)
         judge(app, row, reference, work, kind)
         logger.info("%s %s: %s", app.name, kind, {k: v for k, v in row.items() if k != "model"})
@@ -281,6 +287,19 @@ def _cell(row: dict[str, Any] | None, original_bytes: int) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _control_cell(row: dict[str, Any] | None) -> str:
+    """The control's agreement alone (its bytes are the float model's)."""
+    if row is None:
+        return "-"
+    if "agreement" not in row:
+        return f"FAIL (exit {row['exit_code']}): {_shorten(row.get('error') or row.get('app_error') or '')}".replace("|", "\\|")
+    a = row["agreement"]
+    text = f"{'identical' if a['identical'] else 'differs'} {a['matched']}/{a['total']}"
+    if not a["identical"] and a["detail"]:
+        text += f" ({a['detail'][:80]})"
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _shorten(text: str, head: int = 70, tail: int = 130) -> str:
     """Long ONNX Runtime messages keep their start and their cause (the end)."""
     return text if len(text) <= head + tail + 5 else f"{text[:head]} ... {text[-tail:]}"
@@ -303,12 +322,14 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
         "post-processing on real inputs (shipped in packages), compressed vs original; 'identical' "
         "means every input gave the same output. Per-channel int8 = symmetric int8 weights with one scale per "
         "output channel (`onnxcomp.reporting.int8_reference`, decoded by Cast and Mul); quantize_dynamic = "
-        "onnxruntime.quantization, uint8 weights.",
+        "onnxruntime.quantization, uint8 weights. 10-bit control = every weight per-channel int8 quantizes rounded "
+        f"per channel to {CONTROL_BITS} bits and kept as float (`onnxcomp.reporting.int8_reference.rounded_model`): "
+        "where it already changes the task output, that output sits on a knife edge for these inputs.",
         *(["", notes] if notes else []),
         "",
         "| model | package | exporter | features | bytes | metric | " + " | ".join(_fraction_name(f) for f in fractions)
-        + f" | per-channel int8 | quantize_dynamic | peak RSS ({', '.join(map(_fraction_name, fractions))}) | time ({', '.join(map(_fraction_name, fractions))}) |",
-        "|---|---|---|---|---|---|" + "---|" * len(fractions) + "---|---|---|---|",
+        + f" | per-channel int8 | quantize_dynamic | {CONTROL_BITS}-bit control | peak RSS ({', '.join(map(_fraction_name, fractions))}) | time ({', '.join(map(_fraction_name, fractions))}) |",
+        "|---|---|---|---|---|---|" + "---|" * len(fractions) + "---|---|---|---|---|",
     ]
     for r in results:
         rows = {row["fraction"]: row for row in r["compress"]}
@@ -322,8 +343,13 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
             f"| {r['model']}{' (CI)' if r['light'] else ''}{revision_note} | {r['package']} {r['version']} | {r['exporter']} | "
             f"{'; '.join(r['features'])} | {r['bytes']:,} | {r['metric']}{app_note} | "
             + " | ".join(_cell(row, r['bytes']) for row in measured)
-            + f" | {_cell(r.get('int8'), r['bytes'])} | {_cell(r.get('quantize_dynamic'), r['bytes'])} | {rss} | {secs} |"
+            + f" | {_cell(r.get('int8'), r['bytes'])} | {_cell(r.get('quantize_dynamic'), r['bytes'])} | {_control_cell(r.get('control'))}"
+            f" | {rss} | {secs} |"
         )
+    moved = [r["model"] for r in results if not (r.get("control") or {}).get("agreement", {}).get("identical", True)]
+    if moved:
+        lines += ["", f"The {CONTROL_BITS}-bit control changes the task output of {len(moved)} of {len(results)} models "
+                  f"({', '.join(moved)}): on these inputs their 'identical' cells measure chance as much as compression."]
     lines += _calibrated_table(results)
     path.write_text("\n".join(lines) + "\n")
 
@@ -380,7 +406,8 @@ def write_results(results: list[dict[str, Any]], folder: Path, command: str, rev
     """`<stem>.json` (without the temporary model paths) and `<stem>.md` in `folder`."""
     public = json.loads(json.dumps(results))
     for result in public:
-        for row in [*result["compress"], *result.get("compress_calibrated", []), result.get("int8") or {}, result.get("quantize_dynamic") or {}]:
+        for row in [*result["compress"], *result.get("compress_calibrated", []),
+                    *(result.get(kind) or {} for kind in ("int8", "quantize_dynamic", "control"))]:
             row.pop("model", None)
         (result.get("calibration") or {}).pop("folder", None)
     (folder / f"{stem}.json").write_text(json.dumps(public, indent=1) + "\n")
@@ -433,11 +460,20 @@ def _child_int8(model: str, output: str) -> None:
     ir.save(int8_model(ir.load(model)), output)
 
 
+def _child_control(model: str, output: str) -> None:
+    import onnx_ir as ir
+
+    from onnxcomp.reporting.int8_reference import rounded_model
+
+    ir.save(rounded_model(ir.load(model), CONTROL_BITS), output)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(APPS), help="comma-separated names (default: all)")
     parser.add_argument("--fractions", default="0.25,0.125")
-    parser.add_argument("--no-quantize", action="store_true", help="skip the comparison rows (per-channel int8, quantize_dynamic)")
+    parser.add_argument("--no-quantize", action="store_true",
+                        help="skip the comparison rows (per-channel int8, quantize_dynamic, the 10-bit control)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep compressed models and logs here")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--calibrate", type=int, default=0, metavar="N",
@@ -450,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", nargs=3, metavar=("NAME", "MODEL", "OUT_JSON"), help=argparse.SUPPRESS)
     parser.add_argument("--quantize-dynamic", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--int8", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--control", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.eval:
         _child_eval(*args.eval)
@@ -462,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.int8:
         _child_int8(*args.int8)
+        return 0
+    if args.control:
+        _child_control(*args.control)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = [n for n in args.models.split(",") if n]

@@ -139,4 +139,11 @@ def test_the_calibrated_rows_get_a_second_table_and_leave_the_data_free_table_as
     text = (tmp_path / "calibrated.md").read_text()
     assert text.startswith(data_free) and "## Calibrated, no fine-tuning" in text
     assert "| m | 1 files: a.png | 64 (of 70) | 100 B (8.0x), identical 10/10 | 100 B (8.0x), differs 9/10 |" in text
+    assert "The 10-bit control" not in text  # no control measured: no line about it
+    control = result | {"control": {"exit_code": 0, "bytes": 800, "agreement": {"matched": 8, "total": 10, "identical": False,
+                                                                                "detail": "line 2: 'a' -> 'b'", "score": 0.8}}}
+    write_markdown([control], tmp_path / "control.md", "python -m bench.zoo", "abc")
+    with_control = (tmp_path / "control.md").read_text()
+    assert "| differs 8/10 (line 2: 'a' -> 'b') |" in with_control
+    assert "The 10-bit control changes the task output of 1 of 1 models (m)" in with_control
     assert "- 1/8 data-free: 0/1 identical" in text and "- 1/8 calibrated: 1/1 identical" in text and "- 1/12 calibrated: 0/1" in text

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from onnxcomp import modelfile
-from onnxcomp.reporting.int8_reference import compare_with_int8, int8_codes, int8_model
+from onnxcomp.reporting.int8_reference import compare_with_int8, int8_codes, int8_model, rounded, rounded_model
 from tests.conftest import run
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
@@ -22,6 +22,24 @@ def test_int8_codes_are_symmetric_per_channel(rng):
     step = np.broadcast_to(scale, weight.shape)
     assert np.all(np.abs(decoded - weight) <= 0.5 * step + 1e-7)
     assert axis == 0  # rows of very different ranges: their own scales beat the columns'
+
+
+def test_rounding_to_8_bits_is_the_int8_decode_and_10_bits_errs_a_quarter_as_much(rng):
+    weight = rng.standard_normal((6, 40)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None]
+    codes, scale, _ = int8_codes(weight)
+    np.testing.assert_array_equal(rounded(weight, 8), codes.astype(np.float32) * scale)
+    errors = {bits: np.linalg.norm(rounded(weight, bits) - weight) for bits in (8, 10)}
+    assert 0.15 < errors[10] / errors[8] < 0.35  # a step 255/1023 as wide: about a quarter of the error
+    assert np.linalg.norm(rounded(weight, 10) - weight) / np.linalg.norm(weight) < 0.002  # ~0.1% of each channel's range
+
+
+def test_rounded_model_keeps_float_weights_rounded_and_the_interface(mlp_model, rng):
+    control = rounded_model(mlp_model, 10)
+    assert all(value.const_value.dtype.name == "FLOAT" for value in control.graph.initializers.values())
+    assert [node.op_type for node in control.graph] == [node.op_type for node in mlp_model.graph]  # no decode nodes
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    (expected,), (actual,) = run(mlp_model, {"x": x}), run(control, {"x": x})
+    assert 0 < np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 0.003
 
 
 def test_int8_model_stores_weights_as_int8_and_keeps_outputs(mlp_model, rng):

@@ -5,7 +5,8 @@ scheme of ONNX Runtime's and PyTorch's per-channel weight quantization: every fl
 matrix or kernel (rank >= 2, in a weight slot) is stored as an INT8 initializer and one float32
 scale per channel, decoded by Cast -> Mul, which ONNX Runtime folds at load. Biases, vectors and
 everything else stay as they are. The HTML report saves it, measures its bytes and runs it on the
-same inputs as the compressed model.
+same inputs as the compressed model. `rounded_model` keeps float weights rounded per channel to
+more levels: `bench.zoo`'s control of how far a task's outputs move under any small change.
 """
 
 from __future__ import annotations
@@ -38,17 +39,32 @@ def int8_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 
     Of the weight's candidate channel axes (`channel_scales.channel_axes`: output channels; for a
     matrix either axis, as MatMul's output features are its last) the one with the smaller error."""
+    codes, scales, axis = _channel_codes(np.asarray(values, np.float32), HALF_RANGE)
+    return codes.astype(np.int8), scales, axis
+
+
+def rounded(values: np.ndarray, bits: int) -> np.ndarray:
+    """`values` rounded per channel to a symmetric grid of 2**bits - 1 levels (as `int8_codes` at
+    8 bits), in float32: at 10 bits or more a perturbation of about a tenth of a percent of each
+    channel's range, the yardstick of how much any change moves a task's outputs."""
     values = np.asarray(values, np.float32)
+    codes, scales, _ = _channel_codes(values, (1 << (bits - 1)) - 1)
+    return (codes * scales).astype(np.float32)
+
+
+def _channel_codes(values: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer-valued float codes in [-half, half] per channel, along the candidate axis with
+    the smaller per-channel error, their scales ([C, 1, ...] view) and the axis."""
     best = None
     for axis in channel_axes(values.shape):
         scales = channel_scales(values, axis, half=False)
-        codes = np.round(scales.normalize(values) * HALF_RANGE).astype(np.int8)
-        error = channel_distortion(values, scales.restore(codes.astype(np.float32) / HALF_RANGE))
+        codes = np.round(scales.normalize(values) * half)
+        error = channel_distortion(values, scales.restore(codes / half))
         if best is None or error < best[0]:
             best = (error, codes, scales, axis)
-    assert best is not None, "int8_codes needs a weight of rank >= 2 with more than one channel"
+    assert best is not None, "per-channel codes need a weight of rank >= 2 with more than one channel"
     _, codes, scales, axis = best
-    return codes, scales.view(values.ndim) / HALF_RANGE, axis
+    return codes, scales.view(values.ndim) / half, axis
 
 
 def int8_model(model: ir.Model) -> ir.Model:
@@ -75,6 +91,19 @@ def int8_model(model: ir.Model) -> ir.Model:
         graph.insert_before(graph.node(0), [cast, mul]) if len(graph) else graph.extend([cast, mul])
         graph.initializers.pop(name)
     return clean_up(model)
+
+
+def rounded_model(model: ir.Model, bits: int) -> ir.Model:
+    """A copy of `model`, canonicalized and cleaned up as the compressor does, with every float
+    weight that `int8_model` quantizes `rounded` to `bits` per channel and stored as float32."""
+    model = clean_up(canonicalize(model.clone()))
+    for weight in find_weights(model):
+        tensor = weight.value.const_value
+        if (weight.role == "bias" or tensor is None or tensor.dtype != ir.DataType.FLOAT
+                or not channel_axes(weight.shape)):
+            continue
+        weight.value.const_value = ir.tensor(rounded(weight.numpy(), bits), name=tensor.name)
+    return model
 
 
 def compare_with_int8(original: ir.Model, compressed_data: bytes, samples: Samples | None = None, seed: int = 0,
