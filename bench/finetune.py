@@ -126,7 +126,7 @@ def run_row(name: str, splits, out: Path, epochs_override: int | None = None, ba
         "original_bytes": original, "target_bytes": target, "bytes": len(result.data), "ratio": original / len(result.data),
         "error_original": test_error(source, test), "error_compressed": test_error(result.data, test),
         "nonzero_weights": nonzero, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
-        "neurons": result.report.get("neurons"), "commit": _commit(), "batch_size": batch_size, "seed": seed,
+        "neurons": result.report.neurons, "commit": _commit(), "batch_size": batch_size, "seed": seed,
     }
     row["error_increase_points"] = 100 * (row["error_compressed"] - row["error_original"])
     print(json.dumps({k: v for k, v in row.items() if k != "neurons"}), flush=True)

@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     inputs = encode(texts)
     a, b = pooled(source, inputs), pooled(compressed, inputs)
     cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    result = {"input_bytes": report["input_bytes"], "output_bytes": report["output_bytes"], "target_bytes": target,
-              "ratio": report["input_bytes"] / report["output_bytes"], "sentences": len(texts),
+    result = {"input_bytes": report.input_bytes, "output_bytes": report.output_bytes, "target_bytes": target,
+              "ratio": report.input_bytes / report.output_bytes, "sentences": len(texts),
               "mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "compress_seconds": round(seconds, 1)}
     from bench.run import first_session_times, timings
 

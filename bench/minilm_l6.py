@@ -88,11 +88,11 @@ def run(source: Path, output: Path, target: int, inputs: dict[str, np.ndarray], 
     compressed = embeddings(output, inputs)
     evaluate_seconds = time.perf_counter() - started
     cosine = np.sum(reference * compressed, 1)
-    layers = sorted(report["layers"], key=lambda row: -row["bytes_before"])
-    return {"output_bytes": report["output_bytes"], "ratio": report["input_bytes"] / report["output_bytes"],
+    layers = [row.to_dict() for row in sorted(report.layers, key=lambda row: -row.bytes_before)]
+    return {"output_bytes": report.output_bytes, "ratio": report.input_bytes / report.output_bytes,
             "mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()),
             "compress_seconds": round(seconds, 1), "load_and_embed_seconds": round(evaluate_seconds, 1),
-            "stage_seconds": report["seconds"], "calibration": None if data is None else str(data),
+            "stage_seconds": report.seconds, "calibration": None if data is None else str(data),
             "layers": layers}
 
 

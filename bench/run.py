@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             cost = timings([source, output], images[:64], args.repeats)
             first = first_session_times([source, output])
             rows.append({
-                "model": name, "mode": mode, "input_bytes": report["input_bytes"], "target_bytes": target,
-                "output_bytes": report["output_bytes"], "ratio": report["input_bytes"] / report["output_bytes"],
+                "model": name, "mode": mode, "input_bytes": report.input_bytes, "target_bytes": target,
+                "output_bytes": report.output_bytes, "ratio": report.input_bytes / report.output_bytes,
                 "accuracy_original": base, "accuracy_compressed": compressed, "drop_points": 100 * (base - compressed),
                 "latency_ratio": cost[str(output)]["infer_s"] / cost[str(source)]["infer_s"],
                 "session_ratio": cost[str(output)]["create_cpu_s"] / cost[str(source)]["create_cpu_s"],
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         output = out / f"lenet300.curve.{ratio}x.onnx"
         report = compress_file(source, output, CompressOptions(target_bytes=source.stat().st_size // ratio, force=True),
                                samples=load_samples(CALIBRATION, load_model(source)), overwrite=True)
-        curve.append({"bytes": report["output_bytes"], "accuracy": accuracy(output, images, labels)})
+        curve.append({"bytes": report.output_bytes, "accuracy": accuracy(output, images, labels)})
         output.unlink()
     (out / "foundation.json").write_text(json.dumps({"test_set": test_name, "rows": rows, "lenet300_curve": curve}, indent=2))
     lines = [f"Accuracy on the {test_name}. Calibrated = 2,000 training images as `--data` (no training); "

@@ -209,7 +209,7 @@ def _compress(args) -> int:
         report_path = Path(args.report)
         from onnxcomp.modelfile import atomic_write
 
-        atomic_write(report_path, lambda handle: handle.write(json.dumps(report, indent=2).encode()))
+        atomic_write(report_path, lambda handle: handle.write(json.dumps(report.to_dict(), indent=2).encode()))
     if args.report_dir:
         from onnxcomp.reporting.html_report import write_report
 
@@ -217,9 +217,9 @@ def _compress(args) -> int:
         write_report(args.report_dir, modelfile.load_model(input_path), modelfile.load_model(output_path), report, output_path.read_bytes(),
                      samples=eval_samples or samples, seed=args.seed, input_shapes=input_shapes, input_values=input_values)
     if not quiet:
-        print(format_table(report["layers"], COMPRESS_COLUMNS))
-        fid = report["fidelity"]
-        parts = [f"{format_size(report['input_bytes'])} -> {format_size(report['output_bytes'])} ({report['ratio']:.1f}x smaller, target {format_size(target)})"]
+        print(format_table(report.layers, COMPRESS_COLUMNS))
+        fid = report.fidelity
+        parts = [f"{format_size(report.input_bytes)} -> {format_size(report.output_bytes)} ({report.ratio:.1f}x smaller, target {format_size(target)})"]
         quality = []
         if fid.get("top1_agreement") is not None:
             quality.append(f"top-1 agreement {100 * fid['top1_agreement']:.2f}%")
@@ -230,17 +230,17 @@ def _compress(args) -> int:
             parts.append(f"weights checked one at a time in ONNX Runtime ({fid['weights']} decoded): relative error "
                          f"{fid['relative_error']:.3g} (worst weight {fid['max_relative_error']:.3g}), max abs error "
                          f"{fid['max_abs_error']:.3g}; model outputs not run ("
-                         + ("too large to hold in memory)" if report.get("streamed") else
+                         + ("too large to hold in memory)" if report.streamed else
                             "no generated input ran in ONNX Runtime: --data, --input-shape or --input-value would verify them)"))
         else:
             parts.append(", ".join(quality) + f" on {fid['samples']} {'generated' if fid['generated_inputs'] else 'sample'} inputs")
             if fid["generated_inputs"]:
                 parts.append(f"  ({GENERATED_INPUTS_NOTE})")
-        if "accuracy" in report:
-            acc = report["accuracy"]
+        if report.accuracy is not None:
+            acc = report.accuracy
             parts.append(f"accuracy {100 * acc['original']:.2f}% -> {100 * acc['compressed']:.2f}% on {acc['samples']} labelled samples")
-        parts.append(f"wrote {output_path} in {report['seconds']['total']:.1f} s"
-                     + (f", peak memory {format_size(report['peak_rss_bytes'])}" if report.get("peak_rss_bytes") else ""))
+        parts.append(f"wrote {output_path} in {report.seconds['total']:.1f} s"
+                     + (f", peak memory {format_size(report.peak_rss_bytes)}" if report.peak_rss_bytes else ""))
         print("\n".join(parts))
     return 0
 
@@ -316,7 +316,7 @@ def _inspect(args) -> int:
     model = modelfile.load_model(args.model)
     rows = inspect_model(model)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([row.to_dict() for row in rows], indent=2))
         return 0
     print(format_table(rows, COMPRESS_COLUMNS + [("levels", "distinct")]))  # the compress summary's rows and bytes
     print(inspect_summary(rows, modelfile.file_bytes(args.model)))

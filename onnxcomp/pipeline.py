@@ -19,6 +19,7 @@ from onnxcomp.samples.data import Batch, NoRunnableInputError, Samples, as_sampl
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.model.memory import activation_sizes, peak_rss_bytes
 from onnxcomp.outputs import Output, check_outputs, input_files
+from onnxcomp.reporting.compression_report import CompressionReport
 from onnxcomp.runtime.inference import session
 from onnxcomp.stages.analyze import analyze, canonical_model, split_hot_rows
 from onnxcomp.stages.build import fixed_bytes
@@ -46,9 +47,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     """
     if modelfile.is_streamed(model):  # weights too large to hold: one weight at a time, data-free
         refuse_data(options, samples, eval_samples)
-        result = compress_streamed(model, options, input_bytes, progress)
-        result.report["verified"] = False  # each decoded weight is checked, the model's outputs are not run
-        return result
+        return compress_streamed(model, options, input_bytes, progress)
     options = training_or_calibration(options, samples is not None, progress)
     samples = as_samples(samples, model, "samples", options.input_values)
     eval_samples = as_samples(eval_samples, model, "eval_samples", options.input_values)
@@ -94,16 +93,16 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     report = make_report(result, plan.layers, options, input_bytes, measured, steps, canonical.defaults, neurons, quantized,
                          training, check, samples, (reference_outputs, compressed_outputs))
     check_guards(report, options)
-    report["quality_floor"] = quality_floor(report, plan, options, check, reference_outputs, batch, input_bytes,
+    report.quality_floor = quality_floor(report, plan, options, check, reference_outputs, batch, input_bytes,
                                             training is not None, [v.name for v in result.model.graph.outputs], progress)
-    report["seconds"]["total"] = steps.rounded(total=True)["total"]
-    report["peak_rss_bytes"] = peak_rss_bytes()
+    report.seconds["total"] = steps.rounded(total=True)["total"]
+    report.peak_rss_bytes = peak_rss_bytes()
     return CompressResult(result.model, result.data, report)
 
 
 def compress_file(input_path: str | Path, output_path: str | Path, options: CompressOptions,
                   samples: Samples | Iterable[Batch] | None = None, progress: Progress = None,
-                  overwrite: bool = False, eval_samples: Samples | Iterable[Batch] | None = None) -> dict:
+                  overwrite: bool = False, eval_samples: Samples | Iterable[Batch] | None = None) -> CompressionReport:
     """Compress a file to a file; the input is only read, the output appears whole or not at all."""
     input_path, output_path = Path(input_path), Path(output_path)
     # Never over the input or its external data (links included); the folder exists and is writable.
@@ -114,10 +113,10 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
                             eval_samples=eval_samples)
     too_big = result.data is None or len(result.data) >= modelfile.MAX_PROTO_BYTES  # weights go to external data
     written = modelfile.save_model(result.model, output_path, overwrite=overwrite) if too_big else _write(output_path, result.data, overwrite)
-    result.report["output_bytes"] = written
-    result.report["peak_rss_bytes"] = peak_rss_bytes()  # this process or its largest child, writing included
-    result.report["output"] = str(output_path)
-    result.report["input"] = str(input_path)
+    result.report.output_bytes = written
+    result.report.peak_rss_bytes = peak_rss_bytes()  # this process or its largest child, writing included
+    result.report.output = str(output_path)
+    result.report.input = str(input_path)
     if written > options.target_bytes:  # the file decides, not the estimate
         output_path.unlink()
         raise OnnxcompError(f"internal error: written file is {written} B, over the target {options.target_bytes} B; removed it")

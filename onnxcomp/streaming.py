@@ -24,6 +24,7 @@ from onnxcomp.errors import OnnxcompError
 from onnxcomp.reporting.floor import unverified_floor
 from onnxcomp.passes.cleanup import metadata_bytes
 from onnxcomp.planning.pricing import LayerOptions, layer_options
+from onnxcomp.reporting.compression_report import CompressionReport
 from onnxcomp.reporting.report import compressed_rows, layer_rows
 from onnxcomp.runtime.inference import describe_error, session
 from onnxcomp.sizes import format_size
@@ -88,20 +89,20 @@ def compress_streamed(model: ir.Model, options: CompressOptions, input_bytes: in
     # Measured on the saved bytes as for any compress (`compressed_rows`), except for weights held in
     # external data: decoding them all at once would hold the whole model in memory.
     rows = compressed_rows(result.data, layers, result.allocation) if result.data is not None and not modelfile.is_streamed(model) \
-        else layer_rows(layers, result.allocation, result.model)
+        else layer_rows(layers, result.allocation)
     for row in rows:
-        if row["name"] in checks:
-            row["measured_relative_error"] = checks[row["name"]]["relative_error"]
+        if row.name in checks:
+            row.measured_relative_error = checks[row.name]["relative_error"]
     energy = sum(c["energy"] for c in checks.values())
     error = sum(c["squared_error"] for c in checks.values())
     size = result.size
-    report = {
-        "input_bytes": input_bytes or size,
-        "output_bytes": size,
-        "target_bytes": options.target_bytes,
-        "ratio": (input_bytes or size) / max(size, 1),
-        "layers": rows,
-        "fidelity": {
+    report = CompressionReport(
+        input_bytes=input_bytes or size,
+        output_bytes=size,
+        target_bytes=options.target_bytes,
+        ratio=(input_bytes or size) / max(size, 1),
+        layers=rows,
+        fidelity={
             "mode": "weights",
             "weights": len(checks),
             "relative_error": float(np.sqrt(error / energy)) if energy > 0 else 0.0,
@@ -113,11 +114,12 @@ def compress_streamed(model: ir.Model, options: CompressOptions, input_bytes: in
             "generated_inputs": True,
             "outputs": {},
         },
-        "streamed": True,
-        "attempts": result.attempts,
-        "metadata_bytes": metadata_bytes(result.model),
-        "seconds": steps.rounded(total=True),
-    }
+        streamed=True,
+        attempts=result.attempts,
+        verified=False,  # each decoded weight is checked, the model's outputs are not run
+        metadata_bytes=metadata_bytes(result.model),
+        seconds=steps.rounded(total=True),
+    )
     return CompressResult(result.model, result.data, report)
 
 
@@ -136,7 +138,8 @@ def compress_unverified(model: ir.Model, options: CompressOptions, input_bytes: 
     result = compress_streamed(model, options, input_bytes, progress, why="no generated input runs the model")
     if result.data is not None:
         session(result.data)  # the model is not run, but it must load where the original loaded
-    result.report.update(streamed=False, verified=False, unverified_reason=reason, quality_floor=unverified_floor(reason))
+    result.report.streamed = False
+    result.report.unverified_reason, result.report.quality_floor = reason, unverified_floor(reason)
     return result
 
 

@@ -24,6 +24,7 @@ from onnxcomp.errors import OnnxcompError, TargetUnreachableError
 from onnxcomp.executors import map_unordered, require_ray
 from onnxcomp.outputs import Output, check_new_folder, check_outputs, input_files, make_folder
 from onnxcomp.progress import task as live_task
+from onnxcomp.reporting.compression_report import CompressionReport
 from onnxcomp.reporting.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
 from onnxcomp.sizes import format_size, parse_target
 
@@ -81,7 +82,7 @@ def compress_target(input_path: str, target_bytes: int, output_path: str, option
                                            input_shapes=options.input_shapes, input_values=options.input_values,
                                            force=True)  # a curve shows its low-quality points; no quality floor
         result["report"] = compress_file(input_path, output_path, compress_options, samples=samples,
-                                         overwrite=options.overwrite)
+                                         overwrite=options.overwrite).to_dict()  # JSON: back from a worker, into sweep.json
         result["status"] = "ok"
     except TargetUnreachableError as error:
         result.update(status="unreachable", smallest_bytes=error.smallest_bytes, message=str(error))
@@ -97,11 +98,16 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def quality(report: dict) -> tuple[str, float | None, float | None]:
+def report_of(result: dict) -> CompressionReport:
+    """The compression report of a reached target's result."""
+    return CompressionReport.from_dict(result["report"])
+
+
+def quality(report: CompressionReport) -> tuple[str, float | None, float | None]:
     """(metric name, original value, compressed value): accuracy with labels, else fidelity."""
-    if "accuracy" in report:
-        return "accuracy", report["accuracy"]["original"], report["accuracy"]["compressed"]
-    fid = report.get("fidelity", {})
+    if report.accuracy is not None:
+        return "accuracy", report.accuracy["original"], report.accuracy["compressed"]
+    fid = report.fidelity
     if fid.get("top1_agreement") is not None:
         return "top-1 agreement", 1.0, fid["top1_agreement"]
     return "cosine", 1.0, fid.get("cosine")
@@ -171,7 +177,7 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     }
     reached = [result for result in results if result["status"] == "ok"]
     if reached:
-        metric, original, _ = quality(reached[0]["report"])
+        metric, original, _ = quality(report_of(reached[0]))
         summary["original"] = {"metric": metric, "value": original}
     modelfile.atomic_write(output_dir / "sweep.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
     modelfile.atomic_write(output_dir / "sweep.md", lambda handle: handle.write(markdown_table(summary).encode()))
@@ -196,7 +202,7 @@ def check_sweep_outputs(input_path: Path, output_dir: Path, models: list[tuple[s
 def _progress_line(result: dict) -> str:
     target = format_size(result["target_bytes"])
     if result["status"] == "ok":
-        report = result["report"]
+        report = report_of(result)
         metric, _, value = quality(report)
         if value is None:  # compressed unverified: no input ran the model
             shown = "outputs not verified"
@@ -204,7 +210,7 @@ def _progress_line(result: dict) -> str:
             shown = f"{metric} {100 * value:.2f}%" if metric != "cosine" else f"cosine {value:.4f}"
             if _generated(report):
                 shown += f" ({GENERATED_INPUTS_TAG})"
-        return f"{target}: {format_size(report['output_bytes'])}, {shown} ({result['seconds']:.1f} s, pid {result['pid']})"
+        return f"{target}: {format_size(report.output_bytes)}, {shown} ({result['seconds']:.1f} s, pid {result['pid']})"
     if result["status"] == "unreachable":
         return f"{target}: unreachable (smallest {format_size(result['smallest_bytes'] or 0)})"
     return f"{target}: failed: {result['message']}"
@@ -225,9 +231,9 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| original | {summary['input_bytes']:,} B | 1.0x | {original['metric']} {_percent(original['value'])} | | | |")
     for result in summary["results"]:
         if result["status"] == "ok":
-            report = result["report"]
+            report = report_of(result)
             metric, _, value = quality(report)
-            lines.append(f"| {result['target']} | {report['output_bytes']:,} B | {report['ratio']:.1f}x | {metric} {_percent(value)} "
+            lines.append(f"| {result['target']} | {report.output_bytes:,} B | {report.ratio:.1f}x | {metric} {_percent(value)} "
                          f"| {result['seconds']:.1f} | {result['pid']} | ok |")
         elif result["status"] == "unreachable":
             lines.append(f"| {result['target']} | - | - | - | {result['seconds']:.1f} | {result['pid']} | "
@@ -238,13 +244,13 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _generated(report: dict) -> bool:
-    return bool(report.get("fidelity", {}).get("generated_inputs"))
+def _generated(report: CompressionReport) -> bool:
+    return bool(report.fidelity.get("generated_inputs"))
 
 
 def generated_inputs(summary: dict) -> bool:
     """Whether the sweep's quality figures were measured on generated inputs (no --data)."""
-    return any(result["status"] == "ok" and _generated(result["report"]) for result in summary["results"])
+    return any(result["status"] == "ok" and _generated(report_of(result)) for result in summary["results"])
 
 
 def _percent(value: float | None) -> str:
@@ -261,13 +267,13 @@ def plot_curve(summary: dict, path: Path) -> bool:
         logger.warning("matplotlib is not installed: %s not written (pip install matplotlib)", path.name)
         return False
     reached = [result for result in summary["results"] if result["status"] == "ok"
-               and quality(result["report"])[2] is not None]  # unverified models have no quality to plot
+               and quality(report_of(result))[2] is not None]  # unverified models have no quality to plot
     if not reached or summary["original"].get("value") is None:
         logger.warning("no verified result: %s not written", path.name)
         return False
     metric = summary["original"]["metric"]
-    sizes = [result["report"]["output_bytes"] for result in reached]
-    values = [100 * quality(result["report"])[2] for result in reached]
+    sizes = [report_of(result).output_bytes for result in reached]
+    values = [100 * quality(report_of(result))[2] for result in reached]
     figure, axis = plt.subplots(figsize=(7, 4.2))
     axis.plot(sizes, values, "o-", color="#1f77b4", label="compressed")
     labels: dict[tuple[int, float], list[str]] = {}

@@ -205,9 +205,9 @@ def test_sizes_met_across_targets(tmp_path):
         output = tmp_path / f"out{index}.onnx"
         # force: the smallest sizes are asked for on purpose; they break the outputs (the quality floor would refuse)
         report = compress_file(LENET300, output, CompressOptions(target_bytes=target, sensitivity=False, force=True))
-        assert output.stat().st_size == report["output_bytes"] <= target, (target, report["output_bytes"])
-        assert report["target_bytes"] == target
-        sizes.append(report["output_bytes"])
+        assert output.stat().st_size == report.output_bytes <= target, (target, report.output_bytes)
+        assert report.target_bytes == target
+        sizes.append(report.output_bytes)
     # A bigger budget is used: the size grows with the target, and the loose targets come close.
     assert sizes == sorted(sizes)
     assert sizes[-2] > 0.9 * input_bytes

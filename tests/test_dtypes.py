@@ -382,11 +382,11 @@ def test_inspect_lists_weights_decoded_to_their_own_type(kind, tmp_path):
     itemsize = 2 if kind == "float16" else 1
     rows = inspect_model(modelfile.load_model(output))
     before = inspect_model(ir.serde.deserialize_model(source))
-    assert [row["shape"] for row in rows] == [row["shape"] for row in before] and rows
-    assert all(row["bytes_before"] == itemsize * row["params"] for row in rows)
-    encoded = [row for row in rows if row["encoding"] != "dense"]
-    assert encoded and all(row["encoding"] in ("lookup", "linear", "sparse", "vector", "grouped", "outliers")
-                           and row["bits"] < 8 * itemsize for row in encoded)
+    assert [row.shape for row in rows] == [row.shape for row in before] and rows
+    assert all(row.bytes_before == itemsize * row.params for row in rows)
+    encoded = [row for row in rows if row.encoding != "dense"]
+    assert encoded and all(row.encoding in ("lookup", "linear", "sparse", "vector", "grouped", "outliers")
+                           and row.bits < 8 * itemsize for row in encoded)
 
 
 def test_streamed_float16_model_is_priced_and_verified_in_its_own_type(tmp_path, monkeypatch):
@@ -407,9 +407,9 @@ def test_streamed_float16_model_is_priced_and_verified_in_its_own_type(tmp_path,
     assert modelfile.is_streamed(modelfile.load_model(path))
     target = modelfile.file_bytes(path) // 3
     report = compress_file(path, tmp_path / "out.onnx", CompressOptions(target_bytes=target))
-    assert report["streamed"] and report["output_bytes"] <= target
-    assert report["fidelity"]["weights"] >= 2 and 0 < report["fidelity"]["relative_error"] < 0.2
-    assert all(layer["bytes_before"] < 2 * layer["params"] + 64 for layer in report["layers"])
+    assert report.streamed and report.output_bytes <= target
+    assert report.fidelity["weights"] >= 2 and 0 < report.fidelity["relative_error"] < 0.2
+    assert all(layer.bytes_before < 2 * layer.params + 64 for layer in report.layers)
     feeds = inputs_for(source)
     got = run(str(tmp_path / "out.onnx"), feeds)[0]
     assert got.dtype == np.float16 and cosine(run(source, feeds)[0], got) > 0.97

@@ -108,9 +108,9 @@ def test_api_raises_a_typed_error_with_the_measures_for_cosine_outputs():
     assert error.target_bytes == 5000 and error.suggested_bytes is not None and error.suggested_bytes > 5000
     assert [probe.target_bytes for probe in error.probes] == sorted(probe.target_bytes for probe in error.probes)
     passing = compress_model(model, CompressOptions(target_bytes=error.suggested_bytes, sensitivity=False))
-    assert passing.report["fidelity"]["cosine"] >= DEFAULT_COSINE
+    assert passing.report.fidelity["cosine"] >= DEFAULT_COSINE
     forced = compress_model(model, CompressOptions(target_bytes=5000, sensitivity=False, force=True))
-    assert forced.report["fidelity"]["cosine"] == pytest.approx(error.measured)
+    assert forced.report.fidelity["cosine"] == pytest.approx(error.measured)
 
 
 def test_unverified_compression_is_not_refused(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from onnxcomp.pipeline import CompressOptions, compress_file
+from onnxcomp.reporting.compression_report import CompressionReport
 from onnxcomp.reporting.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
 from onnxcomp.sweep import markdown_table, plot_curve
 from onnxcomp.reporting.verify import class_score_outputs, fidelity
@@ -69,7 +70,7 @@ def test_an_embedding_model_is_summarised_by_cosine_not_agreement(tmp_path):
     model.graph.output.pop(0)  # the embedding head alone: [N, 16] floats that are no class scores
     onnx.save(model, source)
     report = compress_file(source, tmp_path / "small.onnx", CompressOptions(target_bytes=io_bytes(source) // 4, force=True))
-    fid = report["fidelity"]
+    fid = report.fidelity
     assert fid["top1_agreement"] is None and fid["cosine"] is not None
     assert fid["generated_inputs"] is True and "--data" in fid["note"]
 
@@ -107,8 +108,10 @@ def test_cli_summary_json_and_html_say_generated_inputs(tmp_path):
 
 def _summary(generated: bool) -> dict:
     def result(target: str, size: int, agreement: float) -> dict:
-        report = {"output_bytes": size, "ratio": 1_000_000 / size,
-                  "fidelity": {"top1_agreement": agreement, "cosine": 0.99, "generated_inputs": generated}}
+        report = CompressionReport(input_bytes=1_000_000, output_bytes=size, target_bytes=size, ratio=1_000_000 / size,
+                                   layers=[], attempts=[], verified=True, metadata_bytes=0, seconds={"total": 1.0},
+                                   fidelity={"top1_agreement": agreement, "cosine": 0.99, "generated_inputs": generated}
+                                   ).to_dict()  # as a worker sends it back
         return {"status": "ok", "target": target, "target_bytes": size, "seconds": 1.0, "pid": 1, "report": report}
 
     return {"input": "m.onnx", "input_bytes": 1_000_000, "jobs": 2, "wall_seconds": 2.0, "cpu_seconds": 2.0,

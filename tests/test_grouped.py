@@ -82,7 +82,7 @@ def test_grouped_decode_reproduces_values_exactly_and_folds(rng, bits, axis, tmp
     again = InsertDequantizeLookupPass(groups={"w": (3, axis)})(model)
     assert not again.modified
     (inspected,) = inspect_model(model)
-    assert (inspected["encoding"], inspected["bits"]) == ("grouped", row["bits"])
+    assert (inspected.encoding, inspected.bits) == ("grouped", row["bits"])
 
 
 def test_grouped_lookup_not_used_without_a_plan_or_when_plain_is_smaller(rng):
@@ -138,16 +138,16 @@ def test_compress_with_grouped_codebooks_is_more_faithful_at_the_same_size(rng, 
     target = weight.size * 4 // 8 + 4000
     options = CompressOptions(target_bytes=target, epochs=0, force=True)  # compares fidelity below the floor
     scaled = compress_model(single_matmul(weight), options)
-    assert [row["encoding"] for row in scaled.report["layers"]] == ["scaled"]
+    assert [row.encoding for row in scaled.report.layers] == ["scaled"]
     monkeypatch.setattr(pricing, "SCALED_BITS", ())  # per-channel scales win on these rows (see above)
     monkeypatch.setattr(pricing, "UNIFORM_BITS_SCALED", ())
     with_groups = compress_model(single_matmul(weight), options)
-    assert 1 - scaled.report["fidelity"]["cosine"] <= 1 - with_groups.report["fidelity"]["cosine"]
+    assert 1 - scaled.report.fidelity["cosine"] <= 1 - with_groups.report.fidelity["cosine"]
     monkeypatch.setattr(pricing, "GROUPED_MIN_PARAMS", 1 << 60)
     without = compress_model(single_matmul(weight), options)
-    assert [row["encoding"] for row in with_groups.report["layers"]] == ["grouped"]
-    assert [row["encoding"] for row in without.report["layers"]] != ["grouped"]
+    assert [row.encoding for row in with_groups.report.layers] == ["grouped"]
+    assert [row.encoding for row in without.report.layers] != ["grouped"]
     assert len(with_groups.data) <= target and len(without.data) <= target
-    grouped_error = 1 - with_groups.report["fidelity"]["cosine"]
-    plain_error = 1 - without.report["fidelity"]["cosine"]
+    grouped_error = 1 - with_groups.report.fidelity["cosine"]
+    plain_error = 1 - without.report.fidelity["cosine"]
     assert grouped_error < 0.9 * plain_error

@@ -118,7 +118,7 @@ def test_dynamic_dims_in_every_spelling_generate_and_compress(dims):
     assert samples.inputs["x"].shape == (4, 3, 224, 224)  # image-sized, a multiple of the stride
     if dims[0] == -1:  # the whole flow once (it refused "a negative dimension" before)
         result = compress_model(model, CompressOptions(target_bytes=1500))
-        assert len(result.data) <= 1500 and result.report["fidelity"]["samples"] > 0
+        assert len(result.data) <= 1500 and result.report.fidelity["samples"] > 0
 
 
 # ---- samples on axis 1, scalar inputs given once ----------------------------------------------
@@ -180,7 +180,7 @@ def test_npz_with_state_on_axis_1_and_the_rate_given_once(tmp_path):
     assert all(f["sr"].shape == () for f in feeds)
     assert samples.take(np.array([4, 0])).inputs["state"].shape == (2, 2, 128)
     result = compress_model(model, CompressOptions(target_bytes=60_000), samples=samples)
-    assert result.report["fidelity"]["samples"] == 5
+    assert result.report.fidelity["samples"] == 5
 
 
 def test_a_rate_given_per_sample_names_the_input_and_the_form(tmp_path):
@@ -221,7 +221,7 @@ def test_folder_of_feeds_with_different_shapes_runs_group_by_group(tmp_path):
     outputs = run_batches(session(ir.serde.serialize_model(model)), samples.inputs)
     assert outputs[0].shape == (3, 10)  # class scores stack whatever the image size
     result = compress_model(model, CompressOptions(target_bytes=1500), samples=samples)
-    assert result.report["fidelity"]["samples"] == 3
+    assert result.report.fidelity["samples"] == 3
 
 
 def test_python_feeds_of_different_shapes_like_a_calibration_reader():

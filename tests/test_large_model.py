@@ -33,12 +33,12 @@ def test_streamed_compression_fits_verifies_and_runs(streamed_model, tmp_path):
 
     report = compress_file(streamed_model, output, CompressOptions(target_bytes=input_bytes // 6))
 
-    assert report["streamed"] and report["output_bytes"] <= input_bytes // 6
-    assert output.stat().st_size == report["output_bytes"]
+    assert report.streamed and report.output_bytes <= input_bytes // 6
+    assert output.stat().st_size == report.output_bytes
     assert {p.name: p.read_bytes() for p in streamed_model.parent.iterdir()} == before  # input untouched
     saved = onnx.load(str(output), load_external_data=False)
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in saved.graph.initializer)
-    fidelity = report["fidelity"]
+    fidelity = report.fidelity
     assert fidelity["mode"] == "weights" and fidelity["weights"] >= 4
     assert 0 < fidelity["relative_error"] < 0.3
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)

@@ -16,6 +16,7 @@ from onnxcomp.encodings.decode import DecodeBuilder
 from onnxcomp.modelfile import to_proto
 from onnxcomp.passes.cleanup import clean_up, metadata_bytes
 from onnxcomp.pipeline import CompressOptions, compress_file
+from onnxcomp.reporting.compression_report import CompressionReport, LayerRow
 from onnxcomp.reporting.report import format_table, inspect_model
 from onnxcomp.text import printable
 from tests.conftest import LENET5, run
@@ -71,7 +72,7 @@ def shipped(tmp_path, rng) -> onnx.ModelProto:
     return proto
 
 
-def compress(proto: onnx.ModelProto, folder, target: int, **options) -> tuple[onnx.ModelProto, dict]:
+def compress(proto: onnx.ModelProto, folder, target: int, **options) -> tuple[onnx.ModelProto, CompressionReport]:
     source, output = folder / "in.onnx", folder / "out.onnx"
     onnx.save(proto, str(source))
     # force: these tests check metadata at tight targets, not quality (the floor would refuse some)
@@ -104,9 +105,9 @@ def test_metadata_kept_by_default_and_counted(shipped, tmp_path, rng):
     del bare.metadata_props[:]
     del bare.graph.metadata_props[:]
     # (plus the byte or two by which the graph's length prefix grows with the graph's entry)
-    assert report["metadata_bytes"] <= out.ByteSize() - bare.ByteSize() <= report["metadata_bytes"] + 2
-    assert report["metadata_bytes"] > len(CHARACTERS.encode())
-    assert report["output_bytes"] <= target
+    assert report.metadata_bytes <= out.ByteSize() - bare.ByteSize() <= report.metadata_bytes + 2
+    assert report.metadata_bytes > len(CHARACTERS.encode())
+    assert report.output_bytes <= target
     # what only documents the export is dropped by default
     assert not out.graph.value_info
     assert all(not node.doc_string and not node.metadata_props for node in out.graph.node)
@@ -133,7 +134,7 @@ def test_keep_metadata_gives_a_valid_model(shipped, tmp_path, rng):
     assert len(kept) == len(shipped.graph.node)
     assert all(node.doc_string == STACK and node.metadata_props[0].value == STACK for node in kept.values())
     assert {v.name for v in out.graph.value_info} >= {"h", "r", "m"}
-    assert report["metadata_bytes"] > len(CHARACTERS.encode()) + len(shipped.graph.node) * 2 * len(STACK)
+    assert report.metadata_bytes > len(CHARACTERS.encode()) + len(shipped.graph.node) * 2 * len(STACK)
     assert interface(out) == interface(shipped)
     sample = feeds(rng)
     compressed, original = run(out, sample), run(shipped, sample)
@@ -169,7 +170,7 @@ def test_keep_metadata_on_lenet5_runs(tmp_path, rng):
                                                            force=True))  # a tight target on purpose: no quality floor
     proto = onnx.load(str(output))
     onnx.checker.check_model(proto, full_check=True)
-    assert {row["encoding"] for row in report["layers"]} >= {"sparse"}
+    assert {row.encoding for row in report.layers} >= {"sparse"}
     original = onnx.load(str(LENET5))
     assert interface(proto) == interface(original)
     image = rng.standard_normal((2, *[d.dim_value for d in original.graph.input[0].type.tensor_type.shape.dim[1:]]))
@@ -227,8 +228,8 @@ def test_ir3_initializer_inputs_are_compressed_and_reported(tmp_path, rng):
     onnx.checker.check_model(out, full_check=True)
     assert out.ir_version >= 4
     assert [v.name for v in out.graph.input] == ["image", "bias_in"]
-    assert report["initializer_inputs"] == {"removed": ["w1", "b1", "w2"], "kept": []}
-    assert {row["name"] for row in report["layers"]} >= {"w1", "w2"}
+    assert report.initializer_inputs == {"removed": ["w1", "b1", "w2"], "kept": []}
+    assert {row.name for row in report.layers} >= {"w1", "w2"}
     before, after = interface(proto), interface(out)
     assert after == [before[0][:2], before[1]]  # the two real inputs, every output, as they were
     sample = feeds(rng)
@@ -243,12 +244,12 @@ def test_overridable_initializer_input_stays_an_input(tmp_path, rng):
     out, report = compress(proto, tmp_path, dense + sum(int(np.prod(shape)) for shape in SHAPES.values()) * 4 // 3)
     onnx.checker.check_model(out, full_check=True)
     assert interface(out) == interface(proto)
-    assert report["initializer_inputs"] == {"removed": [], "kept": ["w2"]}
+    assert report.initializer_inputs == {"removed": [], "kept": ["w2"]}
     default = next(t for t in out.graph.initializer if t.name == "w2")
     original = next(t for t in proto.graph.initializer if t.name == "w2")
     assert np.array_equal(onnx.numpy_helper.to_array(default), onnx.numpy_helper.to_array(original))
-    rows = {row["name"]: row for row in report["layers"]}
-    assert rows["w2"]["encoding"] == "dense" and rows["w2"]["bytes_after"] == dense  # stored as it was
+    rows = {row.name: row for row in report.layers}
+    assert rows["w2"].encoding == "dense" and rows["w2"].bytes_after == dense  # stored as it was
     sample = feeds(rng)
     override = {**sample, "w2": np.zeros(SHAPES["w2"], np.float32)}  # the caller's value is used
     assert np.array_equal(run(out, override)[0], sample["bias_in"])
@@ -295,7 +296,7 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 def test_inspect_lists_constant_node_and_subgraph_weights(tmp_path, rng, capsys):
     proto = constant_model(rng)
     rows = inspect_model(ir.serde.deserialize_model(proto))
-    assert sorted(tuple(row["shape"]) for row in rows) == [(32, 64), (64, 16), (64, 16)]
+    assert sorted(tuple(row.shape) for row in rows) == [(32, 64), (64, 16), (64, 16)]
     path = tmp_path / "consts.onnx"
     onnx.save(proto, str(path))
     code, out, err = cli(capsys, "inspect", path)
@@ -334,7 +335,8 @@ def test_printable_escapes_only_what_a_terminal_would_interpret():
     assert printable("a\nb\tc") == "a\\nb\\tc"
     assert printable("C:\\models\\w") == "C:\\models\\w"  # paths read as they are
     assert printable("\u202e\x9b") == "\\u202e\\x9b"
-    table = format_table([{"name": "x\ny", "shape": [2]}], [("name", "layer"), ("shape", "shape")])
+    row = LayerRow(name="x\ny", shape=[2], params=2, encoding="dense", bits=32, bytes_before=8, bytes_after=8)
+    table = format_table([row], [("name", "layer"), ("shape", "shape")])
     assert len(table.splitlines()) == 3
 
 

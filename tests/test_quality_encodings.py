@@ -96,7 +96,7 @@ def test_budgets_over_8_bits_a_weight_buy_wider_grids(model):
     target = model.ByteSize() // 2
     result = compress_model(ir.serde.deserialize_model(model), CompressOptions(target_bytes=target))
     assert len(result.data) <= target
-    assert max(layer["bits"] for layer in result.report["layers"] if layer["encoding"] == "scaled") >= 10
+    assert max(layer.bits for layer in result.report.layers if layer.encoding == "scaled") >= 10
     assert output_error(model, result.data) < 0.002
 
 

@@ -14,6 +14,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+from onnxcomp.reporting.compression_report import CompressionReport
 from onnxcomp.reporting.html_report import entropy_bits, layer_analysis
 from onnxcomp.reporting.report import StoredWeight
 from tests.conftest import LENET5, TEST_DATA
@@ -249,7 +250,8 @@ def test_report_without_a_runnable_comparison_still_leads_with_sizes(lenet5_repo
     _, output = lenet5_report
     report = json.loads((lenet5_report[0] / "report.json").read_text())
     report.pop("analysis")
-    page = html_report.write_report(tmp_path / "html", modelfile.load_model(LENET5), modelfile.load_model(output), report).read_text()
+    page = html_report.write_report(tmp_path / "html", modelfile.load_model(LENET5), modelfile.load_model(output),
+                                    CompressionReport.from_dict(report)).read_text()
     assert page.index('id="fig-size-quality"') < page.index("<table")
     assert "sizes only: the models could not be run (no input ran)" in page
     texts = axis_texts(page)[("fig-size-quality", "axis_1")]

@@ -33,8 +33,8 @@ def test_retraining_meets_budget_and_beats_calibration_only(tmp_path):
     # force: calibration alone at this tight target is below the quality floor; it is the baseline compared against
     plain = compress_file(MODEL, tmp_path / "plain.onnx", CompressOptions(target_bytes=target, force=True), samples=samples)
     tuned = compress_file(MODEL, tmp_path / "tuned.onnx", CompressOptions(target_bytes=target, epochs=3), samples=samples)
-    assert plain["output_bytes"] <= target and tuned["output_bytes"] <= target
-    assert (tmp_path / "tuned.onnx").stat().st_size == tuned["output_bytes"]
+    assert plain.output_bytes <= target and tuned.output_bytes <= target
+    assert (tmp_path / "tuned.onnx").stat().st_size == tuned.output_bytes
     assert _accuracy(tmp_path / "tuned.onnx") > _accuracy(tmp_path / "plain.onnx")
 
 
@@ -42,7 +42,7 @@ def test_retraining_without_labels_distills_from_original(tmp_path):
     samples = load_samples(TRAIN, load_model(MODEL))
     samples.labels = None
     report = compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=40_000, epochs=1), samples=samples)
-    assert report["output_bytes"] <= 40_000
+    assert report.output_bytes <= 40_000
     assert _accuracy(tmp_path / "out.onnx") > 0.85
 
 
@@ -65,14 +65,14 @@ def test_each_method_meets_the_budget_and_keeps_accuracy(tmp_path, train_samples
     epochs, gamma, lr = (8, 3e-3, 1e-2) if method == "vib" else (2, 1.6e-4, 1e-3)
     options = CompressOptions(target_bytes=target, epochs=epochs, method=method, vib_gamma=gamma, lr=lr)
     report = compress_file(MODEL, tmp_path / "out.onnx", options, samples=train_samples)
-    assert report["output_bytes"] == (tmp_path / "out.onnx").stat().st_size <= target
-    assert report["training"]["method"] == method
-    assert report["accuracy"]["held_out"] and report["accuracy"]["samples"] == 200  # a tenth of 2k held out
+    assert report.output_bytes == (tmp_path / "out.onnx").stat().st_size <= target
+    assert report.training["method"] == method
+    assert report.accuracy["held_out"] and report.accuracy["samples"] == 200  # a tenth of 2k held out
     assert _accuracy(tmp_path / "out.onnx") > (0.6 if method == "vib" else 0.8)  # vib: rate 1e-2 on 1.8k samples
     if method == "vib":
-        kept = report["neurons"]["groups"]
+        kept = report.neurons["groups"]
         assert all(group["kept"] <= group["size"] for group in kept.values())
-        assert report["neurons"]["parameters_after"] < report["neurons"]["parameters_before"]
+        assert report.neurons["parameters_after"] < report.neurons["parameters_before"]
 
 
 def test_vib_needs_labels(tmp_path, train_samples):
@@ -88,9 +88,9 @@ def test_eval_samples_are_used_for_selection_and_report(tmp_path, train_samples)
     held_out = load_samples(TEST, load_model(MODEL))
     report = compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=40_000, epochs=1, method="prune"),
                            samples=train_samples, eval_samples=held_out)
-    assert report["training"]["samples"] == train_samples.count and report["training"]["held_out"] == held_out.count
-    assert report["accuracy"]["samples"] == held_out.count
-    assert report["accuracy"]["compressed"] == pytest.approx(_accuracy(tmp_path / "out.onnx"))
+    assert report.training["samples"] == train_samples.count and report.training["held_out"] == held_out.count
+    assert report.accuracy["samples"] == held_out.count
+    assert report.accuracy["compressed"] == pytest.approx(_accuracy(tmp_path / "out.onnx"))
 
 
 def test_prune_rounds_and_cubic_schedule():
@@ -199,8 +199,8 @@ def test_auto_eliminates_neurons_only_at_tight_targets(tmp_path, train_samples):
     assert wants_vib(CompressOptions(target_bytes=10**6, epochs=1, method="vib"), training, weights)
     # end to end at a loose target: auto prunes, nothing is gated or removed
     report = compress_file(MODEL, tmp_path / "out.onnx", CompressOptions(target_bytes=80_000, epochs=1), samples=train_samples)
-    assert report["training"]["method"] == "auto" and "neurons" not in report
-    assert report["output_bytes"] <= 80_000
+    assert report.training["method"] == "auto" and report.neurons is None
+    assert report.output_bytes <= 80_000
 
 
 @pytest.mark.parametrize("min_gap", [0.0, 10.0])
@@ -224,7 +224,7 @@ def test_rounds_with_nothing_to_prune_train_towards_the_quantized_weights(tmp_pa
     else:
         assert moved.endswith("1 epochs without pruning left unused")
         assert not any(line.startswith("admm iteration") for line in lines)
-    assert report["output_bytes"] <= 300_000
+    assert report.output_bytes <= 300_000
     assert _accuracy(tmp_path / "out.onnx") > 0.9
 
 

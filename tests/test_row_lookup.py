@@ -101,7 +101,7 @@ def test_inspect_and_mobile_see_the_whole_table(tmp_path, groups, levels):
     assert [w.use for w in weights] == [("Gather", 0, 0), ("MatMul", 0, 1)]
     assert np.array_equal(weights[0].array, table)
     row = inspect_model(model)[0]
-    assert (row["encoding"], row["bits"], row["shape"]) == ("grouped", int(np.log2(levels)), [V, D])
+    assert (row.encoding, row.bits, row.shape) == ("grouped", int(np.log2(levels)), [V, D])
     path = tmp_path / "m.onnx"
     onnx.save(ir.serde.serialize_model(model), str(path))
     ready, report = ort_ready_model(path)
@@ -192,10 +192,10 @@ def test_calibrated_compress_gives_rows_the_samples_read_more_bits():
     result = compress_model(ir.serde.deserialize_model(proto), CompressOptions(target_bytes=target),
                             samples=Samples({"input_ids": ids}))
     assert len(result.data) <= target
-    layers = {row["name"]: row for row in result.report["layers"]}
+    layers = {row.name: row for row in result.report.layers}
     assert set(layers) >= {"table_hot", "table_cold"}
-    assert layers["table_hot"]["shape"][0] == np.unique(ids).size
-    assert layers["table_hot"]["bits"] > layers["table_cold"]["bits"]
+    assert layers["table_hot"].shape[0] == np.unique(ids).size
+    assert layers["table_hot"].bits > layers["table_cold"].bits
     # The compressed model reads the right rows: close to the original on the samples' ids.
     compressed = ort.InferenceSession(result.data, providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids[:8]})[0]
     assert np.abs(compressed - original).max() < 0.1 * np.abs(original).max()
@@ -219,7 +219,7 @@ def test_split_never_makes_a_reachable_target_unreachable():
                             progress=logged.append)
     assert len(result.data) <= target
     assert any("not split" in line for line in logged)
-    assert "table" in {row["name"] for row in result.report["layers"]}
+    assert "table" in {row.name for row in result.report.layers}
 
 
 def test_compress_model_leaves_the_callers_model_alone():

@@ -79,8 +79,8 @@ def test_vector_decode_reproduces_values_exactly_and_folds(rng, dim, clusters, t
     assert_single_matmul_decodes_exactly_and_folds(model, reference, weight, rng, tmp_path)
     assert not InsertDequantizeLookupPass(vectors={"w": dim})(model).modified
     (inspected,) = inspect_model(model)
-    assert inspected["encoding"] == "vector"
-    assert inspected["bits"] == encoding.bits_for(row["levels"]) / dim
+    assert inspected.encoding == "vector"
+    assert inspected.bits == encoding.bits_for(row["levels"]) / dim
 
 
 def test_vector_lookup_needs_a_plan_and_a_whole_number_of_vectors(rng):
@@ -125,10 +125,10 @@ def test_compress_with_vector_codebooks_is_more_faithful_at_the_same_size(rng, m
     with_vectors = compress_model(single_matmul(weight), options)
     monkeypatch.setattr(pricing, "VECTOR_SHAPES", ())
     without = compress_model(single_matmul(weight), options)
-    assert [row["encoding"] for row in with_vectors.report["layers"]] == ["vector"]
-    assert [row["encoding"] for row in without.report["layers"]] != ["vector"]
+    assert [row.encoding for row in with_vectors.report.layers] == ["vector"]
+    assert [row.encoding for row in without.report.layers] != ["vector"]
     assert len(with_vectors.data) <= target and len(without.data) <= target
-    assert 1 - with_vectors.report["fidelity"]["cosine"] < 0.8 * (1 - without.report["fidelity"]["cosine"])
+    assert 1 - with_vectors.report.fidelity["cosine"] < 0.8 * (1 - without.report.fidelity["cosine"])
 
 
 @pytest.mark.parametrize(("rows", "cols", "dim", "clusters"), [(64, 136, 2, 16), (64, 512, 2, 32), (64, 400, 2, 32)])

@@ -599,7 +599,7 @@ def test_weights_read_through_gate_slices_in_a_branch_are_listed_once_by_name(tm
     names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
     from onnxcomp.reporting.report import inspect_model
 
-    assert [row["name"] for row in inspect_model(ir.load(str(source)))] == names
+    assert [row.name for row in inspect_model(ir.load(str(source)))] == names
     report = tmp_path / "report.json"
     code, stderr = cli_main("compress", source, "--target-size", source.stat().st_size // 4, "-o", tmp_path / "small.onnx",
                             "--report", report, "-q", "--allow-low-fidelity")

@@ -29,6 +29,7 @@ from onnxcomp.samples.data import Samples
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.reporting.int8_reference import compare_with_int8
 from onnxcomp.passes.cleanup import clean_up
+from onnxcomp.reporting.compression_report import CompressionReport, LayerRow
 from onnxcomp.reporting.report import GENERATED_INPUTS_NOTE, StoredWeight, inspect_weights, stored_weights, weight_row
 from onnxcomp.reporting.report_plots import (COMPRESSED_COLOR, INT8_COLOR, ORIGINAL_COLOR, allocation_plot, distribution_plot,
                                    encoding_plot, entropy_plot, quality_measure, size_quality_plot)
@@ -59,7 +60,7 @@ def entropy_bits(symbols: np.ndarray) -> float:
     return float(-(counts * np.log2(counts / counts.sum())).sum())
 
 
-def layer_analysis(compressed: StoredWeight, original: StoredWeight | None, row: dict | None) -> dict:
+def layer_analysis(compressed: StoredWeight, original: StoredWeight | None, row: LayerRow | None) -> dict:
     """Measured facts of one weight: stored bytes against its entropy bound.
 
     The bound is the empirical entropy of the codes including zero over all elements; for a
@@ -70,10 +71,10 @@ def layer_analysis(compressed: StoredWeight, original: StoredWeight | None, row:
     the compress summary show them.
     """
     values = compressed.array.ravel()
-    analysis = weight_row(compressed)
+    analysis = weight_row(compressed).to_dict()
     analysis.update(params_original=int(original.array.size) if original is not None else None,
                     distinct=analysis["levels"], stored_bytes=analysis["bytes_after"],
-                    relative_error=row.get("relative_error") if row else None)
+                    relative_error=row.relative_error if row else None)
     if original is not None and original.array.shape == compressed.array.shape:
         reference = original.array.ravel().astype(np.float64)
         analysis["relative_error"] = float(np.linalg.norm(values - reference) / max(np.linalg.norm(reference), 1e-30))
@@ -134,10 +135,10 @@ def _canonical(model: ir.Model) -> ir.Model:
     return clean_up(canonicalize(model.clone()), keep_metadata=True, shorten_names=False)
 
 
-def analyze(original: ir.Model, compressed: ir.Model, report: dict, compressed_data: bytes) -> tuple[dict, dict]:
+def analyze(original: ir.Model, compressed: ir.Model, report: CompressionReport, compressed_data: bytes) -> tuple[dict, dict]:
     """Per-layer and whole-file measurements; also returns {name: (original, compressed) arrays}."""
     originals = {w.use: w for w in stored_weights(_canonical(original))}
-    rows = {row["name"]: row for row in report.get("layers", [])}
+    rows = {row.name: row for row in report.layers}
     layers, arrays = [], {}
     for weight in inspect_weights(compressed):  # the rows `onnxcomp inspect` lists for the saved file
         source = originals.get(weight.use)
@@ -160,7 +161,7 @@ def analyze(original: ir.Model, compressed: ir.Model, report: dict, compressed_d
         "file_entropy_bound_bytes": other + bound_total,
         "bytes_by_encoding": by_encoding,
         "original_bytes_by_encoding": {"dense": original_weights,
-                                       "graph and other": max(report.get("input_bytes", 0) - original_weights, 0)},
+                                       "graph and other": max(report.input_bytes - original_weights, 0)},
     }
     return {"layers": layers, "totals": totals}, arrays
 
@@ -209,15 +210,15 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _generated_note(report: dict) -> str:
+def _generated_note(report: CompressionReport) -> str:
     """A visible note when fidelity was measured on generated inputs (no --data), else ''."""
-    if not report.get("fidelity", {}).get("generated_inputs"):
+    if not report.fidelity.get("generated_inputs"):
         return ""
     return f'<p class="note generated"><b>Generated inputs.</b> {html.escape(GENERATED_INPUTS_NOTE[0].upper() + GENERATED_INPUTS_NOTE[1:])}.</p>'
 
 
-def _quality_rows(report: dict) -> list[list[str]]:
-    fid = report.get("fidelity", {})
+def _quality_rows(report: CompressionReport) -> list[list[str]]:
+    fid = report.fidelity
     rows = []
     source = f"{fid.get('samples', '?')} {'generated' if fid.get('generated_inputs') else 'sample'} inputs"
     if fid.get("top1_agreement") is not None:
@@ -226,29 +227,29 @@ def _quality_rows(report: dict) -> list[list[str]]:
         rows.append(["cosine similarity of outputs", f"{fid['cosine']:.5f}", source])
     if fid.get("max_abs_error") is not None:
         rows.append(["max abs output error", f"{fid['max_abs_error']:.4g}", source])
-    if "accuracy" in report:
-        acc = report["accuracy"]
+    if report.accuracy is not None:
+        acc = report.accuracy
         rows.append(["accuracy original -> compressed",
                      f"{100 * acc['original']:.2f}% -> {100 * acc['compressed']:.2f}%", f"{acc['samples']} labelled samples"])
     return rows
 
 
-def size_quality_points(report: dict, comparison: dict | None) -> list[dict]:
+def size_quality_points(report: CompressionReport, comparison: dict | None) -> list[dict]:
     """The size/quality figure's points: measured ones where the comparison ran, else sizes only."""
     labels = {"original": ("original (float32)", ORIGINAL_COLOR), "int8": ("per-channel int8", INT8_COLOR),
               "compressed": ("this model", COMPRESSED_COLOR)}
     if comparison is None:
-        return [dict(label=labels["original"][0], color=ORIGINAL_COLOR, bytes=report.get("input_bytes", 0), measured=False),
-                dict(label=labels["compressed"][0], color=COMPRESSED_COLOR, bytes=report.get("output_bytes", 0),
+        return [dict(label=labels["original"][0], color=ORIGINAL_COLOR, bytes=report.input_bytes, measured=False),
+                dict(label=labels["compressed"][0], color=COMPRESSED_COLOR, bytes=report.output_bytes,
                      measured=False, highlight=True)]
     return [dict(measures, label=labels[name][0], color=labels[name][1], measured=True, highlight=name == "compressed")
             for name, measures in comparison["models"].items()]
 
 
-def _summary(report: dict, totals: dict, comparison: dict | None, comparison_error: str) -> str:
+def _summary(report: CompressionReport, totals: dict, comparison: dict | None, comparison_error: str) -> str:
     """The top of the page: the size/quality figure and the few numbers beside it."""
     plt = require_matplotlib()
-    input_bytes, file_bytes = report.get("input_bytes", 0), totals["file_bytes"]
+    input_bytes, file_bytes = report.input_bytes, totals["file_bytes"]
     points = size_quality_points(report, comparison)
     key, measure_label = quality_measure(points)
     if comparison is not None:
@@ -257,7 +258,7 @@ def _summary(report: dict, totals: dict, comparison: dict | None, comparison_err
                    "each model run in ONNX Runtime. int8: weight-only, per output channel, symmetric.")
     else:
         caption = f"<b>Size against quality</b> sizes only: {html.escape(comparison_error)}"
-    figure = _figure(size_quality_plot(plt, points, report.get("target_bytes", 0)), "size-quality", caption, "plot lead")
+    figure = _figure(size_quality_plot(plt, points, report.target_bytes), "size-quality", caption, "plot lead")
     cards = [("hero", f"{input_bytes / max(file_bytes, 1):.1f}x smaller", f"{format_size(input_bytes)} -> {format_size(file_bytes)}")]
     if comparison is not None:
         int8_bytes = comparison["models"]["int8"]["bytes"]
@@ -275,12 +276,12 @@ def _summary(report: dict, totals: dict, comparison: dict | None, comparison_err
     return f'<div class="top">{figure}<div class="cards">{card_html}</div></div>{_generated_note(report)}'
 
 
-def render_html(report: dict, analysis: dict, arrays: dict, comparison: dict | None = None,
+def render_html(report: CompressionReport, analysis: dict, arrays: dict, comparison: dict | None = None,
                 comparison_error: str = "") -> str:
     """The report page; every plot is an inline SVG with its text as text."""
     plt = require_matplotlib()
     layers, totals = analysis["layers"], analysis["totals"]
-    input_bytes = report.get("input_bytes", 0)
+    input_bytes = report.input_bytes
     table_rows = [[layer["name"], "x".join(map(str, layer["shape"])), f"{layer['params']:,}", layer["encoding"],
                    f"{layer['bits']:g}", str(layer["distinct"]), f"{100 * layer['sparsity']:.0f}%",
                    format_size(layer["bytes_before"]), format_size(layer["bytes_after"]),
@@ -328,16 +329,16 @@ def render_html(report: dict, analysis: dict, arrays: dict, comparison: dict | N
     ]
     body = "".join(f'<section id="{key}">{f"<h2>{html.escape(title)}</h2>" if title else ""}{content}</section>'
                    for key, title, content in sections)
-    name = Path(report.get("input", "model")).name
+    name = Path(report.input or "model").name
     header = (f"<header><h1>onnxcomp report <span>{html.escape(name)}</span></h1>"
-              f"<p>{html.escape(report.get('input', ''))} -> {html.escape(report.get('output', ''))}, "
-              f"target {format_size(report.get('target_bytes', 0))}</p></header>")
+              f"<p>{html.escape(report.input or '')} -> {html.escape(report.output or '')}, "
+              f"target {format_size(report.target_bytes)}</p></header>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>onnxcomp report: {html.escape(name)}</title>'
             f"<style>{STYLE}</style></head><body><main>{header}{body}</main></body></html>")
 
 
-def write_report(report_dir: str | Path, original: ir.Model, compressed: ir.Model, report: dict,
+def write_report(report_dir: str | Path, original: ir.Model, compressed: ir.Model, report: CompressionReport,
                  compressed_data: bytes | None = None, *, samples: Samples | None = None, seed: int = 0,
                  input_shapes: dict | None = None, input_values: dict | None = None) -> Path:
     """Write DIR/report.html and DIR/report.json (the compress report plus the measured analysis).
@@ -359,13 +360,13 @@ def write_report(report_dir: str | Path, original: ir.Model, compressed: ir.Mode
     else:
         try:
             comparison = compare_with_int8(original, compressed_data, samples, seed, input_shapes, input_values,
-                                           original_bytes=report.get("input_bytes"))
+                                           original_bytes=report.input_bytes)
         except OnnxcompError as error:
             comparison_error = f"the models could not be run ({error})"
             logger.info("size/quality comparison skipped: %s", error)
     page = render_html(report, analysis, arrays, comparison, comparison_error)
     html_path = report_dir / "report.html"
     modelfile.atomic_write(html_path, lambda handle: handle.write(page.encode("utf-8")))
-    full = dict(report, analysis=dict(analysis, size_quality=comparison))
+    full = dict(report.to_dict(), analysis=dict(analysis, size_quality=comparison))
     modelfile.atomic_write(report_dir / "report.json", lambda handle: handle.write(json.dumps(full, indent=2).encode()))
     return html_path

@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from onnxcomp.encodings import encoding
 from onnxcomp.model.canonicalize import canonicalize
+from onnxcomp.reporting.compression_report import LayerRow
 from onnxcomp.sizes import format_size
 from onnxcomp.encodings.stored import StoredWeight, stored_weights
 from onnxcomp.text import printable
@@ -21,39 +22,39 @@ GENERATED_INPUTS_TAG = "generated inputs, see --data"
 logger = logging.getLogger(__name__)
 
 
-def layer_rows(layers, allocation, compressed: ir.Model | None = None) -> list[dict]:
+def layer_rows(layers, allocation) -> list[LayerRow]:
     """Report rows from the allocator's choices (bytes_after from the encoder's byte model)."""
     rows = []
     for layer in layers:
         choice = allocation.choices[layer.name]
         params = int(np.prod(layer.shape)) if layer.shape else 1
-        rows.append({
-            "name": layer.name,
-            "role": layer.role,
-            "shape": list(layer.shape),
-            "params": params,
-            "encoding": choice.kind,
-            "bits": (choice.bits / choice.quant.vector_dim if choice.kind == "vector" else choice.bits)
-                    if choice.kind != "dense" else 8 * layer.itemsize,
-            "levels": (int(choice.quant.codebook.shape[0]) if choice.kind == "vector" else int(choice.quant.codebook.size))
-                      if choice.quant is not None else None,
-            "sparsity": round(float(choice.sparsity), 4),
-            "bytes_before": layer.dense.bytes,
-            "bytes_after": choice.bytes,
-            "relative_error": round(float(np.sqrt(choice.distortion)), 6),
-            "sensitivity": float(layer.sensitivity),
-        })
+        rows.append(LayerRow(
+            name=layer.name,
+            role=layer.role,
+            shape=list(layer.shape),
+            params=params,
+            encoding=choice.kind,
+            bits=(choice.bits / choice.quant.vector_dim if choice.kind == "vector" else choice.bits)
+                 if choice.kind != "dense" else 8 * layer.itemsize,
+            levels=(int(choice.quant.codebook.shape[0]) if choice.kind == "vector" else int(choice.quant.codebook.size))
+                   if choice.quant is not None else None,
+            sparsity=round(float(choice.sparsity), 4),
+            bytes_before=layer.dense.bytes,
+            bytes_after=choice.bytes,
+            relative_error=round(float(np.sqrt(choice.distortion)), 6),
+            sensitivity=float(layer.sensitivity),
+        ))
     return rows
 
 
-def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+def format_table(rows: list[LayerRow], columns: list[tuple[str, str]]) -> str:
     """A plain aligned text table (fits an 80-120 column terminal); text cells are `printable`."""
     header = [title for _, title in columns]
     body = []
     for row in rows:
         cells = []
         for key, _ in columns:
-            value = row.get(key)
+            value = getattr(row, key)
             if key.startswith("bytes"):
                 cells.append(format_size(value) if value is not None else "-")
             elif key == "sparsity" and value is not None:
@@ -81,7 +82,7 @@ COMPRESS_COLUMNS = [("name", "layer"), ("shape", "shape"), ("params", "params"),
                     ("bits", "bits"), ("sparsity", "sparsity"), ("bytes_before", "before"), ("bytes_after", "after")]
 
 
-def weight_row(weight: StoredWeight) -> dict:
+def weight_row(weight: StoredWeight) -> LayerRow:
     """The one per-weight row of every view (compress summary and --report, `inspect`, the HTML
     report): measured on the saved model.
 
@@ -102,19 +103,19 @@ def weight_row(weight: StoredWeight) -> dict:
         bits = _scaled_bits(weight)
     else:
         bits = encoding.bits_for(distinct) if weight.encoding != "dense" and distinct else 8 * itemsize
-    return {
-        "name": weight.label,
-        "stored_name": weight.name,
-        "role": weight.role,
-        "shape": list(array.shape),
-        "params": int(array.size),
-        "encoding": weight.encoding,
-        "bits": bits,
-        "levels": distinct,
-        "sparsity": float(np.count_nonzero(array == 0) / max(array.size, 1)),
-        "bytes_before": itemsize * int(array.size),
-        "bytes_after": weight.stored_bytes,
-    }
+    return LayerRow(
+        name=weight.label,
+        stored_name=weight.name,
+        role=weight.role,
+        shape=list(array.shape),
+        params=int(array.size),
+        encoding=weight.encoding,
+        bits=bits,
+        levels=distinct,
+        sparsity=float(np.count_nonzero(array == 0) / max(array.size, 1)),
+        bytes_before=itemsize * int(array.size),
+        bytes_after=weight.stored_bytes,
+    )
 
 
 def inspect_weights(model: ir.Model) -> list[StoredWeight]:
@@ -131,12 +132,12 @@ def inspect_weights(model: ir.Model) -> list[StoredWeight]:
     return stored_weights(model)
 
 
-def inspect_model(model: ir.Model) -> list[dict]:
+def inspect_model(model: ir.Model) -> list[LayerRow]:
     """Per-weight rows (`weight_row`) for any model; `onnxcomp inspect`."""
     return [weight_row(weight) for weight in inspect_weights(model)]
 
 
-def compressed_rows(data: bytes, layers, allocation) -> list[dict]:
+def compressed_rows(data: bytes, layers, allocation) -> list[LayerRow]:
     """The compress report's rows: `inspect_model` of the saved file's bytes, plus what the
     allocator knew of each weight it priced (planned relative error, sensitivity)."""
     import onnx
@@ -144,11 +145,11 @@ def compressed_rows(data: bytes, layers, allocation) -> list[dict]:
     rows = inspect_model(ir.serde.deserialize_model(onnx.ModelProto.FromString(data)))
     planned = {layer.name: layer for layer in layers}
     for row in rows:
-        layer = planned.get(row["name"])
-        choice = allocation.choices.get(row["name"]) if layer is not None else None
+        layer = planned.get(row.name)
+        choice = allocation.choices.get(row.name) if layer is not None else None
         if choice is not None:
-            row["relative_error"] = round(float(np.sqrt(choice.distortion)), 6)
-            row["sensitivity"] = float(layer.sensitivity)
+            row.relative_error = round(float(np.sqrt(choice.distortion)), 6)
+            row.sensitivity = float(layer.sensitivity)
     return rows
 
 
@@ -198,8 +199,8 @@ def _grouped_bits(weight: StoredWeight) -> int:
     return encoding.bits_for(tables[0].size // max(np.unique(offsets[0]).size, 1))
 
 
-def inspect_summary(rows: list[dict], file_bytes: int) -> str:
-    weights = sum(r["bytes_after"] for r in rows)
-    params = sum(r["params"] for r in rows)
+def inspect_summary(rows: list[LayerRow], file_bytes: int) -> str:
+    weights = sum(r.bytes_after for r in rows)
+    params = sum(r.params for r in rows)
     return (f"{len(rows)} weights, {params:,} parameters, stored in {format_size(weights)}; "
             f"file {format_size(file_bytes)} ({8 * file_bytes / max(params, 1):.2f} bits per parameter)")

@@ -7,6 +7,8 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
+from onnxcomp.reporting.compression_report import CompressionReport
+
 
 @dataclasses.dataclass
 class CompressOptions:
@@ -33,4 +35,4 @@ class CompressOptions:
 class CompressResult:
     model: ir.Model
     data: bytes | None  # None: over protobuf's 2 GB limit, saved with external data
-    report: dict
+    report: CompressionReport

@@ -15,6 +15,7 @@ from onnxcomp.model.memory import ActivationSizes, activation_sizes
 from onnxcomp.passes.cleanup import metadata_bytes
 from onnxcomp.planning.pricing import LayerOptions
 from onnxcomp.samples.probe import generated_samples
+from onnxcomp.reporting.compression_report import CompressionReport
 from onnxcomp.reporting.report import GENERATED_INPUTS_NOTE, compressed_rows
 from onnxcomp.training.retrain import TrainingData
 from onnxcomp.runtime.inference import RunFailedError, run_batches, session
@@ -105,55 +106,52 @@ def verify_outputs(model: ir.Model, original, reference: Reference, check: Sampl
 
 def make_report(result: Fit, layers: list[LayerOptions], options: CompressOptions, input_bytes: int, measured: dict,
                 steps: Steps, defaults, neurons: dict | None, quantized: list[dict], training: TrainingData | None,
-                check: Samples, samples: Samples, outputs: tuple[list[np.ndarray], list[np.ndarray]]) -> dict:
+                check: Samples, samples: Samples, outputs: tuple[list[np.ndarray], list[np.ndarray]]) -> CompressionReport:
     """The run's report (before the quality floor); `outputs`: the original's and the compressed
     model's on `check`."""
-    report = {
-        "input_bytes": input_bytes,
-        "output_bytes": len(result.data),
-        "target_bytes": options.target_bytes,
-        "ratio": input_bytes / len(result.data),
-        "layers": compressed_rows(result.data, layers, result.allocation),
-        "fidelity": measured,
-        "attempts": result.attempts,
-        "verified": True,  # the compressed model's outputs were compared with the original's in ONNX Runtime
-        "metadata_bytes": metadata_bytes(result.model),  # counted in the target (the allocator's fixed bytes)
-        "seconds": steps.rounded(),
-    }
-    if defaults.removed or defaults.kept:
-        report["initializer_inputs"] = defaults.as_dict()
-    if neurons is not None:
-        report["neurons"] = neurons
-    if quantized:
-        report["quantized_left"] = quantized  # already-quantized weights, kept as they are
+    report = CompressionReport(
+        input_bytes=input_bytes,
+        output_bytes=len(result.data),
+        target_bytes=options.target_bytes,
+        ratio=input_bytes / len(result.data),
+        layers=compressed_rows(result.data, layers, result.allocation),
+        fidelity=measured,
+        attempts=result.attempts,
+        verified=True,  # the compressed model's outputs were compared with the original's in ONNX Runtime
+        metadata_bytes=metadata_bytes(result.model),  # counted in the target (the allocator's fixed bytes)
+        seconds=steps.rounded(),
+        initializer_inputs=defaults.as_dict() if defaults.removed or defaults.kept else None,
+        neurons=neurons,
+        quantized_left=quantized or None,  # already-quantized weights, kept as they are
+    )
     if training is not None:
-        report["training"] = {"method": options.method, "epochs": options.epochs, "samples": training.train.count,
-                              "held_out": 0 if training.held_out is None else training.held_out.count,
-                              "labels": training.train.labels is not None}
+        report.training = {"method": options.method, "epochs": options.epochs, "samples": training.train.count,
+                           "held_out": 0 if training.held_out is None else training.held_out.count,
+                           "labels": training.train.labels is not None}
     if check.labels is not None:
         original_accuracy = accuracy(outputs[0][0], check.labels)
         compressed_accuracy = accuracy(outputs[1][0], check.labels)
-        report["accuracy"] = {"original": original_accuracy, "compressed": compressed_accuracy,
-                              "samples": check.count, "held_out": check is not samples}
+        report.accuracy = {"original": original_accuracy, "compressed": compressed_accuracy,
+                           "samples": check.count, "held_out": check is not samples}
     return report
 
 
-def check_guards(report: dict, options: CompressOptions) -> None:
+def check_guards(report: CompressionReport, options: CompressOptions) -> None:
     if options.force:
         return
-    if options.max_accuracy_drop is not None and "accuracy" in report:
-        drop = 100 * (report["accuracy"]["original"] - report["accuracy"]["compressed"])
+    if options.max_accuracy_drop is not None and report.accuracy is not None:
+        drop = 100 * (report.accuracy["original"] - report.accuracy["compressed"])
         if drop > options.max_accuracy_drop:
             raise FidelityError(f"accuracy drops by {drop:.2f} points, more than --max-accuracy-drop {options.max_accuracy_drop}; nothing written (use --allow-low-fidelity to write anyway)")
     # --min-fidelity (and the default floor) are judged per output by onnxcomp.reporting.floor.check_floor
 
 
-def quality_floor(report: dict, plan: Plan, options: CompressOptions, check: Samples,
+def quality_floor(report: CompressionReport, plan: Plan, options: CompressOptions, check: Samples,
                   reference_outputs: list[np.ndarray], batch: int, input_bytes: int, fine_tuned: bool,
                   names: list[str], progress: Progress) -> dict:
     """`onnxcomp.reporting.floor.check_floor` for this run, searching smaller targets with `fidelity_at`."""
     return check_floor(
-        report["fidelity"], floor_for(options.min_fidelity, options.force, fine_tuned=fine_tuned),
+        report.fidelity, floor_for(options.min_fidelity, options.force, fine_tuned=fine_tuned),
         options.target_bytes, input_bytes,
         functools.partial(fidelity_at, plan, options, check, reference_outputs, batch),
         names=names, log=lambda line: log(progress, line), off_reason=off_reason(options.min_fidelity, options.force))

@@ -37,7 +37,7 @@ def install(folder: Path):
 
     def compress_model(model, options, samples=None, *args, **kwargs):
         result = original(model, options, samples, *args, **kwargs)
-        if result.report.get("verified", True):  # an unverified model has no input known to run
+        if result.report.verified:  # an unverified model has no input known to run
             save(folder, result, samples, options)
         return result
 
