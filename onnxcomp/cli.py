@@ -231,7 +231,7 @@ def _compress(args) -> int:
                          f"{fid['relative_error']:.3g} (worst weight {fid['max_relative_error']:.3g}), max abs error "
                          f"{fid['max_abs_error']:.3g}; model outputs not run ("
                          + ("too large to hold in memory)" if report.streamed else
-                            "no generated input ran in ONNX Runtime: --data, --input-shape or --input-value would verify them)"))
+                            "no generated input gave outputs to compare: --data, --input-shape or --input-value would verify them)"))
         else:
             parts.append(", ".join(quality) + f" on {fid['samples']} {'generated' if fid['generated_inputs'] else 'sample'} inputs")
             if fid["generated_inputs"]:

@@ -172,6 +172,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise OnnxcompError(f"{path}: invalid ONNX model ({type(error).__name__}: {_first_line(error)})") from None
     external = sum(_external_length(tensor) for tensor in _external_tensors(proto))
     limits.check_value_sizes(proto, path.stat().st_size + external)
+    _refuse_maps(proto, path)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:
@@ -186,6 +187,21 @@ def load_model(path: str | os.PathLike) -> ir.Model:
             raise OnnxcompError(f"{path}: cannot read the model's external data ({type(error).__name__}: "
                                 f"{_first_line(error)}); was it changed while onnxcomp ran?") from None
     return model
+
+
+def _refuse_maps(proto: onnx.ModelProto, path: Path) -> None:
+    """Map-typed graph values (scikit-learn converters' ZipMap output: a sequence of maps) cannot
+    be imported by onnx_ir ("Map types are not supported yet"): say so, and how to export without."""
+    graph = proto.graph
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        kind, what = value.type, "a map"
+        while kind.HasField("sequence_type"):
+            kind, what = kind.sequence_type.elem_type, "a sequence of maps"
+        if kind.HasField("map_type"):
+            raise OnnxcompError(
+                f"{path}: {value.name!r} is {what}, e.g. the ZipMap output of a "
+                "scikit-learn converter; onnxcomp's graph library (onnx_ir) cannot import map types yet. Export the "
+                "model without ZipMap (skl2onnx: options={'zipmap': False}) to compress it")
 
 
 def _external_length(tensor: onnx.TensorProto) -> int:
@@ -229,7 +245,20 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     proto = ir.serde.serialize_model(model)
     proto.ir_version = min(proto.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     _drop_initializer_value_info(proto.graph)
+    _keep_metadata_order(proto, list(model.metadata_props))
     return proto
+
+
+def _keep_metadata_order(proto: onnx.ModelProto, keys: list[str]) -> None:
+    """onnx_ir writes model-level metadata sorted by key; put the entries back in the model's
+    own order (the input file's), so the output lists them as the input did."""
+    order = {key: index for index, key in enumerate(keys)}
+    entries = [(entry.key, entry.value) for entry in proto.metadata_props]
+    ordered = sorted(entries, key=lambda entry: order.get(entry[0], len(order)))
+    if ordered != entries:
+        del proto.metadata_props[:]
+        for key, value in ordered:
+            proto.metadata_props.add(key=key, value=value)
 
 
 def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:

@@ -130,16 +130,17 @@ def compress_unverified(model: ir.Model, options: CompressOptions, input_bytes: 
     without running the model; the report says ``verified: false``."""
     reason = describe_error(error.last_error) if error.last_error else str(error)
     if options.min_fidelity is not None and options.min_fidelity > 0:
-        raise OnnxcompError(f"--min-fidelity needs the model's outputs, but no generated input ran in ONNX Runtime "
+        raise OnnxcompError(f"--min-fidelity needs the model's outputs, but {error.why} "
                             f"({reason}); give sample inputs with --data")
-    logger.warning("the compressed model's outputs are not verified: no generated input ran in ONNX Runtime (%s); "
+    logger.warning("the compressed model's outputs are not verified: %s (%s); "
                    "give sample inputs with --data, or the inputs' shapes and values with --input-shape NAME:DIMS / "
-                   "--input-value NAME=V, to verify them; the quality floor cannot be checked", reason)
-    result = compress_streamed(model, options, input_bytes, progress, why="no generated input runs the model")
+                   "--input-value NAME=V, to verify them; the quality floor cannot be checked", error.why, reason)
+    result = compress_streamed(model, options, input_bytes, progress, why=error.why)
     if result.data is not None:
         session(result.data)  # the model is not run, but it must load where the original loaded
     result.report.streamed = False
-    result.report.unverified_reason, result.report.quality_floor = reason, unverified_floor(reason)
+    result.report.unverified_reason = f"{error.why} ({reason})"
+    result.report.quality_floor = unverified_floor(result.report.unverified_reason)
     return result
 
 

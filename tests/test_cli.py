@@ -505,3 +505,23 @@ def test_attempt_lines_say_which_build_is_kept(cli, tmp_path):
     assert len(kept) == 1, lines
     size = re.search(r"(?:attempt \d+: |\()([0-9.]+ [KMG]?B)", kept[0]).group(1)
     assert size == format_size(output.stat().st_size)
+
+
+def test_zipmap_output_is_refused_with_how_to_export_without(tmp_path, cli):
+    """scikit-learn converters end classifiers in ZipMap (a sequence of maps), which onnx_ir
+    cannot import: the message names the output and the export option, not a SerdeError."""
+    from onnx import helper
+
+    probabilities = helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["N", 3])
+    zipped = helper.make_value_info("zipped", helper.make_sequence_type_proto(
+        helper.make_map_type_proto(onnx.TensorProto.INT64, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, []))))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["scores"]), helper.make_node("Softmax", ["scores"], ["probabilities"]),
+         helper.make_node("ZipMap", ["probabilities"], ["zipped"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2])],
+        "classifier", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])], [probabilities, zipped],
+        [onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w")])
+    path = tmp_path / "zipmap.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)]), path)
+    for command in (["inspect", path], ["compress", path, "--target-size", "1/2", "-o", tmp_path / "out.onnx", "-q"]):
+        assert_clean_failure(cli(*command), "'zipped' is a sequence of maps", "zipmap': False", code=2)
+    assert not (tmp_path / "out.onnx").exists()

@@ -8,7 +8,9 @@ import json
 import re
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 from onnxcomp.reporting.floor import (DEFAULT_AGREEMENT, DEFAULT_COSINE, Floor, QualityFloorError, floor_for, round_size,
                             worst_shortfall)
@@ -190,3 +192,66 @@ def test_the_size_search_judges_generated_inputs_as_the_asked_size():
     refused = [probe for probe in error.probes if not probe.passed]
     assert all(probe.shortfall.cosine is not None and probe.shortfall.cosine < DEFAULT_COSINE for probe in refused)
     assert all(probe.value >= DEFAULT_COSINE for probe in error.probes if probe.passed)  # the cosine is recorded
+
+
+def test_single_score_outputs_are_judged_with_their_scale():
+    """A score per sample ([N, 1]) has per-sample cosine 1 with any value of its sign: a model whose
+    score collapsed to one value would pass. Narrow outputs are compared whole, scale included."""
+    from onnxcomp.reporting.verify import fidelity
+
+    rng = np.random.default_rng(0)
+    original = (0.85 + 0.1 * rng.random((64, 1))).astype(np.float32)  # a turn-taking score near 0.9
+    collapsed = np.full((64, 1), 0.4, np.float32)
+    measured = fidelity([original], [collapsed])
+    assert measured["cosine"] < 0.7
+    assert worst_shortfall(measured | {"generated_inputs": True}, Floor(DEFAULT_COSINE, DEFAULT_AGREEMENT, False))
+    close = original + 0.002 * rng.standard_normal((64, 1)).astype(np.float32)
+    assert fidelity([original], [close])["cosine"] > 0.999
+    assert fidelity([original[:, 0]], [collapsed[:, 0]])["cosine"] < 0.7  # [N] scores alike
+    wide = rng.standard_normal((64, 16)).astype(np.float32)  # wider outputs keep the per-sample cosine
+    assert fidelity([wide], [2 * wide])["cosine"] == pytest.approx(1.0)
+
+
+def test_nan_in_the_original_is_left_out_and_nan_in_the_compressed_model_fails():
+    from onnxcomp.reporting.verify import fidelity
+
+    rng = np.random.default_rng(1)
+    original = rng.standard_normal((8, 10)).astype(np.float32)
+    compressed = original + 0.01 * rng.standard_normal((8, 10)).astype(np.float32)
+    original[0, 3] = np.nan  # one value the original itself cannot give
+    measured = fidelity([original], [compressed], [True])
+    assert measured["outputs"]["output_0"]["nonfinite_original"] == 1
+    assert measured["cosine"] > 0.99 and measured["top1_agreement"] == 1.0
+    broken = compressed.copy()
+    broken[:, 5] = np.nan
+    assert fidelity([original], [broken])["cosine"] == 0.0
+
+
+def test_outputs_nan_on_every_generated_input_go_unverified(tmp_path):
+    """A scalar parameter drawn at random (here the root of -|fmin|) makes the original's output
+    NaN everywhere: nothing to compare with, so the run is unverified, not passed on NaN; with
+    the parameter pinned to a value in range it is verified."""
+    model = tmp_path / "nan.onnx"
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 64] x, float fmin) => (float[N, 32] y) {
+      z = MatMul(x, w)
+      size = Abs(fmin)
+      below = Neg(size)
+      root = Sqrt(below)
+      y = Add(z, root)
+    }""")
+    rng = np.random.default_rng(0)
+    proto.graph.initializer.append(numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w"))
+    onnx.save(proto, model)
+    result = compress_model(build_from(model), CompressOptions(target_bytes=4000, sensitivity=False))
+    assert result.report.verified is False
+    assert "'y' is NaN or infinite on every generated input" in result.report.unverified_reason
+    pinned = compress_model(build_from(model), CompressOptions(target_bytes=4000, sensitivity=False,
+                                                               input_values={"fmin": np.asarray(0.0, np.float32)}))
+    assert pinned.report.verified is True and pinned.report.fidelity["cosine"] > 0.9
+
+
+def build_from(path):
+    from onnxcomp.modelfile import load_model
+
+    return load_model(path)

@@ -98,6 +98,7 @@ def test_metadata_kept_by_default_and_counted(shipped, tmp_path, rng):
     target = weights // 3 + len(CHARACTERS.encode())  # the dictionary alone is ~2/3 of the target
     out, report = compress(shipped, tmp_path, target)
     assert props(out) == props(shipped)
+    assert [p.key for p in out.metadata_props] == ["character", "stride", "labels"]  # in the input's order, not sorted
     # the report's count is what the entries take in the file: the model's, and the graph's map of
     # the weights' original names (onnxcomp.weight_names)
     bare = onnx.ModelProto()

@@ -13,6 +13,7 @@ import onnx_ir as ir
 logger = logging.getLogger(__name__)
 
 FIDELITY_CHUNK_BYTES = 16 << 20  # float64 bytes of each output slice compared at once
+NARROW = 4  # outputs with fewer values than this a sample are compared whole, scale included
 
 
 def looks_like_class_scores(output: np.ndarray) -> bool:
@@ -77,15 +78,22 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
             continue
         a, b = np.asarray(a), np.asarray(b)
         entry: dict = {}
+        unknown = ~np.isfinite(a) if a.dtype.kind in "fc" else None
+        if unknown is not None and unknown.any():  # NaN/inf in the original: nothing to compare there
+            entry["nonfinite_original"] = int(unknown.sum())
+            a, b = np.where(unknown, 0, a), np.where(unknown, 0, b)
         if a.size:
             max_error, error_sum, cos = _errors(a, b)
             entry["max_abs_error"] = max_error
             entry["mean_abs_error"] = error_sum / a.size
-            entry["cosine"] = float(np.mean(cos))
+            # NaN only from the compressed model (the original's are masked): it matches nothing
+            entry["cosine"] = 0.0 if np.isnan(cos).any() else float(np.mean(cos))
             cosines.append(entry["cosine"])
         scores = class_scores is None or index >= len(class_scores) or class_scores[index]
         if scores and looks_like_class_scores(a):
-            entry["top1_agreement"] = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+            rows = np.ones(len(a), bool) if unknown is None else ~unknown.reshape(len(a), -1).any(axis=1)
+            entry["top1_agreement"] = float(np.mean(np.argmax(a[rows], axis=1) == np.argmax(b[rows], axis=1))) \
+                if rows.any() else float("nan")
             agreements.append(entry["top1_agreement"])
         report["outputs"][f"output_{index}"] = entry
     report["cosine"] = float(min(cosines)) if cosines else None
@@ -100,8 +108,17 @@ def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float, np.ndarray]:
     in float64 over slices of rows: outputs of hundreds of samples can take hundreds of MB, and
     whole float64 copies of both and their products would take several times that. A row wider
     than a slice (the flattened outputs of feeds of different shapes are one row) goes a slice of
-    columns at a time."""
+    columns at a time.
+
+    Narrow outputs (fewer than `NARROW` values a sample: a score, a probability, a pair of
+    logits) are one row, and their cosine is scale-aware (`_scale_aware_cosine`): a row of one
+    value has cosine 1 with any value of its sign, and a whole output shrunk or shifted to a
+    constant keeps cosine 1 with a constant original."""
     rows = len(a) if a.ndim > 1 else 1
+    if a.ndim <= 1 or a.size < NARROW * rows:  # [N] or [N, 1..3]: one value or a few a sample
+        flat_a, flat_b = a.reshape(1, -1).astype(np.float64), np.asarray(b).reshape(1, -1).astype(np.float64)
+        diff = np.abs(flat_a - flat_b)
+        return float(np.max(diff)), float(diff.sum()), _scale_aware_cosine(flat_a[0], flat_b[0])
     flat_a, flat_b = a.reshape(rows, -1), np.asarray(b).reshape(rows, -1)
     width = max(flat_a.shape[1], 1)
     if 8 * width > FIDELITY_CHUNK_BYTES:
@@ -118,6 +135,16 @@ def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float, np.ndarray]:
         norm_a, norm_b = np.linalg.norm(part_a, axis=1), np.linalg.norm(part_b, axis=1)
         cosines.append(_cosine(np.sum(part_a * part_b, axis=1), norm_a, norm_b))
     return max_error, error_sum, np.concatenate(cosines)
+
+
+def _scale_aware_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 - |a - b|^2 / (2 |a| |b|): the cosine of a and b less (|a| - |b|)^2 / (2 |a| |b|), so
+    that a changed scale counts as an error (0.9 everywhere against 0.4 everywhere: 0.65, not 1);
+    equal to the cosine when the norms agree. 1 when both are zero, 0 when only one is."""
+    norm_a, norm_b = np.linalg.norm(a), np.linalg.norm(b)
+    if norm_a == 0 or norm_b == 0:
+        return np.asarray([1.0 if norm_a == norm_b else 0.0])
+    return np.asarray([1.0 - float(np.sum((a - b) ** 2)) / (2 * norm_a * norm_b)])
 
 
 def _cosine(dot: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray) -> np.ndarray:

@@ -45,11 +45,14 @@ def _forms(where: str) -> str:
 
 
 class NoRunnableInputError(OnnxcompError):
-    """No generated input configuration runs in ONNX Runtime; ``last_error`` is ORT's last error line."""
+    """No generated input gives the original model's outputs to compare with: no configuration
+    runs in ONNX Runtime (``last_error`` is its last error line), or an output is NaN or infinite
+    on every generated input (``why`` says which)."""
 
-    def __init__(self, message: str, last_error: str = ""):
+    def __init__(self, message: str, last_error: str = "", why: str = "no generated input ran in ONNX Runtime"):
         super().__init__(message)
         self.last_error = last_error
+        self.why = why
 
 
 @dataclasses.dataclass

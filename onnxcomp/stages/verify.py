@@ -60,7 +60,21 @@ def run_original(model: ir.Model, original, samples: Samples | None, options: Co
             raise
         # inputs generated without probing (nothing to choose) that do not run: nothing runs
         raise NoRunnableInputError(str(error), last_error=error.cause) from None
+    if samples.generated:
+        _require_finite(original, outputs)
     return Reference(samples, outputs, batch, sizes)
+
+
+def _require_finite(original, outputs: list[np.ndarray]) -> None:
+    """An output that is NaN or infinite on every generated input has nothing to compare with
+    (e.g. a pitch model whose `fmin`/`fmax` scalars were drawn at random): say which, so that the
+    run goes on unverified instead of passing on measures of NaN."""
+    names = [o.name for o in original.get_outputs()]
+    for name, output in zip(names, outputs):
+        array = np.asarray(output)
+        if array.dtype.kind in "fc" and array.size and not np.isfinite(array).any():
+            raise NoRunnableInputError("values drawn at random, e.g. for a scalar parameter, may be out of the model's range",
+                                       why=f"the original model's output {name!r} is NaN or infinite on every generated input")
 
 
 def _within_output_budget(original, samples: Samples, batch: int) -> Samples:
