@@ -196,7 +196,8 @@ def test_the_size_search_judges_generated_inputs_as_the_asked_size():
 
 def test_single_score_outputs_are_judged_with_their_scale():
     """A score per sample ([N, 1]) has per-sample cosine 1 with any value of its sign: a model whose
-    score collapsed to one value would pass. Narrow outputs are compared whole, scale included."""
+    score collapsed to one value would pass. Narrow outputs are compared as probabilities (p, 1 - p)
+    where they lie in [0, 1], else whole, scale included."""
     from onnxcomp.reporting.verify import fidelity
 
     rng = np.random.default_rng(0)
@@ -208,6 +209,11 @@ def test_single_score_outputs_are_judged_with_their_scale():
     close = original + 0.002 * rng.standard_normal((64, 1)).astype(np.float32)
     assert fidelity([original], [close])["cosine"] > 0.999
     assert fidelity([original[:, 0]], [collapsed[:, 0]])["cosine"] < 0.7  # [N] scores alike
+    # probabilities near 0 (speech on noise) that move by a thousandth keep their meaning
+    quiet = (0.004 * rng.random((64, 1))).astype(np.float32)
+    assert fidelity([quiet], [quiet + 0.001])["cosine"] > 0.999
+    regression = (5 + rng.random((64, 1))).astype(np.float32)  # not probabilities: scale included
+    assert fidelity([regression], [0.5 * regression])["cosine"] < 0.8
     wide = rng.standard_normal((64, 16)).astype(np.float32)  # wider outputs keep the per-sample cosine
     assert fidelity([wide], [2 * wide])["cosine"] == pytest.approx(1.0)
 
