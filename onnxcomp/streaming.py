@@ -152,8 +152,8 @@ def verify_weights(original: ir.Model, proto: onnx.ModelProto, decoded: dict[str
     results = {}
     for name, value in decoded.items():
         weight = originals.get(name)
-        if weight is None or value.const_value is not None or not value.name:
-            continue  # stored dense: the original tensor itself
+        if weight is None or value is None or value.const_value is not None or not value.name:
+            continue  # stored dense (the original tensor itself), or rows decoded at run time (no whole tensor)
         outputs = {output.name for node in _producers(value) for output in node.outputs if output.name}
         nodes = [node for node in proto.graph.node if any(o in outputs for o in node.output)]
         inputs = {i for node in nodes for i in node.input if i}

@@ -208,7 +208,6 @@ def test_single_score_outputs_are_judged_with_their_scale():
     assert worst_shortfall(measured | {"generated_inputs": True}, Floor(DEFAULT_COSINE, DEFAULT_AGREEMENT, False))
     close = original + 0.002 * rng.standard_normal((64, 1)).astype(np.float32)
     assert fidelity([original], [close])["cosine"] > 0.999
-    assert fidelity([original[:, 0]], [collapsed[:, 0]])["cosine"] < 0.7  # [N] scores alike
     # probabilities near 0 (speech on noise) that move by a thousandth keep their meaning
     quiet = (0.004 * rng.random((64, 1))).astype(np.float32)
     assert fidelity([quiet], [quiet + 0.001])["cosine"] > 0.999

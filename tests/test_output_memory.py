@@ -103,8 +103,9 @@ def test_fidelity_in_slices_equals_the_whole(monkeypatch):
         assert sliced["outputs"][name]["cosine"] == pytest.approx(entry["cosine"], rel=1e-12)
         assert sliced["outputs"][name]["mean_abs_error"] == pytest.approx(entry["mean_abs_error"], rel=1e-12)
     assert verify.output_distortion(original, compressed) == pytest.approx(distortion, rel=1e-12)
-    infinite = [np.array([[1.0, np.inf], [2.0, 3.0]])]
-    assert np.isnan(verify.fidelity(infinite, [np.array([[1.0, np.inf], [2.0, 3.5]])])["max_abs_error"])
+    infinite = [np.array([[1.0, np.inf, 4.0, 5.0], [2.0, 3.0, 4.0, 5.0]])]  # what the original cannot give is left out
+    measured = verify.fidelity(infinite, [np.array([[1.0, np.inf, 4.0, 5.0], [2.0, 3.5, 4.0, 5.0]])])
+    assert measured["max_abs_error"] == 0.5 and measured["outputs"]["output_0"]["nonfinite_original"] == 1
 
 
 def test_a_row_wider_than_a_slice_is_compared_a_slice_of_columns_at_a_time(monkeypatch):

@@ -110,14 +110,14 @@ def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float, np.ndarray]:
     than a slice (the flattened outputs of feeds of different shapes are one row) goes a slice of
     columns at a time.
 
-    Narrow outputs (fewer than `NARROW` values a sample: a score, a probability, a pair of
-    logits) are compared otherwise: a row of one value has cosine 1 with any value of its sign,
+    Narrow outputs ([N, ...] with fewer than `NARROW` values a sample: a score, a probability, a
+    pair of logits) are compared otherwise: a row of one value has cosine 1 with any value of its sign,
     and a whole output shrunk or shifted to a constant keeps cosine 1 with a constant original.
     Values all within [0, 1] are probabilities: each p is the distribution (p, 1 - p), compared
     by cosine (a speech probability of 0.002 against 0.003: 1.0; a turn-end probability of 0.9
     against 0.45: 0.78); others are compared whole, scale included (`_scale_aware_cosine`)."""
     rows = len(a) if a.ndim > 1 else 1
-    if a.ndim <= 1 or a.size < NARROW * rows:  # [N] or [N, 1..3]: one value or a few a sample
+    if a.ndim > 1 and a.size < NARROW * rows:  # [N, 1..3]: one value or a few a sample
         flat_a, flat_b = a.reshape(-1).astype(np.float64), np.asarray(b).reshape(-1).astype(np.float64)
         diff = np.abs(flat_a - flat_b)
         if flat_a.min() >= 0 and flat_a.max() <= 1:
