@@ -307,3 +307,4 @@ def test_runnable_model_is_reported_verified():
     model = build_model(MLP_TEXT, {name: rng.standard_normal(shape).astype(np.float32) for name, shape in MLP_SHAPES.items()})
     result = compress_model(model, CompressOptions(target_bytes=2000, sensitivity=False))
     assert result.report.verified is True and result.report.fidelity["samples"] > 0
+    assert list(result.report.fidelity["outputs"]) == ["y"]  # named as the model names its outputs

@@ -69,6 +69,30 @@ def test_activation_sizes_follow_the_concrete_input_shape():
     assert "w2" not in sizes.per_sample and len(model.graph.initializers) == 8
 
 
+def test_multiply_adds_count_each_output_times_what_it_reduces_over():
+    model = ir.serde.deserialize_model(_cnn())
+    sizes = activation_sizes(model, {"x": np.zeros((5, 1, 40, 24), np.float32)})
+    pixels = 40 * 24
+    expected = pixels * CHANNELS * 1 * 9 + 2 * pixels * CHANNELS * CHANNELS * 9 + 10 * CHANNELS  # three Convs and the Gemm
+    assert memory.multiply_adds(model, sizes) == expected
+
+
+def test_generated_sensitivity_samples_stay_within_the_compute_budget(monkeypatch):
+    """Activation bytes alone let a compute-heavy model (RivaGAN's 11x11 3-D convolutions) probe
+    19 samples; the multiply-adds cap takes fewer, at least one."""
+    from onnxcomp.samples.generated import generate_samples
+
+    model = ir.serde.deserialize_model(_cnn(32))
+    samples = generate_samples(model, 64)
+    sizes = activation_sizes(model, samples.inputs)
+    assert analyze.sensitivity_samples(samples, sizes, 3, model)[0].count == 64  # neither budget binds
+    per_sample = memory.multiply_adds(model, sizes)
+    monkeypatch.setattr(analyze, "SENSITIVITY_WORK_MACS", 10 * per_sample * 4)  # 4 runs a sample: 3 probes + reference
+    assert analyze.sensitivity_samples(samples, sizes, 3, model)[0].count == 10
+    monkeypatch.setattr(analyze, "SENSITIVITY_WORK_MACS", 1)
+    assert analyze.sensitivity_samples(samples, sizes, 3, model)[0].count == 1
+
+
 def test_unknown_sizes_count_at_the_mean():
     sizes = memory.ActivationSizes({"a": 100, "b": 300}, frozenset({"c"}))
     assert sizes.total == 600 and sizes.of(["a", "c", "zzz"]) == 500

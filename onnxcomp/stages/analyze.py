@@ -17,7 +17,7 @@ from onnxcomp.modelfile import to_proto
 from onnxcomp.runtime.inference import session
 from onnxcomp.runtime.isolated import call_isolated
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.model.memory import MAX_BATCH, ActivationSizes, batch_size as budget_batch
+from onnxcomp.model.memory import MAX_BATCH, ActivationSizes, batch_size as budget_batch, multiply_adds
 from onnxcomp.passes.equalize import EqualizeCrossLayerPass
 from onnxcomp.planning.pricing import LayerOptions, layer_options
 from onnxcomp.progress import task as live_task
@@ -36,6 +36,10 @@ SENSITIVITY_SAMPLES = 64
 # Generated samples are all alike: one 800x608 sample of a detector gives its 204 layers'
 # sensitivities within 2% of two samples' (rank unchanged), at half the runs.
 SENSITIVITY_WORK_BYTES = 16 << 30
+# ...and compute at most this many multiply-adds (`memory.multiply_adds`): RivaGAN's video decoder
+# (13.6 G a sample, 8 weights) took 19 samples by the bytes and 44 s of probes; the zoo's models
+# stay under 0.7 T with the samples the bytes give them.
+SENSITIVITY_WORK_MACS = 10**12
 MIN_SENSITIVITY_SAMPLES = 1
 # Given data: when the samples do not fit that budget, at least this many are probed, spread over
 # the data, each centre-cropped along its dynamic spatial dims (`onnxcomp.samples.crop`) so that
@@ -111,8 +115,8 @@ def batch_size(model: ir.Model, sizes: ActivationSizes | None = None) -> int:
 def sensitivity_samples(samples: Samples, sizes: ActivationSizes, probes: int, model: ir.Model) -> tuple[Samples, str]:
     """Samples for the sensitivity probes (at most `SENSITIVITY_SAMPLES`), so that time does not
     grow as layers x samples x activation size. Generated: as many as keep the probes'
-    activations within `SENSITIVITY_WORK_BYTES`, at least `MIN_SENSITIVITY_SAMPLES` (they are all
-    alike). Given: all of them when one probe run computes at most `SENSITIVITY_RUN_BYTES` (or
+    activations within `SENSITIVITY_WORK_BYTES` and their multiply-adds within
+    `SENSITIVITY_WORK_MACS`, at least `MIN_SENSITIVITY_SAMPLES` (they are all alike). Given: all of them when one probe run computes at most `SENSITIVITY_RUN_BYTES` (or
     its share of `SENSITIVITY_WORK_BYTES`, if larger); else as many as fit, at least
     `MIN_GIVEN_SENSITIVITY_SAMPLES`, spread over the data, and when those still exceed it,
     centre-cropped along the model's dynamic spatial dims (`crop.cropped`; whole when it has
@@ -124,6 +128,9 @@ def sensitivity_samples(samples: Samples, sizes: ActivationSizes, probes: int, m
         return samples.head(count), ""
     if samples.generated:
         fits = SENSITIVITY_WORK_BYTES // (sizes.total * (probes + 1))
+        macs = multiply_adds(model, sizes)
+        if macs > 0:
+            fits = min(fits, SENSITIVITY_WORK_MACS // (macs * (probes + 1)))
         return samples.head(min(count, max(MIN_SENSITIVITY_SAMPLES, fits))), ""
     run_bytes = max(SENSITIVITY_RUN_BYTES, SENSITIVITY_WORK_BYTES // (probes + 1))
     if count * sizes.total <= run_bytes:

@@ -111,6 +111,9 @@ def verify_outputs(model: ir.Model, original, reference: Reference, check: Sampl
         reference_outputs = run_batches(original, check.inputs, reference.batch_size)
     compressed_outputs = run_batches(session(data, arena=False), check.inputs, reference.batch_size)
     measured = fidelity(reference_outputs, compressed_outputs, class_score_outputs(model))
+    names = [value.name for value in model.graph.outputs]
+    if len(names) == len(measured["outputs"]):  # the report names each output as the model does
+        measured["outputs"] = dict(zip(names, measured["outputs"].values()))
     measured["samples"] = check.count
     measured["generated_inputs"] = check.generated
     if check.generated:
