@@ -223,3 +223,15 @@ def test_pricing_a_weight_holds_one_sorted_copy_at_a_time():
         tracemalloc.stop()
     assert any(c.kind == "scaled" for c in options.candidates)
     assert peak / values.size < 180, peak / values.size  # holding every sorted copy: ~220 bytes an entry
+
+
+def test_only_the_largest_weights_are_probed_when_one_sample_exceeds_the_compute_budget(monkeypatch):
+    from types import SimpleNamespace
+
+    layers = [SimpleNamespace(name=f"w{i}", dense=SimpleNamespace(bytes=size)) for i, size in enumerate([10, 500, 40, 900, 70] * 8)]
+    assert analyze.largest_within_budget(layers, 10**6) == layers  # 41 runs of 1 M: within 10^12
+    monkeypatch.setattr(analyze, "MIN_PROBED_LAYERS", 2)
+    chosen = analyze.largest_within_budget(layers, analyze.SENSITIVITY_WORK_MACS // 21)  # 20 probes fit
+    assert len(chosen) == 20 and {layer.dense.bytes for layer in chosen} == {500, 900, 70}
+    assert [layer.name for layer in chosen] == [layer.name for layer in layers if layer in chosen]  # in model order
+    assert len(analyze.largest_within_budget(layers, analyze.SENSITIVITY_WORK_MACS)) == 2  # at least the minimum

@@ -40,6 +40,7 @@ SENSITIVITY_WORK_BYTES = 16 << 30
 # (13.6 G a sample, 8 weights) took 19 samples by the bytes and 44 s of probes; the zoo's models
 # stay under 0.7 T with the samples the bytes give them.
 SENSITIVITY_WORK_MACS = 10**12
+MIN_PROBED_LAYERS = 16  # when even one sample's probes exceed that: the largest weights at least
 MIN_SENSITIVITY_SAMPLES = 1
 # Given data: when the samples do not fit that budget, at least this many are probed, spread over
 # the data, each centre-cropped along its dynamic spatial dims (`onnxcomp.samples.crop`) so that
@@ -195,15 +196,31 @@ def analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch: 
     if options.sensitivity:
         probed, crops = sensitivity_samples(samples, sizes, len(layers), model)
         kind = "generated " if samples.generated else ""
-        with steps.timed("sensitivity", f"measure sensitivity on {probed.count} {kind}samples{crops}"), \
-                live_task("measure sensitivity", total=len(layers), unit="layers") as bar:
-            sensitivities = measure_sensitivity(model, layers, values, probed.inputs, batch,
+        measured = largest_within_budget(layers, multiply_adds(model, sizes)) if samples.generated else layers
+        left = f"; the {len(layers) - len(measured)} smallest weights count as the most sensitive" if len(measured) < len(layers) else ""
+        with steps.timed("sensitivity", f"measure sensitivity on {probed.count} {kind}samples{crops}{left}"), \
+                live_task("measure sensitivity", total=len(measured), unit="layers") as bar:
+            sensitivities = measure_sensitivity(model, measured, values, probed.inputs, batch,
                                                 storage={w.name: w.storage for w in weights},
                                                 sizes=None if crops else sizes,
                                                 progress=lambda index, total, name: bar.advance())
+        top = max(sensitivities.values(), default=1.0)
         for layer in layers:
-            layer.sensitivity = sensitivities.get(layer.name, 1.0)
+            layer.sensitivity = sensitivities.get(layer.name, top)
     return importances, layers
+
+
+def largest_within_budget(layers: list[LayerOptions], macs: int) -> list[LayerOptions]:
+    """The layers to probe when even one generated sample's probes exceed `SENSITIVITY_WORK_MACS`
+    (one probe is one model run): the largest by dense bytes, as many as the budget allows (at
+    least `MIN_PROBED_LAYERS`); the rest, the smallest, count as the most sensitive of those
+    measured, which costs few bytes. A 640x640 YOLO11-seg (16 G multiply-adds a run, 198
+    weights) probed every weight for over 300 s. All layers when the budget allows."""
+    if macs <= 0 or macs * (len(layers) + 1) <= SENSITIVITY_WORK_MACS:
+        return layers
+    keep = max(MIN_PROBED_LAYERS, SENSITIVITY_WORK_MACS // macs - 1)
+    chosen = {id(layer) for layer in sorted(layers, key=lambda layer: -layer.dense.bytes)[:keep]}
+    return [layer for layer in layers if id(layer) in chosen]
 
 
 def price(model: ir.Model, importances: dict, sensitivity_of: dict[str, float],
