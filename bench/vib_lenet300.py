@@ -63,9 +63,11 @@ def latencies(paths: list[Path], batch: np.ndarray, repeats: int) -> dict[Path, 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=30, help="gated epochs (of the second round with --first-round-epochs)")
+    parser.add_argument("--first-round-epochs", type=int, default=0,
+                        help="a first gated round on the whole network, then --epochs on what it keeps (0: one round)")
     parser.add_argument("--finetune-epochs", type=int, default=8)
-    parser.add_argument("--gamma", default="1.6e-4,1.8e-4,1e-4", help="per group: input pixels, fc1, fc2")
+    parser.add_argument("--gamma", default="1.6e-4,1.8e-4,1e-4", help="per group: input pixels, fc1, fc2 (or one for all)")
     parser.add_argument("--threshold", type=float, default=0.0, help="remove neurons with log alpha below this")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--finetune-lr", type=float, default=3e-4)
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
-    gamma = dict(zip(GROUPS, (float(g) for g in args.gamma.split(",")), strict=True))
+    values = [float(g) for g in args.gamma.split(",")]
+    gamma = dict(zip(GROUPS, values * len(GROUPS) if len(values) == 1 else values, strict=True))  # one for all, or one each
 
     images, labels = load_mnist("train")
     test_images, test_labels = load_mnist("test")
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_inputs={"input": images[held_out]}, eval_labels=labels[held_out],
         gamma=gamma, threshold=args.threshold, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
         lr=args.lr, finetune_lr=args.finetune_lr, distill=args.distill, gate_lr_scale=args.gate_lr_scale, seed=args.seed, log=print,
+        first_round_epochs=args.first_round_epochs,
     )  # fmt: skip
     seconds = time.perf_counter() - started
 

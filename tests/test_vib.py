@@ -187,3 +187,30 @@ def test_vib_drops_noise_inputs():
     assert accuracy > 0.85
     assert model.graph.initializers["w1"].const_value.shape == (32, 16)  # the input is not modified
     assert [v.name for v in pruned.graph.inputs] == ["x"]
+
+
+@pytest.mark.training
+def test_two_rounds_gate_again_on_what_the_first_keeps():
+    """A short first round on the whole network removes most noise inputs; the second round's new
+    gates train on the smaller network. The report counts against the original sizes and shapes."""
+    rng = np.random.default_rng(3)
+    x, y = _noisy_features_task(rng, 3000)
+    x_eval, y_eval = _noisy_features_task(np.random.default_rng(4), 500)
+    model = _mlp(np.random.default_rng(5))
+    lines = []
+    pruned, report = vib_eliminate(
+        model, {"x": x}, y, eval_inputs={"x": x_eval}, eval_labels=y_eval,
+        gamma={"input:x": 3e-3, "fc1": 1e-3}, epochs=6, first_round_epochs=3, batch_size=32, lr=3e-3,
+        gate_lr_scale=10.0, log=lines.append,
+    )  # fmt: skip
+    first = next(line for line in lines if line.startswith("VIB first round kept"))
+    assert "input:x" in first and "/16" in first
+    group = report["groups"]["input:x"]
+    assert group["size"] == 16 and group["kept"] <= 10  # of the original 16 features
+    assert len(group["log_alpha"]) < 16  # the second round gated only what the first kept
+    assert report["params_before"] == 32 * 16 + 32 + 3 * 32 + 3  # the original network's
+    (row,) = [row for row in report["layers"] if row["name"] == "w1"]
+    assert row["before"] == [32, 16] and row["after"][1] == group["kept"]
+    accuracy = np.mean(_run(pruned, {"x": x_eval}).argmax(1) == y_eval)
+    assert accuracy > 0.85
+    assert [v.name for v in pruned.graph.inputs] == ["x"]

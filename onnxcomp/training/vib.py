@@ -137,6 +137,7 @@ def vib_eliminate(
     init_log_d: float = -9.0,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    first_round_epochs: int = 0,
 ) -> tuple[ir.Model, dict]:
     """Removes the neurons a VIB-gated training run finds uninformative (VIBNet).
 
@@ -161,6 +162,11 @@ def vib_eliminate(
         init_log_d: initial noise log-variance (``mu`` starts near 1).
         seed: seeds initial gates and shuffling.
         log: called with progress lines.
+        first_round_epochs: when > 0, a first gated round of this many epochs on the whole
+            network removes what it finds uninformative (``log alpha < threshold``), and the
+            `epochs` of gated training then run, with new gates, on the smaller network, whose
+            epochs cost a fraction of the whole one's (LeNet-300-100: 4 + 40 gated epochs at
+            gamma 2e-4 kept 120/82/28 of 784/300/100 in 75 s; one round of 30: 131/82/45 in 450 s).
 
     Returns:
         ``(smaller model, report)``; the report has per group ``size``, ``kept`` and the
@@ -178,49 +184,69 @@ def vib_eliminate(
     if not names:
         reasons = "; ".join(f"{g.name}: {g.blocked_reason}" for g in analysis.groups) or "no weight layers"
         raise OnnxcompError(f"no channel group can be gated ({reasons})")
-    weight_names = [w.name for w in find_weights(model) if w.value.dtype == ir.DataType.FLOAT]
 
-    gated = _copy(model)
-    gates = gates_module.insert_gates(gated, analyze_channels(gated), names, init_log_d=init_log_d,
-                                      lr_scale=gate_lr_scale, seed=seed)
-    gate_tensors = [t for gate in gates.values() for t in (gate.mu, gate.log_d)]
-    noise = gates_module.NOISE_INPUT
-    gated_eval = None
-    if eval_inputs is not None:
-        count = len(next(iter(eval_inputs.values())))
-        gated_eval = {**eval_inputs, noise: gates_module.noise_switch(count, on=False)}
-    count = len(labels)
-    result = finetune(
-        ir.serde.serialize_model(gated), weight_names + gate_tensors,
-        {**inputs, noise: gates_module.noise_switch(count, on=True)}, labels,
-        regularizer=gates_module.GateKLPenalty(gates, gamma),
-        eval_inputs=gated_eval, eval_labels=eval_labels,
-        config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, log=log, stage="VIB gates",
-                           restore_best=False),
-    )  # fmt: skip
-    if result.diverged:
-        logger.warning("VIB training diverged; using the last finite weights")
+    def gated_round(network: ir.Model, group_names: list[str], round_epochs: int):
+        """Train `network` with gates on `group_names`; (gates, the finetune result)."""
+        weight_names = [w.name for w in find_weights(network) if w.value.dtype == ir.DataType.FLOAT]
+        gated = _copy(network)
+        gates = gates_module.insert_gates(gated, analyze_channels(gated), group_names, init_log_d=init_log_d,
+                                          lr_scale=gate_lr_scale, seed=seed)
+        gate_tensors = [t for gate in gates.values() for t in (gate.mu, gate.log_d)]
+        noise = gates_module.NOISE_INPUT
+        gated_eval = None
+        if eval_inputs is not None:
+            count = len(next(iter(eval_inputs.values())))
+            gated_eval = {**eval_inputs, noise: gates_module.noise_switch(count, on=False)}
+        result = finetune(
+            ir.serde.serialize_model(gated), weight_names + gate_tensors,
+            {**inputs, noise: gates_module.noise_switch(len(labels), on=True)}, labels,
+            regularizer=gates_module.GateKLPenalty(gates, gamma),
+            eval_inputs=gated_eval, eval_labels=eval_labels,
+            config=TrainConfig(epochs=round_epochs, batch_size=batch_size, lr=lr, seed=seed, log=log, stage="VIB gates",
+                               restore_best=False),
+        )  # fmt: skip
+        if result.diverged:
+            logger.warning("VIB training diverged; using the last finite weights")
+        return gates, result, weight_names
 
-    pruned = _copy(model)
-    _set_weights(pruned, {name: result.weights[name] for name in weight_names})
+    def eliminated(network: ir.Model, gates, result, weight_names):
+        """`network` with the gated weights, gate means folded, uninformative neurons removed."""
+        pruned = _copy(network)
+        _set_weights(pruned, {name: result.weights[name] for name in weight_names})
+        keep, means, alphas = {}, {}, {}
+        for name, gate in gates.items():
+            log_alpha = gates_module.log_alpha(gate, result.weights)
+            mask = log_alpha >= threshold
+            if not mask.any():  # a group keeps at least one channel
+                mask[int(np.argmax(log_alpha))] = True
+            keep[name], alphas[name] = mask, log_alpha
+            means[name] = gates_module.gate_mean(gate, result.weights)
+        fold_gate_means(pruned, means)
+        samples = {name: array[:MEAN_SAMPLES] if np.ndim(array) else array for name, array in inputs.items()}
+        return pruned, keep, alphas, EliminateNeuronsPass(keep=keep, samples=samples)(pruned)
+
+    current, sizes, params_before, history, changed = model, {}, None, [], {}
+    if first_round_epochs > 0:
+        gates, result, weight_names = gated_round(model, names, first_round_epochs)
+        current, keep, _, first = eliminated(model, gates, result, weight_names)
+        sizes, params_before, history = {name: gate.size for name, gate in gates.items()}, first.params_before, result.history
+        changed = {row["name"]: row for row in first.rows}
+        if log:
+            log("VIB first round kept " + ", ".join(f"{name} {int(mask.sum())}/{mask.size}" for name, mask in keep.items()))
+        reduced = {g.name for g in analyze_channels(current).groups if not g.blocked}
+        names = [name for name in names if name in reduced]
+    gates, result, weight_names = gated_round(current, names, epochs)
+    pruned, keep, alphas, elimination = eliminated(current, gates, result, weight_names)
     report: dict = {"groups": {}, "threshold": threshold, "gamma": gamma,
-                    "history": result.history, "finetune_history": []}
-    keep, means = {}, {}
+                    "history": history + result.history, "finetune_history": []}
     for name, gate in gates.items():
-        log_alpha = gates_module.log_alpha(gate, result.weights)
-        mask = log_alpha >= threshold
-        if not mask.any():  # a group keeps at least one channel
-            mask[int(np.argmax(log_alpha))] = True
-        keep[name] = mask
-        means[name] = gates_module.gate_mean(gate, result.weights)
-        report["groups"][name] = {"size": gate.size, "kept": int(mask.sum()),
-                                  "log_alpha": [round(float(a), 3) for a in np.maximum(log_alpha, -1e3)]}
-    fold_gate_means(pruned, means)
-    samples = {name: array[:MEAN_SAMPLES] if np.ndim(array) else array for name, array in inputs.items()}
-    elimination = EliminateNeuronsPass(keep=keep, samples=samples)(pruned)
-    report["params_before"] = elimination.params_before
+        report["groups"][name] = {"size": sizes.get(name, gate.size), "kept": int(keep[name].sum()),
+                                  "log_alpha": [round(float(a), 3) for a in np.maximum(alphas[name], -1e3)]}
+    report["params_before"] = elimination.params_before if params_before is None else params_before
     report["params_after"] = elimination.params_after
-    report["layers"] = elimination.rows
+    for row in elimination.rows:  # shapes before the first round, after the last
+        changed[row["name"]] = changed[row["name"]] | {"after": row["after"]} if row["name"] in changed else row
+    report["layers"] = list(changed.values())
 
     if finetune_epochs > 0:
         remaining = [w.name for w in find_weights(pruned) if w.value.dtype == ir.DataType.FLOAT]
