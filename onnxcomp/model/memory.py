@@ -140,7 +140,8 @@ def peak_rss_bytes() -> int | None:
     return int(max(own, children) * scale)
 
 
-# Ops whose work is multiply-adds over a constant weight: (op, weight input) -> reduced length
+# Ops whose work is multiply-adds over a constant weight (input 1): op -> f(weight shape, node) = the length
+# each output element reduces over
 _REDUCED = {"Conv": lambda shape, node: int(np.prod(shape[1:])),
             "ConvInteger": lambda shape, node: int(np.prod(shape[1:])),
             "MatMul": lambda shape, node: shape[-2] if len(shape) >= 2 else 1,

@@ -13,7 +13,7 @@ import onnx_ir as ir
 logger = logging.getLogger(__name__)
 
 FIDELITY_CHUNK_BYTES = 16 << 20  # float64 bytes of each output slice compared at once
-NARROW = 4  # outputs with fewer values than this a sample are compared whole, scale included
+NARROW = 4  # outputs with fewer values than this a sample are not compared sample by sample (see `_errors`)
 
 
 def looks_like_class_scores(output: np.ndarray) -> bool:

@@ -117,8 +117,9 @@ def sensitivity_samples(samples: Samples, sizes: ActivationSizes, probes: int, m
     """Samples for the sensitivity probes (at most `SENSITIVITY_SAMPLES`), so that time does not
     grow as layers x samples x activation size. Generated: as many as keep the probes'
     activations within `SENSITIVITY_WORK_BYTES` and their multiply-adds within
-    `SENSITIVITY_WORK_MACS`, at least `MIN_SENSITIVITY_SAMPLES` (they are all alike). Given: all of them when one probe run computes at most `SENSITIVITY_RUN_BYTES` (or
-    its share of `SENSITIVITY_WORK_BYTES`, if larger); else as many as fit, at least
+    `SENSITIVITY_WORK_MACS`, at least `MIN_SENSITIVITY_SAMPLES` (they are all alike). Given: all
+    of them when one probe run computes at most `SENSITIVITY_RUN_BYTES` (or its share of
+    `SENSITIVITY_WORK_BYTES`, if larger); else as many as fit, at least
     `MIN_GIVEN_SENSITIVITY_SAMPLES`, spread over the data, and when those still exceed it,
     centre-cropped along the model's dynamic spatial dims (`crop.cropped`; whole when it has
     none, or the crops do not run).
