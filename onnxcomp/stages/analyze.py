@@ -37,8 +37,9 @@ SENSITIVITY_SAMPLES = 64
 # sensitivities within 2% of two samples' (rank unchanged), at half the runs.
 SENSITIVITY_WORK_BYTES = 16 << 30
 # ...and compute at most this many multiply-adds (`memory.multiply_adds`): RivaGAN's video decoder
-# (13.6 G a sample, 8 weights) took 19 samples by the bytes and 44 s of probes; the zoo's models
-# stay under 0.7 T with the samples the bytes give them.
+# (13.6 G a sample, 8 weights) took 19 samples by the bytes (27 s for the whole run at 1/8; 18 s
+# with the 8 this allows, the same bytes written); the zoo's models stay under 0.7 T with the
+# samples the bytes give them.
 SENSITIVITY_WORK_MACS = 10**12
 MIN_PROBED_LAYERS = 16  # when even one sample's probes exceed that: the largest weights at least
 MIN_SENSITIVITY_SAMPLES = 1
@@ -216,7 +217,8 @@ def largest_within_budget(layers: list[LayerOptions], macs: int) -> list[LayerOp
     (one probe is one model run): the largest by dense bytes, as many as the budget allows (at
     least `MIN_PROBED_LAYERS`); the rest, the smallest, count as the most sensitive of those
     measured, which costs few bytes. A 640x640 YOLO11-seg (16 G multiply-adds a run, 198
-    weights) probed every weight for over 300 s. All layers when the budget allows."""
+    weights) probes 61 of them: 46 s for the whole run at 1/4 against 60 s probing all (idle
+    machine; several times that beside other work). All layers when the budget allows."""
     if macs <= 0 or macs * (len(layers) + 1) <= SENSITIVITY_WORK_MACS:
         return layers
     keep = max(MIN_PROBED_LAYERS, SENSITIVITY_WORK_MACS // macs - 1)
