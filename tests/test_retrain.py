@@ -260,3 +260,10 @@ def test_held_out_scores_rank_candidates(tmp_path, train_samples):
     scores = held_out_scores(training, (good, (tmp_path / "tiny.onnx").read_bytes()), 256)
     assert scores[0] > 0.9 > scores[1]
     assert held_out_scores(TrainingData(train_samples, None, None, None), (good,), 256) == []
+
+
+def test_vib_gates_twice_the_second_time_on_the_smaller_network():
+    from onnxcomp.stages.finetune import vib_epochs
+
+    assert vib_epochs(10) == (3, 12, 1)  # 3 on the whole network, 12 on what it keeps, 1 fine-tuning
+    assert vib_epochs(1) == (1, 4, 1) and vib_epochs(40) == (15, 60, 5)
