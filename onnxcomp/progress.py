@@ -75,7 +75,10 @@ class Task:
 
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:
+            first = self._bar.n == 0
             self._bar.update(steps)
+            if first:  # tqdm waits `mininterval` between draws; the first step's draw gives the estimate at once
+                self._bar.refresh()
 
     def describe(self, description: str) -> None:
         if self._bar is not None:

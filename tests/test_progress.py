@@ -103,6 +103,17 @@ def test_task_draws_stage_step_elapsed_and_estimate_on_a_terminal():
     assert not progress.active()
 
 
+def test_fast_steps_still_show_an_estimate_after_the_first_step():
+    # steps faster than tqdm's 0.2 s between redraws: the first step is drawn at once, with its estimate
+    screen = _Terminal()
+    with progress.live(True, screen):
+        with progress.task("epoch 1/2", total=50) as bar:
+            for _ in range(50):
+                bar.advance()
+    bars = [match for match in map(BAR.search, frames(screen.getvalue())) if match]
+    assert any(match["n"] == "1" and match["estimate"] != "?" for match in bars), screen.getvalue()
+
+
 def test_task_is_silent_without_a_display(capsys):
     with progress.task("price weights", total=3) as bar:
         bar.advance(3)
