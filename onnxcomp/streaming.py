@@ -116,6 +116,7 @@ def compress_streamed(model: ir.Model, options: CompressOptions, input_bytes: in
         },
         streamed=True,
         attempts=result.attempts,
+        passes=result.passes or None,
         verified=False,  # each decoded weight is checked, the model's outputs are not run
         metadata_bytes=metadata_bytes(result.model),
         seconds=steps.rounded(total=True),

@@ -37,3 +37,20 @@ def test_json_round_trip_gives_the_same_report():
     again = CompressionReport.from_dict(json.loads(text))
     assert again == original
     assert isinstance(again.layers[0], LayerRow) and again.layers[0].bits == 3
+
+
+def test_report_carries_what_each_graph_pass_did(tmp_path):
+    from pathlib import Path
+
+    from onnxcomp.pipeline import CompressOptions, compress_file
+
+    source = Path(__file__).resolve().parent.parent / "models" / "lenet300.onnx"
+    compressed = compress_file(source, tmp_path / "out.onnx",
+                               CompressOptions(target_bytes=source.stat().st_size // 12, sensitivity=False))
+    passes = compressed.passes
+    assert list(passes) == ["PruneWeightsPass", "ClusterWeightsPass", "SubstituteSparseOpsPass", "InsertDequantizeLookupPass"]
+    encoded = [row for row in compressed.layers if row.encoding != "dense"]
+    assert passes["SubstituteSparseOpsPass"]["weights"] + passes["InsertDequantizeLookupPass"]["weights"] == len(encoded) > 0
+    lookup = passes["InsertDequantizeLookupPass"]
+    assert lookup["bytes_after"] < lookup["bytes_before"] / 8
+    assert compressed.to_dict()["passes"] == passes

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.encodings import encoding
+from onnxcomp.encodings.storage_plan import Decision, StoragePlan, decide
 from onnxcomp.encodings.decode import DECODE_OPSET, DecodeBuilder, ensure_opset, rewire
 from onnxcomp.passes.weight_pass import StatsPassResult, WeightPass
 from onnxcomp.model.weights import find_weights
-
-logger = logging.getLogger(__name__)
 
 
 class SubstituteSparseOpsPass(WeightPass):
@@ -31,12 +29,17 @@ class SubstituteSparseOpsPass(WeightPass):
         names: process only these weights (None: every weight). Large models are encoded one
             weight at a time with this, so only one weight's float values are in memory.
         exclude: weights planned for another encoding that keeps zeros (dense-and-sparse).
+        decisions: per weight name, its encoding as `onnxcomp.encodings.storage_plan.decide_all`
+            chose it; the pass builds the `sparse` ones and decides nothing. Without it each
+            weight is decided here.
     """
 
-    def __init__(self, names: Collection[str] | None = None, exclude: Collection[str] = ()):
+    def __init__(self, names: Collection[str] | None = None, exclude: Collection[str] = (),
+                 decisions: Mapping[str, Decision] | None = None):
         super().__init__()
         self.names = None if names is None else frozenset(names)
         self.exclude = frozenset(exclude)
+        self.decisions = None if decisions is None else dict(decisions)
 
     def call(self, model: ir.Model) -> StatsPassResult:
         builder = DecodeBuilder(model.graph)
@@ -45,13 +48,14 @@ class SubstituteSparseOpsPass(WeightPass):
             if (self.names is not None and weight.name not in self.names) or weight.name in self.exclude:
                 continue
             values = np.asarray(weight.numpy(), np.float32)
-            choices = encoding.encoding_choices(values, weight.itemsize, weight.storage.restore_bytes())
-            if "sparse" not in choices:
+            if self.decisions is None:
+                decision = decide(weight, values, StoragePlan(), {"sparse"})
+            else:
+                decision = self.decisions.get(weight.name)
+            if decision is None or decision.kind != "sparse":
                 continue
+            choices = decision.choices
             sparse = choices["sparse"]
-            if sparse.bytes >= min(c.bytes for k, c in choices.items() if k != "sparse"):
-                logger.debug("%s: sparse storage would not be the smallest", weight.name)
-                continue
             flat = values.ravel()
             positions = np.flatnonzero(flat)
             if sparse.delta_bits == 0:  # positions as a 1-bit mask

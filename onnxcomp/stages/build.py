@@ -16,7 +16,9 @@ from onnxcomp.passes.cluster_weights import ClusterWeightsPass
 from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
 from onnxcomp.passes.prune_weights import PruneWeightsPass
 from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
+from onnxcomp.passes.weight_pass import WeightPass
 from onnxcomp.encodings.quantize import prune_mask
+from onnxcomp.encodings.storage_plan import decide_all, plans_of
 from onnxcomp.encodings.stored import record_weight_names, weight_uses
 from onnxcomp.model.weights import find_weights
 
@@ -25,13 +27,14 @@ logger = logging.getLogger(__name__)
 
 def build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importances: dict,
           masks: dict[str, np.ndarray] | None = None, decoded: dict[str, ir.Value] | None = None,
-          hessians: dict[str, np.ndarray] | None = None) -> ir.Model:
+          hessians: dict[str, np.ndarray] | None = None, stats: dict[str, dict] | None = None) -> ir.Model:
     """Apply an allocation to a copy of the canonical model: prune, cluster, encode, clean up.
 
     Weights still in external data (`modelfile.is_streamed`) are encoded one at a time and unmapped
     after, so only one weight's float values (and their temporaries) are in memory at once.
     `decoded`, when given, receives per weight name the value its consumers now read.
     `hessians` (per weight, from real samples) switch on GPTQ error compensation (onnxcomp.planning.gptq).
+    `stats`, when given, receives per pass what it did (`tally`).
     """
     work = model.clone()
     scaled = {name: c.scales for name, c in allocation.choices.items() if c.scales is not None}
@@ -46,14 +49,14 @@ def build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importan
     outliers = {name: c.quant.outlier_threshold for name, c in allocation.choices.items()
                 if c.quant is not None and c.quant.outlier_threshold is not None}
 
+    plans = plans_of({name: c.quant for name, c in allocation.choices.items() if c.quant is not None})
+
     def encode(masks: dict[str, np.ndarray], names) -> None:
-        ir.passes.Sequential(
-            PruneWeightsPass(masks=masks),
+        run(work, stats, PruneWeightsPass(masks=masks),
             ClusterWeightsPass(bits=None, codebooks=codebooks, group_axes={name: axis for name, (_, axis) in grouped.items()},
-                               vectors=set(vectors), names=names, outliers=outliers),
-            SubstituteSparseOpsPass(names=names, exclude=set(outliers)),
-            InsertDequantizeLookupPass(groups=grouped, vectors=vectors, names=names, outliers=outliers),
-        )(work)
+                               vectors=set(vectors), names=names, outliers=outliers))
+        decisions = decide_all(work, plans, names)  # each weight's encoding, chosen once on its final values
+        run(work, stats, SubstituteSparseOpsPass(decisions=decisions), InsertDequantizeLookupPass(decisions=decisions))
 
     weights = find_weights(work)
     uses = {w.name: next(iter(w.value.uses())) for w in weights}
@@ -77,6 +80,24 @@ def build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importan
     if decoded is not None:
         decoded.update({name: node.inputs[index] for name, (node, index) in uses.items()})
     return clean_up_named(work, model, keep_metadata)
+
+
+def run(model: ir.Model, stats: dict[str, dict] | None, *passes: WeightPass) -> None:
+    """Run weight passes in order on `model` (in place), tallying their statistics into `stats`."""
+    for weight_pass in passes:
+        result = weight_pass(model)
+        if stats is not None:
+            tally(stats, type(weight_pass).__name__, result.rows)
+
+
+def tally(stats: dict[str, dict], name: str, rows: list[dict]) -> None:
+    """Add one pass's rows to `stats[name]`: the weights it changed and, where its rows have them,
+    their summed `bytes_before`/`bytes_after` (the encode passes)."""
+    entry = stats.setdefault(name, {"weights": 0})
+    entry["weights"] += len(rows)
+    for key in ("bytes_before", "bytes_after"):
+        if any(key in row for row in rows):
+            entry[key] = entry.get(key, 0) + sum(int(row.get(key, 0)) for row in rows)
 
 
 def clean_up_named(work: ir.Model, original: ir.Model, keep_metadata: bool) -> ir.Model:

@@ -50,6 +50,7 @@ class Fit:
     fits: bool
     floor_bytes: int | None = None  # not fitting at the smallest plan: the size that plan came to
     decoded: dict[str, ir.Value] = dataclasses.field(default_factory=dict)  # see `build`, when asked for
+    passes: dict[str, dict] = dataclasses.field(default_factory=dict)  # per pass what it did (`build`'s stats)
 
 
 def fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: CompressOptions, importances: dict,
@@ -67,12 +68,15 @@ def fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: Compr
         allocation = allocate(layers, max(budget, floor_total), max_load)
         assert allocation is not None
         values: dict[str, ir.Value] | None = {} if decoded else None
-        compressed = build(model, allocation, options.keep_metadata, importances, decoded=values, hessians=hessians)
+        stats: dict[str, dict] = {}
+        compressed = build(model, allocation, options.keep_metadata, importances, decoded=values, hessians=hessians,
+                           stats=stats)
         proto = modelfile.to_proto(compressed)
         size = proto.ByteSize()
         data = proto.SerializeToString() if size < modelfile.MAX_PROTO_BYTES else None
         del proto
-        last = Fit(compressed, allocation, data, size, attempt, size <= options.target_bytes, decoded=values or {})
+        last = Fit(compressed, allocation, data, size, attempt, size <= options.target_bytes, decoded=values or {},
+                   passes=stats)
         tried = f"attempt {attempt}: {format_size(size)} (target {format_size(options.target_bytes)})"
         if last.fits:
             best = last

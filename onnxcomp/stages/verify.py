@@ -134,6 +134,7 @@ def make_report(result: Fit, layers: list[LayerOptions], options: CompressOption
         layers=compressed_rows(result.data, layers, result.allocation),
         fidelity=measured,
         attempts=result.attempts,
+        passes=result.passes or None,
         verified=True,  # the compressed model's outputs were compared with the original's in ONNX Runtime
         metadata_bytes=metadata_bytes(result.model),  # counted in the target (the allocator's fixed bytes)
         seconds=steps.rounded(),
