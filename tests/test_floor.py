@@ -1,6 +1,7 @@
 """The quality floor: a compression whose verified outputs drift too far exits 4 with the
 measured value and a size that meets the floor; --allow-low-fidelity writes anyway,
---min-fidelity sets (0: removes) the floor, and unverified compressions are not refused."""
+--min-fidelity sets (0: removes) the floor, and unverified compressions are judged by their
+decoded weights only."""
 
 from __future__ import annotations
 
@@ -115,15 +116,15 @@ def test_api_raises_a_typed_error_with_the_measures_for_cosine_outputs():
     assert forced.report.fidelity["cosine"] == pytest.approx(error.measured)
 
 
-def test_unverified_compression_is_not_refused(tmp_path):
+def test_unverified_compression_is_not_refused_on_its_outputs(tmp_path):
     from tests.test_isolation import run_cli, unrunnable_model
 
     model, output, report = tmp_path / "unrunnable.onnx", tmp_path / "out.onnx", tmp_path / "report.json"
     unrunnable_model(model)
-    result = run_cli("compress", model, "--target-size", "1KB", "-o", output, "--report", report, "-q", cwd=tmp_path)
+    result = run_cli("compress", model, "--target-size", "3KB", "-o", output, "--report", report, "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "the quality floor cannot be checked" in lines[0], result.stderr
+    assert len(lines) == 1 and "the quality floor judges the decoded weights only" in lines[0], result.stderr
     written = json.loads(report.read_text())
     assert written["verified"] is False and written["quality_floor"]["checked"] is False
 
@@ -160,6 +161,45 @@ def test_class_scores_on_generated_inputs_pass_on_either_measure():
     # fine-tuning moves the model away from the original on purpose: only an explicit floor applies
     assert floor_for(None, force=False, fine_tuned=True) is None
     assert floor_for(0.5, force=False, fine_tuned=True) == Floor(0.5, 0.5, explicit=True)
+
+
+def test_class_scores_the_original_gives_one_class_on_every_generated_input_are_judged_by_cosine():
+    """A two-way text-direction classifier on made-up images says "upright" to every one: agreement
+    stays 100% however far the scores move (PP-OCRv5's at 1/8: cosine 0.852, every real upright
+    line flipped), so there only the cosine judges."""
+    from onnxcomp.reporting.verify import fidelity
+
+    floor = Floor(DEFAULT_COSINE, DEFAULT_AGREEMENT, explicit=False)
+    original = np.tile(np.array([[0.9, 0.1]], np.float32), (16, 1))
+    moved = np.tile(np.array([[0.6, 0.4]], np.float32), (16, 1))
+    measured = fidelity([original], [moved], [True]) | {"generated_inputs": True}
+    entry = measured["outputs"]["output_0"]
+    assert entry["top1_agreement"] == 1.0 and entry["original_top1_classes"] == 1 and entry["cosine"] < DEFAULT_COSINE
+    worst = worst_shortfall(measured, floor)
+    assert (worst.metric, worst.value) == ("cosine", entry["cosine"])
+    varied = original.copy()
+    varied[::2] = varied[::2, ::-1]  # both classes among the original's answers: either measure passes again
+    measured = fidelity([varied], [varied + 0.02], [True]) | {"generated_inputs": True}
+    assert measured["outputs"]["output_0"]["original_top1_classes"] == 2 and worst_shortfall(measured, floor) is None
+
+
+def test_unverified_model_with_weights_mostly_noise_is_refused(tmp_path, monkeypatch):
+    """Without runnable outputs the decoded weights are all there is to judge: above
+    MAX_UNVERIFIED_WEIGHT_ERROR of RMS relative error the model is refused (exit 4) unless forced."""
+    from onnxcomp import streaming
+    from onnxcomp.errors import FidelityError
+    from tests.test_isolation import unrunnable_model
+
+    path = tmp_path / "unrunnable.onnx"
+    unrunnable_model(path)
+    written = compress_model(build_from(path), CompressOptions(target_bytes=3000, sensitivity=False))
+    error = written.report.fidelity["relative_error"]
+    assert written.report.verified is False and 0 < error < streaming.MAX_UNVERIFIED_WEIGHT_ERROR
+    monkeypatch.setattr(streaming, "MAX_UNVERIFIED_WEIGHT_ERROR", error / 2)  # as if the error were twice the limit
+    with pytest.raises(FidelityError, match=r"relative error at .* is [\d.]+ \(worst weight [\d.]+\), above .*nothing written"):
+        compress_model(build_from(path), CompressOptions(target_bytes=3000, sensitivity=False))
+    forced = compress_model(build_from(path), CompressOptions(target_bytes=3000, sensitivity=False, force=True))
+    assert forced.report.verified is False
 
 
 @pytest.mark.parametrize("size", [999, 1000, 1001, 16_234.5, 81_634, 99_999, 4_350_001, 2_000_000_000])
@@ -213,6 +253,7 @@ def test_single_score_outputs_are_judged_with_their_scale():
     assert fidelity([quiet], [quiet + 0.001])["cosine"] > 0.999
     regression = (5 + rng.random((64, 1))).astype(np.float32)  # not probabilities: scale included
     assert fidelity([regression], [0.5 * regression])["cosine"] < 0.8
+    assert fidelity([regression], [-20 * regression])["cosine"] == -1.0  # opposite sign, far larger: no lower than -1
     wide = rng.standard_normal((64, 16)).astype(np.float32)  # wider outputs keep the per-sample cosine
     assert fidelity([wide], [2 * wide])["cosine"] == pytest.approx(1.0)
 

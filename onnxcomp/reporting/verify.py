@@ -94,6 +94,8 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
             rows = np.ones(len(a), bool) if unknown is None else ~unknown.reshape(len(a), -1).any(axis=1)
             entry["top1_agreement"] = float(np.mean(np.argmax(a[rows], axis=1) == np.argmax(b[rows], axis=1))) \
                 if rows.any() else float("nan")
+            # how many classes the original's top-1 took: one on every input, and agreement says nothing
+            entry["original_top1_classes"] = int(np.unique(np.argmax(a[rows], axis=1)).size) if rows.any() else 0
             agreements.append(entry["top1_agreement"])
         report["outputs"][f"output_{index}"] = entry
     report["cosine"] = float(min(cosines)) if cosines else None
@@ -146,11 +148,12 @@ def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float, np.ndarray]:
 def _scale_aware_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """1 - |a - b|^2 / (2 |a| |b|): the cosine of a and b less (|a| - |b|)^2 / (2 |a| |b|), so
     that a changed scale counts as an error (0.9 everywhere against 0.4 everywhere: 0.65, not 1);
-    equal to the cosine when the norms agree. 1 when both are zero, 0 when only one is."""
+    equal to the cosine when the norms agree, and no lower than -1 (opposite signs, very different
+    scales). 1 when both are zero, 0 when only one is."""
     norm_a, norm_b = np.linalg.norm(a), np.linalg.norm(b)
     if norm_a == 0 or norm_b == 0:
         return np.asarray([1.0 if norm_a == norm_b else 0.0])
-    return np.asarray([1.0 - float(np.sum((a - b) ** 2)) / (2 * norm_a * norm_b)])
+    return np.asarray([max(-1.0, 1.0 - float(np.sum((a - b) ** 2)) / (2 * norm_a * norm_b))])
 
 
 def _cosine(dot: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray) -> np.ndarray:
