@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_input_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
-                        help="the shape of input NAME for generated inputs, e.g. x:1,3,640,640 (repeatable)")
+                        help="the shape of input NAME for generated inputs, e.g. x:1,3,640,640; its batch (sample axis) size "
+                             "is the batch every run uses (repeatable)")
     parser.add_argument("--input-value", action="append", default=[], metavar="NAME=V",
                         help="the value of input NAME, e.g. sr=16000 or a 1-D value v=1,2,3; used for generated "
                              "inputs and where --data lacks NAME (repeatable)")

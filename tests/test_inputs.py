@@ -145,6 +145,45 @@ def test_anonymous_dims_beside_a_dynamic_leading_dim_are_sample_axes():
     assert input_specs(ir.serde.deserialize_model(proto))[0].dims == (None, None)
 
 
+def test_leading_dims_named_apart_on_every_input_are_one_sample_axis():
+    """tf2onnx names each dynamic dim apart: input1 [unk__6134, 21], input2 [unk__6135, 21], ... (an
+    LSTM word segmenter). Taking the first input's name for the batch made the others shared values
+    of a different size, and no generated input ran."""
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[unk__1, 21] a, float[unk__2, 21] b, float[unk__3, 21] c) => (float[unk__4, 21] y) {
+      ab = Add(a, b)
+      y = Add(ab, c)
+    }""")
+    model = ir.serde.deserialize_model(proto)
+    assert [s.sample_axis for s in input_specs(model)] == [0, 0, 0]
+    samples = generated_samples(model, count=5)
+    assert {array.shape for array in samples.inputs.values()} == {(5, 21)}
+    single = ir.serde.deserialize_model(onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[unk__1, 21] a, float[2, 21] b) => (float[unk__1, 21] y) {
+      y = Add(a, b)
+    }"""))
+    assert [s.sample_axis for s in input_specs(single)] == [0, None]  # one input's name: its batch, as before
+
+
+def test_a_batch_pinned_to_one_runs_one_sample_at_a_time():
+    """A model exported for one sample (a Reshape to [1, 8] behind a dynamic [N, 8]) runs when the
+    user pins the batch: --input-shape x:1,8 sets the batch of every run, not just the generated shape."""
+    from onnxcomp.stages.analyze import batch_size
+
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 8] x) => (float[N, 256] y) {
+      shape = Constant <value = int64[2] {1, 8}> ()
+      one = Reshape(x, shape)
+      y = MatMul(one, w)
+    }""")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(RNG.standard_normal((8, 256)).astype(np.float32), "w"))
+    model = ir.serde.deserialize_model(proto)
+    assert batch_size(model, None, {"x": (1, 8)}) == 1 and batch_size(model, None, {"x": (4, 8)}) == 4
+    pinned = compress_model(ir.serde.deserialize_model(proto),
+                            CompressOptions(target_bytes=3000, sensitivity=False, input_shapes={"x": (1, 8)}))
+    assert pinned.report.verified is True and pinned.report.fidelity["samples"] > 1
+
+
 def test_a_fixed_batch_of_one_is_found_on_the_axis_that_holds_it():
     """silero-vad's OpenVINO export: input [1, 576], state [2, 1, 128], every dim fixed. State's
     samples are on axis 1; axis 0 (2) made generated states [1, 1, 128], which ONNX Runtime

@@ -95,6 +95,15 @@ def sample_dim(dims_of: Sequence[tuple[Dim, ...] | None]) -> str | None:
     return max(inputs_with, key=lambda name: (inputs_with[name], bool(BATCH_NAMES.match(name)), at_zero[name]))
 
 
+def _lone_leading_names(dims_of: Sequence[tuple[Dim, ...] | None]) -> set[str]:
+    """Symbolic names on some input's axis 0 that appear on no other input."""
+    inputs_with: Counter[str] = Counter()
+    for dims in dims_of:
+        for name in {d for d in dims or () if isinstance(d, str)}:
+            inputs_with[name] += 1
+    return {dims[0] for dims in dims_of if dims and isinstance(dims[0], str) and inputs_with[dims[0]] == 1}
+
+
 def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> list[InputSpec]:
     """Each graph input's dtype, dims and sample axis; ``shapes`` are user-pinned shapes.
 
@@ -111,6 +120,13 @@ def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
                             f"(inputs: {', '.join(v.name for v in values)})")
     dims_of = [declared_dims(v) for v in values]
     batch = sample_dim(dims_of)
+    # tf2onnx names every dynamic dim apart (input1 [unk__6134, 21], input2 [unk__6135, 21]): leading
+    # names that no two inputs share, on several inputs, are anonymous sample dims, not one input's
+    # batch beside shared values.
+    lone = _lone_leading_names(dims_of)
+    if len(lone) >= 2 and (batch is None or batch in lone):
+        dims_of = [(None, *dims[1:]) if dims and dims[0] in lone else dims for dims in dims_of]
+        batch = sample_dim(dims_of)
     # Without a shared name, an input whose leading dim is dynamic marks the anonymous dims as samples.
     anonymous = batch is None and any(dims and dims[0] is None for dims in dims_of)
     # Without either, the first input's fixed leading dim is the batch every input holds somewhere:

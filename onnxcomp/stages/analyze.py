@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -105,9 +106,16 @@ def _log_initializer_inputs(defaults, progress: Progress) -> None:
                       f"them) and are stored dense: {', '.join(defaults.kept[:8])}" + (", ..." if len(defaults.kept) > 8 else ""))
 
 
-def batch_size(model: ir.Model, sizes: ActivationSizes | None = None) -> int:
-    """The batch the model declares (a fixed size on the sample axis), else as many samples as
-    fit `memory.ACTIVATION_BUDGET` with `sizes` per sample (at most `memory.MAX_BATCH`)."""
+def batch_size(model: ir.Model, sizes: ActivationSizes | None = None,
+               shapes: Mapping[str, Sequence[int]] | None = None) -> int:
+    """The batch the user pins (`shapes`, --input-shape: the size it gives the sample axis) or the
+    model declares (a fixed size on the sample axis), else as many samples as fit
+    `memory.ACTIVATION_BUDGET` with `sizes` per sample (at most `memory.MAX_BATCH`). A model
+    exported for one sample at a time (a Reshape to a batch of 1 behind a dynamic declaration)
+    runs when its user pins the batch to 1."""
+    for spec in input_specs(model, shapes):
+        if spec.sample_axis is not None and spec.pinned is not None:
+            return spec.pinned[spec.sample_axis]
     for spec in input_specs(model):
         if spec.sample_axis is not None and isinstance(spec.dims[spec.sample_axis], int):
             return spec.dims[spec.sample_axis]

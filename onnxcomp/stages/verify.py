@@ -49,7 +49,7 @@ def run_original(model: ir.Model, original, samples: Samples | None, options: Co
         samples = generated_samples(model, min(VERIFY_SAMPLES, 256), options.seed, options.input_shapes,
                                     options.input_values)
     sizes = activation_sizes(model, samples.inputs)
-    batch = batch_size(model, sizes)
+    batch = batch_size(model, sizes, options.input_shapes)
     try:
         if samples.generated:
             samples = _within_output_budget(original, samples, batch)
