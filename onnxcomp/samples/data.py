@@ -276,7 +276,7 @@ def _checked(arrays: Mapping[str, np.ndarray], specs: list[InputSpec], where: st
     missing = [s.name for s in specs if s.name not in arrays and s.name not in values]
     if missing:
         raise OnnxcompError(
-            f"{where}: no array for model input(s) {', '.join(missing)}; it has {', '.join(sorted(arrays)) or 'no arrays'}"
+            f"{where}: no array for model input(s) {', '.join(missing)}; it has {', '.join(sorted(arrays)) or 'no arrays named like model inputs'}"
             " (or pin a value with --input-value NAME=V)"
         )
     extra = [k for k in arrays if k not in {s.name for s in specs} and k != LABELS]

@@ -74,7 +74,8 @@ def training_data(options: CompressOptions, samples: Samples, eval_samples: Samp
     if held_out is not None and held_out.labels is None:
         held_out_teacher = run_batches(session(modelfile.to_proto(model)), held_out.inputs, batch_size)[0]
     if train.count < options.batch_size:
-        raise OnnxcompError(f"--data has {train.count} training samples, fewer than one batch of {options.batch_size}; lower --batch-size")
+        raise OnnxcompError(f"--data has {train.count} training samples, fewer than one batch of {options.batch_size}; "
+                            "lower --batch-size, or use --epochs 0 to calibrate and verify on them without fine-tuning")
     return TrainingData(train, held_out, train_teacher, held_out_teacher)
 
 
