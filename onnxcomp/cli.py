@@ -166,7 +166,7 @@ def _compress(args) -> int:
     from onnxcomp import modelfile
     from onnxcomp.samples.data import load_samples
     from onnxcomp.pipeline import CompressOptions, compress_file
-    from onnxcomp.reporting.report import COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, format_table
+    from onnxcomp.reporting.report import COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, format_table, uninformative_outputs
 
     input_path = Path(args.input)
     target = parse_target(args.target_size, lambda: modelfile.file_bytes(input_path))
@@ -237,6 +237,7 @@ def _compress(args) -> int:
             parts.append(", ".join(quality) + f" on {fid['samples']} {'generated' if fid['generated_inputs'] else 'sample'} inputs")
             if fid["generated_inputs"]:
                 parts.append(f"  ({GENERATED_INPUTS_NOTE})")
+                parts.extend(f"  ({line})" for line in uninformative_outputs(fid))
         if report.accuracy is not None:
             acc = report.accuracy
             parts.append(f"accuracy {100 * acc['original']:.2f}% -> {100 * acc['compressed']:.2f}% on {acc['samples']} labelled samples")

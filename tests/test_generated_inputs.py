@@ -130,3 +130,21 @@ def test_sweep_table_and_plot_say_generated_inputs(tmp_path, monkeypatch):
         assert plot_curve(_summary(generated), tmp_path / f"sweep-{generated}.png")
     titles = [figure.axes[0].get_title() + figure.axes[0].get_ylabel() for figure in figures]
     assert GENERATED_INPUTS_TAG in titles[0] and "generated" not in titles[1]
+
+
+def test_outputs_the_original_keeps_flat_or_one_class_on_generated_inputs_are_named():
+    """A text detector's probability map is ~1e-5 everywhere on made-up images (PP-OCRv5): any model
+    that also gives ~0 looks faithful there, so the summary says so for that output."""
+    from onnxcomp.reporting.report import uninformative_outputs
+
+    rng = np.random.default_rng(0)
+    flat = np.full((4, 1, 32, 32), 1e-5, np.float32) + 1e-7 * rng.random((4, 1, 32, 32)).astype(np.float32)
+    varied = rng.standard_normal((4, 16)).astype(np.float32)
+    one_class = np.tile(np.array([[0.9, 0.1]], np.float32), (4, 1))
+    measured = fidelity([flat, varied, one_class], [flat * 0, varied, one_class], [False, False, True])
+    outputs = measured["outputs"]
+    assert outputs["output_0"].get("flat_original") and "flat_original" not in outputs["output_1"]
+    measured["outputs"] = {"maps": outputs["output_0"], "features": outputs["output_1"], "direction": outputs["output_2"]}
+    lines = uninformative_outputs(measured)
+    assert len(lines) == 2 and "'maps' is the same on every generated input" in lines[0] and "--data" in lines[0]
+    assert "'direction': the original gives one class to every generated input" in lines[1]

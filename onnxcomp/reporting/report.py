@@ -19,6 +19,20 @@ GENERATED_INPUTS_NOTE = ("measured on generated inputs: how closely the compress
                          "made-up data, not task quality; pass --data with real samples (and labels) to measure that")
 GENERATED_INPUTS_TAG = "generated inputs, see --data"
 
+
+def uninformative_outputs(fidelity: dict) -> list[str]:
+    """One line per output whose measures on generated inputs say little: the original gives it
+    the same value on every input (a detector's map on noise) or one class to every input."""
+    lines = []
+    for name, entry in fidelity.get("outputs", {}).items():
+        if entry.get("flat_original"):
+            lines.append(f"output {name!r} is the same on every generated input: its measures say little; "
+                         "--data with real samples would")
+        elif entry.get("original_top1_classes") == 1:
+            lines.append(f"output {name!r}: the original gives one class to every generated input, so it is "
+                         "judged by cosine, not agreement; --data with real samples would judge the decisions")
+    return lines
+
 logger = logging.getLogger(__name__)
 
 

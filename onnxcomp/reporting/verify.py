@@ -13,6 +13,7 @@ import onnx_ir as ir
 logger = logging.getLogger(__name__)
 
 FIDELITY_CHUNK_BYTES = 16 << 20  # float64 bytes of each output slice compared at once
+FLAT_RANGE = 1e-3  # an output whose values span less than this (relative, at least absolute) is flat (`_flat`)
 NARROW = 4  # outputs with fewer values than this a sample are not compared sample by sample (see `_errors`)
 
 
@@ -83,6 +84,8 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
             entry["nonfinite_original"] = int(unknown.sum())
             a, b = np.where(unknown, 0, a), np.where(unknown, 0, b)
         if a.size:
+            if a.dtype.kind == "f" and a.size > 1 and _flat(a):
+                entry["flat_original"] = True  # the same value on every input: its measures say little
             max_error, error_sum, cos = _errors(a, b)
             entry["max_abs_error"] = max_error
             entry["mean_abs_error"] = error_sum / a.size
@@ -103,6 +106,14 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
     report["max_abs_error"] = max((e.get("max_abs_error", 0.0) for e in report["outputs"].values()), default=0.0)
     report["mean_abs_error"] = float(np.mean([e.get("mean_abs_error", 0.0) for e in report["outputs"].values()])) if report["outputs"] else 0.0
     return report
+
+
+def _flat(a: np.ndarray) -> bool:
+    """Whether an output barely varies across its values: its range under FLAT_RANGE of its
+    magnitude (at least 1). PP-OCRv5's text detector gives a probability map of ~1e-5 everywhere
+    on generated images; any compressed model that also gives ~0 has cosine ~1 there."""
+    low, high = float(np.min(a)), float(np.max(a))
+    return high - low <= FLAT_RANGE * max(1.0, abs(low), abs(high))
 
 
 def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float, np.ndarray]:
