@@ -241,6 +241,9 @@ def _compress(args) -> int:
         if report.accuracy is not None:
             acc = report.accuracy
             parts.append(f"accuracy {100 * acc['original']:.2f}% -> {100 * acc['compressed']:.2f}% on {acc['samples']} labelled samples")
+        if report.opset is not None:
+            parts.append(f"opset {report.opset['input']} -> {report.opset['output']} (the decode subgraphs' ops): "
+                         f"runtimes must support opset {report.opset['output']}")
         parts.append(f"wrote {output_path} in {report.seconds['total']:.1f} s"
                      + (f", peak memory {format_size(report.peak_rss_bytes)}" if report.peak_rss_bytes else ""))
         print("\n".join(parts))

@@ -109,8 +109,11 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
     check_outputs([Output(output_path, "the output model")], input_files(input_path), force=overwrite)
     model = modelfile.load_model(input_path)
     input_bytes = modelfile.file_bytes(input_path)
+    opset = model.opset_imports.get("")
     result = compress_model(model, options, samples=samples, input_bytes=input_bytes, progress=progress,
                             eval_samples=eval_samples)
+    if opset is not None and result.model.opset_imports.get("") != opset:  # the decode ops need opset 11
+        result.report.opset = {"input": opset, "output": result.model.opset_imports.get("")}
     too_big = result.data is None or len(result.data) >= modelfile.MAX_PROTO_BYTES  # weights go to external data
     written = modelfile.save_model(result.model, output_path, overwrite=overwrite) if too_big else _write(output_path, result.data, overwrite)
     result.report.output_bytes = written

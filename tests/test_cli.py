@@ -525,3 +525,20 @@ def test_zipmap_output_is_refused_with_how_to_export_without(tmp_path, cli):
     for command in (["inspect", path], ["compress", path, "--target-size", "1/2", "-o", tmp_path / "out.onnx", "-q"]):
         assert_clean_failure(cli(*command), "'zipped' is a sequence of maps", "zipmap': False", code=2)
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_raised_opset_is_said_and_reported(cli, tmp_path):
+    """An opset-9 export comes back at opset 11 (the decode subgraphs' ops): a runtime pinned to the
+    old opset would refuse it, so the summary and the report say so."""
+    import onnx
+
+    from tests.test_zoo import lenet_opset9
+
+    source, output, report = tmp_path / "old.onnx", tmp_path / "out.onnx", tmp_path / "report.json"
+    onnx.save(lenet_opset9(), source)
+    outcome = cli("compress", source, "--target-size", "1/4", "-o", output, "--report", report)
+    assert outcome.returncode == 0, outcome.stderr
+    assert "opset 9 -> 11 (the decode subgraphs' ops): runtimes must support opset 11" in outcome.stdout
+    assert json.loads(report.read_text())["opset"] == {"input": 9, "output": 11}
+    same = cli("compress", LENET300, "--target-size", "1/4", "-o", tmp_path / "same.onnx", "-q")
+    assert same.returncode == 0 and "opset" not in same.stdout

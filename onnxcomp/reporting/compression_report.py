@@ -56,7 +56,7 @@ class LayerRow:
 
 # Report fields left out of the JSON when they do not apply to a run.
 _REPORT_OPTIONAL = ("initializer_inputs", "neurons", "quantized_left", "training", "accuracy", "streamed",
-                    "unverified_reason", "quality_floor", "peak_rss_bytes", "passes", "output", "input")
+                    "unverified_reason", "quality_floor", "peak_rss_bytes", "opset", "passes", "output", "input")
 
 
 @dataclasses.dataclass
@@ -89,6 +89,7 @@ class CompressionReport:
     unverified_reason: str | None = None  # why no input ran the model
     quality_floor: dict[str, Any] | None = None
     peak_rss_bytes: int | None = None
+    opset: dict[str, int] | None = None  # the default-domain opset, where the output's differs: input, output
     passes: dict[str, Any] | None = None  # per graph pass of the kept build: weights changed (and encoded bytes)
     output: str | None = None
     input: str | None = None
