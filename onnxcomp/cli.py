@@ -481,6 +481,13 @@ def main(argv: list[str] | None = None, isolate: bool | None = None) -> int:
         where = f" {error.filename}" if error.filename else ""
         print(f"onnxcomp: error: cannot access{where}: {error.strerror or error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a defect of onnxcomp's: one line, not a traceback (ONNXCOMP_TRACEBACK=1 shows it)
+        if os.environ.get("ONNXCOMP_TRACEBACK"):
+            raise
+        cause = printable(str(error).strip().splitlines()[0] if str(error).strip() else "")
+        print(f"onnxcomp: error: internal error ({type(error).__name__}: {cause[:300]}); nothing was written and the "
+              "input is unchanged; please report it with the model (ONNXCOMP_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
     finally:
         logger.debug("finished in %.2f s", time.perf_counter() - started)
 

@@ -167,7 +167,9 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         # (the checker rejects some sparse initializers that ONNX Runtime accepts).
         onnx.checker.check_model(proto if densified and not any(_external_tensors(proto)) else str(path))
     except onnx.checker.ValidationError as error:
-        raise OnnxcompError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
+        if "topologically sorted" not in str(error):
+            raise OnnxcompError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
+        proto = _sorted(proto, path, error)  # ONNX Runtime runs nodes in any order; the checker and we want them sorted
     except Exception as error:
         raise OnnxcompError(f"{path}: invalid ONNX model ({type(error).__name__}: {_first_line(error)})") from None
     external = sum(_external_length(tensor) for tensor in _external_tensors(proto))
@@ -234,6 +236,20 @@ def load_external_leftovers(model: ir.Model) -> None:
         if isinstance(tensor, ir.ExternalTensor):
             value.const_value = ir.tensor(np.array(tensor.numpy()), name=value.name)
             release(tensor)
+
+
+def _sorted(proto: onnx.ModelProto, path: Path, error: Exception) -> onnx.ModelProto:
+    """The model with its nodes in topological order (onnx_ir's sort), checked again; a model
+    whose nodes cannot be ordered (a cycle, a value nothing produces) keeps the checker's error."""
+    try:
+        model = ir.serde.deserialize_model(proto)
+        model.graph.sort()
+        ordered = ir.serde.serialize_model(model)
+        onnx.checker.check_model(ordered)
+    except Exception:
+        raise OnnxcompError(f"{path}: invalid ONNX model: {' '.join(str(error).split())[:300]}") from None
+    logger.info("%s: nodes were not in topological order; sorted them", path)
+    return ordered
 
 
 def _first_line(error: BaseException) -> str:

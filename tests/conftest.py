@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+
+# An internal error (a defect, not bad input) is one line for users; tests see it whole, in this
+# process and in the CLI children they start.
+os.environ.setdefault("ONNXCOMP_TRACEBACK", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "models"

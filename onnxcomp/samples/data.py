@@ -63,6 +63,7 @@ class Samples:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     generated: bool = False
+    batch: int = 1  # a model that runs exactly this many samples at a time: `head` keeps whole batches
 
     def __post_init__(self) -> None:
         self.inputs = as_feeds(self.inputs)
@@ -82,7 +83,10 @@ class Samples:
         return not self.grouped and all(self.inputs.axis(name) == 0 for name in self.inputs)
 
     def head(self, count: int) -> Samples:
-        """The first ``count`` samples (in :func:`batches` order)."""
+        """The first ``count`` samples (in :func:`batches` order), rounded down to whole batches
+        (at least one) where the model runs a fixed batch."""
+        if self.batch > 1 and not self.grouped:
+            count = min(self.count, max(self.batch, count - count % self.batch))
         parts, left = [], count
         for part in feed_groups(self.inputs):
             if left <= 0:
@@ -91,7 +95,7 @@ class Samples:
             left -= group_count(parts[-1])
         inputs = parts[0] if len(parts) == 1 else Feeds(parts[0], parts[0].axes, parts)
         labels = None if self.labels is None else self.labels[:count]
-        return Samples(inputs, labels, self.generated)
+        return Samples(inputs, labels, self.generated, self.batch)
 
     def take(self, indices: np.ndarray) -> Samples:
         """The samples at ``indices`` (feeds of one shape only)."""
@@ -101,7 +105,7 @@ class Samples:
         arrays = {name: a if feeds.axis(name) is None else np.take(a, indices, axis=feeds.axis(name))
                   for name, a in feeds.items()}
         labels = None if self.labels is None else self.labels[indices]
-        return Samples(Feeds(arrays, feeds.axes), labels, self.generated)
+        return Samples(Feeds(arrays, feeds.axes), labels, self.generated, self.batch)
 
 
 def load_samples(path: str | Path, model: ir.Model, values: Mapping[str, np.ndarray] | None = None) -> Samples:

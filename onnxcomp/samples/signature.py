@@ -95,6 +95,20 @@ def sample_dim(dims_of: Sequence[tuple[Dim, ...] | None]) -> str | None:
     return max(inputs_with, key=lambda name: (inputs_with[name], bool(BATCH_NAMES.match(name)), at_zero[name]))
 
 
+def fixed_batch(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> int | None:
+    """The batch every run must have: the size a pinned shape (``--input-shape``) gives the sample
+    axis, else a fixed size the model declares there; None when the batch is free. A model
+    exported for one sample at a time (a Reshape to a batch of 1 behind a dynamic declaration)
+    runs when its user pins the batch to 1."""
+    for spec in input_specs(model, shapes):
+        if spec.sample_axis is not None and spec.pinned is not None:
+            return spec.pinned[spec.sample_axis]
+    for spec in input_specs(model):
+        if spec.sample_axis is not None and isinstance(spec.dims[spec.sample_axis], int):
+            return spec.dims[spec.sample_axis]
+    return None
+
+
 def _lone_leading_names(dims_of: Sequence[tuple[Dim, ...] | None]) -> set[str]:
     """Symbolic names on some input's axis 0 that appear on no other input."""
     inputs_with: Counter[str] = Counter()

@@ -23,7 +23,7 @@ from onnxcomp.passes.equalize import EqualizeCrossLayerPass
 from onnxcomp.planning.pricing import LayerOptions, layer_options
 from onnxcomp.progress import task as live_task
 from onnxcomp.planning.sensitivity import activation_importance, embedding_importance, measure_sensitivity, row_counts
-from onnxcomp.samples.signature import input_specs
+from onnxcomp.samples.signature import fixed_batch
 from onnxcomp.stages.build import fixed_bytes
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Progress, Steps, log
@@ -108,17 +108,11 @@ def _log_initializer_inputs(defaults, progress: Progress) -> None:
 
 def batch_size(model: ir.Model, sizes: ActivationSizes | None = None,
                shapes: Mapping[str, Sequence[int]] | None = None) -> int:
-    """The batch the user pins (`shapes`, --input-shape: the size it gives the sample axis) or the
-    model declares (a fixed size on the sample axis), else as many samples as fit
-    `memory.ACTIVATION_BUDGET` with `sizes` per sample (at most `memory.MAX_BATCH`). A model
-    exported for one sample at a time (a Reshape to a batch of 1 behind a dynamic declaration)
-    runs when its user pins the batch to 1."""
-    for spec in input_specs(model, shapes):
-        if spec.sample_axis is not None and spec.pinned is not None:
-            return spec.pinned[spec.sample_axis]
-    for spec in input_specs(model):
-        if spec.sample_axis is not None and isinstance(spec.dims[spec.sample_axis], int):
-            return spec.dims[spec.sample_axis]
+    """The batch the user pins or the model declares (`signature.fixed_batch`), else as many
+    samples as fit `memory.ACTIVATION_BUDGET` with `sizes` per sample (at most `memory.MAX_BATCH`)."""
+    fixed = fixed_batch(model, shapes)
+    if fixed is not None:
+        return fixed
     return MAX_BATCH if sizes is None else budget_batch(sizes.total)
 
 
