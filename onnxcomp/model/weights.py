@@ -325,6 +325,12 @@ def _quantized_weight(value: ir.Value) -> Weight | None:
         return None
     storage = None
     for node, index in uses:
+        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
+            found = _cast_and_scale(node, tensor.dtype, shape)  # type: ignore[union-attr]
+            if found is None or (storage is not None and not _same(storage.scale, found.scale)):
+                return None
+            storage = found
+            continue
         slots = QUANTIZED_SLOTS.get(node.op_type, {}) if node.domain in ("", "ai.onnx", "com.microsoft") else {}
         if index not in slots or node.op_type in PACKED_QUANTIZED_OPS:
             return None
@@ -341,6 +347,28 @@ def _quantized_weight(value: ir.Value) -> Weight | None:
             return None
         storage = found
     return Weight(value, "weight", [node.name or node.op_type for node, _ in uses], storage)
+
+
+def _cast_and_scale(cast: ir.Node, dtype: ir.DataType, shape: tuple[int, ...]) -> Storage | None:
+    """A weight-only quantized weight dequantized by hand: int8 -> Cast(float) -> Mul(a constant
+    scale broadcastable to it), as some exporters write it (a MiniLM with int8 weights and a
+    scale per row). The Storage (no zero point) when every reader of the Cast is such a Mul."""
+    target = cast.attributes.get_int("to", 0)
+    if target not in (ir.DataType.FLOAT, ir.DataType.FLOAT16) or not cast.outputs[0].uses():
+        return None
+    scale = None
+    for node, index in cast.outputs[0].uses():
+        other = node.inputs[1 - index] if node.op_type == "Mul" and len(node.inputs) == 2 else None
+        if other is None or other.const_value is None:
+            return None
+        array = other.const_value.numpy().astype(np.float32)
+        if array.ndim > len(shape) or any(d not in (1, s) for d, s in zip(array.shape[::-1], shape[::-1])):
+            return None
+        array = array.reshape((1,) * (len(shape) - array.ndim) + array.shape)
+        if scale is not None and not _same(scale, array):
+            return None
+        scale = array
+    return Storage(dtype, None, scale)
 
 
 def quantized_weights(model: ir.Model, exclude: Collection[str] = ()) -> list[dict]:
@@ -364,7 +392,7 @@ def no_weights_error(model: ir.Model):
     from onnxcomp.errors import OnnxcompError
 
     kinds = ("float32/float16/bfloat16 initializers used by Conv, Gemm, MatMul, Gather, LSTM/GRU/RNN, and "
-             "8- or 16-bit integer weights of quantized ops")
+             "8- or 16-bit integer weights of quantized ops or of Cast -> Mul(scale)")
     quantized = quantized_weights(model)
     if quantized:
         ops = sorted({op for row in quantized for op in row["ops"]})
