@@ -576,3 +576,23 @@ def test_nodes_out_of_topological_order_are_sorted_not_refused(cli, tmp_path):
     outcome = cli("compress", source, "--target-size", "1/4", "-o", tmp_path / "out.onnx", "-q")
     assert outcome.returncode == 0, outcome.stderr
     onnx.checker.check_model(str(tmp_path / "out.onnx"))
+
+
+def test_unreachable_target_names_the_initializers_kept_as_they_are(cli, tmp_path):
+    """A table decoder's GRU weights go straight into a Loop (SLANet: 2.1 MB of its 2.23 MB
+    floor); the refusal says how much of the smallest size such initializers are, and what reads them."""
+    import onnx
+
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 64] x) => (float[N, 2048] y) {
+      h = MatMul(x, w)
+      y = Add(h, table)
+    }""")
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(rng.standard_normal((64, 2048)).astype(np.float32), "w"),
+                                    onnx.numpy_helper.from_array(rng.standard_normal((1, 2048)).astype(np.float32), "table")])
+    source = tmp_path / "kept.onnx"
+    onnx.save(proto, source)
+    outcome = cli("compress", source, "--target-size", "1KB", "-o", tmp_path / "out.onnx", "-q")
+    assert outcome.returncode == 3
+    assert "8.19 KB of it are initializers onnxcomp keeps as they are (read by Add)" in outcome.stderr, outcome.stderr

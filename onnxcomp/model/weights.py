@@ -371,6 +371,20 @@ def _cast_and_scale(cast: ir.Node, dtype: ir.DataType, shape: tuple[int, ...]) -
     return Storage(dtype, None, scale)
 
 
+def kept_initializers(model: ir.Model) -> tuple[int, list[str]]:
+    """Bytes of the initializers of at least 1 KiB that are not weights onnxcomp compresses, and
+    the ops that read them (e.g. a decoder's weights fed straight into a `Loop`), for messages."""
+    weights = {w.name for w in find_weights(model)}
+    total, ops = 0, set()
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or value.name in weights or tensor.nbytes < 1024:
+            continue
+        total += int(tensor.nbytes)
+        ops.update(node.op_type for node, _ in value.uses())
+    return total, sorted(ops)
+
+
 def quantized_weights(model: ir.Model, exclude: Collection[str] = ()) -> list[dict]:
     """Integer initializers that already-quantized ops read as weights (MatMulInteger, QLinear*,
     DequantizeLinear, DynamicQuantizeLSTM, ...), except the names in `exclude` (those re-coded).

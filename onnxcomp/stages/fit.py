@@ -17,7 +17,7 @@ from onnxcomp.sizes import format_size
 from onnxcomp.stages.build import build
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Progress, Steps, log
-from onnxcomp.model.weights import find_weights
+from onnxcomp.model.weights import find_weights, kept_initializers
 
 MAX_ATTEMPTS = 8
 GROW_ATTEMPTS = 2  # re-plans with the unused bytes added when a fit leaves slack
@@ -132,7 +132,11 @@ def unreachable(model: ir.Model, layers: list[LayerOptions], options: CompressOp
     if floor_bytes is None:
         smallest = allocate(layers, sum(layer.smallest.bytes for layer in layers))
         floor_bytes = len(modelfile.serialized_bytes(build(model, smallest, options.keep_metadata, importances)))
+    kept, readers = kept_initializers(model)
+    why = (f"; {format_size(kept)} of it are initializers onnxcomp keeps as they are (read by {', '.join(readers[:6])})"
+           if kept >= floor_bytes // 10 else "")
     return TargetUnreachableError(
-        f"target {format_size(options.target_bytes)} ({options.target_bytes} B) is below the smallest size onnxcomp can reach for this model: {format_size(floor_bytes)} ({floor_bytes} B)",
+        f"target {format_size(options.target_bytes)} ({options.target_bytes} B) is below the smallest size onnxcomp can "
+        f"reach for this model: {format_size(floor_bytes)} ({floor_bytes} B){why}",
         smallest_bytes=floor_bytes,
     )
