@@ -280,8 +280,8 @@ def _checked(arrays: Mapping[str, np.ndarray], specs: list[InputSpec], where: st
     missing = [s.name for s in specs if s.name not in arrays and s.name not in values]
     if missing:
         raise OnnxcompError(
-            f"{where}: no array for model input(s) {', '.join(missing)}; it has {', '.join(sorted(arrays)) or 'no arrays named like model inputs'}"
-            " (or pin a value with --input-value NAME=V)"
+            f"{where}: no array for model input(s) {', '.join(missing)}; "
+            f"it has {', '.join(sorted(arrays)) or 'no arrays named like model inputs'} (or pin a value with --input-value NAME=V)"
         )
     extra = [k for k in arrays if k not in {s.name for s in specs} and k != LABELS]
     if extra:
