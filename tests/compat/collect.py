@@ -56,13 +56,13 @@ def _inputs(model, samples, options=None) -> dict[str, np.ndarray]:
     from onnxcomp.samples.data import Samples, first_group
     from onnxcomp.samples.probe import generated_samples
 
-    first = model.graph.inputs[0].shape if model.graph.inputs else None
-    fixed = first[0] if first is not None and len(first) and isinstance(first[0], int) else None
-    count = fixed or SAMPLES
-    if isinstance(samples, Samples) and samples.count >= count:
-        return dict(first_group(samples.head(count).inputs))
+    from onnxcomp.samples.signature import fixed_batch
+
     shapes = getattr(options, "input_shapes", None)
     values = getattr(options, "input_values", None)
+    count = fixed_batch(model, shapes) or SAMPLES  # the batch the user pins or the model declares
+    if isinstance(samples, Samples) and samples.count >= count:
+        return dict(first_group(samples.head(count).inputs))
     return dict(first_group(generated_samples(model, count=count, seed=1, shapes=shapes, values=values).inputs))
 
 
