@@ -112,7 +112,7 @@ def _grouped(model: ir.Model, builder: DecodeBuilder, weight, values: np.ndarray
     rewire(model, weight, decoded, builder)
     return {"name": weight.name, "encoding": "grouped", "bits": table.bits, "groups": len(table.codebooks),
             "group_axis": axis, "levels": int(table.codebooks.size),
-            "bytes_before": encoding.dense_bytes(values.size, values.ndim, weight.itemsize), "bytes_after": size}
+            "bytes_before": decision.choices["dense"].bytes, "bytes_after": size}
 
 
 def _plain(model: ir.Model, builder: DecodeBuilder, weight, values: np.ndarray, decision: Decision) -> dict:

@@ -100,13 +100,10 @@ def fixed_batch(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
     axis, else a fixed size the model declares there; None when the batch is free. A model
     exported for one sample at a time (a Reshape to a batch of 1 behind a dynamic declaration)
     runs when its user pins the batch to 1."""
-    for spec in input_specs(model, shapes):
-        if spec.sample_axis is not None and spec.pinned is not None:
-            return spec.pinned[spec.sample_axis]
-    for spec in input_specs(model):
-        if spec.sample_axis is not None and isinstance(spec.dims[spec.sample_axis], int):
-            return spec.dims[spec.sample_axis]
-    return None
+    specs = [spec for spec in input_specs(model, shapes) if spec.sample_axis is not None]
+    pinned = [spec.pinned[spec.sample_axis] for spec in specs if spec.pinned is not None]
+    declared = [spec.dims[spec.sample_axis] for spec in specs if isinstance(spec.dims[spec.sample_axis], int)]
+    return next(iter(pinned + declared), None)
 
 
 def _lone_leading_names(dims_of: Sequence[tuple[Dim, ...] | None]) -> set[str]:

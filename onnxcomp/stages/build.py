@@ -42,19 +42,15 @@ def build(model: ir.Model, allocation: Allocation, keep_metadata: bool, importan
         compensate(work, allocation.choices, hessians)  # scaled weights: on their codebook times their scales
     normalize_weights(work, scaled)
     codebooks = {name: c.quant.codebook for name, c in allocation.choices.items() if c.quant is not None}
-    grouped = {name: (c.quant.groups, c.quant.group_axis) for name, c in allocation.choices.items()
-               if c.quant is not None and c.quant.groups > 1}
-    vectors = {name: c.quant.vector_dim for name, c in allocation.choices.items()
-               if c.quant is not None and c.quant.vector_dim > 1}
-    outliers = {name: c.quant.outlier_threshold for name, c in allocation.choices.items()
-                if c.quant is not None and c.quant.outlier_threshold is not None}
-
     plans = plans_of({name: c.quant for name, c in allocation.choices.items() if c.quant is not None})
+    group_axes = {name: plan.group_axis for name, plan in plans.items() if plan.groups > 1}
+    vectors = {name for name, plan in plans.items() if plan.vector_dim > 1}
+    outliers = {name: plan.outlier_threshold for name, plan in plans.items() if plan.outlier_threshold is not None}
 
     def encode(masks: dict[str, np.ndarray], names) -> None:
         run(work, stats, PruneWeightsPass(masks=masks),
-            ClusterWeightsPass(bits=None, codebooks=codebooks, group_axes={name: axis for name, (_, axis) in grouped.items()},
-                               vectors=set(vectors), names=names, outliers=outliers))
+            ClusterWeightsPass(bits=None, codebooks=codebooks, group_axes=group_axes, vectors=vectors, names=names,
+                               outliers=outliers))
         decisions = decide_all(work, plans, names)  # each weight's encoding, chosen once on its final values
         run(work, stats, SubstituteSparseOpsPass(decisions=decisions), InsertDequantizeLookupPass(decisions=decisions))
 
