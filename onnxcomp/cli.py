@@ -158,6 +158,12 @@ def _input_pins(args, model_path: Path) -> tuple[dict, dict]:
     return shapes, values
 
 
+def _write_json(path: Path, content: dict) -> None:
+    from onnxcomp.modelfile import atomic_write
+
+    atomic_write(path, lambda handle: handle.write(json.dumps(content, indent=2).encode()))
+
+
 def _default_output(input_path: Path) -> Path:
     return input_path.with_name(input_path.stem + ".compressed.onnx")
 
@@ -166,6 +172,7 @@ def _compress(args) -> int:
     from onnxcomp import modelfile
     from onnxcomp.samples.data import load_samples
     from onnxcomp.pipeline import CompressOptions, compress_file
+    from onnxcomp.reporting.floor import QualityFloorError
     from onnxcomp.reporting.report import COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, format_table, uninformative_outputs
 
     input_path = Path(args.input)
@@ -204,13 +211,16 @@ def _compress(args) -> int:
         require_matplotlib()  # fail before compressing, not after
     if not quiet:
         print(f"onnxcomp: compressing {input_path} to at most {format_size(target)}", file=sys.stderr)
-    report = compress_file(input_path, output_path, options, samples=samples, progress=progress, overwrite=args.force,
-                           eval_samples=eval_samples)
+    try:
+        report = compress_file(input_path, output_path, options, samples=samples, progress=progress,
+                               overwrite=args.force, eval_samples=eval_samples)
+    except QualityFloorError as error:  # nothing written, but --report says what was measured and what passes
+        if args.report and error.report is not None:
+            error.report.input = str(input_path)
+            _write_json(Path(args.report), error.report.to_dict())
+        raise
     if args.report:
-        report_path = Path(args.report)
-        from onnxcomp.modelfile import atomic_write
-
-        atomic_write(report_path, lambda handle: handle.write(json.dumps(report.to_dict(), indent=2).encode()))
+        _write_json(Path(args.report), report.to_dict())
     if args.report_dir:
         from onnxcomp.reporting.html_report import write_report
 

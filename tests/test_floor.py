@@ -49,15 +49,23 @@ def suggested_size(message: str) -> str:
 
 
 def test_broken_target_exits_4_naming_the_value_and_a_size_that_passes(cli, tmp_path):
-    output, report = tmp_path / "small.onnx", tmp_path / "report.json"
-    result = cli("compress", LENET300, "--target-size", BROKEN, "-o", output, "--no-sensitivity", "-q")
+    output, report, refused = tmp_path / "small.onnx", tmp_path / "report.json", tmp_path / "refused.json"
+    result = cli("compress", LENET300, "--target-size", BROKEN, "-o", output, "--no-sensitivity", "-q",
+                 "--report", refused)
     line = assert_clean_failure(result, "top-1 agreement", "< 95%", "default quality floor", "--allow-low-fidelity",
                                 code=4)
-    assert not output.exists() and not list(tmp_path.iterdir())  # nothing written, no temporary left
+    assert list(tmp_path.iterdir()) == [refused]  # no model, no temporary: only the report of the refusal
     measured = float(re.search(r"keep top-1 agreement ([0-9.]+)%", line).group(1))
     assert measured < 100 * DEFAULT_AGREEMENT
     size = suggested_size(line)
     assert BROKEN.removesuffix("KB") not in size and parse_size(size) > parse_size(BROKEN)
+    # the refusal's report: what was measured at the asked size, and the size that passed
+    floor = json.loads(refused.read_text())["quality_floor"]
+    assert floor["passed"] is False and floor["metric"] == "top-1 agreement"
+    assert 100 * floor["measured"] == pytest.approx(measured, abs=0.01)
+    assert floor["suggested_bytes"] == parse_size(size)
+    assert [probe["target_bytes"] for probe in floor["probes"] if probe["passed"]][0] == parse_size(size)
+    assert "output" not in json.loads(refused.read_text())  # nothing was written
 
     followed = cli("compress", LENET300, "--target-size", size, "-o", output, "--no-sensitivity", "-q",
                    "--report", report)
@@ -110,6 +118,8 @@ def test_api_raises_a_typed_error_with_the_measures_for_cosine_outputs():
     assert error.measured < DEFAULT_COSINE and f"cosine {error.measured:.4g} < 0.97" in str(error)
     assert error.target_bytes == 5000 and error.suggested_bytes is not None and error.suggested_bytes > 5000
     assert [probe.target_bytes for probe in error.probes] == sorted(probe.target_bytes for probe in error.probes)
+    assert error.report.quality_floor["passed"] is False and error.report.quality_floor["measured"] == error.measured
+    assert error.report.target_bytes == 5000 and error.report.fidelity["cosine"] == error.measured
     passing = compress_model(model, CompressOptions(target_bytes=error.suggested_bytes, sensitivity=False))
     assert passing.report.fidelity["cosine"] >= DEFAULT_COSINE
     forced = compress_model(model, CompressOptions(target_bytes=5000, sensitivity=False, force=True))

@@ -101,6 +101,9 @@ class QualityFloorError(FidelityError):
         target_bytes: the asked size.
         suggested_bytes: the smallest size tried that meets the floor (None: none did).
         probes: every size the search tried, smallest first.
+        entry: the report's ``quality_floor`` entry for this refusal (``passed`` false).
+        report: the run's report, where the pipeline attaches it (the CLI's ``--report`` still
+            gets it: what was measured and which size passes), else None.
     """
 
     def __init__(self, message: str, shortfall: Shortfall, target_bytes: int, suggested_bytes: int | None,
@@ -113,6 +116,8 @@ class QualityFloorError(FidelityError):
         self.target_bytes = target_bytes
         self.suggested_bytes = suggested_bytes
         self.probes = list(probes)
+        self.entry: dict = {}
+        self.report = None
 
 
 def floor_for(min_fidelity: float | None, force: bool, fine_tuned: bool = False) -> Floor | None:
@@ -243,7 +248,12 @@ def floor_error(shortfall: Shortfall, target_bytes: int, input_bytes: int, probe
         tried = "" if largest is None else f"no size tried up to {format_size(largest.target_bytes)} meets it; "
         message += f"{tried}lower --min-fidelity, or {WRITE_ANYWAY_FLAG} to write the model anyway"
     message += "; nothing written"
-    return QualityFloorError(message, shortfall, target_bytes, None if passing is None else passing.target_bytes, probes)
+    error = QualityFloorError(message, shortfall, target_bytes, None if passing is None else passing.target_bytes, probes)
+    error.entry = {**floor.as_dict(), "checked": True, "passed": False, "output": shortfall.output,
+                   "metric": shortfall.metric, "measured": shortfall.value, "suggested_bytes": error.suggested_bytes,
+                   "probes": [{"target_bytes": probe.target_bytes, "passed": probe.passed, "value": probe.value}
+                              for probe in probes]}
+    return error
 
 
 def check_floor(fidelity: dict, floor: Floor | None, target_bytes: int, input_bytes: int,

@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from onnxcomp.samples.data import NoRunnableInputError, Samples
 from onnxcomp.errors import FidelityError, OnnxcompError
-from onnxcomp.reporting.floor import check_floor, floor_for, off_reason
+from onnxcomp.reporting.floor import QualityFloorError, check_floor, floor_for, off_reason
 from onnxcomp.model.memory import ActivationSizes, activation_sizes
 from onnxcomp.passes.cleanup import metadata_bytes
 from onnxcomp.planning.pricing import LayerOptions
@@ -180,12 +180,18 @@ def check_guards(report: CompressionReport, options: CompressOptions) -> None:
 def quality_floor(report: CompressionReport, plan: Plan, options: CompressOptions, check: Samples,
                   reference_outputs: list[np.ndarray], batch: int, input_bytes: int, fine_tuned: bool,
                   names: list[str], progress: Progress) -> dict:
-    """`onnxcomp.reporting.floor.check_floor` for this run, searching smaller targets with `fidelity_at`."""
-    return check_floor(
-        report.fidelity, floor_for(options.min_fidelity, options.force, fine_tuned=fine_tuned),
-        options.target_bytes, input_bytes,
-        functools.partial(fidelity_at, plan, options, check, reference_outputs, batch),
-        names=names, log=lambda line: log(progress, line), off_reason=off_reason(options.min_fidelity, options.force))
+    """`onnxcomp.reporting.floor.check_floor` for this run, searching smaller targets with `fidelity_at`.
+    A refusal carries the report, its ``quality_floor`` saying what failed and which size passes."""
+    try:
+        return check_floor(
+            report.fidelity, floor_for(options.min_fidelity, options.force, fine_tuned=fine_tuned),
+            options.target_bytes, input_bytes,
+            functools.partial(fidelity_at, plan, options, check, reference_outputs, batch),
+            names=names, log=lambda line: log(progress, line), off_reason=off_reason(options.min_fidelity, options.force))
+    except QualityFloorError as error:
+        report.quality_floor = error.entry
+        error.report = report
+        raise
 
 
 def fidelity_at(plan: Plan, options: CompressOptions, check: Samples, reference_outputs: list[np.ndarray],
