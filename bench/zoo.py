@@ -9,7 +9,9 @@ inputs with the original and with the compressed file (placed under the original
 and score task agreement. Per-channel int8 weights (`onnxcomp.reporting.int8_reference`) and ONNX
 Runtime's `quantize_dynamic` (uint8 weights) on the same model are the comparison rows, and a
 control: every weight rounded per channel to 10 bits (1,023 levels, kept as float), a change of
-about 0.1% of each channel's range. Where the control already changes the task output, the
+about 0.1% of each channel's range; a weight already stored as 8-bit integers (a quantized model's)
+gets the smallest change it can take, every odd code moved one step to an even one. Where the
+control already changes the task output, the
 application's output sits on a knife edge for those inputs (a text line just above a detection
 threshold, a space at a CTC tie), and "identical" there measures luck as much as compression. Every compression and every application run is a child process, so a
 native crash is a row of the table, not the end of the benchmark.
@@ -323,7 +325,8 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
         "means every input gave the same output. Per-channel int8 = symmetric int8 weights with one scale per "
         "output channel (`onnxcomp.reporting.int8_reference`, decoded by Cast and Mul); quantize_dynamic = "
         "onnxruntime.quantization, uint8 weights. 10-bit control = every weight per-channel int8 quantizes rounded "
-        f"per channel to {CONTROL_BITS} bits and kept as float (`onnxcomp.reporting.int8_reference.rounded_model`): "
+        f"per channel to {CONTROL_BITS} bits and kept as float, and every 8-bit integer weight of an already-quantized "
+        "model moved to the even code nearest it (one step; `onnxcomp.reporting.int8_reference.rounded_model`): "
         "where it already changes the task output, that output sits on a knife edge for these inputs.",
         *(["", notes] if notes else []),
         "",

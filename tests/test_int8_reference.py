@@ -42,6 +42,32 @@ def test_rounded_model_keeps_float_weights_rounded_and_the_interface(mlp_model, 
     assert 0 < np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 0.003
 
 
+def test_rounded_model_moves_integer_weights_one_step_to_even_codes():
+    from onnx import numpy_helper
+    from onnx_ir.serde import deserialize_model
+
+    from tests.test_zoo import int8_dynamic_quantized
+
+    proto = int8_dynamic_quantized()
+    for tensor in proto.graph.initializer:  # codes count from the zero point: give one a non-zero one
+        if tensor.name == "w1_zp":
+            tensor.CopyFrom(numpy_helper.from_array(np.array(3, np.int8), "w1_zp"))
+    model = deserialize_model(proto)
+
+    def weights_and_zero_points(graph):  # per MatMulInteger: its weight and zero point (names change)
+        return [(node.inputs[1].const_value.numpy().copy(), node.inputs[3].const_value.numpy().copy())
+                for node in graph if node.op_type == "MatMulInteger"]
+
+    before = weights_and_zero_points(model.graph)
+    after = weights_and_zero_points(rounded_model(model, 10).graph)
+    assert [int(zero) for _, zero in after] == [int(zero) for _, zero in before] == [3, 0]
+    for (old, zero), (new, _) in zip(before, after):
+        assert new.dtype == np.int8 and np.abs(new.astype(int) - old).max() == 1
+        new = new.astype(int)
+        assert np.all(((new - zero) % 2 == 0) | (new == 127))  # even codes, but for 127 clipped back from 128
+        assert 0.4 < np.mean(new != old) < 0.6  # the odd half moved
+
+
 def test_int8_model_stores_weights_as_int8_and_keeps_outputs(mlp_model, rng):
     reference = modelfile.serialized_bytes(mlp_model)
     quantized = int8_model(mlp_model)

@@ -52,6 +52,13 @@ def rounded(values: np.ndarray, bits: int) -> np.ndarray:
     return (codes * scales).astype(np.float32)
 
 
+def one_step_rounded(codes: np.ndarray) -> np.ndarray:
+    """Integer codes (zero point removed) with every odd code moved one step to an even one
+    (half up, half down: round half to even): 7 bits' worth of levels out of 8, about half of the
+    weights changed by one quantization step."""
+    return 2 * np.round(np.asarray(codes, np.float32) / 2)
+
+
 def _channel_codes(values: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Integer-valued float codes in [-half, half] per channel, along the candidate axis with
     the smaller per-channel error, their scales ([C, 1, ...] view) and the axis."""
@@ -95,10 +102,16 @@ def int8_model(model: ir.Model) -> ir.Model:
 
 def rounded_model(model: ir.Model, bits: int) -> ir.Model:
     """A copy of `model`, canonicalized and cleaned up as the compressor does, with every float
-    weight that `int8_model` quantizes `rounded` to `bits` per channel and stored as float32."""
+    weight that `int8_model` quantizes `rounded` to `bits` per channel and stored as float32.
+
+    Weights already stored as 8-bit integers (a quantized model's) cannot move by less than one
+    step: each is `one_step_rounded` instead, the smallest change such a weight can take."""
     model = clean_up(canonicalize(model.clone()))
     for weight in find_weights(model):
         tensor = weight.value.const_value
+        if weight.storage.integer and weight.itemsize == 1 and weight.role != "bias":
+            weight.store(one_step_rounded(weight.numpy()))
+            continue
         if (weight.role == "bias" or tensor is None or tensor.dtype != ir.DataType.FLOAT
                 or not channel_axes(weight.shape)):
             continue
