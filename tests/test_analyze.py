@@ -6,7 +6,6 @@ for retraining, and splitting embedding tables into the rows samples read and th
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 
@@ -40,13 +39,11 @@ def test_canonical_weights_finds_the_weights_converts_old_opsets_and_refuses_wei
 
 
 def test_canonical_model_keeps_the_interface_and_says_what_became_of_initializer_inputs(rng):
-    proto = onnx.parser.parse_model(MLP_TEXT)
+    text = MLP_TEXT.replace("(float[N, 16] x)", "(float[N, 16] x, float[32] b1)")  # b1: an input with a default value
     shapes = {"w1": (16, 32), "b1": (32,), "w2": (32, 8)}
-    for name, shape in shapes.items():
-        proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
-    proto.graph.input.append(onnx.helper.make_tensor_value_info("b1", onnx.TensorProto.FLOAT, [32]))  # a default value
+    model = build_model(text, {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()})
     lines = []
-    canonical = canonical_model(ir.serde.deserialize_model(proto), CompressOptions(1000), lines.append)
+    canonical = canonical_model(model, CompressOptions(1000), lines.append)
     assert [w.name for w in canonical.weights] == ["w1", "w2"]  # the bias stays an input, dense
     assert list(canonical.defaults.kept) == ["b1"] and not canonical.defaults.removed
     assert lines == ["1 graph inputs with a default value stay inputs (callers may override them) and are stored dense: b1"]

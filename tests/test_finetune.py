@@ -27,7 +27,7 @@ def no_training(monkeypatch):
     monkeypatch.setattr("onnxcomp.stages.finetune.training_unavailable_reason", lambda: MISSING)
 
 
-def test_without_the_training_build_auto_calibrates_and_explicit_requests_stop(no_training):
+def test_without_the_training_build_auto_calibrates_and_explicit_requests_are_refused(no_training):
     lines = []
     default = CompressOptions(1000, epochs=10, epochs_given=False)
     assert training_or_calibration(default, True, lines.append) == dataclasses.replace(default, epochs=0)

@@ -1,5 +1,5 @@
 """onnxcomp.stages.fit: plan and build until the serialized model fits the target (tightening by
-the overshoot, growing into slack, stopping at the smallest plan), with GPTQ Hessians only for
+the overshoot, growing into slack, ending at the smallest plan), with GPTQ Hessians only for
 real samples, and the error for a target below the smallest build."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_an_overshoot_tightens_the_budget_by_it(plan):
     assert attempt_lines(lines)[-1] == f"{len(lines)}: fits; kept"
 
 
-def test_below_the_smallest_plan_it_stops_with_the_floor(plan):
+def test_below_the_smallest_plan_it_ends_with_the_floor(plan):
     lines = []
     result = fit(plan.model, plan.layers, 100, CompressOptions(100), {}, lines.append)
     assert not result.fits and result.attempts == 1 and result.floor_bytes == result.size > 100
@@ -83,7 +83,7 @@ def test_unreachable_names_the_initializers_onnxcomp_keeps(rng):
     assert "keeps" not in str(unreachable(model, price(model, {}, {}), CompressOptions(100), {}, 30000))  # under a tenth
 
 
-def test_a_budget_that_never_comes_down_far_enough_stops_after_max_attempts(rng):
+def test_a_budget_that_never_comes_down_far_enough_ends_after_max_attempts(rng):
     model = build_model(KEPT_TEXT, {"w": rng.standard_normal((16, 8)).astype(np.float32),
                                     "table": np.arange(300, dtype=np.int64)})
     model, _ = canonical_weights(model)

@@ -31,7 +31,7 @@ g (float[N, 4] x) => (float[N, 4] y) {
 def proto_with(weight: np.ndarray | None = None) -> onnx.ModelProto:
     proto = onnx.parser.parse_model(TEXT)
     weight = np.arange(16, dtype=np.float32).reshape(4, 4) if weight is None else weight
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(weight, "w"))
+    proto.graph.initializer.append(ir.serde.serialize_tensor(ir.tensor(weight, name="w")))
     return proto
 
 
@@ -138,8 +138,10 @@ def test_nodes_out_of_order_are_sorted_at_load(tmp_path):
 
 def test_map_typed_outputs_are_refused_with_how_to_export_without(tmp_path):
     proto = proto_with()
-    map_type = onnx.helper.make_map_type_proto(onnx.TensorProto.INT64, onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, []))
-    proto.graph.value_info.append(onnx.helper.make_value_info("h", onnx.helper.make_sequence_type_proto(map_type)))
+    value = proto.graph.value_info.add(name="h")
+    map_type = value.type.sequence_type.elem_type.map_type
+    map_type.key_type = onnx.TensorProto.INT64
+    map_type.value_type.tensor_type.elem_type = onnx.TensorProto.FLOAT
     path = tmp_path / "zipmap.onnx"
     path.write_bytes(proto.SerializeToString())
     with pytest.raises(OnnxcompError, match=rf"^{path}: 'h' is a sequence of maps, e\.g\. the ZipMap output .*"
@@ -156,13 +158,13 @@ def test_large_external_data_stays_mapped_until_the_leftovers_are_loaded(tmp_pat
     load_external_leftovers(model)
     assert not is_streamed(model)
     data.unlink()  # the model no longer points at the input's data file
-    np.testing.assert_array_equal(onnx.numpy_helper.to_array(to_proto(model).graph.initializer[0]),
+    np.testing.assert_array_equal(ir.serde.deserialize_tensor(to_proto(model).graph.initializer[0]).numpy(),
                                   np.arange(16, dtype=np.float32).reshape(4, 4))
 
 
 def test_to_proto_caps_the_ir_version_drops_initializer_value_info_and_keeps_metadata_order():
     proto = onnx.parser.parse_model(TEXT.replace("ir_version: 10", "ir_version: 11"))
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w"))
+    proto.graph.initializer.append(ir.serde.serialize_tensor(ir.tensor(np.ones((4, 4), np.float32), name="w")))
     for key in ("zeta", "alpha", "mid"):
         proto.metadata_props.add(key=key, value=key.upper())
     model = ir.serde.deserialize_model(proto)

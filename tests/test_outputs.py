@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 from onnxcomp.errors import OnnxcompError
@@ -21,7 +22,7 @@ def save_external(folder, name="model.onnx", location="weights.bin"):
     <ir_version: 10, opset_import: ["" : 17]>
     g (float[N, 4] x) => (float[N, 4] y) { y = MatMul(x, w) }
     """)
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w"))
+    proto.graph.initializer.append(ir.serde.serialize_tensor(ir.tensor(np.ones((4, 4), np.float32), name="w")))
     path = folder / name
     onnx.save(proto, str(path), save_as_external_data=True, location=location, size_threshold=0)
     return path

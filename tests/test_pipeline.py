@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 from onnxcomp import modelfile
@@ -69,7 +70,7 @@ def test_compress_file_records_an_opset_raised_for_the_decode_ops(tmp_path, rng)
     <ir_version: 7, opset_import: ["" : 10]>
     g (float[N, 16] x) => (float[N, 8] y) { y = MatMul(x, w) }
     """)
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w"))
+    proto.graph.initializer.append(ir.serde.serialize_tensor(ir.tensor(rng.standard_normal((16, 8)).astype(np.float32), name="w")))
     source = tmp_path / "old.onnx"
     onnx.save(proto, str(source))
     report = compress_file(source, tmp_path / "out.onnx", CompressOptions(600, sensitivity=False))
