@@ -127,7 +127,7 @@ def test_api_raises_a_typed_error_with_the_measures_for_cosine_outputs():
 
 
 def test_unverified_compression_is_not_refused_on_its_outputs(tmp_path):
-    from tests.test_isolation import run_cli, unrunnable_model
+    from tests.test_isolated import run_cli, unrunnable_model
 
     model, output, report = tmp_path / "unrunnable.onnx", tmp_path / "out.onnx", tmp_path / "report.json"
     unrunnable_model(model)
@@ -198,7 +198,7 @@ def test_unverified_model_with_weights_mostly_noise_is_refused(tmp_path, monkeyp
     MAX_UNVERIFIED_WEIGHT_ERROR of RMS relative error the model is refused (exit 4) unless forced."""
     from onnxcomp import streaming
     from onnxcomp.errors import FidelityError
-    from tests.test_isolation import unrunnable_model
+    from tests.test_isolated import unrunnable_model
 
     path = tmp_path / "unrunnable.onnx"
     unrunnable_model(path)

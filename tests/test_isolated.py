@@ -308,3 +308,64 @@ def test_runnable_model_is_reported_verified():
     result = compress_model(model, CompressOptions(target_bytes=2000, sensitivity=False))
     assert result.report.verified is True and result.report.fidelity["samples"] > 0
     assert list(result.report.fidelity["outputs"]) == ["y"]  # named as the model names its outputs
+
+
+# --- call_isolated's other exits, stages and start methods; remove_temporaries -------------------
+
+
+def exits_quietly() -> None:
+    os._exit(3)
+
+
+def reports_stages(count: int) -> int:
+    for index in range(count):
+        report_stage(f"step {index}")
+    return count
+
+
+def unpicklable_result():
+    return lambda: None
+
+
+def test_child_that_exits_without_an_answer():
+    with pytest.raises(ChildCrashed) as caught:
+        call_isolated(exits_quietly)
+    assert str(caught.value) == "the onnxcomp worker process exited (status 3) without an answer in the isolated process"
+    assert caught.value.signal_number is None and not caught.value.out_of_memory and caught.value.stage == ""
+
+
+def test_stages_reach_the_parent_in_order_and_report_stage_is_a_no_op_here():
+    stages = []
+    assert call_isolated(reports_stages, 3, on_stage=stages.append) == 3
+    assert stages == ["step 0", "step 1", "step 2"]
+    report_stage("in the parent")  # not in an isolated child: nothing to tell, no error
+
+
+def test_fork_start_method_and_a_result_that_does_not_pickle():
+    assert call_isolated(add, 2, 3, start_method="fork") == 5
+    with pytest.raises(Exception, match="(?i)pickle") as caught:
+        call_isolated(unpicklable_result)
+    assert not isinstance(caught.value, ChildCrashed)
+
+
+def test_remove_temporaries_removes_recent_temporaries_only(tmp_path):
+    from onnxcomp.runtime.isolated import remove_temporaries
+
+    output = tmp_path / "out" / "model.onnx"
+    folder = tmp_path / "report"
+    output.parent.mkdir()
+    folder.mkdir()
+    since = time.time()
+    mine = output.parent / ".model.onnx.abc123.tmp"
+    other = output.parent / ".other.onnx.abc123.tmp"  # another file's temporary in the same folder
+    in_folder = folder / ".report.html.x.tmp"
+    old = folder / ".old.tmp"
+    kept = folder / "report.html"
+    for path in (mine, other, in_folder, old, kept):
+        path.write_text("partial")
+    os.utime(old, (since - 60, since - 60))
+    removed = remove_temporaries([output], [folder], since)
+    assert sorted(removed) == sorted([mine, in_folder])
+    assert not mine.exists() and not in_folder.exists()
+    assert other.exists() and old.exists() and kept.exists()
+    assert remove_temporaries([output], [folder], since) == []

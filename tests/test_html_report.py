@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from onnxcomp.reporting.compression_report import CompressionReport
-from onnxcomp.reporting.html_report import entropy_bits, layer_analysis
+from onnxcomp.reporting.html_report import channel_scale, entropy_bits, layer_analysis, size_quality_points, write_report
 from onnxcomp.reporting.report import StoredWeight
 from tests.conftest import LENET5, TEST_DATA
 
@@ -275,3 +275,101 @@ def test_scaled_bound_counts_the_shared_codes_not_the_decoded_values():
     assert analysis["code_entropy_bytes"] <= packed
     assert analysis["entropy_bound_bytes"] <= weight.stored_bytes + 4 * grid.size
     assert analysis["codebook_bytes"] == 4 * np.count_nonzero(grid) + scales.nbytes
+
+
+# --- the page's parts on small in-test models -------------------------------------------------
+
+
+def test_dense_weight_is_bounded_by_its_stored_bytes_and_compared_with_the_original():
+    original = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
+    compressed = original.copy()
+    compressed[0, 0] = 2.0  # one weight off by 1
+    stored = StoredWeight("w", "weight", compressed, "dense", 48, [], ("MatMul", 0, 1))
+    analysis = layer_analysis(stored, StoredWeight("w", "weight", original, "dense", 48, [], ("MatMul", 0, 1)), None)
+    assert (analysis["code_entropy_bytes"], analysis["codebook_bytes"], analysis["entropy_bound_bytes"]) == (None, 0, 48)
+    assert analysis["params_original"] == 12 and analysis["stored_bytes"] == 48
+    assert analysis["relative_error"] == pytest.approx(1 / np.linalg.norm(original))
+    assert layer_analysis(stored, None, None)["relative_error"] is None
+
+
+def test_vector_bound_is_the_entropy_of_the_runs():
+    import onnx_ir as ir
+
+    table = np.array([[0.5, -0.5], [1.0, 1.0], [0.0, 2.0], [3.0, 3.0]], np.float32)  # 4 runs of 2: 2 bits a run
+    values = table[np.tile([0, 1], 64)].reshape(16, 16)  # only two runs used, equally often: 1 bit a run
+    source = ir.Value(name="book", const_value=ir.tensor(table, name="book"))
+    analysis = layer_analysis(StoredWeight("w", "weight", values, "vector", 40, [source], ("MatMul", 0, 1)), None, None)
+    assert analysis["bits"] == 1.0  # 2 code bits over runs of 2
+    assert analysis["code_entropy_bytes"] == 128 // 8
+    assert analysis["codebook_bytes"] == 4 * table.size
+    assert analysis["entropy_bound_bytes"] == 16 + 32
+
+
+def test_channel_scale_is_the_tensor_broadcast_along_one_axis():
+    import onnx_ir as ir
+
+    def stored(*arrays):
+        sources = [ir.Value(name=f"s{i}", const_value=ir.tensor(a, name=f"s{i}")) for i, a in enumerate(arrays)]
+        return StoredWeight("w", "weight", np.ones((4, 6), np.float32), "scaled", 10, sources, ("MatMul", 0, 1))
+
+    scales = np.arange(1, 5, dtype=np.float32).reshape(4, 1)
+    found = channel_scale(stored(np.zeros(6, np.float32), np.ones((4, 6), np.float32), scales))
+    np.testing.assert_array_equal(found, scales)
+    assert channel_scale(stored(np.ones((1, 6), np.float16))).shape == (1, 6)
+    assert channel_scale(stored(np.ones((4, 6), np.float32), np.ones((1, 1), np.float32))) is None
+    assert channel_scale(stored(np.ones((4, 1), np.int32))) is None
+
+
+def _small_report(input_bytes: int, output_bytes: int) -> CompressionReport:
+    return CompressionReport(input_bytes=input_bytes, output_bytes=output_bytes, target_bytes=output_bytes,
+                             ratio=input_bytes / output_bytes, layers=[], fidelity={"samples": 4, "generated_inputs": True,
+                                                                                    "cosine": 0.99},
+                             attempts=[], verified=True, metadata_bytes=0, seconds={}, input="in.onnx", output="out.onnx")
+
+
+def test_size_quality_points_are_sizes_only_without_a_comparison():
+    report = _small_report(1000, 200)
+    points = size_quality_points(report, None)
+    assert [(p["label"], p["bytes"], p["measured"], p.get("highlight", False)) for p in points] == [
+        ("original (float32)", 1000, False, False), ("this model", 200, False, True)]
+    comparison = {"models": {"original": {"bytes": 1000, "cosine": 1.0}, "int8": {"bytes": 260, "cosine": 0.999},
+                             "compressed": {"bytes": 200, "cosine": 0.99}}}
+    points = size_quality_points(report, comparison)
+    assert [(p["label"], p["bytes"], p["cosine"], p["highlight"]) for p in points] == [
+        ("original (float32)", 1000, 1.0, False), ("per-channel int8", 260, 0.999, False), ("this model", 200, 0.99, True)]
+    assert all(p["measured"] for p in points)
+
+
+def test_write_report_of_a_small_model(tmp_path, rng):
+    import onnx
+    import onnx_ir as ir
+
+    from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
+    from tests.conftest import single_matmul, to_proto
+    from tests.pass_helpers import prune_and_cluster
+
+    weight = rng.standard_normal((64, 64)).astype(np.float32)
+    original = single_matmul(weight)
+    compressed = prune_and_cluster(single_matmul(weight), None, 3)
+    InsertDequantizeLookupPass()(compressed)
+    data = to_proto(compressed).SerializeToString()
+    report = _small_report(len(to_proto(original).SerializeToString()), len(data))
+    page = write_report(tmp_path / "html", original, compressed, report, data).read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in page, section
+    assert "Generated inputs." in page and "onnxcomp report <span>in.onnx</span>" in page
+    saved = json.loads((tmp_path / "html" / "report.json").read_text())
+    (row,) = saved["analysis"]["layers"]
+    assert (row["encoding"], row["bits"], row["distinct"], row["params_original"]) == ("lookup", 3, 8, 4096)
+    decoded = _decoded(ir.serde.deserialize_model(onnx.load_from_string(data)))
+    assert row["relative_error"] == pytest.approx(np.linalg.norm(decoded - weight) / np.linalg.norm(weight), rel=1e-5)
+    totals = saved["analysis"]["totals"]
+    assert totals["file_bytes"] == len(data) and sum(totals["bytes_by_encoding"].values()) == len(data)
+    assert saved["analysis"]["size_quality"]["models"]["compressed"]["bytes"] == len(data)
+
+
+def _decoded(model) -> np.ndarray:
+    from onnxcomp.reporting.report import inspect_weights
+
+    (weight,) = inspect_weights(model)
+    return weight.array

@@ -1,0 +1,115 @@
+"""encodings.stored: weights as a saved model stores them. Dense and decoded weights found by the
+op that reads them, in first-use order, with their encoding kind, decoded values (run in ONNX
+Runtime) and stored bytes; the names map a compressed model keeps (NAMES_KEY), written and read."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from onnxcomp.encodings.stored import NAMES_KEY, StoredWeight, record_weight_names, stored_weights, weight_names, weight_uses
+from onnxcomp.passes.insert_dequantize_lookup import InsertDequantizeLookupPass
+from onnxcomp.passes.substitute_sparse_ops import SubstituteSparseOpsPass
+from tests.conftest import build_model, single_matmul
+from tests.pass_helpers import prune_and_cluster
+
+pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
+
+TWO_LAYERS = """
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[N, 16] x) => (float[N, 8] y) {
+  h = Gemm <transB = 1> (x, w1, b1)
+  r = Relu(h)
+  y = MatMul(r, w2)
+}
+"""
+
+
+def _two_layers(rng):
+    return build_model(TWO_LAYERS, {"w1": rng.standard_normal((32, 16)).astype(np.float32),
+                                    "b1": rng.standard_normal(32).astype(np.float32),
+                                    "w2": rng.standard_normal((32, 8)).astype(np.float32)})
+
+
+def test_dense_weights_in_first_use_order(rng):
+    model = _two_layers(rng)
+    weights = stored_weights(model)
+    assert [(w.name, w.role, w.encoding, w.use) for w in weights] == [
+        ("w1", "weight", "dense", ("Gemm", 0, 1)), ("b1", "bias", "dense", ("Gemm", 0, 2)),
+        ("w2", "weight", "dense", ("MatMul", 0, 1))]
+    assert [w.stored_bytes for w in weights] == [32 * 16 * 4, 32 * 4, 32 * 8 * 4]
+    np.testing.assert_array_equal(weights[2].array, model.graph.initializers["w2"].const_value.numpy())
+    assert [(value.name, use) for value, use in weight_uses(model)] == [(w.name, w.use) for w in weights]
+
+
+@pytest.mark.parametrize(("sparsity", "pass_type", "kind"), [(0.0, InsertDequantizeLookupPass, "lookup"),
+                                                             (0.9, SubstituteSparseOpsPass, "sparse")])
+def test_encoded_weight_is_decoded_and_priced_by_its_stored_initializers(rng, sparsity, pass_type, kind):
+    model = prune_and_cluster(single_matmul(rng.standard_normal((64, 64)).astype(np.float32)), sparsity, 4)
+    clustered = model.graph.initializers["w"].const_value.numpy().copy()
+    pass_type()(model)
+    (weight,) = stored_weights(model)
+    matmul = next(node for node in model.graph if node.op_type == "MatMul")
+    assert weight.encoding == kind and weight.name == matmul.inputs[1].name and weight.use == ("MatMul", 0, 1)
+    np.testing.assert_array_equal(weight.array, clustered)
+    sources = {v.name for v in weight.sources}
+    assert "w" not in model.graph.initializers and sources <= set(model.graph.initializers)
+    assert weight.stored_bytes == sum(model.graph.initializers[name].const_value.nbytes for name in sources)
+    assert 0 < weight.stored_bytes < clustered.nbytes
+
+
+def test_initializer_read_by_two_decodes_belongs_to_neither(rng):
+    shared = build_model("""
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[N, 8] x) => (float[N, 8] y) {
+  a = Add(w, zero)
+  b = Sub(v, zero)
+  h = MatMul(x, a)
+  y = MatMul(h, b)
+}
+""", {"w": np.eye(8, dtype=np.float32), "v": np.ones((8, 8), np.float32), "zero": np.zeros((8, 8), np.float32)})
+    first, second = stored_weights(shared)
+    assert (first.name, first.encoding, first.stored_bytes) == ("a", "decoded", 256)  # w only, not zero
+    assert (second.name, second.stored_bytes) == ("b", 256)
+    np.testing.assert_array_equal(second.array, np.ones((8, 8), np.float32))
+
+
+def test_names_map_written_and_read(rng):
+    original = _two_layers(rng)
+    compressed = _two_layers(rng)
+    located = weight_uses(compressed)
+    for value, short in zip(list(compressed.graph.initializers.values()), ("a", "b1", "c")):
+        value.name = short
+    record_weight_names(compressed, located, original)
+    assert json.loads(compressed.graph.metadata_props[NAMES_KEY]) == {"a": "w1", "c": "w2"}  # b1 kept its name
+    assert weight_names(compressed) == {"a": "w1", "c": "w2"}
+    labels = {w.name: w.label for w in stored_weights(compressed)}
+    assert labels == {"a": "w1", "b1": "b1", "c": "w2"}
+    # compressed again: the names map on to the first model's
+    again = _two_layers(rng)
+    located = weight_uses(again)
+    for value, short in zip(list(again.graph.initializers.values()), ("p", "q", "r")):
+        value.name = short
+    record_weight_names(again, located, compressed)
+    assert weight_names(again) == {"p": "w1", "q": "b1", "r": "w2"}
+    # no renames: no map, and a stale one is dropped
+    plain = _two_layers(rng)
+    plain.graph.metadata_props[NAMES_KEY] = '{"old": "w1"}'
+    record_weight_names(plain, weight_uses(plain), original)
+    assert NAMES_KEY not in plain.graph.metadata_props
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"a": 3, "b": "x"}'])
+def test_unreadable_names_map(rng, text):
+    model = _two_layers(rng)
+    model.graph.metadata_props[NAMES_KEY] = text
+    assert weight_names(model) == ({"b": "x"} if text.startswith("{") else {})
+
+
+def test_stored_weight_label():
+    weight = StoredWeight("a", "weight", np.zeros(2), "dense", 8, [], ("MatMul", 0, 1))
+    assert weight.label == "a"
+    weight.original_name = "encoder.w"
+    assert weight.label == "encoder.w"
