@@ -127,6 +127,9 @@ def test_compressed_nan_matches_nothing_and_zero_rows_match_zero_rows():
     assert entry["cosine"] == 0.5 and np.isnan(entry["max_abs_error"])  # the row with a NaN matches nothing
     assert fidelity([original], [np.zeros_like(original)])["outputs"]["output_0"]["cosine"] == 0.5
     assert fidelity([original], [original.copy()])["cosine"] == 1.0
+    # a narrow score output (compared whole, with its scale): NaN gives 0 too, not -1
+    score = np.array([[2.0], [3.0]], np.float32)
+    assert fidelity([score], [np.array([[np.nan], [3.0]], np.float32)])["cosine"] == 0.0
 
 
 def test_accuracy_is_the_share_of_top1_labels():

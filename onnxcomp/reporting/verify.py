@@ -160,11 +160,13 @@ def _scale_aware_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """1 - |a - b|^2 / (2 |a| |b|): the cosine of a and b less (|a| - |b|)^2 / (2 |a| |b|), so
     that a changed scale counts as an error (0.9 everywhere against 0.4 everywhere: 0.65, not 1);
     equal to the cosine when the norms agree, and no lower than -1 (opposite signs, very different
-    scales). 1 when both are zero, 0 when only one is."""
+    scales). 1 when both are zero, 0 when only one is, 0 where the compressed output has NaN (it
+    matches nothing, as in `_cosine`)."""
     norm_a, norm_b = np.linalg.norm(a), np.linalg.norm(b)
     if norm_a == 0 or norm_b == 0:
         return np.asarray([1.0 if norm_a == norm_b else 0.0])
-    return np.asarray([max(-1.0, 1.0 - float(np.sum((a - b) ** 2)) / (2 * norm_a * norm_b))])
+    value = 1.0 - float(np.sum((a - b) ** 2)) / (2 * norm_a * norm_b)
+    return np.asarray([max(-1.0, value) if np.isfinite(value) else 0.0])
 
 
 def _cosine(dot: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray) -> np.ndarray:
