@@ -68,7 +68,7 @@ def test_slice_feeds_cuts_along_each_axis_and_passes_shared_values_whole():
 def test_batch_finds_the_group_that_holds_the_start():
     grouped = Feeds(audio_feeds(3), groups=[audio_feeds(3), audio_feeds(4, offset=3)])
     assert batch(grouped, 1, 3)["input"][:, 0].tolist() == [1.0, 2.0]
-    assert batch(grouped, 2, 6)["input"][:, 0].tolist() == [2.0]  # stops at the end of its group
+    assert batch(grouped, 2, 6)["input"][:, 0].tolist() == [2.0]  # cut at the end of its group
     assert batch(grouped, 4, 6)["state"][0, :, 0].tolist() == [4.0, 5.0]
     assert batch({"x": np.arange(6)}, 2, 4)["x"].tolist() == [2, 3]  # a plain dict: axis 0
 

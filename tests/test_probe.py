@@ -56,7 +56,7 @@ def test_sample_rates_are_tried_with_each_size_and_pins_stay():
     assert len(given) == len(AUDIO_LENGTHS) and given[0].values == {}  # a pinned rate is not guessed
 
 
-def test_configurations_stop_at_max_probes():
+def test_configurations_are_capped_at_max_probes():
     model = parsed("float[batch, 3, H, W] x, int64 sr", "y = Identity(x)", "float[batch, 3, H, W] y")
     found = configurations(model, input_specs(model), {})
     assert len(found) == MAX_PROBES and len({(tuple(c.sizes.items()), int(c.values["sr"])) for c in found}) == MAX_PROBES

@@ -111,7 +111,7 @@ def test_reductions_take_axes_as_the_opset_wants(opset, op_type, axes_as_input):
     np.testing.assert_allclose(got_all, expected(data.ravel()), rtol=1e-6)
 
 
-def test_helpers_compute_what_they_say():
+def test_builder_shortcuts_compute_what_they_say():
     model, builder, x = empty_graph(17)
     assert builder.scale(x, 1.0) is x
     flat = builder.concat_flat([x])
