@@ -1,4 +1,6 @@
-"""Figures measured on generated inputs say so (CLI summary, report JSON and HTML, sweep.md,
+"""samples.generated: seeded inputs from the declared shapes and dtypes (id ranges from the tables
+they index, masks, pinned shapes and values, the byte caps, inputs that cannot be generated); and
+figures measured on generated inputs say so (CLI summary, report JSON and HTML, sweep.md,
 sweep.png) and point at --data; top-1 agreement is measured only for outputs that are class scores."""
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import onnx_ir as ir
 import pytest
 from onnx import helper, numpy_helper
 
+from onnxcomp.errors import OnnxcompError
 from onnxcomp.pipeline import CompressOptions, compress_file
 from onnxcomp.reporting.compression_report import CompressionReport
 from onnxcomp.reporting.report import GENERATED_INPUTS_NOTE, GENERATED_INPUTS_TAG
 from onnxcomp.sweep import markdown_table, plot_curve
 from onnxcomp.reporting.verify import class_score_outputs, fidelity
+from onnxcomp.samples.dims import TOKEN_COUNTS
+from onnxcomp.samples.generated import MAX_GENERATED_BYTES, generate_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET300 = ROOT / "models" / "lenet300.onnx"
@@ -148,3 +153,89 @@ def test_outputs_the_original_keeps_flat_or_one_class_on_generated_inputs_are_na
     lines = uninformative_outputs(measured)
     assert len(lines) == 2 and "'maps' is the same on every generated input" in lines[0] and "--data" in lines[0]
     assert "'direction': the original gives one class to every generated input" in lines[1]
+
+
+# ---- generate_samples -------------------------------------------------------------------------
+
+def parsed(inputs: str, body: str, outputs: str, initializers: dict[str, np.ndarray] | None = None) -> ir.Model:
+    proto = onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 17]>
+    g ({inputs}) => ({outputs}) {{
+      {body}
+    }}""")
+    for name, array in (initializers or {}).items():
+        proto.graph.initializer.append(numpy_helper.from_array(array, name))
+    return ir.serde.deserialize_model(proto)
+
+
+def test_floats_are_seeded_normals_in_the_declared_dtype():
+    model = parsed("float16[N, 8] x", "y = Identity(x)", "float16[N, 8] y")
+    samples = generate_samples(model, count=5, seed=3)
+    x = samples.inputs["x"]
+    assert x.shape == (5, 8) and x.dtype == np.float16 and samples.generated and samples.count == 5
+    np.testing.assert_array_equal(x, np.random.default_rng(3).standard_normal((5, 8)).astype(np.float16))
+    assert not np.array_equal(generate_samples(model, count=5, seed=4).inputs["x"], x)
+
+
+def test_masks_and_booleans_are_ones_and_free_ids_are_0_or_1():
+    model = parsed("int64[batch, seq] input_ids, int64[batch, seq] attention_mask, bool[batch] keep",
+                   "y = Mul(input_ids, attention_mask)", "int64[batch, seq] y")
+    inputs = generate_samples(model, count=64).inputs
+    assert inputs["input_ids"].shape == (64, TOKEN_COUNTS[0])  # the first guess for a token count
+    assert np.all(inputs["attention_mask"] == 1) and inputs["attention_mask"].dtype == np.int64
+    assert inputs["keep"].dtype == np.bool_ and inputs["keep"].all()
+    assert set(np.unique(inputs["input_ids"]).tolist()) == {0, 1}  # indexes nothing: bound 2
+
+
+def test_ids_are_bounded_by_the_smallest_table_through_shape_changes():
+    model = parsed("int32[N, 4] ids", """
+      flat = Reshape(ids, minus1)
+      wide = Cast <to = 7> (flat)
+      a = Gather(big, wide)
+      b = Gather(small, ids)
+      hot = OneHot(ids, depth, onoff)
+    """, "float[M, 2] a, float[N, 4, 2] b, float[N, 4, D] hot",
+                   {"minus1": np.array([-1], np.int64), "big": np.zeros((50, 2), np.float32),
+                    "small": np.zeros((12, 2), np.float32), "depth": np.array(30, np.int64),
+                    "onoff": np.array([0, 1], np.float32)})
+    ids = generate_samples(model, count=64).inputs["ids"]
+    assert ids.dtype == np.int32 and set(np.unique(ids).tolist()) == set(range(12))
+    cast = parsed("int32[N, 4] ids", "wide = Cast <to = 7> (ids)\n      flat = Flatten(wide)\n      a = Gather(table, flat)",
+                  "float[N, 4, 2] a", {"table": np.zeros((20, 2), np.float32)})
+    assert set(np.unique(generate_samples(cast, count=64).inputs["ids"]).tolist()) == set(range(20))
+    one_hot = parsed("int64[N, 4] ids", "hot = OneHot(ids, depth, onoff)", "float[N, 4, D] hot",
+                     {"depth": np.array(30, np.int64), "onoff": np.array([0, 1], np.float32)})
+    assert set(np.unique(generate_samples(one_hot, count=64).inputs["ids"]).tolist()) == set(range(30))
+
+
+def test_sizes_pins_and_values_decide_shapes():
+    model = parsed("float[N, 3, H, W] x, float[2, N, 5] state, int64 sr",
+                   "y = Identity(x)", "float[N, 3, H, W] y")
+    samples = generate_samples(model, count=4, sizes={"H": 16, "W": 24}, values={"sr": np.asarray(8000.0)})
+    inputs = samples.inputs
+    assert inputs["x"].shape == (4, 3, 16, 24) and inputs["state"].shape == (2, 4, 5)
+    assert inputs["sr"].dtype == np.int64 and int(inputs["sr"]) == 8000
+    assert inputs.axes == {"x": 0, "state": 1, "sr": None}
+    pinned = generate_samples(model, count=3, shapes={"x": [1, 3, 8, 8]}, values={"sr": 16000})
+    assert pinned.inputs["x"].shape == (3, 3, 8, 8)  # the pin's batch of 1 is replaced by the count
+    with pytest.raises(OnnxcompError, match="--input-value names 'rate', not a model input"):
+        generate_samples(model, values={"rate": 8000})
+
+
+def test_large_inputs_get_fewer_samples_and_huge_ones_are_refused():
+    big = parsed("float[N, 262144] x", "y = Identity(x)", "float[N, 262144] y")  # 1 MiB per sample
+    assert generate_samples(big, count=64).count == MAX_GENERATED_BYTES // (1 << 20)
+    flags = parsed("bool[N, 16777217] x", "y = Identity(x)", "bool[N, 16777217] y")  # over the cap for one sample
+    assert generate_samples(flags, count=2).count == 1  # one sample still
+    with pytest.raises(OnnxcompError, match=r"model inputs declare 5.37e\+08 bytes per sample, too large"):
+        generate_samples(parsed("double[N, 8192, 8192] x", "y = Identity(x)", "double[N, 8192, 8192] y"))
+
+
+def test_inputs_without_a_shape_or_a_numeric_type_are_refused():
+    model = parsed("float x", "y = Identity(x)", "float y")
+    proto = ir.serde.serialize_model(model)
+    proto.graph.input[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(OnnxcompError, match="model input 'x' has no shape; pass --data with sample inputs or --input-shape"):
+        generate_samples(ir.serde.deserialize_model(proto))
+    text = parsed("string[N] s", "y = Identity(s)", "string[N] y")
+    with pytest.raises(OnnxcompError, match="model input 's' has a type onnxcomp cannot generate"):
+        generate_samples(text)
