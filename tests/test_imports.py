@@ -72,3 +72,23 @@ def test_private_uses_sees_imports_attributes_and_patches():
               "from onnxcomp.passes._stats import WeightPass\nanalyze._runs(1)\n"
               "def test(monkeypatch):\n    monkeypatch.setattr(analyze, '_runs', None)\n")
     assert private_uses(source) == ["_shorter", "onnxcomp.passes._stats", "analyze._runs", "_runs"]
+
+
+def expected_test_files(root: Path) -> dict[str, str]:
+    """Per public module of the package, the test file that mirrors it: ``tests/test_<name>.py``,
+    or ``tests/test_<package>_<name>.py`` where two modules share a name (``reporting/verify.py``,
+    ``stages/verify.py``). Private modules (``passes/_surgery.py``) are tested through the public
+    module that uses them."""
+    modules = [path for path in sorted((root / "onnxcomp").rglob("*.py"))
+               if path.name != "__init__.py" and not path.name.startswith("_")]
+    stems = [path.stem for path in modules]
+    return {str(path.relative_to(root)): f"tests/test_{path.stem if stems.count(path.stem) == 1 else path.parent.name + '_' + path.stem}.py"
+            for path in modules}
+
+
+def test_every_public_module_has_its_own_test_file():
+    expected = expected_test_files(ROOT)
+    assert expected["onnxcomp/stages/verify.py"] == "tests/test_stages_verify.py"
+    assert expected["onnxcomp/sizes.py"] == "tests/test_sizes.py"
+    missing = {module: test for module, test in expected.items() if not (ROOT / test).exists()}
+    assert missing == {}
