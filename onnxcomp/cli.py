@@ -158,12 +158,6 @@ def _input_pins(args, model_path: Path) -> tuple[dict, dict]:
     return shapes, values
 
 
-def _write_json(path: Path, content: dict) -> None:
-    from onnxcomp.modelfile import atomic_write
-
-    atomic_write(path, lambda handle: handle.write(json.dumps(content, indent=2).encode()))
-
-
 def _default_output(input_path: Path) -> Path:
     return input_path.with_name(input_path.stem + ".compressed.onnx")
 
@@ -217,10 +211,10 @@ def _compress(args) -> int:
     except QualityFloorError as error:  # nothing written, but --report says what was measured and what passes
         if args.report and error.report is not None:
             error.report.input = str(input_path)
-            _write_json(Path(args.report), error.report.to_dict())
+            error.report.save(args.report)
         raise
     if args.report:
-        _write_json(Path(args.report), report.to_dict())
+        report.save(args.report)
     if args.report_dir:
         from onnxcomp.reporting.html_report import write_report
 

@@ -39,6 +39,14 @@ def test_json_round_trip_gives_the_same_report():
     assert isinstance(again.layers[0], LayerRow) and again.layers[0].bits == 3
 
 
+def test_save_writes_the_json_form_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text("an older report")
+    report(output="out.onnx").save(path)
+    assert json.loads(path.read_text()) == report(output="out.onnx").to_dict()
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
 def test_report_carries_what_each_graph_pass_did(tmp_path):
     from pathlib import Path
 

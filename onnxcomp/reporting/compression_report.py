@@ -9,7 +9,11 @@ they do not apply (no `accuracy` without labels, no `training` without fine-tuni
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
+
+from onnxcomp.modelfile import atomic_write
 
 # Row fields left out of the JSON when unknown (a row of `inspect`, or of a weight the allocator
 # did not price, has no planned error or sensitivity).
@@ -103,6 +107,10 @@ class CompressionReport:
                 continue
             report[field.name] = [row.to_dict() for row in value] if field.name == "layers" else value
         return report
+
+    def save(self, path: str | Path) -> None:
+        """Write the JSON form to `path`, whole or not at all."""
+        atomic_write(Path(path), lambda handle: handle.write(json.dumps(self.to_dict(), indent=2).encode()))
 
     @classmethod
     def from_dict(cls, report: dict[str, Any]) -> CompressionReport:
