@@ -4,7 +4,6 @@ and generated samples in the first one ONNX Runtime runs (probed in a child proc
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 
@@ -13,16 +12,9 @@ from onnxcomp.samples.data import NoRunnableInputError
 from onnxcomp.samples.dims import AUDIO_LENGTHS, OTHER_SIZES
 from onnxcomp.samples.probe import MAX_PROBES, SAMPLE_RATES, Configuration, configurations, generated_samples
 from onnxcomp.samples.signature import input_specs
+from tests.test_generated import parsed
 
 
-def parsed(inputs: str, body: str, outputs: str, initializers: dict[str, np.ndarray] | None = None) -> ir.Model:
-    proto = onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 17]>
-    g ({inputs}) => ({outputs}) {{
-      {body}
-    }}""")
-    for name, array in (initializers or {}).items():
-        proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
-    return ir.serde.deserialize_model(proto)
 
 
 def framed(frame: int) -> ir.Model:
