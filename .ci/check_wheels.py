@@ -53,11 +53,13 @@ class Platform:
     system: str
 
 
-# Linux: glibc 2.28 and newer (RHEL 8, Debian 10, Ubuntu 20.04 on); macOS 14 and newer.
+# Linux (x86-64 and arm64): glibc 2.28 and newer (RHEL 8, Debian 10, Ubuntu 20.04 on); macOS 14 and newer.
 MANYLINUX_X86_64 = tuple(f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)) + (
     "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64")
+MANYLINUX_AARCH64 = tuple(f"manylinux_2_{minor}_aarch64" for minor in range(28, 16, -1)) + ("manylinux2014_aarch64",)
 PLATFORMS = [
     Platform("Linux x86-64", MANYLINUX_X86_64, "linux", "x86_64", "Linux"),
+    Platform("Linux arm64", MANYLINUX_AARCH64, "linux", "aarch64", "Linux"),
     Platform("macOS arm64", ("macosx_14_0_arm64",), "darwin", "arm64", "Darwin"),
     Platform("Windows x64", ("win_amd64",), "win32", "AMD64", "Windows"),
 ]
