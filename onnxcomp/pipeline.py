@@ -94,7 +94,7 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
                          training, check, samples, (reference_outputs, compressed_outputs))
     check_guards(report, options)
     report.quality_floor = quality_floor(report, plan, options, check, reference_outputs, batch, input_bytes,
-                                            training is not None, [v.name for v in result.model.graph.outputs], progress)
+                                            training is not None, [v.name for v in result.model.graph.outputs], steps)
     report.seconds["total"] = steps.rounded(total=True)["total"]
     report.peak_rss_bytes = peak_rss_bytes()
     return CompressResult(result.model, result.data, report)

@@ -65,7 +65,9 @@ def test_broken_target_exits_4_naming_the_value_and_a_size_that_passes(cli, tmp_
     assert 100 * floor["measured"] == pytest.approx(measured, abs=0.01)
     assert floor["suggested_bytes"] == parse_size(size)
     assert [probe["target_bytes"] for probe in floor["probes"] if probe["passed"]][0] == parse_size(size)
-    assert "output" not in json.loads(refused.read_text())  # nothing was written
+    written = json.loads(refused.read_text())
+    assert "output" not in written  # nothing was written
+    assert written["seconds"]["total"] >= written["seconds"]["verify"] > 0 and written["peak_rss_bytes"] > 0
 
     followed = cli("compress", LENET300, "--target-size", size, "-o", output, "--no-sensitivity", "-q",
                    "--report", report)

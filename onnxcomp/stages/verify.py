@@ -11,7 +11,7 @@ import onnx_ir as ir
 from onnxcomp.samples.data import NoRunnableInputError, Samples
 from onnxcomp.errors import FidelityError, OnnxcompError
 from onnxcomp.reporting.floor import QualityFloorError, check_floor, floor_for, off_reason
-from onnxcomp.model.memory import ActivationSizes, activation_sizes
+from onnxcomp.model.memory import ActivationSizes, activation_sizes, peak_rss_bytes
 from onnxcomp.passes.cleanup import metadata_bytes
 from onnxcomp.planning.pricing import LayerOptions
 from onnxcomp.samples.probe import generated_samples
@@ -179,17 +179,20 @@ def check_guards(report: CompressionReport, options: CompressOptions) -> None:
 
 def quality_floor(report: CompressionReport, plan: Plan, options: CompressOptions, check: Samples,
                   reference_outputs: list[np.ndarray], batch: int, input_bytes: int, fine_tuned: bool,
-                  names: list[str], progress: Progress) -> dict:
+                  names: list[str], steps: Steps) -> dict:
     """`onnxcomp.reporting.floor.check_floor` for this run, searching smaller targets with `fidelity_at`.
-    A refusal carries the report, its ``quality_floor`` saying what failed and which size passes."""
+    A refusal carries the report, its ``quality_floor`` saying what failed and which size passes
+    (and the run's time and peak memory, the search included)."""
     try:
         return check_floor(
             report.fidelity, floor_for(options.min_fidelity, options.force, fine_tuned=fine_tuned),
             options.target_bytes, input_bytes,
             functools.partial(fidelity_at, plan, options, check, reference_outputs, batch),
-            names=names, log=lambda line: log(progress, line), off_reason=off_reason(options.min_fidelity, options.force))
+            names=names, log=steps.log, off_reason=off_reason(options.min_fidelity, options.force))
     except QualityFloorError as error:
         report.quality_floor = error.entry
+        report.seconds["total"] = steps.rounded(total=True)["total"]
+        report.peak_rss_bytes = peak_rss_bytes()
         error.report = report
         raise
 
