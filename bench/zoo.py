@@ -46,13 +46,13 @@ from typing import Any
 
 from bench.feed_capture import keep_evenly_spaced, recording_feeds
 from bench.zoo_apps import APPS, ZooApp
+from onnxcomp.reporting.int8_reference import CONTROL_BITS
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 COMPRESS_TIMEOUT_S = 1800
-CONTROL_BITS = 10
 APP_TIMEOUT_S = 900
 
 

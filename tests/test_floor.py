@@ -13,8 +13,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxcomp.reporting.floor import (DEFAULT_AGREEMENT, DEFAULT_COSINE, Floor, QualityFloorError, floor_for, round_size,
-                            worst_shortfall)
+from onnxcomp.reporting.floor import (DEFAULT_AGREEMENT, DEFAULT_COSINE, Floor, QualityFloorError, check_floor, floor_for,
+                                      round_size, worst_shortfall)
+from onnxcomp.reporting.report import uninformative_outputs
 from onnxcomp.pipeline import CompressOptions, compress_model
 from onnxcomp.sizes import parse_size
 from tests.conftest import LENET300, build_model
@@ -313,3 +314,42 @@ def build_from(path):
     from onnxcomp.modelfile import load_model
 
     return load_model(path)
+
+
+def judged(**cosines) -> dict:
+    return {"outputs": {name: {"cosine": value} for name, value in cosines.items()}, "generated_inputs": True}
+
+
+def test_outputs_the_control_already_moves_are_left_out():
+    floor = floor_for(None, False)
+    fidelity = judged(boxes=0.80, scores=0.99)  # boxes: re-ordered detections on generated images
+    entry = check_floor(fidelity, floor, 1000, 4000, measure=lambda target: None,
+                        control=lambda: judged(boxes=0.81, scores=0.9999))
+    assert entry["passed"] is True and fidelity["outputs"]["boxes"]["unstable"] == 0.81
+    assert "unstable" not in fidelity["outputs"]["scores"]
+    assert "moves about as much when every weight changes by 0.1% (measure 0.81" in uninformative_outputs(fidelity)[0]
+    # a stable output below the floor is still refused
+    with pytest.raises(QualityFloorError):
+        check_floor(judged(boxes=0.80, scores=0.99), floor, 1000, 4000, measure=lambda target: None,
+                    control=lambda: judged(boxes=0.999, scores=0.9999))
+
+
+def test_the_search_leaves_unstable_outputs_out_and_real_data_gets_no_control():
+    floor = floor_for(None, False)
+    sizes = []
+
+    def measure(target):  # the search's compressions carry no marks of their own
+        sizes.append(target)
+        return judged(boxes=0.5, scores=0.99 if target >= 2000 else 0.9)
+
+    with pytest.raises(QualityFloorError) as caught:
+        check_floor(judged(boxes=0.8, scores=0.9), floor, 1000, 4000, measure, control=lambda: judged(boxes=0.8, scores=1.0))
+    assert caught.value.output == "scores" and caught.value.suggested_bytes is not None
+    assert caught.value.suggested_bytes >= 2000 and any(size >= 2000 for size in sizes)
+
+    def no_control():
+        raise AssertionError("real samples judge every output: no control")
+
+    real = {**judged(boxes=0.8), "generated_inputs": False}
+    with pytest.raises(QualityFloorError):
+        check_floor(real, floor, 1000, 4000, measure=lambda target: None, control=no_control)

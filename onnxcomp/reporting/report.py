@@ -21,11 +21,17 @@ GENERATED_INPUTS_TAG = "generated inputs, see --data"
 
 
 def uninformative_outputs(fidelity: dict) -> list[str]:
-    """One line per output whose measures on generated inputs say little: the original gives it
-    the same value on every input (a detector's map on noise) or one class to every input."""
+    """One line per output whose measures on generated inputs say little: it moves as much under a
+    0.1% change of the weights (`floor.mark_unstable`), or the original gives it the same value on
+    every input (a detector's map on noise) or one class to every input."""
     lines = []
     for name, entry in fidelity.get("outputs", {}).items():
-        if entry.get("flat_original"):
+        if entry.get("unstable") is not None:
+            lines.append(f"output {name!r} moves about as much when every weight changes by 0.1% (measure "
+                         f"{entry['unstable']:.4g} against the original): on generated inputs no measure of it "
+                         "tells a good compression from a bad one, so the quality floor leaves it out; "
+                         "--data with real samples would judge it")
+        elif entry.get("flat_original"):
             lines.append(f"output {name!r} is the same on every generated input: its measures say little; "
                          "--data with real samples would")
         elif entry.get("original_top1_classes") == 1:

@@ -16,7 +16,9 @@ from onnxcomp.passes.cleanup import metadata_bytes
 from onnxcomp.planning.pricing import LayerOptions
 from onnxcomp.samples.probe import generated_samples
 from onnxcomp.samples.signature import fixed_batch
+from onnxcomp import modelfile
 from onnxcomp.reporting.compression_report import CompressionReport
+from onnxcomp.reporting.int8_reference import CONTROL_BITS, rounded_model
 from onnxcomp.reporting.report import GENERATED_INPUTS_NOTE, compressed_rows
 from onnxcomp.training.retrain import TrainingData
 from onnxcomp.runtime.inference import RunFailedError, run_batches, session
@@ -188,13 +190,23 @@ def quality_floor(report: CompressionReport, plan: Plan, options: CompressOption
             report.fidelity, floor_for(options.min_fidelity, options.force, fine_tuned=fine_tuned),
             options.target_bytes, input_bytes,
             functools.partial(fidelity_at, plan, options, check, reference_outputs, batch),
-            names=names, log=steps.log, off_reason=off_reason(options.min_fidelity, options.force))
+            names=names, log=steps.log, off_reason=off_reason(options.min_fidelity, options.force),
+            control=functools.partial(control_fidelity, plan.model, check, reference_outputs, batch))
     except QualityFloorError as error:
         report.quality_floor = error.entry
         report.seconds["total"] = steps.rounded(total=True)["total"]
         report.peak_rss_bytes = peak_rss_bytes()
         error.report = report
         raise
+
+
+def control_fidelity(model: ir.Model, check: Samples, reference_outputs: list[np.ndarray], batch: int) -> dict:
+    """Fidelity to the original of the original with every weight rounded per channel to
+    `CONTROL_BITS` (about 0.1% of each channel's range; `onnxcomp.reporting.int8_reference.rounded_model`)
+    on `check`: how far each output moves under any small change (`floor.mark_unstable`)."""
+    control = modelfile.to_proto(rounded_model(model, CONTROL_BITS)).SerializeToString()
+    measured = fidelity(reference_outputs, run_batches(session(control), check.inputs, batch), class_score_outputs(model))
+    return {**measured, "generated_inputs": check.generated}
 
 
 def fidelity_at(plan: Plan, options: CompressOptions, check: Samples, reference_outputs: list[np.ndarray],
