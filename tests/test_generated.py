@@ -207,6 +207,20 @@ def test_ids_are_bounded_by_the_smallest_table_through_shape_changes():
     assert set(np.unique(generate_samples(one_hot, count=64).inputs["ids"]).tolist()) == set(range(30))
 
 
+def test_ids_are_followed_through_a_negative_index_wrap():
+    # a Keras embedding exported by tf2onnx: where(ids < 0, ids + 49, ids) built from Less, Cast, Mul, Add
+    wrapped = parsed("int32[N, 16] ids", """
+      as_float = Cast <to = 1> (ids)
+      negative = Less(as_float, zero)
+      flag = Cast <to = 6> (negative)
+      shift = Mul(flag, rows)
+      index = Add(ids, shift)
+      emb = Gather(table, index)""", "float[N, 16, 8] emb",
+                     {"table": np.ones((49, 8), np.float32), "zero": np.zeros((), np.float32), "rows": np.array(49, np.int32)})
+    ids = generate_samples(wrapped, count=16).inputs["ids"]
+    assert ids.min() == 0 and ids.max() == 48  # every row of the table, not only 0 and 1
+
+
 def test_sizes_pins_and_values_decide_shapes():
     model = parsed("float[N, 3, H, W] x, float[2, N, 5] state, int64 sr",
                    "y = Identity(x)", "float[N, 3, H, W] y")

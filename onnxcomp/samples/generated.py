@@ -103,7 +103,8 @@ def _generated_dtype(spec: InputSpec) -> np.dtype:
 def _integer_bound(model: ir.Model, name: str) -> int:
     """Upper bound (exclusive) for generated integer inputs: the rows of the smallest table they
     index (Gather), the depth of a OneHot, or the ids an ``Equal`` compares them with (a one-hot
-    built by hand, as tf2onnx exports it) - followed through shape and type changes; else 2."""
+    built by hand, as tf2onnx exports it) - followed through shape and type changes and integer
+    arithmetic (`_ID_ARITHMETIC`); else 2."""
     value = next(v for v in model.graph.inputs if v.name == name)
     bounds = []
     frontier, seen = [value], set()
@@ -125,7 +126,14 @@ def _integer_bound(model: ir.Model, name: str) -> int:
                     bounds.append(int(ids.max()) + 1)
             elif node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand") and index == 0:
                 frontier.extend(node.outputs)
+            elif node.op_type in _ID_ARITHMETIC:  # tf2onnx's negative-index wrap: where(x < 0, x + rows, x)
+                frontier.extend(out for out in node.outputs if out.dtype is None or out.dtype.numpy().kind in "iu")
     return min(bounds) if bounds else 2
+
+
+# Integer arithmetic that ids pass through on their way to a table (Keras embeddings exported by
+# tf2onnx add the row count to negative ids with Add, Mul and Where before the Gather).
+_ID_ARITHMETIC = {"Add", "Sub", "Mul", "Where", "Min", "Max", "Clip", "Mod", "Abs"}
 
 
 def _constant(value: ir.Value | None) -> np.ndarray | None:
