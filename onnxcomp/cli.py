@@ -167,7 +167,8 @@ def _compress(args) -> int:
     from onnxcomp.samples.data import load_samples
     from onnxcomp.pipeline import CompressOptions, compress_file
     from onnxcomp.reporting.floor import QualityFloorError
-    from onnxcomp.reporting.report import COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, format_table, uninformative_outputs
+    from onnxcomp.reporting.report import (COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, floor_notes, format_table,
+                                           uninformative_outputs)
 
     input_path = Path(args.input)
     target = parse_target(args.target_size, lambda: modelfile.file_bytes(input_path))
@@ -225,11 +226,8 @@ def _compress(args) -> int:
         print(format_table(report.layers, COMPRESS_COLUMNS))
         fid = report.fidelity
         parts = [f"{format_size(report.input_bytes)} -> {format_size(report.output_bytes)} ({report.ratio:.1f}x smaller, target {format_size(target)})"]
-        quality = []
-        if fid.get("top1_agreement") is not None:
-            quality.append(f"top-1 agreement {100 * fid['top1_agreement']:.2f}%")
-        if fid.get("cosine") is not None:
-            quality.append(f"cosine {fid['cosine']:.4f}")
+        quality = [f"top-1 agreement {100 * fid['top1_agreement']:.2f}%"] if fid.get("top1_agreement") is not None else []
+        quality += [f"cosine {fid['cosine']:.4f}"] if fid.get("cosine") is not None else []
         quality.append(f"max abs error {fid['max_abs_error']:.3g}")
         if fid.get("mode") == "weights":
             parts.append(f"weights checked one at a time in ONNX Runtime ({fid['weights']} decoded): relative error "
@@ -242,6 +240,7 @@ def _compress(args) -> int:
             if fid["generated_inputs"]:
                 parts.append(f"  ({GENERATED_INPUTS_NOTE})")
                 parts.extend(f"  ({line})" for line in uninformative_outputs(fid))
+            parts.extend(f"  ({line})" for line in floor_notes(report))
         if report.accuracy is not None:
             acc = report.accuracy
             parts.append(f"accuracy {100 * acc['original']:.2f}% -> {100 * acc['compressed']:.2f}% on {acc['samples']} labelled samples")

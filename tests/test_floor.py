@@ -15,7 +15,8 @@ from onnx import numpy_helper
 
 from onnxcomp.reporting.floor import (DEFAULT_AGREEMENT, DEFAULT_COSINE, Floor, QualityFloorError, check_floor, floor_for,
                                       round_size, worst_shortfall)
-from onnxcomp.reporting.report import uninformative_outputs
+from onnxcomp.reporting.compression_report import CompressionReport
+from onnxcomp.reporting.report import floor_notes, uninformative_outputs
 from onnxcomp.pipeline import CompressOptions, compress_model
 from onnxcomp.sizes import parse_size
 from tests.conftest import LENET300, build_model
@@ -94,6 +95,10 @@ def test_allow_low_fidelity_writes_and_force_alone_does_not(cli, tmp_path):
     assert written.returncode == 0, written.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["fidelity"]["top1_agreement"] < DEFAULT_AGREEMENT and report["quality_floor"]["checked"] is False
+    below = report["quality_floor"]["below_default"]  # the summary says the default floor would have refused it
+    assert below.startswith("top-1 agreement") and "< 95%" in below
+    assert floor_notes(CompressionReport.from_dict(report)) == [
+        f"below the default quality floor ({below}): written because of --allow-low-fidelity"]
     assert output.stat().st_size <= parse_size(BROKEN)
 
 

@@ -39,6 +39,12 @@ def uninformative_outputs(fidelity: dict) -> list[str]:
                          "judged by cosine, not agreement; --data with real samples would judge the decisions")
     return lines
 
+def floor_notes(report) -> list[str]:
+    """Lines for a model written below the default quality floor (``--allow-low-fidelity``)."""
+    below = (report.quality_floor or {}).get("below_default")
+    return [f"below the default quality floor ({below}): written because of --allow-low-fidelity"] if below else []
+
+
 logger = logging.getLogger(__name__)
 
 

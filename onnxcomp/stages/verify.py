@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from onnxcomp.samples.data import NoRunnableInputError, Samples
 from onnxcomp.errors import FidelityError, OnnxcompError
-from onnxcomp.reporting.floor import QualityFloorError, check_floor, floor_for, off_reason
+from onnxcomp.reporting.floor import QualityFloorError, check_floor, floor_for, off_reason, worst_shortfall
 from onnxcomp.model.memory import ActivationSizes, activation_sizes, peak_rss_bytes
 from onnxcomp.passes.cleanup import metadata_bytes
 from onnxcomp.planning.pricing import LayerOptions
@@ -185,6 +185,10 @@ def quality_floor(report: CompressionReport, plan: Plan, options: CompressOption
     """`onnxcomp.reporting.floor.check_floor` for this run, searching smaller targets with `fidelity_at`.
     A refusal carries the report, its ``quality_floor`` saying what failed and which size passes
     (and the run's time and peak memory, the search included)."""
+    if options.force and not fine_tuned:  # written anyway: say whether the default floor would have refused it
+        shortfall = worst_shortfall(report.fidelity, floor_for(None, False), names)
+        return {"checked": False, "reason": off_reason(options.min_fidelity, options.force),
+                **({"below_default": shortfall.verdict()} if shortfall is not None else {})}
     try:
         return check_floor(
             report.fidelity, floor_for(options.min_fidelity, options.force, fine_tuned=fine_tuned),
