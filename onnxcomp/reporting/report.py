@@ -228,5 +228,6 @@ def _grouped_bits(weight: StoredWeight) -> int:
 def inspect_summary(rows: list[LayerRow], file_bytes: int) -> str:
     weights = sum(r.bytes_after for r in rows)
     params = sum(r.params for r in rows)
+    per_parameter = f" ({8 * file_bytes / params:.2f} bits per parameter)" if params else ""
     return (f"{len(rows)} weights, {params:,} parameters, stored in {format_size(weights)}; "
-            f"file {format_size(file_bytes)} ({8 * file_bytes / max(params, 1):.2f} bits per parameter)")
+            f"file {format_size(file_bytes)}{per_parameter}")

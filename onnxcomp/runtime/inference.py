@@ -54,7 +54,9 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike, threads: int | N
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types per build
-        raise OnnxcompError(f"ONNX Runtime cannot load the model: {describe_error(error)}") from None
+        raise OnnxcompError(f"ONNX Runtime {ort.__version__} cannot load the model: {describe_error(error)}"
+                            + (" (a newer ONNX Runtime may implement it; onnxcomp runs the model in the one installed "
+                               "with it)" if "Could not find an implementation" in str(error) else "")) from None
 
 
 def run_batches(sess, inputs: dict[str, np.ndarray], batch_size: int = 256, generated: bool = False) -> list[np.ndarray]:
