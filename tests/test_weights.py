@@ -165,3 +165,27 @@ g (float[N, 512] x) => (float[N, 512] y) {
 """, {"shift": np.ones((1, 512), np.float32)})
     assert kept_initializers(big) == (2048, ["Add"])
     assert str(no_weights_error(big)).startswith("the model has no compressible weights (float32/float16/bfloat16")
+
+
+def test_weights_that_enter_a_loop_are_named_in_the_refusal():
+    """A Keras LSTM exported by tf2onnx: the weights enter a Loop as inputs and its body multiplies by them."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx_ir.serde import deserialize_model
+
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "w_in"], ["h_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["w_in"], ["w_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 8]), helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [8, 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 8]),
+         helper.make_tensor_value_info("w_out", TensorProto.FLOAT, [8, 8])])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["steps", "go", "x", "w"], ["h", "w_last"], body=body)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])], [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(np.eye(8, dtype=np.float32), "w"), numpy_helper.from_array(np.array(3, np.int64), "steps"),
+         numpy_helper.from_array(np.array(True), "go")])
+    model = deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert find_weights(model) == []
+    message = str(no_weights_error(model))
+    assert message.startswith("the model has no compressible weights: its 1 float weight (64 parameters) is read by "
+                              "Loop nodes or inside their bodies"), message

@@ -389,6 +389,12 @@ def quantized_weights(model: ir.Model, exclude: Collection[str] = ()) -> list[di
     """Integer initializers that already-quantized ops read as weights (MatMulInteger, QLinear*,
     DequantizeLinear, DynamicQuantizeLSTM, ...), except the names in `exclude` (those re-coded).
     One row per weight: name, dtype, shape, bytes and the ops that read it."""
+    owners = {}  # id of each body graph -> the op type of the node holding it
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attribute in node.attributes.values():
+            bodies = [attribute.value] if attribute.type == ir.AttributeType.GRAPH else \
+                list(attribute.value) if attribute.type == ir.AttributeType.GRAPHS else []
+            owners.update((id(body), node.op_type) for body in bodies)
     found = []
     for value in model.graph.initializers.values():
         tensor = value.const_value
@@ -416,4 +422,37 @@ def no_weights_error(model: ir.Model):
             f"{'/'.join(dtypes)} ({sum(row['bytes'] for row in quantized)} B, read by {', '.join(ops)}), packed, "
             f"blocked or too small to re-code; onnxcomp compresses {kinds}"
         )
+    looped = _weights_in_subgraphs(model)
+    if looped:
+        ops, many = "/".join(sorted({op for _, _, op in looped})), len(looped) != 1
+        return OnnxcompError(
+            f"the model has no compressible weights: its {len(looped)} float weight{'s' if many else ''} "
+            f"({sum(size for _, size, _ in looped):,} parameters) {'are' if many else 'is'} read by {ops} nodes or "
+            "inside their bodies (e.g. a Keras LSTM that tf2onnx exports as a Loop), which onnxcomp does not "
+            f"compress yet; it compresses {kinds}")
     return OnnxcompError(f"the model has no compressible weights ({kinds})")
+
+
+def _weights_in_subgraphs(model: ir.Model) -> list[tuple[str, int, str]]:
+    """(name, size, op) of float initializers of the main graph that a Loop/Scan/If reads, as an
+    input or from inside its body."""
+    owners = {}  # id of each body graph -> the op type of the node holding it
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attribute in node.attributes.values():
+            bodies = [attribute.value] if attribute.type == ir.AttributeType.GRAPH else \
+                list(attribute.value) if attribute.type == ir.AttributeType.GRAPHS else []
+            owners.update((id(body), node.op_type) for body in bodies)
+    found = []
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or tensor.dtype not in FLOAT_TYPES:
+            continue
+        size = int(np.prod([int(d) for d in tensor.shape])) if len(tensor.shape) else 1
+        if size < MIN_WEIGHT_ELEMENTS:
+            continue
+        for node, _ in value.uses():
+            op = node.op_type if node.graph is model.graph else owners.get(id(node.graph), node.op_type)
+            if op in ("Loop", "Scan", "If"):
+                found.append((value.name or "", size, op))
+                break
+    return found
