@@ -66,6 +66,8 @@ def test_rounded_model_moves_integer_weights_one_step_to_even_codes():
         new = new.astype(int)
         assert np.all(((new - zero) % 2 == 0) | (new == 127))  # even codes, but for 127 clipped back from 128
         assert 0.4 < np.mean(new != old) < 0.6  # the odd half moved
+    kept = weights_and_zero_points(rounded_model(model, 10, integers=False).graph)
+    assert all(np.array_equal(new, old) for (new, _), (old, _) in zip(kept, before))
 
 
 def test_int8_model_stores_weights_as_int8_and_keeps_outputs(mlp_model, rng):

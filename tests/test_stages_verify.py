@@ -19,7 +19,7 @@ from onnxcomp.stages.build import fixed_bytes
 from onnxcomp.stages.fit import Plan, fit_plan
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Steps
-from onnxcomp.stages.verify import (check_guards, held_out, make_report, run_original, verify_outputs,
+from onnxcomp.stages.verify import (check_guards, control_fidelity, held_out, make_report, run_original, verify_outputs,
                                     whole_batches)
 from onnxcomp.training.retrain import TrainingData
 from tests.conftest import build_model, run
@@ -138,3 +138,12 @@ def test_accuracy_guard():
     check_guards(report, CompressOptions(1))  # no guard asked for
     report.accuracy = None
     check_guards(report, CompressOptions(1, max_accuracy_drop=0.0))  # no labels: nothing to judge
+
+
+def test_control_moves_outputs_by_about_a_tenth_of_a_percent(mlp_model, rng):
+    samples = Samples({"x": rng.standard_normal((32, 16)).astype(np.float32)}, generated=True)
+    reference = run_original(mlp_model, original(mlp_model), samples, CompressOptions(1000), None)
+    control = control_fidelity(mlp_model, samples, reference.outputs, 32)
+    assert control["generated_inputs"] is True
+    assert 0.9999 < control["cosine"] < 1.0  # moved, but far less than any compression would
+    assert 0 < control["max_abs_error"] < 0.01 * np.abs(reference.outputs[0]).max()

@@ -101,16 +101,17 @@ def int8_model(model: ir.Model) -> ir.Model:
     return clean_up(model)
 
 
-def rounded_model(model: ir.Model, bits: int) -> ir.Model:
+def rounded_model(model: ir.Model, bits: int, integers: bool = True) -> ir.Model:
     """A copy of `model`, canonicalized and cleaned up as the compressor does, with every float
     weight that `int8_model` quantizes `rounded` to `bits` per channel and stored as float32.
 
     Weights already stored as 8-bit integers (a quantized model's) cannot move by less than one
-    step: each is `one_step_rounded` instead, the smallest change such a weight can take."""
+    step: each is `one_step_rounded` instead, the smallest change such a weight can take (left as
+    it is without `integers`)."""
     model = clean_up(canonicalize(model.clone()))
     for weight in find_weights(model):
         tensor = weight.value.const_value
-        if weight.storage.integer and weight.itemsize == 1 and weight.role != "bias":
+        if integers and weight.storage.integer and weight.itemsize == 1 and weight.role != "bias":
             weight.store(one_step_rounded(weight.numpy()))
             continue
         if (weight.role == "bias" or tensor is None or tensor.dtype != ir.DataType.FLOAT
