@@ -56,6 +56,22 @@ def test_class_scores_end_at_pooling_past_reshapes():
     assert class_score_outputs(ir.serde.deserialize_model(proto)) == [False, True]
 
 
+def test_a_recurrent_layers_last_state_is_an_embedding_and_its_classifier_gives_scores():
+    proto = onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[T, N, 4] x) => (float[N, 8] state, float[N, 3] logits) {
+          y, h = LSTM <hidden_size = 8> (x, w, r)
+          last = Slice(h, start, end)
+          state = Squeeze(last, zero)
+          logits = MatMul(state, head)
+        }
+    """)
+    arrays = {"w": np.ones((1, 32, 4), np.float32), "r": np.ones((1, 32, 8), np.float32), "start": np.array([0], np.int64),
+              "end": np.array([1], np.int64), "zero": np.array([0], np.int64), "head": np.ones((8, 3), np.float32)}
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    assert class_score_outputs(ir.serde.deserialize_model(proto)) == [False, True]
+
+
 def test_looks_like_class_scores():
     assert looks_like_class_scores(np.zeros((5, 10), np.float32))
     assert not looks_like_class_scores(np.zeros((5, 1), np.float32))  # one score a sample

@@ -113,3 +113,26 @@ def test_stored_weight_label():
     assert weight.label == "a"
     weight.original_name = "encoder.w"
     assert weight.label == "encoder.w"
+
+
+def test_a_weight_a_loop_carries_is_compressed_and_listed():
+    """A Keras LSTM exported by tf2onnx carries its weights into a Loop: the decoded weight feeds
+    the Loop, the body's MatMul reads it, and the saved file lists it as that MatMul's weight."""
+    import onnx
+    from onnx_ir.serde import deserialize_model, serialize_model
+
+    from onnxcomp.pipeline import CompressOptions, compress_model
+    from onnxcomp.reporting.report import inspect_model
+    from onnxcomp.runtime.inference import session
+    from tests.conftest import run
+    from tests.test_weights import loop_model
+
+    original = loop_model()
+    original_bytes = serialize_model(original).ByteSize()
+    result = compress_model(loop_model(), CompressOptions(target_bytes=original_bytes // 4, sensitivity=False))
+    assert len(result.data) <= original_bytes // 4
+    rows = inspect_model(deserialize_model(onnx.ModelProto.FromString(result.data)))
+    assert [(row.name, row.shape) for row in rows] == [("w", [64, 64])] and rows[0].encoding != "dense"
+    x = np.random.default_rng(1).standard_normal((16, 64)).astype(np.float32)
+    (expected,), (got,) = run(original, {"x": x}), session(result.data).run(None, {"x": x})
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.1

@@ -167,25 +167,37 @@ g (float[N, 512] x) => (float[N, 512] y) {
     assert str(no_weights_error(big)).startswith("the model has no compressible weights (float32/float16/bfloat16")
 
 
-def test_weights_that_enter_a_loop_are_named_in_the_refusal():
-    """A Keras LSTM exported by tf2onnx: the weights enter a Loop as inputs and its body multiplies by them."""
+def loop_model(hand_on: str = "Identity"):
+    """A Keras LSTM as tf2onnx exports it: the weight enters a Loop as a carried value, the body
+    multiplies by it and hands it on (`hand_on`: Identity, unchanged; Neg: changed each step)."""
     from onnx import TensorProto, helper, numpy_helper
     from onnx_ir.serde import deserialize_model
 
+    rng = np.random.default_rng(0)
+    value = lambda name, kind, shape: helper.make_tensor_value_info(name, kind, shape)  # noqa: E731
     body = helper.make_graph(
-        [helper.make_node("MatMul", ["h_in", "w_in"], ["h_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Identity", ["w_in"], ["w_out"])], "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 8]), helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [8, 8])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 8]),
-         helper.make_tensor_value_info("w_out", TensorProto.FLOAT, [8, 8])])
+        [helper.make_node("MatMul", ["h_in", "w_in"], ["h_mm"]), helper.make_node("Tanh", ["h_mm"], ["h_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node(hand_on, ["w_in"], ["w_out"])], "body",
+        [value("i", TensorProto.INT64, []), value("cond_in", TensorProto.BOOL, []),
+         value("h_in", TensorProto.FLOAT, ["N", 64]), value("w_in", TensorProto.FLOAT, [64, 64])],
+        [value("cond_out", TensorProto.BOOL, []), value("h_out", TensorProto.FLOAT, ["N", 64]),
+         value("w_out", TensorProto.FLOAT, [64, 64])])
     graph = helper.make_graph(
         [helper.make_node("Loop", ["steps", "go", "x", "w"], ["h", "w_last"], body=body)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])], [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 8])],
-        [numpy_helper.from_array(np.eye(8, dtype=np.float32), "w"), numpy_helper.from_array(np.array(3, np.int64), "steps"),
-         numpy_helper.from_array(np.array(True), "go")])
-    model = deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+        [value("x", TensorProto.FLOAT, ["N", 64])], [value("h", TensorProto.FLOAT, ["N", 64])],
+        [numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w"),
+         numpy_helper.from_array(np.array(3, np.int64), "steps"), numpy_helper.from_array(np.array(True), "go")])
+    return deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
+
+
+def test_a_weight_a_loop_carries_unchanged_is_a_weight_of_the_body_reader():
+    weights = find_weights(loop_model())
+    assert [(w.name, w.role, w.consumers) for w in weights] == [("w", "weight", ["MatMul"])]
+
+
+def test_weights_that_a_loop_changes_are_named_in_the_refusal():
+    model = loop_model(hand_on="Neg")  # carried but changed every step: not a constant weight of the body
     assert find_weights(model) == []
     message = str(no_weights_error(model))
-    assert message.startswith("the model has no compressible weights: its 1 float weight (64 parameters) is read by "
-                              "Loop nodes or inside their bodies"), message
+    assert message.startswith("the model has no compressible weights: its 1 float weight (4,096 parameters) is read "
+                              "by Loop nodes or inside their bodies"), message

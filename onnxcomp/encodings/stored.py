@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.encodings.row_lookup import decoded_tables
-from onnxcomp.model.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT_SLOTS
+from onnxcomp.model.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT_SLOTS, loop_body_value
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ def _locate(model: ir.Model) -> list[_Found]:
     seen_ops: dict[str, int] = {}
     row_tables = {id(first): (last, ids) for first, last, ids in decoded_tables(model.graph)}
     row_nodes = {id(n) for last, ids in row_tables.values() for n in _producers(last.outputs[0], stop=ids)}
+    loops = {id(node.attributes["body"].as_graph()): node for node in ir.traversal.RecursiveGraphIterator(model.graph)
+             if node.op_type == "Loop" and node.attributes.get("body") is not None}
     found: list[_Found] = []
     for node in ir.traversal.RecursiveGraphIterator(model.graph):  # weights read inside If/Loop bodies too
         if node.inputs and all(i is None or id(i) in constant_producers for i in node.inputs):
@@ -101,7 +103,7 @@ def _locate(model: ir.Model) -> list[_Found]:
         for index, role in STORED_SLOTS.get(node.op_type, {}).items():
             if index >= len(node.inputs) or node.inputs[index] is None:
                 continue
-            value = node.inputs[index]
+            value = _carried_from(node.inputs[index], node.graph, loops)
             if id(value) not in constant_producers and value.const_value is None:
                 continue
             for part, value in enumerate(_outer_weights(value, model.graph)):
@@ -114,6 +116,17 @@ def _locate(model: ir.Model) -> list[_Found]:
                 own = _own_form(value)
                 found.append(_Found(value, "bias" if role == "bias" else "weight", use, own=own if own is not value else None))
     return found
+
+
+def _carried_from(value: ir.Value, graph: ir.Graph | None, loops: dict[int, ir.Node]) -> ir.Value:
+    """For a Loop body's input that the body hands on unchanged (`weights.loop_body_value`: a
+    weight a Keras LSTM exported by tf2onnx carries), the Loop's input it comes from; else `value`."""
+    loop = loops.get(id(graph)) if graph is not None else None
+    if loop is None or value not in graph.inputs:
+        return value
+    index = list(graph.inputs).index(value)
+    inner = loop_body_value(loop, index) if index >= 2 and index < len(loop.inputs) else None
+    return loop.inputs[index] if inner is not None and inner[0] is value and loop.inputs[index] is not None else value
 
 
 # Ops that only select or rearrange the entries of their first input (Concat: of all inputs).

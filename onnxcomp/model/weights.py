@@ -176,16 +176,28 @@ def _passes_through(node: ir.Node, index: int) -> bool:
     return True
 
 
-def _slot_uses(value: ir.Value, depth: int = 0) -> list[tuple[ir.Node, str]] | None:
-    """(consumer, role) for every use of a value, looking through layout-only ops; None when
-    some use is not a weight slot (or the value escapes as a graph output)."""
-    if depth and value.is_graph_output():
+def _slot_uses(value: ir.Value, depth: int = 0, carried: bool = False,
+               handed_on: ir.Node | None = None) -> list[tuple[ir.Node, str]] | None:
+    """(consumer, role) for every use of a value, looking through layout-only ops and into the
+    bodies of Loops it enters unchanged (`loop_body_value`); None when some use is not a weight
+    slot (or the value escapes as a graph output). `carried`: a Loop body's input that the body
+    returns as it came, itself or through the Identity `handed_on` (neither is a use)."""
+    if depth and value.is_graph_output() and not carried:
         return None
     found: list[tuple[ir.Node, str]] = []
     for node, index in value.uses():
+        if node is handed_on:
+            continue
         role = _role(node, index)
         if role is not None:
             found.append((node, role))
+            continue
+        if depth < MAX_PASS_THROUGH_DEPTH and node.op_type == "Loop" and node.domain in ("", "ai.onnx") and index >= 2:
+            inner = loop_body_value(node, index)
+            below = None if inner is None else _slot_uses(inner[0], depth + 1, carried=True, handed_on=inner[1])
+            if below is None:
+                return None
+            found.extend(below)
             continue
         if depth >= MAX_PASS_THROUGH_DEPTH or not _passes_through(node, index):
             return None
@@ -195,6 +207,30 @@ def _slot_uses(value: ir.Value, depth: int = 0) -> list[tuple[ir.Node, str]] | N
                 return None
             found.extend(below)
     return found
+
+
+def loop_body_value(loop: ir.Node, index: int) -> tuple[ir.Value, ir.Node | None] | None:
+    """The body input that Loop input `index` (a loop-carried value) becomes, and the Identity that
+    returns it unchanged (None where the body returns the input itself), if the body hands it on
+    unchanged every iteration and the Loop's final value of it is unused; else None. A Keras LSTM
+    exported by tf2onnx carries its weights so (Loop inputs read by MatMuls in the body)."""
+    body = loop.attributes.get("body")
+    if body is None or body.type != ir.AttributeType.GRAPH:
+        return None
+    body = body.as_graph()
+    # Loop inputs (M, cond, carried...) become body inputs (iteration, cond, carried...); the
+    # body returns (cond, carried..., scan outputs) and the Loop (carried..., scans).
+    if index >= len(body.inputs) or index - 1 >= len(body.outputs) or index - 2 >= len(loop.outputs):
+        return None
+    inner, returned, final = body.inputs[index], body.outputs[index - 1], loop.outputs[index - 2]
+    if final.uses() or final.is_graph_output():
+        return None
+    if returned is inner:
+        return inner, None
+    producer = returned.producer()
+    if producer is not None and producer.op_type == "Identity" and producer.inputs[0] is inner and not returned.uses():
+        return inner, producer
+    return None
 
 
 def find_weights(model: ir.Model) -> list[Weight]:

@@ -38,7 +38,8 @@ def class_score_outputs(model: ir.Model) -> list[bool]:
     dimensions measures nothing. The output's name decides where it says (`*embedding*`,
     `*pooled*` vs `*logits*`, `*probs*`), else the op that made it (past reshapes and casts): a
     linear layer or softmax ends a classifier; pooling, normalization or a division (mean pooling,
-    L2 normalization) ends an embedding, and a graph input or constant passed through is neither.
+    L2 normalization) ends an embedding, so does a recurrent layer's state picked by Slice/Gather,
+    and a graph input or constant passed through is neither.
     Other producers count as class scores (the shape alone decides, as before).
     """
     flags = []
@@ -57,8 +58,24 @@ def class_score_outputs(model: ir.Model) -> list[bool]:
         if producer is None:  # a graph input or a constant passed through: no scores computed
             flags.append(not (source.is_graph_input() or source.is_initializer()))
         else:
-            flags.append(producer.op_type not in _EMBEDDING_OPS)
+            flags.append(producer.op_type not in _EMBEDDING_OPS and not _recurrent_state(producer))
     return flags
+
+
+def _recurrent_state(node: ir.Node) -> bool:
+    """Whether `node` picks a recurrent layer's state (the last step's hidden state, through
+    Slice/Gather/Squeeze; a Keras LSTM that tf2onnx exports as a Loop too): an embedding."""
+    for _ in range(8):
+        if node.op_type in _RECURRENT:
+            return True
+        if node.op_type not in _SELECTING or not node.inputs or node.inputs[0] is None or node.inputs[0].producer() is None:
+            return False
+        node = node.inputs[0].producer()
+    return False
+
+
+_RECURRENT = {"LSTM", "GRU", "RNN", "Loop", "Scan"}
+_SELECTING = _PASS_THROUGH | {"Slice", "Gather", "Transpose"}
 
 
 def fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_scores: list[bool] | None = None) -> dict:
