@@ -126,3 +126,30 @@ def test_int8_weights_dequantized_by_cast_and_mul_are_compressed(tmp_path, capsy
     x = rng.standard_normal((32, 64)).astype(np.float32)
     want, got = run(source.read_bytes(), {"x": x})[0], run(str(output), {"x": x})[0]
     assert float(np.sum(want * got) / (np.linalg.norm(want) * np.linalg.norm(got))) > 0.97
+
+
+def test_a_quantized_embedding_table_is_re_coded_in_its_integer_type():
+    """quantize_dynamic's embedding: uint8 table -> Gather -> DequantizeLinear; the table is stored
+    in fewer bits and decoded back to uint8 at load, so the Gather and its dequantization stay."""
+    from onnxcomp.pipeline import CompressOptions, compress_model
+    from onnxcomp.runtime.inference import session
+    from tests.conftest import build_model
+
+    text = """
+<ir_version: 10, opset_import: ["" : 17]>
+g (int64[N, 4] ids) => (float[N, 4, 64] y) {
+  rows = Gather(table, ids)
+  y = DequantizeLinear(rows, scale, zero)
+}
+"""
+    rng = np.random.default_rng(0)
+    table = np.clip(np.round(128 + 20 * rng.standard_normal((512, 64))), 0, 255).astype(np.uint8)
+    model = build_model(text, {"table": table, "scale": np.array(0.05, np.float32), "zero": np.array(128, np.uint8)})
+    result = compress_model(model, CompressOptions(target_bytes=table.nbytes * 3 // 4, sensitivity=False))
+    compressed = onnx.ModelProto.FromString(result.data)
+    assert len(result.data) <= table.nbytes * 3 // 4
+    assert [n.op_type for n in compressed.graph.node][-2:] == ["Gather", "DequantizeLinear"]
+    ids = rng.integers(0, 512, (32, 4)).astype(np.int64)
+    expected = (table[ids].astype(np.float32) - 128) * 0.05
+    got = session(result.data).run(None, {"ids": ids})[0]
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.1  # 5-bit codes of a 256-level table

@@ -201,3 +201,23 @@ def test_weights_that_a_loop_changes_are_named_in_the_refusal():
     message = str(no_weights_error(model))
     assert message.startswith("the model has no compressible weights: its 1 float weight (4,096 parameters) is read "
                               "by Loop nodes or inside their bodies"), message
+
+
+def test_an_integer_table_dequantized_after_its_gather_is_a_weight():
+    """ONNX Runtime's quantize_dynamic writes embeddings so: uint8 table -> Gather -> DequantizeLinear."""
+    text = """
+<ir_version: 10, opset_import: ["" : 17]>
+g (int64[N, 4] ids) => (float[N, 4, 8] y) {
+  rows = Gather(table, ids)
+  y = DequantizeLinear(rows, scale, zero)
+}
+"""
+    table = np.random.default_rng(0).integers(0, 256, (64, 8)).astype(np.uint8)
+    arrays = {"table": table, "scale": np.array(0.05, np.float32), "zero": np.array(128, np.uint8)}
+    (weight,) = find_weights(build_model(text, arrays))
+    assert weight.name == "table" and weight.storage.dtype == ir.DataType.UINT8
+    assert float(weight.storage.scale) == pytest.approx(0.05) and float(weight.storage.zero_point) == 128
+    np.testing.assert_array_equal(weight.numpy(), table.astype(np.float32) - 128)
+    other = build_model(text.replace("y = DequantizeLinear(rows, scale, zero)", "y = Cast <to = 1> (rows)"),
+                        {"table": table})
+    assert find_weights(other) == []  # read as raw integers: not a quantized weight

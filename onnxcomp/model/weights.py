@@ -367,6 +367,13 @@ def _quantized_weight(value: ir.Value) -> Weight | None:
                 return None
             storage = found
             continue
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and index == 0:
+            found = _gathered_and_dequantized(node, tensor.dtype)  # type: ignore[union-attr]
+            if found is None or (storage is not None and not (_same(storage.zero_point, found.zero_point)
+                                                              and _same(storage.scale, found.scale))):
+                return None
+            storage = found
+            continue
         slots = QUANTIZED_SLOTS.get(node.op_type, {}) if node.domain in ("", "ai.onnx", "com.microsoft") else {}
         if index not in slots or node.op_type in PACKED_QUANTIZED_OPS:
             return None
@@ -383,6 +390,24 @@ def _quantized_weight(value: ir.Value) -> Weight | None:
             return None
         storage = found
     return Weight(value, "weight", [node.name or node.op_type for node, _ in uses], storage)
+
+
+def _gathered_and_dequantized(gather: ir.Node, dtype: ir.DataType) -> Storage | None:
+    """An integer table whose looked-up rows are dequantized with one constant scale and zero
+    point (ONNX Runtime's `quantize_dynamic` writes embeddings so: Gather -> DequantizeLinear):
+    its Storage, when every reader of the Gather is such a DequantizeLinear."""
+    found = None
+    for node, index in gather.outputs[0].uses():
+        if node.op_type != "DequantizeLinear" or index != 0 or node.attributes.get_int("block_size", 0):
+            return None
+        scale, zero = _broadcast(node, 0, 1, ()), _broadcast(node, 0, 2, ())
+        if scale is None or scale is False or zero is False:
+            return None
+        storage = Storage(dtype, zero, scale)
+        if found is not None and not (_same(found.zero_point, storage.zero_point) and _same(found.scale, storage.scale)):
+            return None
+        found = storage
+    return found
 
 
 def _cast_and_scale(cast: ir.Node, dtype: ir.DataType, shape: tuple[int, ...]) -> Storage | None:
