@@ -450,12 +450,6 @@ def quantized_weights(model: ir.Model, exclude: Collection[str] = ()) -> list[di
     """Integer initializers that already-quantized ops read as weights (MatMulInteger, QLinear*,
     DequantizeLinear, DynamicQuantizeLSTM, ...), except the names in `exclude` (those re-coded).
     One row per weight: name, dtype, shape, bytes and the ops that read it."""
-    owners = {}  # id of each body graph -> the op type of the node holding it
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        for attribute in node.attributes.values():
-            bodies = [attribute.value] if attribute.type == ir.AttributeType.GRAPH else \
-                list(attribute.value) if attribute.type == ir.AttributeType.GRAPHS else []
-            owners.update((id(body), node.op_type) for body in bodies)
     found = []
     for value in model.graph.initializers.values():
         tensor = value.const_value
@@ -494,15 +488,21 @@ def no_weights_error(model: ir.Model):
     return OnnxcompError(f"the model has no compressible weights ({kinds})")
 
 
-def _weights_in_subgraphs(model: ir.Model) -> list[tuple[str, int, str]]:
-    """(name, size, op) of float initializers of the main graph that a Loop/Scan/If reads, as an
-    input or from inside its body."""
-    owners = {}  # id of each body graph -> the op type of the node holding it
+def _body_owners(model: ir.Model) -> dict[int, str]:
+    """The op type of the node holding each body graph (If branches, Loop/Scan bodies), by id."""
+    owners = {}
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         for attribute in node.attributes.values():
             bodies = [attribute.value] if attribute.type == ir.AttributeType.GRAPH else \
                 list(attribute.value) if attribute.type == ir.AttributeType.GRAPHS else []
             owners.update((id(body), node.op_type) for body in bodies)
+    return owners
+
+
+def _weights_in_subgraphs(model: ir.Model) -> list[tuple[str, int, str]]:
+    """(name, size, op) of float initializers of the main graph that a Loop/Scan/If reads, as an
+    input or from inside its body."""
+    owners = _body_owners(model)
     found = []
     for value in model.graph.initializers.values():
         tensor = value.const_value
