@@ -13,7 +13,8 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.encodings.row_lookup import decoded_tables
-from onnxcomp.model.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT_SLOTS, loop_body_value
+from onnxcomp.model.subgraphs import loop_body_value
+from onnxcomp.model.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT_SLOTS
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _locate(model: ir.Model) -> list[_Found]:
 
 
 def _carried_from(value: ir.Value, graph: ir.Graph | None, loops: dict[int, ir.Node]) -> ir.Value:
-    """For a Loop body's input that the body hands on unchanged (`weights.loop_body_value`: a
+    """For a Loop body's input that the body hands on unchanged (`subgraphs.loop_body_value`: a
     weight a Keras LSTM exported by tf2onnx carries), the Loop's input it comes from; else `value`."""
     loop = loops.get(id(graph)) if graph is not None else None
     if loop is None or value not in graph.inputs:

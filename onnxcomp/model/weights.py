@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.encodings import encoding
+from onnxcomp.model.subgraphs import body_owners, loop_body_value, reading_body_op
 
 logger = logging.getLogger(__name__)
 
@@ -207,30 +208,6 @@ def _slot_uses(value: ir.Value, depth: int = 0, carried: bool = False,
                 return None
             found.extend(below)
     return found
-
-
-def loop_body_value(loop: ir.Node, index: int) -> tuple[ir.Value, ir.Node | None] | None:
-    """The body input that Loop input `index` (a loop-carried value) becomes, and the Identity that
-    returns it unchanged (None where the body returns the input itself), if the body hands it on
-    unchanged every iteration and the Loop's final value of it is unused; else None. A Keras LSTM
-    exported by tf2onnx carries its weights so (Loop inputs read by MatMuls in the body)."""
-    body = loop.attributes.get("body")
-    if body is None or body.type != ir.AttributeType.GRAPH:
-        return None
-    body = body.as_graph()
-    # Loop inputs (M, cond, carried...) become body inputs (iteration, cond, carried...); the
-    # body returns (cond, carried..., scan outputs) and the Loop (carried..., scans).
-    if index >= len(body.inputs) or index - 1 >= len(body.outputs) or index - 2 >= len(loop.outputs):
-        return None
-    inner, returned, final = body.inputs[index], body.outputs[index - 1], loop.outputs[index - 2]
-    if final.uses() or final.is_graph_output():
-        return None
-    if returned is inner:
-        return inner, None
-    producer = returned.producer()
-    if producer is not None and producer.op_type == "Identity" and producer.inputs[0] is inner and not returned.uses():
-        return inner, producer
-    return None
 
 
 def find_weights(model: ir.Model) -> list[Weight]:
@@ -488,32 +465,17 @@ def no_weights_error(model: ir.Model):
     return OnnxcompError(f"the model has no compressible weights ({kinds})")
 
 
-def _body_owners(model: ir.Model) -> dict[int, str]:
-    """The op type of the node holding each body graph (If branches, Loop/Scan bodies), by id."""
-    owners = {}
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        for attribute in node.attributes.values():
-            bodies = [attribute.value] if attribute.type == ir.AttributeType.GRAPH else \
-                list(attribute.value) if attribute.type == ir.AttributeType.GRAPHS else []
-            owners.update((id(body), node.op_type) for body in bodies)
-    return owners
-
-
 def _weights_in_subgraphs(model: ir.Model) -> list[tuple[str, int, str]]:
     """(name, size, op) of float initializers of the main graph that a Loop/Scan/If reads, as an
     input or from inside its body."""
-    owners = _body_owners(model)
+    owners = body_owners(model)
     found = []
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if tensor is None or tensor.dtype not in FLOAT_TYPES:
             continue
         size = int(np.prod([int(d) for d in tensor.shape])) if len(tensor.shape) else 1
-        if size < MIN_WEIGHT_ELEMENTS:
-            continue
-        for node, _ in value.uses():
-            op = node.op_type if node.graph is model.graph else owners.get(id(node.graph), node.op_type)
-            if op in ("Loop", "Scan", "If"):
-                found.append((value.name or "", size, op))
-                break
+        op = reading_body_op(value, model.graph, owners) if size >= MIN_WEIGHT_ELEMENTS else None
+        if op is not None:
+            found.append((value.name or "", size, op))
     return found
