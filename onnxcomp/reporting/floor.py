@@ -138,10 +138,10 @@ def worst_shortfall(fidelity: dict, floor: Floor, names: Sequence[str] | None = 
     """The output furthest below its floor in a `verify.fidelity` report, or None if all meet it.
 
     Class-score outputs (those with a top-1 agreement) are judged by agreement, the others by
-    cosine; outputs marked unstable (`mark_unstable`) are not judged; on generated inputs (``fidelity["generated_inputs"]``) class scores pass on either
+    cosine; on generated inputs (``fidelity["generated_inputs"]``) class scores pass on either
     measure (see the module docstring), or on the cosine alone where the original gave one class
-    to every input. Outputs without either measure (strings) or with NaN
-    measures (infinite outputs) are skipped.
+    to every input. Outputs without either measure (strings), with NaN measures (infinite
+    outputs) or marked unstable (`mark_unstable`) are skipped.
     """
     worst = None
     judged = fidelity.get("outputs", {})
@@ -260,8 +260,8 @@ def floor_error(shortfall: Shortfall, target_bytes: int, input_bytes: int, probe
 
 def mark_unstable(fidelity: dict, control: dict, floor: Floor) -> list[str]:
     """Mark (in place, ``"unstable"``: the control's measure) each output of `fidelity` that the
-    control already takes below `floor`. The control is the original with every weight moved by
-    about 0.1% (`onnxcomp.reporting.int8_reference.rounded_model`): an output that moves that far
+    control already takes below `floor`. The control is the original with every float weight moved
+    by about 0.1% (`onnxcomp.reporting.int8_reference.rounded_model`): an output that moves that far
     under so small a change, on these inputs, cannot tell a good compression from a bad one
     (YOLOv10's top-300 detections on generated images, re-ordered among near-equal scores: cosine
     0.81 at nine tenths of the original's bytes). Returns the marked outputs' keys."""
