@@ -37,7 +37,6 @@ def loop_body_value(loop: ir.Node, index: int) -> tuple[ir.Value, ir.Node | None
     return None
 
 
-
 def body_owners(model: ir.Model) -> dict[int, str]:
     """The op type of the node holding each body graph (If branches, Loop/Scan bodies), by id."""
     owners = {}

@@ -321,6 +321,10 @@ def _broadcast(node: ir.Node, index: int, slot: int | None, shape: tuple[int, ..
     return array.reshape([-1 if i == axis else 1 for i in range(rank)])
 
 
+def _same_dequantization(a: Storage, b: Storage) -> bool:
+    return _same(a.zero_point, b.zero_point) and _same(a.scale, b.scale)
+
+
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -346,8 +350,7 @@ def _quantized_weight(value: ir.Value) -> Weight | None:
             continue
         if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and index == 0:
             found = _gathered_and_dequantized(node, tensor.dtype)  # type: ignore[union-attr]
-            if found is None or (storage is not None and not (_same(storage.zero_point, found.zero_point)
-                                                              and _same(storage.scale, found.scale))):
+            if found is None or (storage is not None and not _same_dequantization(storage, found)):
                 return None
             storage = found
             continue
@@ -362,7 +365,7 @@ def _quantized_weight(value: ir.Value) -> Weight | None:
             logger.debug("%s: scale or zero point of %s is not a constant of a known layout", value.name, node.name)
             return None
         found = Storage(tensor.dtype, zero, scale)  # type: ignore[union-attr,arg-type]
-        if storage is not None and not (_same(storage.zero_point, found.zero_point) and _same(storage.scale, found.scale)):
+        if storage is not None and not _same_dequantization(storage, found):
             logger.debug("%s: its readers dequantize it differently", value.name)
             return None
         storage = found
@@ -381,7 +384,7 @@ def _gathered_and_dequantized(gather: ir.Node, dtype: ir.DataType) -> Storage | 
         if scale is None or scale is False or zero is False:
             return None
         storage = Storage(dtype, zero, scale)
-        if found is not None and not (_same(found.zero_point, storage.zero_point) and _same(found.scale, storage.scale)):
+        if found is not None and not _same_dequantization(found, storage):
             return None
         found = storage
     return found
