@@ -267,3 +267,30 @@ def test_vib_gates_twice_the_second_time_on_the_smaller_network():
 
     assert vib_epochs(10) == (3, 12, 1)  # 3 on the whole network, 12 on what it keeps, 1 fine-tuning
     assert vib_epochs(1) == (1, 4, 1) and vib_epochs(40) == (15, 60, 5)
+
+
+def test_projection_decodes_per_channel_scaled_choices():
+    # Rows of very different ranges (as BatchNorm folding leaves them) make the allocator pick a
+    # per-channel-scaled lookup; the projection (ADMM's Z, and the test that decides whether ADMM
+    # runs) must decode it with its scales, not snap the raw weight to the normalised codebook.
+    import onnx_ir as ir
+
+    from onnxcomp.planning.pricing import decoded_values, layer_options
+    from onnxcomp.training.retrain import Planner, project, relative_distance, with_weights
+
+    model = load_model(MODEL)
+    name = next(n for n, v in model.graph.initializers.items() if v.const_value.shape == (300, 784))
+    rng = np.random.default_rng(0)
+    ranged = (rng.standard_normal((300, 784)) * 10.0 ** np.linspace(-2, 2, 300)[:, None]).astype(np.float32)
+    model = with_weights(model, {name: ranged})
+
+    def price(m: ir.Model):
+        return [layer_options(name, m.graph.initializers[name].const_value.numpy(), "weight")]
+
+    layers = price(model)
+    budget = next(c.bytes for c in layers[0].candidates if c.kind == "scaled" and c.bits == 4)
+    projected, allocation = project(model, Planner(price=price, importances={}), budget)
+    choice = allocation.choices[name]
+    assert choice.kind == "scaled"
+    np.testing.assert_array_equal(projected[name], decoded_values(ranged, None, choice))
+    assert relative_distance({name: ranged}, projected) < 0.2  # 4 uniform levels a channel (the raw weight snapped: ~1)

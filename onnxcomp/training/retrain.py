@@ -34,7 +34,8 @@ from onnxcomp import modelfile
 from onnxcomp.planning.allocate import Allocation, LayerOptions, allocate
 from onnxcomp.samples.data import Samples
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.encodings.quantize import SortedWeights, apply_quantization, nearest_rows, prune_mask, snap_to_codebook
+from onnxcomp.encodings.quantize import SortedWeights, nearest_rows, prune_mask, snap_to_codebook
+from onnxcomp.planning.pricing import decoded_values
 
 logger = logging.getLogger(__name__)
 
@@ -210,9 +211,8 @@ def project(model: ir.Model, planner: Planner, budget: int) -> tuple[dict[str, n
     projected = {}
     for layer in layers:
         values = model.graph.initializers[layer.name].const_value.numpy().astype(np.float32)
-        choice = allocation.choices[layer.name]
-        projected[layer.name] = values if choice.quant is None else apply_quantization(
-            values, choice.quant, planner.importances.get(layer.name))
+        # per-channel-scaled choices code the weight divided by its scales: decode as the build will
+        projected[layer.name] = decoded_values(values, planner.importances.get(layer.name), allocation.choices[layer.name])
     return projected, allocation
 
 
