@@ -167,7 +167,7 @@ def _compress(args) -> int:
     from onnxcomp.samples.data import load_samples
     from onnxcomp.pipeline import CompressOptions, compress_file
     from onnxcomp.reporting.floor import QualityFloorError
-    from onnxcomp.reporting.report import (COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, floor_notes, format_table,
+    from onnxcomp.reporting.report import (COMPRESS_COLUMNS, GENERATED_INPUTS_NOTE, floor_notes, format_table, quality_measures,
                                            uninformative_outputs)
 
     input_path = Path(args.input)
@@ -226,9 +226,7 @@ def _compress(args) -> int:
         print(format_table(report.layers, COMPRESS_COLUMNS))
         fid = report.fidelity
         parts = [f"{format_size(report.input_bytes)} -> {format_size(report.output_bytes)} ({report.ratio:.1f}x smaller, target {format_size(target)})"]
-        quality = [f"top-1 agreement {100 * fid['top1_agreement']:.2f}%"] if fid.get("top1_agreement") is not None else []
-        quality += [f"cosine {fid['cosine']:.4f}"] if fid.get("cosine") is not None else []
-        quality.append(f"max abs error {fid['max_abs_error']:.3g}")
+        quality = quality_measures(fid)
         if fid.get("mode") == "weights":
             parts.append(f"weights checked one at a time in ONNX Runtime ({fid['weights']} decoded): relative error "
                          f"{fid['relative_error']:.3g} (worst weight {fid['max_relative_error']:.3g}), max abs error "

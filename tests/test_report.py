@@ -115,3 +115,13 @@ def test_inspect_summary_counts_weights_parameters_and_bits():
     assert inspect_summary(rows, 5000) == ("2 weights, 2,000 parameters, stored in 4.5 KB; file 5 KB "
                                            "(20.00 bits per parameter)")
     assert inspect_summary([], 100) == "0 weights, 0 parameters, stored in 0 B; file 100 B"  # no bits per nothing
+
+
+def test_quality_measures_name_what_was_measured():
+    from onnxcomp.reporting.report import quality_measures
+
+    assert quality_measures({"top1_agreement": 0.98765, "cosine": 0.99912, "max_abs_error": 0.0123}) == [
+        "top-1 agreement 98.77%", "cosine 0.9991", "max abs error 0.0123"]
+    assert quality_measures({"position_top1_agreement": 1 / 3, "cosine": 0.9817, "max_abs_error": 0.79}) == [
+        "top-1 agreement at labelled positions 33.33%", "cosine 0.9817", "max abs error 0.79"]
+    assert quality_measures({"top1_agreement": None, "cosine": None, "max_abs_error": 0.0}) == ["max abs error 0"]

@@ -198,3 +198,34 @@ def test_channels_of_different_scales_within_an_output(rng):
     probabilities = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
     assert output_weights([probabilities])[0] == OutputWeights()
     assert output_weights([2 * probabilities])[0].axis == 1  # the same channels summing to 2: weighted
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def test_sequences_of_class_distributions_are_judged_at_the_positions_the_original_labels(rng):
+    # A CTC recogniser's [N, T, C] softmax: most positions are the blank (class 0); the rest hold
+    # characters. Losing half the characters barely moves the cosine, which the blank dominates.
+    logits = rng.standard_normal((16, 24, 12)).astype(np.float32)
+    logits[..., 0] += 8.0
+    characters = rng.random((16, 24)) < 0.2
+    logits[characters, 5] += 16.0
+    original = _softmax(logits)
+    lost = logits.copy()
+    lost[characters & (rng.random((16, 24)) < 0.5), 5] -= 16.0  # half the characters become blanks
+    measured = fidelity([original], [_softmax(lost)])
+    entry = measured["outputs"]["output_0"]
+    assert entry["positions"] == int(characters.sum())
+    assert 0.3 < entry["position_top1_agreement"] < 0.7 and entry["cosine"] > 0.9
+    assert measured["position_top1_agreement"] == entry["position_top1_agreement"]
+    kept = fidelity([original], [_softmax(logits + 0.01 * rng.standard_normal(logits.shape))])
+    assert kept["outputs"]["output_0"]["position_top1_agreement"] == 1.0
+    # logits (not distributions), [N, C] scores and outputs with few labelled positions: no such measure
+    assert "position_top1_agreement" not in fidelity([logits], [lost])["outputs"]["output_0"]
+    assert "position_top1_agreement" not in fidelity([original[:, 0]], [original[:, 0]])["outputs"]["output_0"]
+    few = logits.copy()
+    few[:, :, 5] = -8.0
+    few[0, :10, 5] = 30.0  # 10 labelled positions
+    assert "position_top1_agreement" not in fidelity([_softmax(few)], [_softmax(few)])["outputs"]["output_0"]

@@ -10,7 +10,9 @@ measure: made-up inputs give many near-tied top classes that flip under any pert
 models; the cosine still catches a broken one (1/21: cosine 0.950, refused). Where the original
 gives one class to every generated input, agreement is 100% whatever the scores do (the PP-OCRv5
 text-direction classifier at 1/8: 100%, cosine 0.852, every upright line of real text flipped), so
-the cosine alone judges. By default an output must keep top-1 agreement
+the cosine alone judges. Outputs of class distributions at many positions (a CTC recogniser's
+[N, T, C]) are judged by their cosine and by top-1 agreement at the positions the original labels
+(not its most frequent class, the blank): the cosine is the blank's. By default an output must keep top-1 agreement
 `DEFAULT_AGREEMENT` or cosine `DEFAULT_COSINE`; ``--min-fidelity X`` sets both to X, and 0
 switches the floor off. When an output falls below, a short search (`search_passing_size`,
 `SEARCH_STEPS` compressions bisecting between the asked size and the original's) finds the
@@ -37,6 +39,7 @@ DEFAULT_COSINE = 0.97  # regression / embedding outputs
 DEFAULT_AGREEMENT = 0.95  # class-score outputs: share of samples whose top-1 class is unchanged
 SEARCH_STEPS = 4  # compressions tried between the asked size and the original's
 WRITE_ANYWAY_FLAG = "--allow-low-fidelity"
+POSITION_METRIC = "top-1 agreement at labelled positions"  # verify's position_top1_agreement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +143,9 @@ def worst_shortfall(fidelity: dict, floor: Floor, names: Sequence[str] | None = 
     Class-score outputs (those with a top-1 agreement) are judged by agreement, the others by
     cosine; on generated inputs (``fidelity["generated_inputs"]``) class scores pass on either
     measure (see the module docstring), or on the cosine alone where the original gave one class
-    to every input. Outputs without either measure (strings), with NaN measures (infinite
+    to every input. Outputs of class distributions at many positions must also keep their top-1
+    class at the positions the original labels (``position_top1_agreement``, floored like
+    agreement). Outputs without either measure (strings), with NaN measures (infinite
     outputs) or marked unstable (`mark_unstable`) are skipped.
     """
     worst = None
@@ -163,6 +168,11 @@ def worst_shortfall(fidelity: dict, floor: Floor, names: Sequence[str] | None = 
             metric, value, limit = "cosine", entry["cosine"], floor.cosine
         else:
             continue
+        positional = entry.get("position_top1_agreement")
+        if positional is not None and not math.isnan(positional) and positional < floor.agreement and \
+                (math.isnan(value) or value >= limit or floor.agreement - positional > limit - value):
+            # its cosine is the background class's (`verify._labelled_positions`): both must hold
+            metric, value, limit, cosine = POSITION_METRIC, positional, floor.agreement, None
         if math.isnan(value) or value >= limit:
             continue
         name = names[index] if names is not None and index < len(names) else key
@@ -175,7 +185,8 @@ def worst_shortfall(fidelity: dict, floor: Floor, names: Sequence[str] | None = 
 def output_value(fidelity: dict, shortfall: Shortfall, names: Sequence[str] | None = None) -> float | None:
     """The measure `shortfall` names, read for the same output from another fidelity report (the
     cosine where generated inputs judged class scores by either measure: `Shortfall.cosine`)."""
-    key = "top1_agreement" if shortfall.metric == "top-1 agreement" and shortfall.cosine is None else "cosine"
+    key = "top1_agreement" if shortfall.metric == "top-1 agreement" and shortfall.cosine is None else \
+        "position_top1_agreement" if shortfall.metric == POSITION_METRIC else "cosine"
     for index, (name, entry) in enumerate(fidelity.get("outputs", {}).items()):
         label = names[index] if names is not None and index < len(names) else name
         if label == shortfall.output:
@@ -343,4 +354,4 @@ def _fraction(input_bytes: int, size: int) -> str:
 
 
 def _format(metric: str, value: float) -> str:
-    return f"{100 * value:.4g}%" if metric == "top-1 agreement" else f"{value:.4g}"
+    return f"{100 * value:.4g}%" if metric in ("top-1 agreement", POSITION_METRIC) else f"{value:.4g}"

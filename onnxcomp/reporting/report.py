@@ -39,6 +39,16 @@ def uninformative_outputs(fidelity: dict) -> list[str]:
                          "judged by cosine, not agreement; --data with real samples would judge the decisions")
     return lines
 
+def quality_measures(fidelity: dict) -> list[str]:
+    """The summary's measures of a verified run: top-1 agreement (class scores), at labelled
+    positions (class distributions at many positions), cosine, max abs error."""
+    parts = [f"top-1 agreement {100 * fidelity['top1_agreement']:.2f}%"] if fidelity.get("top1_agreement") is not None else []
+    if fidelity.get("position_top1_agreement") is not None:
+        parts.append(f"top-1 agreement at labelled positions {100 * fidelity['position_top1_agreement']:.2f}%")
+    parts += [f"cosine {fidelity['cosine']:.4f}"] if fidelity.get("cosine") is not None else []
+    return parts + [f"max abs error {fidelity['max_abs_error']:.3g}"]
+
+
 def floor_notes(report) -> list[str]:
     """Lines for a model written below the default quality floor (``--allow-low-fidelity``)."""
     below = (report.quality_floor or {}).get("below_default")

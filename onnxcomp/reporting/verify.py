@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 FIDELITY_CHUNK_BYTES = 16 << 20  # float64 bytes of each output slice compared at once
 FLAT_RANGE = 1e-3  # an output whose values span less than this (relative, at least absolute) is flat (`_flat`)
 NARROW = 4  # outputs with fewer values than this a sample are not compared sample by sample (see `_errors`)
+MIN_LABELLED_POSITIONS = 20  # positions a sequence-of-distributions output must label to be judged by them
 
 
 def looks_like_class_scores(output: np.ndarray) -> bool:
@@ -81,7 +82,9 @@ _SELECTING = _PASS_THROUGH | {"Slice", "Gather", "Transpose"}
 def fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_scores: list[bool] | None = None) -> dict:
     """Compare every output: max/mean abs error, cosine similarity (per sample, averaged) and
     top-1 agreement where an output holds class scores: [N, C] floats that `class_scores` (one
-    flag per output, from `class_score_outputs`) does not rule out. Outputs holding infinities
+    flag per output, from `class_score_outputs`) does not rule out, and at the positions the
+    original labels for outputs of class distributions ([N, T, C]: `_labelled_positions`,
+    ``position_top1_agreement``). Outputs holding infinities
     (e.g. a model with huge weights) give NaN measures, without numpy warnings."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         return _fidelity(original, compressed, class_scores)
@@ -89,7 +92,7 @@ def fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sco
 
 def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_scores: list[bool] | None) -> dict:
     report: dict = {"outputs": {}}
-    cosines, agreements = [], []
+    cosines, agreements, positional = [], [], []
     for index, (a, b) in enumerate(zip(original, compressed)):
         if not _numeric(a):  # e.g. a string label table routed to an output: same or not
             report["outputs"][f"output_{index}"] = {"equal": bool(np.array_equal(np.asarray(a), np.asarray(b)))}
@@ -109,6 +112,10 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
             # NaN only from the compressed model (the original's are masked): it matches nothing
             entry["cosine"] = 0.0 if np.isnan(cos).any() else float(np.mean(cos))
             cosines.append(entry["cosine"])
+        positions = _labelled_positions(a, b)
+        if positions is not None:
+            entry["position_top1_agreement"], entry["positions"] = positions
+            positional.append(positions[0])
         scores = class_scores is None or index >= len(class_scores) or class_scores[index]
         if scores and looks_like_class_scores(a):
             rows = np.ones(len(a), bool) if unknown is None else ~unknown.reshape(len(a), -1).any(axis=1)
@@ -120,9 +127,33 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
         report["outputs"][f"output_{index}"] = entry
     report["cosine"] = float(min(cosines)) if cosines else None
     report["top1_agreement"] = float(min(agreements)) if agreements else None
+    if positional:
+        report["position_top1_agreement"] = float(min(positional))
     report["max_abs_error"] = max((e.get("max_abs_error", 0.0) for e in report["outputs"].values()), default=0.0)
     report["mean_abs_error"] = float(np.mean([e.get("mean_abs_error", 0.0) for e in report["outputs"].values()])) if report["outputs"] else 0.0
     return report
+
+
+def _labelled_positions(a: np.ndarray, b: np.ndarray) -> tuple[float, int] | None:
+    """(top-1 agreement, positions) at the positions the original labels, for an output of class
+    distributions along its last axis at many positions ([N, T, C] after a softmax: a CTC text
+    recogniser's characters, a tagger's per-token labels, a segmentation's pixels); None for
+    other outputs or with fewer than MIN_LABELLED_POSITIONS such positions.
+
+    A labelled position is one whose top-1 class is not the output's most frequent one (the CTC
+    blank, the "outside" tag, the background). The cosine of such outputs is dominated by that
+    class: the PP-OCRv3 English recogniser at 1/7 of its bytes kept cosine 0.98 on generated
+    images while 1 of the 33 positions that held a character kept it (4 of 5 real text lines
+    misread); at 1/4, 33 of 33 (every line read as before)."""
+    if a.ndim < 3 or a.dtype.kind != "f" or a.shape[-1] < 2 or a.shape != np.shape(b) or not _distribution(a, -1):
+        return None
+    top_a, top_b = np.argmax(a, axis=-1), np.argmax(np.asarray(b), axis=-1)
+    classes, counts = np.unique(top_a, return_counts=True)
+    labelled = top_a != classes[np.argmax(counts)]
+    count = int(labelled.sum())
+    if count < MIN_LABELLED_POSITIONS:
+        return None
+    return float(np.mean(top_a[labelled] == top_b[labelled])), count
 
 
 def _flat(a: np.ndarray) -> bool:
