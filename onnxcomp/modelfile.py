@@ -21,6 +21,16 @@ from onnxcomp.errors import OnnxcompError
 
 logger = logging.getLogger(__name__)
 
+
+def _not_binary_attribute_notice(record: logging.LogRecord) -> bool:
+    """onnx_ir warns that a string attribute holding bytes makes the model "invalid"; custom
+    operators keep binary data there by design (onnxruntime-extensions' SentencepieceTokenizer holds
+    its serialized model), and both are read and written back as the same bytes."""
+    return "UTF-8" not in str(record.msg)
+
+
+logging.getLogger("onnx_ir.serde").addFilter(_not_binary_attribute_notice)
+
 MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit: larger models keep weights in external data
 # Saved IR version: ONNX Runtime 1.19 loads IR <= 10; onnx >= 1.23 writes 11+ by default.
 MAX_IR_VERSION = 10

@@ -253,3 +253,36 @@ def test_inputs_without_a_shape_or_a_numeric_type_are_refused():
     text = parsed("string[N] s", "y = Identity(s)", "string[N] y")
     with pytest.raises(OnnxcompError, match="model input 's' has a type onnxcomp cannot generate"):
         generate_samples(text)
+
+
+def test_string_inputs_are_seeded_sentences_of_common_words():
+    from onnxcomp.samples.generated import WORDS
+
+    model = parsed("string[N] text", "y = Identity(text)", "string[N] y")
+    text = generate_samples(model, count=6, seed=1).inputs["text"]
+    assert text.shape == (6,) and text.dtype == object
+    for sentence in text:
+        words = sentence.split(" ")
+        assert 3 <= len(words) <= 15 and set(words) <= set(WORDS)
+    assert text.tolist() == generate_samples(model, count=6, seed=1).inputs["text"].tolist()
+    assert text.tolist() != generate_samples(model, count=6, seed=2).inputs["text"].tolist()
+
+
+def test_a_model_with_a_tokenizer_operator_compresses_data_free(tmp_path):
+    # onnxruntime-extensions' operators (tokenizers inside the model) run where it is installed;
+    # the text input gets generated sentences and the custom node is kept as it is
+    pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions is not installed")
+    from onnxcomp.runtime.inference import session
+
+    proto = onnx.parser.parse_model("""<ir_version: 10, opset_import: ["" : 17, "ai.onnx.contrib" : 1]>
+    g (string[N] text, float[N, 64] x) => (string[N] lower, float[N, 32] y) {
+      lower = ai.onnx.contrib.StringLower(text)
+      y = MatMul(x, w)
+    }""")
+    proto.graph.initializer.append(numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), "w"))
+    source = tmp_path / "tok.onnx"
+    onnx.save(proto, str(source))
+    report = compress_file(source, tmp_path / "out.onnx", CompressOptions(target_bytes=source.stat().st_size // 3))
+    assert report.fidelity["generated_inputs"] and report.fidelity["cosine"] > 0.97
+    feeds = {"text": np.array(["Hello World"], dtype=object), "x": np.ones((1, 64), np.float32)}
+    assert session(tmp_path / "out.onnx").run(["lower"], feeds)[0].tolist() == ["hello world"]

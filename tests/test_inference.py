@@ -4,6 +4,8 @@ the integer divisions that can crash ONNX Runtime."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -98,3 +100,23 @@ def test_integer_divisions_lists_integer_div_and_mod_nodes():
     assert integer_divisions(model) == "Div 'divide', Mod, Div"
     assert integer_divisions(model, limit=1) == "Div 'divide' and 2 more"
     assert integer_divisions(DOUBLE) == ""
+
+
+LOWER = onnx.parser.parse_model("""<ir_version: 10, opset_import: ["" : 17, "ai.onnx.contrib" : 1]>
+g (string[N] text) => (string[N] lower) {
+  lower = ai.onnx.contrib.StringLower(text)
+}""")
+
+
+def test_custom_operators_without_onnxruntime_extensions_name_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime_extensions", None)  # as where it is not installed
+    with pytest.raises(OnnxcompError, match=r"StringLower.*'ai\.onnx\.contrib' domain come from onnxruntime-extensions: "
+                                            r"install it") as caught:
+        session(LOWER)
+    assert "\n" not in str(caught.value)
+
+
+def test_custom_operators_of_onnxruntime_extensions_are_registered_where_it_is_installed():
+    pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions is not installed")
+    lowered = session(LOWER).run(None, {"text": np.array(["AbC", "XY"], dtype=object)})[0]
+    assert lowered.tolist() == ["abc", "xy"]

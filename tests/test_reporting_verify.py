@@ -229,3 +229,16 @@ def test_sequences_of_class_distributions_are_judged_at_the_positions_the_origin
     few[:, :, 5] = -8.0
     few[0, :10, 5] = 30.0  # 10 labelled positions
     assert "position_top1_agreement" not in fidelity([_softmax(few)], [_softmax(few)])["outputs"]["output_0"]
+
+
+def test_l2_normalised_rows_are_an_embedding_whatever_made_them(rng):
+    # TensorFlow's l2_normalize exports as Mul by Rsqrt: the graph cannot tell, the values can
+    rows = rng.standard_normal((32, 64))
+    embedding = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    moved = embedding + 0.01 * rng.standard_normal(embedding.shape).astype(np.float32)
+    entry = fidelity([embedding], [moved])["outputs"]["output_0"]
+    assert "top1_agreement" not in entry and entry["cosine"] > 0.9
+    scores = fidelity([rows.astype(np.float32)], [rows.astype(np.float32)])["outputs"]["output_0"]
+    assert scores["top1_agreement"] == 1.0  # unnormalised rows: class scores as before
+    one_hot = np.eye(64, dtype=np.float32)[:32]  # confident softmax rows have norm 1 too, but no negatives
+    assert "top1_agreement" in fidelity([one_hot], [one_hot])["outputs"]["output_0"]

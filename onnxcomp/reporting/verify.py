@@ -117,7 +117,7 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
             entry["position_top1_agreement"], entry["positions"] = positions
             positional.append(positions[0])
         scores = class_scores is None or index >= len(class_scores) or class_scores[index]
-        if scores and looks_like_class_scores(a):
+        if scores and looks_like_class_scores(a) and not _unit_rows(a):
             rows = np.ones(len(a), bool) if unknown is None else ~unknown.reshape(len(a), -1).any(axis=1)
             entry["top1_agreement"] = float(np.mean(np.argmax(a[rows], axis=1) == np.argmax(b[rows], axis=1))) \
                 if rows.any() else float("nan")
@@ -132,6 +132,16 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
     report["max_abs_error"] = max((e.get("max_abs_error", 0.0) for e in report["outputs"].values()), default=0.0)
     report["mean_abs_error"] = float(np.mean([e.get("mean_abs_error", 0.0) for e in report["outputs"].values()])) if report["outputs"] else 0.0
     return report
+
+
+def _unit_rows(a: np.ndarray) -> bool:
+    """Whether every row has L2 norm 1 and some values are negative: an L2-normalised embedding
+    (TensorFlow's l2_normalize exports as Mul by Rsqrt; the Universal Sentence Encoder's 512
+    values), not class scores, whatever op made it. Softmax rows are never negative."""
+    if a.size == 0 or float(a.min()) >= 0:
+        return False
+    norms = np.linalg.norm(a.astype(np.float64), axis=1)
+    return bool(np.all(np.abs(norms - 1.0) < 1e-3))
 
 
 def _labelled_positions(a: np.ndarray, b: np.ndarray) -> tuple[float, int] | None:

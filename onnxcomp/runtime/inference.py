@@ -54,9 +54,41 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike, threads: int | N
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types per build
+        if EXTENSIONS_DOMAIN in str(error) and _register_extensions(options):
+            return _session_with_extensions(ort, source, options)
         raise OnnxcompError(f"ONNX Runtime {ort.__version__} cannot load the model: {describe_error(error)}"
-                            + (" (a newer ONNX Runtime may implement it; onnxcomp runs the model in the one installed "
-                               "with it)" if "Could not find an implementation" in str(error) else "")) from None
+                            + _load_hint(str(error))) from None
+
+
+# Custom operators of onnxruntime-extensions (tokenizers, audio and image decoding models carry
+# for their pre- and post-processing): registered from that package where it is installed.
+EXTENSIONS_DOMAIN = "ai.onnx.contrib"
+
+
+def _register_extensions(options) -> bool:
+    try:
+        import onnxruntime_extensions
+    except ImportError:
+        return False
+    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    return True
+
+
+def _session_with_extensions(ort, source, options):
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as error:
+        raise OnnxcompError(f"ONNX Runtime {ort.__version__} cannot load the model (with onnxruntime-extensions' "
+                            f"operators): {describe_error(error)}") from None
+
+
+def _load_hint(error: str) -> str:
+    if EXTENSIONS_DOMAIN in error:
+        return (f" (operators of the {EXTENSIONS_DOMAIN!r} domain come from onnxruntime-extensions: install it where "
+                "onnxcomp runs, e.g. pip install onnxruntime-extensions, and onnxcomp registers them)")
+    if "Could not find an implementation" in error:
+        return " (a newer ONNX Runtime may implement it; onnxcomp runs the model in the one installed with it)"
+    return ""
 
 
 def run_batches(sess, inputs: dict[str, np.ndarray], batch_size: int = 256, generated: bool = False) -> list[np.ndarray]:

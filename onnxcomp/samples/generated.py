@@ -20,6 +20,13 @@ from onnxcomp.samples.signature import InputSpec, check_values, input_specs, pin
 DEFAULT_DYNAMIC_DIM = 1
 MAX_GENERATED_BYTES = 16 << 20  # generated inputs, all samples together: 3x224x224 images get 27
 MAX_SAMPLE_BYTES = 256 << 20  # one generated sample at most (declared shapes come from the file)
+# String inputs get sentences of 3 to 15 of these words (seeded).
+WORDS = ("the of and to in is was for on that with as by at from it this be are have an or not which one all were "
+         "we they you he she there their time year people way day man woman child world life hand part place "
+         "work week case point number group problem fact water house story city price market money music light "
+         "new good first last long great little own other old right big high small large next early young "
+         "make know take see come think look want give use find tell ask seem feel try leave call open run read "
+         "write play move live believe bring happen stand lose pay meet include continue set learn change lead").split()
 
 
 def generate_samples(model: ir.Model, count: int = 64, seed: int = 0, shapes: Mapping[str, Iterable[int]] | None = None,
@@ -64,6 +71,9 @@ def generate_samples(model: ir.Model, count: int = 64, seed: int = 0, shapes: Ma
         dtype = spec.dtype
         if dtype.kind == "f":
             array = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "O":  # text, for a tokenizer inside the model (onnxruntime-extensions)
+            array = np.array([" ".join(rng.choice(WORDS, rng.integers(3, 16))) for _ in range(int(np.prod(shape)))],
+                             dtype=object).reshape(shape)
         elif dtype.kind == "b" or "mask" in spec.name.lower():
             array = np.ones(shape, dtype=dtype)
         else:
@@ -94,8 +104,8 @@ def _shape(spec: InputSpec, sizes: Mapping[str, int], count: int) -> list[int]:
 
 
 def _generated_dtype(spec: InputSpec) -> np.dtype:
-    if spec.dtype is None or spec.dtype.kind not in "fiub":
-        raise OnnxcompError(f"model input {spec.name!r} has a type onnxcomp cannot generate (only numeric tensors); "
+    if spec.dtype is None or spec.dtype.kind not in "fiubO":
+        raise OnnxcompError(f"model input {spec.name!r} has a type onnxcomp cannot generate (only numeric and string tensors); "
                             "pass --data with sample inputs")
     return spec.dtype
 
