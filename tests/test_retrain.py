@@ -294,3 +294,33 @@ def test_projection_decodes_per_channel_scaled_choices():
     assert choice.kind == "scaled"
     np.testing.assert_array_equal(projected[name], decoded_values(ranged, None, choice))
     assert relative_distance({name: ranged}, projected) < 0.2  # 4 uniform levels a channel (the raw weight snapped: ~1)
+
+
+def test_codebook_finetune_keeps_per_channel_scaled_weights_decoded(train_samples):
+    # A per-channel-scaled choice is a codebook times one scale per row, not one shared codebook:
+    # it keeps its decoded values (re-clustered into one codebook it lost most of its levels)
+    from onnxcomp.model.weights import find_weights
+    from onnxcomp.planning.allocate import Allocation
+    from onnxcomp.planning.pricing import decoded_values, scaled_candidates
+    from onnxcomp.training.retrain import RetrainOptions, TrainingData, finetune_codebooks
+
+    model = load_model(MODEL)
+    first, second = (w for w in find_weights(model) if w.shape in ((300, 784), (100, 300)))
+    values = {w.name: w.numpy().astype(np.float32) for w in (first, second)}
+    scaled = next(c for c in scaled_candidates(values[first.name], None, float(np.sum(values[first.name] ** 2)))
+                  if c.bits == 3)
+    lookup = next(c for c in layer_candidates(values[second.name]) if c.kind == "lookup" and c.bits == 4)
+    teacher = session(str(MODEL)).run(None, {"input": train_samples.inputs["input"]})[0]
+    training = TrainingData(train=train_samples, held_out=None, teacher=teacher, held_out_teacher=None)
+    choices = {first.name: scaled, second.name: lookup}
+    tuned = finetune_codebooks(model, Allocation(choices, scaled.bytes + lookup.bytes, 0.0), {}, training,
+                               RetrainOptions(batch_size=64), epochs=1)
+    np.testing.assert_array_equal(tuned[first.name], decoded_values(values[first.name], None, scaled))
+    assert len(np.unique(tuned[first.name])) > 100  # 7 levels times 300 row scales, not 7 values
+    assert len(np.unique(tuned[second.name])) <= 16  # the other weight trains its shared codebook
+
+
+def layer_candidates(values: np.ndarray):
+    from onnxcomp.planning.pricing import layer_options
+
+    return layer_options("w", values, "weight", grouped=False).candidates
