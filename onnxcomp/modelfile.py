@@ -16,7 +16,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxcomp.model import limits
+from onnxcomp.model import limits, maps
 from onnxcomp.errors import OnnxcompError
 
 logger = logging.getLogger(__name__)
@@ -184,11 +184,14 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise OnnxcompError(f"{path}: invalid ONNX model ({type(error).__name__}: {_first_line(error)})") from None
     external = sum(_external_length(tensor) for tensor in _external_tensors(proto))
     limits.check_value_sizes(proto, path.stat().st_size + external)
+    detached = maps.detach_maps(proto)  # scikit-learn's ZipMap: put back when the output is written
     _refuse_maps(proto, path)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:
         raise OnnxcompError(f"{path}: cannot import the graph ({type(error).__name__}: {_first_line(error)})") from None
+    if detached:
+        model.meta[maps.META_KEY] = detached
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     if external and external < IN_MEMORY_EXTERNAL_BYTES:
         # Every later step (ONNX Runtime sessions built from protos, serialization) then sees
@@ -206,14 +209,11 @@ def _refuse_maps(proto: onnx.ModelProto, path: Path) -> None:
     be imported by onnx_ir ("Map types are not supported yet"): say so, and how to export without."""
     graph = proto.graph
     for value in [*graph.input, *graph.output, *graph.value_info]:
-        kind, what = value.type, "a map"
-        while kind.HasField("sequence_type"):
-            kind, what = kind.sequence_type.elem_type, "a sequence of maps"
-        if kind.HasField("map_type"):
+        if maps.is_map(value.type):
             raise OnnxcompError(
-                f"{path}: {value.name!r} is {what}, e.g. the ZipMap output of a "
-                "scikit-learn converter; onnxcomp's graph library (onnx_ir) cannot import map types yet. Export the "
-                "model without ZipMap (skl2onnx: options={'zipmap': False}) to compress it")
+                f"{path}: {value.name!r} is a map or a sequence of maps that is not a ZipMap's graph output "
+                "(those onnxcomp sets aside and puts back); onnxcomp's graph library (onnx_ir) cannot import map "
+                "types yet. Export the model without it (skl2onnx: options={'zipmap': False}) to compress it")
 
 
 def _external_length(tensor: onnx.TensorProto) -> int:

@@ -8,12 +8,14 @@ Models too large to hold, and models no input runs, take `onnxcomp.streaming`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
 import onnx_ir as ir
 
 from onnxcomp import modelfile
+from onnxcomp.model import maps
 from onnxcomp.model.canonicalize import check_interface
 from onnxcomp.samples.data import Batch, NoRunnableInputError, Samples, as_samples
 from onnxcomp.errors import OnnxcompError
@@ -110,8 +112,12 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
     model = modelfile.load_model(input_path)
     input_bytes = modelfile.file_bytes(input_path)
     opset = model.opset_imports.get("")
-    result = compress_model(model, options, samples=samples, input_bytes=input_bytes, progress=progress,
-                            eval_samples=eval_samples)
+    detached = model.meta.get(maps.META_KEY) or []  # ZipMap outputs, put back in the file (model/maps.py)
+    reserved = maps.reserved_bytes(detached)
+    result = compress_model(model, dataclasses.replace(options, target_bytes=options.target_bytes - reserved),
+                            samples=samples, input_bytes=input_bytes, progress=progress, eval_samples=eval_samples)
+    if detached and result.data is not None:
+        result = dataclasses.replace(result, data=maps.attach_maps(result.data, detached))
     if opset is not None and result.model.opset_imports.get("") != opset:  # the decode ops need opset 11
         result.report.opset = {"input": opset, "output": result.model.opset_imports.get("")}
     too_big = result.data is None or len(result.data) >= modelfile.MAX_PROTO_BYTES  # weights go to external data

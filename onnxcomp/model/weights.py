@@ -465,6 +465,10 @@ def no_weights_error(model: ir.Model):
             f"({sum(size for _, size, _ in looped):,} parameters) {'are' if many else 'is'} read by {ops} nodes or "
             "inside their bodies (e.g. a Keras LSTM that tf2onnx exports as a Loop), which onnxcomp does not "
             f"compress yet; it compresses {kinds}")
+    attributed = sorted({node.op_type for node in model.graph.all_nodes() if node.domain == "ai.onnx.ml"})
+    if attributed:  # scikit-learn converters: coefficients, trees and support vectors live in attributes
+        return OnnxcompError(f"the model has no compressible weights: its {', '.join(attributed)} operators (ai.onnx.ml) "
+                             f"hold their parameters in attributes, which onnxcomp does not compress; it compresses {kinds}")
     return OnnxcompError(f"the model has no compressible weights ({kinds})")
 
 

@@ -79,6 +79,8 @@ def canonical_model(model: ir.Model, options: CompressOptions, progress: Progres
 def canonical_weights(model: ir.Model) -> tuple[ir.Model, list]:
     """Canonicalize the model and find its compressible weights; refuse what cannot be compressed."""
     model = canonicalize(model)
+    if "" not in model.opset_imports:  # only other domains' operators (scikit-learn's ai.onnx.ml): no initializers they read
+        raise no_weights_error(model)
     if model.opset_imports.get("", 0) < 11:
         raise OnnxcompError(f"model uses opset {model.opset_imports.get('', 0)}; onnxcomp needs opset 11 or newer (convert it with onnx.version_converter)")
     weights = find_weights(model)
