@@ -324,3 +324,28 @@ def layer_candidates(values: np.ndarray):
     from onnxcomp.planning.pricing import layer_options
 
     return layer_options("w", values, "weight", grouped=False).candidates
+
+
+def test_projection_can_keep_an_earlier_allocations_encodings():
+    # ADMM's later Z-steps keep the first one's encoding and bits per layer (left free, the
+    # knapsack switched encodings between iterations and W chased a moving target)
+    import onnx_ir as ir
+
+    from onnxcomp.planning.allocate import Allocation
+    from onnxcomp.planning.pricing import layer_options
+    from onnxcomp.training.retrain import Planner, project
+
+    model = load_model(MODEL)
+    name = next(n for n, v in model.graph.initializers.items() if v.const_value.shape == (100, 300))
+
+    def price(m: ir.Model):
+        return [layer_options(name, m.graph.initializers[name].const_value.numpy(), "weight", grouped=False)]
+
+    layers = price(model)
+    kept = next(c for c in layers[0].candidates if c.kind == "lookup" and c.bits == 3)
+    budget = layers[0].dense.bytes // 4  # room for 8 bits: free, the allocator would take more than 3
+    free = project(model, Planner(price=price, importances={}), budget)[1].choices[name]
+    assert (free.kind, free.bits) != ("lookup", 3)
+    _, allocation = project(model, Planner(price=price, importances={}), budget,
+                            keep=Allocation({name: kept}, kept.bytes, 0.0))
+    assert (allocation.choices[name].kind, allocation.choices[name].bits) == ("lookup", 3)

@@ -141,15 +141,20 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
     if outliers and not keep_zeros and role == "weight" and count >= OUTLIER_MIN_PARAMS:
         candidates.extend(Candidate("outliers", p.bytes, p.distortion, 0.0, p.bits, p.quant, p.load)
                           for p in outlier_prices(values, importance, energy))
-    guarded = (role == "weight" and not keep_zeros and itemsize == 4 and not restore_bytes and count >= GUARD_MIN_PARAMS
-               and np.isfinite(values).all())
+    # Per-channel-scaled candidates keep exact zeros (the zero code), so trained zero patterns
+    # (`keep_zeros`) may take them too: a weight retrained towards a scaled projection (ADMM) must
+    # find it again (without them LeNet-300-100 at 100x fell from 97.6% held-out to 94.6%).
+    # The int8 guard is for untrained weights only.
+    scalable = (role == "weight" and itemsize == 4 and not restore_bytes and count >= GUARD_MIN_PARAMS
+                and np.isfinite(values).all())
+    guarded = scalable and not keep_zeros
     if role == "embedding" and rank == 2 and itemsize == 4 and not restore_bytes:
         candidates = [_row_priced(c, values.shape) for c in candidates]  # other types decode whole at load
     if restore_bytes:
         candidates = [c if c.kind == "dense" else dataclasses.replace(c, bytes=c.bytes + restore_bytes) for c in candidates]
     front = pareto(candidates)
     int8_channel = None
-    if guarded:
+    if scalable:
         # The plain front stays as it is (sensitivity probes and GPTQ discounts pick from it); the
         # scaled candidates form their own front on bytes, distortion, load and channel error.
         channel_error = ChannelErrors(values, importance)
@@ -157,6 +162,7 @@ def layer_options(name: str, values: np.ndarray, role: str, importance: np.ndarr
         scaled = [dataclasses.replace(c, channel=channel_error(c))
                   for c in scaled_candidates(values, importance, energy) if c.bytes < front[-1].bytes]
         front = sorted(front + pareto(scaled), key=lambda c: (c.bytes, c.distortion, c.load, c.channel))
+    if guarded:
         int8_channel = int8_reference(values, importance)
     return LayerOptions(name, tuple(values.shape), role, front, importance=importance, itemsize=itemsize,
                         int8_channel=int8_channel)
