@@ -116,7 +116,10 @@ def compress_file(input_path: str | Path, output_path: str | Path, options: Comp
     reserved = maps.reserved_bytes(detached)
     result = compress_model(model, dataclasses.replace(options, target_bytes=options.target_bytes - reserved),
                             samples=samples, input_bytes=input_bytes, progress=progress, eval_samples=eval_samples)
-    if detached and result.data is not None:
+    if detached:
+        if result.data is None:  # written with external data below: no serialized model to put it back in
+            raise OnnxcompError("a model over 2 GB with a ZipMap output is not supported (the ZipMap could not be "
+                                "put back); nothing written")
         result = dataclasses.replace(result, data=maps.attach_maps(result.data, detached))
     if opset is not None and result.model.opset_imports.get("") != opset:  # the decode ops need opset 11
         result.report.opset = {"input": opset, "output": result.model.opset_imports.get("")}
