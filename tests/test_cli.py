@@ -508,8 +508,9 @@ def test_attempt_lines_say_which_build_is_kept(cli, tmp_path):
 
 
 def test_zipmap_output_is_refused_with_how_to_export_without(tmp_path, cli):
-    """scikit-learn converters end classifiers in ZipMap (a sequence of maps), which onnx_ir
-    cannot import: the message names the output and the export option, not a SerdeError."""
+    """A ZipMap (a sequence of maps, which onnx_ir cannot import) whose input is itself a graph
+    output cannot be set aside (onnxcomp.model.maps): the message names the output and the export
+    option, not a SerdeError."""
     from onnx import helper
 
     probabilities = helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["N", 3])
@@ -523,7 +524,7 @@ def test_zipmap_output_is_refused_with_how_to_export_without(tmp_path, cli):
     path = tmp_path / "zipmap.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)]), path)
     for command in (["inspect", path], ["compress", path, "--target-size", "1/2", "-o", tmp_path / "out.onnx", "-q"]):
-        assert_clean_failure(cli(*command), "'zipped' is a sequence of maps", "zipmap': False", code=2)
+        assert_clean_failure(cli(*command), "'zipped' is a map or a sequence of maps", "zipmap': False", code=2)
     assert not (tmp_path / "out.onnx").exists()
 
 

@@ -59,6 +59,9 @@ def training_data(options: CompressOptions, samples: Samples, eval_samples: Samp
         return None  # the default epochs apply to classifiers with data; others calibrate only
     if samples.generated:
         raise OnnxcompError("--epochs needs training data: pass --data (labels optional; without labels the original model teaches)")
+    if teacher is not None and np.ndim(teacher) != 2:  # checked here, before any stage that might not train at all
+        raise OnnxcompError(f"fine-tuning needs a model whose first output is [N, C] class logits; its first output has "
+                            f"shape {tuple(np.shape(teacher))}; pass --epochs 0 to compress with --data as calibration only")
     if not samples.on_axis0 or (eval_samples is not None and not eval_samples.on_axis0):
         if not options.epochs_given:
             return None
