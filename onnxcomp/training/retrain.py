@@ -229,7 +229,7 @@ def _same_encoding(layer: LayerOptions, choice) -> LayerOptions:
     same = [c for c in layer.candidates if c.kind == choice.kind and c.bits == choice.bits]
     if not same:
         return layer
-    return dataclasses.replace(layer, candidates=same + ([layer.dense] if layer.dense not in same else []))
+    return dataclasses.replace(layer, candidates=same + [layer.dense])  # a quantized choice is never dense
 
 
 def admm(model: ir.Model, planner: Planner, budget: int, data: TrainingData, options: RetrainOptions, epochs: int,
@@ -305,8 +305,8 @@ def finetune_codebooks(model: ir.Model, allocation: Allocation, masks: dict[str,
     """
     names = [name for name, choice in allocation.choices.items() if choice.quant is not None]
     # Per-channel-scaled codes (one codebook times a scale per channel) are not one shared codebook:
-    # re-clustered into one they lost most of their levels (LeNet-300-100 at 100x after VIB: held-out
-    # 97.7% -> 95.0%). They keep their decoded values, and the other weights' codebooks train around them.
+    # re-clustered into one, 7 levels times 300 row scales became 7 values. They keep their decoded
+    # values, and the other weights' codebooks train around them.
     fixed = {name: decoded_values(model.graph.initializers[name].const_value.numpy().astype(np.float32), None,
                                   allocation.choices[name]) for name in names if allocation.choices[name].scales is not None}
     names = [name for name in names if name not in fixed]
