@@ -47,7 +47,7 @@ def detach_maps(proto: onnx.ModelProto) -> list[DetachedMap]:
     outputs = {value.name for value in graph.output}
     graph_inputs = {value.name for value in graph.input}
     ml_opset = next((entry.version for entry in proto.opset_import if entry.domain == ML_DOMAIN), 1)
-    detached = []
+    detached, zipmaps = [], []
     for position, value in enumerate(graph.output):
         node = producers.get(value.name)
         if not is_map(value.type) or node is None or node.op_type != "ZipMap" or node.domain != ML_DOMAIN \
@@ -57,12 +57,13 @@ def detach_maps(proto: onnx.ModelProto) -> list[DetachedMap]:
         if tensor in outputs or tensor in graph_inputs:
             continue
         detached.append(DetachedMap(position, tensor, node.SerializeToString(), value.SerializeToString(), ml_opset))
+        zipmaps.append(node)
     if not detached:
         return []
     types = _tensor_types(proto, {d.tensor for d in detached})
-    for d in detached:
+    for d, node in zip(detached, zipmaps):
         graph.output[d.position].CopyFrom(types[d.tensor])
-        graph.node.remove(next(n for n in graph.node if n.SerializeToString() == d.node))
+        graph.node.remove(node)
     kept = [value for value in graph.value_info if not is_map(value.type)]
     del graph.value_info[:]
     graph.value_info.extend(kept)
