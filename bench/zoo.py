@@ -320,7 +320,7 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str, revi
         "# Real-model zoo: shipped models, compressed data-free, judged in their own applications",
         "",
         f"`{command}` on {platform.machine()} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}, "
-        f"onnxcomp at `{revision or _git_head()}`. Agreement = task outputs of the package's own pre- and "
+        f"onnxcomp at `{revision or git_head()}`. Agreement = task outputs of the package's own pre- and "
         "post-processing on real inputs (shipped in packages), compressed vs original; 'identical' "
         "means every input gave the same output. Per-channel int8 = symmetric int8 weights with one scale per "
         "output channel (`onnxcomp.reporting.int8_reference`, decoded by Cast and Mul); quantize_dynamic = "
@@ -417,7 +417,7 @@ def write_results(results: list[dict[str, Any]], folder: Path, command: str, rev
     write_markdown(public, folder / f"{stem}.md", command, revision, notes)
 
 
-def _git_head() -> str:
+def git_head() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

@@ -297,15 +297,73 @@ def restore(builder: DecodeBuilder, decoded: ir.Value, storage, stem: str) -> ir
     return decoded
 
 
+# Ops a decoded value passes through unchanged in kind (moved, copied or scattered, never
+# computed on), with the inputs that carry values; restoring every float32 table and filler at
+# the ends of these paths gives the same tensor as restoring the decoded one.
+_CARRIERS = {"Reshape": (0,), "Expand": (0,), "Gather": (0,), "GatherElements": (0,), "ScatterElements": (0, 2)}
+
+
+def restore_tables(builder: DecodeBuilder, decoded: ir.Value, storage, stem: str) -> bool:
+    """Restore the weight's own type on the codebooks its decode gathers from, not on the decoded
+    tensor: `restore` on each float32 initializer at the end of a value path (`_CARRIERS`,
+    Concat) and the restored zero in each ConstantOfShape filler. Exactly the same tensor (Add and
+    Cast are elementwise, gathers only move values), but ONNX Runtime keeps every intermediate of
+    a folded decode until folding ends, and a full-size float32 tensor plus its Add costs 8 bytes
+    per weight where an int8 weight is 1. False (nothing changed) where a path computes on the
+    values (linear codes, per-channel scales) or the zero point is not one value."""
+    if storage.offset is not None and np.asarray(storage.offset).size != 1:
+        return False
+    uses, fillers, stack, seen = [], [], [decoded], set()
+    while stack:
+        node = stack.pop().producer()
+        if node is None:
+            return False  # the decoded value is itself an initializer
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type == "ConstantOfShape":
+            fillers.append(node)
+            continue
+        slots = range(len(node.inputs)) if node.op_type == "Concat" else _CARRIERS.get(node.op_type)
+        if slots is None:
+            return False
+        for index in slots:
+            value = node.inputs[index]
+            if value is None:
+                return False
+            if value.producer() is None:
+                if value.const_value is None or value.const_value.dtype != ir.DataType.FLOAT:
+                    return False
+                uses.append((node, index, value))
+            else:
+                stack.append(value)
+    restored: dict[int, ir.Value] = {}
+    first = len(builder.nodes)
+    for node, index, table in uses:
+        if id(table) not in restored:
+            restored[id(table)] = restore(builder, table, storage, stem)
+        node.replace_input_with(index, restored[id(table)])
+    # The restoring nodes read only initializers: put first, the nodes stay in topological order.
+    added = builder.nodes[first:]
+    del builder.nodes[first:]
+    builder.nodes[:0] = added
+    zero = np.zeros(1, np.float32) + (0 if storage.offset is None else np.asarray(storage.offset, np.float32).ravel())
+    for node in fillers:
+        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(zero.astype(storage.dtype.numpy())))
+    return True
+
+
 def rewire(model: ir.Model, weight, decoded: ir.Value, builder: DecodeBuilder | None = None) -> None:
     """Point every reader of `weight`'s initializer at its decoded value and drop the initializer.
 
     A weight stored in another type than float32 (`weight.storage`) is given its own type back
-    with `restore`, which needs the `builder` that built the decode."""
+    on its codebooks (`restore_tables`), else with `restore` on the decoded tensor; both need
+    the `builder` that built the decode."""
     if not weight.storage.plain or weight.storage.offset is not None:
         if builder is None:
             raise ValueError(f"{weight.name}: a {weight.storage.dtype.name} weight needs the decode builder to restore its type")
-        decoded = restore(builder, decoded, weight.storage, weight.name)
+        if not restore_tables(builder, decoded, weight.storage, weight.name):
+            decoded = restore(builder, decoded, weight.storage, weight.name)
     decoded.shape = ir.Shape(weight.shape)
     decoded.type = ir.TensorType(weight.storage.dtype)
     weight.value.replace_all_uses_with(decoded)

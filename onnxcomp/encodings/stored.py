@@ -172,16 +172,23 @@ def _own_form(value: ir.Value) -> ir.Value:
 
 
 def _dtype(value: ir.Value) -> ir.DataType | None:
-    """A value's element type: declared, or the `to` of the Cast making it (types of intermediate
-    values are not stored)."""
+    """A value's element type: declared, or the `to` of the Cast making it, looking through the
+    ops that only move values (a codebook restored to the weight's type, then gathered; types of
+    intermediate values are not stored)."""
+    node = value.producer()
+    while value.dtype is None and node is not None and node.op_type in _MOVERS and node.inputs and node.inputs[0] is not None:
+        value = node.inputs[0]
+        node = value.producer()
     if value.dtype is not None:
         return value.dtype
-    node = value.producer()
     to = node.attributes.get_int("to") if node is not None and node.op_type == "Cast" else None
     try:
         return ir.DataType(to) if to is not None else None
     except ValueError:  # not a type this onnx_ir knows
         return None
+
+
+_MOVERS = frozenset({"Reshape", "Expand", "Concat", "Gather", "GatherElements", "ScatterElements"})
 
 
 def weight_names(model: ir.Model) -> dict[str, str]:
@@ -263,7 +270,12 @@ def _decoded_kind(value: ir.Value, table_2d: bool) -> str:
     if scale is not None and scale.op_type == "Mul" and len(scale.inputs) == 2 and all(scale.inputs) \
             and scale.inputs[0].producer() is not None and _channel_scales(scale.inputs[1]):
         return "scaled"  # a lookup times per-channel scales (onnxcomp.encodings.channel_scales.insert_scale)
-    ops = {n.op_type for n in _producers(inner)}
+    nodes = _producers(inner)
+    # Nodes that build a gathered table (a codebook restored to the weight's type, vector pairs)
+    # say nothing about the encoding.
+    tables = {id(n) for gather in nodes if gather.op_type in ("Gather", "GatherElements") and gather.inputs[0] is not None
+              for n in _producers(gather.inputs[0])}
+    ops = {n.op_type for n in nodes if id(n) not in tables}
     if "ScatterElements" in ops:
         return "sparse" if "ConstantOfShape" in ops else "outliers"  # outliers: scattered into a lookup
     if "Add" in ops and ops & {"Gather", "GatherElements"}:
