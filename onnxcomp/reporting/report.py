@@ -10,6 +10,7 @@ import onnx_ir as ir
 from onnxcomp.encodings import encoding
 from onnxcomp.model.canonicalize import canonicalize
 from onnxcomp.reporting.compression_report import LayerRow
+from onnxcomp.reporting.floor import UNSTABLE_SLACK
 from onnxcomp.sizes import format_size
 from onnxcomp.encodings.stored import StoredWeight, stored_weights
 from onnxcomp.text import printable
@@ -28,9 +29,16 @@ def uninformative_outputs(fidelity: dict) -> list[str]:
     for name, entry in fidelity.get("outputs", {}).items():
         if entry.get("unstable") is not None:
             lines.append(f"output {name!r} moves about as much when every weight changes by 0.1% (measure "
-                         f"{entry['unstable']:.4g} against the original): on generated inputs no measure of it "
-                         "tells a good compression from a bad one, so the quality floor leaves it out; "
-                         "--data with real samples would judge it")
+                         f"{entry['unstable']:.4g} against the original): on generated inputs its measures "
+                         f"tell only a collapse, so the quality floor asks it to lose at most {UNSTABLE_SLACK} "
+                         "times what that change loses; --data with real samples would judge it")
+        elif entry.get("labelled_positions") is not None and fidelity.get("generated_inputs"):
+            labelled = entry["labelled_positions"]
+            where = "every position" if labelled == 0 else f"all but {labelled} positions"
+            lines.append(f"output {name!r} is a class distribution at each position, and the original gives its most "
+                         f"frequent class (a blank, background) at {where} of the generated inputs: its cosine is "
+                         "that class's and says nothing of what the model reads: only --data with real samples "
+                         "would judge it")
         elif entry.get("flat_original"):
             lines.append(f"output {name!r} is the same on every generated input: its measures say little; "
                          "--data with real samples would")

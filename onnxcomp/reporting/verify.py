@@ -113,9 +113,11 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
             entry["cosine"] = 0.0 if np.isnan(cos).any() else float(np.mean(cos))
             cosines.append(entry["cosine"])
         positions = _labelled_positions(a, b)
-        if positions is not None:
+        if positions is not None and positions[1] >= MIN_LABELLED_POSITIONS:
             entry["position_top1_agreement"], entry["positions"] = positions
             positional.append(positions[0])
+        elif positions is not None:  # the inputs barely exercise it: a CTC recogniser on noise says blank
+            entry["labelled_positions"] = positions[1]
         scores = class_scores is None or index >= len(class_scores) or class_scores[index]
         if scores and looks_like_class_scores(a) and not _unit_rows(a):
             rows = np.ones(len(a), bool) if unknown is None else ~unknown.reshape(len(a), -1).any(axis=1)
@@ -148,7 +150,7 @@ def _labelled_positions(a: np.ndarray, b: np.ndarray) -> tuple[float, int] | Non
     """(top-1 agreement, positions) at the positions the original labels, for an output of class
     distributions along its last axis at many positions ([N, T, C] after a softmax: a CTC text
     recogniser's characters, a tagger's per-token labels, a segmentation's pixels); None for
-    other outputs or with fewer than MIN_LABELLED_POSITIONS such positions.
+    other outputs; under MIN_LABELLED_POSITIONS such positions the agreement says little.
 
     A labelled position is one whose top-1 class is not the output's most frequent one (the CTC
     blank, the "outside" tag, the background). The cosine of such outputs is dominated by that
@@ -161,9 +163,7 @@ def _labelled_positions(a: np.ndarray, b: np.ndarray) -> tuple[float, int] | Non
     classes, counts = np.unique(top_a, return_counts=True)
     labelled = top_a != classes[np.argmax(counts)]
     count = int(labelled.sum())
-    if count < MIN_LABELLED_POSITIONS:
-        return None
-    return float(np.mean(top_a[labelled] == top_b[labelled])), count
+    return (float(np.mean(top_a[labelled] == top_b[labelled])) if count else 1.0), count
 
 
 def _flat(a: np.ndarray) -> bool:
