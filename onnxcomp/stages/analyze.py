@@ -24,6 +24,7 @@ from onnxcomp.planning.pricing import LayerOptions, layer_options
 from onnxcomp.progress import task as live_task
 from onnxcomp.planning.sensitivity import activation_importance, embedding_importance, measure_sensitivity, row_counts
 from onnxcomp.samples.signature import fixed_batch
+from onnxcomp.sizes import format_size
 from onnxcomp.stages.build import fixed_bytes
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Progress, Steps, log
@@ -206,14 +207,28 @@ def analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch: 
         left = f"; the {len(layers) - len(measured)} smallest weights count as the most sensitive" if len(measured) < len(layers) else ""
         with steps.timed("sensitivity", f"measure sensitivity on {probed.count} {kind}samples{crops}{left}"), \
                 live_task("measure sensitivity", total=len(measured), unit="layers") as bar:
+            unreached: list[str] = []
             sensitivities = measure_sensitivity(model, measured, values, probed.inputs, batch,
                                                 storage={w.name: w.storage for w in weights},
                                                 sizes=None if crops else sizes,
-                                                progress=lambda index, total, name: bar.advance())
+                                                progress=lambda index, total, name: bar.advance(), unreached=unreached)
+        if unreached:
+            steps.log(unreached_line(unreached, {layer.name: layer.dense.bytes for layer in layers}, samples.generated))
         top = max(sensitivities.values(), default=1.0)
         for layer in layers:
             layer.sensitivity = sensitivities.get(layer.name, top)
     return importances, layers
+
+
+def unreached_line(names: list[str], dense_bytes: dict[str, int], generated: bool) -> str:
+    """The line saying which weights the samples never reached (`measure_sensitivity`)."""
+    size = format_size(sum(dense_bytes.get(name, 0) for name in names))
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    fix = ("--input-value or --data with inputs that take the other branches" if generated
+           else "--data with samples that reach them")
+    count = f"{len(names)} weights" if len(names) > 1 else "1 weight"
+    return (f"{count} ({size}: {shown}) never changed an output on these samples (an If branch they never "
+            f"take?): kept as carefully as the most sensitive weight; {fix} would measure them")
 
 
 def largest_within_budget(layers: list[LayerOptions], macs: int) -> list[LayerOptions]:
