@@ -16,10 +16,11 @@ import onnx_ir as ir
 
 from onnxcomp import modelfile
 from onnxcomp.model import maps
-from onnxcomp.model.canonicalize import check_interface
+from onnxcomp.model.canonicalize import check_interface, holds_tensors
 from onnxcomp.samples.data import Batch, NoRunnableInputError, Samples, as_samples
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.model.memory import activation_sizes, peak_rss_bytes
+from onnxcomp.model.weights import no_weights_error
 from onnxcomp.outputs import Output, check_outputs, input_files
 from onnxcomp.reporting.compression_report import CompressionReport
 from onnxcomp.runtime.inference import session
@@ -50,6 +51,8 @@ def compress_model(model: ir.Model, options: CompressOptions, samples: Samples |
     if modelfile.is_streamed(model):  # weights too large to hold: one weight at a time, data-free
         refuse_data(options, samples, eval_samples)
         return compress_streamed(model, options, input_bytes, progress)
+    if not holds_tensors(model):
+        raise no_weights_error(model)
     options = training_or_calibration(options, samples is not None, progress)
     samples = as_samples(samples, model, "samples", options.input_values)
     eval_samples = as_samples(eval_samples, model, "eval_samples", options.input_values)

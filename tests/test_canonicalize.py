@@ -145,3 +145,26 @@ def test_declared_output_shape_survives_the_opset_conversion():
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=8)))
     assert model.opset_imports[""] == 11
     assert model_interface(model) == [("input", "x", ir.DataType.FLOAT, (3, 4)), ("output", "y", ir.DataType.FLOAT, ("M", 2))]
+
+
+def test_a_model_without_tensors_is_refused_before_any_session():
+    """Nothing to compress is known from the graph alone: refused before ONNX Runtime loads the
+    model (this one it cannot load at all) or canonicalization copies it."""
+    from onnxcomp.model.canonicalize import holds_tensors
+    from onnxcomp.pipeline import CompressOptions, compress_model
+
+    node = helper.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1,
+                            nodes_featureids=[0], nodes_modes=["LEAF"], nodes_nodeids=[0], nodes_treeids=[0],
+                            nodes_values=[0.0], target_ids=[0], target_nodeids=[0], target_treeids=[0],
+                            target_weights=[1.5], nodes_falsenodeids=[0], nodes_truenodeids=[0])
+    graph = helper.make_graph([node, helper.make_node("Unknown", ["y"], ["z"], domain="example.custom")], "trees",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3),
+                                                    helper.make_opsetid("example.custom", 1)], ir_version=8)
+    model = ir.serde.deserialize_model(proto)
+    assert not holds_tensors(model)
+    with pytest.raises(OnnxcompError, match="TreeEnsembleRegressor operators .ai.onnx.ml. hold their parameters in attributes"):
+        compress_model(model, CompressOptions(target_bytes=100))
+    proto.graph.initializer.append(helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0]))
+    assert holds_tensors(ir.serde.deserialize_model(proto))
