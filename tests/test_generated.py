@@ -286,3 +286,20 @@ def test_a_model_with_a_tokenizer_operator_compresses_data_free(tmp_path):
     assert report.fidelity["generated_inputs"] and report.fidelity["cosine"] > 0.97
     feeds = {"text": np.array(["Hello World"], dtype=object), "x": np.ones((1, 64), np.float32)}
     assert session(tmp_path / "out.onnx").run(["lower"], feeds)[0].tolist() == ["hello world"]
+
+
+def test_image_inputs_get_structured_images_beside_noise():
+    """A [N, 3, H, W] float input: two samples in four are noise, one dead leaves, one strokes;
+    a [N, 64] input stays noise."""
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["image"], ["m"], keepdims=0),
+                               helper.make_node("ReduceMean", ["vector"], ["v"], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 3, 32, 48]),
+                               helper.make_tensor_value_info("vector", onnx.TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("m", onnx.TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("v", onnx.TensorProto.FLOAT, None)])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    inputs = generate_samples(model, count=8).inputs
+    images, vectors = inputs["image"], inputs["vector"]
+    distinct = [np.unique(images[i, 0]).size for i in range(8)]
+    assert min(distinct[0], distinct[1]) > 1000 and distinct[3] == 2 and distinct[2] < 100, distinct
+    assert np.unique(vectors).size == vectors.size

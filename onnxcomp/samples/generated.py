@@ -15,6 +15,7 @@ from onnxcomp.samples.data import Samples
 from onnxcomp.samples.dims import dim_key, dim_sizes
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.samples.feeds import Feeds
+from onnxcomp.samples.images import generated_images, image_layout
 from onnxcomp.samples.signature import InputSpec, check_values, input_specs, pinned_value
 
 DEFAULT_DYNAMIC_DIM = 1
@@ -41,8 +42,9 @@ def generate_samples(model: ir.Model, count: int = 64, seed: int = 0, shapes: Ma
         values: user-pinned values (``--input-value``), fed with every sample.
         sizes: sizes of the dynamic dims (see ``onnxcomp.samples.probe``); unlisted ones get a first guess from their name.
 
-    Integer inputs that index an embedding table cover the whole id range the table allows;
-    masks (``*mask*``) and booleans are all ones.
+    Image batches mix noise, dead-leaves images and strokes (``onnxcomp.samples.images``); other
+    float inputs are standard normal noise. Integer inputs that index an embedding table cover
+    the whole id range the table allows; masks (``*mask*``) and booleans are all ones.
     """
     rng = np.random.default_rng(seed)
     specs = input_specs(model, {k: tuple(v) for k, v in (shapes or {}).items()})
@@ -70,7 +72,8 @@ def generate_samples(model: ir.Model, count: int = 64, seed: int = 0, shapes: Ma
         shape = _shape(spec, sizes, count)
         dtype = spec.dtype
         if dtype.kind == "f":
-            array = rng.standard_normal(shape).astype(dtype)
+            layout = image_layout(shape, spec.sample_axis)
+            array = (rng.standard_normal(shape) if layout is None else generated_images(shape, layout, rng)).astype(dtype)
         elif dtype.kind == "O":  # text, for a tokenizer inside the model (onnxruntime-extensions)
             array = np.array([" ".join(rng.choice(WORDS, rng.integers(3, 16))) for _ in range(int(np.prod(shape)))],
                              dtype=object).reshape(shape)
