@@ -287,11 +287,13 @@ def floor_error(shortfall: Shortfall, target_bytes: int, input_bytes: int, probe
 
 def mark_unstable(fidelity: dict, control: dict, floor: Floor) -> list[str]:
     """Mark (in place, ``"unstable"``: the control's measure, ``"unstable_metric"``: which) each
-    output of `fidelity` that the control already takes below `floor`. The control is the original with every float weight moved
-    by about 0.1% (`onnxcomp.reporting.int8_reference.rounded_model`): an output that moves that far
-    under so small a change, on these inputs, cannot tell a good compression from a bad one
-    (YOLOv10's top-300 detections on generated images, re-ordered among near-equal scores: cosine
-    0.81 at nine tenths of the original's bytes). Returns the marked outputs' keys."""
+    output of `fidelity` that the control already takes below `floor`. The control is the
+    original with every float weight moved by about 0.1%
+    (`onnxcomp.reporting.int8_reference.rounded_model`): an output that moves that far
+    under so small a change, on these inputs, tells a collapse from the rest but not a good
+    compression from a fair one (YOLOv10's top-300 detections on generated images, re-ordered
+    among near-equal scores: cosine 0.81 at nine tenths of the original's bytes), so the floor
+    holds it to `UNSTABLE_SLACK` times the control's loss. Returns the marked outputs' keys."""
     marked = []
     for (key, entry), reference in zip(fidelity.get("outputs", {}).items(), control.get("outputs", {}).values()):
         shortfall = worst_shortfall({**control, "outputs": {key: reference}}, floor)
