@@ -114,7 +114,8 @@ def test_inspect_summary_counts_weights_parameters_and_bits():
             LayerRow(name="b", shape=[10], params=1000, encoding="dense", bits=32, bytes_before=4000, bytes_after=4000)]
     assert inspect_summary(rows, 5000) == ("2 weights, 2,000 parameters, stored in 4.5 KB; file 5 KB "
                                            "(20.00 bits per parameter)")
-    assert inspect_summary([], 100) == "0 weights, 0 parameters, stored in 0 B; file 100 B"  # no bits per nothing
+    assert inspect_summary([], 100) == ("0 weights, 0 parameters, stored in 0 B; file 100 B (no weights: the bytes are "
+                                        "graph structure, other tensors or operator attributes, e.g. a tree ensemble's)")
 
 
 def test_quality_measures_name_what_was_measured():

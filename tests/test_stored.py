@@ -136,3 +136,47 @@ def test_a_weight_a_loop_carries_is_compressed_and_listed():
     x = np.random.default_rng(1).standard_normal((16, 64)).astype(np.float32)
     (expected,), (got,) = run(original, {"x": x}), session(result.data).run(None, {"x": x})
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.1
+
+
+def test_a_one_value_constant_is_listed_as_stored_dense():
+    """silero-vad's If branches keep a one-value Conv bias as a Constant node: it is stored (4 B),
+    not a decoded 1-bit weight of 0 B."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx_ir as ir
+
+    from onnxcomp.reporting.report import inspect_model
+
+    rng = np.random.default_rng(0)
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+         helper.make_node("Conv", ["x", "w", "b"], ["y_then"])], "then", [],
+        [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y_else"])], "else", [],
+                              [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)])
+    graph = helper.make_graph([helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8]),
+                               helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(rng.standard_normal((1, 2, 3, 3)).astype(np.float32), "w")])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    rows = {row.name: row for row in inspect_model(model)}
+    bias = next(row for name, row in rows.items() if name.endswith("b"))
+    assert (bias.encoding, bias.bytes_after, bias.params) == ("dense", 4, 1), bias
+
+
+def test_inspect_of_a_model_without_tensors_says_where_its_bytes_are():
+    from onnx import TensorProto, helper
+    import onnx_ir as ir
+
+    from onnxcomp.reporting.report import inspect_model, inspect_summary
+
+    node = helper.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1,
+                            nodes_featureids=[0], nodes_modes=["LEAF"], nodes_nodeids=[0], nodes_treeids=[0],
+                            nodes_values=[0.0], target_ids=[0], target_nodeids=[0], target_treeids=[0],
+                            target_weights=[1.5], nodes_falsenodeids=[0], nodes_truenodeids=[0])
+    graph = helper.make_graph([node], "trees", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 3)]))
+    rows = inspect_model(model)
+    assert rows == []
+    assert "no weights: the bytes are graph structure, other tensors or operator attributes" in inspect_summary(rows, 1000)

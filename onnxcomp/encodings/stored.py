@@ -188,6 +188,15 @@ def _dtype(value: ir.Value) -> ir.DataType | None:
         return None
 
 
+def _constant_tensor(value: ir.Value):
+    """The tensor of the Constant node making `value`, or None."""
+    node = value.producer()
+    if node is None or node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    attribute = node.attributes.get("value")
+    return attribute.value if attribute is not None and hasattr(attribute.value, "numpy") else None
+
+
 _MOVERS = frozenset({"Reshape", "Expand", "Concat", "Gather", "GatherElements", "ScatterElements"})
 
 
@@ -240,12 +249,15 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
     weights = []
     for found, value, group in zip(located, evaluated, sources):
         weight = found.weight
+        constant = _constant_tensor(weight) if found.row is None and weight.const_value is None else None
         if found.row is not None:
             array = _evaluate_rows(*found.row, full)
             tables = [s.const_value for s in group if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
             kind = "grouped" if any(len(t.shape) == 2 and t.shape[0] > 1 for t in tables) else "lookup"
         elif weight.const_value is not None:
             array, kind = weight.const_value.numpy(), "dense"
+        elif constant is not None:  # a Constant node canonicalization kept (a one-value bias)
+            array, kind = constant.numpy(), "dense"
         else:
             array = decoded.get(value.name)
             tables = [s.const_value for s in group if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
@@ -256,7 +268,8 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
         itemsize = int(dtype.itemsize) if dtype is not None and dtype.itemsize >= 1 else array.itemsize
         if array.dtype.kind not in "fiub":  # ml_dtypes' bfloat16: measured as float
             array = array.astype(np.float32)
-        stored = sum(s.const_value.nbytes for s in group if s.const_value is not None and readers[id(s)] == 1)
+        stored = constant.nbytes if constant is not None else \
+            sum(s.const_value.nbytes for s in group if s.const_value is not None and readers[id(s)] == 1)
         weights.append(StoredWeight(weight.name or "?", found.role, array, kind, int(stored), group, found.use,
                                     found.row[1] if found.row is not None else None, names.get(weight.name or ""),
                                     itemsize if itemsize != array.itemsize else None))

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.encodings import encoding
-from onnxcomp.model.canonicalize import canonicalize
+from onnxcomp.model.canonicalize import canonicalize, holds_tensors
 from onnxcomp.reporting.compression_report import LayerRow
 from onnxcomp.reporting.floor import UNSTABLE_SLACK
 from onnxcomp.sizes import format_size
@@ -166,6 +166,8 @@ def inspect_weights(model: ir.Model) -> list[StoredWeight]:
     """`stored_weights` of any model, as `compress` sees it: canonicalized first (in place), so
     weights held in `Constant` nodes, in functions and in `If`/`Loop` subgraphs are listed like
     initializers."""
+    if not holds_tensors(model):  # nothing to list: skip canonicalizing what may be a large graph
+        return []
     try:
         model = canonicalize(model, check_weights=False)
     except MemoryError:
@@ -246,6 +248,7 @@ def _grouped_bits(weight: StoredWeight) -> int:
 def inspect_summary(rows: list[LayerRow], file_bytes: int) -> str:
     weights = sum(r.bytes_after for r in rows)
     params = sum(r.params for r in rows)
-    per_parameter = f" ({8 * file_bytes / params:.2f} bits per parameter)" if params else ""
+    per_parameter = f" ({8 * file_bytes / params:.2f} bits per parameter)" if params else \
+        " (no weights: the bytes are graph structure, other tensors or operator attributes, e.g. a tree ensemble's)"
     return (f"{len(rows)} weights, {params:,} parameters, stored in {format_size(weights)}; "
             f"file {format_size(file_bytes)}{per_parameter}")
