@@ -298,15 +298,15 @@ def restore(builder: DecodeBuilder, decoded: ir.Value, storage, stem: str) -> ir
 
 
 # Ops a decoded value passes through unchanged in kind (moved, copied or scattered, never
-# computed on), with the inputs that carry values; restoring every float32 table and filler at
-# the ends of these paths gives the same tensor as restoring the decoded one.
-_CARRIERS = {"Reshape": (0,), "Expand": (0,), "Gather": (0,), "GatherElements": (0,), "ScatterElements": (0, 2)}
+# computed on), with the inputs that carry values (Concat: all); restoring every float32 table
+# and filler at the ends of these paths gives the same tensor as restoring the decoded one.
+CARRIERS = {"Reshape": (0,), "Expand": (0,), "Gather": (0,), "GatherElements": (0,), "ScatterElements": (0, 2),
+            "Concat": None}
 
 
 def restore_tables(builder: DecodeBuilder, decoded: ir.Value, storage, stem: str) -> bool:
     """Restore the weight's own type on the codebooks its decode gathers from, not on the decoded
-    tensor: `restore` on each float32 initializer at the end of a value path (`_CARRIERS`,
-    Concat) and the restored zero in each ConstantOfShape filler. Exactly the same tensor (Add and
+    tensor: `restore` on each float32 initializer at the end of a value path (`CARRIERS`) and the restored zero in each ConstantOfShape filler. Exactly the same tensor (Add and
     Cast are elementwise, gathers only move values), but ONNX Runtime keeps every intermediate of
     a folded decode until folding ends, and a full-size float32 tensor plus its Add costs 8 bytes
     per weight where an int8 weight is 1. False (nothing changed) where a path computes on the
@@ -324,9 +324,9 @@ def restore_tables(builder: DecodeBuilder, decoded: ir.Value, storage, stem: str
         if node.op_type == "ConstantOfShape":
             fillers.append(node)
             continue
-        slots = range(len(node.inputs)) if node.op_type == "Concat" else _CARRIERS.get(node.op_type)
-        if slots is None:
+        if node.op_type not in CARRIERS:
             return False
+        slots = CARRIERS[node.op_type] or range(len(node.inputs))
         for index in slots:
             value = node.inputs[index]
             if value is None:

@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from onnxcomp.encodings.decode import CARRIERS
 from onnxcomp.encodings.row_lookup import decoded_tables
 from onnxcomp.model.subgraphs import loop_body_value
 from onnxcomp.model.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT_SLOTS
@@ -176,7 +177,7 @@ def _dtype(value: ir.Value) -> ir.DataType | None:
     ops that only move values (a codebook restored to the weight's type, then gathered; types of
     intermediate values are not stored)."""
     node = value.producer()
-    while value.dtype is None and node is not None and node.op_type in _MOVERS and node.inputs and node.inputs[0] is not None:
+    while value.dtype is None and node is not None and node.op_type in CARRIERS and node.inputs and node.inputs[0] is not None:
         value = node.inputs[0]
         node = value.producer()
     if value.dtype is not None:
@@ -195,9 +196,6 @@ def _constant_tensor(value: ir.Value):
         return None
     attribute = node.attributes.get("value")
     return attribute.value if attribute is not None and hasattr(attribute.value, "numpy") else None
-
-
-_MOVERS = frozenset({"Reshape", "Expand", "Concat", "Gather", "GatherElements", "ScatterElements"})
 
 
 def weight_names(model: ir.Model) -> dict[str, str]:
@@ -242,14 +240,16 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
             readers[id(source)] = readers.get(id(source), 0) + 1
     # ONNX Runtime returns no bfloat16 arrays: such a weight is evaluated as its reader sees it (float).
     evaluated = [found.value if _dtype(found.weight) == ir.DataType.BFLOAT16 else found.weight for found in located]
-    pending = [value for found, value in zip(located, evaluated) if found.row is None and value.const_value is None]
+    constants = [_constant_tensor(found.weight) if found.row is None and found.weight.const_value is None else None
+                 for found in located]
+    pending = [value for found, value, constant in zip(located, evaluated, constants)
+               if found.row is None and value.const_value is None and constant is None]
     full = ir.serde.serialize_model(model) if pending or any(found.row for found in located) else None  # once, for every decode run
     decoded = _evaluate(pending, full)
     names = weight_names(model)
     weights = []
-    for found, value, group in zip(located, evaluated, sources):
+    for found, value, group, constant in zip(located, evaluated, sources, constants):
         weight = found.weight
-        constant = _constant_tensor(weight) if found.row is None and weight.const_value is None else None
         if found.row is not None:
             array = _evaluate_rows(*found.row, full)
             tables = [s.const_value for s in group if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]

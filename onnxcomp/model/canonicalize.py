@@ -178,9 +178,9 @@ def holds_tensors(model: ir.Model) -> bool:
         if node.graph is not None:
             graphs.setdefault(id(node.graph), node.graph)
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            for attribute in node.attributes.values():
+            for attribute in node.attributes.values():  # value (a tensor), value_floats, value_ints, ...
                 value = attribute.value
-                if (getattr(value, "size", None) or (len(value) if isinstance(value, (list, tuple)) else 0)) >= 2:
+                if (value.size if hasattr(value, "numpy") else len(value) if isinstance(value, (list, tuple)) else 0) >= 2:
                     return True
     return any(value.const_value is not None and value.const_value.size >= 2
                for graph in graphs.values() for value in graph.initializers.values())

@@ -156,9 +156,9 @@ def worst_shortfall(fidelity: dict, floor: Floor, names: Sequence[str] | None = 
     worst = None
     judged = fidelity.get("outputs", {})
     generated = bool(fidelity.get("generated_inputs"))
-    base = floor
+    default = floor
     for index, (key, entry) in enumerate(judged.items()):
-        floor = _unstable_floor(base, entry)
+        floor = _unstable_floor(default, entry)  # this output's floor
         cosine = None
         # generated inputs the original gives one class on every input (a two-way text-direction
         # classifier on noise): agreement is 100% whatever the scores do, so only the cosine judges
