@@ -35,8 +35,9 @@ examples:
   onnxcomp inspect small.onnx
 
 sizes: B, KB/MB/GB (x1000), KiB/MiB/GiB (x1024); the size that counts is the output file(s) on disk.
-data (.npz): one array per model input, named like the input, first axis = samples;
-             an optional integer 'labels' array adds task accuracy to the report.
+data: an .npz with one array per model input, named like the input, samples stacked on each input's
+      sample axis (the symbolic dim the inputs share; a scalar input given once), optional integer
+      'labels' for task accuracy; or a folder of .npz files, one complete feed each (shapes may differ).
 fine-tuning: with --data, onnxcomp trains on ONNX Runtime's training backend (onnxcomp[train]) unless --epochs 0.
 """
 
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("input", help="input .onnx model (never modified)")
     compress.add_argument("--target-size", required=True, help="maximum output size: " + SIZE_FORMS.replace("%", "%%"))
     compress.add_argument("-o", "--output", help="output .onnx (default: INPUT.compressed.onnx next to the input)")
-    compress.add_argument("--data", help="sample inputs (.npz) for sensitivity and verification; labels optional")
+    compress.add_argument("--data", help="sample inputs (.npz, or a folder of .npz feeds) for sensitivity and verification; labels optional")
     compress.add_argument("--report", help="write the JSON report here")
     compress.add_argument("--report-dir", help="write a self-contained HTML report (report.html: size against quality "
                                                "next to the original and per-channel int8, fidelity, bytes by encoding, "

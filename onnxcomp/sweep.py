@@ -125,7 +125,7 @@ def run_sweep(input_path: str | Path, targets: list[tuple[str, int]], output_dir
     """
     input_path, output_dir = Path(input_path), Path(output_dir)
     model = modelfile.load_model(input_path)  # a bad input fails once, here, not once per worker
-    if options.data and not Path(options.data).is_file():
+    if options.data and not Path(options.data).exists():
         raise OnnxcompError(f"{options.data}: no such file")
     if options.data:
         from onnxcomp.samples.data import check_samples

@@ -63,3 +63,29 @@ def test_sweep_lenet300_six_targets_two_processes(tmp_path, capsys):
     again = main(["sweep", str(LENET300), "--targets", "200KB", "--no-sensitivity", "-o", str(out), "-q"])
     assert again == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_sweep_reads_a_folder_of_feeds(tmp_path, capsys):
+    """`--data` may be a folder of .npz feeds for sweep as for compress; a missing path is one line."""
+    import numpy as np
+
+    from onnxcomp.cli import main
+
+    with np.load(TEST_DATA) as data:
+        images = data["input"][:64]
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    for index in range(4):
+        np.savez(feeds / f"feed{index}.npz", input=images[index * 16:(index + 1) * 16])
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(LENET300), "--targets", "200KB", "--data", str(feeds), "--no-sensitivity",
+                 "--jobs", "1", "-o", str(out), "-q"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "sweep.json").read_text())["results"][0]
+    assert result["status"] == "ok", result.get("message")
+    assert result["report"]["fidelity"]["generated_inputs"] is False
+
+    missing = main(["sweep", str(LENET300), "--targets", "200KB", "--data", str(tmp_path / "nope"), "-o",
+                    str(tmp_path / "other"), "-q"])
+    assert missing == 2
+    assert "no such file" in capsys.readouterr().err
