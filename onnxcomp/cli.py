@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("input", help="input .onnx model (never modified)")
     sweep.add_argument("--targets", required=True, help="comma-separated target sizes, e.g. 1MB,500KB,200KB or 1/4,1/8,1/16 (each as --target-size)")
     sweep.add_argument("-o", "--output-dir", help="folder for the models, sweep.json, sweep.md and sweep.png (default: INPUT.sweep next to the input)")
-    sweep.add_argument("--data", help="sample inputs (.npz); with labels the curve is accuracy, else fidelity")
+    sweep.add_argument("--data", help="sample inputs (.npz or a folder of .npz feeds); with labels the curve is accuracy, else fidelity")
     sweep.add_argument("-j", "--jobs", type=int, help="parallel processes, or Ray tasks in flight (default: the number of CPUs)")
     sweep.add_argument("--executor", choices=("process", "ray"), default="process",
                        help="run targets in local processes (default) or as Ray tasks (pip install 'onnxcomp[ray]'; "
