@@ -51,3 +51,22 @@ def test_row_counts_inverts_the_importance():
     counts = row_counts(importance["table"])
     expected = np.bincount(ids.ravel(), minlength=300)
     np.testing.assert_array_equal(counts, expected)
+
+
+def test_untyped_int32_ids_from_float_inputs():
+    """tf2onnx feeds Keras embeddings float ids cast to int32, with no value_info: the fetched ids
+    keep the type ONNX Runtime infers (a guessed int64 output failed to load, exit 2 on --data)."""
+    text = """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[B, S] chars) => (float[B, S, W] out) {
+            ids = Cast <to = 6> (chars)
+            out = Gather <axis = 0> (table, ids)
+        }
+    """
+    proto = onnx.parser.parse_model(text)
+    table = np.random.default_rng(0).standard_normal((300, 4)).astype(np.float32)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(table, "table"))
+    model = ir.serde.deserialize_model(proto)
+    chars = np.array([[4, 4, 8], [8, 2, 4]], dtype=np.float32)
+    importance = embedding_importance(model, find_weights(model), {"chars": chars}, 2)
+    np.testing.assert_array_equal(row_counts(importance["table"])[[2, 4, 8]], [1, 3, 2])

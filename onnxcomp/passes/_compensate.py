@@ -59,7 +59,7 @@ def measure_moments(
     outputs = {o.name for o in proto.graph.output}
     for name in wanted:
         if name not in inputs and name not in outputs:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))  # untyped: ONNX Runtime infers it (float16 too)
     # Per-position moments need one shape: the largest group of equal-shaped feeds.
     group = first_group(samples)
     feeds = Feeds({name: np.asarray(array) for name, array in group.items() if name in inputs}, group.axes)

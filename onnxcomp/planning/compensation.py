@@ -86,7 +86,7 @@ def input_hessians(model: ir.Model, weights, inputs: dict[str, np.ndarray], batc
     existing = {o.name for o in proto.graph.output}
     for name in sorted(set(activation_of.values())):
         if name not in existing and name not in graph_inputs:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))  # untyped: ONNX Runtime infers it (float16 too)
     sess = session(proto)
     matrices_of = {w: a for w, a in activation_of.items() if w not in convolutions}
     hessians = _matrix_hessians(sess, proto, matrices_of, inputs, batch_size, sizes) if matrices_of else {}

@@ -283,11 +283,10 @@ def embedding_importance(model: ir.Model, weights, inputs: dict[str, np.ndarray]
     index_names = sorted({v.name for values in wanted.values() for v in values})
     computed = [name for name in index_names if name not in graph_inputs]
     existing = {o.name for o in proto.graph.output}
-    dtypes = {v.name: v.dtype.value if v.dtype is not None else onnx.TensorProto.INT64
-              for values in wanted.values() for v in values}
     for name in computed:
         if name not in existing:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, dtypes[name], None))
+            # Untyped: ONNX Runtime infers it (tf2onnx's ids are Cast to int32; a guessed int64 fails to load).
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
     sess = session(proto, arena=False) if computed else None
     counts = {name: np.zeros(values_shape(weights, name)[0], np.float64) for name in wanted}
     skipped: set[str] = set()
