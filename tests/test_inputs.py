@@ -511,3 +511,75 @@ def test_a_fixed_batch_runs_whole_batches_only():
     samples = Samples({"x": rng.standard_normal((16, 3, 16, 16)).astype(np.float32)})
     calibrated = compress_model(ir.serde.deserialize_model(one), CompressOptions(target_bytes=1500, epochs=0), samples=samples)
     assert calibrated.report.verified and calibrated.report.fidelity["cosine"] > 0.9
+
+
+# A graph network as minimol declares it: node rows, edges that index them, per-graph outputs.
+GRAPH_TEXT = """
+<ir_version: 8, opset_import: ["" : 18]>
+gnn (float[num_nodes, 16] feat, int64[2, num_edges] edge_index, int64[num_nodes] batch, float[num_graphs] graph_slots)
+    => (float[num_graphs, 32] fingerprint) {
+  zero = Constant <value = int64 {0}> ()
+  one = Constant <value = int64 {1}> ()
+  axis1 = Constant <value = int64[1] {1}> ()
+  hidden = MatMul(feat, w1)
+  source = Gather <axis = 0> (edge_index, zero)
+  target = Gather <axis = 0> (edge_index, one)
+  messages = Gather <axis = 0> (hidden, source)
+  target2 = Unsqueeze(target, axis1)
+  target_shape = Shape(messages)
+  targets = Expand(target2, target_shape)
+  summed = ScatterElements <axis = 0, reduction = "add"> (hidden, targets, messages)
+  nodes = Relu(summed)
+  slots = Unsqueeze(graph_slots, axis1)
+  empty = Mul(slots, zeros_row)
+  batch2 = Unsqueeze(batch, axis1)
+  node_shape = Shape(nodes)
+  owners = Expand(batch2, node_shape)
+  pooled = ScatterElements <axis = 0, reduction = "add"> (empty, owners, nodes)
+  fingerprint = MatMul(pooled, w2)
+}
+"""
+
+
+def _graph_model() -> ir.Model:
+    proto = onnx.parser.parse_model(GRAPH_TEXT)
+    rng = np.random.default_rng(3)
+    proto.graph.initializer.extend([
+        onnx.numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(np.zeros((1, 32), np.float32), "zeros_row"),
+        onnx.numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w2")])
+    return ir.serde.deserialize_model(proto)
+
+
+def _graph_feed(graphs: int, nodes_each: int) -> dict[str, np.ndarray]:
+    """`graphs` chains of `nodes_each` nodes, numbered globally as graph batching does."""
+    nodes = graphs * nodes_each
+    starts = np.array([n for n in range(nodes - 1) if (n + 1) % nodes_each])
+    return {"feat": RNG.standard_normal((nodes, 16)).astype(np.float32),
+            "edge_index": np.stack([starts, starts + 1]).astype(np.int64),
+            "batch": np.repeat(np.arange(graphs), nodes_each).astype(np.int64),
+            "graph_slots": np.zeros(graphs, np.float32)}
+
+
+def test_folder_of_graph_feeds_runs_each_feed_whole(tmp_path):
+    """Each .npz of a folder is one complete feed: a graph network's feed (96 nodes whose edges index
+    them) was cut into slices of nodes, and ONNX Runtime refused the edges ('idx=14 must be within
+    [-14,13]')."""
+    folder = tmp_path / "feeds"
+    folder.mkdir()
+    for number, (graphs, nodes_each) in enumerate([(8, 12), (5, 9), (8, 12)]):
+        np.savez(folder / f"{number}.npz", **_graph_feed(graphs, nodes_each))
+    model = _graph_model()
+    source = tmp_path / "gnn.onnx"
+    source.write_bytes(ir.serde.serialize_model(model).SerializeToString())
+    samples = load_samples(folder, model)
+    assert samples.count == 3  # three feeds, none split or joined
+    assert [f["feat"].shape[0] for f in batches(samples.inputs, 64)] == [96, 45, 96]
+    output = tmp_path / "small.onnx"
+    code = main(["compress", str(source), "--target-size", "1/3", "--data", str(folder), "--epochs", "0",
+                 "-o", str(output), "-q", "--allow-low-fidelity"])
+    assert code == 0
+    feed = _graph_feed(3, 7)
+    want = session(source.read_bytes()).run(None, feed)[0]
+    got = session(output.read_bytes()).run(None, feed)[0]
+    assert want.shape == got.shape == (3, 32)

@@ -178,3 +178,17 @@ def test_pinned_value_shapes_casts_and_repeats():
         pinned_value(table, np.arange(4))
     with pytest.raises(OnnxcompError, match=r"a value of shape \[3, 3\] does not fit t \[2, batch, 3\]"):
         pinned_value(table, np.zeros((3, 3)))
+
+
+def test_a_graph_network_has_no_sample_axis():
+    """minimol's shape: node rows, edge indices into them and per-graph outputs; the dim most inputs
+    share (num_nodes) is on no output while another input dim (num_graphs) is, so no input is sliced."""
+    model = parse("float[num_nodes, 4] feat, int64[2, num_edges] edge_index, int64[num_nodes] batch, "
+                  "float[num_graphs] graph_slots", "y = Identity(graph_slots)", "float[num_graphs] y")
+    assert [s.sample_axis for s in input_specs(model)] == [None, None, None, None]
+    # the same inputs with an output that runs along the shared dim keep it as the sample axis
+    per_node = parse("float[num_nodes, 4] feat, int64[num_nodes] batch", "y = Identity(feat)", "float[num_nodes, 4] y")
+    assert [s.sample_axis for s in input_specs(per_node)] == [0, 0]
+    # outputs that name no input's dim (an exporter's own names) say nothing either way
+    renamed = parse("float[batch, 4] x, float[batch, 2] m", "y = Identity(x)", "float[unk_7, 4] y")
+    assert [s.sample_axis for s in input_specs(renamed)] == [0, 0]

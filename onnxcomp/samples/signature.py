@@ -131,6 +131,11 @@ def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
                             f"(inputs: {', '.join(v.name for v in values)})")
     dims_of = [declared_dims(v) for v in values]
     batch = sample_dim(dims_of)
+    if batch is not None and not _outputs_follow(model, batch, dims_of):
+        # A graph network (minimol: feat [num_nodes, 85], edge_index [2, num_edges] -> [num_graphs, 512])
+        # indexes one input's rows from another: a feed is whole, it has no axis to slice or stack along.
+        return [InputSpec(value.name, _numpy_dtype(value), dims, None, _pinned(value.name, dims, shapes))
+                for value, dims in zip(values, dims_of)]
     # tf2onnx names every dynamic dim apart (input1 [unk__6134, 21], input2 [unk__6135, 21]): leading
     # names that no two inputs share, on several inputs, are anonymous sample dims, not one input's
     # batch beside shared values.
@@ -145,17 +150,39 @@ def input_specs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
     fixed = None if batch is not None or anonymous else next((dims[0] for dims in dims_of if dims), None)
     specs = []
     for value, dims in zip(values, dims_of):
-        try:
-            dtype = np.dtype(value.dtype.numpy()) if value.dtype is not None else None
-        except Exception:  # a type numpy cannot hold (4-bit, string, sequence)
-            dtype = None
-        pinned = tuple(int(d) for d in shapes[value.name]) if value.name in shapes else None
-        if pinned is not None:
-            _check_pinned(value.name, dims, pinned)
-            if dims is None:
-                dims = tuple(None for _ in pinned)
-        specs.append(InputSpec(value.name, dtype, dims, _sample_axis(dims, batch, anonymous, fixed), pinned))
+        pinned = _pinned(value.name, dims, shapes)
+        if pinned is not None and dims is None:
+            dims = tuple(None for _ in pinned)
+        specs.append(InputSpec(value.name, _numpy_dtype(value), dims, _sample_axis(dims, batch, anonymous, fixed), pinned))
     return specs
+
+
+def _numpy_dtype(value: ir.Value) -> np.dtype | None:
+    try:
+        return np.dtype(value.dtype.numpy()) if value.dtype is not None else None
+    except Exception:  # a type numpy cannot hold (4-bit, string, sequence)
+        return None
+
+
+def _pinned(name: str, dims: tuple[Dim, ...] | None, shapes: Mapping[str, Sequence[int]]) -> tuple[int, ...] | None:
+    pinned = tuple(int(d) for d in shapes[name]) if name in shapes else None
+    if pinned is not None:
+        _check_pinned(name, dims, pinned)
+    return pinned
+
+
+def _outputs_follow(model: ir.Model, batch: str, dims_of: Sequence[tuple[Dim, ...] | None]) -> bool:
+    """Whether outputs may run per sample along `batch`: False only when every output declares its
+    dims, none carries `batch`, and some carries another dim of the inputs (the one they really
+    run along: minimol's fingerprints are [num_graphs, 512] from inputs sized by num_nodes)."""
+    outputs = [declared_dims(value) for value in model.graph.outputs]
+    if not outputs or any(dims is None for dims in outputs):
+        return True
+    named = {d for dims in outputs for d in dims if isinstance(d, str)}
+    if batch in named:
+        return True
+    others = {d for dims in dims_of for d in dims or () if isinstance(d, str)} - {batch}
+    return not named & others
 
 
 def _sample_axis(dims: tuple[Dim, ...] | None, batch: str | None, anonymous: bool, fixed: Dim = None) -> int | None:
