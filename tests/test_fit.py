@@ -110,3 +110,21 @@ def test_fit_calibrated_plans_gptq_only_for_real_samples(plan, rng):
     assert set(steps.seconds) == {"hessians", "allocate_and_encode"}
     assert result.fits and len(modelfile.serialized_bytes(result.model)) == result.size <= 1500
     assert plan.hessians is None  # the plan handed in is left as it was
+
+
+def test_slack_no_setting_can_use_is_not_built_again(plan, monkeypatch):
+    """Where the unused bytes buy no weight a larger setting, the grown plan is the kept one: it is
+    not built again (a 19 MB recogniser was built three times to the same bytes)."""
+    import dataclasses
+
+    import onnxcomp.stages.fit as fit_module
+
+    coarse = [dataclasses.replace(layer, candidates=[layer.smallest, layer.dense]) for layer in plan.layers]
+    builds = []
+    real_build = fit_module.build
+    monkeypatch.setattr(fit_module, "build", lambda *args, **kwargs: builds.append(1) or real_build(*args, **kwargs))
+    lines = []
+    target = sum(layer.smallest.bytes for layer in coarse) + plan.fixed + 300
+    result = fit(plan.model, coarse, target - plan.fixed, CompressOptions(target), {}, lines.append)
+    assert result.fits and result.attempts == 1 and len(builds) == 1
+    assert attempt_lines(lines) == ["1: fits with " + lines[0].split("fits with ")[1], "attempt 2: the plan of attempt 1 again; kept"]

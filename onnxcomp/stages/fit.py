@@ -67,6 +67,9 @@ def fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: Compr
         at_floor = budget <= floor_total
         allocation = allocate(layers, max(budget, floor_total), max_load)
         assert allocation is not None
+        if best is not None and same_plan(allocation, best.allocation):  # the unused bytes buy no setting
+            log(progress, f"attempt {attempt}: the plan of attempt {best.attempts} again; kept")
+            return best
         values: dict[str, ir.Value] | None = {} if decoded else None
         stats: dict[str, dict] = {}
         compressed = build(model, allocation, options.keep_metadata, importances, decoded=values, hessians=hessians,
@@ -101,6 +104,14 @@ def fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: Compr
         log(progress, f"keeping attempt {best.attempts} ({format_size(best.size)})")
         return best
     return last
+
+
+def same_plan(first: Allocation, second: Allocation) -> bool:
+    """Whether two allocations choose the same setting for every weight (a build of either is the same)."""
+    def key(choice):
+        return choice.kind, choice.bytes, choice.bits, choice.sparsity, choice.distortion
+    return first.choices.keys() == second.choices.keys() and all(
+        key(choice) == key(second.choices[name]) for name, choice in first.choices.items())
 
 
 def fit_plan(plan: Plan, options: CompressOptions, progress: Progress) -> Fit:
