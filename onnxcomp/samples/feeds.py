@@ -94,7 +94,8 @@ def join_outputs(chunks: list, sizes: list[int]) -> np.ndarray:
     """One output over consecutive batches of ``sizes`` samples: concatenated along the axis
     whose length follows the batch sizes (the output's sample axis), else - outputs that do not
     stack, e.g. from feeds of different shapes - flattened and concatenated, so that outputs are
-    still compared element by element.
+    still compared element by element (outputs of rank 3 or more with one last-axis size keep
+    it: [1, positions, C], so that per-position class agreement is still measured).
 
     Each chunk is copied into the joined array and dropped from ``chunks`` (set to None), so that
     the batches and the joined output are not held at once (the caller's list is left holding None)."""
@@ -105,6 +106,12 @@ def join_outputs(chunks: list, sizes: list[int]) -> np.ndarray:
         if all(c.ndim == first.ndim and c.shape[axis] == n and c.shape[:axis] + c.shape[axis + 1:]
                == first.shape[:axis] + first.shape[axis + 1:] for c, n in zip(chunks, sizes)):
             return _concatenate(chunks, axis)
+    if first.ndim >= 3 and all(c.ndim == first.ndim and c.shape[-1] == first.shape[-1] for c in chunks):
+        # Values at positions along a last axis of classes (a detector's per-pixel face/background
+        # scores from images of different sizes): [1, positions, C], so each position stays one.
+        for index, chunk in enumerate(chunks):
+            chunks[index] = np.reshape(chunk, (1, -1, first.shape[-1]))
+        return _concatenate(chunks, 1)
     for index, chunk in enumerate(chunks):
         chunks[index] = np.ravel(chunk)
     return _concatenate(chunks, 0)
