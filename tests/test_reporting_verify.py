@@ -72,6 +72,24 @@ def test_a_recurrent_layers_last_state_is_an_embedding_and_its_classifier_gives_
     assert class_score_outputs(ir.serde.deserialize_model(proto)) == [False, True]
 
 
+def test_a_dynamic_last_axis_holds_no_classes():
+    """swift-f0's pitch [1, frames] in Hz: with one sample, an [N, C] output by shape, but its last
+    axis is frames (the argmax over frames was reported as top-1 agreement)."""
+    proto = onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[1, frames, 8] x) => (float[1, frames] pitch, float[1, 3] logits) {
+          per_frame = MatMul(x, w)
+          pitch = Squeeze(per_frame, two)
+          pooled = ReduceMean <keepdims = 0> (x, one)
+          logits = MatMul(pooled, head)
+        }
+    """)
+    arrays = {"w": np.ones((8, 1), np.float32), "two": np.array([2], np.int64), "one": np.array([1], np.int64),
+              "head": np.ones((8, 3), np.float32)}
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    assert class_score_outputs(ir.serde.deserialize_model(proto)) == [False, True]
+
+
 def test_looks_like_class_scores():
     assert looks_like_class_scores(np.zeros((5, 10), np.float32))
     assert not looks_like_class_scores(np.zeros((5, 1), np.float32))  # one score a sample

@@ -10,6 +10,8 @@ from collections.abc import Collection
 import numpy as np
 import onnx_ir as ir
 
+from onnxcomp.samples.signature import normalize_dim
+
 logger = logging.getLogger(__name__)
 
 FIDELITY_CHUNK_BYTES = 16 << 20  # float64 bytes of each output slice compared at once
@@ -40,12 +42,17 @@ def class_score_outputs(model: ir.Model) -> list[bool]:
     `*pooled*` vs `*logits*`, `*probs*`), else the op that made it (past reshapes and casts): a
     linear layer or softmax ends a classifier; pooling, normalization or a division (mean pooling,
     L2 normalization) ends an embedding, so does a recurrent layer's state picked by Slice/Gather,
-    and a graph input or constant passed through is neither.
-    Other producers count as class scores (the shape alone decides, as before).
+    and a graph input or constant passed through is neither. A last axis the model names as a
+    dynamic dim (``frames``; not Paddle2ONNX's anonymous ``?``) holds no classes. Other producers count as class scores (the shape alone decides).
     """
     flags = []
     for value in model.graph.outputs:
         name = value.name or ""
+        if value.shape is not None and len(value.shape) >= 2 and isinstance(normalize_dim(value.shape[-1]), str):
+            # A classifier's classes are a fixed count; a dynamic last axis is frames or positions
+            # (swift-f0's pitch [1, frames] in Hz, whose argmax over frames meant nothing).
+            flags.append(False)
+            continue
         if _EMBEDDING_NAME.search(name):
             flags.append(False)
             continue
