@@ -42,6 +42,10 @@ def uninformative_outputs(fidelity: dict) -> list[str]:
         elif entry.get("flat_original"):
             lines.append(f"output {name!r} is the same on every generated input: its measures say little; "
                          "--data with real samples would")
+        elif entry.get("swamped") is not None and fidelity.get("generated_inputs"):
+            lines.append(f"output {name!r} spans only {entry['swamped']:.3g} over all generated inputs, less than the "
+                         f"compressed model's error ({entry['max_abs_error']:.3g}): these inputs barely exercise it, "
+                         "so its cosine says little of real inputs; --data with real samples would judge it")
         elif entry.get("original_top1_classes") == 1:
             lines.append(f"output {name!r}: the original gives one class to every generated input, so it is "
                          "judged by cosine, not agreement; --data with real samples would judge the decisions")
