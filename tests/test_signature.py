@@ -192,3 +192,13 @@ def test_a_graph_network_has_no_sample_axis():
     # outputs that name no input's dim (an exporter's own names) say nothing either way
     renamed = parse("float[batch, 4] x, float[batch, 2] m", "y = Identity(x)", "float[unk_7, 4] y")
     assert [s.sample_axis for s in input_specs(renamed)] == [0, 0]
+
+
+def test_outputs_that_lead_with_a_fixed_size_fix_the_batch():
+    """khmersm: x [batch, seq] -> emissions [1, seq, 2]: samples stay on axis 0 and run one at a
+    time (every batch of 64 generated samples failed, and the run fell back to weights alone)."""
+    model = parse("int64[batch, seq] x, bool[batch, seq] mask", "y = Identity(x)", "float[1, seq, 2] y")
+    assert [s.sample_axis for s in input_specs(model)] == [0, 0]
+    assert fixed_batch(model) == 1
+    assert fixed_batch(model, {"x": (4, 48)}) == 4  # a pinned batch comes first
+    assert fixed_batch(parse("float[batch, 8] x", "y = Identity(x)", "float[batch, 8] y")) is None

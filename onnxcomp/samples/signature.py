@@ -99,11 +99,12 @@ def fixed_batch(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = No
     """The batch every run must have: the size a pinned shape (``--input-shape``) gives the sample
     axis, else a fixed size the model declares there; None when the batch is free. A model
     exported for one sample at a time (a Reshape to a batch of 1 behind a dynamic declaration)
-    runs when its user pins the batch to 1."""
+    runs when its user pins the batch to 1, or when its outputs declare that batch (`_output_batch`)."""
     specs = [spec for spec in input_specs(model, shapes) if spec.sample_axis is not None]
     pinned = [spec.pinned[spec.sample_axis] for spec in specs if spec.pinned is not None]
     declared = [spec.dims[spec.sample_axis] for spec in specs if isinstance(spec.dims[spec.sample_axis], int)]
-    return next(iter(pinned + declared), None)
+    named = [spec.dims[spec.sample_axis] for spec in specs if isinstance(spec.dims[spec.sample_axis], str)]
+    return next(iter(pinned + declared), None) or _output_batch(model, named[0] if named else None)
 
 
 def _lone_leading_names(dims_of: Sequence[tuple[Dim, ...] | None]) -> set[str]:
@@ -173,16 +174,27 @@ def _pinned(name: str, dims: tuple[Dim, ...] | None, shapes: Mapping[str, Sequen
 
 def _outputs_follow(model: ir.Model, batch: str, dims_of: Sequence[tuple[Dim, ...] | None]) -> bool:
     """Whether outputs may run per sample along `batch`: False only when every output declares its
-    dims, none carries `batch`, and some carries another dim of the inputs (the one they really
-    run along: minimol's fingerprints are [num_graphs, 512] from inputs sized by num_nodes)."""
+    dims, none carries `batch`, and some output leads with another dim of the inputs (the one the
+    outputs really run along: minimol's fingerprints are [num_graphs, 512] from inputs sized by
+    num_nodes). An output leading with an exporter's own name ([batch_size, seq, C] beside inputs
+    [batch, seq]) says nothing against `batch`."""
     outputs = [declared_dims(value) for value in model.graph.outputs]
-    if not outputs or any(dims is None for dims in outputs):
-        return True
-    named = {d for dims in outputs for d in dims if isinstance(d, str)}
-    if batch in named:
+    if not outputs or any(dims is None for dims in outputs) or batch in {d for dims in outputs for d in dims}:
         return True
     others = {d for dims in dims_of for d in dims or () if isinstance(d, str)} - {batch}
-    return not named & others
+    return not any(dims and dims[0] in others for dims in outputs)
+
+
+def _output_batch(model: ir.Model, batch: str | None) -> int | None:
+    """A batch the outputs fix: every output declares its dims, none carries the sample dim, and all
+    lead with the same size (khmersm: x [batch, seq] -> emissions [1, seq, 2] runs one sample at a time)."""
+    outputs = [declared_dims(value) for value in model.graph.outputs]
+    if batch is None or not outputs or any(not dims for dims in outputs):
+        return None
+    if batch in {d for dims in outputs for d in dims}:
+        return None
+    leading = {dims[0] for dims in outputs}
+    return leading.pop() if len(leading) == 1 and isinstance(next(iter(leading)), int) else None
 
 
 def _sample_axis(dims: tuple[Dim, ...] | None, batch: str | None, anonymous: bool, fixed: Dim = None) -> int | None:
