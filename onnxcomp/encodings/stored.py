@@ -15,7 +15,7 @@ import onnx_ir as ir
 from onnxcomp.encodings.decode import CARRIERS
 from onnxcomp.encodings.row_lookup import decoded_tables
 from onnxcomp.model.subgraphs import loop_body_value
-from onnxcomp.model.weights import FLOAT_TYPES, INTEGER_TYPES, QUANTIZED_SLOTS, WEIGHT_SLOTS
+from onnxcomp.model.weights import FLOAT_TYPES, INTEGER_TYPES, MIN_TABLE_ELEMENTS, QUANTIZED_SLOTS, TABLE_OPS, WEIGHT_SLOTS
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +102,14 @@ def _locate(model: ir.Model) -> list[_Found]:
             continue
         occurrence = seen_ops.get(node.op_type, 0)
         seen_ops[node.op_type] = occurrence + 1
-        for index, role in STORED_SLOTS.get(node.op_type, {}).items():
+        for index, role in _slots(node).items():
             if index >= len(node.inputs) or node.inputs[index] is None:
                 continue
             value = _carried_from(node.inputs[index], node.graph, loops)
             if id(value) not in constant_producers and value.const_value is None:
                 continue
+            if role == "table" and value.const_value is not None and value.const_value.size < MIN_TABLE_ELEMENTS:
+                continue  # a bias added after a MatMul, a normalization constant: not a weight
             for part, value in enumerate(_outer_weights(value, model.graph)):
                 use = (node.op_type, occurrence, index) + ((part,) if part else ())  # one key per stored weight
                 if id(value) in seen_values:
@@ -116,8 +118,19 @@ def _locate(model: ir.Model) -> list[_Found]:
                     continue
                 seen_values.add(id(value))
                 own = _own_form(value)
-                found.append(_Found(value, "bias" if role == "bias" else "weight", use, own=own if own is not value else None))
+                found.append(_Found(value, role if role in ("bias", "table") else "weight", use,
+                                    own=own if own is not value else None))
     return found
+
+
+def _slots(node: ir.Node) -> dict[int, str]:
+    """The inputs of `node` that read weights, by role; elementwise arithmetic and a Slice that
+    feeds it read tables (`weights.TABLE_OPS`: a positional encoding sliced to the sequence and added)."""
+    if node.op_type in TABLE_OPS and node.domain in ("", "ai.onnx"):
+        return {0: "table", 1: "table"}
+    if node.op_type == "Slice" and node.outputs and any(use.op_type in TABLE_OPS for use, _ in node.outputs[0].uses()):
+        return {0: "table"}
+    return STORED_SLOTS.get(node.op_type, {})
 
 
 def _carried_from(value: ir.Value, graph: ir.Graph | None, loops: dict[int, ir.Node]) -> ir.Value:
@@ -262,7 +275,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
             array = decoded.get(value.name)
             tables = [s.const_value for s in group if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
             kind = _decoded_kind(weight, any(len(t.shape) == 2 for t in tables))
-        if array is None:
+        if array is None or (found.role == "table" and array.size < MIN_TABLE_ELEMENTS):
             continue
         dtype = _dtype(weight)
         itemsize = int(dtype.itemsize) if dtype is not None and dtype.itemsize >= 1 else array.itemsize
@@ -270,7 +283,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
             array = array.astype(np.float32)
         stored = constant.nbytes if constant is not None else \
             sum(s.const_value.nbytes for s in group if s.const_value is not None and readers[id(s)] == 1)
-        weights.append(StoredWeight(weight.name or "?", found.role, array, kind, int(stored), group, found.use,
+        weights.append(StoredWeight(weight.name or "?", "bias" if found.role == "table" else found.role, array, kind, int(stored), group, found.use,
                                     found.row[1] if found.row is not None else None, names.get(weight.name or ""),
                                     itemsize if itemsize != array.itemsize else None))
     return weights

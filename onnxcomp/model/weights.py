@@ -27,6 +27,11 @@ WEIGHT_SLOTS: dict[str, dict[int, str]] = {
     "RNN": {1: "weight", 2: "weight", 3: "bias"},
     "Einsum": {0: "weight", 1: "weight"},
 }
+# Large float tables read by elementwise arithmetic (a transformer's positional encodings sliced
+# and added, an audio front end's window and filterbank values) are compressed like biases
+# (clustered, never pruned); smaller ones (a bias, a normalization constant) stay as they are.
+TABLE_OPS = {"Add", "Sub", "Mul", "Div"}
+MIN_TABLE_ELEMENTS = 4096
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 # Codebooks (<= 256 entries) feed Gather too; embedding tables are far larger than that.
 MIN_EMBEDDING_ELEMENTS = 257
@@ -114,7 +119,7 @@ class Weight:
     """A compressible initializer and the roles it plays (it may be shared by several nodes)."""
 
     value: ir.Value
-    role: str  # "weight" | "embedding" | "bias"
+    role: str  # "weight" | "embedding" | "bias" (biases and elementwise tables, `TABLE_OPS`)
     consumers: list[str]
     storage: Storage = dataclasses.field(default_factory=Storage)
 
@@ -161,6 +166,8 @@ MAX_PASS_THROUGH_DEPTH = 4
 def _role(node: ir.Node, index: int) -> str | None:
     if node.domain not in ("", "ai.onnx"):
         return None
+    if node.op_type in TABLE_OPS and index < 2:
+        return "table"
     return WEIGHT_SLOTS.get(node.op_type, {}).get(index)
 
 
@@ -211,7 +218,8 @@ def _slot_uses(value: ir.Value, depth: int = 0, carried: bool = False,
 
 
 def find_weights(model: ir.Model) -> list[Weight]:
-    """Float initializers of the main graph consumed in weight/bias slots of compute ops.
+    """Float initializers of the main graph consumed in weight/bias slots of compute ops, and
+    large finite tables read by elementwise arithmetic (`TABLE_OPS`, compressed as biases).
 
     A weight used anywhere else as well (e.g. also as a graph output, or in a non-weight slot)
     keeps its role as long as every use is a recognised slot, directly or through layout-only
@@ -239,6 +247,8 @@ def find_weights(model: ir.Model) -> list[Weight]:
         size = int(np.prod([int(d) for d in tensor.shape])) if len(tensor.shape) else 1
         if role == "embedding" and size < MIN_EMBEDDING_ELEMENTS:
             continue
+        if roles == {"table"} and (size < MIN_TABLE_ELEMENTS or not np.isfinite(tensor.numpy()).all()):
+            continue  # a small constant, or a mask holding -inf: kept as it is
         if size < MIN_WEIGHT_ELEMENTS:
             continue
         found.append(Weight(value, role, consumers, Storage(tensor.dtype)))
