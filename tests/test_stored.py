@@ -180,3 +180,20 @@ def test_inspect_of_a_model_without_tensors_says_where_its_bytes_are():
     rows = inspect_model(model)
     assert rows == []
     assert "no weights: the bytes are graph structure, other tensors or operator attributes" in inspect_summary(rows, 1000)
+
+
+def test_a_table_sliced_and_added_is_listed_and_small_added_constants_are_not(rng):
+    """`onnxcomp inspect` listed 17 of khmersm's weights: not its positional encoding read by Slice -> Add."""
+    model = build_model("""
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[1, S, 64] x) => (float[1, S, 64] y) {
+  part = Slice(pe, starts, ends, axes)
+  h = Add(x, part)
+  m = MatMul(h, w)
+  y = Add(m, b)
+}
+""", {"pe": rng.standard_normal((1, 256, 64)).astype(np.float32), "starts": np.array([0], np.int64),
+      "ends": np.array([8], np.int64), "axes": np.array([1], np.int64),
+      "w": rng.standard_normal((64, 64)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32)})
+    listed = {weight.name: weight.role for weight in stored_weights(model)}
+    assert listed == {"pe": "bias", "w": "weight"}

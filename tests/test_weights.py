@@ -221,3 +221,23 @@ g (int64[N, 4] ids) => (float[N, 4, 8] y) {
     other = build_model(text.replace("y = DequantizeLinear(rows, scale, zero)", "y = Cast <to = 1> (rows)"),
                         {"table": table})
     assert find_weights(other) == []  # read as raw integers: not a quantized weight
+
+
+def test_large_tables_read_by_elementwise_arithmetic_are_compressed_as_biases(rng):
+    """khmersm's positional encoding [1, 2048, 192] is sliced to the sequence and added (22% of the
+    file, kept whole before); a bias added after a MatMul and a mask holding -inf stay as they are."""
+    model = build_model("""
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[1, S, 64] x) => (float[1, S, 64] y, float[1, S, 64] z) {
+  part = Slice(pe, starts, ends, axes)
+  h = Add(x, part)
+  m = MatMul(h, w)
+  y = Add(m, b)
+  z = Add(x, mask)
+}
+""", {"pe": rng.standard_normal((1, 256, 64)).astype(np.float32), "starts": np.array([0], np.int64),
+      "ends": np.array([8], np.int64), "axes": np.array([1], np.int64),
+      "w": rng.standard_normal((64, 64)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32),
+      "mask": np.where(rng.random((1, 128, 64)) < 0.5, -np.inf, 0).astype(np.float32)})  # 8192 entries
+    assert _roles(model) == {"pe": ("bias", ["Add"]), "w": ("weight", ["MatMul"])}
+    assert not {w.name: w for w in find_weights(model)}["pe"].prunable

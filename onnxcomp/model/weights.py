@@ -247,7 +247,7 @@ def find_weights(model: ir.Model) -> list[Weight]:
         size = int(np.prod([int(d) for d in tensor.shape])) if len(tensor.shape) else 1
         if role == "embedding" and size < MIN_EMBEDDING_ELEMENTS:
             continue
-        if roles == {"table"} and (size < MIN_TABLE_ELEMENTS or not np.isfinite(tensor.numpy()).all()):
+        if "table" in roles and (size < MIN_TABLE_ELEMENTS or not np.isfinite(tensor.numpy()).all()):
             continue  # a small constant, or a mask holding -inf: kept as it is
         if size < MIN_WEIGHT_ELEMENTS:
             continue
