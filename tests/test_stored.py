@@ -187,13 +187,15 @@ def test_a_table_sliced_and_added_is_listed_and_small_added_constants_are_not(rn
     model = build_model("""
 <ir_version: 10, opset_import: ["" : 17]>
 g (float[1, S, 64] x) => (float[1, S, 64] y) {
+  shape = Shape(x)
+  ends = Slice(shape, axes, two)
   part = Slice(pe, starts, ends, axes)
   h = Add(x, part)
   m = MatMul(h, w)
   y = Add(m, b)
 }
 """, {"pe": rng.standard_normal((1, 256, 64)).astype(np.float32), "starts": np.array([0], np.int64),
-      "ends": np.array([8], np.int64), "axes": np.array([1], np.int64),
+      "two": np.array([2], np.int64), "axes": np.array([1], np.int64),
       "w": rng.standard_normal((64, 64)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32)})
     listed = {weight.name: weight.role for weight in stored_weights(model)}
     assert listed == {"pe": "bias", "w": "weight"}
