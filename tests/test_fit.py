@@ -18,6 +18,7 @@ from onnxcomp.stages.build import fixed_bytes
 from onnxcomp.stages.fit import MAX_ATTEMPTS, Plan, fit, fit_calibrated, fit_plan, unreachable
 from onnxcomp.stages.options import CompressOptions
 from onnxcomp.stages.steps import Steps
+from onnxcomp.sizes import format_size
 from tests.conftest import build_model
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
@@ -127,4 +128,5 @@ def test_slack_no_setting_can_use_is_not_built_again(plan, monkeypatch):
     target = sum(layer.smallest.bytes for layer in coarse) + plan.fixed + 300
     result = fit(plan.model, coarse, target - plan.fixed, CompressOptions(target), {}, lines.append)
     assert result.fits and result.attempts == 1 and len(builds) == 1
-    assert attempt_lines(lines) == ["1: fits with " + lines[0].split("fits with ")[1], "attempt 2: the plan of attempt 1 again; kept"]
+    assert attempt_lines(lines) == ["1: fits with " + lines[0].split("fits with ")[1],
+                                    f"attempt 2: the plan of attempt 1 again ({format_size(result.size)}); kept"]

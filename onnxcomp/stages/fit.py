@@ -68,7 +68,7 @@ def fit(model: ir.Model, layers: list[LayerOptions], budget: int, options: Compr
         allocation = allocate(layers, max(budget, floor_total), max_load)
         assert allocation is not None
         if best is not None and same_plan(allocation, best.allocation):  # the unused bytes buy no setting
-            log(progress, f"attempt {attempt}: the plan of attempt {best.attempts} again; kept")
+            log(progress, f"attempt {attempt}: the plan of attempt {best.attempts} again ({format_size(best.size)}); kept")
             return best
         values: dict[str, ir.Value] | None = {} if decoded else None
         stats: dict[str, dict] = {}
