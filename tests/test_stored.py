@@ -199,3 +199,19 @@ g (float[1, S, 64] x) => (float[1, S, 64] y) {
       "w": rng.standard_normal((64, 64)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32)})
     listed = {weight.name: weight.role for weight in stored_weights(model)}
     assert listed == {"pe": "bias", "w": "weight"}
+
+
+def test_scalar_constants_multiplied_in_are_not_weights(rng):
+    """Paddle2ONNX writes hard-swish's 1/6 as a Constant node: listed as a table, its name went into
+    the names map of every output and took bytes from the weights (rapidocr's classifier at 1/4
+    then misread a rotated line)."""
+    model = build_model("""
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[N, 64] x) => (float[N, 64] y) {
+  sixth = Constant <value = float {0.1666}> ()
+  m = MatMul(x, w)
+  y = Mul(m, sixth)
+}
+""", {"w": rng.standard_normal((64, 64)).astype(np.float32)})
+    assert [value.name for value, _ in weight_uses(model)] == ["w"]
+    assert [weight.name for weight in stored_weights(model)] == ["w"]

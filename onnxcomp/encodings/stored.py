@@ -108,8 +108,8 @@ def _locate(model: ir.Model) -> list[_Found]:
             value = _carried_from(node.inputs[index], node.graph, loops)
             if id(value) not in constant_producers and value.const_value is None:
                 continue
-            if role == "table" and value.const_value is not None and value.const_value.size < MIN_TABLE_ELEMENTS:
-                continue  # a bias added after a MatMul, a normalization constant: not a weight
+            if role == "table" and not _table(value):
+                continue  # a bias added after a MatMul, a scalar Constant: not a weight
             for part, value in enumerate(_outer_weights(value, model.graph)):
                 use = (node.op_type, occurrence, index) + ((part,) if part else ())  # one key per stored weight
                 if id(value) in seen_values:
@@ -131,6 +131,16 @@ def _slots(node: ir.Node) -> dict[int, str]:
     if node.op_type == "Slice" and node.outputs and any(use.op_type in TABLE_OPS for use, _ in node.outputs[0].uses()):
         return {0: "table"}
     return STORED_SLOTS.get(node.op_type, {})
+
+
+def _table(value: ir.Value) -> bool:
+    """Whether a constant read by elementwise arithmetic is a table `find_weights` compresses: an
+    initializer of at least MIN_TABLE_ELEMENTS entries, or one onnxcomp decodes (a Gather or
+    Scatter among its producers). Paddle2ONNX's scalar Constant nodes are neither: listed, their
+    names went into every output's names map and took bytes from the weights."""
+    if value.const_value is not None:
+        return value.const_value.size >= MIN_TABLE_ELEMENTS
+    return any(node.op_type in ("Gather", "GatherElements", "ScatterElements") for node in _producers(value))
 
 
 def _carried_from(value: ir.Value, graph: ir.Graph | None, loops: dict[int, ir.Node]) -> ir.Value:

@@ -120,7 +120,7 @@ def _fidelity(original: list[np.ndarray], compressed: list[np.ndarray], class_sc
             entry["cosine"] = 0.0 if np.isnan(cos).any() else float(np.mean(cos))
             cosines.append(entry["cosine"])
             spread = float(np.max(a) - np.min(a)) if a.dtype.kind in "fiu" else None
-            if spread is not None and len(a) > 1 and not entry.get("flat_original") and spread < max_error:
+            if spread is not None and a.ndim and len(a) > 1 and not entry.get("flat_original") and spread < max_error:
                 entry["swamped"] = spread  # the inputs move it less than compression does (see report)
         positions = _labelled_positions(a, b)
         if positions is not None and positions[1] >= MIN_LABELLED_POSITIONS:
