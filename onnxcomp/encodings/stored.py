@@ -118,7 +118,8 @@ def _locate(model: ir.Model) -> list[_Found]:
                     continue
                 seen_values.add(id(value))
                 own = _own_form(value)
-                found.append(_Found(value, role if role in ("bias", "table") else "weight", use,
+                # a table is compressed as a bias (`weights.find_weights`) and listed as one
+                found.append(_Found(value, "bias" if role in ("bias", "table") else "weight", use,
                                     own=own if own is not value else None))
     return found
 
@@ -285,7 +286,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
             array = decoded.get(value.name)
             tables = [s.const_value for s in group if s.const_value is not None and s.const_value.dtype == ir.DataType.FLOAT]
             kind = _decoded_kind(weight, any(len(t.shape) == 2 for t in tables))
-        if array is None or (found.role == "table" and array.size < MIN_TABLE_ELEMENTS):
+        if array is None:
             continue
         dtype = _dtype(weight)
         itemsize = int(dtype.itemsize) if dtype is not None and dtype.itemsize >= 1 else array.itemsize
@@ -293,7 +294,7 @@ def stored_weights(model: ir.Model) -> list[StoredWeight]:
             array = array.astype(np.float32)
         stored = constant.nbytes if constant is not None else \
             sum(s.const_value.nbytes for s in group if s.const_value is not None and readers[id(s)] == 1)
-        weights.append(StoredWeight(weight.name or "?", "bias" if found.role == "table" else found.role, array, kind, int(stored), group, found.use,
+        weights.append(StoredWeight(weight.name or "?", found.role, array, kind, int(stored), group, found.use,
                                     found.row[1] if found.row is not None else None, names.get(weight.name or ""),
                                     itemsize if itemsize != array.itemsize else None))
     return weights
